@@ -1,0 +1,647 @@
+//! [`Document`]: one Yjs document, named grow-only counters and named LWW registers, and the
+//! [`Delta`]s that carry changes between replicas.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::{Deserialize, Serialize};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Any, ArrayRef, Doc, GetString, MapRef, Options, Out, ReadTxn, StateVector, TextRef, Transact,
+    Update,
+};
+
+use crate::yjs::{UpdateCheckError, check_state_vector_v1, check_update_v1};
+use crate::{GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
+
+/// Longest counter or register name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A change to a document, or a whole document: what replicas exchange.
+///
+/// - `yjs`: a Yjs update in the v1 encoding (empty when the delta has no Yjs part);
+/// - `counters`: for each named counter, the per-replica counts being announced (absolute
+///   counts, merged by maximum, so resending a delta is harmless);
+/// - `registers`: for each named register, the write being announced with its stamp.
+///
+/// **Invariant:** applying deltas is commutative, associative and idempotent, so deltas may be
+/// delivered in any order, more than once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub yjs: Vec<u8>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, GCounter>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registers: BTreeMap<String, LwwRegister<Value>>,
+}
+
+/// What a replica holds, in summary: enough for another replica to compute exactly what it lacks.
+///
+/// - `yjs`: the Yjs state vector, v1 encoding (empty = nothing);
+/// - `counters`: the per-replica counts it holds for each counter;
+/// - `registers`: the stamp of the write it holds for each register.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocState {
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub yjs: Vec<u8>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, GCounter>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registers: BTreeMap<String, HlcTimestamp>,
+}
+
+/// Why a delta, state or snapshot was refused. Nothing is changed when one is returned, except
+/// for [`ApplyError::Integrate`], after which the document is poisoned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("invalid Yjs bytes: {0}")]
+    Check(#[from] UpdateCheckError),
+    #[error("Yjs bytes do not decode: {reason}")]
+    Decode { reason: String },
+    #[error("{what} name is {len} bytes, the limit is {MAX_NAME_BYTES}")]
+    NameTooLong { what: &'static str, len: usize },
+    /// yrs failed (or panicked) half-way through integrating an update. The document may hold
+    /// part of it, so it refuses all further work; the owner reloads it from the store.
+    #[error("Yjs update could not be integrated ({reason}); the document must be reloaded")]
+    Integrate { reason: String },
+    #[error("the document was poisoned by an earlier failure and must be reloaded")]
+    Poisoned,
+}
+
+/// A local edit that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("position {index} is past the end of text {name:?} (length {len} UTF-16 units)")]
+    OutOfRange { name: String, index: u32, len: u32 },
+    #[error("{what} name is {len} bytes, the limit is {MAX_NAME_BYTES}")]
+    NameTooLong { what: &'static str, len: usize },
+    #[error("the document was poisoned by an earlier failure and must be reloaded")]
+    Poisoned,
+}
+
+/// A snapshot that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("snapshot format {found} is not supported (this build reads {SNAPSHOT_FORMAT})")]
+    UnsupportedFormat { found: u32 },
+    #[error("snapshot content is invalid: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// Version of the snapshot layout written by [`Document::snapshot`].
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    format: u32,
+    content: Delta,
+}
+
+/// Result of applying a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Whether the delta brought anything the document did not already hold.
+    pub changed: bool,
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<(), ApplyError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ApplyError::NameTooLong {
+            what,
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
+fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// Decodes a Yjs v1 update after [`check_update_v1`] has bounded it.
+pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
+    check_update_v1(bytes)?;
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        Ok(Err(e)) => Err(ApplyError::Decode {
+            reason: e.to_string(),
+        }),
+        Err(p) => Err(ApplyError::Decode {
+            reason: panic_reason(p.as_ref()),
+        }),
+    }
+}
+
+fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, ApplyError> {
+    if bytes.is_empty() {
+        return Ok(StateVector::default());
+    }
+    check_state_vector_v1(bytes)?;
+    StateVector::decode_v1(bytes).map_err(|e| ApplyError::Decode {
+        reason: e.to_string(),
+    })
+}
+
+impl Delta {
+    /// Whether the delta carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.yjs.is_empty() && self.counters.is_empty() && self.registers.is_empty()
+    }
+
+    /// Checks everything about the delta that can be checked without a document: bounded,
+    /// decodable Yjs bytes with 32-bit client ids, and name lengths.
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        if !self.yjs.is_empty() {
+            decode_update(&self.yjs)?;
+        }
+        self.counters
+            .keys()
+            .try_for_each(|n| check_name("counter", n))?;
+        self.registers
+            .keys()
+            .try_for_each(|n| check_name("register", n))
+    }
+
+    /// The latest register stamp in the delta, for drift checks.
+    pub fn max_stamp(&self) -> Option<HlcTimestamp> {
+        self.registers.values().map(LwwRegister::stamp).max()
+    }
+
+    /// Compacts deltas into one with the same effect as applying them all, in any order.
+    pub fn merge<'a>(deltas: impl IntoIterator<Item = &'a Delta>) -> Result<Delta, ApplyError> {
+        let mut out = Delta::default();
+        let mut updates: Vec<&[u8]> = Vec::new();
+        for d in deltas {
+            d.validate()?;
+            if !d.yjs.is_empty() {
+                updates.push(&d.yjs);
+            }
+            for (name, counter) in &d.counters {
+                out.counters.entry(name.clone()).or_default().merge(counter);
+            }
+            for (name, reg) in &d.registers {
+                match out.registers.get_mut(name) {
+                    Some(existing) => {
+                        existing.merge(reg);
+                    }
+                    None => {
+                        out.registers.insert(name.clone(), reg.clone());
+                    }
+                }
+            }
+        }
+        out.yjs = match updates.len() {
+            0 => Vec::new(),
+            1 => updates[0].to_vec(),
+            _ => catch_unwind(|| yrs::merge_updates_v1(updates.iter().copied()))
+                .map_err(|p| ApplyError::Decode {
+                    reason: panic_reason(p.as_ref()),
+                })?
+                .map_err(|e| ApplyError::Decode {
+                    reason: e.to_string(),
+                })?,
+        };
+        Ok(out)
+    }
+}
+
+/// A replica of one document.
+///
+/// **Invariants:** the Yjs client id is the replica id (32-bit, see [`ReplicaId`]); text offsets
+/// count UTF-16 code units, as Yjs in the browser does; [`Document::apply`] either applies a
+/// whole delta or changes nothing, except when yrs fails half-way, which poisons the document.
+pub struct Document {
+    replica: ReplicaId,
+    ydoc: Doc,
+    counters: BTreeMap<String, GCounter>,
+    registers: BTreeMap<String, LwwRegister<Value>>,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("replica", &self.replica)
+            .field("counters", &self.counters.len())
+            .field("registers", &self.registers.len())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Document {
+    /// An empty document replicated by `replica`.
+    pub fn new(replica: ReplicaId) -> Self {
+        let options = Options {
+            client_id: yrs::block::ClientID::new(u64::from(replica.get())),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..Options::default()
+        };
+        Self {
+            replica,
+            ydoc: Doc::with_options(options),
+            counters: BTreeMap::new(),
+            registers: BTreeMap::new(),
+            poisoned: false,
+        }
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// The underlying Yjs document, for bridges that speak Yjs directly.
+    pub fn ydoc(&self) -> &Doc {
+        &self.ydoc
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Applies a delta from any replica. See [`ApplyError`] for what a refusal leaves behind.
+    pub fn apply(&mut self, delta: &Delta) -> Result<Applied, ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Poisoned);
+        }
+        delta
+            .counters
+            .keys()
+            .try_for_each(|n| check_name("counter", n))?;
+        delta
+            .registers
+            .keys()
+            .try_for_each(|n| check_name("register", n))?;
+        let update = if delta.yjs.is_empty() {
+            None
+        } else {
+            Some(decode_update(&delta.yjs)?)
+        };
+
+        let mut changed = false;
+        if let Some(update) = update {
+            let ydoc = &self.ydoc;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let mut txn = ydoc.transact_mut();
+                let applied = txn.apply_update(update);
+                let changed =
+                    txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+                applied.map(|()| changed)
+            }));
+            match result {
+                Ok(Ok(c)) => changed |= c,
+                Ok(Err(e)) => {
+                    self.poisoned = true;
+                    return Err(ApplyError::Integrate {
+                        reason: e.to_string(),
+                    });
+                }
+                Err(p) => {
+                    self.poisoned = true;
+                    return Err(ApplyError::Integrate {
+                        reason: panic_reason(p.as_ref()),
+                    });
+                }
+            }
+        }
+        for (name, counter) in &delta.counters {
+            changed |= self.counters.entry(name.clone()).or_default().merge(counter);
+        }
+        for (name, reg) in &delta.registers {
+            match self.registers.get_mut(name) {
+                Some(existing) => changed |= existing.merge(reg),
+                None => {
+                    self.registers.insert(name.clone(), reg.clone());
+                    changed = true;
+                }
+            }
+        }
+        Ok(Applied { changed })
+    }
+
+    /// A summary of what this replica holds.
+    pub fn state(&self) -> DocState {
+        let sv = self.ydoc.transact().state_vector();
+        DocState {
+            yjs: if sv.is_empty() {
+                Vec::new()
+            } else {
+                sv.encode_v1()
+            },
+            counters: self.counters.clone(),
+            registers: self
+                .registers
+                .iter()
+                .map(|(n, r)| (n.clone(), r.stamp()))
+                .collect(),
+        }
+    }
+
+    /// The smallest delta that brings a replica holding `known` up to this one.
+    pub fn diff_since(&self, known: &DocState) -> Result<Delta, ApplyError> {
+        if self.poisoned {
+            return Err(ApplyError::Poisoned);
+        }
+        let sv = decode_state_vector(&known.yjs)?;
+        let txn = self.ydoc.transact();
+        let yjs = {
+            let mine = txn.state_vector();
+            let missing_blocks = mine.iter().any(|(client, clock)| sv.get(client) < *clock);
+            // Deletions do not show in a state vector, so the delete set is sent whenever the
+            // document has content the other side lacks or any deletion at all.
+            if missing_blocks || !txn.snapshot().delete_set.is_empty() {
+                txn.encode_state_as_update_v1(&sv)
+            } else {
+                Vec::new()
+            }
+        };
+        let counters = self
+            .counters
+            .iter()
+            .filter_map(|(name, c)| {
+                let empty = GCounter::new();
+                let theirs = known.counters.get(name).unwrap_or(&empty);
+                c.missing_from(theirs).map(|m| (name.clone(), m))
+            })
+            .collect();
+        let registers = self
+            .registers
+            .iter()
+            .filter(|(name, r)| known.registers.get(*name).is_none_or(|s| r.stamp() > *s))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        Ok(Delta {
+            yjs,
+            counters,
+            registers,
+        })
+    }
+
+    /// The whole document as one self-describing blob (MessagePack), read by
+    /// [`Document::from_snapshot`].
+    pub fn snapshot(&self) -> Vec<u8> {
+        let content = Delta {
+            yjs: self
+                .ydoc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+            counters: self.counters.clone(),
+            registers: self.registers.clone(),
+        };
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT,
+            content,
+        };
+        rmp_serde::to_vec_named(&snapshot).unwrap_or_default()
+    }
+
+    /// Rebuilds a document from [`Document::snapshot`] output, as replica `replica`.
+    pub fn from_snapshot(replica: ReplicaId, bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let snapshot: Snapshot = rmp_serde::from_slice(bytes)?;
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::UnsupportedFormat {
+                found: snapshot.format,
+            });
+        }
+        let mut doc = Document::new(replica);
+        doc.apply(&snapshot.content)?;
+        Ok(doc)
+    }
+
+    fn text_ref(&self, name: &str) -> Result<TextRef, EditError> {
+        if self.poisoned {
+            return Err(EditError::Poisoned);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(EditError::NameTooLong {
+                what: "text",
+                len: name.len(),
+            });
+        }
+        Ok(self.ydoc.get_or_insert_text(name))
+    }
+
+    /// The current content of a text (empty if it does not exist).
+    pub fn text(&self, name: &str) -> String {
+        let txn = self.ydoc.transact();
+        txn.get_text(name)
+            .map(|t| t.get_string(&txn))
+            .unwrap_or_default()
+    }
+
+    /// Length of a text in UTF-16 code units.
+    pub fn text_len(&self, name: &str) -> u32 {
+        use yrs::Text;
+        let txn = self.ydoc.transact();
+        txn.get_text(name).map(|t| t.len(&txn)).unwrap_or(0)
+    }
+
+    /// Inserts `chunk` at UTF-16 offset `index` and returns the delta to send.
+    pub fn text_insert(&mut self, name: &str, index: u32, chunk: &str) -> Result<Delta, EditError> {
+        use yrs::Text;
+        let text = self.text_ref(name)?;
+        let mut txn = self.ydoc.transact_mut();
+        let len = text.len(&txn);
+        if index > len {
+            return Err(EditError::OutOfRange {
+                name: name.to_owned(),
+                index,
+                len,
+            });
+        }
+        text.insert(&mut txn, index, chunk);
+        Ok(Delta {
+            yjs: txn.encode_update_v1(),
+            ..Delta::default()
+        })
+    }
+
+    /// Deletes `len` UTF-16 code units at `index` and returns the delta to send.
+    pub fn text_delete(&mut self, name: &str, index: u32, len: u32) -> Result<Delta, EditError> {
+        use yrs::Text;
+        let text = self.text_ref(name)?;
+        let mut txn = self.ydoc.transact_mut();
+        let have = text.len(&txn);
+        if index.checked_add(len).is_none_or(|end| end > have) {
+            return Err(EditError::OutOfRange {
+                name: name.to_owned(),
+                index: index.saturating_add(len),
+                len: have,
+            });
+        }
+        text.remove_range(&mut txn, index, len);
+        Ok(Delta {
+            yjs: txn.encode_update_v1(),
+            ..Delta::default()
+        })
+    }
+
+    /// The value of a counter (zero if it does not exist).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).map_or(0, GCounter::value)
+    }
+
+    /// Adds `by` to this replica's share of a counter and returns the delta to send.
+    pub fn counter_increment(&mut self, name: &str, by: u64) -> Result<Delta, EditError> {
+        if self.poisoned {
+            return Err(EditError::Poisoned);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(EditError::NameTooLong {
+                what: "counter",
+                len: name.len(),
+            });
+        }
+        let counter = self.counters.entry(name.to_owned()).or_default();
+        let count = counter.increment(self.replica, by);
+        let mut announced = GCounter::new();
+        announced.increment(self.replica, count);
+        Ok(Delta {
+            counters: BTreeMap::from([(name.to_owned(), announced)]),
+            ..Delta::default()
+        })
+    }
+
+    /// The value of a register, if it was ever written.
+    pub fn register(&self, name: &str) -> Option<&Value> {
+        self.registers.get(name).map(LwwRegister::value)
+    }
+
+    /// Writes a register with a stamp from this replica's [`Hlc`](crate::Hlc) and returns the
+    /// delta to send. A stamp older than the current write loses, as it would anywhere else.
+    pub fn register_set(
+        &mut self,
+        name: &str,
+        value: Value,
+        stamp: HlcTimestamp,
+    ) -> Result<Delta, EditError> {
+        if self.poisoned {
+            return Err(EditError::Poisoned);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(EditError::NameTooLong {
+                what: "register",
+                len: name.len(),
+            });
+        }
+        let write = LwwRegister::new(value, stamp);
+        match self.registers.get_mut(name) {
+            Some(existing) => {
+                existing.merge(&write);
+            }
+            None => {
+                self.registers.insert(name.to_owned(), write.clone());
+            }
+        }
+        Ok(Delta {
+            registers: BTreeMap::from([(name.to_owned(), write)]),
+            ..Delta::default()
+        })
+    }
+
+    /// A JSON view of the content, for admins and tests:
+    /// `{"texts": {..}, "maps": {..}, "arrays": {..}, "xml": {..}, "counters": {..}, "registers": {..}}`.
+    ///
+    /// Yjs root types that no local code has declared (the usual case on the server) are
+    /// classified by content: keyed entries make a map, string content a text, other sequence
+    /// content an array; an empty undeclared root shows as an empty text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value as J};
+        let mut texts = Map::new();
+        let mut maps = Map::new();
+        let mut arrays = Map::new();
+        let mut xml = Map::new();
+        let txn = self.ydoc.transact();
+        for (name, out) in txn.root_refs() {
+            let name = name.to_owned();
+            match out {
+                Out::YText(t) => {
+                    texts.insert(name, J::String(t.get_string(&txn)));
+                }
+                Out::YMap(m) => {
+                    maps.insert(name, any_to_json(&yrs::types::ToJson::to_json(&m, &txn)));
+                }
+                Out::YArray(a) => {
+                    arrays.insert(name, any_to_json(&yrs::types::ToJson::to_json(&a, &txn)));
+                }
+                Out::YXmlFragment(x) => {
+                    xml.insert(name, J::String(x.get_string(&txn)));
+                }
+                Out::YXmlElement(x) => {
+                    xml.insert(name, J::String(x.get_string(&txn)));
+                }
+                Out::YXmlText(x) => {
+                    xml.insert(name, J::String(x.get_string(&txn)));
+                }
+                Out::UndefinedRef(branch) => {
+                    let as_map = MapRef::from(branch);
+                    if yrs::Map::len(&as_map, &txn) > 0 {
+                        maps.insert(
+                            name,
+                            any_to_json(&yrs::types::ToJson::to_json(&as_map, &txn)),
+                        );
+                        continue;
+                    }
+                    let as_text = TextRef::from(branch).get_string(&txn);
+                    let as_array = ArrayRef::from(branch);
+                    if as_text.is_empty() && yrs::Array::len(&as_array, &txn) > 0 {
+                        arrays.insert(
+                            name,
+                            any_to_json(&yrs::types::ToJson::to_json(&as_array, &txn)),
+                        );
+                    } else {
+                        texts.insert(name, J::String(as_text));
+                    }
+                }
+                Out::Any(_) | Out::YDoc(_) => {}
+            }
+        }
+        let counters: Map<String, J> = self
+            .counters
+            .iter()
+            .map(|(n, c)| (n.clone(), J::from(c.value())))
+            .collect();
+        let registers: Map<String, J> = self
+            .registers
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    serde_json::to_value(r.value()).unwrap_or(J::Null),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "texts": texts,
+            "maps": maps,
+            "arrays": arrays,
+            "xml": xml,
+            "counters": counters,
+            "registers": registers,
+        })
+    }
+}
+
+fn any_to_json(any: &Any) -> serde_json::Value {
+    use serde_json::Value as J;
+    match any {
+        Any::Null | Any::Undefined => J::Null,
+        Any::Bool(b) => J::Bool(*b),
+        Any::Number(yrs::any::Number::Int(i)) => J::from(*i),
+        Any::Number(yrs::any::Number::Float(f)) => {
+            serde_json::Number::from_f64(*f).map_or(J::Null, J::Number)
+        }
+        Any::String(s) => J::String(s.to_string()),
+        Any::Buffer(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+        Any::Array(items) => J::Array(items.iter().map(any_to_json).collect()),
+        Any::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), any_to_json(v))).collect()),
+    }
+}

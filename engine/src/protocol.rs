@@ -1,0 +1,265 @@
+//! The wire protocol: [`ClientMsg`] and [`ServerMsg`], one MessagePack map per WebSocket frame.
+//!
+//! **Envelope.** Every frame is a MessagePack map with a `type` key naming the message kind
+//! (`snake_case`) and the message's fields as further keys (`rmp_serde::to_vec_named`). Byte
+//! payloads are MessagePack `bin`. Keys a reader does not know are ignored.
+//!
+//! **Versioning.** The first client message is `hello` with `protocol` = [`PROTOCOL_VERSION`];
+//! the `hello` and `error` shapes never change. Within a version, changes are additive only: new
+//! optional fields with defaults, new message kinds and new error codes. A peer that receives an
+//! unknown kind answers with an `unknown_message` error and carries on; an unknown error code
+//! reads as [`ErrorCode::Unknown`]. Anything incompatible bumps the version, and a server that
+//! does not speak the client's version answers `unsupported_version` and closes.
+//!
+//! **Decoding** checks the frame size first, then the map shape and the kind, then the fields;
+//! every failure is a typed [`DecodeError`], never a panic.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Delta, DocId, DocState};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default limit on one frame, checked before decoding.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Deepest MessagePack nesting a decoder accepts; far above what any message needs and far below
+/// what would strain a stack.
+pub const MAX_NESTING: usize = 64;
+
+/// Messages a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First message on a connection.
+    Hello {
+        protocol: u32,
+        /// Access token, for clients that cannot set headers or query parameters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Free-form client name and version, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// Start receiving a document. `state` is what the client holds; the server answers with a
+    /// `sync` carrying what the client lacks and the server's own state.
+    Subscribe {
+        doc: DocId,
+        #[serde(default)]
+        state: DocState,
+    },
+    Unsubscribe { doc: DocId },
+    /// A change made by this client. `seq` increases by one per delta per connection and document;
+    /// the server acknowledges it once the delta is durable.
+    Delta { doc: DocId, seq: u64, delta: Delta },
+    /// Application-level heartbeat (browsers cannot see WebSocket pings).
+    Ping { nonce: u64 },
+}
+
+/// Messages the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `hello`.
+    Welcome {
+        protocol: u32,
+        /// Server name and version.
+        server: String,
+    },
+    /// Answer to `subscribe`: what the client lacks, and what the server holds so the client can
+    /// send back what the server lacks.
+    Sync {
+        doc: DocId,
+        delta: Delta,
+        state: DocState,
+    },
+    /// A change from another replica, already durable.
+    Delta { doc: DocId, delta: Delta },
+    /// Every delta this client sent for `doc` with a sequence number up to `seq` is durable.
+    Ack { doc: DocId, seq: u64 },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        doc: Option<DocId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    Pong { nonce: u64 },
+}
+
+/// Stable error codes carried by [`ServerMsg::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    FrameTooLarge,
+    MalformedMessage,
+    UnknownMessage,
+    InvalidDelta,
+    NotSubscribed,
+    RateLimited,
+    TooManyDocuments,
+    Unauthorized,
+    Forbidden,
+    Internal,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is {len} bytes, the limit is {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("frame is empty")]
+    Empty,
+    #[error("frame is not a MessagePack map")]
+    NotAMap,
+    #[error("message has no \"type\" field")]
+    MissingKind,
+    #[error("unknown message type {kind:?}")]
+    UnknownKind { kind: String },
+    #[error("protocol version {got} is not supported (this build speaks {supported})")]
+    UnsupportedVersion { got: u32, supported: u32 },
+    #[error("malformed {kind:?} message: {reason}")]
+    Malformed { kind: String, reason: String },
+}
+
+impl DecodeError {
+    /// The error code to report to the peer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::UnknownKind { .. } => ErrorCode::UnknownMessage,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::Empty
+            | DecodeError::NotAMap
+            | DecodeError::MissingKind
+            | DecodeError::Malformed { .. } => ErrorCode::MalformedMessage,
+        }
+    }
+}
+
+const CLIENT_KINDS: &[&str] = &["hello", "subscribe", "unsubscribe", "delta", "ping"];
+const SERVER_KINDS: &[&str] = &["welcome", "sync", "delta", "ack", "error", "pong"];
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+}
+
+fn is_map_marker(b: u8) -> bool {
+    matches!(b, 0x80..=0x8f | 0xde | 0xdf)
+}
+
+fn decode_frame<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_frame_bytes: usize,
+    kinds: &[&str],
+) -> Result<T, DecodeError> {
+    if bytes.len() > max_frame_bytes {
+        return Err(DecodeError::FrameTooLarge {
+            len: bytes.len(),
+            max: max_frame_bytes,
+        });
+    }
+    let first = *bytes.first().ok_or(DecodeError::Empty)?;
+    if !is_map_marker(first) {
+        return Err(DecodeError::NotAMap);
+    }
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_NESTING);
+    let envelope = Envelope::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
+        kind: String::new(),
+        reason: e.to_string(),
+    })?;
+    let kind = envelope.kind.ok_or(DecodeError::MissingKind)?;
+    if !kinds.contains(&kind.as_ref()) {
+        return Err(DecodeError::UnknownKind {
+            kind: kind.chars().take(64).collect(),
+        });
+    }
+    let malformed = |reason: String| DecodeError::Malformed {
+        kind: kind.to_string(),
+        reason,
+    };
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_NESTING);
+    let msg = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
+    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if used != bytes.len() {
+        return Err(malformed(format!(
+            "{} trailing bytes after the message",
+            bytes.len().saturating_sub(used)
+        )));
+    }
+    Ok(msg)
+}
+
+fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these types into a Vec cannot fail: every map key is a string and no
+    // serializer error path is reachable; an empty frame would be refused by the peer.
+    rmp_serde::to_vec_named(msg).unwrap_or_default()
+}
+
+impl ClientMsg {
+    /// Decodes one frame, refusing frames over `max_frame_bytes` before reading them, and a
+    /// `hello` whose protocol version this build does not speak.
+    pub fn decode(bytes: &[u8], max_frame_bytes: usize) -> Result<Self, DecodeError> {
+        let msg: ClientMsg = decode_frame(bytes, max_frame_bytes, CLIENT_KINDS)?;
+        if let ClientMsg::Hello { protocol, .. } = &msg
+            && *protocol != PROTOCOL_VERSION
+        {
+            return Err(DecodeError::UnsupportedVersion {
+                got: *protocol,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        Ok(msg)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+
+    /// The kind, as it appears in the `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Subscribe { .. } => "subscribe",
+            ClientMsg::Unsubscribe { .. } => "unsubscribe",
+            ClientMsg::Delta { .. } => "delta",
+            ClientMsg::Ping { .. } => "ping",
+        }
+    }
+}
+
+impl ServerMsg {
+    pub fn decode(bytes: &[u8], max_frame_bytes: usize) -> Result<Self, DecodeError> {
+        decode_frame(bytes, max_frame_bytes, SERVER_KINDS)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+
+    /// The kind, as it appears in the `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Welcome { .. } => "welcome",
+            ServerMsg::Sync { .. } => "sync",
+            ServerMsg::Delta { .. } => "delta",
+            ServerMsg::Ack { .. } => "ack",
+            ServerMsg::Error { .. } => "error",
+            ServerMsg::Pong { .. } => "pong",
+        }
+    }
+}
