@@ -31,7 +31,9 @@ impl GCounter {
 
     /// The counter's value: the sum of every replica's count (saturating).
     pub fn value(&self) -> u64 {
-        self.counts.values().fold(0u64, |acc, c| acc.saturating_add(*c))
+        self.counts
+            .values()
+            .fold(0u64, |acc, c| acc.saturating_add(*c))
     }
 
     /// The count contributed by one replica.

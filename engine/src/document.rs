@@ -313,7 +313,11 @@ impl Document {
             }
         }
         for (name, counter) in &delta.counters {
-            changed |= self.counters.entry(name.clone()).or_default().merge(counter);
+            changed |= self
+                .counters
+                .entry(name.clone())
+                .or_default()
+                .merge(counter);
         }
         for (name, reg) in &delta.registers {
             match self.registers.get_mut(name) {

@@ -60,7 +60,9 @@ impl fmt::Debug for HlcTimestamp {
 
 /// A remote timestamp ran further ahead of the local clock than the configured drift allows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("timestamp from replica {replica} is {ahead_ms} ms ahead of the local clock (limit {max_drift_ms} ms)")]
+#[error(
+    "timestamp from replica {replica} is {ahead_ms} ms ahead of the local clock (limit {max_drift_ms} ms)"
+)]
 pub struct ClockDriftError {
     pub replica: ReplicaId,
     pub ahead_ms: u64,
@@ -188,8 +190,15 @@ mod tests {
     #[test]
     fn drift_is_refused() {
         set_manual_clock_ms(1_000);
-        let hlc = Hlc::new(ReplicaId::from_random(1), manual_clock, Duration::from_secs(1));
-        let far = HlcTimestamp::new(ntp64_from_unix_ms(5_000).as_u64(), ReplicaId::from_random(2));
+        let hlc = Hlc::new(
+            ReplicaId::from_random(1),
+            manual_clock,
+            Duration::from_secs(1),
+        );
+        let far = HlcTimestamp::new(
+            ntp64_from_unix_ms(5_000).as_u64(),
+            ReplicaId::from_random(2),
+        );
         let err = hlc.observe(far).unwrap_err();
         assert_eq!(err.max_drift_ms, 1_000);
         assert_eq!(err.ahead_ms, 4_000);

@@ -109,7 +109,10 @@ impl DocId {
         {
             return Err(DocIdError::BadChar { ch });
         }
-        if id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        if id
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
             return Err(DocIdError::BadSegment);
         }
         Ok(Self(id))
@@ -159,7 +162,10 @@ mod tests {
         assert_eq!(DocId::new("/a"), Err(DocIdError::BadSegment));
         assert_eq!(DocId::new("a/../b"), Err(DocIdError::BadSegment));
         assert_eq!(DocId::new("a b"), Err(DocIdError::BadChar { ch: ' ' }));
-        assert!(matches!(DocId::new("x".repeat(257)), Err(DocIdError::TooLong { len: 257 })));
+        assert!(matches!(
+            DocId::new("x".repeat(257)),
+            Err(DocIdError::TooLong { len: 257 })
+        ));
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub use document::{
     SnapshotError,
 };
 pub use hlc::{
-    ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock,
-    ntp64_from_unix_ms, set_manual_clock_ms,
+    ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,
+    set_manual_clock_ms,
 };
 pub use ids::{DocId, DocIdError, MAX_DOC_ID_BYTES, ReplicaId};
 pub use register::LwwRegister;

@@ -53,12 +53,20 @@ pub enum ClientMsg {
         #[serde(default)]
         state: DocState,
     },
-    Unsubscribe { doc: DocId },
+    Unsubscribe {
+        doc: DocId,
+    },
     /// A change made by this client. `seq` increases by one per delta per connection and document;
     /// the server acknowledges it once the delta is durable.
-    Delta { doc: DocId, seq: u64, delta: Delta },
+    Delta {
+        doc: DocId,
+        seq: u64,
+        delta: Delta,
+    },
     /// Application-level heartbeat (browsers cannot see WebSocket pings).
-    Ping { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
 }
 
 /// Messages the server sends.
@@ -79,9 +87,15 @@ pub enum ServerMsg {
         state: DocState,
     },
     /// A change from another replica, already durable.
-    Delta { doc: DocId, delta: Delta },
+    Delta {
+        doc: DocId,
+        delta: Delta,
+    },
     /// Every delta this client sent for `doc` with a sequence number up to `seq` is durable.
-    Ack { doc: DocId, seq: u64 },
+    Ack {
+        doc: DocId,
+        seq: u64,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -90,7 +104,9 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// Stable error codes carried by [`ServerMsg::Error`].

@@ -34,7 +34,11 @@ pub enum UpdateCheckError {
     #[error("clock {clock} does not fit in 32 bits")]
     ClockTooLarge { clock: u64 },
     #[error("unknown {what} tag {tag} at byte {at}")]
-    UnknownTag { what: &'static str, tag: u8, at: usize },
+    UnknownTag {
+        what: &'static str,
+        tag: u8,
+        at: usize,
+    },
     #[error("string at byte {at} is not UTF-8")]
     NotUtf8 { at: usize },
     #[error("values nested deeper than {MAX_ANY_DEPTH} at byte {at}")]
@@ -301,6 +305,18 @@ pub fn check_update_v1(update: &[u8]) -> Result<UpdateShape, UpdateCheckError> {
     Ok(shape)
 }
 
+/// Walks a Yjs v1 state vector (`count, (client, clock)*`) with the same guarantees as
+/// [`check_update_v1`]. Returns the number of entries.
+pub fn check_state_vector_v1(sv: &[u8]) -> Result<usize, UpdateCheckError> {
+    let mut r = Reader { buf: sv, pos: 0 };
+    let entries = r.count()?;
+    for _ in 0..entries {
+        r.client()?;
+        r.var_u32()?;
+    }
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +324,10 @@ mod tests {
     #[test]
     fn allocation_bomb_is_refused() {
         let err = check_update_v1(&[0x9f, 0x9e, 0x97, 0x31]).unwrap_err();
-        assert!(matches!(err, UpdateCheckError::CountTooLarge { .. }), "{err}");
+        assert!(
+            matches!(err, UpdateCheckError::CountTooLarge { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -344,16 +363,4 @@ mod tests {
             Err(UpdateCheckError::TooDeep { .. })
         ));
     }
-}
-
-/// Walks a Yjs v1 state vector (`count, (client, clock)*`) with the same guarantees as
-/// [`check_update_v1`]. Returns the number of entries.
-pub fn check_state_vector_v1(sv: &[u8]) -> Result<usize, UpdateCheckError> {
-    let mut r = Reader { buf: sv, pos: 0 };
-    let entries = r.count()?;
-    for _ in 0..entries {
-        r.client()?;
-        r.var_u32()?;
-    }
-    Ok(entries)
 }
