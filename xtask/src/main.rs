@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask`: the project's own set-up, test orchestration and run commands.
+//!
+//! - `cargo xtask run`  — set up what is missing, then run the product.
+//! - `cargo xtask test` — set up what is missing, then run every check and test.
+//! - `cargo xtask setup` — only the set-up (idempotent).
+//!
+//! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
+//! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
+//! is skipped.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Crates that must never appear among the engine's normal dependencies: the engine does no IO.
+const ENGINE_FORBIDDEN_DEPS: &[&str] = &["tokio", "sqlx", "axum", "hyper", "web-sys", "mio"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root),
+        Some("run") => run(&args[1..]),
+        Some("setup") => setup::all().map(|_| ()),
+        Some("check-engine-deps") => check_engine_deps(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  check-engine-deps  fail if the engine depends on IO crates"
+            );
+            bail!("unknown or missing command")
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, echoing it, and fails if it fails.
+pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(setup::exported())
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub(crate) fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(setup::exported())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start {program}"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed with {}", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("\n==> {name}");
+    let start = Instant::now();
+    let out = f().with_context(|| format!("step failed: {name}"))?;
+    eprintln!("<== {name}: ok in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn test(_root: &Path) -> Result<()> {
+    let started = Instant::now();
+    step("set-up", setup::all)?;
+    step("cargo fmt --check", || cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy", || {
+        cmd(
+            "cargo",
+            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        )
+    })?;
+    step("engine and client build for wasm32", || {
+        cmd(
+            "cargo",
+            &["build", "-p", "lattice-engine", "--target", "wasm32-unknown-unknown"],
+        )?;
+        cmd(
+            "cargo",
+            &["build", "-p", "lattice-client", "--target", "wasm32-unknown-unknown"],
+        )
+    })?;
+    step("engine dependency check", check_engine_deps)?;
+    step("tests (cargo nextest)", || {
+        cmd(
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "--final-status-level",
+                "fail",
+            ],
+        )
+    })?;
+    step("doc tests", || cmd("cargo", &["test", "--workspace", "--doc"]))?;
+    eprintln!(
+        "\nall checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn check_engine_deps() -> Result<()> {
+    let tree = output(
+        "cargo",
+        &[
+            "tree",
+            "-p",
+            "lattice-engine",
+            "-e",
+            "normal",
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ],
+    )?;
+    let found: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| ENGINE_FORBIDDEN_DEPS.contains(name))
+        .collect();
+    if !found.is_empty() {
+        let mut found = found;
+        found.sort_unstable();
+        found.dedup();
+        bail!(
+            "lattice-engine must do no IO, but its dependency tree contains: {}",
+            found.join(", ")
+        );
+    }
+    eprintln!(
+        "lattice-engine's normal dependencies contain none of: {}",
+        ENGINE_FORBIDDEN_DEPS.join(", ")
+    );
+    Ok(())
+}
+
+fn run(extra: &[String]) -> Result<()> {
+    step("set-up", setup::for_run)?;
+    let mut args = vec!["run", "--release", "-p", "lattice-server", "--bin", "lattice", "--"];
+    args.extend(extra.iter().map(String::as_str));
+    cmd("cargo", &args)
+}
