@@ -55,12 +55,21 @@ impl GCounter {
     }
 
     /// The entries of `self` that `known` lacks or holds lower: the smallest counter that brings
-    /// `known` up to `self` when merged into it. `None` when `known` already covers `self`.
+    /// `known` up to `self` when merged into it. `None` when `known` already holds `self`.
+    ///
+    /// An entry `known` lacks is sent even at zero, because merge keeps zero entries: without
+    /// it, replicas synced by diff and replicas fed the original deltas would hold different
+    /// counters.
     pub fn missing_from(&self, known: &GCounter) -> Option<GCounter> {
         let counts: BTreeMap<_, _> = self
             .counts
             .iter()
-            .filter(|(replica, count)| **count > known.get(**replica))
+            .filter(|(replica, count)| {
+                known
+                    .counts
+                    .get(*replica)
+                    .is_none_or(|theirs| **count > *theirs)
+            })
             .map(|(r, c)| (*r, *c))
             .collect();
         (!counts.is_empty()).then_some(GCounter { counts })

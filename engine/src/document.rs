@@ -12,7 +12,7 @@ use yrs::{
     Update,
 };
 
-use crate::yjs::{UpdateCheckError, check_state_vector_v1, check_update_v1};
+use crate::yjs::{UpdateCheckError, UpdateShape, check_state_vector_v1, check_update_v1};
 use crate::{GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
 
 /// Longest counter or register name, in bytes.
@@ -68,6 +68,8 @@ pub enum ApplyError {
     Integrate { reason: String },
     #[error("the document was poisoned by an earlier failure and must be reloaded")]
     Poisoned,
+    #[error("more than {limit} bytes of updates wait for missing history; refusing more")]
+    TooMuchHeld { limit: usize },
 }
 
 /// A local edit that cannot be made.
@@ -99,6 +101,9 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 struct Snapshot {
     format: u32,
     content: Delta,
+    /// Yjs updates held back for missing clocks; kept so a checkpoint loses nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    held: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Result of applying a delta.
@@ -127,10 +132,20 @@ fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Decodes a Yjs v1 update after [`check_update_v1`] has bounded it.
-pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
-    check_update_v1(bytes)?;
-    match catch_unwind(|| Update::decode_v1(bytes)) {
-        Ok(Ok(update)) => Ok(update),
+///
+/// The update must also survive yrs re-encoding it: yrs 0.28.1 decodes some malformed content
+/// that it then re-encodes into bytes it cannot read, and once such structs are pending in a
+/// document, `encode_state_as_update_v1` (so `snapshot` and `diff_since`) panics. Found by the
+/// `decode` fuzz target; the input is kept in `fuzz/regressions/`.
+pub(crate) fn decode_update(bytes: &[u8]) -> Result<(Update, UpdateShape), ApplyError> {
+    let shape = check_update_v1(bytes)?;
+    let decoded = catch_unwind(|| {
+        let update = Update::decode_v1(bytes)?;
+        Update::decode_v1(&update.encode_v1())?;
+        Ok::<_, yrs::encoding::read::Error>(update)
+    });
+    match decoded {
+        Ok(Ok(update)) => Ok((update, shape)),
         Ok(Err(e)) => Err(ApplyError::Decode {
             reason: e.to_string(),
         }),
@@ -223,7 +238,26 @@ pub struct Document {
     ydoc: Doc,
     counters: BTreeMap<String, GCounter>,
     registers: BTreeMap<String, LwwRegister<Value>>,
+    /// Yjs updates that build on clocks this replica lacks (see [`Document::apply`]).
+    held: Vec<Vec<u8>>,
+    held_bytes: usize,
     poisoned: bool,
+}
+
+/// Most bytes of Yjs updates a document holds back while waiting for missing clocks.
+pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Whether yrs can integrate an update without skipping clocks: for every client, the update
+/// starts at or before the clock this replica holds, and every range it skips is held already.
+fn integrable(shape: &UpdateShape, sv: &StateVector) -> bool {
+    shape.spans.iter().all(|span| {
+        let local = sv.get(&yrs::block::ClientID::new(u64::from(span.client)));
+        span.start <= local
+            && span
+                .skips
+                .iter()
+                .all(|(clock, len)| clock.saturating_add(*len) <= local)
+    })
 }
 
 impl std::fmt::Debug for Document {
@@ -250,6 +284,8 @@ impl Document {
             ydoc: Doc::with_options(options),
             counters: BTreeMap::new(),
             registers: BTreeMap::new(),
+            held: Vec::new(),
+            held_bytes: 0,
             poisoned: false,
         }
     }
@@ -287,31 +323,34 @@ impl Document {
         };
 
         let mut changed = false;
-        if let Some(update) = update {
-            let ydoc = &self.ydoc;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                let mut txn = ydoc.transact_mut();
-                let applied = txn.apply_update(update);
-                let changed =
-                    txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
-                applied.map(|()| changed)
-            }));
-            match result {
-                Ok(Ok(c)) => changed |= c,
-                Ok(Err(e)) => {
-                    self.poisoned = true;
-                    return Err(ApplyError::Integrate {
-                        reason: e.to_string(),
+        if let Some((update, shape)) = update {
+            let sv = self.ydoc.transact().state_vector();
+            if integrable(&shape, &sv) {
+                changed |= self.integrate(update)?;
+                changed |= self.integrate_held()?;
+            } else {
+                // yrs 0.28.1 would integrate the structs after the gap right away (behind a
+                // skip), where Yjs keeps them pending; replicas fed updates out of order would
+                // then diverge. The engine holds such an update until the clocks it builds on
+                // have arrived.
+                if self.held.contains(&delta.yjs) {
+                    return self.apply_crdt_maps(delta, false);
+                }
+                if self.held_bytes + delta.yjs.len() > MAX_HELD_BYTES {
+                    return Err(ApplyError::TooMuchHeld {
+                        limit: MAX_HELD_BYTES,
                     });
                 }
-                Err(p) => {
-                    self.poisoned = true;
-                    return Err(ApplyError::Integrate {
-                        reason: panic_reason(p.as_ref()),
-                    });
-                }
+                self.held_bytes += delta.yjs.len();
+                self.held.push(delta.yjs.clone());
+                changed = true;
             }
         }
+        self.apply_crdt_maps(delta, changed)
+    }
+
+    /// Merges the counters and registers of a delta (after its Yjs part).
+    fn apply_crdt_maps(&mut self, delta: &Delta, mut changed: bool) -> Result<Applied, ApplyError> {
         for (name, counter) in &delta.counters {
             changed |= self
                 .counters
@@ -329,6 +368,60 @@ impl Document {
             }
         }
         Ok(Applied { changed })
+    }
+
+    /// Hands a decoded update to yrs. A failure half-way poisons the document.
+    fn integrate(&mut self, update: Update) -> Result<bool, ApplyError> {
+        let ydoc = &self.ydoc;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = ydoc.transact_mut();
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            // yrs re-encodes the structs it keeps pending whenever the document is encoded
+            // (`snapshot`, `diff_since`) and panics if it cannot read them back, which some
+            // fuzzed updates that round-trip whole still cause; fail here instead.
+            if let Some(pending) = ReadTxn::store(&txn).pending_update() {
+                Update::decode_v1(&pending.update.encode_v1())
+                    .map_err(|e| format!("pending structs do not re-encode: {e}"))?;
+            }
+            Ok(txn.before_state() != txn.after_state() || !txn.delete_set().is_empty())
+        }));
+        match result {
+            Ok(Ok(changed)) => Ok(changed),
+            Ok(Err(reason)) => {
+                self.poisoned = true;
+                Err(ApplyError::Integrate { reason })
+            }
+            Err(p) => {
+                self.poisoned = true;
+                Err(ApplyError::Integrate {
+                    reason: panic_reason(p.as_ref()),
+                })
+            }
+        }
+    }
+
+    /// Integrates every held update whose missing clocks have arrived, until none is left that
+    /// can go in.
+    fn integrate_held(&mut self) -> Result<bool, ApplyError> {
+        let mut changed = false;
+        loop {
+            let sv = self.ydoc.transact().state_vector();
+            let ready = self.held.iter().position(|bytes| {
+                check_update_v1(bytes).is_ok_and(|shape| integrable(&shape, &sv))
+            });
+            let Some(i) = ready else {
+                return Ok(changed);
+            };
+            let bytes = self.held.remove(i);
+            self.held_bytes -= bytes.len();
+            let (update, _) = decode_update(&bytes)?;
+            changed |= self.integrate(update)?;
+        }
+    }
+
+    /// Number of Yjs updates held back for missing clocks.
+    pub fn held_updates(&self) -> usize {
+        self.held.len()
     }
 
     /// A summary of what this replica holds.
@@ -370,10 +463,11 @@ impl Document {
         let counters = self
             .counters
             .iter()
-            .filter_map(|(name, c)| {
-                let empty = GCounter::new();
-                let theirs = known.counters.get(name).unwrap_or(&empty);
-                c.missing_from(theirs).map(|m| (name.clone(), m))
+            .filter_map(|(name, c)| match known.counters.get(name) {
+                Some(theirs) => c.missing_from(theirs).map(|m| (name.clone(), m)),
+                // A counter the other side lacks is sent even when every count in it is zero,
+                // so that both sides list it.
+                None => Some((name.clone(), c.clone())),
             })
             .collect();
         let registers = self
@@ -403,6 +497,11 @@ impl Document {
         let snapshot = Snapshot {
             format: SNAPSHOT_FORMAT,
             content,
+            held: self
+                .held
+                .iter()
+                .map(|h| serde_bytes::ByteBuf::from(h.clone()))
+                .collect(),
         };
         rmp_serde::to_vec_named(&snapshot).unwrap_or_default()
     }
@@ -417,6 +516,12 @@ impl Document {
         }
         let mut doc = Document::new(replica);
         doc.apply(&snapshot.content)?;
+        for held in snapshot.held {
+            doc.apply(&Delta {
+                yjs: held.into_vec(),
+                ..Delta::default()
+            })?;
+        }
         Ok(doc)
     }
 

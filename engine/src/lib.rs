@@ -23,13 +23,14 @@ mod hlc;
 mod ids;
 pub mod protocol;
 mod register;
+pub mod sync;
 mod value;
 pub mod yjs;
 
 pub use counter::{GCounter, PnCounter};
 pub use document::{
-    Applied, ApplyError, Delta, DocState, Document, EditError, MAX_NAME_BYTES, SNAPSHOT_FORMAT,
-    SnapshotError,
+    Applied, ApplyError, Delta, DocState, Document, EditError, MAX_HELD_BYTES, MAX_NAME_BYTES,
+    SNAPSHOT_FORMAT, SnapshotError,
 };
 pub use hlc::{
     ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,

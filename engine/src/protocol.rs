@@ -20,7 +20,7 @@ use std::io::Cursor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Delta, DocId, DocState};
+use crate::{Delta, DocId, DocState, Value};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -45,6 +45,9 @@ pub enum ClientMsg {
         /// Free-form client name and version, for logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<String>,
+        /// The client's replica id (its Yjs client id), recorded with its deltas in history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replica: Option<u32>,
     },
     /// Start receiving a document. `state` is what the client holds; the server answers with a
     /// `sync` carrying what the client lacks and the server's own state.
@@ -62,6 +65,16 @@ pub enum ClientMsg {
         doc: DocId,
         seq: u64,
         delta: Delta,
+    },
+    /// Ephemeral state of this client on `doc` (name, colour, cursor…), never persisted.
+    /// A `null` state leaves. Renew it within the presence TTL (30 s by default) or it expires;
+    /// `typing` expires after a few seconds unless renewed.
+    Presence {
+        doc: DocId,
+        #[serde(default)]
+        state: Value,
+        #[serde(default)]
+        typing: bool,
     },
     /// Application-level heartbeat (browsers cannot see WebSocket pings).
     Ping {
@@ -103,6 +116,16 @@ pub enum ServerMsg {
         doc: Option<DocId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+    },
+    /// Another connection's presence on `doc` joined or changed (`state` set) or left
+    /// (`state` is `null`). `peer` identifies the connection for as long as it lives.
+    Presence {
+        doc: DocId,
+        peer: u64,
+        #[serde(default)]
+        state: Value,
+        #[serde(default)]
+        typing: bool,
     },
     Pong {
         nonce: u64,
@@ -163,8 +186,17 @@ impl DecodeError {
     }
 }
 
-const CLIENT_KINDS: &[&str] = &["hello", "subscribe", "unsubscribe", "delta", "ping"];
-const SERVER_KINDS: &[&str] = &["welcome", "sync", "delta", "ack", "error", "pong"];
+const CLIENT_KINDS: &[&str] = &[
+    "hello",
+    "subscribe",
+    "unsubscribe",
+    "delta",
+    "presence",
+    "ping",
+];
+const SERVER_KINDS: &[&str] = &[
+    "welcome", "sync", "delta", "ack", "error", "presence", "pong",
+];
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -253,6 +285,7 @@ impl ClientMsg {
             ClientMsg::Subscribe { .. } => "subscribe",
             ClientMsg::Unsubscribe { .. } => "unsubscribe",
             ClientMsg::Delta { .. } => "delta",
+            ClientMsg::Presence { .. } => "presence",
             ClientMsg::Ping { .. } => "ping",
         }
     }
@@ -275,6 +308,7 @@ impl ServerMsg {
             ServerMsg::Delta { .. } => "delta",
             ServerMsg::Ack { .. } => "ack",
             ServerMsg::Error { .. } => "error",
+            ServerMsg::Presence { .. } => "presence",
             ServerMsg::Pong { .. } => "pong",
         }
     }

@@ -12,12 +12,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// In MessagePack every variant has its native form (`bin` for bytes). JSON lacks bytes and
 /// non-finite floats, so those take a one-key object form: `{"$bytes": "<hex>"}` and
 /// `{"$float": "NaN" | "inf" | "-inf"}`. A map that itself has exactly one key among `$bytes`,
-/// `$float` and `$map` is wrapped as `{"$map": {...}}` so it is never mistaken for those.
+/// `$float` and `$map` is wrapped as `{"$map": {...}}` so it is never mistaken for those, in
+/// both formats: serde's internally tagged enums (our wire messages) buffer their fields and
+/// then report every format as human-readable, so the reader must not depend on the flag.
 ///
 /// **Invariant:** equality and ordering are total (floats compare by `f64::total_cmp`), so a
 /// value can break a tie deterministically.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum Value {
+    #[default]
     Null,
     Bool(bool),
     Int(i64),
@@ -141,7 +144,7 @@ impl Serialize for Value {
             }
             Value::Bytes(b) => s.serialize_bytes(b),
             Value::List(l) => l.serialize(s),
-            Value::Map(map) if human && is_reserved_single_key(map) => {
+            Value::Map(map) if is_reserved_single_key(map) => {
                 let mut m = s.serialize_map(Some(1))?;
                 m.serialize_entry(TAG_MAP, map)?;
                 m.end()
@@ -258,13 +261,10 @@ fn interpret(raw: Value) -> Result<Value, &'static str> {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let human = d.is_human_readable();
+        // The tagged forms are interpreted whatever the format claims to be (see the type's
+        // docs); in MessagePack they only occur as wrapped maps, since bytes and floats are native.
         let raw = d.deserialize_any(RawVisitor)?;
-        if human {
-            interpret(raw).map_err(de::Error::custom)
-        } else {
-            Ok(raw)
-        }
+        interpret(raw).map_err(de::Error::custom)
     }
 }
 

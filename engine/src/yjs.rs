@@ -10,8 +10,11 @@
 //!   before v14 expect that, and one wider id would make the document unreadable to them;
 //! - strings are UTF-8 and every content and type tag is one Yjs defines.
 //!
-//! The layout follows `yjs/src/utils/encoding.js` and `y-protocols`' description of update v1:
-//! `clients, (structs, client, clock, struct*)*, delete set`.
+//! The walk mirrors how `yrs` 0.28.1 itself reads update v1 (`clients, (structs, client, clock,
+//! struct*)*, delete set`), byte for byte, including where it differs from Yjs: GC and skip
+//! structs are recognised by the whole info byte, JSON content holds one string more than its
+//! count, and an XML hook type carries no name. A walk that disagreed with yrs about where a
+//! struct ends would check other bytes than yrs reads, and the size bound would not hold.
 
 /// Deepest nesting of `Any` arrays and maps accepted inside an update.
 pub const MAX_ANY_DEPTH: usize = 128;
@@ -185,27 +188,36 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn content(&mut self, info: u8) -> Result<(), UpdateCheckError> {
+    /// Item content; returns its length in clock units, as yrs counts it.
+    fn content(&mut self, info: u8) -> Result<u64, UpdateCheckError> {
         let at = self.pos;
         match info & 0b1111 {
-            1 => self.var_u32().map(drop),
+            1 => self.var_u32().map(u64::from),
             2 => {
-                for _ in 0..self.count()? {
+                // yrs reads `count + 1` strings here (`while remaining >= 0`).
+                let n = self.count()?;
+                for _ in 0..=n {
                     self.string()?;
                 }
-                Ok(())
+                Ok(n as u64 + 1)
             }
-            3 => self.buf().map(drop),
-            4 | 5 => self.string(),
+            3 => self.buf().map(|_| 1),
+            4 => {
+                let at = self.pos;
+                let bytes = self.buf()?;
+                let s = std::str::from_utf8(bytes).map_err(|_| UpdateCheckError::NotUtf8 { at })?;
+                Ok(s.encode_utf16().count() as u64)
+            }
+            5 => self.string().map(|()| 1),
             6 => {
                 self.string()?;
-                self.string()
+                self.string().map(|()| 1)
             }
             7 => {
                 let type_at = self.pos;
                 match self.u8()? {
-                    0 | 1 | 2 | 4 | 6 | 9 | 15 => Ok(()),
-                    3 | 5 => self.string(),
+                    0 | 1 | 2 | 4 | 5 | 6 | 9 | 15 => Ok(1),
+                    3 => self.string().map(|()| 1),
                     tag => Err(UpdateCheckError::UnknownTag {
                         what: "type",
                         tag,
@@ -214,14 +226,15 @@ impl<'a> Reader<'a> {
                 }
             }
             8 => {
-                for _ in 0..self.count()? {
+                let n = self.count()?;
+                for _ in 0..n {
                     self.any(0)?;
                 }
-                Ok(())
+                Ok(n as u64)
             }
             9 => {
                 self.string()?;
-                self.any(0)
+                self.any(0).map(|()| 1)
             }
             tag => Err(UpdateCheckError::UnknownTag {
                 what: "content",
@@ -231,13 +244,15 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn block(&mut self) -> Result<(), UpdateCheckError> {
+    /// One struct and its length in clock units.
+    fn block(&mut self) -> Result<Block, UpdateCheckError> {
         const HAS_ORIGIN: u8 = 0b1000_0000;
         const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
         const HAS_PARENT_SUB: u8 = 0b0010_0000;
         let info = self.u8()?;
-        match info & 0b1_1111 {
-            0 | 10 => self.var_u32().map(drop),
+        match info {
+            0 => Ok(Block::Other(u64::from(self.var_u32()?))),
+            10 => Ok(Block::Skip(self.var_u32()?)),
             _ => {
                 if info & HAS_ORIGIN != 0 {
                     self.id()?;
@@ -255,19 +270,37 @@ impl<'a> Reader<'a> {
                         self.string()?;
                     }
                 }
-                self.content(info)
+                self.content(info).map(Block::Other)
             }
         }
     }
 }
 
+enum Block {
+    Skip(u32),
+    Other(u64),
+}
+
+/// The clocks one client's structs in an update cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpan {
+    pub client: u32,
+    /// Clock of the client's first struct in the update.
+    pub start: u32,
+    /// Ranges `(clock, len)` the update skips: structs after a skip build on clocks the update
+    /// does not carry.
+    pub skips: Vec<(u32, u32)>,
+}
+
 /// What [`check_update_v1`] learnt while walking an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpdateShape {
     /// Number of structs (items, GC and skip ranges).
     pub structs: usize,
     /// Number of deleted ranges in the delete set.
     pub deleted_ranges: usize,
+    /// Per client header, the clocks its structs start at and skip.
+    pub spans: Vec<ClientSpan>,
 }
 
 impl UpdateShape {
@@ -287,11 +320,28 @@ pub fn check_update_v1(update: &[u8]) -> Result<UpdateShape, UpdateCheckError> {
     let mut shape = UpdateShape::default();
     for _ in 0..r.count()? {
         let structs = r.count()?;
-        r.id()?;
+        let client = r.var_u64()?;
+        let client =
+            u32::try_from(client).map_err(|_| UpdateCheckError::ClientIdTooWide { client })?;
+        let start = r.var_u32()?;
+        let mut span = ClientSpan {
+            client,
+            start,
+            skips: Vec::new(),
+        };
+        let mut clock = u64::from(start);
         for _ in 0..structs {
-            r.block()?;
+            match r.block()? {
+                Block::Skip(len) => {
+                    span.skips
+                        .push((u32::try_from(clock).unwrap_or(u32::MAX), len));
+                    clock += u64::from(len);
+                }
+                Block::Other(len) => clock += len,
+            }
         }
         shape.structs += structs;
+        shape.spans.push(span);
     }
     for _ in 0..r.count()? {
         r.client()?;

@@ -83,21 +83,42 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 fn test(_root: &Path) -> Result<()> {
     let started = Instant::now();
     step("set-up", setup::all)?;
-    step("cargo fmt --check", || cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
+    step("cargo fmt --check", || {
+        cmd("cargo", &["fmt", "--all", "--", "--check"])
+    })?;
     step("cargo clippy", || {
         cmd(
             "cargo",
-            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
         )
     })?;
     step("engine and client build for wasm32", || {
         cmd(
             "cargo",
-            &["build", "-p", "lattice-engine", "--target", "wasm32-unknown-unknown"],
+            &[
+                "build",
+                "-p",
+                "lattice-engine",
+                "--target",
+                "wasm32-unknown-unknown",
+            ],
         )?;
         cmd(
             "cargo",
-            &["build", "-p", "lattice-client", "--target", "wasm32-unknown-unknown"],
+            &[
+                "build",
+                "-p",
+                "lattice-client",
+                "--target",
+                "wasm32-unknown-unknown",
+            ],
         )
     })?;
     step("engine dependency check", check_engine_deps)?;
@@ -114,7 +135,9 @@ fn test(_root: &Path) -> Result<()> {
             ],
         )
     })?;
-    step("doc tests", || cmd("cargo", &["test", "--workspace", "--doc"]))?;
+    step("doc tests", || {
+        cmd("cargo", &["test", "--workspace", "--doc"])
+    })?;
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -162,7 +185,15 @@ fn check_engine_deps() -> Result<()> {
 
 fn run(extra: &[String]) -> Result<()> {
     step("set-up", setup::for_run)?;
-    let mut args = vec!["run", "--release", "-p", "lattice-server", "--bin", "lattice", "--"];
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "lattice-server",
+        "--bin",
+        "lattice",
+        "--",
+    ];
     args.extend(extra.iter().map(String::as_str));
     cmd("cargo", &args)
 }

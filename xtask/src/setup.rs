@@ -50,7 +50,10 @@ pub fn for_run() -> Result<()> {
 
 fn rust_targets() -> Result<()> {
     let installed = output("rustup", &["target", "list", "--installed"])?;
-    if !installed.lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+    if !installed
+        .lines()
+        .any(|l| l.trim() == "wasm32-unknown-unknown")
+    {
         cmd("rustup", &["target", "add", "wasm32-unknown-unknown"])?;
     }
     Ok(())
@@ -97,7 +100,10 @@ fn apt(packages: &[&str]) -> Result<()> {
     ];
     args.extend(missing.iter().copied());
     // DEBIAN_FRONTEND keeps apt from asking questions when CI has no stdin.
-    as_root("env", &[&["DEBIAN_FRONTEND=noninteractive", "apt-get"], &args[..]].concat())
+    as_root(
+        "env",
+        &[&["DEBIAN_FRONTEND=noninteractive", "apt-get"], &args[..]].concat(),
+    )
 }
 
 /// A cluster as `pg_lsclusters` reports it.
@@ -138,7 +144,9 @@ fn newest_postgres_version() -> Result<String> {
 
 /// Runs SQL as the `postgres` superuser and returns the output.
 fn psql_superuser(port: &str, sql: &str) -> Result<String> {
-    let args = ["-u", "postgres", "--", "psql", "-X", "-q", "-p", port, "-tAc", sql];
+    let args = [
+        "-u", "postgres", "--", "psql", "-X", "-q", "-p", port, "-tAc", sql,
+    ];
     if is_root() {
         output("runuser", &args)
     } else {
@@ -166,7 +174,12 @@ fn postgres() -> Result<String> {
         as_root("pg_ctlcluster", &[&cluster.version, &cluster.name, "start"])?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while output("pg_isready", &["-q", "-h", "127.0.0.1", "-p", &cluster.port]).is_err() {
+    while output(
+        "pg_isready",
+        &["-q", "-h", "127.0.0.1", "-p", &cluster.port],
+    )
+    .is_err()
+    {
         if Instant::now() > deadline {
             bail!("PostgreSQL on port {} did not become ready", cluster.port);
         }

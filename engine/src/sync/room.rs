@@ -1,0 +1,540 @@
+//! The server side of one document.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::protocol::{ErrorCode, ServerMsg};
+use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Value};
+
+/// A connection, as the room knows it. Assigned by the driver, unique per server process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub u64);
+
+/// What a subscriber may do in this room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Receives changes and may publish presence; every write is refused.
+    Read,
+    Write,
+}
+
+/// Timings of a room, in milliseconds of the driver's clock.
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    /// A presence entry not renewed for this long is removed.
+    pub presence_ttl_ms: u64,
+    /// A `typing` flag not renewed for this long is cleared.
+    pub typing_ttl_ms: u64,
+    /// Consecutive deltas from one sender released by the same commit are relayed as one
+    /// merged delta of at most this many Yjs bytes, so a burst costs readers few frames.
+    pub max_relay_bytes: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            presence_ttl_ms: 30_000,
+            typing_ttl_ms: 5_000,
+            max_relay_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why the room wants a connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The store failed to commit this peer's deltas; it must resync.
+    StoreFailure,
+}
+
+/// One message for a set of peers; the driver encodes it once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub to: Vec<PeerId>,
+    pub msg: ServerMsg,
+}
+
+/// A delta the room has applied and wants committed. The driver commits the batch in token
+/// order and reports back with [`Room::committed`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingDelta {
+    pub token: u64,
+    pub peer: PeerId,
+    pub delta: Delta,
+    /// Latest HLC time in the delta (its newest register stamp), or the room's clock.
+    pub hlc: u64,
+    pub author: Option<String>,
+}
+
+/// What the driver must do after one input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effects {
+    pub send: Vec<Outgoing>,
+    pub persist: Vec<PendingDelta>,
+    pub close: Vec<(PeerId, CloseReason)>,
+    /// The in-memory document can no longer be trusted (yrs failed half-way, or a commit
+    /// failed); the driver reloads it from the store and resubscribes nobody: peers resync.
+    pub reload: bool,
+}
+
+impl Effects {
+    fn to(&mut self, peer: PeerId, msg: ServerMsg) {
+        self.send.push(Outgoing {
+            to: vec![peer],
+            msg,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.send.is_empty() && self.persist.is_empty() && self.close.is_empty() && !self.reload
+    }
+}
+
+struct Subscriber {
+    access: Access,
+}
+
+struct Presence {
+    state: Value,
+    typing: bool,
+    expires_at_ms: u64,
+    typing_until_ms: u64,
+}
+
+/// A delta waiting for its commit (or for earlier commits, when it needed none).
+struct Slot {
+    token: u64,
+    peer: PeerId,
+    seq: u64,
+    relay: Option<Delta>,
+}
+
+/// The single owner of a live document on the server.
+///
+/// **Invariants:** a delta is acknowledged to its sender and relayed to the others only after it
+/// (and every delta applied before it) is committed; a refused delta changes nothing; presence is
+/// never persisted.
+pub struct Room {
+    doc_id: DocId,
+    doc: Document,
+    hlc: Hlc,
+    config: RoomConfig,
+    subscribers: BTreeMap<PeerId, Subscriber>,
+    presence: BTreeMap<PeerId, Presence>,
+    slots: VecDeque<Slot>,
+    next_token: u64,
+    committed_token: u64,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("doc", &self.doc_id)
+            .field("subscribers", &self.subscribers.len())
+            .field("pending", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// A room for `doc`, which holds everything committed so far. `hlc` bounds the clock drift
+    /// of incoming register writes.
+    pub fn new(doc_id: DocId, doc: Document, hlc: Hlc, config: RoomConfig) -> Self {
+        Self {
+            doc_id,
+            doc,
+            hlc,
+            config,
+            subscribers: BTreeMap::new(),
+            presence: BTreeMap::new(),
+            slots: VecDeque::new(),
+            next_token: 1,
+            committed_token: 0,
+        }
+    }
+
+    pub fn doc_id(&self) -> &DocId {
+        &self.doc_id
+    }
+
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    pub fn is_subscribed(&self, peer: PeerId) -> bool {
+        self.subscribers.contains_key(&peer)
+    }
+
+    /// No subscribers and nothing waiting for a commit: the room may be unloaded.
+    pub fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.slots.is_empty()
+    }
+
+    fn error(&self, code: ErrorCode, message: String, seq: Option<u64>) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message,
+            doc: Some(self.doc_id.clone()),
+            seq,
+        }
+    }
+
+    fn others(&self, peer: PeerId) -> Vec<PeerId> {
+        self.subscribers
+            .keys()
+            .copied()
+            .filter(|p| *p != peer)
+            .collect()
+    }
+
+    /// A peer subscribes with what it holds; it gets what it lacks, the room's state, and the
+    /// current presence of the others.
+    pub fn subscribe(&mut self, peer: PeerId, access: Access, known: &DocState) -> Effects {
+        let mut fx = Effects::default();
+        let delta = match self.doc.diff_since(known) {
+            Ok(d) => d,
+            Err(e) => {
+                let code = match e {
+                    ApplyError::Poisoned => ErrorCode::Internal,
+                    _ => ErrorCode::MalformedMessage,
+                };
+                fx.to(
+                    peer,
+                    self.error(code, format!("bad subscribe state: {e}"), None),
+                );
+                fx.reload = matches!(e, ApplyError::Poisoned);
+                return fx;
+            }
+        };
+        self.subscribers.insert(peer, Subscriber { access });
+        fx.to(
+            peer,
+            ServerMsg::Sync {
+                doc: self.doc_id.clone(),
+                delta,
+                state: self.doc.state(),
+            },
+        );
+        for (other, p) in &self.presence {
+            if *other != peer {
+                fx.to(peer, self.presence_msg(*other, Some(p)));
+            }
+        }
+        fx
+    }
+
+    /// A peer leaves (unsubscribe or disconnect): its presence goes at once.
+    pub fn unsubscribe(&mut self, peer: PeerId) -> Effects {
+        let mut fx = Effects::default();
+        self.subscribers.remove(&peer);
+        if self.presence.remove(&peer).is_some() {
+            let to = self.others(peer);
+            if !to.is_empty() {
+                fx.send.push(Outgoing {
+                    to,
+                    msg: self.presence_msg(peer, None),
+                });
+            }
+        }
+        fx
+    }
+
+    /// A delta from a subscriber. Applied at once (so later subscribers see it), persisted by
+    /// the driver, acknowledged and relayed on [`Room::committed`].
+    pub fn client_delta(
+        &mut self,
+        peer: PeerId,
+        seq: u64,
+        delta: Delta,
+        author: Option<String>,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        match self.subscribers.get(&peer) {
+            None => {
+                fx.to(
+                    peer,
+                    self.error(
+                        ErrorCode::NotSubscribed,
+                        "subscribe before sending deltas".into(),
+                        Some(seq),
+                    ),
+                );
+                return fx;
+            }
+            Some(sub) if sub.access == Access::Read => {
+                fx.to(
+                    peer,
+                    self.error(
+                        ErrorCode::Forbidden,
+                        "read-only access: the delta was refused".into(),
+                        Some(seq),
+                    ),
+                );
+                return fx;
+            }
+            Some(_) => {}
+        }
+        if let Some(stamp) = delta.max_stamp()
+            && let Err(e) = self.hlc.check_drift(stamp)
+        {
+            fx.to(
+                peer,
+                self.error(ErrorCode::InvalidDelta, e.to_string(), Some(seq)),
+            );
+            return fx;
+        }
+        let applied = match self.doc.apply(&delta) {
+            Ok(a) => a,
+            Err(e) => {
+                fx.reload = matches!(e, ApplyError::Integrate { .. } | ApplyError::Poisoned);
+                let code = if fx.reload {
+                    ErrorCode::Internal
+                } else {
+                    ErrorCode::InvalidDelta
+                };
+                fx.to(peer, self.error(code, e.to_string(), Some(seq)));
+                return fx;
+            }
+        };
+        let hlc = match delta.max_stamp() {
+            Some(stamp) => {
+                // The drift check passed, so observing cannot fail; the clock now orders any
+                // write the server makes itself (restore) after this one.
+                let _ = self.hlc.observe(stamp);
+                stamp.time
+            }
+            None => self.hlc.tick().time,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        if applied.changed {
+            fx.persist.push(PendingDelta {
+                token,
+                peer,
+                delta: delta.clone(),
+                hlc,
+                author,
+            });
+            self.slots.push_back(Slot {
+                token,
+                peer,
+                seq,
+                relay: Some(delta),
+            });
+        } else {
+            // Nothing new, but what it duplicates may still be uncommitted: acknowledge it in
+            // order with everything before it.
+            self.slots.push_back(Slot {
+                token,
+                peer,
+                seq,
+                relay: None,
+            });
+            self.release(&mut fx);
+        }
+        fx
+    }
+
+    /// Every [`PendingDelta`] with a token up to `token` is committed.
+    pub fn committed(&mut self, token: u64) -> Effects {
+        let mut fx = Effects::default();
+        self.committed_token = self.committed_token.max(token);
+        self.release(&mut fx);
+        fx
+    }
+
+    /// Acknowledges and relays every slot whose commit (and every earlier commit) is done.
+    fn release(&mut self, fx: &mut Effects) {
+        let mut acks: BTreeMap<PeerId, u64> = BTreeMap::new();
+        // Runs of relays from one sender, merged into one delta each.
+        let mut runs: Vec<(PeerId, Vec<Delta>, usize)> = Vec::new();
+        while let Some(front) = self.slots.front() {
+            if front.relay.is_some() && front.token > self.committed_token {
+                break;
+            }
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            let seq = acks.entry(slot.peer).or_insert(0);
+            *seq = (*seq).max(slot.seq);
+            if let Some(delta) = slot.relay {
+                let size = delta.yjs.len();
+                match runs.last_mut() {
+                    Some((peer, deltas, bytes))
+                        if *peer == slot.peer && *bytes + size <= self.config.max_relay_bytes =>
+                    {
+                        deltas.push(delta);
+                        *bytes += size;
+                    }
+                    _ => runs.push((slot.peer, vec![delta], size)),
+                }
+            }
+        }
+        for (sender, deltas, _) in runs {
+            let to = self.others(sender);
+            if to.is_empty() {
+                continue;
+            }
+            // Every delta here was applied, so merging cannot fail on its bytes; should it fail
+            // anyway, they go out one by one rather than not at all.
+            let frames = match deltas.len() {
+                1 => deltas,
+                _ => match Delta::merge(&deltas) {
+                    Ok(merged) => vec![merged],
+                    Err(_) => deltas,
+                },
+            };
+            for delta in frames {
+                fx.send.push(Outgoing {
+                    to: to.clone(),
+                    msg: ServerMsg::Delta {
+                        doc: self.doc_id.clone(),
+                        delta,
+                    },
+                });
+            }
+        }
+        for (peer, seq) in acks {
+            if self.subscribers.contains_key(&peer) {
+                fx.to(
+                    peer,
+                    ServerMsg::Ack {
+                        doc: self.doc_id.clone(),
+                        seq,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The store refused the batch holding tokens up to `token`. The document now holds changes
+    /// the store does not, so it must be reloaded; the senders are closed so they resync (their
+    /// edits are still in their replicas and come back through the resync).
+    pub fn commit_failed(&mut self) -> Effects {
+        let mut fx = Effects {
+            reload: true,
+            ..Effects::default()
+        };
+        let mut peers: Vec<PeerId> = self.slots.iter().map(|s| s.peer).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        self.slots.clear();
+        for peer in peers {
+            self.subscribers.remove(&peer);
+            self.presence.remove(&peer);
+            fx.close.push((peer, CloseReason::StoreFailure));
+        }
+        fx
+    }
+
+    /// Replaces the document after a reload from the store. Subscribers stay; anything they sent
+    /// that was lost comes back when they resync.
+    pub fn replace_document(&mut self, doc: Document) {
+        self.doc = doc;
+        self.slots.clear();
+    }
+
+    fn presence_msg(&self, peer: PeerId, p: Option<&Presence>) -> ServerMsg {
+        ServerMsg::Presence {
+            doc: self.doc_id.clone(),
+            peer: peer.0,
+            state: p.map_or(Value::Null, |p| p.state.clone()),
+            typing: p.is_some_and(|p| p.typing),
+        }
+    }
+
+    /// A peer publishes its presence (any subscriber, read-only included). `Value::Null`
+    /// leaves.
+    pub fn presence(&mut self, peer: PeerId, state: Value, typing: bool, now_ms: u64) -> Effects {
+        let mut fx = Effects::default();
+        if !self.subscribers.contains_key(&peer) {
+            fx.to(
+                peer,
+                self.error(
+                    ErrorCode::NotSubscribed,
+                    "subscribe before publishing presence".into(),
+                    None,
+                ),
+            );
+            return fx;
+        }
+        match state {
+            Value::Null => {
+                if self.presence.remove(&peer).is_some() {
+                    let to = self.others(peer);
+                    if !to.is_empty() {
+                        fx.send.push(Outgoing {
+                            to,
+                            msg: self.presence_msg(peer, None),
+                        });
+                    }
+                }
+            }
+            state => {
+                let entry = Presence {
+                    state,
+                    typing,
+                    expires_at_ms: now_ms.saturating_add(self.config.presence_ttl_ms),
+                    typing_until_ms: if typing {
+                        now_ms.saturating_add(self.config.typing_ttl_ms)
+                    } else {
+                        0
+                    },
+                };
+                let msg = self.presence_msg(peer, Some(&entry));
+                self.presence.insert(peer, entry);
+                let to = self.others(peer);
+                if !to.is_empty() {
+                    fx.send.push(Outgoing { to, msg });
+                }
+            }
+        }
+        fx
+    }
+
+    /// Expires presence entries and typing flags. The driver calls it periodically.
+    pub fn tick(&mut self, now_ms: u64) -> Effects {
+        let mut fx = Effects::default();
+        let expired: Vec<PeerId> = self
+            .presence
+            .iter()
+            .filter(|(_, p)| p.expires_at_ms <= now_ms)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.presence.remove(&peer);
+            let to = self.others(peer);
+            if !to.is_empty() {
+                fx.send.push(Outgoing {
+                    to,
+                    msg: self.presence_msg(peer, None),
+                });
+            }
+        }
+        let stopped: Vec<PeerId> = self
+            .presence
+            .iter()
+            .filter(|(_, p)| p.typing && p.typing_until_ms <= now_ms)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in stopped {
+            if let Some(p) = self.presence.get_mut(&peer) {
+                p.typing = false;
+            }
+            let msg = self.presence_msg(peer, self.presence.get(&peer));
+            let to = self.others(peer);
+            if !to.is_empty() {
+                fx.send.push(Outgoing { to, msg });
+            }
+        }
+        fx
+    }
+
+    /// A register write or other server-made change (restore), stamped by the room's clock.
+    pub fn stamp(&self) -> HlcTimestamp {
+        self.hlc.tick()
+    }
+}

@@ -1,0 +1,333 @@
+//! The client side of a connection: the documents a client replicates and what it owes the
+//! server.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
+use crate::{ApplyError, Delta, DocId, Document, EditError, Hlc, ReplicaId, Value};
+
+/// Something the application should hear about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionEvent {
+    /// The server answered `hello`.
+    Online,
+    /// A document finished its initial exchange: the client holds everything the server had.
+    Synced {
+        doc: DocId,
+    },
+    /// A change from another replica was applied.
+    Remote {
+        doc: DocId,
+    },
+    /// Local deltas up to `seq` are durable on the server.
+    Acked {
+        doc: DocId,
+        seq: u64,
+    },
+    Presence {
+        doc: DocId,
+        peer: u64,
+        /// `Value::Null` when the peer left.
+        state: Value,
+        typing: bool,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        doc: Option<DocId>,
+    },
+    Pong {
+        nonce: u64,
+    },
+}
+
+/// What the driver must send and report after one input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionOutput {
+    pub send: Vec<ClientMsg>,
+    pub events: Vec<SessionEvent>,
+}
+
+/// A local delta the server has not confirmed yet.
+struct Unconfirmed {
+    delta: Delta,
+    /// The sequence number of the message that carries it (or a later resync delta that covers
+    /// it); `None` while it has not been sent on the current connection.
+    covered_by: Option<u64>,
+}
+
+struct ClientDoc {
+    doc: Document,
+    synced: bool,
+    unconfirmed: VecDeque<Unconfirmed>,
+}
+
+/// A client's sync state, independent of any socket: the same logic drives the native client
+/// and the browser client.
+///
+/// **Invariants:** a local edit stays counted as pending until the server acknowledges a delta
+/// that contains it; after a reconnect, the client sends exactly what the server's state lacks
+/// (`diff_since`), which covers every offline edit and every delta that was in flight.
+pub struct Session {
+    replica: ReplicaId,
+    hlc: Hlc,
+    token: Option<String>,
+    agent: Option<String>,
+    docs: BTreeMap<DocId, ClientDoc>,
+    connected: bool,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("replica", &self.replica)
+            .field("docs", &self.docs.len())
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn new(replica: ReplicaId, hlc: Hlc) -> Self {
+        Self {
+            replica,
+            hlc,
+            token: None,
+            agent: None,
+            docs: BTreeMap::new(),
+            connected: false,
+            next_seq: 1,
+        }
+    }
+
+    /// The token sent in `hello`.
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    pub fn set_agent(&mut self, agent: Option<String>) {
+        self.agent = agent;
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn document(&self, doc: &DocId) -> Option<&Document> {
+        self.docs.get(doc).map(|d| &d.doc)
+    }
+
+    pub fn is_synced(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|d| d.synced)
+    }
+
+    /// Local deltas of `doc` not yet acknowledged by the server.
+    pub fn pending(&self, doc: &DocId) -> usize {
+        self.docs.get(doc).map_or(0, |d| d.unconfirmed.len())
+    }
+
+    /// The unconfirmed local deltas, for a driver that keeps them across restarts.
+    pub fn pending_deltas(&self, doc: &DocId) -> Vec<Delta> {
+        self.docs.get(doc).map_or_else(Vec::new, |d| {
+            d.unconfirmed.iter().map(|u| u.delta.clone()).collect()
+        })
+    }
+
+    fn subscribe_msg(doc: &DocId, d: &ClientDoc) -> ClientMsg {
+        ClientMsg::Subscribe {
+            doc: doc.clone(),
+            state: d.doc.state(),
+        }
+    }
+
+    /// Starts replicating `doc`. `restored` are local deltas a previous run did not get
+    /// confirmed (kept by the driver); they count as pending until the server has them.
+    pub fn open(&mut self, doc: DocId, restored: Vec<Delta>) -> Result<SessionOutput, ApplyError> {
+        let mut out = SessionOutput::default();
+        if self.docs.contains_key(&doc) {
+            return Ok(out);
+        }
+        let mut d = ClientDoc {
+            doc: Document::new(self.replica),
+            synced: false,
+            unconfirmed: VecDeque::new(),
+        };
+        for delta in restored {
+            d.doc.apply(&delta)?;
+            d.unconfirmed.push_back(Unconfirmed {
+                delta,
+                covered_by: None,
+            });
+        }
+        if self.connected {
+            out.send.push(Self::subscribe_msg(&doc, &d));
+        }
+        self.docs.insert(doc, d);
+        Ok(out)
+    }
+
+    /// Stops replicating `doc`.
+    pub fn close(&mut self, doc: &DocId) -> SessionOutput {
+        let mut out = SessionOutput::default();
+        if self.docs.remove(doc).is_some() && self.connected {
+            out.send.push(ClientMsg::Unsubscribe { doc: doc.clone() });
+        }
+        out
+    }
+
+    /// The socket is open: say hello and subscribe to every open document.
+    pub fn connected(&mut self) -> SessionOutput {
+        self.connected = true;
+        let mut out = SessionOutput::default();
+        out.send.push(ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            token: self.token.clone(),
+            agent: self.agent.clone(),
+            replica: Some(self.replica.get()),
+        });
+        for (id, d) in &self.docs {
+            out.send.push(Self::subscribe_msg(id, d));
+        }
+        out
+    }
+
+    /// The socket is gone. Nothing is lost: in-flight deltas stay pending and are covered by
+    /// the resync on the next connection.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+        for d in self.docs.values_mut() {
+            d.synced = false;
+            for u in &mut d.unconfirmed {
+                u.covered_by = None;
+            }
+        }
+    }
+
+    /// Makes a local change with `edit` (which gets the document and this replica's clock) and
+    /// sends it when the document is synced; otherwise it waits for the next resync.
+    pub fn edit(
+        &mut self,
+        doc: &DocId,
+        edit: impl FnOnce(&mut Document, &Hlc) -> Result<Delta, EditError>,
+    ) -> Result<SessionOutput, EditError> {
+        let mut out = SessionOutput::default();
+        let Some(d) = self.docs.get_mut(doc) else {
+            return Ok(out);
+        };
+        let delta = edit(&mut d.doc, &self.hlc)?;
+        if delta.is_empty() {
+            return Ok(out);
+        }
+        let covered_by = if d.synced && self.connected {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            out.send.push(ClientMsg::Delta {
+                doc: doc.clone(),
+                seq,
+                delta: delta.clone(),
+            });
+            Some(seq)
+        } else {
+            None
+        };
+        d.unconfirmed.push_back(Unconfirmed { delta, covered_by });
+        Ok(out)
+    }
+
+    /// Handles one message from the server.
+    pub fn handle(&mut self, msg: ServerMsg) -> SessionOutput {
+        let mut out = SessionOutput::default();
+        match msg {
+            ServerMsg::Welcome { .. } => out.events.push(SessionEvent::Online),
+            ServerMsg::Sync { doc, delta, state } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return out;
+                };
+                if let Err(e) = d.doc.apply(&delta) {
+                    out.events.push(SessionEvent::Error {
+                        code: ErrorCode::InvalidDelta,
+                        message: format!("server sync delta refused: {e}"),
+                        doc: Some(doc),
+                    });
+                    return out;
+                }
+                match d.doc.diff_since(&state) {
+                    Ok(missing) if !missing.is_empty() => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        out.send.push(ClientMsg::Delta {
+                            doc: doc.clone(),
+                            seq,
+                            delta: missing,
+                        });
+                        for u in &mut d.unconfirmed {
+                            u.covered_by = Some(seq);
+                        }
+                    }
+                    Ok(_) => d.unconfirmed.clear(),
+                    Err(e) => out.events.push(SessionEvent::Error {
+                        code: ErrorCode::MalformedMessage,
+                        message: format!("server state unreadable: {e}"),
+                        doc: Some(doc.clone()),
+                    }),
+                }
+                d.synced = true;
+                out.events.push(SessionEvent::Synced { doc });
+            }
+            ServerMsg::Delta { doc, delta } => {
+                let Some(d) = self.docs.get_mut(&doc) else {
+                    return out;
+                };
+                match d.doc.apply(&delta) {
+                    Ok(_) => out.events.push(SessionEvent::Remote { doc }),
+                    Err(e) => out.events.push(SessionEvent::Error {
+                        code: ErrorCode::InvalidDelta,
+                        message: format!("server delta refused: {e}"),
+                        doc: Some(doc),
+                    }),
+                }
+            }
+            ServerMsg::Ack { doc, seq } => {
+                if let Some(d) = self.docs.get_mut(&doc) {
+                    d.unconfirmed
+                        .retain(|u| u.covered_by.is_none_or(|covered| covered > seq));
+                }
+                out.events.push(SessionEvent::Acked { doc, seq });
+            }
+            ServerMsg::Presence {
+                doc,
+                peer,
+                state,
+                typing,
+            } => out.events.push(SessionEvent::Presence {
+                doc,
+                peer,
+                state,
+                typing,
+            }),
+            ServerMsg::Error {
+                code, message, doc, ..
+            } => out.events.push(SessionEvent::Error { code, message, doc }),
+            ServerMsg::Pong { nonce } => out.events.push(SessionEvent::Pong { nonce }),
+        }
+        out
+    }
+
+    /// Publishes this client's presence on `doc` (`Value::Null` leaves).
+    pub fn presence(&self, doc: &DocId, state: Value, typing: bool) -> SessionOutput {
+        let mut out = SessionOutput::default();
+        if self.connected && self.docs.contains_key(doc) {
+            out.send.push(ClientMsg::Presence {
+                doc: doc.clone(),
+                state,
+                typing,
+            });
+        }
+        out
+    }
+}
