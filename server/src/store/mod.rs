@@ -1,0 +1,776 @@
+//! Durable storage of documents: an append-only update log per document, with checkpoints.
+//!
+//! A [`Store`] is opened from a URL (`sqlite://path.db`, created if missing, or `postgres://…`)
+//! and dispatches at run time to one of two backends, [SQLite](sqlite) or [Postgres](postgres),
+//! which share the same SQL (`$n` placeholders work in both) and pass one contract test suite
+//! (`tests/tests/store_contract.rs`). Migrations come from `migrations/{sqlite,postgres}/` and
+//! are applied when the store opens; a database whose schema is newer than this build is refused
+//! with [`StoreError::SchemaTooNew`].
+//!
+//! # Invariants
+//! - **Durable before acknowledged.** [`Store::append`] resolves only after the transaction
+//!   holding the entry has committed. Appends from many tasks are batched into few transactions
+//!   by the [group committer](group_commit); its queue is bounded
+//!   ([`StoreConfig::queue_capacity`]), so a writer that outruns the disk waits.
+//! - **Dense sequence numbers.** Every document's log is numbered 1, 2, 3, … with no gap; the
+//!   store assigns numbers inside the committing transaction. Appends submitted from one task
+//!   are numbered in submission order.
+//! - **Append-only.** Log entries are never rewritten. Retention may drop a prefix of the log,
+//!   and only down to a sequence number where a checkpoint is kept.
+//! - **Loading never replays the whole log** when checkpoints are on: it starts from the newest
+//!   checkpoint, which a background task writes every
+//!   [`StoreConfig::checkpoint_every_updates`] updates or
+//!   [`StoreConfig::checkpoint_every_bytes`] bytes.
+//! - **Stored bytes never panic.** A delta or checkpoint that does not decode or apply is
+//!   reported as [`StoreError::CorruptDelta`] / [`StoreError::CorruptCheckpoint`] naming the
+//!   document and sequence number; other documents are unaffected.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lattice_engine::{Delta, DocId, Document, ReplicaId};
+use tokio::sync::{mpsc, oneshot};
+
+mod group_commit;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+pub use sqlite::SqliteSynchronous;
+
+/// Default capacity of the group-commit queue, in append requests.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
+/// Default upper bound on log entries committed in one transaction.
+pub const DEFAULT_MAX_BATCH_ENTRIES: usize = 4_096;
+/// Default upper bound on delta bytes committed in one transaction.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Capacity of the queue of documents waiting for a background checkpoint. A trigger that finds
+/// it full is dropped harmlessly: the next commit to that document triggers again.
+pub const CHECKPOINT_QUEUE_CAPACITY: usize = 1_024;
+
+/// How the store behaves. Every field has a documented default ([`StoreConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Write a checkpoint once this many updates have been appended since the last one
+    /// (default 1,000). 0 turns this trigger off.
+    pub checkpoint_every_updates: u64,
+    /// Write a checkpoint once this many delta bytes have been appended since the last one
+    /// (default 1 MiB). 0 turns this trigger off.
+    pub checkpoint_every_bytes: u64,
+    /// Checkpoints kept per document, newest first (default 4). The checkpoint at the retention
+    /// cut is always kept in addition. Older checkpoints only speed up [`Store::state_at`].
+    pub checkpoints_kept: usize,
+    /// Capacity of the group-commit queue, in append requests (default
+    /// [`DEFAULT_QUEUE_CAPACITY`]). When it is full, [`Store::append`] waits.
+    pub queue_capacity: usize,
+    /// Most log entries per transaction (default [`DEFAULT_MAX_BATCH_ENTRIES`]). A single
+    /// request larger than this is still committed whole, in its own transaction.
+    pub max_batch_entries: usize,
+    /// Most delta bytes per transaction (default [`DEFAULT_MAX_BATCH_BYTES`]), with the same
+    /// exception.
+    pub max_batch_bytes: usize,
+    /// Which part of the log to keep (default [`Retention::KeepAll`]).
+    pub retention: Retention,
+    /// SQLite's `synchronous` setting (default [`SqliteSynchronous::Full`]); ignored by Postgres.
+    /// See `docs/storage.md` for what each promises on a process kill and on power loss.
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// Connections for reads: the SQLite reader pool, or the whole Postgres pool (default 4).
+    pub pool_size: u32,
+    /// How long a connection may wait for a lock (SQLite `busy_timeout`) or for a pooled
+    /// connection (default 30 s).
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every_updates: 1_000,
+            checkpoint_every_bytes: 1024 * 1024,
+            checkpoints_kept: 4,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_batch_entries: DEFAULT_MAX_BATCH_ENTRIES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            retention: Retention::KeepAll,
+            sqlite_synchronous: SqliteSynchronous::Full,
+            pool_size: 4,
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which part of a document's update log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// Keep every log entry, so admins can inspect the whole history (the default).
+    #[default]
+    KeepAll,
+    /// After each checkpoint, drop log entries up to the newest checkpoint that still leaves at
+    /// least `keep_updates` entries after it. The checkpoint at the cut is kept, so the state at
+    /// every sequence number from the cut on can still be rebuilt.
+    DropBeforeCheckpoint { keep_updates: u64 },
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A stored delta does not decode or does not apply. The document cannot be loaded past
+    /// `seq`; other documents are unaffected.
+    #[error("document {doc}: log entry {seq} is corrupt: {reason}")]
+    CorruptDelta {
+        doc: DocId,
+        seq: u64,
+        reason: String,
+    },
+    /// A stored checkpoint does not decode.
+    #[error("document {doc}: checkpoint at {seq} is corrupt: {reason}")]
+    CorruptCheckpoint {
+        doc: DocId,
+        seq: u64,
+        reason: String,
+    },
+    /// The log of a document is missing an entry it should hold (or a stored row is invalid).
+    #[error("document {doc}: log entry {seq} is missing or invalid: {reason}")]
+    LogInconsistent {
+        doc: DocId,
+        seq: u64,
+        reason: String,
+    },
+    /// The document is soft-deleted: it cannot be loaded or appended to until undeleted.
+    #[error("document {doc} is deleted")]
+    DocumentDeleted { doc: DocId },
+    /// The requested sequence number is past the document's head.
+    #[error("document {doc}: sequence number {seq} is past the head ({head})")]
+    SeqOutOfRange { doc: DocId, seq: u64, head: u64 },
+    /// Retention dropped the requested part of the log.
+    #[error(
+        "document {doc}: entries up to {log_start_seq} were dropped by retention (asked for {seq})"
+    )]
+    Truncated {
+        doc: DocId,
+        seq: u64,
+        log_start_seq: u64,
+    },
+    /// The document does not exist.
+    #[error("document {doc} does not exist")]
+    NotFound { doc: DocId },
+    /// The database holds a schema newer than this build knows; refuse rather than guess.
+    #[error(
+        "database schema version {found} is newer than this build of Lattice knows ({known}); \
+         upgrade Lattice or point it at another database"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    /// The database URL is neither `sqlite:` nor `postgres:`/`postgresql:`, or does not parse.
+    #[error("unsupported database URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// Applying migrations failed.
+    #[error("migrating the database failed: {0}")]
+    Migrate(Arc<sqlx::migrate::MigrateError>),
+    /// The database failed (connection, IO, constraint). `op` names the store operation.
+    #[error("database error during {op}: {source}")]
+    Database {
+        op: &'static str,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    /// The store was closed (its group committer is gone).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |e| StoreError::Database {
+            op,
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// One update to append: a delta and who sent it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    pub doc: DocId,
+    /// HLC time of the update (`HlcTimestamp::time`), 0 when it has none.
+    pub hlc: u64,
+    /// The replica (Yjs client id) that produced the update.
+    pub replica: ReplicaId,
+    /// The authenticated user, once authentication exists.
+    pub author: Option<String>,
+    delta_bytes: Vec<u8>,
+}
+
+impl fmt::Debug for NewEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewEntry")
+            .field("doc", &self.doc)
+            .field("hlc", &self.hlc)
+            .field("replica", &self.replica)
+            .field("author", &self.author)
+            .field("bytes", &self.delta_bytes.len())
+            .finish()
+    }
+}
+
+impl NewEntry {
+    /// An entry for `delta`, encoded here (in the caller's task) with `rmp_serde::to_vec_named`.
+    pub fn new(
+        doc: DocId,
+        delta: &Delta,
+        hlc: u64,
+        replica: ReplicaId,
+        author: Option<String>,
+    ) -> Self {
+        Self {
+            doc,
+            hlc,
+            replica,
+            author,
+            delta_bytes: encode_delta(delta),
+        }
+    }
+
+    /// The encoded delta.
+    pub fn delta_bytes(&self) -> &[u8] {
+        &self.delta_bytes
+    }
+}
+
+/// Encodes a delta the way the log stores it.
+pub fn encode_delta(delta: &Delta) -> Vec<u8> {
+    // Encoding plain owned data into a Vec cannot fail; an empty blob would be caught as
+    // corrupt on load rather than silently lost.
+    rmp_serde::to_vec_named(delta).unwrap_or_default()
+}
+
+/// One stored log entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub hlc: u64,
+    pub replica: u32,
+    pub author: Option<String>,
+    pub byte_size: u64,
+    pub committed_at_ms: u64,
+    pub delta_bytes: Vec<u8>,
+}
+
+impl fmt::Debug for LogEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogEntry")
+            .field("seq", &self.seq)
+            .field("hlc", &self.hlc)
+            .field("replica", &self.replica)
+            .field("author", &self.author)
+            .field("byte_size", &self.byte_size)
+            .field("committed_at_ms", &self.committed_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogEntry {
+    /// Decodes the stored delta; `doc` names the document in the error.
+    pub fn delta(&self, doc: &DocId) -> Result<Delta, StoreError> {
+        decode_delta(doc, self.seq, &self.delta_bytes)
+    }
+}
+
+fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::CorruptDelta {
+        doc: doc.clone(),
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+/// What the store knows about a document, without its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub id: DocId,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// When it was soft-deleted; `None` while it is live.
+    pub deleted_at_ms: Option<u64>,
+    /// The last sequence number, which is also the number of updates ever appended.
+    pub head_seq: u64,
+    /// Total size of every delta ever appended, in bytes.
+    pub byte_count: u64,
+    /// Sequence number of the newest checkpoint (0 = none).
+    pub checkpoint_seq: u64,
+    /// Entries up to this sequence number were dropped by retention (0 = none dropped).
+    pub log_start_seq: u64,
+}
+
+impl DocMeta {
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at_ms.is_some()
+    }
+}
+
+/// A document as loaded from the store.
+#[derive(Debug)]
+pub struct LoadedDoc {
+    pub document: Document,
+    /// The sequence number of the last update the document includes.
+    pub head_seq: u64,
+    pub meta: DocMeta,
+}
+
+/// A page of [`Store::list_documents`]: ids strictly after `after`, at most `limit` of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<DocId>,
+    pub limit: u32,
+}
+
+/// The stored parts a document is rebuilt from: a checkpoint and the log after it.
+pub(crate) struct Parts {
+    pub meta: DocMeta,
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+    /// The document's byte count when its newest checkpoint was written.
+    pub checkpoint_byte_count: u64,
+    /// `(seq, delta bytes)` after the checkpoint, ascending.
+    pub tail: Vec<(u64, Vec<u8>)>,
+    /// The sequence number the parts were read up to.
+    pub upto: u64,
+}
+
+/// One group-commit transaction's outcome for one document, used to trigger checkpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct DocCounters {
+    pub doc: DocId,
+    pub head_seq: u64,
+    pub byte_count: u64,
+    pub checkpoint_seq: u64,
+    pub checkpoint_byte_count: u64,
+}
+
+/// The two backends behind a [`Store`].
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PostgresBackend),
+}
+
+macro_rules! dispatch {
+    ($backend:expr, $b:ident => $call:expr) => {
+        match $backend {
+            Backend::Sqlite($b) => $call,
+            Backend::Postgres($b) => $call,
+        }
+    };
+}
+
+impl Backend {
+    pub(crate) async fn append_batch(
+        &self,
+        requests: &[Vec<NewEntry>],
+        now_ms: u64,
+    ) -> Result<(Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>), StoreError> {
+        dispatch!(self, b => b.append_batch(requests, now_ms).await)
+    }
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        dispatch!(self, b => b.doc_meta(doc).await)
+    }
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+        dispatch!(self, b => b.parts(doc, upto).await)
+    }
+    async fn read_log(
+        &self,
+        doc: &DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        dispatch!(self, b => b.read_log(doc, from_seq, limit).await)
+    }
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
+        dispatch!(self, b => b.list(prefix, page).await)
+    }
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.set_deleted(doc, at_ms).await)
+    }
+    async fn write_checkpoint(
+        &self,
+        meta: &DocMeta,
+        snapshot: &[u8],
+        now_ms: u64,
+        config: &StoreConfig,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.write_checkpoint(meta, snapshot, now_ms, config).await)
+    }
+    async fn close(&self) {
+        dispatch!(self, b => b.close().await)
+    }
+}
+
+/// A handle to the store. Cheap to clone; every clone shares the same pools and group committer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    backend: Arc<Backend>,
+    config: StoreConfig,
+    commits: mpsc::Sender<group_commit::Command>,
+}
+
+/// Documents waiting for a background checkpoint, deduplicated.
+#[derive(Debug)]
+pub(crate) struct CheckpointQueue {
+    tx: mpsc::Sender<DocId>,
+    pending: Mutex<HashSet<DocId>>,
+}
+
+impl CheckpointQueue {
+    pub(crate) fn trigger(&self, doc: &DocId) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if pending.contains(doc) {
+            return;
+        }
+        if self.tx.try_send(doc.clone()).is_ok() {
+            pending.insert(doc.clone());
+        }
+    }
+
+    fn done(&self, doc: &DocId) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(doc);
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Store {
+    /// Opens (and migrates) the store at `url`: `sqlite://path.db` (created if missing),
+    /// `sqlite::memory:`, or `postgres://user:password@host/db`. Must be called inside a tokio
+    /// runtime: it spawns the group committer and the checkpointer.
+    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteBackend::open(url, &config).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
+        } else {
+            return Err(StoreError::BadUrl {
+                url: url.to_owned(),
+                reason: "expected sqlite://… or postgres://…".to_owned(),
+            });
+        };
+        let backend = Arc::new(backend);
+        let (cp_tx, cp_rx) = mpsc::channel(CHECKPOINT_QUEUE_CAPACITY);
+        let checkpoints = Arc::new(CheckpointQueue {
+            tx: cp_tx,
+            pending: Mutex::new(HashSet::new()),
+        });
+        let commits = group_commit::spawn(backend.clone(), config.clone(), checkpoints.clone());
+        // The checkpointer holds the queue weakly: it stops when the group committer (and
+        // with it the last strong handle) is gone.
+        tokio::spawn(checkpointer(
+            backend.clone(),
+            config.clone(),
+            cp_rx,
+            Arc::downgrade(&checkpoints),
+        ));
+        Ok(Store {
+            shared: Arc::new(Shared {
+                backend,
+                config,
+                commits,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    /// Which backend this store runs on: `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match *self.shared.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Appends one entry and resolves to its sequence number once it is committed.
+    pub async fn append(&self, entry: NewEntry) -> Result<u64, StoreError> {
+        let seqs = self.append_batch(vec![entry]).await?;
+        seqs.first().copied().ok_or(StoreError::Closed)
+    }
+
+    /// Appends entries for one or many documents atomically (one transaction) and resolves to
+    /// their sequence numbers, in order, once committed. Entries for a soft-deleted document
+    /// fail the whole request with [`StoreError::DocumentDeleted`].
+    pub async fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<u64>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .commits
+            .send(group_commit::Command::Append { entries, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Resolves once every append submitted before it has committed (or failed).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .commits
+            .send(group_commit::Command::Flush { reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Loads a document as replica `replica`: the newest checkpoint plus the log after it.
+    /// `Ok(None)` if the document was never written; [`StoreError::DocumentDeleted`] if it is
+    /// soft-deleted.
+    pub async fn load(
+        &self,
+        doc: &DocId,
+        replica: ReplicaId,
+    ) -> Result<Option<LoadedDoc>, StoreError> {
+        let Some(parts) = self.shared.backend.parts(doc, None).await? else {
+            return Ok(None);
+        };
+        if parts.meta.is_deleted() {
+            return Err(StoreError::DocumentDeleted { doc: doc.clone() });
+        }
+        let head_seq = parts.upto;
+        let (document, meta) = rebuild(doc, replica, parts)?;
+        Ok(Some(LoadedDoc {
+            document,
+            head_seq,
+            meta,
+        }))
+    }
+
+    /// The document as it was right after update `seq` (0 = empty), rebuilt from the nearest
+    /// checkpoint at or before `seq` plus replay. Works on soft-deleted documents too.
+    pub async fn state_at(
+        &self,
+        doc: &DocId,
+        seq: u64,
+        replica: ReplicaId,
+    ) -> Result<Document, StoreError> {
+        let Some(parts) = self.shared.backend.parts(doc, Some(seq)).await? else {
+            return Err(StoreError::NotFound { doc: doc.clone() });
+        };
+        if seq > parts.meta.head_seq {
+            return Err(StoreError::SeqOutOfRange {
+                doc: doc.clone(),
+                seq,
+                head: parts.meta.head_seq,
+            });
+        }
+        if seq < parts.meta.log_start_seq {
+            return Err(StoreError::Truncated {
+                doc: doc.clone(),
+                seq,
+                log_start_seq: parts.meta.log_start_seq,
+            });
+        }
+        rebuild(doc, replica, parts).map(|(document, _)| document)
+    }
+
+    /// Up to `limit` log entries with `seq >= from_seq`, ascending, for history and for
+    /// catching up a peer. [`StoreError::Truncated`] if retention dropped `from_seq`.
+    pub async fn read_log(
+        &self,
+        doc: &DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let Some(meta) = self.shared.backend.doc_meta(doc).await? else {
+            return Err(StoreError::NotFound { doc: doc.clone() });
+        };
+        let from_seq = from_seq.max(1);
+        if from_seq <= meta.log_start_seq {
+            return Err(StoreError::Truncated {
+                doc: doc.clone(),
+                seq: from_seq,
+                log_start_seq: meta.log_start_seq,
+            });
+        }
+        self.shared.backend.read_log(doc, from_seq, limit).await
+    }
+
+    /// Metadata of one document, deleted or not; `None` if it was never written.
+    pub async fn document(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        self.shared.backend.doc_meta(doc).await
+    }
+
+    /// Documents whose id starts with `prefix` (empty = all), deleted ones included, in id
+    /// order (bytewise), one page at a time.
+    pub async fn list_documents(
+        &self,
+        prefix: &str,
+        page: &Page,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        self.shared.backend.list(prefix, page).await
+    }
+
+    /// Marks a document deleted; its data stays. `false` if it does not exist or was already
+    /// deleted.
+    pub async fn soft_delete(&self, doc: &DocId) -> Result<bool, StoreError> {
+        self.shared.backend.set_deleted(doc, Some(now_ms())).await
+    }
+
+    /// Reverses [`Store::soft_delete`]. `false` if it does not exist or was not deleted.
+    pub async fn undelete(&self, doc: &DocId) -> Result<bool, StoreError> {
+        self.shared.backend.set_deleted(doc, None).await
+    }
+
+    /// Writes a checkpoint at the document's head now, whatever the thresholds say, and applies
+    /// retention. Returns the checkpoint's sequence number (`None` if the document is empty or
+    /// does not exist).
+    pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, StoreError> {
+        checkpoint(&self.shared.backend, &self.shared.config, doc, true).await
+    }
+
+    /// Waits for pending appends, then closes the connections. Later calls fail.
+    pub async fn close(&self) {
+        let _ = self.flush().await;
+        self.shared.backend.close().await;
+    }
+}
+
+/// Rebuilds a document from a checkpoint and the log after it.
+fn rebuild(
+    doc: &DocId,
+    replica: ReplicaId,
+    parts: Parts,
+) -> Result<(Document, DocMeta), StoreError> {
+    let (mut document, mut expected) = match &parts.checkpoint {
+        Some((seq, bytes)) => {
+            let document = Document::from_snapshot(replica, bytes).map_err(|e| {
+                StoreError::CorruptCheckpoint {
+                    doc: doc.clone(),
+                    seq: *seq,
+                    reason: e.to_string(),
+                }
+            })?;
+            (document, seq + 1)
+        }
+        None if parts.meta.log_start_seq > 0 => {
+            return Err(StoreError::LogInconsistent {
+                doc: doc.clone(),
+                seq: parts.meta.log_start_seq,
+                reason: "the checkpoint at the retention cut is missing".to_owned(),
+            });
+        }
+        None => (Document::new(replica), 1),
+    };
+    for (seq, bytes) in &parts.tail {
+        if *seq != expected {
+            return Err(StoreError::LogInconsistent {
+                doc: doc.clone(),
+                seq: expected,
+                reason: format!("the log jumps to {seq}"),
+            });
+        }
+        let delta = decode_delta(doc, *seq, bytes)?;
+        document
+            .apply(&delta)
+            .map_err(|e| StoreError::CorruptDelta {
+                doc: doc.clone(),
+                seq: *seq,
+                reason: e.to_string(),
+            })?;
+        expected += 1;
+    }
+    if expected != parts.upto + 1 {
+        return Err(StoreError::LogInconsistent {
+            doc: doc.clone(),
+            seq: expected,
+            reason: format!("the log ends before {}", parts.upto),
+        });
+    }
+    Ok((document, parts.meta))
+}
+
+/// Writes a checkpoint for `doc` if one is due (or `force`), then applies retention.
+async fn checkpoint(
+    backend: &Backend,
+    config: &StoreConfig,
+    doc: &DocId,
+    force: bool,
+) -> Result<Option<u64>, StoreError> {
+    let Some(parts) = backend.parts(doc, None).await? else {
+        return Ok(None);
+    };
+    let meta = parts.meta.clone();
+    if meta.head_seq == 0 || meta.head_seq == meta.checkpoint_seq {
+        return Ok(None);
+    }
+    if !force
+        && !checkpoint_due(
+            config,
+            meta.head_seq - meta.checkpoint_seq,
+            meta.byte_count.saturating_sub(parts.checkpoint_byte_count),
+        )
+    {
+        return Ok(None);
+    }
+    // A dummy replica: the snapshot does not depend on which replica holds the document.
+    let (document, meta) = rebuild(doc, ReplicaId::from_random(1), parts)?;
+    let snapshot = document.snapshot();
+    backend
+        .write_checkpoint(&meta, &snapshot, now_ms(), config)
+        .await?;
+    Ok(Some(meta.head_seq))
+}
+
+pub(crate) fn checkpoint_due(config: &StoreConfig, updates_since: u64, bytes_since: u64) -> bool {
+    (config.checkpoint_every_updates > 0 && updates_since >= config.checkpoint_every_updates)
+        || (config.checkpoint_every_bytes > 0 && bytes_since >= config.checkpoint_every_bytes)
+}
+
+/// The background checkpointer: one document at a time, off the commit path.
+async fn checkpointer(
+    backend: Arc<Backend>,
+    config: StoreConfig,
+    mut rx: mpsc::Receiver<DocId>,
+    queue: std::sync::Weak<CheckpointQueue>,
+) {
+    while let Some(doc) = rx.recv().await {
+        // Taken off the pending set first, so a commit during the checkpoint triggers again and
+        // the document ends within one interval of a checkpoint once writes stop.
+        match queue.upgrade() {
+            Some(q) => q.done(&doc),
+            None => break,
+        }
+        if let Err(e) = checkpoint(&backend, &config, &doc, false).await {
+            tracing::warn!(doc = %doc, error = %e, "checkpoint failed");
+        }
+    }
+}
+
+/// The newest migration this build knows.
+fn known_schema_version(migrator: &sqlx::migrate::Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// [`StoreError::SchemaTooNew`] if the database was migrated past what this build knows.
+pub(crate) fn check_schema_version(
+    found: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let known = known_schema_version(migrator);
+    match found {
+        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,578 @@
+//! The SQL both backends share. SQLite and Postgres both accept `$n` placeholders, `INSERT …
+//! ON CONFLICT … DO UPDATE … RETURNING` and the column types used here (`i64`, text, bytes), so
+//! every statement is written once (the multi-row batch statements aside, whose placeholders
+//! are `?` on SQLite, see [`values_sql`]) and [`shared_sql_impl!`] instantiates the operations for each
+//! backend's `sqlx::Database`. What differs (connection set-up, pragmas, read isolation,
+//! migration folders) lives in `sqlite.rs` and `postgres.rs`.
+//!
+//! A backend type using the macro provides `write_pool()`, `read_pool()` and `begin_read()`.
+
+/// Rows per multi-row `INSERT`, largest first. A batch is cut into chunks of these sizes, so
+/// only a handful of distinct statements exist and each stays in the prepared-statement cache.
+pub(crate) const CHUNK_SIZES: [usize; 4] = [256, 32, 4, 1];
+
+/// Splits `n` rows into chunk lengths drawn from [`CHUNK_SIZES`].
+pub(crate) fn chunks(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for size in CHUNK_SIZES {
+        while n >= size {
+            out.push(size);
+            n -= size;
+        }
+    }
+    out
+}
+
+/// `prefix VALUES (…), (…) suffix` with `rows` tuples of `per_row` placeholders: `$1, $2, …`
+/// when `numbered` (Postgres), plain `?` otherwise (SQLite). SQLite looks a named parameter up
+/// by a linear scan, once per bound value, which makes a statement with thousands of `$n`
+/// quadratic; anonymous `?` parameters are bound by position at no cost.
+pub(crate) fn values_sql(
+    prefix: &str,
+    per_row: usize,
+    rows: usize,
+    suffix: &str,
+    numbered: bool,
+) -> String {
+    let mut sql = String::with_capacity(prefix.len() + suffix.len() + rows * per_row * 7);
+    sql.push_str(prefix);
+    sql.push_str(" VALUES ");
+    let mut next = 1;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for i in 0..per_row {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push('$');
+                sql.push_str(&next.to_string());
+                next += 1;
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(suffix);
+    sql
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// HLC times use all 64 bits; they are stored bit for bit in a signed column.
+pub(crate) fn hlc_to_i64(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+pub(crate) fn hlc_from_i64(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+pub(crate) const META_COLUMNS: &str = "id, created_at_ms, updated_at_ms, deleted_at_ms, head_seq, \
+     byte_count, checkpoint_seq, log_start_seq, checkpoint_byte_count";
+
+pub(crate) const UPSERT_PREFIX: &str =
+    "INSERT INTO documents (id, created_at_ms, updated_at_ms, head_seq, byte_count)";
+pub(crate) const UPSERT_PER_ROW: usize = 5;
+pub(crate) const UPSERT_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
+     head_seq = documents.head_seq + excluded.head_seq, \
+     byte_count = documents.byte_count + excluded.byte_count, \
+     updated_at_ms = excluded.updated_at_ms \
+     WHERE documents.deleted_at_ms IS NULL \
+     RETURNING id, head_seq, byte_count, checkpoint_seq, checkpoint_byte_count";
+
+pub(crate) const INSERT_PREFIX: &str = "INSERT INTO updates \
+     (doc_id, seq, hlc, replica, author, byte_size, committed_at_ms, delta)";
+pub(crate) const INSERT_PER_ROW: usize = 8;
+
+/// Generates the shared operations for a backend type over database `$db`.
+macro_rules! shared_sql_impl {
+    ($backend:ty, $db:ty, numbered = $numbered:expr) => {
+        impl $backend {
+            fn meta_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<($crate::store::DocMeta, u64), sqlx::Error> {
+                use sqlx::Row as _;
+                use $crate::store::sql::to_u64;
+                let id: String = row.try_get(0)?;
+                let id =
+                    lattice_engine::DocId::new(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                let deleted: Option<i64> = row.try_get(3)?;
+                Ok((
+                    $crate::store::DocMeta {
+                        id,
+                        created_at_ms: to_u64(row.try_get(1)?),
+                        updated_at_ms: to_u64(row.try_get(2)?),
+                        deleted_at_ms: deleted.map(to_u64),
+                        head_seq: to_u64(row.try_get(4)?),
+                        byte_count: to_u64(row.try_get(5)?),
+                        checkpoint_seq: to_u64(row.try_get(6)?),
+                        log_start_seq: to_u64(row.try_get(7)?),
+                    },
+                    to_u64(row.try_get(8)?),
+                ))
+            }
+
+            pub(crate) async fn append_batch(
+                &self,
+                requests: &[Vec<$crate::store::NewEntry>],
+                now_ms: u64,
+            ) -> Result<
+                (
+                    Vec<Result<Vec<u64>, $crate::store::StoreError>>,
+                    Vec<$crate::store::DocCounters>,
+                ),
+                $crate::store::StoreError,
+            > {
+                use sqlx::Row as _;
+                use std::collections::{BTreeMap, HashMap, HashSet};
+                use $crate::store::sql::*;
+                use $crate::store::{DocCounters, StoreError};
+                let op = "append";
+                let now = to_i64(now_ms);
+                let mut rejected: HashSet<&lattice_engine::DocId> = HashSet::new();
+                loop {
+                    let active: Vec<bool> = requests
+                        .iter()
+                        .map(|r| r.iter().all(|e| !rejected.contains(&e.doc)))
+                        .collect();
+                    // Per document: entries and bytes in this batch (sorted, so concurrent
+                    // writers to Postgres lock rows in one order).
+                    let mut per_doc: BTreeMap<&lattice_engine::DocId, (u64, u64)> = BTreeMap::new();
+                    for (r, _) in requests.iter().zip(&active).filter(|(_, a)| **a) {
+                        for e in r {
+                            let slot = per_doc.entry(&e.doc).or_default();
+                            slot.0 += 1;
+                            slot.1 += e.delta_bytes().len() as u64;
+                        }
+                    }
+                    let mut counters: HashMap<String, DocCounters> = HashMap::new();
+                    let mut tx = None;
+                    if !per_doc.is_empty() {
+                        let mut t = self.begin_write().await?;
+                        let docs: Vec<_> = per_doc.iter().collect();
+                        let mut at = 0;
+                        for n in chunks(docs.len()) {
+                            let sql = values_sql(
+                                UPSERT_PREFIX,
+                                UPSERT_PER_ROW,
+                                n,
+                                UPSERT_SUFFIX,
+                                $numbered,
+                            );
+                            let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+                            for (doc, (count, bytes)) in &docs[at..at + n] {
+                                q = q
+                                    .bind(doc.as_str())
+                                    .bind(now)
+                                    .bind(now)
+                                    .bind(to_i64(*count))
+                                    .bind(to_i64(*bytes));
+                            }
+                            at += n;
+                            let rows = q.fetch_all(&mut *t).await.map_err(StoreError::db(op))?;
+                            for row in rows {
+                                let id: String = row.try_get(0).map_err(StoreError::db(op))?;
+                                let get = |i: usize| -> Result<u64, StoreError> {
+                                    row.try_get::<i64, _>(i)
+                                        .map(to_u64)
+                                        .map_err(StoreError::db(op))
+                                };
+                                let c = DocCounters {
+                                    doc: lattice_engine::DocId::new(id.clone()).map_err(|e| {
+                                        StoreError::db(op)(sqlx::Error::Decode(Box::new(e)))
+                                    })?,
+                                    head_seq: get(1)?,
+                                    byte_count: get(2)?,
+                                    checkpoint_seq: get(3)?,
+                                    checkpoint_byte_count: get(4)?,
+                                };
+                                counters.insert(id, c);
+                            }
+                        }
+                        let missing: Vec<_> = per_doc
+                            .keys()
+                            .filter(|d| !counters.contains_key(d.as_str()))
+                            .copied()
+                            .collect();
+                        if !missing.is_empty() {
+                            // Soft-deleted documents: drop the requests that touch them and
+                            // try again without them.
+                            t.rollback().await.map_err(StoreError::db(op))?;
+                            rejected.extend(missing);
+                            continue;
+                        }
+                        tx = Some(t);
+                    }
+
+                    // Sequence numbers: this batch's entries of a document follow its old head.
+                    let mut next: HashMap<&str, u64> = per_doc
+                        .iter()
+                        .filter_map(|(doc, (count, _))| {
+                            counters
+                                .get(doc.as_str())
+                                .map(|c| (doc.as_str(), c.head_seq + 1 - count))
+                        })
+                        .collect();
+                    let mut results = Vec::with_capacity(requests.len());
+                    let mut rows: Vec<(&$crate::store::NewEntry, u64)> = Vec::new();
+                    for (r, a) in requests.iter().zip(&active) {
+                        if !*a {
+                            let doc = r
+                                .iter()
+                                .find(|e| rejected.contains(&e.doc))
+                                .map(|e| e.doc.clone());
+                            results.push(Err(match doc {
+                                Some(doc) => StoreError::DocumentDeleted { doc },
+                                None => StoreError::Closed,
+                            }));
+                            continue;
+                        }
+                        let mut seqs = Vec::with_capacity(r.len());
+                        for e in r {
+                            let Some(slot) = next.get_mut(e.doc.as_str()) else {
+                                return Err(StoreError::LogInconsistent {
+                                    doc: e.doc.clone(),
+                                    seq: 0,
+                                    reason: "no head returned for the document".to_owned(),
+                                });
+                            };
+                            seqs.push(*slot);
+                            rows.push((e, *slot));
+                            *slot += 1;
+                        }
+                        results.push(Ok(seqs));
+                    }
+
+                    if let Some(mut t) = tx {
+                        let mut at = 0;
+                        for n in chunks(rows.len()) {
+                            let sql = values_sql(INSERT_PREFIX, INSERT_PER_ROW, n, "", $numbered);
+                            let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+                            for (e, seq) in &rows[at..at + n] {
+                                q = q
+                                    .bind(e.doc.as_str())
+                                    .bind(to_i64(*seq))
+                                    .bind(hlc_to_i64(e.hlc))
+                                    .bind(i64::from(e.replica.get()))
+                                    .bind(e.author.as_deref())
+                                    .bind(to_i64(e.delta_bytes().len() as u64))
+                                    .bind(now)
+                                    .bind(e.delta_bytes());
+                            }
+                            at += n;
+                            q.execute(&mut *t).await.map_err(StoreError::db(op))?;
+                        }
+                        t.commit().await.map_err(StoreError::db("commit"))?;
+                    }
+                    return Ok((results, counters.into_values().collect()));
+                }
+            }
+
+            pub(crate) async fn doc_meta(
+                &self,
+                doc: &lattice_engine::DocId,
+            ) -> Result<Option<$crate::store::DocMeta>, $crate::store::StoreError> {
+                use $crate::store::StoreError;
+                let sql = format!(
+                    "SELECT {} FROM documents WHERE id = $1",
+                    $crate::store::sql::META_COLUMNS
+                );
+                let row = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql))
+                    .bind(doc.as_str())
+                    .fetch_optional(self.read_pool())
+                    .await
+                    .map_err(StoreError::db("document"))?;
+                row.map(|r| Self::meta_from_row(&r).map(|(m, _)| m))
+                    .transpose()
+                    .map_err(StoreError::db("document"))
+            }
+
+            pub(crate) async fn parts(
+                &self,
+                doc: &lattice_engine::DocId,
+                upto: Option<u64>,
+            ) -> Result<Option<$crate::store::Parts>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::StoreError;
+                use $crate::store::sql::*;
+                let op = "load";
+                let mut tx = self.begin_read().await?;
+                let sql = format!("SELECT {META_COLUMNS} FROM documents WHERE id = $1");
+                let Some(row) = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql))
+                    .bind(doc.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?
+                else {
+                    return Ok(None);
+                };
+                let (meta, checkpoint_byte_count) =
+                    Self::meta_from_row(&row).map_err(StoreError::db(op))?;
+                let upto = upto.map_or(meta.head_seq, |u| u.min(meta.head_seq));
+                let checkpoint = sqlx::query::<$db>(
+                    "SELECT seq, snapshot FROM checkpoints WHERE doc_id = $1 AND seq <= $2 \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(doc.as_str())
+                .bind(to_i64(upto))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?
+                .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
+                    Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
+                })
+                .transpose()
+                .map_err(StoreError::db(op))?;
+                let from = checkpoint.as_ref().map_or(0, |c| c.0);
+                let rows = sqlx::query::<$db>(
+                    "SELECT seq, delta FROM updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
+                     ORDER BY seq",
+                )
+                .bind(doc.as_str())
+                .bind(to_i64(from))
+                .bind(to_i64(upto))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+                tx.rollback().await.map_err(StoreError::db(op))?;
+                let tail = rows
+                    .iter()
+                    .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
+                        Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::db(op))?;
+                Ok(Some($crate::store::Parts {
+                    meta,
+                    checkpoint,
+                    checkpoint_byte_count,
+                    tail,
+                    upto,
+                }))
+            }
+
+            pub(crate) async fn read_log(
+                &self,
+                doc: &lattice_engine::DocId,
+                from_seq: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::LogEntry>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                use $crate::store::StoreError;
+                use $crate::store::sql::*;
+                let op = "read_log";
+                let rows = sqlx::query::<$db>(
+                    "SELECT seq, hlc, replica, author, byte_size, committed_at_ms, delta \
+                     FROM updates WHERE doc_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(doc.as_str())
+                .bind(to_i64(from_seq))
+                .bind(i64::from(limit))
+                .fetch_all(self.read_pool())
+                .await
+                .map_err(StoreError::db(op))?;
+                rows.iter()
+                    .map(|r| -> Result<$crate::store::LogEntry, sqlx::Error> {
+                        let replica: i64 = r.try_get(2)?;
+                        Ok($crate::store::LogEntry {
+                            seq: to_u64(r.try_get(0)?),
+                            hlc: hlc_from_i64(r.try_get(1)?),
+                            replica: u32::try_from(replica).unwrap_or(0),
+                            author: r.try_get(3)?,
+                            byte_size: to_u64(r.try_get(4)?),
+                            committed_at_ms: to_u64(r.try_get(5)?),
+                            delta_bytes: r.try_get(6)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::db(op))
+            }
+
+            pub(crate) async fn list(
+                &self,
+                prefix: &str,
+                page: &$crate::store::Page,
+            ) -> Result<Vec<$crate::store::DocMeta>, $crate::store::StoreError> {
+                use $crate::store::StoreError;
+                use $crate::store::sql::*;
+                let op = "list_documents";
+                let sql = format!(
+                    "SELECT {META_COLUMNS} FROM documents \
+                     WHERE id >= $1 AND id < $2 AND id > $3 ORDER BY id LIMIT $4"
+                );
+                // Document ids are ASCII below 0x7f, so every id with the prefix sorts
+                // before `prefix + "\x7f"`.
+                let upper = format!("{prefix}\u{7f}");
+                let after = page.after.as_ref().map_or("", |d| d.as_str());
+                let rows = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql))
+                    .bind(prefix)
+                    .bind(upper.as_str())
+                    .bind(after)
+                    .bind(i64::from(page.limit))
+                    .fetch_all(self.read_pool())
+                    .await
+                    .map_err(StoreError::db(op))?;
+                rows.iter()
+                    .map(|r| Self::meta_from_row(r).map(|(m, _)| m))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::db(op))
+            }
+
+            pub(crate) async fn set_deleted(
+                &self,
+                doc: &lattice_engine::DocId,
+                at_ms: Option<u64>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use $crate::store::StoreError;
+                use $crate::store::sql::*;
+                let mut tx = self.begin_write().await?;
+                let done = match at_ms {
+                    Some(at) => sqlx::query::<$db>(
+                        "UPDATE documents SET deleted_at_ms = $2, updated_at_ms = $2 \
+                         WHERE id = $1 AND deleted_at_ms IS NULL",
+                    )
+                    .bind(doc.as_str())
+                    .bind(to_i64(at)),
+                    None => sqlx::query::<$db>(
+                        "UPDATE documents SET deleted_at_ms = NULL \
+                         WHERE id = $1 AND deleted_at_ms IS NOT NULL",
+                    )
+                    .bind(doc.as_str()),
+                }
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("soft_delete"))?;
+                tx.commit().await.map_err(StoreError::db("commit"))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            pub(crate) async fn write_checkpoint(
+                &self,
+                meta: &$crate::store::DocMeta,
+                snapshot: &[u8],
+                now_ms: u64,
+                config: &$crate::store::StoreConfig,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                use $crate::store::{Retention, StoreError};
+                let op = "checkpoint";
+                let doc = meta.id.as_str();
+                let seq = to_i64(meta.head_seq);
+                let mut tx = self.begin_write().await?;
+                sqlx::query::<$db>(
+                    "INSERT INTO checkpoints (doc_id, seq, created_at_ms, byte_size, snapshot) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (doc_id, seq) DO NOTHING",
+                )
+                .bind(doc)
+                .bind(seq)
+                .bind(to_i64(now_ms))
+                .bind(to_i64(snapshot.len() as u64))
+                .bind(snapshot)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+                sqlx::query::<$db>(
+                    "UPDATE documents SET checkpoint_seq = $2, checkpoint_byte_count = $3 \
+                     WHERE id = $1 AND checkpoint_seq < $2",
+                )
+                .bind(doc)
+                .bind(seq)
+                .bind(to_i64(meta.byte_count))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+                let (log_start,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "SELECT log_start_seq FROM documents WHERE id = $1",
+                )
+                .bind(doc)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+                let mut log_start = log_start;
+                if let Retention::DropBeforeCheckpoint { keep_updates } = config.retention {
+                    let limit = to_i64(meta.head_seq.saturating_sub(keep_updates));
+                    let (cut,): (Option<i64>,) = sqlx::query_as::<$db, (Option<i64>,)>(
+                        "SELECT MAX(seq) FROM checkpoints WHERE doc_id = $1 AND seq <= $2",
+                    )
+                    .bind(doc)
+                    .bind(limit)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+                    if let Some(cut) = cut.filter(|c| *c > log_start) {
+                        sqlx::query::<$db>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
+                            .bind(doc)
+                            .bind(cut)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::db(op))?;
+                        sqlx::query::<$db>("UPDATE documents SET log_start_seq = $2 WHERE id = $1")
+                            .bind(doc)
+                            .bind(cut)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::db(op))?;
+                        log_start = cut;
+                    }
+                }
+                // Keep the newest checkpoints and the one at the retention cut; drop the rest.
+                sqlx::query::<$db>(
+                    "DELETE FROM checkpoints WHERE doc_id = $1 AND seq <> $2 AND (seq < $2 OR \
+                     seq NOT IN (SELECT seq FROM checkpoints WHERE doc_id = $1 \
+                     ORDER BY seq DESC LIMIT $3))",
+                )
+                .bind(doc)
+                .bind(log_start)
+                .bind(to_i64(config.checkpoints_kept.max(1) as u64))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+                tx.commit().await.map_err(StoreError::db("commit"))?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use shared_sql_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunking_covers_every_row() {
+        for n in [0, 1, 3, 4, 5, 31, 32, 33, 255, 256, 257, 1000, 4096] {
+            let c = chunks(n);
+            assert_eq!(c.iter().sum::<usize>(), n);
+            assert!(c.iter().all(|s| CHUNK_SIZES.contains(s)));
+        }
+    }
+
+    #[test]
+    fn placeholders_per_dialect() {
+        let pg = values_sql("INSERT INTO t (a, b)", 2, 2, "X", true);
+        assert_eq!(pg, "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X");
+        let lite = values_sql("INSERT INTO t (a, b)", 2, 2, "X", false);
+        assert_eq!(lite, "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) X");
+    }
+
+    #[test]
+    fn hlc_survives_the_signed_column() {
+        for v in [0, 1, u64::MAX, 1 << 63, 0xdead_beef_0000_0001] {
+            assert_eq!(hlc_from_i64(hlc_to_i64(v)), v);
+        }
+    }
+}
