@@ -424,6 +424,13 @@ impl Document {
         self.held.len()
     }
 
+    /// Whether yrs keeps structs pending because something they build on is missing.
+    pub fn has_pending_yjs(&self) -> bool {
+        let txn = self.ydoc.transact();
+        ReadTxn::store(&txn).pending_update().is_some()
+            || ReadTxn::store(&txn).pending_ds().is_some()
+    }
+
     /// A summary of what this replica holds.
     pub fn state(&self) -> DocState {
         let sv = self.ydoc.transact().state_vector();

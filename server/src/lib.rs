@@ -1,10 +1,32 @@
-//! The Lattice sync server. Today: durable storage ([`store`]); the sync server arrives with the
-//! sync-server issue.
+//! The Lattice sync server: an axum/tokio driver for the engine.
+//!
+//! `run(config, listener, shutdown)` serves `/v1/sync` (the native protocol), `/healthz`,
+//! `/readyz` and `/metrics`. One task owns each live document (`rooms`), one task each
+//! connection (`connection`); the store (`store`) commits deltas in groups. [`client`] is the
+//! native Rust client used by tests and benchmarks.
+//!
+//! # Invariants
+//! - A client's delta is acknowledged only after its transaction committed.
+//! - Every queue is bounded by a named constant or a [`config::Config`] field; a connection
+//!   whose outbox is full is closed (4008) and resyncs; nothing is dropped silently.
+//! - Bytes from a peer never panic the server and never reach the store unless they applied.
+
+pub mod client;
+mod close;
+pub mod config;
+mod connection;
+pub mod metrics;
+mod rooms;
+mod server;
+pub mod store;
+
+pub use close::CloseCode;
+pub use server::{ServerError, run};
+
+pub(crate) use server::ServerState;
 
 /// The version of this server build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The protocol version the server speaks (the engine's).
 pub const PROTOCOL_VERSION: u32 = lattice_engine::protocol::PROTOCOL_VERSION;
-
-pub mod store;

@@ -1,4 +1,6 @@
 //! End-to-end tests across crates live in `tests/tests/`. This library holds shared helpers:
-//! [`store_support`] gives each store test a fresh database on either backend.
+//! [`store_support`] gives each test a fresh database on either backend; [`server_support`]
+//! runs servers and peers against it.
 
+pub mod server_support;
 pub mod store_support;

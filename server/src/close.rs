@@ -1,0 +1,62 @@
+//! WebSocket close codes, documented in docs/protocol.md.
+
+/// Why the server closes a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: the peer is gone or asked to close.
+    Normal,
+    /// 1001: the server is shutting down; reconnect elsewhere or later.
+    GoingAway,
+    /// 1003: a text frame; the protocol is binary MessagePack.
+    UnsupportedData,
+    /// 1009: a frame above the size limit.
+    FrameTooLarge,
+    /// 4000: malformed frame (not a message), or a message before `hello`.
+    Protocol,
+    /// 4001: the client's protocol version is not supported.
+    UnsupportedVersion,
+    /// 4002: no `hello` within the deadline.
+    HelloTimeout,
+    /// 4008: the outbox was full; the client reads too slowly and must resync.
+    SlowConsumer,
+    /// 4009: nothing received within the idle timeout.
+    IdleTimeout,
+    /// 4011: the store failed to commit; resync.
+    StoreFailure,
+    /// 4029: over the rate limit; reconnect with backoff.
+    RateLimited,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::UnsupportedData => 1003,
+            CloseCode::FrameTooLarge => 1009,
+            CloseCode::Protocol => 4000,
+            CloseCode::UnsupportedVersion => 4001,
+            CloseCode::HelloTimeout => 4002,
+            CloseCode::SlowConsumer => 4008,
+            CloseCode::IdleTimeout => 4009,
+            CloseCode::StoreFailure => 4011,
+            CloseCode::RateLimited => 4029,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::GoingAway => "server shutting down",
+            CloseCode::UnsupportedData => "binary frames only",
+            CloseCode::FrameTooLarge => "frame too large",
+            CloseCode::Protocol => "protocol error",
+            CloseCode::UnsupportedVersion => "unsupported protocol version",
+            CloseCode::HelloTimeout => "hello timeout",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::StoreFailure => "store failure, resync",
+            CloseCode::RateLimited => "rate limited",
+        }
+    }
+}

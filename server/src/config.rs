@@ -1,0 +1,121 @@
+//! Server configuration: one struct of named, documented fields. The CLI (`lattice serve`) maps
+//! flags and `LATTICE_*` environment variables onto it; tests build it directly.
+
+use std::time::Duration;
+
+use crate::store::StoreConfig;
+
+/// Everything `run` needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `sqlite://path.db` (created if missing) or `postgres://…`.
+    pub database_url: String,
+    pub limits: Limits,
+    pub heartbeat: Heartbeat,
+    pub rooms: RoomSettings,
+    pub store: StoreConfig,
+    /// How long a graceful shutdown may take before remaining connections are dropped.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://lattice.db".into(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            rooms: RoomSettings::default(),
+            store: StoreConfig::default(),
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits that protect the server from any one peer. Every queue is bounded by one of these.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest WebSocket frame accepted, checked before decoding. Larger frames close the
+    /// connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Documents one connection may subscribe to at once.
+    pub max_docs_per_connection: usize,
+    /// Concurrent WebSocket connections; further upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// Sustained messages per second per connection (token bucket).
+    pub messages_per_second: u32,
+    /// Messages a connection may send in a burst above the sustained rate.
+    pub message_burst: u32,
+    /// Sustained bytes per second per connection (token bucket).
+    pub bytes_per_second: u32,
+    /// Bytes a connection may send in a burst; at least `max_frame_bytes`.
+    pub byte_burst: u32,
+    /// Frames queued for one connection before it counts as a slow consumer and is closed.
+    pub outbox_frames: usize,
+    /// Commands queued for one room; senders wait (backpressure), nothing is dropped.
+    pub room_inbox: usize,
+    /// Time a new connection has to send `hello`.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: lattice_engine::protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_docs_per_connection: 256,
+            max_connections: 20_000,
+            messages_per_second: 500,
+            message_burst: 2_000,
+            bytes_per_second: 4 * 1024 * 1024,
+            byte_burst: 16 * 1024 * 1024,
+            outbox_frames: 4_096,
+            room_inbox: 1_024,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Liveness: application pings from clients, WebSocket pings from the server, and a timeout.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    /// How often the server sends a WebSocket ping (keeps proxies and NATs open).
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (no frame, ping or pong) for this long is closed with 4009.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Room behaviour.
+#[derive(Clone, Debug)]
+pub struct RoomSettings {
+    /// A room with no subscribers is unloaded after this long.
+    pub idle_ttl: Duration,
+    /// Presence entries not renewed for this long expire.
+    pub presence_ttl: Duration,
+    /// `typing` flags not renewed for this long are cleared.
+    pub typing_ttl: Duration,
+    /// Largest number of deltas one room commits in one batch.
+    pub max_commit_batch: usize,
+    /// Consecutive deltas of one sender released by one commit are relayed merged, up to this
+    /// many Yjs bytes per frame.
+    pub max_relay_bytes: usize,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        Self {
+            idle_ttl: Duration::from_secs(30),
+            presence_ttl: Duration::from_secs(30),
+            typing_ttl: Duration::from_secs(5),
+            max_commit_batch: 1_024,
+            max_relay_bytes: 256 * 1024,
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! One task per WebSocket connection, plus a writer task that drains its bounded outbox.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lattice_engine::protocol::{ClientMsg, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerMsg};
+use lattice_engine::sync::{Access, PeerId};
+use lattice_engine::{DocId, ReplicaId};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::ServerState;
+use crate::close::CloseCode;
+use crate::metrics::CloseKind;
+use crate::rooms::{Closer, PeerHandle, RoomCmd, RoomSender};
+
+fn close_kind(code: CloseCode) -> CloseKind {
+    match code {
+        CloseCode::Normal => CloseKind::Normal,
+        CloseCode::GoingAway => CloseKind::Shutdown,
+        CloseCode::SlowConsumer => CloseKind::SlowConsumer,
+        CloseCode::IdleTimeout => CloseKind::IdleTimeout,
+        CloseCode::RateLimited => CloseKind::RateLimited,
+        CloseCode::FrameTooLarge => CloseKind::FrameTooLarge,
+        CloseCode::StoreFailure => CloseKind::StoreFailure,
+        CloseCode::UnsupportedData
+        | CloseCode::Protocol
+        | CloseCode::UnsupportedVersion
+        | CloseCode::HelloTimeout => CloseKind::Protocol,
+    }
+}
+
+fn close_message(code: CloseCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.code(),
+        reason: code.reason().into(),
+    }))
+}
+
+/// Drains the outbox into the socket, one flush per batch of queued frames, and sends
+/// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
+async fn writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    closer: Arc<Closer>,
+    ping_interval: std::time::Duration,
+) {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.reset();
+    loop {
+        tokio::select! {
+            biased;
+            code = closer.closed() => {
+                let _ = sink.send(close_message(code)).await;
+                break;
+            }
+            msg = rx.recv() => {
+                let Some(mut msg) = msg else { break };
+                let mut ok = true;
+                loop {
+                    let is_close = matches!(msg, Message::Close(_));
+                    if sink.feed(msg).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                    if is_close {
+                        ok = false;
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => msg = next,
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() || !ok {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct Conn {
+    state: Arc<ServerState>,
+    peer: PeerHandle,
+    subs: HashMap<DocId, RoomSender>,
+    messages: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+}
+
+/// How the main loop ended.
+enum Exit {
+    Close(CloseCode),
+    /// The closer already fired (slow consumer, store failure): the writer sends the frame.
+    Closed(CloseCode),
+    Shutdown,
+    Gone,
+}
+
+fn nz(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
+}
+
+pub(crate) async fn serve_socket(
+    state: Arc<ServerState>,
+    socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+) {
+    let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
+    let span = info_span!("conn", peer = id.0);
+    async move {
+        state.metrics.connections.fetch_add(1, Relaxed);
+        let limits = &state.config.limits;
+        let (sink, stream) = socket.split();
+        let (outbox, rx) = mpsc::channel(limits.outbox_frames);
+        let closer = Arc::new(Closer::default());
+        let writer_task = tokio::spawn(
+            writer(
+                sink,
+                rx,
+                closer.clone(),
+                state.config.heartbeat.ping_interval,
+            )
+            .in_current_span(),
+        );
+        let mut conn = Conn {
+            peer: PeerHandle {
+                id,
+                replica: None,
+                outbox,
+                closer: closer.clone(),
+            },
+            subs: HashMap::new(),
+            messages: RateLimiter::direct(
+                Quota::per_second(nz(limits.messages_per_second))
+                    .allow_burst(nz(limits.message_burst)),
+            ),
+            bytes: RateLimiter::direct(
+                Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(limits
+                    .byte_burst
+                    .max(u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX)))),
+            ),
+            state: state.clone(),
+        };
+        let exit = conn.run(stream).await;
+        let code = match exit {
+            Exit::Close(code) => {
+                conn.send_close(code).await;
+                code
+            }
+            Exit::Closed(code) => code,
+            Exit::Shutdown => {
+                conn.flush_rooms().await;
+                conn.send_close(CloseCode::GoingAway).await;
+                CloseCode::GoingAway
+            }
+            Exit::Gone => {
+                closer.close(CloseCode::Normal);
+                CloseCode::Normal
+            }
+        };
+        conn.leave_all().await;
+        state.metrics.closed(close_kind(code));
+        drop(conn);
+        let _ = timeout(state.config.shutdown_deadline, writer_task).await;
+        state.metrics.connections.fetch_sub(1, Relaxed);
+        drop(permit);
+        debug!(code = code.code(), "connection closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Conn {
+    /// Queues a message for this connection. A full outbox closes it as a slow consumer.
+    fn send(&self, msg: &ServerMsg) {
+        let frame = Message::Binary(Bytes::from(msg.encode()));
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.peer.outbox.try_send(frame) {
+            self.peer.closer.close(CloseCode::SlowConsumer);
+        }
+    }
+
+    fn error(
+        &self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        doc: Option<DocId>,
+        seq: Option<u64>,
+    ) {
+        self.send(&ServerMsg::Error {
+            code,
+            message: message.into(),
+            doc,
+            seq,
+        });
+    }
+
+    /// Queues a close frame behind everything already queued, so errors and acks go first.
+    async fn send_close(&self, code: CloseCode) {
+        let queued = timeout(
+            self.state.config.shutdown_deadline,
+            self.peer.outbox.send(close_message(code)),
+        )
+        .await;
+        if !matches!(queued, Ok(Ok(()))) {
+            self.peer.closer.close(code);
+        }
+    }
+
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> Exit {
+        let limits = self.state.config.limits.clone();
+        // Handshake: the first frame must be `hello`, within the deadline.
+        let first = tokio::select! {
+            r = timeout(limits.hello_timeout, stream.next()) => r,
+            _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+        };
+        let frame = match first {
+            Err(_) => {
+                self.error(
+                    ErrorCode::MalformedMessage,
+                    "no hello within the deadline",
+                    None,
+                    None,
+                );
+                return Exit::Close(CloseCode::HelloTimeout);
+            }
+            Ok(None) | Ok(Some(Err(_))) => return Exit::Gone,
+            Ok(Some(Ok(Message::Binary(b)))) => b,
+            Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+            Ok(Some(Ok(_))) => {
+                self.error(
+                    ErrorCode::MalformedMessage,
+                    "binary MessagePack frames only",
+                    None,
+                    None,
+                );
+                return Exit::Close(CloseCode::UnsupportedData);
+            }
+        };
+        match ClientMsg::decode(&frame, limits.max_frame_bytes) {
+            Ok(ClientMsg::Hello { replica, .. }) => {
+                self.peer.replica = replica.and_then(ReplicaId::new);
+                self.send(&ServerMsg::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    server: format!("lattice/{}", crate::VERSION),
+                });
+            }
+            Ok(_) => {
+                self.error(
+                    ErrorCode::MalformedMessage,
+                    "the first message must be hello",
+                    None,
+                    None,
+                );
+                return Exit::Close(CloseCode::Protocol);
+            }
+            Err(e) => {
+                self.error(e.code(), e.to_string(), None, None);
+                return Exit::Close(match e {
+                    DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
+                    DecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
+                    _ => CloseCode::Protocol,
+                });
+            }
+        }
+
+        loop {
+            let next = tokio::select! {
+                biased;
+                code = self.peer.closer.closed() => return Exit::Closed(code),
+                _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+                r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
+            };
+            let frame = match next {
+                Err(_) => {
+                    self.error(ErrorCode::MalformedMessage, "idle timeout", None, None);
+                    return Exit::Close(CloseCode::IdleTimeout);
+                }
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Text(_)))) => {
+                    self.error(
+                        ErrorCode::MalformedMessage,
+                        "binary MessagePack frames only",
+                        None,
+                        None,
+                    );
+                    return Exit::Close(CloseCode::UnsupportedData);
+                }
+                Ok(Some(Ok(Message::Binary(b)))) => b,
+            };
+            if frame.len() > limits.max_frame_bytes {
+                self.error(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame is {} bytes, the limit is {}",
+                        frame.len(),
+                        limits.max_frame_bytes
+                    ),
+                    None,
+                    None,
+                );
+                return Exit::Close(CloseCode::FrameTooLarge);
+            }
+            // The byte bucket's burst is at least one maximal frame, so `check_n` only ever
+            // answers "not now", never "never".
+            let len = nz(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+            let bytes_ok = self.bytes.check_n(len).is_ok_and(|r| r.is_ok());
+            let over_rate = self.messages.check().is_err() || !bytes_ok;
+            if over_rate {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; reconnect with backoff",
+                    None,
+                    None,
+                );
+                return Exit::Close(CloseCode::RateLimited);
+            }
+            match ClientMsg::decode(&frame, limits.max_frame_bytes) {
+                Ok(msg) => {
+                    if let Some(exit) = self.handle(msg).await {
+                        return exit;
+                    }
+                }
+                Err(e @ DecodeError::UnknownKind { .. }) => {
+                    // Forward compatibility: a newer client's message is refused, not fatal.
+                    self.error(e.code(), e.to_string(), None, None);
+                }
+                Err(e) => {
+                    warn!(error = %e, "malformed frame");
+                    self.error(e.code(), e.to_string(), None, None);
+                    return Exit::Close(match e {
+                        DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
+                        _ => CloseCode::Protocol,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientMsg) -> Option<Exit> {
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.error(
+                    ErrorCode::MalformedMessage,
+                    "hello was already received",
+                    None,
+                    None,
+                );
+            }
+            ClientMsg::Ping { nonce } => self.send(&ServerMsg::Pong { nonce }),
+            ClientMsg::Subscribe { doc, state } => {
+                if !self.subs.contains_key(&doc)
+                    && self.subs.len() >= self.state.config.limits.max_docs_per_connection
+                {
+                    self.error(
+                        ErrorCode::TooManyDocuments,
+                        format!(
+                            "at most {} documents per connection",
+                            self.state.config.limits.max_docs_per_connection
+                        ),
+                        Some(doc),
+                        None,
+                    );
+                    return None;
+                }
+                let mut room = self.state.rooms.get_or_start(&self.state, &doc);
+                let mut cmd = RoomCmd::Subscribe {
+                    peer: self.peer.clone(),
+                    access: Access::Write,
+                    state,
+                };
+                // A room may be unloading at this very moment; a second room starts if so.
+                for _ in 0..2 {
+                    match room.send(cmd).await {
+                        Ok(()) => {
+                            self.subs.insert(doc, room);
+                            return None;
+                        }
+                        Err(mpsc::error::SendError(back)) => {
+                            cmd = back;
+                            room = self.state.rooms.get_or_start(&self.state, &doc);
+                        }
+                    }
+                }
+                self.error(
+                    ErrorCode::Internal,
+                    "document unavailable, retry",
+                    Some(doc),
+                    None,
+                );
+            }
+            ClientMsg::Unsubscribe { doc } => {
+                if let Some(room) = self.subs.remove(&doc) {
+                    let _ = room.send(RoomCmd::Unsubscribe { peer: self.peer.id }).await;
+                }
+            }
+            ClientMsg::Delta { doc, seq, delta } => match self.subs.get(&doc) {
+                Some(room) => {
+                    let cmd = RoomCmd::Delta {
+                        peer: self.peer.id,
+                        seq,
+                        delta,
+                        author: None,
+                    };
+                    if room.send(cmd).await.is_err() {
+                        return Some(Exit::Close(CloseCode::StoreFailure));
+                    }
+                }
+                None => self.error(
+                    ErrorCode::NotSubscribed,
+                    "subscribe before sending deltas",
+                    Some(doc),
+                    Some(seq),
+                ),
+            },
+            ClientMsg::Presence { doc, state, typing } => match self.subs.get(&doc) {
+                Some(room) => {
+                    let cmd = RoomCmd::Presence {
+                        peer: self.peer.id,
+                        state,
+                        typing,
+                    };
+                    let _ = room.send(cmd).await;
+                }
+                None => self.error(
+                    ErrorCode::NotSubscribed,
+                    "subscribe before publishing presence",
+                    Some(doc),
+                    None,
+                ),
+            },
+        }
+        None
+    }
+
+    /// Waits (within the shutdown deadline) until every subscribed room has committed and
+    /// acknowledged what it holds, so the client gets its acks before the close.
+    async fn flush_rooms(&self) {
+        let mut waits = Vec::new();
+        for room in self.subs.values() {
+            let (reply, rx) = oneshot::channel();
+            if room.send(RoomCmd::Flush { reply }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        let _ = timeout(
+            self.state.config.shutdown_deadline,
+            futures_util::future::join_all(waits),
+        )
+        .await;
+    }
+
+    async fn leave_all(&mut self) {
+        for (_, room) in self.subs.drain() {
+            let _ = room.send(RoomCmd::Unsubscribe { peer: self.peer.id }).await;
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics, kept in atomics and rendered as text at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Latency buckets, in seconds.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A cumulative histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 14],
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        let idx = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[idx].fetch_add(1, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total = self.total.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
+
+/// Why connections were closed, for `lattice_closes_total{reason=…}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    Normal,
+    Shutdown,
+    SlowConsumer,
+    IdleTimeout,
+    RateLimited,
+    FrameTooLarge,
+    Protocol,
+    StoreFailure,
+    Auth,
+}
+
+impl CloseKind {
+    const ALL: [CloseKind; 9] = [
+        CloseKind::Normal,
+        CloseKind::Shutdown,
+        CloseKind::SlowConsumer,
+        CloseKind::IdleTimeout,
+        CloseKind::RateLimited,
+        CloseKind::FrameTooLarge,
+        CloseKind::Protocol,
+        CloseKind::StoreFailure,
+        CloseKind::Auth,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseKind::Normal => "normal",
+            CloseKind::Shutdown => "shutdown",
+            CloseKind::SlowConsumer => "slow_consumer",
+            CloseKind::IdleTimeout => "idle_timeout",
+            CloseKind::RateLimited => "rate_limited",
+            CloseKind::FrameTooLarge => "frame_too_large",
+            CloseKind::Protocol => "protocol",
+            CloseKind::StoreFailure => "store_failure",
+            CloseKind::Auth => "auth",
+        }
+    }
+}
+
+/// Every metric the server exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub live_documents: AtomicU64,
+    pub deltas_in: AtomicU64,
+    pub deltas_out: AtomicU64,
+    pub deltas_refused: AtomicU64,
+    pub commit_batches: AtomicU64,
+    pub commit_seconds: Histogram,
+    pub commit_batch_size: Histogram,
+    pub fanout_seconds: Histogram,
+    closes: [AtomicU64; 9],
+}
+
+impl Metrics {
+    pub fn closed(&self, kind: CloseKind) {
+        if let Some(i) = CloseKind::ALL.iter().position(|k| *k == kind) {
+            self.closes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64, kind: &str| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "lattice_connections",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_live_documents",
+            "Documents loaded in rooms.",
+            self.live_documents.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_deltas_in_total",
+            "Deltas received from clients.",
+            self.deltas_in.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_deltas_out_total",
+            "Delta frames delivered to subscribers (one frame may merge several deltas of one sender).",
+            self.deltas_out.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_deltas_refused_total",
+            "Deltas refused as invalid.",
+            self.deltas_refused.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_commit_batches_total",
+            "Commit transactions.",
+            self.commit_batches.load(Relaxed),
+            "counter",
+        );
+        self.commit_seconds.render(
+            &mut out,
+            "lattice_commit_seconds",
+            "Time to commit one batch.",
+        );
+        self.commit_batch_size.render(
+            &mut out,
+            "lattice_commit_batch_size",
+            "Deltas per commit batch.",
+        );
+        self.fanout_seconds.render(
+            &mut out,
+            "lattice_fanout_seconds",
+            "Time from commit to the last subscriber's outbox.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lattice_closes_total Connections closed, by reason.\n# TYPE lattice_closes_total counter"
+        );
+        for (i, kind) in CloseKind::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "lattice_closes_total{{reason=\"{}\"}} {}",
+                kind.label(),
+                self.closes[i].load(Relaxed)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,451 @@
+//! Room tasks: one tokio task owns each live document, with a bounded inbox.
+//!
+//! The task carries out the engine `Room`'s effects: it commits persisted deltas in batches (a
+//! new batch starts as soon as the previous commit returns, so commits group naturally under
+//! load, and the store's group committer merges batches across rooms), then delivers acks and
+//! relays. Each frame is encoded once and cloned (`Bytes`) into every recipient's outbox; a full
+//! outbox closes that peer as a slow consumer. The room unloads itself after an idle TTL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use lattice_engine::protocol::ServerMsg;
+use lattice_engine::sync::{Access, Effects, PeerId, PendingDelta, Room, RoomConfig};
+use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, ReplicaId, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use crate::ServerState;
+use crate::close::CloseCode;
+use crate::store::{NewEntry, StoreError};
+
+/// How often a room expires presence and checks whether it is idle.
+const ROOM_TICK: Duration = Duration::from_millis(500);
+
+/// Asks a connection to close, from outside its task (a room that found its outbox full).
+#[derive(Debug, Default)]
+pub(crate) struct Closer {
+    code: Mutex<Option<CloseCode>>,
+    notify: Notify,
+}
+
+impl Closer {
+    pub(crate) fn close(&self, code: CloseCode) {
+        if let Ok(mut slot) = self.code.lock()
+            && slot.is_none()
+        {
+            *slot = Some(code);
+        }
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn closed(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A connection as rooms see it: where to put its frames, and how to close it.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerHandle {
+    pub id: PeerId,
+    pub replica: Option<ReplicaId>,
+    pub outbox: mpsc::Sender<Message>,
+    pub closer: Arc<Closer>,
+}
+
+pub(crate) enum RoomCmd {
+    Subscribe {
+        peer: PeerHandle,
+        access: Access,
+        state: DocState,
+    },
+    Unsubscribe {
+        peer: PeerId,
+    },
+    Delta {
+        peer: PeerId,
+        seq: u64,
+        delta: Delta,
+        author: Option<String>,
+    },
+    Presence {
+        peer: PeerId,
+        state: Value,
+        typing: bool,
+    },
+    /// Resolves once everything applied so far is committed and acknowledged.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
+
+/// The registry of live rooms.
+#[derive(Debug, Default)]
+pub(crate) struct Rooms {
+    live: Mutex<HashMap<DocId, RoomSender>>,
+}
+
+impl Rooms {
+    /// The room for `doc`, started if it is not live.
+    pub(crate) fn get_or_start(&self, state: &Arc<ServerState>, doc: &DocId) -> RoomSender {
+        let Ok(mut live) = self.live.lock() else {
+            // A poisoned registry means a panic elsewhere; start an unregistered room rather
+            // than fail the request.
+            return spawn_room(state.clone(), doc.clone());
+        };
+        if let Some(tx) = live.get(doc)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let tx = spawn_room(state.clone(), doc.clone());
+        live.insert(doc.clone(), tx.clone());
+        tx
+    }
+
+    /// Removes `doc` if `tx` is still its room and nothing is queued for it. Returns whether the
+    /// room may stop.
+    fn try_unload(&self, doc: &DocId, rx: &mpsc::Receiver<RoomCmd>) -> bool {
+        let Ok(mut live) = self.live.lock() else {
+            return false;
+        };
+        if !rx.is_empty() {
+            return false;
+        }
+        live.remove(doc);
+        true
+    }
+
+    fn forget(&self, doc: &DocId) {
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(doc);
+        }
+    }
+
+    /// Every live room, for shutdown.
+    pub(crate) fn all(&self) -> Vec<RoomSender> {
+        self.live
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn spawn_room(state: Arc<ServerState>, doc: DocId) -> RoomSender {
+    let (tx, rx) = mpsc::channel(state.config.limits.room_inbox);
+    let span = info_span!("room", doc = %doc);
+    tokio::spawn(room_task(state, doc, rx).instrument(span));
+    tx
+}
+
+pub(crate) fn system_clock() -> lattice_engine::NTP64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    lattice_engine::NTP64::from(since)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+type CommitFuture =
+    Pin<Box<dyn Future<Output = (u64, Result<Vec<u64>, StoreError>, Instant)> + Send>>;
+
+struct RoomDriver {
+    state: Arc<ServerState>,
+    doc: DocId,
+    room: Room,
+    peers: HashMap<PeerId, PeerHandle>,
+    pending: Vec<PendingDelta>,
+    in_flight: Option<CommitFuture>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+}
+
+async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, StoreError> {
+    Ok(match state.store.load(doc, state.replica).await? {
+        Some(loaded) => loaded.document,
+        None => Document::new(state.replica),
+    })
+}
+
+async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<RoomCmd>) {
+    let document = match load_document(&state, &doc).await {
+        Ok(d) => d,
+        Err(e) => {
+            error!(error = %e, "cannot load document");
+            state.rooms.forget(&doc);
+            refuse_all(&mut rx, &doc, &e).await;
+            return;
+        }
+    };
+    state.metrics.live_documents.fetch_add(1, Relaxed);
+    let config = RoomConfig {
+        presence_ttl_ms: duration_ms(state.config.rooms.presence_ttl),
+        typing_ttl_ms: duration_ms(state.config.rooms.typing_ttl),
+        max_relay_bytes: state.config.rooms.max_relay_bytes,
+    };
+    let hlc = Hlc::new(state.replica, system_clock, DEFAULT_MAX_DRIFT);
+    let mut driver = RoomDriver {
+        room: Room::new(doc.clone(), document, hlc, config),
+        state: state.clone(),
+        doc: doc.clone(),
+        peers: HashMap::new(),
+        pending: Vec::new(),
+        in_flight: None,
+        flush_waiters: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(ROOM_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                driver.handle(cmd).await;
+                // Take whatever else is queued before committing, so one commit covers it.
+                while let Ok(cmd) = rx.try_recv() {
+                    driver.handle(cmd).await;
+                }
+            }
+            (token, result, started) = async {
+                match driver.in_flight.as_mut() {
+                    Some(commit) => commit.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                driver.in_flight = None;
+                driver.commit_done(token, result, started).await;
+            }
+            _ = tick.tick() => {
+                let fx = driver.room.tick(now_ms());
+                driver.apply(fx).await;
+            }
+        }
+        driver.start_commit();
+        driver.answer_flushes();
+        if driver.room.is_idle() && driver.pending.is_empty() && driver.in_flight.is_none() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= state.config.rooms.idle_ttl && state.rooms.try_unload(&doc, &rx) {
+                debug!("room unloaded after idle TTL");
+                break;
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+    state.metrics.live_documents.fetch_sub(1, Relaxed);
+}
+
+/// The document could not be loaded: every queued command gets an error, subscribers are closed.
+async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreError) {
+    rx.close();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            RoomCmd::Subscribe { peer, .. } => {
+                let msg = ServerMsg::Error {
+                    code: lattice_engine::protocol::ErrorCode::Internal,
+                    message: format!("document cannot be loaded: {}", public_reason(e)),
+                    doc: Some(doc.clone()),
+                    seq: None,
+                };
+                let _ = peer
+                    .outbox
+                    .try_send(Message::Binary(Bytes::from(msg.encode())));
+            }
+            RoomCmd::Flush { reply } => {
+                let _ = reply.send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a client may learn about a store failure: never internals.
+fn public_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::DocumentDeleted { .. } => "the document is deleted",
+        StoreError::CorruptDelta { .. }
+        | StoreError::CorruptCheckpoint { .. }
+        | StoreError::LogInconsistent { .. } => {
+            "the stored document is damaged; an admin has been told"
+        }
+        _ => "storage is unavailable",
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RoomDriver {
+    async fn handle(&mut self, cmd: RoomCmd) {
+        let fx = match cmd {
+            RoomCmd::Subscribe {
+                peer,
+                access,
+                state,
+            } => {
+                let id = peer.id;
+                self.peers.insert(id, peer);
+                self.room.subscribe(id, access, &state)
+            }
+            RoomCmd::Unsubscribe { peer } => {
+                self.peers.remove(&peer);
+                self.room.unsubscribe(peer)
+            }
+            RoomCmd::Delta {
+                peer,
+                seq,
+                delta,
+                author,
+            } => {
+                self.state.metrics.deltas_in.fetch_add(1, Relaxed);
+                self.room.client_delta(peer, seq, delta, author)
+            }
+            RoomCmd::Presence {
+                peer,
+                state,
+                typing,
+            } => self.room.presence(peer, state, typing, now_ms()),
+            RoomCmd::Flush { reply } => {
+                self.flush_waiters.push(reply);
+                Effects::default()
+            }
+        };
+        self.apply(fx).await;
+    }
+
+    fn start_commit(&mut self) {
+        if self.in_flight.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let take = self
+            .pending
+            .len()
+            .min(self.state.config.rooms.max_commit_batch);
+        let batch: Vec<PendingDelta> = self.pending.drain(..take).collect();
+        let token = batch.last().map_or(0, |p| p.token);
+        let entries: Vec<NewEntry> = batch
+            .iter()
+            .map(|p| {
+                let replica = self
+                    .peers
+                    .get(&p.peer)
+                    .and_then(|h| h.replica)
+                    .unwrap_or(self.state.replica);
+                NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
+            })
+            .collect();
+        let store = self.state.store.clone();
+        let size = entries.len();
+        self.state.metrics.commit_batch_size.observe(size as f64);
+        self.in_flight = Some(Box::pin(async move {
+            let started = Instant::now();
+            let result = store.append_batch(entries).await;
+            (token, result, started)
+        }));
+    }
+
+    async fn commit_done(
+        &mut self,
+        token: u64,
+        result: Result<Vec<u64>, StoreError>,
+        started: Instant,
+    ) {
+        self.state
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.state.metrics.commit_batches.fetch_add(1, Relaxed);
+        let fx = match result {
+            Ok(_) => self.room.committed(token),
+            Err(e) => {
+                error!(error = %e, "commit failed; closing the senders so they resync");
+                self.pending.clear();
+                self.room.commit_failed()
+            }
+        };
+        let fanout = Instant::now();
+        self.apply(fx).await;
+        self.state
+            .metrics
+            .fanout_seconds
+            .observe(fanout.elapsed().as_secs_f64());
+    }
+
+    fn answer_flushes(&mut self) {
+        if self.in_flight.is_none() && self.pending.is_empty() {
+            for reply in self.flush_waiters.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Carries out a room's effects. Boxed because dropping a slow peer can produce more effects.
+    fn apply(&mut self, fx: Effects) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.pending.extend(fx.persist);
+            let mut dropped: Vec<(PeerId, CloseCode)> = Vec::new();
+            for out in fx.send {
+                let is_delta = matches!(out.msg, ServerMsg::Delta { .. });
+                let frame = Bytes::from(out.msg.encode());
+                for peer in out.to {
+                    let Some(handle) = self.peers.get(&peer) else {
+                        continue;
+                    };
+                    match handle.outbox.try_send(Message::Binary(frame.clone())) {
+                        Ok(()) => {
+                            if is_delta {
+                                self.state.metrics.deltas_out.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped.push((peer, CloseCode::SlowConsumer));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            dropped.push((peer, CloseCode::Normal));
+                        }
+                    }
+                }
+            }
+            for (peer, _) in &fx.close {
+                if let Some(handle) = self.peers.remove(peer) {
+                    handle.closer.close(CloseCode::StoreFailure);
+                }
+            }
+            for (peer, code) in dropped {
+                if let Some(handle) = self.peers.remove(&peer) {
+                    if code == CloseCode::SlowConsumer {
+                        warn!(peer = peer.0, "outbox full: closing slow consumer");
+                        handle.closer.close(code);
+                    }
+                    let more = self.room.unsubscribe(peer);
+                    self.apply(more).await;
+                }
+            }
+            if fx.reload {
+                match load_document(&self.state, &self.doc).await {
+                    Ok(doc) => self.room.replace_document(doc),
+                    Err(e) => error!(error = %e, "reload after failure failed"),
+                }
+            }
+        })
+    }
+}
