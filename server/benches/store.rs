@@ -9,8 +9,10 @@
 //! ```text
 //! cargo bench -p lattice-server --bench store -- [--traces /work/shared/traces] \
 //!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--seconds 2] \
-//!     [--docs N] [--skip-load]
+//!     [--docs N] [--writers N] [--skip-load]
 //! ```
+//!
+//! `--writers N` measures only that writer count (for profiling one configuration).
 //!
 //! Every figure is the median of 3 runs. Without `--traces` (and without the default
 //! `/work/shared/traces`), the load benchmark types a synthetic trace of the same size. On
@@ -38,6 +40,8 @@ struct Args {
     seconds: f64,
     /// Documents the writers share (writer `w` writes document `w % docs`); `None` = one each.
     docs: Option<usize>,
+    /// Only this writer count; `None` = every count in [`WRITER_COUNTS`].
+    writers: Option<usize>,
     skip_load: bool,
 }
 
@@ -49,6 +53,7 @@ fn parse_args() -> Result<Args, BoxError> {
         postgres: None,
         seconds: 2.0,
         docs: None,
+        writers: None,
         skip_load: false,
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +64,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--seconds" => args.seconds = it.next().ok_or("--seconds N")?.parse()?,
             "--skip-load" => args.skip_load = true,
             "--docs" => args.docs = Some(it.next().ok_or("--docs N")?.parse()?),
+            "--writers" => args.writers = Some(it.next().ok_or("--writers N")?.parse()?),
             // `cargo bench` passes `--bench`; ignore it and anything else unknown.
             _ => {}
         }
@@ -287,14 +293,18 @@ async fn main() -> Result<(), BoxError> {
             None => "one document per writer".to_owned(),
         }
     );
+    let writer_counts: Vec<usize> = match args.writers {
+        Some(w) => vec![w],
+        None => WRITER_COUNTS.to_vec(),
+    };
     print!("{:<30}", "backend");
-    for w in WRITER_COUNTS {
+    for &w in &writer_counts {
         print!("{:>14}", format!("{w} writers"));
     }
     println!();
     for t in &targets {
         print!("{:<30}", t.name);
-        for w in WRITER_COUNTS {
+        for &w in &writer_counts {
             let mut runs = Vec::new();
             for _ in 0..RUNS {
                 runs.push(append_throughput(t, w, args.docs, args.seconds).await?);

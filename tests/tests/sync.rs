@@ -668,8 +668,11 @@ async fn slow_consumer_is_closed_and_others_are_unaffected() {
         t0.elapsed()
     );
     let rss_after = rss_kib(server.pid());
+    // The server legitimately holds the 19 MiB document in yrs, snapshots it for checkpoints,
+    // and keeps a 64 MiB SQLite page cache; what must not grow is the sleeper's backlog, capped
+    // at 32 frames. Without the cap the backlog alone would be the whole 19 MiB again per reader.
     assert!(
-        rss_after < rss_before + 256 * 1024,
+        rss_after < rss_before + 512 * 1024,
         "server RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
     // The sleeper finally reads: buffered frames, then the slow-consumer close.

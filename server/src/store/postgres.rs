@@ -54,6 +54,163 @@ impl PostgresBackend {
     pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Postgres caches no heads: every append reads them under the row lock of its upsert.
+    fn forget_head(&self, _doc: &lattice_engine::DocId) {}
+
+    /// One group-commit transaction: an upsert on `documents` reserves a contiguous range of
+    /// sequence numbers per document and returns the new heads (the row lock it takes
+    /// serialises server processes writing the same document), then multi-row `INSERT`s add
+    /// the entries. Requests touching a soft-deleted document are refused and the rest retried.
+    pub(crate) async fn append_batch(
+        &self,
+        requests: &[Vec<crate::store::NewEntry>],
+        now_ms: u64,
+    ) -> Result<
+        (
+            Vec<Result<Vec<u64>, crate::store::StoreError>>,
+            Vec<crate::store::DocCounters>,
+        ),
+        crate::store::StoreError,
+    > {
+        use crate::store::sql::*;
+        use crate::store::{DocCounters, StoreError};
+        use sqlx::Row as _;
+        use std::collections::{BTreeMap, HashMap, HashSet};
+        let op = "append";
+        let now = to_i64(now_ms);
+        let mut rejected: HashSet<&lattice_engine::DocId> = HashSet::new();
+        loop {
+            let active: Vec<bool> = requests
+                .iter()
+                .map(|r| r.iter().all(|e| !rejected.contains(&e.doc)))
+                .collect();
+            // Per document: entries and bytes in this batch (sorted, so concurrent
+            // writers to Postgres lock rows in one order).
+            let mut per_doc: BTreeMap<&lattice_engine::DocId, (u64, u64)> = BTreeMap::new();
+            for (r, _) in requests.iter().zip(&active).filter(|(_, a)| **a) {
+                for e in r {
+                    let slot = per_doc.entry(&e.doc).or_default();
+                    slot.0 += 1;
+                    slot.1 += e.delta_bytes().len() as u64;
+                }
+            }
+            let mut counters: HashMap<String, DocCounters> = HashMap::new();
+            let mut tx = None;
+            if !per_doc.is_empty() {
+                let mut t = self.begin_write().await?;
+                let docs: Vec<_> = per_doc.iter().collect();
+                let mut at = 0;
+                for n in chunks(docs.len()) {
+                    let sql = values_sql(UPSERT_PREFIX, UPSERT_PER_ROW, n, UPSERT_SUFFIX, true);
+                    let mut q = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(sql));
+                    for (doc, (count, bytes)) in &docs[at..at + n] {
+                        q = q
+                            .bind(doc.as_str())
+                            .bind(now)
+                            .bind(now)
+                            .bind(to_i64(*count))
+                            .bind(to_i64(*bytes));
+                    }
+                    at += n;
+                    let rows = q.fetch_all(&mut *t).await.map_err(StoreError::db(op))?;
+                    for row in rows {
+                        let id: String = row.try_get(0).map_err(StoreError::db(op))?;
+                        let get = |i: usize| -> Result<u64, StoreError> {
+                            row.try_get::<i64, _>(i)
+                                .map(to_u64)
+                                .map_err(StoreError::db(op))
+                        };
+                        let c = DocCounters {
+                            doc: lattice_engine::DocId::new(id.clone()).map_err(|e| {
+                                StoreError::db(op)(sqlx::Error::Decode(Box::new(e)))
+                            })?,
+                            head_seq: get(1)?,
+                            byte_count: get(2)?,
+                            checkpoint_seq: get(3)?,
+                            checkpoint_byte_count: get(4)?,
+                        };
+                        counters.insert(id, c);
+                    }
+                }
+                let missing: Vec<_> = per_doc
+                    .keys()
+                    .filter(|d| !counters.contains_key(d.as_str()))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    // Soft-deleted documents: drop the requests that touch them and
+                    // try again without them.
+                    t.rollback().await.map_err(StoreError::db(op))?;
+                    rejected.extend(missing);
+                    continue;
+                }
+                tx = Some(t);
+            }
+
+            // Sequence numbers: this batch's entries of a document follow its old head.
+            let mut next: HashMap<&str, u64> = per_doc
+                .iter()
+                .filter_map(|(doc, (count, _))| {
+                    counters
+                        .get(doc.as_str())
+                        .map(|c| (doc.as_str(), c.head_seq + 1 - count))
+                })
+                .collect();
+            let mut results = Vec::with_capacity(requests.len());
+            let mut rows: Vec<(&crate::store::NewEntry, u64)> = Vec::new();
+            for (r, a) in requests.iter().zip(&active) {
+                if !*a {
+                    let doc = r
+                        .iter()
+                        .find(|e| rejected.contains(&e.doc))
+                        .map(|e| e.doc.clone());
+                    results.push(Err(match doc {
+                        Some(doc) => StoreError::DocumentDeleted { doc },
+                        None => StoreError::Closed,
+                    }));
+                    continue;
+                }
+                let mut seqs = Vec::with_capacity(r.len());
+                for e in r {
+                    let Some(slot) = next.get_mut(e.doc.as_str()) else {
+                        return Err(StoreError::LogInconsistent {
+                            doc: e.doc.clone(),
+                            seq: 0,
+                            reason: "no head returned for the document".to_owned(),
+                        });
+                    };
+                    seqs.push(*slot);
+                    rows.push((e, *slot));
+                    *slot += 1;
+                }
+                results.push(Ok(seqs));
+            }
+
+            if let Some(mut t) = tx {
+                let mut at = 0;
+                for n in chunks(rows.len()) {
+                    let sql = values_sql(INSERT_PREFIX, INSERT_PER_ROW, n, "", true);
+                    let mut q = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(sql));
+                    for (e, seq) in &rows[at..at + n] {
+                        q = q
+                            .bind(e.doc.as_str())
+                            .bind(to_i64(*seq))
+                            .bind(hlc_to_i64(e.hlc))
+                            .bind(i64::from(e.replica.get()))
+                            .bind(e.author.as_deref())
+                            .bind(to_i64(e.delta_bytes().len() as u64))
+                            .bind(now)
+                            .bind(e.delta_bytes());
+                    }
+                    at += n;
+                    q.execute(&mut *t).await.map_err(StoreError::db(op))?;
+                }
+                t.commit().await.map_err(StoreError::db("commit"))?;
+            }
+            return Ok((results, counters.into_values().collect()));
+        }
+    }
 }
 
 super::sql::shared_sql_impl!(PostgresBackend, Postgres, numbered = true);

@@ -1,11 +1,16 @@
 //! The SQL both backends share. SQLite and Postgres both accept `$n` placeholders, `INSERT …
-//! ON CONFLICT … DO UPDATE … RETURNING` and the column types used here (`i64`, text, bytes), so
-//! every statement is written once (the multi-row batch statements aside, whose placeholders
-//! are `?` on SQLite, see [`values_sql`]) and [`shared_sql_impl!`] instantiates the operations for each
-//! backend's `sqlx::Database`. What differs (connection set-up, pragmas, read isolation,
-//! migration folders) lives in `sqlite.rs` and `postgres.rs`.
+//! ON CONFLICT … DO UPDATE` and the column types used here (`i64`, text, bytes), so every
+//! read, checkpoint and soft-delete statement is written once and [`shared_sql_impl!`]
+//! instantiates those operations for each backend's `sqlx::Database`. The multi-row batch
+//! statements of the append path are built here too ([`values_sql`]; `?` placeholders on
+//! SQLite), but each backend drives its own append: Postgres reserves sequence numbers with an
+//! upsert `… RETURNING` (several server processes may share the database), SQLite from heads
+//! cached in its single writer (`sqlite.rs`). What else differs (connection set-up, pragmas,
+//! read isolation, migration folders) lives in `sqlite.rs` and `postgres.rs`.
 //!
-//! A backend type using the macro provides `write_pool()`, `read_pool()` and `begin_read()`.
+//! A backend type using the macro provides `read_pool()`, `begin_read()`, `begin_write()` and
+//! `forget_head(doc)`, which a write transaction that changes a `documents` row calls before
+//! its `COMMIT`, so that no cached copy of the row outlives it.
 
 /// Rows per multi-row `INSERT`, largest first. A batch is cut into chunks of these sizes, so
 /// only a handful of distinct statements exist and each stays in the prepared-statement cache.
@@ -92,6 +97,29 @@ pub(crate) const UPSERT_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
      WHERE documents.deleted_at_ms IS NULL \
      RETURNING id, head_seq, byte_count, checkpoint_seq, checkpoint_byte_count";
 
+/// The SQLite append path writes the heads it computed from its cache; the `WHERE` clause makes
+/// a write to a soft-deleted row a no-op, which the caller detects from the affected-row count.
+pub(crate) const SET_HEADS_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
+     head_seq = excluded.head_seq, \
+     byte_count = excluded.byte_count, \
+     updated_at_ms = excluded.updated_at_ms \
+     WHERE documents.deleted_at_ms IS NULL";
+
+/// `SELECT … WHERE id IN (?, …)` with `n` anonymous placeholders (SQLite only): the heads of
+/// documents the SQLite writer has not cached yet.
+pub(crate) fn heads_sql(n: usize) -> String {
+    let mut sql = String::with_capacity(160 + n * 3);
+    sql.push_str(
+        "SELECT id, head_seq, byte_count, checkpoint_seq, checkpoint_byte_count, \
+         deleted_at_ms IS NOT NULL FROM documents WHERE id IN (",
+    );
+    for i in 0..n {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    sql.push(')');
+    sql
+}
+
 pub(crate) const INSERT_PREFIX: &str = "INSERT INTO updates \
      (doc_id, seq, hlc, replica, author, byte_size, committed_at_ms, delta)";
 pub(crate) const INSERT_PER_ROW: usize = 8;
@@ -122,162 +150,6 @@ macro_rules! shared_sql_impl {
                     },
                     to_u64(row.try_get(8)?),
                 ))
-            }
-
-            pub(crate) async fn append_batch(
-                &self,
-                requests: &[Vec<$crate::store::NewEntry>],
-                now_ms: u64,
-            ) -> Result<
-                (
-                    Vec<Result<Vec<u64>, $crate::store::StoreError>>,
-                    Vec<$crate::store::DocCounters>,
-                ),
-                $crate::store::StoreError,
-            > {
-                use sqlx::Row as _;
-                use std::collections::{BTreeMap, HashMap, HashSet};
-                use $crate::store::sql::*;
-                use $crate::store::{DocCounters, StoreError};
-                let op = "append";
-                let now = to_i64(now_ms);
-                let mut rejected: HashSet<&lattice_engine::DocId> = HashSet::new();
-                loop {
-                    let active: Vec<bool> = requests
-                        .iter()
-                        .map(|r| r.iter().all(|e| !rejected.contains(&e.doc)))
-                        .collect();
-                    // Per document: entries and bytes in this batch (sorted, so concurrent
-                    // writers to Postgres lock rows in one order).
-                    let mut per_doc: BTreeMap<&lattice_engine::DocId, (u64, u64)> = BTreeMap::new();
-                    for (r, _) in requests.iter().zip(&active).filter(|(_, a)| **a) {
-                        for e in r {
-                            let slot = per_doc.entry(&e.doc).or_default();
-                            slot.0 += 1;
-                            slot.1 += e.delta_bytes().len() as u64;
-                        }
-                    }
-                    let mut counters: HashMap<String, DocCounters> = HashMap::new();
-                    let mut tx = None;
-                    if !per_doc.is_empty() {
-                        let mut t = self.begin_write().await?;
-                        let docs: Vec<_> = per_doc.iter().collect();
-                        let mut at = 0;
-                        for n in chunks(docs.len()) {
-                            let sql = values_sql(
-                                UPSERT_PREFIX,
-                                UPSERT_PER_ROW,
-                                n,
-                                UPSERT_SUFFIX,
-                                $numbered,
-                            );
-                            let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
-                            for (doc, (count, bytes)) in &docs[at..at + n] {
-                                q = q
-                                    .bind(doc.as_str())
-                                    .bind(now)
-                                    .bind(now)
-                                    .bind(to_i64(*count))
-                                    .bind(to_i64(*bytes));
-                            }
-                            at += n;
-                            let rows = q.fetch_all(&mut *t).await.map_err(StoreError::db(op))?;
-                            for row in rows {
-                                let id: String = row.try_get(0).map_err(StoreError::db(op))?;
-                                let get = |i: usize| -> Result<u64, StoreError> {
-                                    row.try_get::<i64, _>(i)
-                                        .map(to_u64)
-                                        .map_err(StoreError::db(op))
-                                };
-                                let c = DocCounters {
-                                    doc: lattice_engine::DocId::new(id.clone()).map_err(|e| {
-                                        StoreError::db(op)(sqlx::Error::Decode(Box::new(e)))
-                                    })?,
-                                    head_seq: get(1)?,
-                                    byte_count: get(2)?,
-                                    checkpoint_seq: get(3)?,
-                                    checkpoint_byte_count: get(4)?,
-                                };
-                                counters.insert(id, c);
-                            }
-                        }
-                        let missing: Vec<_> = per_doc
-                            .keys()
-                            .filter(|d| !counters.contains_key(d.as_str()))
-                            .copied()
-                            .collect();
-                        if !missing.is_empty() {
-                            // Soft-deleted documents: drop the requests that touch them and
-                            // try again without them.
-                            t.rollback().await.map_err(StoreError::db(op))?;
-                            rejected.extend(missing);
-                            continue;
-                        }
-                        tx = Some(t);
-                    }
-
-                    // Sequence numbers: this batch's entries of a document follow its old head.
-                    let mut next: HashMap<&str, u64> = per_doc
-                        .iter()
-                        .filter_map(|(doc, (count, _))| {
-                            counters
-                                .get(doc.as_str())
-                                .map(|c| (doc.as_str(), c.head_seq + 1 - count))
-                        })
-                        .collect();
-                    let mut results = Vec::with_capacity(requests.len());
-                    let mut rows: Vec<(&$crate::store::NewEntry, u64)> = Vec::new();
-                    for (r, a) in requests.iter().zip(&active) {
-                        if !*a {
-                            let doc = r
-                                .iter()
-                                .find(|e| rejected.contains(&e.doc))
-                                .map(|e| e.doc.clone());
-                            results.push(Err(match doc {
-                                Some(doc) => StoreError::DocumentDeleted { doc },
-                                None => StoreError::Closed,
-                            }));
-                            continue;
-                        }
-                        let mut seqs = Vec::with_capacity(r.len());
-                        for e in r {
-                            let Some(slot) = next.get_mut(e.doc.as_str()) else {
-                                return Err(StoreError::LogInconsistent {
-                                    doc: e.doc.clone(),
-                                    seq: 0,
-                                    reason: "no head returned for the document".to_owned(),
-                                });
-                            };
-                            seqs.push(*slot);
-                            rows.push((e, *slot));
-                            *slot += 1;
-                        }
-                        results.push(Ok(seqs));
-                    }
-
-                    if let Some(mut t) = tx {
-                        let mut at = 0;
-                        for n in chunks(rows.len()) {
-                            let sql = values_sql(INSERT_PREFIX, INSERT_PER_ROW, n, "", $numbered);
-                            let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
-                            for (e, seq) in &rows[at..at + n] {
-                                q = q
-                                    .bind(e.doc.as_str())
-                                    .bind(to_i64(*seq))
-                                    .bind(hlc_to_i64(e.hlc))
-                                    .bind(i64::from(e.replica.get()))
-                                    .bind(e.author.as_deref())
-                                    .bind(to_i64(e.delta_bytes().len() as u64))
-                                    .bind(now)
-                                    .bind(e.delta_bytes());
-                            }
-                            at += n;
-                            q.execute(&mut *t).await.map_err(StoreError::db(op))?;
-                        }
-                        t.commit().await.map_err(StoreError::db("commit"))?;
-                    }
-                    return Ok((results, counters.into_values().collect()));
-                }
             }
 
             pub(crate) async fn doc_meta(
@@ -454,6 +326,7 @@ macro_rules! shared_sql_impl {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::db("soft_delete"))?;
+                self.forget_head(doc);
                 tx.commit().await.map_err(StoreError::db("commit"))?;
                 Ok(done.rows_affected() > 0)
             }
@@ -539,6 +412,7 @@ macro_rules! shared_sql_impl {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::db(op))?;
+                self.forget_head(&meta.id);
                 tx.commit().await.map_err(StoreError::db("commit"))?;
                 Ok(())
             }
