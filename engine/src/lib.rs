@@ -4,7 +4,7 @@
 //! named last-writer-wins registers ([`LwwRegister`] of [`Value`], stamped by a hybrid logical
 //! clock, [`Hlc`]). Replicas exchange [`Delta`]s; a [`DocState`] summarises what a replica holds
 //! so that [`Document::diff_since`] can send exactly what the other side lacks. The wire
-//! messages are in [`protocol`].
+//! messages are in [`protocol`]; the y-websocket protocol of stock Yjs clients is in [`yws`].
 //!
 //! # Invariants
 //! - **No IO.** No sockets, files, clocks, randomness, threads or async runtime. Time comes in
@@ -26,6 +26,7 @@ mod register;
 pub mod sync;
 mod value;
 pub mod yjs;
+pub mod yws;
 
 pub use counter::{GCounter, PnCounter};
 pub use document::{

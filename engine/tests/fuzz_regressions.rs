@@ -11,6 +11,7 @@ fn replay(name: &str, bytes: &[u8]) {
     let _ = ClientMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES);
     let _ = ServerMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES);
     let _ = lattice_engine::yjs::check_update_v1(bytes);
+    let _ = lattice_engine::yws::decode_frame(bytes, DEFAULT_MAX_FRAME_BYTES);
     if let Ok(doc) = Document::from_snapshot(ReplicaId::from_random(9), bytes) {
         let _ = doc.to_json();
     }

@@ -705,6 +705,22 @@ fn feed_peer_bytes(bytes: &[u8], doc: &mut Document) -> Result<(), TestCaseError
     let _ = ClientMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES);
     let _ = ServerMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES);
     let _ = check_update_v1(bytes);
+    // y-websocket frames: any update one carries has passed the guard, so yrs must take it
+    // without failing part-way.
+    if let Ok(messages) = lattice_engine::yws::decode_frame(bytes, DEFAULT_MAX_FRAME_BYTES) {
+        for m in messages {
+            if let lattice_engine::yws::YMessage::Update { update }
+            | lattice_engine::yws::YMessage::SyncStep2 { update } = m
+            {
+                let mut scratch = Document::new(ReplicaId::from_random(11));
+                let r = scratch.apply(&Delta {
+                    yjs: update,
+                    ..Delta::default()
+                });
+                prop_assert!(!matches!(r, Err(ApplyError::Integrate { .. })), "{:?}", r);
+            }
+        }
+    }
     let _ = Document::from_snapshot(ReplicaId::from_random(9), bytes).map(|d| d.to_json());
     let _ = doc.diff_since(&DocState {
         yjs: bytes.to_vec(),

@@ -20,9 +20,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::ServerState;
 use crate::close::CloseCode;
 use crate::metrics::CloseKind;
-use crate::rooms::{Closer, PeerHandle, RoomCmd, RoomSender};
+use crate::rooms::{Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
 
-fn close_kind(code: CloseCode) -> CloseKind {
+pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
     match code {
         CloseCode::Normal => CloseKind::Normal,
         CloseCode::GoingAway => CloseKind::Shutdown,
@@ -38,7 +38,7 @@ fn close_kind(code: CloseCode) -> CloseKind {
     }
 }
 
-fn close_message(code: CloseCode) -> Message {
+pub(crate) fn close_message(code: CloseCode) -> Message {
     Message::Close(Some(CloseFrame {
         code: code.code(),
         reason: code.reason().into(),
@@ -47,7 +47,7 @@ fn close_message(code: CloseCode) -> Message {
 
 /// Drains the outbox into the socket, one flush per batch of queued frames, and sends
 /// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
-async fn writer(
+pub(crate) async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
     closer: Arc<Closer>,
@@ -111,8 +111,55 @@ enum Exit {
     Gone,
 }
 
-fn nz(v: u32) -> NonZeroU32 {
+pub(crate) fn nz(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The per-connection message rate (token bucket).
+pub(crate) fn message_limiter(limits: &crate::config::Limits) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(
+        Quota::per_second(nz(limits.messages_per_second)).allow_burst(nz(limits.message_burst)),
+    )
+}
+
+/// The per-connection byte rate. Its burst is at least one maximal frame, so `check_n` only
+/// ever answers "not now", never "never".
+pub(crate) fn byte_limiter(limits: &crate::config::Limits) -> DefaultDirectRateLimiter {
+    let burst = limits
+        .byte_burst
+        .max(u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX));
+    RateLimiter::direct(Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(burst)))
+}
+
+/// Whether a frame of `len` bytes is within both rates; `false` means close with 4029.
+pub(crate) fn within_rate(
+    messages: &DefaultDirectRateLimiter,
+    bytes: &DefaultDirectRateLimiter,
+    len: usize,
+) -> bool {
+    let len = nz(u32::try_from(len).unwrap_or(u32::MAX));
+    let bytes_ok = bytes.check_n(len).is_ok_and(|r| r.is_ok());
+    messages.check().is_ok() && bytes_ok
+}
+
+/// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
+/// unloading at this very moment; a second room starts if so. `None` if neither accepted.
+pub(crate) async fn join_room(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    mut cmd: RoomCmd,
+) -> Option<RoomSender> {
+    let mut room = state.rooms.get_or_start(state, doc);
+    for _ in 0..2 {
+        match room.send(cmd).await {
+            Ok(()) => return Some(room),
+            Err(mpsc::error::SendError(back)) => {
+                cmd = back;
+                room = state.rooms.get_or_start(state, doc);
+            }
+        }
+    }
+    None
 }
 
 pub(crate) async fn serve_socket(
@@ -141,19 +188,13 @@ pub(crate) async fn serve_socket(
             peer: PeerHandle {
                 id,
                 replica: None,
+                kind: PeerKind::Native,
                 outbox,
                 closer: closer.clone(),
             },
             subs: HashMap::new(),
-            messages: RateLimiter::direct(
-                Quota::per_second(nz(limits.messages_per_second))
-                    .allow_burst(nz(limits.message_burst)),
-            ),
-            bytes: RateLimiter::direct(
-                Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(limits
-                    .byte_burst
-                    .max(u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX)))),
-            ),
+            messages: message_limiter(limits),
+            bytes: byte_limiter(limits),
             state: state.clone(),
         };
         let exit = conn.run(stream).await;
@@ -316,12 +357,7 @@ impl Conn {
                 );
                 return Exit::Close(CloseCode::FrameTooLarge);
             }
-            // The byte bucket's burst is at least one maximal frame, so `check_n` only ever
-            // answers "not now", never "never".
-            let len = nz(u32::try_from(frame.len()).unwrap_or(u32::MAX));
-            let bytes_ok = self.bytes.check_n(len).is_ok_and(|r| r.is_ok());
-            let over_rate = self.messages.check().is_err() || !bytes_ok;
-            if over_rate {
+            if !within_rate(&self.messages, &self.bytes, frame.len()) {
                 self.error(
                     ErrorCode::RateLimited,
                     "rate limit exceeded; reconnect with backoff",
@@ -378,24 +414,14 @@ impl Conn {
                     );
                     return None;
                 }
-                let mut room = self.state.rooms.get_or_start(&self.state, &doc);
-                let mut cmd = RoomCmd::Subscribe {
+                let cmd = RoomCmd::Subscribe {
                     peer: self.peer.clone(),
                     access: Access::Write,
                     state,
                 };
-                // A room may be unloading at this very moment; a second room starts if so.
-                for _ in 0..2 {
-                    match room.send(cmd).await {
-                        Ok(()) => {
-                            self.subs.insert(doc, room);
-                            return None;
-                        }
-                        Err(mpsc::error::SendError(back)) => {
-                            cmd = back;
-                            room = self.state.rooms.get_or_start(&self.state, &doc);
-                        }
-                    }
+                if let Some(room) = join_room(&self.state, &doc, cmd).await {
+                    self.subs.insert(doc, room);
+                    return None;
                 }
                 self.error(
                     ErrorCode::Internal,
@@ -434,6 +460,7 @@ impl Conn {
                         peer: self.peer.id,
                         state,
                         typing,
+                        awareness: None,
                     };
                     let _ = room.send(cmd).await;
                 }

@@ -19,6 +19,7 @@ pub mod metrics;
 mod rooms;
 mod server;
 pub mod store;
+mod yjs_socket;
 
 pub use close::CloseCode;
 pub use server::{ServerError, run};

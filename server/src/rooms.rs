@@ -55,16 +55,35 @@ impl Closer {
     }
 }
 
+/// Which wire protocol a connection speaks; the room encodes each frame once per protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerKind {
+    /// Lattice's MessagePack protocol (`/v1/sync`).
+    Native,
+    /// The y-websocket protocol of stock Yjs clients (`/yjs/{doc}`).
+    Yjs,
+}
+
+/// Where a presence entry came from, when it came from a Yjs client's awareness: its awareness
+/// client id and clock, kept so other Yjs clients see the same entry the client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AwarenessOrigin {
+    pub client: u64,
+    pub clock: u32,
+}
+
 /// A connection as rooms see it: where to put its frames, and how to close it.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerHandle {
     pub id: PeerId,
     pub replica: Option<ReplicaId>,
+    pub kind: PeerKind,
     pub outbox: mpsc::Sender<Message>,
     pub closer: Arc<Closer>,
 }
 
 pub(crate) enum RoomCmd {
+    /// Also used to resync an existing subscriber from a new state (y-websocket sync step 1).
     Subscribe {
         peer: PeerHandle,
         access: Access,
@@ -83,6 +102,11 @@ pub(crate) enum RoomCmd {
         peer: PeerId,
         state: Value,
         typing: bool,
+        awareness: Option<AwarenessOrigin>,
+    },
+    /// Send the peer everyone else's presence (y-websocket query awareness).
+    QueryPresence {
+        peer: PeerId,
     },
     /// Resolves once everything applied so far is committed and acknowledged.
     Flush {
@@ -151,6 +175,14 @@ fn spawn_room(state: Arc<ServerState>, doc: DocId) -> RoomSender {
     tx
 }
 
+/// A native peer's Yjs awareness client id: in `[2^52, 2^53)`, so it never collides with a Yjs
+/// document's 32-bit client ids, and mixed with this server's random replica id, so a peer id
+/// reused after a restart does not inherit an old entry's clock in long-lived Yjs clients.
+fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
+    let low = ((replica << 20) ^ peer.0) & ((1 << 52) - 1);
+    (1 << 52) | low
+}
+
 pub(crate) fn system_clock() -> lattice_engine::NTP64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -176,6 +208,27 @@ struct RoomDriver {
     pending: Vec<PendingDelta>,
     in_flight: Option<CommitFuture>,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Awareness identity of each peer with presence, for Yjs recipients.
+    awareness: HashMap<PeerId, AwarenessMeta>,
+}
+
+/// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
+#[derive(Clone, Copy, Debug)]
+struct AwarenessMeta {
+    client: u64,
+    clock: u32,
+    /// The entry came from a Yjs client, whose own clock is used as is.
+    from_yjs: bool,
+    /// The Yjs client removed its own state with `clock`; the removal is relayed with it.
+    removed_by_client: bool,
+}
+
+/// What one message becomes for a Yjs peer.
+#[derive(Clone, Debug, Default)]
+struct YjsOut {
+    frames: Vec<Bytes>,
+    /// Close the peer after the frames (it sent something the room refused).
+    close: Option<CloseCode>,
 }
 
 async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, StoreError> {
@@ -210,6 +263,7 @@ async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<R
         pending: Vec::new(),
         in_flight: None,
         flush_waiters: Vec::new(),
+        awareness: HashMap::new(),
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,12 +357,16 @@ impl RoomDriver {
                 state,
             } => {
                 let id = peer.id;
+                let echo = peer.kind == PeerKind::Yjs;
                 self.peers.insert(id, peer);
-                self.room.subscribe(id, access, &state)
+                self.room.subscribe_with_echo(id, access, echo, &state)
             }
             RoomCmd::Unsubscribe { peer } => {
                 self.peers.remove(&peer);
-                self.room.unsubscribe(peer)
+                let fx = self.room.unsubscribe(peer);
+                self.apply(fx).await;
+                self.awareness.remove(&peer);
+                return;
             }
             RoomCmd::Delta {
                 peer,
@@ -323,7 +381,24 @@ impl RoomDriver {
                 peer,
                 state,
                 typing,
-            } => self.room.presence(peer, state, typing, now_ms()),
+                awareness,
+            } => {
+                if let Some(origin) = awareness
+                    && self.room.is_subscribed(peer)
+                {
+                    self.awareness.insert(
+                        peer,
+                        AwarenessMeta {
+                            client: origin.client,
+                            clock: origin.clock,
+                            from_yjs: true,
+                            removed_by_client: state == Value::Null,
+                        },
+                    );
+                }
+                self.room.presence(peer, state, typing, now_ms())
+            }
+            RoomCmd::QueryPresence { peer } => self.room.query_presence(peer),
             RoomCmd::Flush { reply } => {
                 self.flush_waiters.push(reply);
                 Effects::default()
@@ -390,6 +465,83 @@ impl RoomDriver {
             .observe(fanout.elapsed().as_secs_f64());
     }
 
+    /// Translates one room message for y-websocket peers. Acks become nothing (the sender's
+    /// own update comes back as an echo instead), a refused write becomes "permission denied",
+    /// any other refusal closes the peer so it reconnects and resyncs.
+    fn yjs_frames(&mut self, msg: &ServerMsg) -> YjsOut {
+        use lattice_engine::protocol::ErrorCode;
+        use lattice_engine::yws;
+        let frames = match msg {
+            ServerMsg::Sync { delta, state, .. } => vec![
+                yws::encode_sync_step2(&delta.yjs),
+                yws::encode_sync_step1(&state.yjs),
+            ],
+            ServerMsg::Delta { delta, .. } if !delta.yjs.is_empty() => {
+                vec![yws::encode_update(&delta.yjs)]
+            }
+            ServerMsg::Presence { peer, state, .. } => {
+                vec![yws::encode_awareness(&[
+                    self.awareness_entry(PeerId(*peer), state)
+                ])]
+            }
+            ServerMsg::Error { code, message, .. } => {
+                return match code {
+                    ErrorCode::Forbidden => YjsOut {
+                        frames: vec![Bytes::from(yws::encode_permission_denied(message))],
+                        close: None,
+                    },
+                    ErrorCode::Internal => YjsOut {
+                        frames: Vec::new(),
+                        close: Some(CloseCode::StoreFailure),
+                    },
+                    _ => YjsOut {
+                        frames: Vec::new(),
+                        close: Some(CloseCode::Protocol),
+                    },
+                };
+            }
+            _ => Vec::new(),
+        };
+        YjsOut {
+            frames: frames.into_iter().map(Bytes::from).collect(),
+            close: None,
+        }
+    }
+
+    /// The awareness entry for `peer`'s presence. Entries from Yjs clients keep their client id
+    /// and clock; native peers get a client id above the 32-bit range Yjs documents use, and a
+    /// clock bumped on every change. Removals the server makes (leave, expiry) bump the clock.
+    fn awareness_entry(
+        &mut self,
+        peer: PeerId,
+        state: &Value,
+    ) -> lattice_engine::yws::AwarenessEntry {
+        let replica = u64::from(self.state.replica.get());
+        let meta = self.awareness.entry(peer).or_insert_with(|| AwarenessMeta {
+            client: native_awareness_client(replica, peer),
+            clock: 0,
+            from_yjs: false,
+            removed_by_client: false,
+        });
+        let removal = *state == Value::Null;
+        if !meta.from_yjs || (removal && !meta.removed_by_client) {
+            meta.clock = meta.clock.saturating_add(1);
+        }
+        if removal {
+            meta.removed_by_client = true;
+        }
+        let state_json = if removal {
+            "null".to_owned()
+        } else {
+            serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned())
+        };
+        lattice_engine::yws::AwarenessEntry {
+            client: meta.client,
+            clock: meta.clock,
+            state_json,
+        }
+    }
+
     fn answer_flushes(&mut self) {
         if self.in_flight.is_none() && self.pending.is_empty() {
             for reply in self.flush_waiters.drain(..) {
@@ -405,23 +557,52 @@ impl RoomDriver {
             let mut dropped: Vec<(PeerId, CloseCode)> = Vec::new();
             for out in fx.send {
                 let is_delta = matches!(out.msg, ServerMsg::Delta { .. });
-                let frame = Bytes::from(out.msg.encode());
+                // Encoded at most once per protocol, on first use.
+                let mut native: Option<Bytes> = None;
+                let mut yjs: Option<YjsOut> = None;
                 for peer in out.to {
+                    let Some(kind) = self.peers.get(&peer).map(|h| h.kind) else {
+                        continue;
+                    };
+                    let (frames, close) = match kind {
+                        PeerKind::Native => (
+                            vec![
+                                native
+                                    .get_or_insert_with(|| Bytes::from(out.msg.encode()))
+                                    .clone(),
+                            ],
+                            None,
+                        ),
+                        PeerKind::Yjs => {
+                            if yjs.is_none() {
+                                yjs = Some(self.yjs_frames(&out.msg));
+                            }
+                            let y = yjs.as_ref().map(|y| (y.frames.clone(), y.close));
+                            y.unwrap_or_default()
+                        }
+                    };
                     let Some(handle) = self.peers.get(&peer) else {
                         continue;
                     };
-                    match handle.outbox.try_send(Message::Binary(frame.clone())) {
-                        Ok(()) => {
-                            if is_delta {
-                                self.state.metrics.deltas_out.fetch_add(1, Relaxed);
+                    for frame in frames {
+                        match handle.outbox.try_send(Message::Binary(frame)) {
+                            Ok(()) => {
+                                if is_delta {
+                                    self.state.metrics.deltas_out.fetch_add(1, Relaxed);
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                dropped.push((peer, CloseCode::SlowConsumer));
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                dropped.push((peer, CloseCode::Normal));
+                                break;
                             }
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            dropped.push((peer, CloseCode::SlowConsumer));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            dropped.push((peer, CloseCode::Normal));
-                        }
+                    }
+                    if let Some(code) = close {
+                        dropped.push((peer, code));
                     }
                 }
             }
@@ -434,10 +615,13 @@ impl RoomDriver {
                 if let Some(handle) = self.peers.remove(&peer) {
                     if code == CloseCode::SlowConsumer {
                         warn!(peer = peer.0, "outbox full: closing slow consumer");
+                    }
+                    if code != CloseCode::Normal {
                         handle.closer.close(code);
                     }
                     let more = self.room.unsubscribe(peer);
                     self.apply(more).await;
+                    self.awareness.remove(&peer);
                 }
             }
             if fx.reload {

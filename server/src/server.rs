@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lattice_engine::ReplicaId;
+use lattice_engine::sync::Access;
+use lattice_engine::{DocId, ReplicaId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::connection::serve_socket;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomCmd, Rooms};
 use crate::store::{Store, StoreError};
+use crate::yjs_socket::{YjsGrant, serve_yjs_socket};
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -128,6 +130,7 @@ pub async fn run(
 fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/sync", get(sync_socket))
+        .route("/yjs/{*doc}", get(yjs_socket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -147,6 +150,35 @@ async fn sync_socket(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| serve_socket(state, socket, permit))
+}
+
+/// `/yjs/{doc}`: the y-websocket protocol for stock Yjs clients. The document id is the rest of
+/// the path, `/` included (`/yjs/team-a/notes` is `team-a/notes`).
+async fn yjs_socket(
+    State(state): State<Arc<ServerState>>,
+    Path(doc): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let doc = match DocId::new(&doc) {
+        Ok(d) => d,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("bad document id: {e}")).into_response();
+        }
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    let grant = YjsGrant {
+        access: Access::Write,
+        author: None,
+    };
+    let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| serve_yjs_socket(state, socket, permit, doc, grant))
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {

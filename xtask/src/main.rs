@@ -138,10 +138,50 @@ fn test(_root: &Path) -> Result<()> {
     step("doc tests", || {
         cmd("cargo", &["test", "--workspace", "--doc"])
     })?;
+    step(
+        "Yjs interop tests (node, real yjs + y-websocket clients)",
+        node_tests,
+    )?;
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Builds the server and the native test client, then runs `tests/node` with Node's test runner.
+fn node_tests() -> Result<()> {
+    cmd(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "lattice-server",
+            "--bin",
+            "lattice",
+            "-p",
+            "lattice-tests",
+            "--bin",
+            "native_editor",
+        ],
+    )?;
+    let metadata = output("cargo", &["metadata", "--format-version", "1", "--no-deps"])?;
+    let target: serde_json::Value = serde_json::from_str(&metadata)?;
+    let target = target["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    let bin_dir = Path::new(target).join("debug");
+    eprintln!("$ (cd {} && node --test)", setup::NODE_TESTS_DIR);
+    let status = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+        .current_dir(setup::NODE_TESTS_DIR)
+        .env("LATTICE_BIN_DIR", &bin_dir)
+        .envs(setup::exported())
+        .status()
+        .context("could not start node")?;
+    if !status.success() {
+        bail!("the Node interop tests failed ({status})");
+    }
     Ok(())
 }
 

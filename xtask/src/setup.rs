@@ -40,6 +40,42 @@ pub fn all() -> Result<()> {
     apt(TEST_APT_PACKAGES)?;
     let url = postgres()?;
     export("LATTICE_TEST_POSTGRES_URL", url);
+    node_packages()?;
+    Ok(())
+}
+
+/// Where the Node interop tests live, with their `package-lock.json`.
+pub(crate) const NODE_TESTS_DIR: &str = "tests/node";
+
+/// Node.js (Debian's, unless the machine has one) and the interop tests' npm packages, exactly
+/// as locked.
+fn node_packages() -> Result<()> {
+    let has = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has("node") || !has("npm") {
+        apt(&["nodejs", "npm"])?;
+    }
+    let locked = std::path::Path::new(NODE_TESTS_DIR).join("package-lock.json");
+    let installed = std::path::Path::new(NODE_TESTS_DIR).join("node_modules/.package-lock.json");
+    let current = match (std::fs::metadata(&locked), std::fs::metadata(&installed)) {
+        (Ok(l), Ok(i)) => match (l.modified(), i.modified()) {
+            (Ok(l), Ok(i)) => i >= l,
+            _ => false,
+        },
+        _ => false,
+    };
+    if !current {
+        cmd(
+            "npm",
+            &["ci", "--prefix", NODE_TESTS_DIR, "--no-audit", "--no-fund"],
+        )?;
+    }
     Ok(())
 }
 

@@ -91,6 +91,9 @@ impl Effects {
 
 struct Subscriber {
     access: Access,
+    /// Also receives its own deltas back once committed (y-websocket clients count an echo as
+    /// "saved").
+    echo: bool,
 }
 
 struct Presence {
@@ -193,6 +196,19 @@ impl Room {
     /// A peer subscribes with what it holds; it gets what it lacks, the room's state, and the
     /// current presence of the others.
     pub fn subscribe(&mut self, peer: PeerId, access: Access, known: &DocState) -> Effects {
+        self.subscribe_with_echo(peer, access, false, known)
+    }
+
+    /// [`Room::subscribe`], choosing whether the peer's own committed deltas are relayed back
+    /// to it. Subscribing again (a new state vector) is allowed and answers with what the peer
+    /// lacks now.
+    pub fn subscribe_with_echo(
+        &mut self,
+        peer: PeerId,
+        access: Access,
+        echo: bool,
+        known: &DocState,
+    ) -> Effects {
         let mut fx = Effects::default();
         let delta = match self.doc.diff_since(known) {
             Ok(d) => d,
@@ -209,7 +225,7 @@ impl Room {
                 return fx;
             }
         };
-        self.subscribers.insert(peer, Subscriber { access });
+        self.subscribers.insert(peer, Subscriber { access, echo });
         fx.to(
             peer,
             ServerMsg::Sync {
@@ -374,7 +390,10 @@ impl Room {
             }
         }
         for (sender, deltas, _) in runs {
-            let to = self.others(sender);
+            let mut to = self.others(sender);
+            if self.subscribers.get(&sender).is_some_and(|s| s.echo) {
+                to.push(sender);
+            }
             if to.is_empty() {
                 continue;
             }
@@ -490,6 +509,20 @@ impl Room {
                 if !to.is_empty() {
                     fx.send.push(Outgoing { to, msg });
                 }
+            }
+        }
+        fx
+    }
+
+    /// Everyone else's current presence, for a peer that asks (y-websocket's query awareness).
+    pub fn query_presence(&self, peer: PeerId) -> Effects {
+        let mut fx = Effects::default();
+        if !self.subscribers.contains_key(&peer) {
+            return fx;
+        }
+        for (other, p) in &self.presence {
+            if *other != peer {
+                fx.to(peer, self.presence_msg(*other, Some(p)));
             }
         }
         fx

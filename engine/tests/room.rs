@@ -1,0 +1,87 @@
+//! The room state machine: acknowledgement after commit, echo to y-websocket peers, presence
+//! queries.
+
+use lattice_engine::protocol::ServerMsg;
+use lattice_engine::sync::{Access, PeerId, Room, RoomConfig};
+use lattice_engine::{
+    DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, ReplicaId, Value, manual_clock,
+};
+
+fn room() -> Room {
+    let server = ReplicaId::new(1).expect("replica");
+    Room::new(
+        DocId::new("room/test").expect("doc"),
+        Document::new(server),
+        Hlc::new(server, manual_clock, DEFAULT_MAX_DRIFT),
+        RoomConfig::default(),
+    )
+}
+
+fn edit(replica: u32, text: &str) -> lattice_engine::Delta {
+    let mut doc = Document::new(ReplicaId::new(replica).expect("replica"));
+    doc.text_insert("text", 0, text).expect("insert")
+}
+
+fn deltas_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> usize {
+    fx.send
+        .iter()
+        .filter(|o| o.to.contains(&peer) && matches!(o.msg, ServerMsg::Delta { .. }))
+        .count()
+}
+
+#[test]
+fn echo_peers_get_their_own_delta_back_only_after_commit() {
+    let mut room = room();
+    let (native, yjs, other) = (PeerId(1), PeerId(2), PeerId(3));
+    room.subscribe(native, Access::Write, &DocState::default());
+    room.subscribe_with_echo(yjs, Access::Write, true, &DocState::default());
+    room.subscribe(other, Access::Write, &DocState::default());
+
+    let fx = room.client_delta(yjs, 1, edit(7, "from yjs"), None);
+    assert_eq!(fx.persist.len(), 1);
+    assert!(fx.send.is_empty(), "nothing leaves before the commit");
+    let fx = room.committed(fx.persist[0].token);
+    assert_eq!(deltas_to(&fx, yjs), 1, "the echo");
+    assert_eq!(deltas_to(&fx, native), 1);
+    assert_eq!(deltas_to(&fx, other), 1);
+
+    let fx = room.client_delta(native, 1, edit(8, "from native"), None);
+    let fx = room.committed(fx.persist[0].token);
+    assert_eq!(
+        deltas_to(&fx, native),
+        0,
+        "native peers get an ack, not an echo"
+    );
+    assert_eq!(deltas_to(&fx, yjs), 1);
+    assert!(
+        fx.send
+            .iter()
+            .any(|o| o.to == vec![native] && matches!(o.msg, ServerMsg::Ack { seq: 1, .. }))
+    );
+}
+
+#[test]
+fn query_presence_answers_with_everyone_else() {
+    let mut room = room();
+    let (a, b, c) = (PeerId(1), PeerId(2), PeerId(3));
+    for p in [a, b, c] {
+        room.subscribe(p, Access::Read, &DocState::default());
+    }
+    room.presence(a, Value::String("ann".into()), false, 0);
+    room.presence(b, Value::String("bob".into()), false, 0);
+    let fx = room.query_presence(c);
+    let mut seen: Vec<u64> = fx
+        .send
+        .iter()
+        .filter_map(|o| match &o.msg {
+            ServerMsg::Presence { peer, .. } if o.to == vec![c] => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2]);
+    assert!(
+        room.query_presence(PeerId(99)).send.is_empty(),
+        "strangers get nothing"
+    );
+}

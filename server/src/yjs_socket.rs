@@ -1,0 +1,340 @@
+//! `/yjs/{doc}`: stock Yjs clients (`y-websocket`'s `WebsocketProvider`) on the same rooms as
+//! native clients.
+//!
+//! The connection speaks the y-websocket protocol ([`lattice_engine::yws`]) and joins the
+//! document's room as a [`PeerKind::Yjs`] peer; the room encodes what it sends in that protocol.
+//! The mapping:
+//!
+//! - sync step 1 from the client subscribes (again) with its state vector; the room answers with
+//!   sync step 2 (what the client lacks) and its own sync step 1 (so the client sends what the
+//!   server lacks);
+//! - sync step 2 and updates become deltas: the same group commit and update log as native
+//!   deltas, and relayed to everyone, **the sender included**, only once committed;
+//! - awareness entries become presence (state parsed from JSON), and presence becomes awareness;
+//! - query awareness gets everyone's current presence;
+//! - a refused write gets an auth "permission denied" message; any other refusal closes the
+//!   connection (4000), which the client answers by reconnecting and resyncing.
+//!
+//! Every message goes in its own frame (the stable client decodes one message per frame), and
+//! an empty awareness message is sent every ping interval, because the client reconnects after
+//! 30 s without a message and browsers never surface WebSocket pings.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use governor::DefaultDirectRateLimiter;
+use lattice_engine::sync::{Access, PeerId};
+use lattice_engine::yws::{self, YDecodeError, YMessage};
+use lattice_engine::{Delta, DocId, DocState, Value};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::ServerState;
+use crate::close::CloseCode;
+use crate::connection::{
+    byte_limiter, close_kind, close_message, join_room, message_limiter, within_rate, writer,
+};
+use crate::rooms::{AwarenessOrigin, Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
+
+/// What a Yjs connection may do, decided before the upgrade.
+#[derive(Clone, Debug)]
+pub(crate) struct YjsGrant {
+    pub access: Access,
+    /// Recorded as the author of this connection's updates.
+    pub author: Option<String>,
+}
+
+struct YjsConn {
+    state: Arc<ServerState>,
+    doc: DocId,
+    grant: YjsGrant,
+    peer: PeerHandle,
+    room: Option<RoomSender>,
+    /// The awareness client id this connection speaks for: the first one it sends.
+    awareness_client: Option<u64>,
+    next_seq: u64,
+    messages: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+}
+
+enum Exit {
+    Close(CloseCode),
+    Closed(CloseCode),
+    Shutdown,
+    Gone,
+}
+
+pub(crate) async fn serve_yjs_socket(
+    state: Arc<ServerState>,
+    socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+    doc: DocId,
+    grant: YjsGrant,
+) {
+    let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
+    let span = info_span!("yjs", peer = id.0, doc = %doc);
+    async move {
+        state.metrics.connections.fetch_add(1, Relaxed);
+        let limits = state.config.limits.clone();
+        let (sink, stream) = socket.split();
+        let (outbox, rx) = mpsc::channel(limits.outbox_frames);
+        let closer = Arc::new(Closer::default());
+        let writer_task = tokio::spawn(
+            writer(
+                sink,
+                rx,
+                closer.clone(),
+                state.config.heartbeat.ping_interval,
+            )
+            .in_current_span(),
+        );
+        let mut conn = YjsConn {
+            peer: PeerHandle {
+                id,
+                replica: None,
+                kind: PeerKind::Yjs,
+                outbox,
+                closer: closer.clone(),
+            },
+            state: state.clone(),
+            doc,
+            grant,
+            room: None,
+            awareness_client: None,
+            next_seq: 1,
+            messages: message_limiter(&limits),
+            bytes: byte_limiter(&limits),
+        };
+        let exit = conn.run(stream).await;
+        let code = match exit {
+            Exit::Close(code) => {
+                conn.send_close(code).await;
+                code
+            }
+            Exit::Closed(code) => code,
+            Exit::Shutdown => {
+                conn.flush().await;
+                conn.send_close(CloseCode::GoingAway).await;
+                CloseCode::GoingAway
+            }
+            Exit::Gone => {
+                closer.close(CloseCode::Normal);
+                CloseCode::Normal
+            }
+        };
+        if let Some(room) = conn.room.take() {
+            let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
+        }
+        state.metrics.closed(close_kind(code));
+        drop(conn);
+        let _ = timeout(state.config.shutdown_deadline, writer_task).await;
+        state.metrics.connections.fetch_sub(1, Relaxed);
+        drop(permit);
+        debug!(code = code.code(), "connection closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+impl YjsConn {
+    fn send(&self, frame: Vec<u8>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self
+            .peer
+            .outbox
+            .try_send(Message::Binary(Bytes::from(frame)))
+        {
+            self.peer.closer.close(CloseCode::SlowConsumer);
+        }
+    }
+
+    async fn send_close(&self, code: CloseCode) {
+        let queued = timeout(
+            self.state.config.shutdown_deadline,
+            self.peer.outbox.send(close_message(code)),
+        )
+        .await;
+        if !matches!(queued, Ok(Ok(()))) {
+            self.peer.closer.close(code);
+        }
+    }
+
+    async fn flush(&self) {
+        if let Some(room) = &self.room {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if room.send(RoomCmd::Flush { reply }).await.is_ok() {
+                let _ = timeout(self.state.config.shutdown_deadline, rx).await;
+            }
+        }
+    }
+
+    /// Joins (or resyncs with) the room from the client's state vector.
+    async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
+        let cmd = RoomCmd::Subscribe {
+            peer: self.peer.clone(),
+            access: self.grant.access,
+            state: DocState {
+                yjs: state_vector,
+                ..DocState::default()
+            },
+        };
+        match &self.room {
+            Some(room) => {
+                if room.send(cmd).await.is_err() {
+                    return Some(Exit::Close(CloseCode::StoreFailure));
+                }
+            }
+            None => match join_room(&self.state, &self.doc, cmd).await {
+                Some(room) => self.room = Some(room),
+                None => return Some(Exit::Close(CloseCode::StoreFailure)),
+            },
+        }
+        None
+    }
+
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> Exit {
+        let limits = self.state.config.limits.clone();
+        let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
+        keepalive.reset();
+        loop {
+            // Until the client's sync step 1 arrives, it gets the hello deadline; a client that
+            // sends something else first is subscribed from nothing.
+            let wait = if self.room.is_some() {
+                self.state.config.heartbeat.idle_timeout
+            } else {
+                limits.hello_timeout
+            };
+            let next = tokio::select! {
+                biased;
+                code = self.peer.closer.closed() => return Exit::Closed(code),
+                _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+                _ = keepalive.tick() => {
+                    self.send(yws::encode_awareness(&[]));
+                    continue;
+                }
+                r = timeout(wait, stream.next()) => r,
+            };
+            let frame = match next {
+                Err(_) if self.room.is_none() => {
+                    if let Some(exit) = self.subscribe(Vec::new()).await {
+                        return exit;
+                    }
+                    continue;
+                }
+                Err(_) => return Exit::Close(CloseCode::IdleTimeout),
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Text(_)))) => return Exit::Close(CloseCode::UnsupportedData),
+                Ok(Some(Ok(Message::Binary(b)))) => b,
+            };
+            if frame.len() > limits.max_frame_bytes {
+                warn!(len = frame.len(), "frame too large");
+                return Exit::Close(CloseCode::FrameTooLarge);
+            }
+            if !within_rate(&self.messages, &self.bytes, frame.len()) {
+                return Exit::Close(CloseCode::RateLimited);
+            }
+            let messages = match yws::decode_frame(&frame, limits.max_frame_bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "malformed y-websocket frame");
+                    return Exit::Close(match e {
+                        YDecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
+                        _ => CloseCode::Protocol,
+                    });
+                }
+            };
+            for msg in messages {
+                if let Some(exit) = self.handle(msg).await {
+                    return exit;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: YMessage) -> Option<Exit> {
+        if self.room.is_none() {
+            let sv = match &msg {
+                YMessage::SyncStep1 { state_vector } => state_vector.clone(),
+                _ => Vec::new(),
+            };
+            if let Some(exit) = self.subscribe(sv).await {
+                return Some(exit);
+            }
+            if matches!(msg, YMessage::SyncStep1 { .. }) {
+                return None;
+            }
+        }
+        let room = self.room.clone()?;
+        match msg {
+            YMessage::SyncStep1 { state_vector } => return self.subscribe(state_vector).await,
+            YMessage::SyncStep2 { update } | YMessage::Update { update } => {
+                if update == yws::EMPTY_UPDATE {
+                    return None;
+                }
+                if self.grant.access == Access::Read {
+                    self.send(yws::encode_permission_denied(
+                        "read-only access: the update was refused",
+                    ));
+                    return None;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let cmd = RoomCmd::Delta {
+                    peer: self.peer.id,
+                    seq,
+                    delta: Delta {
+                        yjs: update,
+                        ..Delta::default()
+                    },
+                    author: self.grant.author.clone(),
+                };
+                if room.send(cmd).await.is_err() {
+                    return Some(Exit::Close(CloseCode::StoreFailure));
+                }
+            }
+            YMessage::Awareness { entries } => {
+                for entry in entries {
+                    let mine = *self.awareness_client.get_or_insert(entry.client);
+                    if entry.client != mine {
+                        // A client speaks for itself only; relayed entries are not trusted.
+                        continue;
+                    }
+                    let state = if entry.is_removal() {
+                        Value::Null
+                    } else {
+                        match serde_json::from_str::<Value>(&entry.state_json) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                warn!(error = %e, "awareness state is not JSON");
+                                return Some(Exit::Close(CloseCode::Protocol));
+                            }
+                        }
+                    };
+                    let cmd = RoomCmd::Presence {
+                        peer: self.peer.id,
+                        state,
+                        typing: false,
+                        awareness: Some(AwarenessOrigin {
+                            client: entry.client,
+                            clock: entry.clock,
+                        }),
+                    };
+                    let _ = room.send(cmd).await;
+                }
+            }
+            YMessage::QueryAwareness => {
+                let _ = room
+                    .send(RoomCmd::QueryPresence { peer: self.peer.id })
+                    .await;
+            }
+            // Clients do not send auth messages; one that does changes nothing.
+            YMessage::Auth { .. } => {}
+        }
+        None
+    }
+}

@@ -1,0 +1,164 @@
+// Shared helpers of the Node interop tests: a real `lattice` server in a child process, native
+// Lattice clients (the `native_editor` binary) and stock Yjs clients (`yjs` + `y-websocket`).
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+/** Where `cargo build` put `lattice` and `native_editor` (`cargo xtask test` sets it). */
+export const binDir = process.env.LATTICE_BIN_DIR ?? path.resolve(here, '../../target/debug')
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls `pred` until it holds; fails with `what` and the last `explain()` after `ms`. */
+export async function waitFor (pred, what, ms = 20000, explain = () => '') {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await pred()) return
+    await sleep(25)
+  }
+  throw new Error(`timed out waiting for ${what} ${explain()}`)
+}
+
+/** A lattice server on a fresh SQLite file; `restart()` keeps the file and the port. */
+export class LatticeServer {
+  constructor (extraArgs = []) {
+    this.dir = mkdtempSync(path.join(tmpdir(), 'lattice-node-'))
+    this.db = `sqlite://${path.join(this.dir, 'lattice.db')}`
+    this.extraArgs = extraArgs
+    this.addr = null
+    this.child = null
+    this.output = []
+  }
+
+  async start (bind = '127.0.0.1:0') {
+    const child = spawn(path.join(binDir, 'lattice'), [
+      'serve', '--bind', bind, '--database-url', this.db, ...this.extraArgs
+    ], { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = child
+    child.stderr.on('data', (d) => this.output.push(d.toString()))
+    const lines = createInterface({ input: child.stdout })
+    this.addr = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`lattice did not start: ${this.output.join('')}`)), 30000)
+      child.on('exit', (code) => reject(new Error(`lattice exited with ${code}: ${this.output.join('')}`)))
+      lines.on('line', (line) => {
+        this.output.push(line + '\n')
+        const m = line.match(/listening on http:\/\/(\S+)/)
+        if (m) {
+          clearTimeout(timer)
+          resolve(m[1])
+        }
+      })
+    })
+    return this
+  }
+
+  get yjsUrl () { return `ws://${this.addr}/yjs` }
+  get syncUrl () { return `ws://${this.addr}/v1/sync` }
+
+  /** SIGTERM (graceful: flushes and acknowledges everything) and wait for the exit. */
+  async stop () {
+    if (!this.child || this.child.exitCode !== null) return
+    const exited = new Promise((resolve) => this.child.once('exit', resolve))
+    this.child.kill('SIGTERM')
+    await exited
+  }
+
+  async restart () {
+    const addr = this.addr
+    await this.stop()
+    // The same port, so connected clients find the server again.
+    for (let i = 0; ; i++) {
+      try {
+        await this.start(addr)
+        return this
+      } catch (e) {
+        if (i >= 20) throw e
+        await sleep(100)
+      }
+    }
+  }
+
+  async dispose () {
+    await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A stock Yjs client: a Y.Doc with a y-websocket provider on `doc`. */
+export function yjsClient (server, doc, opts = {}) {
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(server.yjsUrl, doc, ydoc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true,
+    maxBackoffTime: 300,
+    ...opts
+  })
+  const text = ydoc.getText('text')
+  return {
+    ydoc,
+    provider,
+    text,
+    get content () { return text.toString() },
+    destroy () { provider.destroy(); ydoc.destroy() }
+  }
+}
+
+export async function synced (client, ms = 20000) {
+  await waitFor(() => client.provider.synced, 'the Yjs client to sync', ms)
+}
+
+/** The native Lattice client, driven through `native_editor`'s line protocol. */
+export class NativeEditor {
+  constructor (server, doc, replica) {
+    this.child = spawn(path.join(binDir, 'native_editor'), [server.syncUrl, doc, String(replica)], {
+      env: { ...process.env, RUST_LOG: 'warn' },
+      stdio: ['pipe', 'pipe', 'inherit']
+    })
+    this.waiting = []
+    createInterface({ input: this.child.stdout }).on('line', (line) => {
+      const next = this.waiting.shift()
+      if (next) next(JSON.parse(line))
+    })
+  }
+
+  cmd (line) {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve)
+      this.child.stdin.write(line + '\n')
+    })
+  }
+
+  async insert (index, text) { return this.cmd(`insert ${index} ${JSON.stringify(text)}`) }
+  async text () { return (await this.cmd('text')).text }
+  async settle () {
+    const r = await this.cmd('settle')
+    if (!r.ok) throw new Error('the native client did not settle')
+  }
+
+  async presence (state) { return this.cmd(`presence ${JSON.stringify(state)}`) }
+  async peers () { return (await this.cmd('peers')).peers }
+
+  async quit () {
+    const exited = new Promise((resolve) => this.child.once('exit', resolve))
+    this.child.stdin.write('quit\n')
+    await exited
+  }
+}
+
+/** A raw WebSocket on `/yjs/{doc}` that records every frame and the close. */
+export async function rawYjs (server, doc) {
+  const ws = new WebSocket(`${server.yjsUrl}/${doc}`)
+  ws.binaryType = 'nodebuffer'
+  const frames = []
+  const closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+  ws.on('message', (data) => frames.push(new Uint8Array(data)))
+  await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject) })
+  return { ws, frames, closed }
+}
