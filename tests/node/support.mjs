@@ -26,11 +26,29 @@ export async function waitFor (pred, what, ms = 20000, explain = () => '') {
   throw new Error(`timed out waiting for ${what} ${explain()}`)
 }
 
-/** A lattice server on a fresh SQLite file; `restart()` keeps the file and the port. */
+/**
+ * The storage backends every interop test runs against. PostgreSQL comes from the set-up
+ * (`cargo xtask test` exports its URL); without it the tests fail rather than skip.
+ */
+export const BACKENDS = ['sqlite', 'postgres']
+
+/** A prefix that keeps this run's documents apart in a shared PostgreSQL database. */
+export const RUN = `run-${process.pid}-${Date.now().toString(36)}`
+
+/**
+ * A lattice server on a fresh SQLite file, or on the test PostgreSQL database; `restart()`
+ * keeps the data and the port.
+ */
 export class LatticeServer {
-  constructor (extraArgs = []) {
+  constructor (extraArgs = [], backend = 'sqlite') {
     this.dir = mkdtempSync(path.join(tmpdir(), 'lattice-node-'))
-    this.db = `sqlite://${path.join(this.dir, 'lattice.db')}`
+    if (backend === 'postgres') {
+      const url = process.env.LATTICE_TEST_POSTGRES_URL
+      if (!url) throw new Error('LATTICE_TEST_POSTGRES_URL is not set: run the tests with `cargo xtask test`')
+      this.db = url
+    } else {
+      this.db = `sqlite://${path.join(this.dir, 'lattice.db')}`
+    }
     this.extraArgs = extraArgs
     this.addr = null
     this.child = null
