@@ -46,6 +46,11 @@ pub enum UpdateCheckError {
     NotUtf8 { at: usize },
     #[error("values nested deeper than {MAX_ANY_DEPTH} at byte {at}")]
     TooDeep { at: usize },
+    /// Subdocuments are not synced by Lattice, and yrs 0.28.1 leaks every subdocument it
+    /// decodes (a reference cycle through the parent store), so a peer could grow the server's
+    /// memory at will by sending them.
+    #[error("subdocument content at byte {at} is not supported")]
+    Subdocument { at: usize },
 }
 
 struct Reader<'a> {
@@ -232,10 +237,7 @@ impl<'a> Reader<'a> {
                 }
                 Ok(n as u64)
             }
-            9 => {
-                self.string()?;
-                self.any(0).map(|()| 1)
-            }
+            9 => Err(UpdateCheckError::Subdocument { at }),
             tag => Err(UpdateCheckError::UnknownTag {
                 what: "content",
                 tag,
@@ -378,6 +380,16 @@ mod tests {
             matches!(err, UpdateCheckError::CountTooLarge { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn subdocuments_are_refused() {
+        // Found by the fuzzer: yrs decodes the subdocument and leaks its store.
+        let leak = [1, 1, 45, 0, 9, 1, 1, 0, 0, 125, 0, 0, 19, 0];
+        assert!(matches!(
+            check_update_v1(&leak),
+            Err(UpdateCheckError::Subdocument { .. })
+        ));
     }
 
     #[test]
