@@ -11,10 +11,12 @@
 //!   whose outbox is full is closed (4008) and resyncs; nothing is dropped silently.
 //! - Bytes from a peer never panic the server and never reach the store unless they applied.
 
+pub mod auth;
 pub mod client;
 mod close;
 pub mod config;
 mod connection;
+mod http;
 pub mod metrics;
 mod rooms;
 mod server;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lattice_engine::ReplicaId;
@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::{Auth, bearer_token};
 use crate::config::Config;
 use crate::connection::serve_socket;
 use crate::metrics::Metrics;
@@ -30,6 +31,7 @@ pub(crate) struct ServerState {
     pub store: Store,
     pub rooms: Rooms,
     pub metrics: Metrics,
+    pub auth: Auth,
     pub connections: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub next_peer: AtomicU64,
@@ -69,6 +71,7 @@ pub async fn run(
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let state = Arc::new(ServerState {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        auth: Auth::new(&config.auth),
         config,
         store,
         rooms: Rooms::default(),
@@ -79,6 +82,12 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
+    if !state.auth.is_required() {
+        warn!(
+            "AUTHENTICATION IS DISABLED: anyone who can reach {addr} can read, change and \
+             administer every document. Use this only for local experiments."
+        );
+    }
     let app = router(state.clone());
     let token = state.shutdown.clone();
     let graceful = {
@@ -131,10 +140,25 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::http::routes())
         .with_state(state)
 }
 
-async fn sync_socket(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade) -> Response {
+/// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the
+/// connection authenticates at `hello` and refuses with an error message and a close code.
+async fn sync_socket(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -144,9 +168,13 @@ async fn sync_socket(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade
     // tungstenite's own limit is a backstop; frames between the configured limit and twice
     // that get a `frame_too_large` error before the close.
     let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
+    let token = bearer_token(&headers)
+        .map(str::to_string)
+        .or(query.token)
+        .filter(|t| !t.is_empty());
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| serve_socket(state, socket, permit))
+        .on_upgrade(move |socket| serve_socket(state, socket, permit, remote.ip(), token))
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
