@@ -23,8 +23,18 @@ pub enum CloseCode {
     IdleTimeout,
     /// 4011: the store failed to commit; resync.
     StoreFailure,
-    /// 4029: over the rate limit; reconnect with backoff.
+    /// 4029: over the rate limit, or too many failed authentication attempts from this
+    /// address; reconnect with backoff.
     RateLimited,
+    /// 4401: no token, or a token that does not verify (bad signature, unknown key, expired,
+    /// malformed); get a new token.
+    Unauthorized,
+    /// 4401: the token expired during the session; reconnect with a fresh token.
+    TokenExpired,
+    /// 4403: the token does not allow this connection's one document (endpoints bound to a
+    /// single document, such as the Yjs endpoint). `/v1/sync` refuses a single `subscribe`
+    /// instead and stays open.
+    Forbidden,
 }
 
 impl CloseCode {
@@ -41,6 +51,8 @@ impl CloseCode {
             CloseCode::IdleTimeout => 4009,
             CloseCode::StoreFailure => 4011,
             CloseCode::RateLimited => 4029,
+            CloseCode::Unauthorized | CloseCode::TokenExpired => 4401,
+            CloseCode::Forbidden => 4403,
         }
     }
 
@@ -57,6 +69,9 @@ impl CloseCode {
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::StoreFailure => "store failure, resync",
             CloseCode::RateLimited => "rate limited",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::Forbidden => "forbidden",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::auth::KeySet;
 use crate::store::StoreConfig;
 
 /// Everything `run` needs to know.
@@ -14,6 +15,9 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub rooms: RoomSettings,
     pub store: StoreConfig,
+    /// Who may do what. The default is [`AuthMode::Disabled`] (library and test use);
+    /// `lattice serve` always requires tokens unless given `--no-auth`.
+    pub auth: AuthConfig,
     /// How long a graceful shutdown may take before remaining connections are dropped.
     pub shutdown_deadline: Duration,
 }
@@ -26,6 +30,7 @@ impl Default for Config {
             heartbeat: Heartbeat::default(),
             rooms: RoomSettings::default(),
             store: StoreConfig::default(),
+            auth: AuthConfig::default(),
             shutdown_deadline: Duration::from_secs(10),
         }
     }
@@ -53,8 +58,12 @@ pub struct Limits {
     pub outbox_frames: usize,
     /// Commands queued for one room; senders wait (backpressure), nothing is dropped.
     pub room_inbox: usize,
-    /// Time a new connection has to send `hello`.
+    /// Time a new connection has to send `hello` (and so to authenticate); closed with 4002
+    /// after it.
     pub hello_timeout: Duration,
+    /// Largest first frame (the `hello`, token included) of a connection that has not
+    /// authenticated yet; a larger one closes it with 1009.
+    pub max_hello_bytes: usize,
 }
 
 impl Default for Limits {
@@ -69,7 +78,8 @@ impl Default for Limits {
             byte_burst: 16 * 1024 * 1024,
             outbox_frames: 4_096,
             room_inbox: 1_024,
-            hello_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
+            max_hello_bytes: 64 * 1024,
         }
     }
 }
@@ -118,4 +128,45 @@ impl Default for RoomSettings {
             max_relay_bytes: 256 * 1024,
         }
     }
+}
+
+/// Access control (docs/security.md).
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Failed authentication attempts (a token that does not verify) allowed per IP address per
+    /// minute, as a burst; past it the address gets HTTP 429 / close 4029 until it refills.
+    pub failed_attempts_per_minute: u32,
+    /// Addresses the failure throttle remembers at most (bounded memory).
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Disabled,
+            failed_attempts_per_minute: 20,
+            max_tracked_addresses: 65_536,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Tokens required, signed by one of `keys`.
+    pub fn required(keys: KeySet) -> Self {
+        Self {
+            mode: AuthMode::Required(keys),
+            ..Self::default()
+        }
+    }
+}
+
+/// Whether tokens are required.
+#[derive(Clone, Debug)]
+pub enum AuthMode {
+    /// Everyone may do everything (`--no-auth`; logged as a warning at start).
+    Disabled,
+    /// Every endpoint but `/healthz`, `/readyz` and `/metrics` requires a token signed by one
+    /// of these keys.
+    Required(KeySet),
 }

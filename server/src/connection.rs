@@ -1,6 +1,7 @@
 //! One task per WebSocket connection, plus a writer task that drains its bounded outbox.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,9 +16,10 @@ use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{DocId, ReplicaId};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::timeout;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::ServerState;
+use crate::auth::{AuthError, Principal};
 use crate::close::CloseCode;
 use crate::metrics::CloseKind;
 use crate::rooms::{Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
@@ -35,6 +37,7 @@ pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
         | CloseCode::Protocol
         | CloseCode::UnsupportedVersion
         | CloseCode::HelloTimeout => CloseKind::Protocol,
+        CloseCode::Unauthorized | CloseCode::TokenExpired | CloseCode::Forbidden => CloseKind::Auth,
     }
 }
 
@@ -94,10 +97,24 @@ pub(crate) async fn writer(
     let _ = sink.close().await;
 }
 
+/// One subscription: the document's room and what this connection may do there.
+struct Sub {
+    room: RoomSender,
+    access: Access,
+}
+
 struct Conn {
     state: Arc<ServerState>,
     peer: PeerHandle,
-    subs: HashMap<DocId, RoomSender>,
+    subs: HashMap<DocId, Sub>,
+    /// Who this connection is; [`Principal::open`] until the hello authenticates (nothing but
+    /// the hello is read before that).
+    principal: Principal,
+    /// The peer's address, for the failed-authentication throttle.
+    ip: IpAddr,
+    /// A token from the upgrade request (`Authorization: Bearer` or `?token=`); a token in the
+    /// hello wins over it.
+    upgrade_token: Option<String>,
     messages: DefaultDirectRateLimiter,
     bytes: DefaultDirectRateLimiter,
 }
@@ -166,6 +183,8 @@ pub(crate) async fn serve_socket(
     state: Arc<ServerState>,
     socket: WebSocket,
     permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    upgrade_token: Option<String>,
 ) {
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("conn", peer = id.0);
@@ -193,6 +212,9 @@ pub(crate) async fn serve_socket(
                 closer: closer.clone(),
             },
             subs: HashMap::new(),
+            principal: Principal::open(),
+            ip,
+            upgrade_token,
             messages: message_limiter(limits),
             bytes: byte_limiter(limits),
             state: state.clone(),
@@ -292,8 +314,15 @@ impl Conn {
                 return Exit::Close(CloseCode::UnsupportedData);
             }
         };
-        match ClientMsg::decode(&frame, limits.max_frame_bytes) {
-            Ok(ClientMsg::Hello { replica, .. }) => {
+        // Until the hello authenticates, only a small first frame is read.
+        let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
+        match ClientMsg::decode(&frame, hello_limit) {
+            Ok(ClientMsg::Hello { replica, token, .. }) => {
+                let token = token.or_else(|| self.upgrade_token.take());
+                match self.state.auth.authenticate(token.as_deref(), self.ip) {
+                    Ok(principal) => self.principal = principal,
+                    Err(e) => return self.refuse(&e),
+                }
                 self.peer.replica = replica.and_then(ReplicaId::new);
                 self.send(&ServerMsg::Welcome {
                     protocol: PROTOCOL_VERSION,
@@ -319,11 +348,25 @@ impl Conn {
             }
         }
 
+        // The token's expiry is enforced during the session, not only at the handshake.
+        let time_left = self.principal.time_left();
+        let expiry = async move {
+            match time_left {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             let next = tokio::select! {
                 biased;
                 code = self.peer.closer.closed() => return Exit::Closed(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+                () = &mut expiry => {
+                    debug!("token expired during the session");
+                    self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
+                    return Exit::Close(CloseCode::TokenExpired);
+                }
                 r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
             };
             let frame = match next {
@@ -400,6 +443,13 @@ impl Conn {
             }
             ClientMsg::Ping { nonce } => self.send(&ServerMsg::Pong { nonce }),
             ClientMsg::Subscribe { doc, state } => {
+                // Checked before anything else, so the answer is the same whether or not the
+                // document exists.
+                let Some(access) = self.principal.access(&doc) else {
+                    debug!(doc = %doc, "subscribe refused: not covered by the token");
+                    self.error(ErrorCode::Forbidden, "not permitted", Some(doc), None);
+                    return None;
+                };
                 if !self.subs.contains_key(&doc)
                     && self.subs.len() >= self.state.config.limits.max_docs_per_connection
                 {
@@ -416,11 +466,11 @@ impl Conn {
                 }
                 let cmd = RoomCmd::Subscribe {
                     peer: self.peer.clone(),
-                    access: Access::Write,
+                    access,
                     state,
                 };
                 if let Some(room) = join_room(&self.state, &doc, cmd).await {
-                    self.subs.insert(doc, room);
+                    self.subs.insert(doc, Sub { room, access });
                     return None;
                 }
                 self.error(
@@ -431,19 +481,29 @@ impl Conn {
                 );
             }
             ClientMsg::Unsubscribe { doc } => {
-                if let Some(room) = self.subs.remove(&doc) {
-                    let _ = room.send(RoomCmd::Unsubscribe { peer: self.peer.id }).await;
+                if let Some(sub) = self.subs.remove(&doc) {
+                    let _ = sub
+                        .room
+                        .send(RoomCmd::Unsubscribe { peer: self.peer.id })
+                        .await;
                 }
             }
             ClientMsg::Delta { doc, seq, delta } => match self.subs.get(&doc) {
-                Some(room) => {
+                // Read-only writes stop here; the room refuses them too (defence in depth).
+                Some(sub) if sub.access == Access::Read => self.error(
+                    ErrorCode::Forbidden,
+                    "read-only access: the delta was refused",
+                    Some(doc),
+                    Some(seq),
+                ),
+                Some(sub) => {
                     let cmd = RoomCmd::Delta {
                         peer: self.peer.id,
                         seq,
                         delta,
-                        author: None,
+                        author: self.principal.subject().map(str::to_string),
                     };
-                    if room.send(cmd).await.is_err() {
+                    if sub.room.send(cmd).await.is_err() {
                         return Some(Exit::Close(CloseCode::StoreFailure));
                     }
                 }
@@ -454,15 +514,17 @@ impl Conn {
                     Some(seq),
                 ),
             },
+            // Presence is allowed on read-only subscriptions: it is ephemeral, never stored,
+            // and lets readers show up as viewers (docs/security.md).
             ClientMsg::Presence { doc, state, typing } => match self.subs.get(&doc) {
-                Some(room) => {
+                Some(sub) => {
                     let cmd = RoomCmd::Presence {
                         peer: self.peer.id,
                         state,
                         typing,
                         awareness: None,
                     };
-                    let _ = room.send(cmd).await;
+                    let _ = sub.room.send(cmd).await;
                 }
                 None => self.error(
                     ErrorCode::NotSubscribed,
@@ -479,9 +541,9 @@ impl Conn {
     /// acknowledged what it holds, so the client gets its acks before the close.
     async fn flush_rooms(&self) {
         let mut waits = Vec::new();
-        for room in self.subs.values() {
+        for sub in self.subs.values() {
             let (reply, rx) = oneshot::channel();
-            if room.send(RoomCmd::Flush { reply }).await.is_ok() {
+            if sub.room.send(RoomCmd::Flush { reply }).await.is_ok() {
                 waits.push(rx);
             }
         }
@@ -493,8 +555,31 @@ impl Conn {
     }
 
     async fn leave_all(&mut self) {
-        for (_, room) in self.subs.drain() {
-            let _ = room.send(RoomCmd::Unsubscribe { peer: self.peer.id }).await;
+        for (_, sub) in self.subs.drain() {
+            let _ = sub
+                .room
+                .send(RoomCmd::Unsubscribe { peer: self.peer.id })
+                .await;
+        }
+    }
+
+    /// A hello that did not authenticate: an error message, then a close.
+    fn refuse(&self, e: &AuthError) -> Exit {
+        match e {
+            AuthError::Throttled { .. } => {
+                debug!(ip = %self.ip, "hello refused: too many failed attempts");
+                self.error(ErrorCode::RateLimited, e.to_string(), None, None);
+                Exit::Close(CloseCode::RateLimited)
+            }
+            AuthError::Forbidden { .. } => {
+                self.error(ErrorCode::Forbidden, e.to_string(), None, None);
+                Exit::Close(CloseCode::Forbidden)
+            }
+            _ => {
+                info!(ip = %self.ip, error = %e, "hello refused: not authenticated");
+                self.error(ErrorCode::Unauthorized, e.to_string(), None, None);
+                Exit::Close(CloseCode::Unauthorized)
+            }
         }
     }
 }

@@ -1,20 +1,25 @@
 //! The Lattice sync server: an axum/tokio driver for the engine.
 //!
-//! `run(config, listener, shutdown)` serves `/v1/sync` (the native protocol), `/healthz`,
+//! `run(config, listener, shutdown)` serves `/v1/sync` (the native protocol), the
+//! authenticated HTTP surface (`/`, `/v1/docs/{doc}`, `/v1/admin/docs/{doc}`), `/healthz`,
 //! `/readyz` and `/metrics`. One task owns each live document (`rooms`), one task each
-//! connection (`connection`); the store (`store`) commits deltas in groups. [`client`] is the
-//! native Rust client used by tests and benchmarks.
+//! connection (`connection`); the store (`store`) commits deltas in groups. [`auth`] checks
+//! tokens for every endpoint. [`client`] is the native Rust client used by tests and benchmarks.
 //!
 //! # Invariants
 //! - A client's delta is acknowledged only after its transaction committed.
 //! - Every queue is bounded by a named constant or a [`config::Config`] field; a connection
 //!   whose outbox is full is closed (4008) and resyncs; nothing is dropped silently.
 //! - Bytes from a peer never panic the server and never reach the store unless they applied.
+//! - Nothing reaches a room without a [`auth::Principal`] that covers the document, and a
+//!   refusal never depends on whether the document exists.
 
+pub mod auth;
 pub mod client;
 mod close;
 pub mod config;
 mod connection;
+mod http;
 pub mod metrics;
 mod rooms;
 mod server;

@@ -1,11 +1,13 @@
 //! `lattice`: the server binary. `lattice serve` runs the sync server; every flag is also an
-//! environment variable (`LATTICE_…`).
+//! environment variable (`LATTICE_…`). `lattice token` mints access tokens.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use lattice_server::config::Config;
+use lattice_server::auth::{KeySet, Scope, parse_ttl};
+use lattice_server::config::{AuthConfig, AuthMode, Config};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -20,6 +22,42 @@ struct Cli {
 enum Command {
     /// Run the sync server.
     Serve(ServeArgs),
+    /// Mint an access token; it is printed alone on the last line (stdout), details go to
+    /// stderr.
+    Token(TokenArgs),
+}
+
+/// How long the tokens printed by a run without a configured secret stay valid. The secret
+/// dies with the process anyway.
+const GENERATED_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Signing secrets, as for `lattice serve --auth-secret` (`kid:secret,…` or a bare secret).
+    /// Prefer the environment variable: command lines are visible to other local users.
+    #[arg(
+        long,
+        env = "LATTICE_AUTH_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    secret: Vec<String>,
+    /// Key id to sign with (default: the first secret's).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Document pattern: an exact id, `prefix/*`, or `*` for every document. Repeatable.
+    #[arg(long = "doc", required = true)]
+    docs: Vec<String>,
+    /// `read`, `write` or `admin`; a higher scope includes the lower ones.
+    #[arg(long, default_value = "read", value_parser = |s: &str| s.parse::<Scope>())]
+    scope: Scope,
+    /// Lifetime: `30s`, `15m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = |s: &str| parse_ttl(s))]
+    ttl: Duration,
+    /// Subject: the user id, recorded as the author of every change made with the token.
+    #[arg(long)]
+    sub: String,
 }
 
 #[derive(Args, Debug)]
@@ -73,14 +111,48 @@ struct ServeArgs {
     /// Seconds a graceful shutdown may take.
     #[arg(long, env = "LATTICE_SHUTDOWN_DEADLINE_SECS")]
     shutdown_deadline_secs: Option<u64>,
+    /// Token signing secrets: `kid:secret` (comma-separated or repeated; the first one signs
+    /// new tokens, all verify), or one bare secret (key id `default`). At least 32 bytes each.
+    /// Without one, a random secret is generated for this run and an admin token and a demo
+    /// URL are printed.
+    #[arg(
+        long,
+        env = "LATTICE_AUTH_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    auth_secret: Vec<String>,
+    /// Disable authentication: anyone who can connect may read, write and administer every
+    /// document. For local experiments only; logged as a warning.
+    #[arg(long, env = "LATTICE_NO_AUTH")]
+    no_auth: bool,
+    /// Failed authentication attempts allowed per IP address per minute.
+    #[arg(long, env = "LATTICE_FAILED_AUTH_PER_MINUTE")]
+    failed_auth_per_minute: Option<u32>,
 }
 
 impl ServeArgs {
-    fn config(&self) -> Config {
+    /// The configuration, and whether its key was generated for this run.
+    fn config(&self) -> Result<(Config, bool)> {
         let mut c = Config {
             database_url: self.database_url.clone(),
             ..Config::default()
         };
+        let has_secret = self.auth_secret.iter().any(|s| !s.trim().is_empty());
+        let generated = !self.no_auth && !has_secret;
+        c.auth = if self.no_auth {
+            if has_secret {
+                bail!("--no-auth and --auth-secret (or LATTICE_AUTH_SECRET) contradict each other");
+            }
+            AuthConfig::default()
+        } else if has_secret {
+            AuthConfig::required(KeySet::parse(&self.auth_secret).context("--auth-secret")?)
+        } else {
+            AuthConfig::required(KeySet::generate())
+        };
+        if let Some(v) = self.failed_auth_per_minute {
+            c.auth.failed_attempts_per_minute = v;
+        }
         let l = &mut c.limits;
         if let Some(v) = self.max_frame_bytes {
             l.max_frame_bytes = v;
@@ -118,8 +190,70 @@ impl ServeArgs {
         if let Some(v) = self.shutdown_deadline_secs {
             c.shutdown_deadline = Duration::from_secs(v);
         }
-        c
+        Ok((c, generated))
     }
+}
+
+/// What `lattice serve` prints about access control.
+fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Result<()> {
+    match &config.auth.mode {
+        AuthMode::Disabled => {
+            println!("  auth:          DISABLED (--no-auth): anyone can read and write everything");
+        }
+        AuthMode::Required(keys) if generated => {
+            let admin = keys.mint(
+                "admin",
+                &["*".into()],
+                Scope::Admin,
+                GENERATED_TOKEN_TTL,
+                None,
+            )?;
+            let demo = keys.mint(
+                "demo",
+                &["demo".into(), "demo/*".into()],
+                Scope::Write,
+                GENERATED_TOKEN_TTL,
+                None,
+            )?;
+            // A wildcard bind address is not something a browser can open.
+            let mut host = addr;
+            if host.ip().is_unspecified() {
+                host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            println!(
+                "  auth:          no --auth-secret: generated a secret for this run; its tokens \
+                 stop working when the process exits"
+            );
+            println!("  admin token:   {admin}");
+            println!("  demo:          http://{host}/?doc=demo&token={demo}");
+        }
+        AuthMode::Required(keys) => {
+            let kids: Vec<&str> = keys.kids().collect();
+            println!(
+                "  auth:          tokens required; key ids {}, signing with {}",
+                kids.join(", "),
+                keys.signing_kid()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn mint(args: &TokenArgs) -> Result<()> {
+    let keys = KeySet::parse(&args.secret).context("--secret")?;
+    let kid = args
+        .kid
+        .as_deref()
+        .unwrap_or(keys.signing_kid())
+        .to_string();
+    let token = keys.mint(&args.sub, &args.docs, args.scope, args.ttl, Some(&kid))?;
+    eprintln!("subject:   {}", args.sub);
+    eprintln!("documents: {}", args.docs.join(" "));
+    eprintln!("scope:     {}", args.scope);
+    eprintln!("key id:    {kid}");
+    eprintln!("expires:   in {}s", args.ttl.as_secs());
+    println!("{token}");
+    Ok(())
 }
 
 fn init_logs(json: bool) {
@@ -160,9 +294,10 @@ async fn shutdown_signal() {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token(args) => mint(&args)?,
         Command::Serve(args) => {
             init_logs(args.json_logs);
-            let config = args.config();
+            let (config, generated) = args.config()?;
             let listener = TcpListener::bind(&args.bind)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.bind))?;
@@ -173,6 +308,7 @@ async fn main() -> Result<()> {
             );
             println!("  sync endpoint: ws://{addr}/v1/sync");
             println!("  database:      {}", config.database_url);
+            print_auth_banner(&config, generated, addr)?;
             lattice_server::run(config, listener, shutdown_signal()).await?;
         }
     }

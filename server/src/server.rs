@@ -7,23 +7,23 @@ use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lattice_engine::sync::Access;
 use lattice_engine::{DocId, ReplicaId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::auth::{Auth, bearer_token};
 use crate::config::Config;
 use crate::connection::serve_socket;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomCmd, Rooms};
 use crate::store::{Store, StoreError};
-use crate::yjs_socket::{YjsGrant, serve_yjs_socket};
+use crate::yjs_socket::{YjsGrant, YjsRefusal, serve_yjs_socket};
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -32,6 +32,7 @@ pub(crate) struct ServerState {
     pub store: Store,
     pub rooms: Rooms,
     pub metrics: Metrics,
+    pub auth: Auth,
     pub connections: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub next_peer: AtomicU64,
@@ -71,6 +72,7 @@ pub async fn run(
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let state = Arc::new(ServerState {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        auth: Auth::new(&config.auth),
         config,
         store,
         rooms: Rooms::default(),
@@ -81,6 +83,12 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
+    if !state.auth.is_required() {
+        warn!(
+            "AUTHENTICATION IS DISABLED: anyone who can reach {addr} can read, change and \
+             administer every document. Use this only for local experiments."
+        );
+    }
     let app = router(state.clone());
     let token = state.shutdown.clone();
     let graceful = {
@@ -134,10 +142,25 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::http::routes())
         .with_state(state)
 }
 
-async fn sync_socket(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade) -> Response {
+/// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the
+/// connection authenticates at `hello` and refuses with an error message and a close code.
+async fn sync_socket(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -147,38 +170,56 @@ async fn sync_socket(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade
     // tungstenite's own limit is a backstop; frames between the configured limit and twice
     // that get a `frame_too_large` error before the close.
     let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
+    let token = bearer_token(&headers)
+        .map(str::to_string)
+        .or(query.token)
+        .filter(|t| !t.is_empty());
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| serve_socket(state, socket, permit))
+        .on_upgrade(move |socket| serve_socket(state, socket, permit, remote.ip(), token))
 }
 
 /// `/yjs/{doc}`: the y-websocket protocol for stock Yjs clients. The document id is the rest of
-/// the path, `/` included (`/yjs/team-a/notes` is `team-a/notes`).
+/// the path, `/` included (`/yjs/team-a/notes` is `team-a/notes`). The token comes from the
+/// `Authorization: Bearer` header or `?token=` (stock clients pass it through `params`). As on
+/// `/v1/sync`, the upgrade succeeds and a refusal is a permission-denied message and a close
+/// code, because browsers cannot read the status of a failed upgrade.
 async fn yjs_socket(
     State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(doc): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let doc = match DocId::new(&doc) {
-        Ok(d) => d,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad document id: {e}")).into_response();
-        }
-    };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
-    let grant = YjsGrant {
-        access: Access::Write,
-        author: None,
-    };
+    // Authenticate first, so a refusal reads the same whether or not the document (or even
+    // the id) is valid.
+    let grant = crate::auth::authorize(&state, &headers, query.token.as_deref(), remote.ip())
+        .map_err(|e| YjsRefusal::from_auth(&e))
+        .and_then(|principal| {
+            // An id that cannot exist is refused like one the token does not cover.
+            let doc = DocId::new(&doc).map_err(|_| YjsRefusal::forbidden())?;
+            let access = principal.access(&doc).ok_or_else(YjsRefusal::forbidden)?;
+            Ok(YjsGrant {
+                doc,
+                access,
+                author: principal.subject().map(str::to_owned),
+                expires_in: principal.time_left(),
+            })
+        });
+    if let Err(refusal) = &grant {
+        debug!(ip = %remote.ip(), reason = %refusal.reason, "yjs connection refused");
+    }
     let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| serve_yjs_socket(state, socket, permit, doc, grant))
+        .on_upgrade(move |socket| serve_yjs_socket(state, socket, permit, grant))
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {

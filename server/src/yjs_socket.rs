@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
@@ -35,18 +36,22 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::ServerState;
+use crate::auth::AuthError;
 use crate::close::CloseCode;
 use crate::connection::{
     byte_limiter, close_kind, close_message, join_room, message_limiter, within_rate, writer,
 };
 use crate::rooms::{AwarenessOrigin, Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
 
-/// What a Yjs connection may do, decided before the upgrade.
+/// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]
 pub(crate) struct YjsGrant {
+    pub doc: DocId,
     pub access: Access,
-    /// Recorded as the author of this connection's updates.
+    /// The token's subject, recorded as the author of this connection's updates.
     pub author: Option<String>,
+    /// Until the token expires; the connection closes with 4401 then. `None`: never.
+    pub expires_in: Option<Duration>,
 }
 
 struct YjsConn {
@@ -73,11 +78,14 @@ pub(crate) async fn serve_yjs_socket(
     state: Arc<ServerState>,
     socket: WebSocket,
     permit: OwnedSemaphorePermit,
-    doc: DocId,
-    grant: YjsGrant,
+    grant: Result<YjsGrant, YjsRefusal>,
 ) {
+    let grant = match grant {
+        Ok(g) => g,
+        Err(refusal) => return refuse(state, socket, permit, refusal).await,
+    };
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
-    let span = info_span!("yjs", peer = id.0, doc = %doc);
+    let span = info_span!("yjs", peer = id.0, doc = %grant.doc);
     async move {
         state.metrics.connections.fetch_add(1, Relaxed);
         let limits = state.config.limits.clone();
@@ -102,7 +110,7 @@ pub(crate) async fn serve_yjs_socket(
                 closer: closer.clone(),
             },
             state: state.clone(),
-            doc,
+            doc: grant.doc.clone(),
             grant,
             room: None,
             awareness_client: None,
@@ -139,6 +147,56 @@ pub(crate) async fn serve_yjs_socket(
     }
     .instrument(span)
     .await;
+}
+
+/// Why a Yjs connection is refused, and with which close code.
+#[derive(Clone, Debug)]
+pub(crate) struct YjsRefusal {
+    pub code: CloseCode,
+    /// Sent in the permission-denied message; never says whether a document exists.
+    pub reason: String,
+}
+
+impl YjsRefusal {
+    pub(crate) fn forbidden() -> YjsRefusal {
+        YjsRefusal {
+            code: CloseCode::Forbidden,
+            reason: "not permitted".to_owned(),
+        }
+    }
+
+    pub(crate) fn from_auth(e: &AuthError) -> YjsRefusal {
+        match e {
+            AuthError::Throttled { .. } => YjsRefusal {
+                code: CloseCode::RateLimited,
+                reason: e.to_string(),
+            },
+            AuthError::Forbidden { .. } => YjsRefusal::forbidden(),
+            _ => YjsRefusal {
+                code: CloseCode::Unauthorized,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A connection whose token was refused: a permission-denied message (stock clients log its
+/// reason), then the close. 4401 and 4403 are in the 4400–4499 range on which y-websocket
+/// clients stop reconnecting; 4029 (throttled) lets them retry with backoff.
+async fn refuse(
+    state: Arc<ServerState>,
+    mut socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+    refusal: YjsRefusal,
+) {
+    let denied = Message::Binary(Bytes::from(yws::encode_permission_denied(&refusal.reason)));
+    let _ = timeout(state.config.shutdown_deadline, async {
+        socket.send(denied).await?;
+        socket.send(close_message(refusal.code)).await
+    })
+    .await;
+    state.metrics.closed(close_kind(refusal.code));
+    drop(permit);
 }
 
 impl YjsConn {
@@ -200,6 +258,15 @@ impl YjsConn {
         let limits = self.state.config.limits.clone();
         let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
         keepalive.reset();
+        // The token's expiry is enforced during the session, not only at the upgrade.
+        let expires_in = self.grant.expires_in;
+        let expiry = async move {
+            match expires_in {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             // Until the client's sync step 1 arrives, it gets the hello deadline; a client that
             // sends something else first is subscribed from nothing.
@@ -212,6 +279,11 @@ impl YjsConn {
                 biased;
                 code = self.peer.closer.closed() => return Exit::Closed(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+                () = &mut expiry => {
+                    debug!("token expired during the session");
+                    self.send(yws::encode_permission_denied("the token has expired"));
+                    return Exit::Close(CloseCode::TokenExpired);
+                }
                 _ = keepalive.tick() => {
                     self.send(yws::encode_awareness(&[]));
                     continue;

@@ -1,6 +1,6 @@
 // Shared helpers of the Node interop tests: a real `lattice` server in a child process, native
 // Lattice clients (the `native_editor` binary) and stock Yjs clients (`yjs` + `y-websocket`).
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -50,6 +50,8 @@ export class LatticeServer {
       this.db = `sqlite://${path.join(this.dir, 'lattice.db')}`
     }
     this.extraArgs = extraArgs
+    // Access control stays on, as in production: every client below carries a token.
+    this.secret = `node-tests:${'s3cret-'.repeat(6)}`
     this.addr = null
     this.child = null
     this.output = []
@@ -58,7 +60,10 @@ export class LatticeServer {
   async start (bind = '127.0.0.1:0') {
     const child = spawn(path.join(binDir, 'lattice'), [
       'serve', '--bind', bind, '--database-url', this.db, ...this.extraArgs
-    ], { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    ], {
+      env: { ...process.env, LATTICE_AUTH_SECRET: this.secret, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
     this.child = child
     child.stderr.on('data', (d) => this.output.push(d.toString()))
     const lines = createInterface({ input: child.stdout })
@@ -75,6 +80,14 @@ export class LatticeServer {
       })
     })
     return this
+  }
+
+  /** A token minted by `lattice token` with this server's secret (the last line it prints). */
+  token ({ doc = '*', scope = 'write', ttl = '1h', sub = 'node-tests' } = {}) {
+    const out = execFileSync(path.join(binDir, 'lattice'), [
+      'token', '--doc', doc, '--scope', scope, '--ttl', ttl, '--sub', sub
+    ], { env: { ...process.env, LATTICE_AUTH_SECRET: this.secret }, stdio: ['ignore', 'pipe', 'ignore'] })
+    return out.toString().trim().split('\n').pop()
   }
 
   get yjsUrl () { return `ws://${this.addr}/yjs` }
@@ -109,13 +122,17 @@ export class LatticeServer {
   }
 }
 
-/** A stock Yjs client: a Y.Doc with a y-websocket provider on `doc`. */
-export function yjsClient (server, doc, opts = {}) {
+/**
+ * A stock Yjs client: a Y.Doc with a y-websocket provider on `doc`, passing `token` (a write
+ * token for `doc` unless given) the way stock apps do, through `params`.
+ */
+export function yjsClient (server, doc, { token = server.token({ doc }), ...opts } = {}) {
   const ydoc = new Y.Doc()
   const provider = new WebsocketProvider(server.yjsUrl, doc, ydoc, {
     WebSocketPolyfill: WebSocket,
     disableBc: true,
     maxBackoffTime: 300,
+    params: token === null ? {} : { token },
     ...opts
   })
   const text = ydoc.getText('text')
@@ -134,8 +151,8 @@ export async function synced (client, ms = 20000) {
 
 /** The native Lattice client, driven through `native_editor`'s line protocol. */
 export class NativeEditor {
-  constructor (server, doc, replica) {
-    this.child = spawn(path.join(binDir, 'native_editor'), [server.syncUrl, doc, String(replica)], {
+  constructor (server, doc, replica, token = server.token({ doc, sub: 'native' })) {
+    this.child = spawn(path.join(binDir, 'native_editor'), [server.syncUrl, doc, String(replica), token], {
       env: { ...process.env, RUST_LOG: 'warn' },
       stdio: ['pipe', 'pipe', 'inherit']
     })
@@ -170,9 +187,13 @@ export class NativeEditor {
   }
 }
 
-/** A raw WebSocket on `/yjs/{doc}` that records every frame and the close. */
-export async function rawYjs (server, doc) {
-  const ws = new WebSocket(`${server.yjsUrl}/${doc}`)
+/**
+ * A raw WebSocket on `/yjs/{doc}` that records every frame and the close; `token: null` sends
+ * none.
+ */
+export async function rawYjs (server, doc, { token = server.token({ doc }) } = {}) {
+  const query = token === null ? '' : `?token=${encodeURIComponent(token)}`
+  const ws = new WebSocket(`${server.yjsUrl}/${doc}${query}`)
   ws.binaryType = 'nodebuffer'
   const frames = []
   const closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))

@@ -229,6 +229,59 @@ for (const backend of BACKENDS) {
         await native.quit()
       }
     })
+
+    test('tokens: none, another document, prefix, read-only, expiry during the session', async () => {
+      const base = `${RUN}/${backend}/acl`
+      const doc = `${base}/notes`
+      const firstFrameType = (peer) => peer.frames.length > 0 ? peer.frames[0][0] : null
+
+      // No token: a permission-denied message, then 4401 (y-websocket stops reconnecting).
+      const anonymous = await rawYjs(server, doc, { token: null })
+      assert.equal((await anonymous.closed).code, 4401)
+      assert.equal(firstFrameType(anonymous), 2, 'an auth message comes first')
+      // A token for another document, or a forged one.
+      const other = await rawYjs(server, doc, { token: server.token({ doc: 'somewhere/else' }) })
+      assert.equal((await other.closed).code, 4403)
+      const forged = await rawYjs(server, doc, { token: server.token({ doc }).slice(0, -4) + 'AAAA' })
+      assert.equal((await forged.closed).code, 4401)
+
+      // A prefix token covers the documents under it.
+      const writer = yjsClient(server, doc, { token: server.token({ doc: `${base}/*`, sub: 'ann' }) })
+      const native = new NativeEditor(server, doc, 5151)
+      const reader = yjsClient(server, doc, { token: server.token({ doc, scope: 'read', sub: 'rita' }) })
+      let denied = null
+      reader.provider.messageHandlers[2] = (_enc, decoder) => {
+        decoding.readVarUint(decoder)
+        denied = decoding.readVarString(decoder)
+      }
+      try {
+        await Promise.all([synced(writer), synced(reader)])
+        writer.text.insert(0, 'owner')
+        await converged([writer, reader], native, 'the reader to receive the writer\'s text')
+
+        // A read-only client's write is refused: the document and the other peers are unchanged.
+        reader.text.insert(0, 'intruder ')
+        await waitFor(() => denied !== null, 'a permission-denied message for the read-only write')
+        assert.match(denied, /read-only/)
+        await sleep(300)
+        assert.equal(writer.content, 'owner')
+        assert.equal(await native.text(), 'owner')
+        assert.equal(await peer2text(server, doc), 'owner')
+        // The reader still receives changes.
+        writer.text.insert(5, '!')
+        await waitFor(() => reader.content.includes('owner!'), 'the reader to keep receiving')
+      } finally {
+        writer.destroy(); reader.destroy()
+        await native.quit()
+      }
+
+      // A token that expires during the session closes the connection with 4401.
+      const started = Date.now()
+      const shortLived = await rawYjs(server, doc, { token: server.token({ doc, ttl: '2s' }) })
+      const { code } = await shortLived.closed
+      assert.equal(code, 4401)
+      assert.ok(Date.now() - started < 10000, 'closed soon after the expiry')
+    })
   })
 }
 

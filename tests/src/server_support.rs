@@ -122,19 +122,32 @@ pub fn lattice_binary() -> PathBuf {
         .clone()
 }
 
-/// A server in a child process, for SIGKILL tests.
+/// A server in a child process, for SIGKILL tests and for what `lattice serve` prints.
 #[derive(Debug)]
 pub struct ChildServer {
     pub addr: SocketAddr,
     pub child: tokio::process::Child,
+    /// Every line the child printed on stdout so far.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
+    /// `lattice serve --no-auth …`: open access, as the sync tests assume.
     pub async fn spawn(database_url: &str, extra: &[&str]) -> ChildServer {
+        let mut args = vec!["--no-auth"];
+        args.extend_from_slice(extra);
+        ChildServer::spawn_with_auth(database_url, &args).await
+    }
+
+    /// `lattice serve …` with only the given flags: without `--no-auth` or `--auth-secret`, the
+    /// server generates a secret and prints an admin token and a demo URL.
+    pub async fn spawn_with_auth(database_url: &str, extra: &[&str]) -> ChildServer {
         let mut child = tokio::process::Command::new(lattice_binary())
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--database-url", database_url])
             .args(extra)
+            .env_remove("LATTICE_AUTH_SECRET")
+            .env_remove("LATTICE_NO_AUTH")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -143,8 +156,10 @@ impl ChildServer {
             .expect("spawn lattice");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
+                printed.lock().expect("stdout").push(line.clone());
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     return rest.trim().parse::<SocketAddr>().expect("address");
                 }
@@ -154,9 +169,38 @@ impl ChildServer {
         .await
         .expect("lattice starts");
         // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let keep = printed.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().expect("stdout").push(line);
+            }
+        });
         wait_healthy(addr).await;
-        ChildServer { addr, child }
+        ChildServer {
+            addr,
+            child,
+            stdout: printed,
+        }
+    }
+
+    /// The rest of the first stdout line that starts (after indentation) with `label`, waiting
+    /// for it to be printed.
+    pub async fn printed(&self, label: &str) -> String {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let found = self.stdout.lock().expect("stdout").iter().find_map(|l| {
+                    l.trim_start()
+                        .strip_prefix(label)
+                        .map(|r| r.trim().to_string())
+                });
+                if let Some(rest) = found {
+                    return rest;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("lattice never printed {label:?}"))
     }
 
     pub fn ws_url(&self) -> String {
@@ -200,6 +244,92 @@ pub fn client(url: &str, replica: u32) -> Client {
     ))
 }
 
+/// A native client that sends `token` in its hello.
+pub fn client_with_token(url: &str, replica: u32, token: &str) -> Client {
+    let mut options = ClientOptions::new(url, ReplicaId::new(replica).expect("non-zero replica"));
+    options.token = Some(token.to_string());
+    Client::start(options)
+}
+
+/// One HTTP response, as read off the wire.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// `GET path_and_query` over a fresh HTTP/1.1 connection, with an optional bearer token.
+pub async fn http_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    bearer: Option<&str>,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// Waits until `client` holds `doc` synced with nothing pending.
 pub async fn settled(client: &Client, doc: &DocId) {
     let ok = client
@@ -236,21 +366,50 @@ impl RawPeer {
         RawPeer { ws }
     }
 
-    /// Connects and completes the handshake.
-    pub async fn hello(url: &str) -> RawPeer {
-        let mut p = RawPeer::connect(url).await;
-        let _ = p
+    /// Connects with an `Authorization: Bearer` header on the upgrade request.
+    pub async fn connect_bearer(url: &str, token: &str) -> RawPeer {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
+        RawPeer { ws }
+    }
+
+    /// Sends `hello` carrying `token`, and returns what the server answered first.
+    pub async fn send_hello(&mut self, token: Option<&str>) -> Read {
+        let _ = self
             .send(&ClientMsg::Hello {
                 protocol: PROTOCOL_VERSION,
-                token: None,
+                token: token.map(str::to_string),
                 agent: None,
                 replica: None,
             })
             .await;
-        match p.read().await {
+        self.read().await
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn hello(url: &str) -> RawPeer {
+        RawPeer::hello_with_token(url, None).await
+    }
+
+    /// Connects and completes the handshake with `token` in the hello.
+    pub async fn hello_with_token(url: &str, token: Option<&str>) -> RawPeer {
+        let mut p = RawPeer::connect(url).await;
+        match p.send_hello(token).await {
             Read::Msg(ServerMsg::Welcome { .. }) => p,
             other => panic!("expected welcome, got {other:?}"),
         }
+    }
+
+    /// The next message or close within `within`, skipping pings; `None` if nothing came.
+    pub async fn read_within(&mut self, within: Duration) -> Option<Read> {
+        tokio::time::timeout(within, self.read()).await.ok()
     }
 
     /// Sends a message; `false` if the server already closed the connection (the reads that

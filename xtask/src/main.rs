@@ -234,6 +234,10 @@ fn run(extra: &[String]) -> Result<()> {
         "lattice",
         "--",
     ];
+    if extra.is_empty() {
+        // The product: a secure server that prints an admin token and a demo URL.
+        args.push("serve");
+    }
     args.extend(extra.iter().map(String::as_str));
     cmd("cargo", &args)
 }

@@ -1,7 +1,7 @@
 //! A native Lattice client driven line by line over stdin, for the Node interop tests
 //! (`tests/node/`): they run stock Yjs clients and this one on the same document.
 //!
-//! Usage: `native_editor <ws-url of /v1/sync> <doc> <replica>`
+//! Usage: `native_editor <ws-url of /v1/sync> <doc> <replica> [token]`
 //!
 //! Commands, one per line; every command answers with one JSON line on stdout:
 //! - `insert <index> <json string>`: inserts into the `Y.Text` named `text` → `{"ok":true}`
@@ -42,7 +42,9 @@ async fn main() {
         .ok()
         .and_then(ReplicaId::new)
         .expect("replica: a non-zero u32");
-    let client = Client::start(ClientOptions::new(url, replica));
+    let mut options = ClientOptions::new(url, replica);
+    options.token = args.next();
+    let client = Client::start(options);
     client.open(&doc, Vec::new()).await.expect("open");
     let peers: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
     {

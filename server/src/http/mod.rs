@@ -1,0 +1,191 @@
+//! The authenticated HTTP surface: the demo page (`/`), a document's JSON view
+//! (`GET /v1/docs/{doc}`) and its stored metadata (`GET /v1/admin/docs/{doc}`, admin only).
+//!
+//! Every handler authenticates first ([`authorize`]: `Authorization: Bearer` or `?token=`), then
+//! checks the document against the principal, and only then asks the store, so a refusal never
+//! tells whether a document exists. [`ApiError`] is the one error type that becomes a response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lattice_engine::{DocId, DocIdError};
+use serde_json::json;
+use tracing::{debug, error};
+
+use crate::ServerState;
+use crate::auth::{AuthError, Scope, authorize};
+use crate::server::TokenQuery;
+use crate::store::StoreError;
+
+/// The page behind the demo URL. Static: the token and document never enter the HTML, the
+/// script reads them from the address and fetches the document with the token.
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+pub(crate) fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/v1/docs/{*doc}", get(document_json))
+        .route("/v1/admin/docs/{*doc}", get(admin_document))
+}
+
+/// Everything an HTTP handler can answer besides success. Internals never reach the body.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("invalid document id: {0}")]
+    BadDocId(#[from] DocIdError),
+    /// Only ever after the principal was found to cover the document.
+    #[error("no such document")]
+    NotFound,
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn error_body(status: StatusCode, code: &str, message: String) -> Response {
+    let mut response = (status, Json(json!({ "error": code, "message": message }))).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Auth(AuthError::Throttled { retry_after }) => {
+                let mut r = error_body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many failed authentication attempts; retry later".into(),
+                );
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+                r
+            }
+            ApiError::Auth(e @ AuthError::Forbidden { .. }) => {
+                debug!(error = ?e, "request forbidden");
+                error_body(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+            ApiError::Auth(e) => {
+                // RFC 6750: a challenge, with `invalid_token` when a token was presented.
+                let challenge = if e == AuthError::Missing {
+                    "Bearer realm=\"lattice\""
+                } else {
+                    "Bearer realm=\"lattice\", error=\"invalid_token\""
+                };
+                let mut r = error_body(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                r
+            }
+            ApiError::BadDocId(e) => error_body(
+                StatusCode::BAD_REQUEST,
+                "invalid_document_id",
+                e.to_string(),
+            ),
+            ApiError::NotFound | ApiError::Store(StoreError::DocumentDeleted { .. }) => error_body(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such document".into(),
+            ),
+            ApiError::Store(e) => {
+                error!(error = %e, "store error answering an HTTP request");
+                error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage is unavailable".into(),
+                )
+            }
+        }
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The demo page: 200 with any valid token, 401 without.
+async fn demo_page(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DEMO_PAGE,
+    )
+        .into_response();
+    // The address carries a token: keep it out of other sites' logs.
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(no_store(response))
+}
+
+/// `GET /v1/docs/{doc}`: the document's JSON view; needs `read` on it.
+async fn document_json(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(doc): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let doc = DocId::new(doc)?;
+    principal.require(&doc, Scope::Read)?;
+    let loaded = state
+        .store
+        .load(&doc, state.replica)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(no_store(Json(loaded.document.to_json()).into_response()))
+}
+
+/// `GET /v1/admin/docs/{doc}`: what the store knows about the document (deleted ones too);
+/// needs `admin` on it.
+async fn admin_document(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(doc): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let doc = DocId::new(doc)?;
+    principal.require(&doc, Scope::Admin)?;
+    let meta = state
+        .store
+        .document(&doc)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(no_store(
+        Json(json!({
+            "id": meta.id.as_str(),
+            "created_at_ms": meta.created_at_ms,
+            "updated_at_ms": meta.updated_at_ms,
+            "deleted_at_ms": meta.deleted_at_ms,
+            "head_seq": meta.head_seq,
+            "byte_count": meta.byte_count,
+            "checkpoint_seq": meta.checkpoint_seq,
+            "log_start_seq": meta.log_start_seq,
+        }))
+        .into_response(),
+    ))
+}
