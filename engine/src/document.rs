@@ -383,6 +383,16 @@ impl Document {
                 Update::decode_v1(&pending.update.encode_v1())
                     .map_err(|e| format!("pending structs do not re-encode: {e}"))?;
             }
+            // With anything pending, encoding the document merges it with the pending structs
+            // and delete set, and yrs unwraps that merge; some fuzzed updates make it fail.
+            // Encode once here, where a panic is caught, rather than later in `snapshot`.
+            if ReadTxn::store(&txn).pending_update().is_some()
+                || ReadTxn::store(&txn).pending_ds().is_some()
+            {
+                let whole = txn.encode_state_as_update_v1(&StateVector::default());
+                Update::decode_v1(&whole)
+                    .map_err(|e| format!("the document does not re-encode: {e}"))?;
+            }
             Ok(txn.before_state() != txn.after_state() || !txn.delete_set().is_empty())
         }));
         match result {
