@@ -179,6 +179,51 @@ pub(crate) async fn join_room(
     None
 }
 
+/// The sending half of a connection: a bounded outbox, the closer rooms use to close it, and
+/// the writer task that drains both into the socket.
+pub(crate) struct Outbound {
+    pub outbox: mpsc::Sender<Message>,
+    pub closer: Arc<Closer>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Outbound {
+    pub(crate) fn start(state: &ServerState, sink: SplitSink<WebSocket, Message>) -> Outbound {
+        let (outbox, rx) = mpsc::channel(state.config.limits.outbox_frames);
+        let closer = Arc::new(Closer::default());
+        let writer = tokio::spawn(
+            writer(
+                sink,
+                rx,
+                closer.clone(),
+                state.config.heartbeat.ping_interval,
+            )
+            .in_current_span(),
+        );
+        Outbound {
+            outbox,
+            closer,
+            writer,
+        }
+    }
+
+    /// The connection is done (every other sender of its outbox dropped): counts the close,
+    /// lets the writer send what is queued (within the shutdown deadline), and frees the slot.
+    pub(crate) async fn finish(
+        self,
+        state: &ServerState,
+        code: CloseCode,
+        permit: OwnedSemaphorePermit,
+    ) {
+        state.metrics.closed(close_kind(code));
+        drop(self.outbox);
+        let _ = timeout(state.config.shutdown_deadline, self.writer).await;
+        state.metrics.connections.fetch_sub(1, Relaxed);
+        drop(permit);
+        debug!(code = code.code(), "connection closed");
+    }
+}
+
 pub(crate) async fn serve_socket(
     state: Arc<ServerState>,
     socket: WebSocket,
@@ -192,17 +237,8 @@ pub(crate) async fn serve_socket(
         state.metrics.connections.fetch_add(1, Relaxed);
         let limits = &state.config.limits;
         let (sink, stream) = socket.split();
-        let (outbox, rx) = mpsc::channel(limits.outbox_frames);
-        let closer = Arc::new(Closer::default());
-        let writer_task = tokio::spawn(
-            writer(
-                sink,
-                rx,
-                closer.clone(),
-                state.config.heartbeat.ping_interval,
-            )
-            .in_current_span(),
-        );
+        let outbound = Outbound::start(&state, sink);
+        let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
         let mut conn = Conn {
             peer: PeerHandle {
                 id,
@@ -237,12 +273,8 @@ pub(crate) async fn serve_socket(
             }
         };
         conn.leave_all().await;
-        state.metrics.closed(close_kind(code));
         drop(conn);
-        let _ = timeout(state.config.shutdown_deadline, writer_task).await;
-        state.metrics.connections.fetch_sub(1, Relaxed);
-        drop(permit);
-        debug!(code = code.code(), "connection closed");
+        outbound.finish(&state, code, permit).await;
     }
     .instrument(span)
     .await;

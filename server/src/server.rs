@@ -146,6 +146,25 @@ fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// A connection slot for a WebSocket upgrade, or why there is none (answered with 503).
+fn admit(state: &ServerState) -> Result<tokio::sync::OwnedSemaphorePermit, &'static str> {
+    if state.shutdown.is_cancelled() {
+        return Err("shutting down");
+    }
+    state
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| "too many connections")
+}
+
+/// tungstenite's own frame limit is a backstop: frames between the configured limit and twice
+/// that get a `frame_too_large` error before the close.
+fn with_frame_limit(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+    let hard_limit = config.limits.max_frame_bytes.saturating_mul(2) + 1024;
+    ws.max_message_size(hard_limit).max_frame_size(hard_limit)
+}
+
 /// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct TokenQuery {
@@ -161,21 +180,15 @@ async fn sync_socket(
     Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    let permit = match admit(&state) {
+        Ok(p) => p,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
-    // tungstenite's own limit is a backstop; frames between the configured limit and twice
-    // that get a `frame_too_large` error before the close.
-    let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
     let token = bearer_token(&headers)
         .map(str::to_string)
         .or(query.token)
         .filter(|t| !t.is_empty());
-    ws.max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
+    with_frame_limit(ws, &state.config)
         .on_upgrade(move |socket| serve_socket(state, socket, permit, remote.ip(), token))
 }
 
@@ -192,11 +205,9 @@ async fn yjs_socket(
     Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
-    }
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    let permit = match admit(&state) {
+        Ok(p) => p,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
     // Authenticate first, so a refusal reads the same whether or not the document (or even
     // the id) is valid.
@@ -216,9 +227,7 @@ async fn yjs_socket(
     if let Err(refusal) = &grant {
         debug!(ip = %remote.ip(), reason = %refusal.reason, "yjs connection refused");
     }
-    let hard_limit = state.config.limits.max_frame_bytes.saturating_mul(2) + 1024;
-    ws.max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
+    with_frame_limit(ws, &state.config)
         .on_upgrade(move |socket| serve_yjs_socket(state, socket, permit, grant))
 }
 

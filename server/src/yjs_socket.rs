@@ -39,9 +39,9 @@ use crate::ServerState;
 use crate::auth::AuthError;
 use crate::close::CloseCode;
 use crate::connection::{
-    byte_limiter, close_kind, close_message, join_room, message_limiter, within_rate, writer,
+    Outbound, byte_limiter, close_kind, close_message, join_room, message_limiter, within_rate,
 };
-use crate::rooms::{AwarenessOrigin, Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
+use crate::rooms::{AwarenessOrigin, PeerHandle, PeerKind, RoomCmd, RoomSender};
 
 /// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]
@@ -90,17 +90,8 @@ pub(crate) async fn serve_yjs_socket(
         state.metrics.connections.fetch_add(1, Relaxed);
         let limits = state.config.limits.clone();
         let (sink, stream) = socket.split();
-        let (outbox, rx) = mpsc::channel(limits.outbox_frames);
-        let closer = Arc::new(Closer::default());
-        let writer_task = tokio::spawn(
-            writer(
-                sink,
-                rx,
-                closer.clone(),
-                state.config.heartbeat.ping_interval,
-            )
-            .in_current_span(),
-        );
+        let outbound = Outbound::start(&state, sink);
+        let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
         let mut conn = YjsConn {
             peer: PeerHandle {
                 id,
@@ -138,12 +129,8 @@ pub(crate) async fn serve_yjs_socket(
         if let Some(room) = conn.room.take() {
             let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
         }
-        state.metrics.closed(close_kind(code));
         drop(conn);
-        let _ = timeout(state.config.shutdown_deadline, writer_task).await;
-        state.metrics.connections.fetch_sub(1, Relaxed);
-        drop(permit);
-        debug!(code = code.code(), "connection closed");
+        outbound.finish(&state, code, permit).await;
     }
     .instrument(span)
     .await;
