@@ -142,7 +142,7 @@ pub struct PendingKey {
     pub seq: u64,
 }
 
-/// A persisted record: its key and the encoded delta ([`encode_delta`]).
+/// A persisted record: its key and the encoded delta ([`encode_record`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredDelta {
     pub key: PendingKey,
@@ -201,20 +201,36 @@ pub enum RecordError {
     Invalid(#[from] ApplyError),
 }
 
-/// Encodes a delta for the pending-delta store (MessagePack, the wire encoding of `Delta`).
-pub fn encode_delta(delta: &Delta) -> Vec<u8> {
-    // A `Delta` has string keys only, so encoding into a Vec cannot fail.
-    rmp_serde::to_vec_named(delta).unwrap_or_default()
+/// Encodes a record for the pending-delta store: the `delta` message of the wire protocol, as
+/// the client sends it, with the record's local sequence number as `seq`.
+///
+/// Reusing the wire form keeps the browser build small: records are read back by
+/// [`ServerMsg::decode`], whose `delta` message has the same `doc` and `delta` fields (readers
+/// ignore the extra `seq`), so no second MessagePack decoder is compiled in.
+pub fn encode_record(key: &PendingKey, delta: &Delta) -> Vec<u8> {
+    ClientMsg::Delta {
+        doc: key.doc.clone(),
+        seq: key.seq,
+        delta: delta.clone(),
+    }
+    .encode()
 }
 
-/// Decodes and validates a stored delta. Stored bytes are untrusted: another build or a damaged
-/// profile may have written them.
-pub fn decode_delta(bytes: &[u8]) -> Result<Delta, RecordError> {
-    let delta: Delta = rmp_serde::from_slice(bytes).map_err(|e| RecordError::Decode {
-        reason: e.to_string(),
-    })?;
-    delta.validate()?;
-    Ok(delta)
+/// Decodes and validates a stored record of `doc`. Stored bytes are untrusted: another build or
+/// a damaged profile may have written them.
+pub fn decode_record(doc: &DocId, bytes: &[u8]) -> Result<Delta, RecordError> {
+    match ServerMsg::decode(bytes, usize::MAX) {
+        Ok(ServerMsg::Delta { doc: found, delta }) if found == *doc => {
+            delta.validate()?;
+            Ok(delta)
+        }
+        Ok(other) => Err(RecordError::Decode {
+            reason: format!("a {:?} message for another document", other.kind()),
+        }),
+        Err(e) => Err(RecordError::Decode {
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Reconnect delays: exponential from `min_ms` to `max_ms`, with jitter from an injected random
@@ -562,7 +578,7 @@ impl ClientCore {
             if record.key.replica == own {
                 next = next.max(record.key.seq.saturating_add(1));
             }
-            match decode_delta(&record.bytes) {
+            match decode_record(&doc, &record.bytes) {
                 Ok(delta) => {
                     keys.push_back(record.key);
                     deltas.push(delta);
@@ -685,10 +701,9 @@ impl ClientCore {
             if let Some(d) = self.docs.get_mut(doc) {
                 d.keys.push_back(key.clone());
             }
-            self.store_ops.push(StoreOp::Put(StoredDelta {
-                key,
-                bytes: encode_delta(&delta),
-            }));
+            let bytes = encode_record(&key, &delta);
+            self.store_ops
+                .push(StoreOp::Put(StoredDelta { key, bytes }));
             self.events.push(ClientEvent::Change {
                 doc: doc.clone(),
                 origin: Origin::Local,
@@ -1027,7 +1042,7 @@ mod tests {
         );
         assert!(puts.iter().all(|r| r.key.replica == 7 && r.key.doc == d));
         assert_eq!(
-            decode_delta(&puts[1].bytes)
+            decode_record(&d, &puts[1].bytes)
                 .expect("decodes")
                 .counters
                 .len(),
@@ -1409,12 +1424,32 @@ mod tests {
     }
 
     #[test]
-    fn encoded_deltas_round_trip() {
-        let mut d = Document::new(ReplicaId::from_random(5));
-        let delta = d.text_insert("t", 0, "héllo").expect("insert");
-        assert_eq!(decode_delta(&encode_delta(&delta)), Ok(delta));
+    fn records_round_trip_and_refuse_what_is_not_theirs() {
+        let d = doc("notes");
+        let key = PendingKey {
+            doc: d.clone(),
+            replica: 5,
+            seq: 12,
+        };
+        let mut document = Document::new(ReplicaId::from_random(5));
+        let delta = document.text_insert("t", 0, "héllo").expect("insert");
+        let bytes = encode_record(&key, &delta);
+        assert_eq!(decode_record(&d, &bytes), Ok(delta));
         assert!(matches!(
-            decode_delta(b"\x81\xa3yjs\xc4\x02\xff\xff"),
+            decode_record(&doc("other"), &bytes),
+            Err(RecordError::Decode { .. })
+        ));
+        let bad = ClientMsg::Delta {
+            doc: d.clone(),
+            seq: 1,
+            delta: Delta {
+                yjs: vec![0xff, 0xff],
+                ..Delta::default()
+            },
+        }
+        .encode();
+        assert!(matches!(
+            decode_record(&d, &bad),
             Err(RecordError::Invalid(_))
         ));
     }

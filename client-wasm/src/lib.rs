@@ -15,7 +15,7 @@
 //! validated as [`DocId`](lattice_engine::DocId)s, register and presence values become
 //! [`Value`](lattice_engine::Value)s or are refused); server bytes enter through
 //! [`ServerMsg::decode`](lattice_engine::protocol::ServerMsg::decode) and stored bytes through
-//! [`core::decode_delta`].
+//! [`core::decode_record`].
 
 pub mod core;
 

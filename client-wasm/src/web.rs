@@ -774,23 +774,6 @@ impl LatticeDocument {
         peers_to_js(&self.shared.core.borrow().others(&self.doc))
     }
 
-    /// The whole content as JSON: `{texts, maps, arrays, xml, counters, registers}`.
-    #[wasm_bindgen(js_name = toJSON)]
-    pub fn to_json(&self) -> Result<JsValue, JsError> {
-        let json = self
-            .shared
-            .core
-            .borrow()
-            .document(&self.doc)
-            .map(|d| d.to_json().to_string())
-            .ok_or_else(|| {
-                js_error(ClientError::NotOpen {
-                    doc: self.doc.clone(),
-                })
-            })?;
-        js_sys::JSON::parse(&json).map_err(|_| JsError::new("document JSON does not parse"))
-    }
-
     /// Stops replicating the document. Unacknowledged edits stay in IndexedDB for the next
     /// `open`.
     pub fn close(&self) {

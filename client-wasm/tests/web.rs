@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
-use lattice_client::core::{PendingKey, StoreOp, StoredDelta, decode_delta, encode_delta};
+use lattice_client::core::{PendingKey, StoreOp, StoredDelta, decode_record, encode_record};
 use lattice_client::{
     LatticeClient, LatticeDocument, PendingStore, ValueError, value_from_js, value_to_js,
 };
@@ -282,12 +282,6 @@ async fn edits_count_as_pending_fire_local_changes_and_survive_a_reload() {
     assert_eq!(doc.text("body".into()).to_string_js(), "hellowörld");
     assert_eq!(doc.counter("likes".into()).value(), 3.0);
     assert_eq!(doc.pending_count(), 5);
-    let json = js_sys::JSON::stringify(&doc.to_json().expect("json"))
-        .expect("stringify")
-        .as_string()
-        .expect("string");
-    assert!(json.contains(r#""likes":3"#), "{json}");
-
     // An invalid document id is refused.
     assert!(JsFuture::from(second.open("../etc".into())).await.is_err());
 }
@@ -510,8 +504,16 @@ fn js_values_convert_both_ways() {
         Err(ValueError::Unsupported { .. })
     ));
     assert!(value_to_js(&Value::Int(i64::MAX)).is_bigint());
-    // The stored form of a delta is the wire form.
+    // Stored records decode in the browser build too.
     let mut d = Document::new(ReplicaId::from_random(3));
     let delta = d.counter_increment("c", 1).expect("increment");
-    assert_eq!(decode_delta(&encode_delta(&delta)), Ok(delta));
+    let key = PendingKey {
+        doc: DocId::new("c").expect("doc"),
+        replica: 3,
+        seq: 1,
+    };
+    assert_eq!(
+        decode_record(&key.doc, &encode_record(&key, &delta)),
+        Ok(delta)
+    );
 }
