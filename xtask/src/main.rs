@@ -3,12 +3,14 @@
 //! - `cargo xtask run`  — set up what is missing, then run the product.
 //! - `cargo xtask test` — set up what is missing, then run every check and test.
 //! - `cargo xtask setup` — only the set-up (idempotent).
+//! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
 //! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
 //! is skipped.
 
 mod setup;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,9 +30,10 @@ fn main() -> Result<()> {
         Some("run") => run(&args[1..]),
         Some("setup") => setup::all().map(|_| ()),
         Some("check-engine-deps") => check_engine_deps(),
+        Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -97,6 +100,20 @@ fn test(_root: &Path) -> Result<()> {
                 "-D",
                 "warnings",
             ],
+        )?;
+        cmd(
+            "cargo",
+            &[
+                "clippy",
+                "-p",
+                "lattice-client",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
         )
     })?;
     step("engine and client build for wasm32", || {
@@ -142,6 +159,11 @@ fn test(_root: &Path) -> Result<()> {
         "Yjs interop tests (node, real yjs + y-websocket clients)",
         node_tests,
     )?;
+    step("browser client package (cargo xtask build-web)", web::build)?;
+    step(
+        "browser tests (wasm-bindgen-test, headless Chromium)",
+        web::browser_tests,
+    )?;
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -165,12 +187,7 @@ fn node_tests() -> Result<()> {
             "native_editor",
         ],
     )?;
-    let metadata = output("cargo", &["metadata", "--format-version", "1", "--no-deps"])?;
-    let target: serde_json::Value = serde_json::from_str(&metadata)?;
-    let target = target["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    let bin_dir = Path::new(target).join("debug");
+    let bin_dir = web::target_dir()?.join("debug");
     eprintln!("$ (cd {} && node --test)", setup::NODE_TESTS_DIR);
     let status = Command::new("node")
         .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])

@@ -11,8 +11,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, output};
 
-/// Debian packages the test suite needs.
-const TEST_APT_PACKAGES: &[&str] = &["postgresql"];
+/// Debian packages the test suite needs: PostgreSQL, and Chromium with its WebDriver for the
+/// browser tests of the wasm client.
+const TEST_APT_PACKAGES: &[&str] = &["postgresql", "chromium", "chromium-driver"];
 
 /// Role, password and database the tests use on the local PostgreSQL cluster.
 const PG_ROLE: &str = "lattice";
@@ -41,6 +42,85 @@ pub fn all() -> Result<()> {
     let url = postgres()?;
     export("LATTICE_TEST_POSTGRES_URL", url);
     node_packages()?;
+    web_tools()?;
+    Ok(())
+}
+
+/// Where the wasm client's check tools (TypeScript) live, with their `package-lock.json`.
+pub(crate) const WEB_TOOLS_DIR: &str = "client-wasm/js";
+
+/// What building the browser client needs: the wasm32 target, `wasm-bindgen` of exactly the
+/// version in Cargo.lock, and the locked npm tools that check its TypeScript types.
+pub fn web_tools() -> Result<()> {
+    rust_targets()?;
+    wasm_bindgen_cli()?;
+    if !has_program("node") || !has_program("npm") {
+        apt(&["nodejs", "npm"])?;
+    }
+    npm_ci(WEB_TOOLS_DIR)
+}
+
+/// The version of the `wasm-bindgen` crate in Cargo.lock; the CLI must match it exactly, or
+/// the generated glue does not fit the compiled module.
+pub(crate) fn locked_wasm_bindgen_version() -> Result<String> {
+    let lock = std::fs::read_to_string("Cargo.lock").context("cannot read Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            let version = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = \""))
+                .and_then(|v| v.strip_suffix('"'))
+                .context("Cargo.lock: wasm-bindgen has no version line")?;
+            return Ok(version.to_owned());
+        }
+    }
+    bail!("Cargo.lock does not contain the wasm-bindgen crate")
+}
+
+/// Installs `wasm-bindgen-cli` (which brings `wasm-bindgen-test-runner`) from crates.io unless
+/// the installed one is the locked version.
+fn wasm_bindgen_cli() -> Result<()> {
+    let want = locked_wasm_bindgen_version()?;
+    let have = output("wasm-bindgen", &["--version"]).unwrap_or_default();
+    let runner = has_program("wasm-bindgen-test-runner");
+    if have.split_whitespace().nth(1) == Some(want.as_str()) && runner {
+        return Ok(());
+    }
+    eprintln!(
+        "installing wasm-bindgen-cli {want} (found {:?})",
+        have.trim()
+    );
+    cmd(
+        "cargo",
+        &["install", "wasm-bindgen-cli", "--version", &want, "--force"],
+    )
+}
+
+/// Whether `program --version` runs.
+pub(crate) fn has_program(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `npm ci` in `dir` unless its installed packages are newer than its lock file.
+fn npm_ci(dir: &str) -> Result<()> {
+    let locked = std::path::Path::new(dir).join("package-lock.json");
+    let installed = std::path::Path::new(dir).join("node_modules/.package-lock.json");
+    let current = match (std::fs::metadata(&locked), std::fs::metadata(&installed)) {
+        (Ok(l), Ok(i)) => match (l.modified(), i.modified()) {
+            (Ok(l), Ok(i)) => i >= l,
+            _ => false,
+        },
+        _ => false,
+    };
+    if !current {
+        cmd("npm", &["ci", "--prefix", dir, "--no-audit", "--no-fund"])?;
+    }
     Ok(())
 }
 
@@ -50,33 +130,10 @@ pub(crate) const NODE_TESTS_DIR: &str = "tests/node";
 /// Node.js (Debian's, unless the machine has one) and the interop tests' npm packages, exactly
 /// as locked.
 fn node_packages() -> Result<()> {
-    let has = |program: &str| {
-        std::process::Command::new(program)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has("node") || !has("npm") {
+    if !has_program("node") || !has_program("npm") {
         apt(&["nodejs", "npm"])?;
     }
-    let locked = std::path::Path::new(NODE_TESTS_DIR).join("package-lock.json");
-    let installed = std::path::Path::new(NODE_TESTS_DIR).join("node_modules/.package-lock.json");
-    let current = match (std::fs::metadata(&locked), std::fs::metadata(&installed)) {
-        (Ok(l), Ok(i)) => match (l.modified(), i.modified()) {
-            (Ok(l), Ok(i)) => i >= l,
-            _ => false,
-        },
-        _ => false,
-    };
-    if !current {
-        cmd(
-            "npm",
-            &["ci", "--prefix", NODE_TESTS_DIR, "--no-audit", "--no-fund"],
-        )?;
-    }
-    Ok(())
+    npm_ci(NODE_TESTS_DIR)
 }
 
 /// What running the product needs: nothing beyond the Rust toolchain yet (SQLite is embedded).

@@ -15,7 +15,8 @@ pub enum SessionEvent {
     Synced {
         doc: DocId,
     },
-    /// A change from another replica was applied.
+    /// A change from another replica was applied: a relayed delta, or a `sync` that brought
+    /// something the client lacked.
     Remote {
         doc: DocId,
     },
@@ -248,13 +249,20 @@ impl Session {
                 let Some(d) = self.docs.get_mut(&doc) else {
                     return out;
                 };
-                if let Err(e) = d.doc.apply(&delta) {
-                    out.events.push(SessionEvent::Error {
-                        code: ErrorCode::InvalidDelta,
-                        message: format!("server sync delta refused: {e}"),
-                        doc: Some(doc),
-                    });
-                    return out;
+                match d.doc.apply(&delta) {
+                    // What the client lacked is a change from other replicas like any relay.
+                    Ok(applied) if applied.changed => {
+                        out.events.push(SessionEvent::Remote { doc: doc.clone() })
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        out.events.push(SessionEvent::Error {
+                            code: ErrorCode::InvalidDelta,
+                            message: format!("server sync delta refused: {e}"),
+                            doc: Some(doc),
+                        });
+                        return out;
+                    }
                 }
                 match d.doc.diff_since(&state) {
                     Ok(missing) if !missing.is_empty() => {
@@ -329,5 +337,54 @@ impl Session {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DEFAULT_MAX_DRIFT, manual_clock};
+
+    fn session(replica: u32) -> Session {
+        let replica = ReplicaId::from_random(replica);
+        Session::new(replica, Hlc::new(replica, manual_clock, DEFAULT_MAX_DRIFT))
+    }
+
+    fn doc() -> DocId {
+        DocId::new("notes").expect("doc id")
+    }
+
+    #[test]
+    fn a_sync_that_brings_content_reports_a_remote_change() {
+        let mut other = Document::new(ReplicaId::from_random(9));
+        let content = other.text_insert("body", 0, "hi").expect("insert");
+        let mut s = session(1);
+        s.open(doc(), Vec::new()).expect("open");
+        s.connected();
+        let out = s.handle(ServerMsg::Sync {
+            doc: doc(),
+            delta: content,
+            state: other.state(),
+        });
+        assert_eq!(
+            out.events,
+            vec![
+                SessionEvent::Remote { doc: doc() },
+                SessionEvent::Synced { doc: doc() }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_sync_reports_only_synced() {
+        let mut s = session(1);
+        s.open(doc(), Vec::new()).expect("open");
+        s.connected();
+        let out = s.handle(ServerMsg::Sync {
+            doc: doc(),
+            delta: Delta::default(),
+            state: crate::DocState::default(),
+        });
+        assert_eq!(out.events, vec![SessionEvent::Synced { doc: doc() }]);
     }
 }

@@ -1,0 +1,1456 @@
+//! The browser client's logic in plain Rust, without web APIs, so it is unit-tested natively.
+//!
+//! [`ClientCore`] wraps the engine's [`Session`] (the same sync logic as the native client) and
+//! adds what a browser driver needs around it: the connection status, the number of local deltas
+//! not yet acknowledged, a queue of application events (changes with their origin, presence,
+//! status, errors), the presence of the other peers, reconnect backoff with injected jitter,
+//! heartbeats, and the records that keep unacknowledged deltas across a page reload.
+//!
+//! Like the engine it does no IO: inputs are method calls (socket opened, frame received, local
+//! edit, timer tick with the time passed in), effects are taken out by the driver
+//! ([`ClientCore::take_frames`], [`ClientCore::take_store_ops`], [`ClientCore::take_events`]).
+//!
+//! **Invariants:**
+//! - For every open document, the stored records (`PendingKey`s) correspond one to one, in
+//!   order, to the session's unconfirmed deltas. The session confirms deltas oldest first (acks
+//!   are cumulative, a resync covers every delta), so an acknowledgement removes a prefix and
+//!   the matching records are deleted.
+//! - Every queue is bounded: frames by [`OUTBOX_CAPACITY`] (overflow drops the connection; the
+//!   resync brings everything back), events by [`EVENT_QUEUE_CAPACITY`] (changes, presence and
+//!   status coalesce; overflow is reported as [`ClientEvent::Lagged`], never silently), and
+//!   store operations are drained after every input, so they hold one input's effects.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ErrorCode, ServerMsg};
+use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
+use lattice_engine::{
+    ApplyError, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, Hlc, NTP64, ReplicaId, Value,
+};
+
+/// Most encoded frames waiting for the socket. The driver drains them after every input, so
+/// reaching this means the socket cannot keep up; the connection is dropped and the resync on
+/// the next one covers everything that was not sent.
+pub const OUTBOX_CAPACITY: usize = 1_024;
+
+/// Most application events waiting for the driver. Changes, presence and status coalesce per
+/// document, so only errors can fill it; then [`ClientEvent::Lagged`] tells the application to
+/// re-read its documents.
+pub const EVENT_QUEUE_CAPACITY: usize = 1_024;
+
+/// How long the typing flag of this client's presence stays set after `typing: true` (the
+/// server expires it after 5 s without renewal; renewing it beyond this would keep a stale flag).
+pub const TYPING_TTL_MS: u64 = 5_000;
+
+/// How the client paces itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// First reconnect delay; doubles per failed attempt up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    /// Cap of the reconnect delay, jitter included.
+    pub backoff_max_ms: u64,
+    /// Application ping interval while online (browsers cannot see WebSocket pings).
+    pub ping_interval_ms: u64,
+    /// Renewal interval of this client's presence (the server's TTL is 30 s by default).
+    pub presence_renew_ms: u64,
+    /// A connection that received nothing for this long is dropped and reopened: browsers can
+    /// keep a dead socket open for minutes. Pongs count, so it must exceed `ping_interval_ms`.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            backoff_min_ms: 250,
+            backoff_max_ms: 30_000,
+            ping_interval_ms: 10_000,
+            presence_renew_ms: 10_000,
+            idle_timeout_ms: 35_000,
+        }
+    }
+}
+
+/// The connection as the application sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// A socket is being opened, or the server has not answered `hello` yet.
+    Connecting,
+    /// The server answered; some open document has not finished its initial exchange.
+    Online,
+    /// Online, and every open document holds everything the server had when it subscribed.
+    Synced,
+    /// No connection; edits are kept (and persisted) until the next one.
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Online => "online",
+            Status::Synced => "synced",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// This client's own edit.
+    Local,
+    /// Another replica's change, relayed by the server or brought by a resync.
+    Remote,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Remote => "remote",
+        }
+    }
+}
+
+/// Something the application should hear about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The status or the number of unacknowledged local deltas changed.
+    Status { status: Status, pending: usize },
+    /// `doc` changed; read it again.
+    Change { doc: DocId, origin: Origin },
+    /// The presence of the other peers on `doc` changed; read [`ClientCore::others`].
+    Presence { doc: DocId },
+    /// A refusal from the server, an unreadable frame, or a persisted record that could not be
+    /// restored.
+    Error {
+        code: &'static str,
+        message: String,
+        doc: Option<DocId>,
+    },
+    /// Events were lost because the queue was full; re-read every document.
+    Lagged,
+}
+
+/// Identifies one persisted unacknowledged delta: the document, the replica that wrote it
+/// (two tabs are two replicas and must not overwrite each other's records) and a local sequence
+/// number of that replica, unrelated to the wire `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PendingKey {
+    pub doc: DocId,
+    pub replica: u32,
+    pub seq: u64,
+}
+
+/// A persisted record: its key and the encoded delta ([`encode_record`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDelta {
+    pub key: PendingKey,
+    pub bytes: Vec<u8>,
+}
+
+/// A change the driver must make to the pending-delta store, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    Put(StoredDelta),
+    Delete(Vec<PendingKey>),
+}
+
+/// Why the connection must be dropped and reopened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// More than [`OUTBOX_CAPACITY`] frames were waiting.
+    OutboxFull,
+    /// Nothing was received for `idle_timeout_ms`.
+    Idle,
+}
+
+/// Frames to send now, and whether to drop the connection instead.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub frames: Vec<Vec<u8>>,
+    pub drop_connection: Option<DropReason>,
+}
+
+/// The presence of another peer on a document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerPresence {
+    /// The server's number for the peer's connection.
+    pub peer: u64,
+    pub state: Value,
+    pub typing: bool,
+}
+
+/// A call the client cannot carry out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("document {doc} is not open")]
+    NotOpen { doc: DocId },
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("restored deltas of {doc} cannot be applied: {source}")]
+    Restore { doc: DocId, source: ApplyError },
+}
+
+/// A persisted record that cannot be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record does not decode: {reason}")]
+    Decode { reason: String },
+    #[error("record holds an invalid delta: {0}")]
+    Invalid(#[from] ApplyError),
+}
+
+/// Encodes a record for the pending-delta store: the `delta` message of the wire protocol, as
+/// the client sends it, with the record's local sequence number as `seq`.
+///
+/// Reusing the wire form keeps the browser build small: records are read back by
+/// [`ServerMsg::decode`], whose `delta` message has the same `doc` and `delta` fields (readers
+/// ignore the extra `seq`), so no second MessagePack decoder is compiled in.
+pub fn encode_record(key: &PendingKey, delta: &Delta) -> Vec<u8> {
+    ClientMsg::Delta {
+        doc: key.doc.clone(),
+        seq: key.seq,
+        delta: delta.clone(),
+    }
+    .encode()
+}
+
+/// Decodes and validates a stored record of `doc`. Stored bytes are untrusted: another build or
+/// a damaged profile may have written them.
+pub fn decode_record(doc: &DocId, bytes: &[u8]) -> Result<Delta, RecordError> {
+    match ServerMsg::decode(bytes, usize::MAX) {
+        Ok(ServerMsg::Delta { doc: found, delta }) if found == *doc => {
+            delta.validate()?;
+            Ok(delta)
+        }
+        Ok(other) => Err(RecordError::Decode {
+            reason: format!("a {:?} message for another document", other.kind()),
+        }),
+        Err(e) => Err(RecordError::Decode {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Reconnect delays: exponential from `min_ms` to `max_ms`, with jitter from an injected random
+/// number so that clients cut off together do not return together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    min_ms: u64,
+    max_ms: u64,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min_ms: u64, max_ms: u64) -> Self {
+        Self {
+            min_ms: min_ms.max(1),
+            max_ms: max_ms.max(min_ms.max(1)),
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt: `base · (0.5 + random)` with `base = min · 2^attempt`,
+    /// capped at `max`. `random` is uniform in `[0, 1)` (values outside are clamped).
+    pub fn next_delay_ms(&mut self, random: f64) -> u64 {
+        let base = self
+            .min_ms
+            .saturating_mul(1u64.checked_shl(self.attempt).unwrap_or(u64::MAX))
+            .min(self.max_ms);
+        if base < self.max_ms {
+            self.attempt += 1;
+        }
+        let factor = 0.5 + random.clamp(0.0, 1.0);
+        // The product is at most 1.5 · max_ms, far inside f64's exact integer range.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let delay = (base as f64 * factor) as u64;
+        delay.clamp(1, self.max_ms)
+    }
+
+    /// A connection succeeded: the next failure starts from `min` again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// This client's own presence on a document, kept to renew it and to publish it again after a
+/// reconnect.
+#[derive(Clone, Debug)]
+struct MyPresence {
+    state: Value,
+    typing_until_ms: u64,
+    sent_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct DocExtra {
+    /// Records of the session's unconfirmed deltas, oldest first.
+    keys: VecDeque<PendingKey>,
+    mine: Option<MyPresence>,
+    others: BTreeMap<u64, PeerPresence>,
+}
+
+#[derive(Debug, Default)]
+struct EventQueue {
+    items: VecDeque<ClientEvent>,
+    lagged: bool,
+}
+
+impl EventQueue {
+    fn push(&mut self, event: ClientEvent) {
+        match &event {
+            ClientEvent::Status { .. } => {
+                if let Some(queued) = self
+                    .items
+                    .iter_mut()
+                    .find(|e| matches!(e, ClientEvent::Status { .. }))
+                {
+                    *queued = event;
+                    return;
+                }
+            }
+            ClientEvent::Change { .. } | ClientEvent::Presence { .. } => {
+                if self.items.contains(&event) {
+                    return;
+                }
+            }
+            ClientEvent::Error { .. } | ClientEvent::Lagged => {}
+        }
+        if self.items.len() >= EVENT_QUEUE_CAPACITY {
+            self.lagged = true;
+        } else {
+            self.items.push_back(event);
+        }
+    }
+
+    fn drain(&mut self) -> Vec<ClientEvent> {
+        let mut out: Vec<ClientEvent> = self.items.drain(..).collect();
+        if std::mem::take(&mut self.lagged) {
+            out.push(ClientEvent::Lagged);
+        }
+        out
+    }
+}
+
+/// The connection as the driver reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Down,
+    Opening,
+    Open,
+}
+
+/// The browser client without the browser. See the module docs.
+#[derive(Debug)]
+pub struct ClientCore {
+    session: Session,
+    options: ClientOptions,
+    docs: BTreeMap<DocId, DocExtra>,
+    link: Link,
+    welcomed: bool,
+    backoff: Backoff,
+    /// Next local sequence number of this replica's records, per document.
+    next_record: BTreeMap<DocId, u64>,
+    outbox: VecDeque<Vec<u8>>,
+    drop_connection: Option<DropReason>,
+    store_ops: Vec<StoreOp>,
+    events: EventQueue,
+    reported: Option<(Status, usize)>,
+    last_ping_ms: u64,
+    last_received_ms: u64,
+    nonce: u64,
+}
+
+fn error_code_str(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::MalformedMessage => "malformed_message",
+        ErrorCode::UnknownMessage => "unknown_message",
+        ErrorCode::InvalidDelta => "invalid_delta",
+        ErrorCode::NotSubscribed => "not_subscribed",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::TooManyDocuments => "too_many_documents",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::Internal => "internal",
+        ErrorCode::Unknown => "unknown",
+    }
+}
+
+impl ClientCore {
+    /// A client for `replica` whose clock reads `clock`. `token` goes into `hello`.
+    pub fn new(
+        replica: ReplicaId,
+        clock: fn() -> NTP64,
+        token: Option<String>,
+        options: ClientOptions,
+    ) -> Self {
+        let mut session = Session::new(replica, Hlc::new(replica, clock, DEFAULT_MAX_DRIFT));
+        session.set_token(token);
+        session.set_agent(Some(format!("lattice-web/{}", env!("CARGO_PKG_VERSION"))));
+        let backoff = Backoff::new(options.backoff_min_ms, options.backoff_max_ms);
+        let mut core = Self {
+            session,
+            options,
+            docs: BTreeMap::new(),
+            link: Link::Down,
+            welcomed: false,
+            backoff,
+            next_record: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            drop_connection: None,
+            store_ops: Vec::new(),
+            events: EventQueue::default(),
+            reported: None,
+            last_ping_ms: 0,
+            last_received_ms: 0,
+            nonce: 0,
+        };
+        core.report_status();
+        core
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.session.replica()
+    }
+
+    pub fn status(&self) -> Status {
+        match self.link {
+            Link::Down => Status::Offline,
+            Link::Opening => Status::Connecting,
+            Link::Open if !self.welcomed => Status::Connecting,
+            Link::Open if self.docs.keys().all(|d| self.session.is_synced(d)) => Status::Synced,
+            Link::Open => Status::Online,
+        }
+    }
+
+    /// Unacknowledged local deltas over all open documents.
+    pub fn pending_total(&self) -> usize {
+        self.docs.keys().map(|d| self.session.pending(d)).sum()
+    }
+
+    /// Unacknowledged local deltas of `doc`.
+    pub fn pending(&self, doc: &DocId) -> usize {
+        self.session.pending(doc)
+    }
+
+    pub fn is_open(&self, doc: &DocId) -> bool {
+        self.docs.contains_key(doc)
+    }
+
+    pub fn is_synced(&self, doc: &DocId) -> bool {
+        self.session.is_synced(doc)
+    }
+
+    pub fn document(&self, doc: &DocId) -> Option<&Document> {
+        self.session.document(doc)
+    }
+
+    /// The presence of the other peers on `doc`, ordered by peer.
+    pub fn others(&self, doc: &DocId) -> Vec<PeerPresence> {
+        self.docs
+            .get(doc)
+            .map(|d| d.others.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    // --- connection -------------------------------------------------------------------------
+
+    /// The driver is opening a socket.
+    pub fn connecting(&mut self) {
+        self.link = Link::Opening;
+        self.report_status();
+    }
+
+    /// The socket is open: hello, then a subscription per open document.
+    pub fn socket_open(&mut self, now_ms: u64) {
+        self.link = Link::Open;
+        self.welcomed = false;
+        self.last_ping_ms = now_ms;
+        self.last_received_ms = now_ms;
+        self.outbox.clear();
+        self.drop_connection = None;
+        let out = self.session.connected();
+        self.dispatch(out);
+        self.report_status();
+    }
+
+    /// The socket closed (or failed to open). Unsent and in-flight deltas stay pending and are
+    /// covered by the next resync; the others' presence is forgotten, as the server forgets it.
+    pub fn socket_closed(&mut self) {
+        self.link = Link::Down;
+        self.welcomed = false;
+        self.outbox.clear();
+        self.drop_connection = None;
+        self.session.disconnected();
+        for (id, d) in &mut self.docs {
+            if let Some(mine) = &mut d.mine {
+                mine.sent_at_ms = None;
+            }
+            if !d.others.is_empty() {
+                d.others.clear();
+                self.events.push(ClientEvent::Presence { doc: id.clone() });
+            }
+        }
+        self.report_status();
+    }
+
+    /// How long to wait before the next connection attempt; `random` is uniform in `[0, 1)`.
+    pub fn next_reconnect_delay_ms(&mut self, random: f64) -> u64 {
+        self.backoff.next_delay_ms(random)
+    }
+
+    /// Handles one binary frame from the server.
+    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) {
+        self.last_received_ms = now_ms;
+        match ServerMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES) {
+            Ok(msg) => {
+                let out = self.session.handle(msg);
+                self.dispatch_at(out, now_ms);
+            }
+            Err(e) => self.events.push(ClientEvent::Error {
+                code: error_code_str(e.code()),
+                message: format!("undecodable frame from the server: {e}"),
+                doc: None,
+            }),
+        }
+        self.reconcile_records();
+        self.report_status();
+    }
+
+    /// Timer input: pings, presence renewals, and the idle check.
+    pub fn tick(&mut self, now_ms: u64) {
+        if self.link != Link::Open {
+            return;
+        }
+        if now_ms.saturating_sub(self.last_received_ms) >= self.options.idle_timeout_ms {
+            self.drop_connection = Some(DropReason::Idle);
+            return;
+        }
+        if !self.welcomed {
+            return;
+        }
+        if now_ms.saturating_sub(self.last_ping_ms) >= self.options.ping_interval_ms {
+            self.last_ping_ms = now_ms;
+            self.nonce += 1;
+            self.push_frame(&ClientMsg::Ping { nonce: self.nonce });
+        }
+        let due: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(id, d)| {
+                self.session.is_synced(id)
+                    && d.mine.as_ref().is_some_and(|m| {
+                        m.sent_at_ms.is_none_or(|sent| {
+                            now_ms.saturating_sub(sent) >= self.options.presence_renew_ms
+                        })
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for doc in due {
+            self.send_my_presence(&doc, now_ms);
+        }
+    }
+
+    // --- documents --------------------------------------------------------------------------
+
+    /// Starts replicating `doc` with the records a previous run left (any replica's: a closed
+    /// tab's edits are adopted). Unreadable records are reported and deleted. Opening a document
+    /// that is already open does nothing.
+    pub fn open(&mut self, doc: DocId, restored: Vec<StoredDelta>) -> Result<(), ClientError> {
+        if self.docs.contains_key(&doc) {
+            return Ok(());
+        }
+        let mut restored = restored;
+        restored.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut keys = VecDeque::new();
+        let mut deltas = Vec::new();
+        let mut unreadable = Vec::new();
+        let own = self.replica().get();
+        let mut next = 1;
+        for record in restored {
+            if record.key.doc != doc {
+                continue;
+            }
+            if record.key.replica == own {
+                next = next.max(record.key.seq.saturating_add(1));
+            }
+            match decode_record(&doc, &record.bytes) {
+                Ok(delta) => {
+                    keys.push_back(record.key);
+                    deltas.push(delta);
+                }
+                Err(e) => {
+                    self.events.push(ClientEvent::Error {
+                        code: "invalid_record",
+                        message: format!("a stored pending delta was dropped: {e}"),
+                        doc: Some(doc.clone()),
+                    });
+                    unreadable.push(record.key);
+                }
+            }
+        }
+        if !unreadable.is_empty() {
+            self.store_ops.push(StoreOp::Delete(unreadable));
+        }
+        let out =
+            self.session
+                .open(doc.clone(), deltas)
+                .map_err(|source| ClientError::Restore {
+                    doc: doc.clone(),
+                    source,
+                })?;
+        let had_content = !keys.is_empty();
+        self.docs.insert(
+            doc.clone(),
+            DocExtra {
+                keys,
+                ..DocExtra::default()
+            },
+        );
+        let next = next.max(self.next_record.get(&doc).copied().unwrap_or(1));
+        self.next_record.insert(doc.clone(), next);
+        self.dispatch(out);
+        if had_content {
+            self.events.push(ClientEvent::Change {
+                doc,
+                origin: Origin::Local,
+            });
+        }
+        self.report_status();
+        Ok(())
+    }
+
+    /// Stops replicating `doc`. Its unacknowledged records stay stored for the next `open`.
+    pub fn close(&mut self, doc: &DocId) {
+        if self.docs.remove(doc).is_some() {
+            let out = self.session.close(doc);
+            self.dispatch(out);
+            self.report_status();
+        }
+    }
+
+    /// Inserts `chunk` at UTF-16 offset `index` of text `name`.
+    pub fn text_insert(
+        &mut self,
+        doc: &DocId,
+        name: &str,
+        index: u32,
+        chunk: &str,
+    ) -> Result<(), ClientError> {
+        self.edit(doc, |d, _| d.text_insert(name, index, chunk))
+    }
+
+    /// Deletes `len` UTF-16 code units at `index` of text `name`.
+    pub fn text_delete(
+        &mut self,
+        doc: &DocId,
+        name: &str,
+        index: u32,
+        len: u32,
+    ) -> Result<(), ClientError> {
+        self.edit(doc, |d, _| d.text_delete(name, index, len))
+    }
+
+    pub fn counter_increment(
+        &mut self,
+        doc: &DocId,
+        name: &str,
+        by: u64,
+    ) -> Result<(), ClientError> {
+        self.edit(doc, |d, _| d.counter_increment(name, by))
+    }
+
+    pub fn register_set(
+        &mut self,
+        doc: &DocId,
+        name: &str,
+        value: Value,
+    ) -> Result<(), ClientError> {
+        self.edit(doc, |d, hlc| d.register_set(name, value, hlc.tick()))
+    }
+
+    /// Makes a local change: it is sent now when the document is synced (else by the next
+    /// resync), recorded for the store, and reported as a local change.
+    pub fn edit(
+        &mut self,
+        doc: &DocId,
+        edit: impl FnOnce(&mut Document, &Hlc) -> Result<Delta, EditError>,
+    ) -> Result<(), ClientError> {
+        if !self.docs.contains_key(doc) {
+            return Err(ClientError::NotOpen { doc: doc.clone() });
+        }
+        let mut made = None;
+        let out = self.session.edit(doc, |d, hlc| {
+            let delta = edit(d, hlc)?;
+            made = Some(delta.clone());
+            Ok(delta)
+        })?;
+        self.dispatch(out);
+        if let Some(delta) = made.filter(|d| !d.is_empty()) {
+            let seq = self.next_record.get(doc).copied().unwrap_or(1);
+            self.next_record.insert(doc.clone(), seq + 1);
+            let key = PendingKey {
+                doc: doc.clone(),
+                replica: self.replica().get(),
+                seq,
+            };
+            if let Some(d) = self.docs.get_mut(doc) {
+                d.keys.push_back(key.clone());
+            }
+            let bytes = encode_record(&key, &delta);
+            self.store_ops
+                .push(StoreOp::Put(StoredDelta { key, bytes }));
+            self.events.push(ClientEvent::Change {
+                doc: doc.clone(),
+                origin: Origin::Local,
+            });
+        }
+        self.report_status();
+        Ok(())
+    }
+
+    /// Sets this client's presence on `doc` (`Value::Null` leaves) and publishes it when online;
+    /// it is renewed every `presence_renew_ms` and published again after a reconnect.
+    pub fn set_presence(
+        &mut self,
+        doc: &DocId,
+        state: Value,
+        typing: bool,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        let d = self
+            .docs
+            .get_mut(doc)
+            .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })?;
+        if state == Value::Null {
+            d.mine = None;
+            let out = self.session.presence(doc, Value::Null, false);
+            self.dispatch(out);
+            return Ok(());
+        }
+        d.mine = Some(MyPresence {
+            state,
+            typing_until_ms: if typing {
+                now_ms.saturating_add(TYPING_TTL_MS)
+            } else {
+                0
+            },
+            sent_at_ms: None,
+        });
+        if self.session.is_synced(doc) {
+            self.send_my_presence(doc, now_ms);
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the typing flag of this client's presence on `doc` (an empty presence
+    /// is created if there is none).
+    pub fn set_typing(
+        &mut self,
+        doc: &DocId,
+        typing: bool,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        let state = self
+            .docs
+            .get(doc)
+            .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })?
+            .mine
+            .as_ref()
+            .map_or_else(|| Value::Map(BTreeMap::new()), |m| m.state.clone());
+        self.set_presence(doc, state, typing, now_ms)
+    }
+
+    // --- effects ----------------------------------------------------------------------------
+
+    /// Frames to send, oldest first, or the instruction to drop the connection.
+    pub fn take_frames(&mut self) -> Frames {
+        Frames {
+            frames: self.outbox.drain(..).collect(),
+            drop_connection: self.drop_connection.take(),
+        }
+    }
+
+    /// Changes to make to the pending-delta store, in order.
+    pub fn take_store_ops(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.store_ops)
+    }
+
+    /// Events for the application, oldest first.
+    pub fn take_events(&mut self) -> Vec<ClientEvent> {
+        self.events.drain()
+    }
+
+    /// Records an error found by the driver (a failed store write), for the application.
+    pub fn report_error(&mut self, code: &'static str, message: String, doc: Option<DocId>) {
+        self.events.push(ClientEvent::Error { code, message, doc });
+    }
+
+    // --- internals --------------------------------------------------------------------------
+
+    fn push_frame(&mut self, msg: &ClientMsg) {
+        if self.link != Link::Open || self.drop_connection.is_some() {
+            return;
+        }
+        if self.outbox.len() >= OUTBOX_CAPACITY {
+            self.outbox.clear();
+            self.drop_connection = Some(DropReason::OutboxFull);
+            return;
+        }
+        self.outbox.push_back(msg.encode());
+    }
+
+    fn dispatch(&mut self, out: SessionOutput) {
+        self.dispatch_at(out, self.last_received_ms);
+    }
+
+    fn dispatch_at(&mut self, out: SessionOutput, now_ms: u64) {
+        for msg in &out.send {
+            self.push_frame(msg);
+        }
+        for event in out.events {
+            match event {
+                SessionEvent::Online => {
+                    self.welcomed = true;
+                    self.backoff.reset();
+                }
+                SessionEvent::Synced { doc } => {
+                    if self.docs.get(&doc).is_some_and(|d| d.mine.is_some()) {
+                        self.send_my_presence(&doc, now_ms);
+                    }
+                }
+                SessionEvent::Remote { doc } => self.events.push(ClientEvent::Change {
+                    doc,
+                    origin: Origin::Remote,
+                }),
+                SessionEvent::Acked { .. } | SessionEvent::Pong { .. } => {}
+                SessionEvent::Presence {
+                    doc,
+                    peer,
+                    state,
+                    typing,
+                } => {
+                    let Some(d) = self.docs.get_mut(&doc) else {
+                        continue;
+                    };
+                    if state == Value::Null {
+                        d.others.remove(&peer);
+                    } else {
+                        d.others.insert(
+                            peer,
+                            PeerPresence {
+                                peer,
+                                state,
+                                typing,
+                            },
+                        );
+                    }
+                    self.events.push(ClientEvent::Presence { doc });
+                }
+                SessionEvent::Error { code, message, doc } => {
+                    self.events.push(ClientEvent::Error {
+                        code: error_code_str(code),
+                        message,
+                        doc,
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_my_presence(&mut self, doc: &DocId, now_ms: u64) {
+        let Some(mine) = self.docs.get_mut(doc).and_then(|d| d.mine.as_mut()) else {
+            return;
+        };
+        if self.link != Link::Open {
+            return;
+        }
+        mine.sent_at_ms = Some(now_ms);
+        let state = mine.state.clone();
+        let typing = now_ms < mine.typing_until_ms;
+        let out = self.session.presence(doc, state, typing);
+        self.dispatch(out);
+    }
+
+    /// Deletes the records of deltas the session no longer counts as pending (a prefix, see
+    /// the module invariants).
+    fn reconcile_records(&mut self) {
+        let mut confirmed = Vec::new();
+        for (id, d) in &mut self.docs {
+            let pending = self.session.pending(id);
+            while d.keys.len() > pending {
+                if let Some(key) = d.keys.pop_front() {
+                    confirmed.push(key);
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            self.store_ops.push(StoreOp::Delete(confirmed));
+        }
+    }
+
+    fn report_status(&mut self) {
+        let now = (self.status(), self.pending_total());
+        if self.reported != Some(now) {
+            self.reported = Some(now);
+            self.events.push(ClientEvent::Status {
+                status: now.0,
+                pending: now.1,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_engine::DocState;
+    use lattice_engine::manual_clock;
+
+    fn doc(name: &str) -> DocId {
+        DocId::new(name).expect("doc id")
+    }
+
+    fn core(replica: u32) -> ClientCore {
+        ClientCore::new(
+            ReplicaId::from_random(replica),
+            manual_clock,
+            Some("secret".into()),
+            ClientOptions::default(),
+        )
+    }
+
+    fn sent(core: &mut ClientCore) -> Vec<ClientMsg> {
+        core.take_frames()
+            .frames
+            .iter()
+            .map(|f| ClientMsg::decode(f, usize::MAX).expect("client frame"))
+            .collect()
+    }
+
+    fn server(core: &mut ClientCore, msg: ServerMsg) {
+        core.receive(&msg.encode(), 1_000);
+    }
+
+    /// Opens `d`, connects and completes the handshake with an empty server.
+    fn online(core: &mut ClientCore, d: &DocId) {
+        core.open(d.clone(), Vec::new()).expect("open");
+        core.connecting();
+        core.socket_open(0);
+        server(
+            core,
+            ServerMsg::Welcome {
+                protocol: 1,
+                server: "test".into(),
+            },
+        );
+        server(
+            core,
+            ServerMsg::Sync {
+                doc: d.clone(),
+                delta: Delta::default(),
+                state: DocState::default(),
+            },
+        );
+    }
+
+    fn statuses(events: &[ClientEvent]) -> Vec<(Status, usize)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Status { status, pending } => Some((*status, *pending)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handshake_says_hello_with_token_and_replica_then_subscribes() {
+        let d = doc("notes");
+        let mut c = core(7);
+        c.open(d.clone(), Vec::new()).expect("open");
+        assert_eq!(c.status(), Status::Offline);
+        c.connecting();
+        assert_eq!(c.status(), Status::Connecting);
+        c.socket_open(0);
+        let msgs = sent(&mut c);
+        assert!(matches!(
+            &msgs[0],
+            ClientMsg::Hello { token: Some(t), replica: Some(7), .. } if t == "secret"
+        ));
+        assert!(matches!(&msgs[1], ClientMsg::Subscribe { doc, .. } if *doc == d));
+        assert_eq!(c.status(), Status::Connecting);
+        server(
+            &mut c,
+            ServerMsg::Welcome {
+                protocol: 1,
+                server: "t".into(),
+            },
+        );
+        assert_eq!(c.status(), Status::Online);
+        server(
+            &mut c,
+            ServerMsg::Sync {
+                doc: d.clone(),
+                delta: Delta::default(),
+                state: DocState::default(),
+            },
+        );
+        assert_eq!(c.status(), Status::Synced);
+        let events = c.take_events();
+        // Coalesced: one status event with the latest value.
+        assert_eq!(statuses(&events), vec![(Status::Synced, 0)]);
+    }
+
+    #[test]
+    fn local_edits_are_sent_recorded_and_deleted_once_acked() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        sent(&mut c);
+        c.take_events();
+        c.text_insert(&d, "body", 0, "hello").expect("insert");
+        c.counter_increment(&d, "likes", 2).expect("increment");
+        c.register_set(&d, "title", Value::String("T".into()))
+            .expect("set");
+        assert_eq!(c.pending(&d), 3);
+        assert_eq!(c.pending_total(), 3);
+        let msgs = sent(&mut c);
+        let seqs: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                ClientMsg::Delta { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs.len(), 3);
+        let ops = c.take_store_ops();
+        let puts: Vec<&StoredDelta> = ops
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::Put(r) => Some(r),
+                StoreOp::Delete(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            puts.iter().map(|r| r.key.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(puts.iter().all(|r| r.key.replica == 7 && r.key.doc == d));
+        assert_eq!(
+            decode_record(&d, &puts[1].bytes)
+                .expect("decodes")
+                .counters
+                .len(),
+            1
+        );
+        let events = c.take_events();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(
+                    e,
+                    ClientEvent::Change {
+                        origin: Origin::Local,
+                        ..
+                    }
+                ))
+                .count(),
+            1,
+            "local changes of one document coalesce: {events:?}"
+        );
+        assert_eq!(statuses(&events), vec![(Status::Synced, 3)]);
+
+        server(
+            &mut c,
+            ServerMsg::Ack {
+                doc: d.clone(),
+                seq: seqs[1],
+            },
+        );
+        assert_eq!(c.pending(&d), 1);
+        let deleted: Vec<u64> = c
+            .take_store_ops()
+            .into_iter()
+            .flat_map(|op| match op {
+                StoreOp::Delete(keys) => keys,
+                StoreOp::Put(_) => Vec::new(),
+            })
+            .map(|k| k.seq)
+            .collect();
+        assert_eq!(deleted, vec![1, 2]);
+        assert_eq!(statuses(&c.take_events()), vec![(Status::Synced, 1)]);
+    }
+
+    #[test]
+    fn offline_edits_are_restored_by_another_replica_and_sent_on_resync() {
+        let d = doc("notes");
+        let mut first = core(7);
+        first.open(d.clone(), Vec::new()).expect("open");
+        first.text_insert(&d, "body", 0, "offline").expect("insert");
+        first.counter_increment(&d, "n", 1).expect("increment");
+        assert_eq!(first.status(), Status::Offline);
+        assert!(first.take_frames().frames.is_empty());
+        let records: Vec<StoredDelta> = first
+            .take_store_ops()
+            .into_iter()
+            .filter_map(|op| match op {
+                StoreOp::Put(r) => Some(r),
+                StoreOp::Delete(_) => None,
+            })
+            .collect();
+        drop(first);
+
+        // The page reloads: a new replica adopts the records.
+        let mut second = core(8);
+        second.open(d.clone(), records.clone()).expect("open");
+        assert_eq!(second.pending(&d), 2);
+        assert_eq!(second.document(&d).expect("open").text("body"), "offline");
+        second.connecting();
+        second.socket_open(0);
+        sent(&mut second);
+        server(
+            &mut second,
+            ServerMsg::Welcome {
+                protocol: 1,
+                server: "t".into(),
+            },
+        );
+        server(
+            &mut second,
+            ServerMsg::Sync {
+                doc: d.clone(),
+                delta: Delta::default(),
+                state: DocState::default(),
+            },
+        );
+        let msgs = sent(&mut second);
+        let [ClientMsg::Delta { seq, delta, .. }] = msgs.as_slice() else {
+            panic!("expected one resync delta, got {msgs:?}");
+        };
+        let mut server_doc = Document::new(ReplicaId::from_random(99));
+        server_doc.apply(delta).expect("apply");
+        assert_eq!(server_doc.text("body"), "offline");
+        assert_eq!(server_doc.counter("n"), 1);
+        second.take_store_ops();
+        server(
+            &mut second,
+            ServerMsg::Ack {
+                doc: d.clone(),
+                seq: *seq,
+            },
+        );
+        assert_eq!(second.pending(&d), 0);
+        assert_eq!(
+            second.take_store_ops(),
+            vec![StoreOp::Delete(
+                records.into_iter().map(|r| r.key).collect()
+            )]
+        );
+        // New records of the adopting replica do not collide with the adopted ones.
+        second.text_insert(&d, "body", 0, ">").expect("insert");
+        let ops = second.take_store_ops();
+        assert!(
+            matches!(&ops[..], [StoreOp::Put(r)] if r.key.replica == 8 && r.key.seq == 1),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_records_are_reported_and_deleted() {
+        let d = doc("notes");
+        let key = PendingKey {
+            doc: d.clone(),
+            replica: 3,
+            seq: 1,
+        };
+        let mut c = core(7);
+        c.open(
+            d.clone(),
+            vec![StoredDelta {
+                key: key.clone(),
+                bytes: vec![0xc1, 0xff],
+            }],
+        )
+        .expect("open");
+        assert_eq!(c.pending(&d), 0);
+        assert_eq!(c.take_store_ops(), vec![StoreOp::Delete(vec![key])]);
+        assert!(c.take_events().iter().any(|e| matches!(
+            e,
+            ClientEvent::Error {
+                code: "invalid_record",
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn remote_changes_are_reported_with_their_origin() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        c.take_events();
+        let mut other = Document::new(ReplicaId::from_random(9));
+        let delta = other.text_insert("body", 0, "hi").expect("insert");
+        server(
+            &mut c,
+            ServerMsg::Delta {
+                doc: d.clone(),
+                delta,
+            },
+        );
+        assert_eq!(
+            c.take_events(),
+            vec![ClientEvent::Change {
+                doc: d.clone(),
+                origin: Origin::Remote
+            }]
+        );
+        assert_eq!(c.document(&d).expect("open").text("body"), "hi");
+    }
+
+    #[test]
+    fn presence_of_others_is_tracked_and_forgotten_on_disconnect() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        c.take_events();
+        let alice = Value::String("alice".into());
+        server(
+            &mut c,
+            ServerMsg::Presence {
+                doc: d.clone(),
+                peer: 4,
+                state: alice.clone(),
+                typing: true,
+            },
+        );
+        server(
+            &mut c,
+            ServerMsg::Presence {
+                doc: d.clone(),
+                peer: 2,
+                state: Value::Int(1),
+                typing: false,
+            },
+        );
+        assert_eq!(
+            c.others(&d),
+            vec![
+                PeerPresence {
+                    peer: 2,
+                    state: Value::Int(1),
+                    typing: false
+                },
+                PeerPresence {
+                    peer: 4,
+                    state: alice,
+                    typing: true
+                }
+            ]
+        );
+        assert_eq!(
+            c.take_events(),
+            vec![ClientEvent::Presence { doc: d.clone() }]
+        );
+        server(
+            &mut c,
+            ServerMsg::Presence {
+                doc: d.clone(),
+                peer: 4,
+                state: Value::Null,
+                typing: false,
+            },
+        );
+        assert_eq!(c.others(&d).len(), 1);
+        c.socket_closed();
+        assert!(c.others(&d).is_empty());
+        let events = c.take_events();
+        assert!(events.contains(&ClientEvent::Presence { doc: d.clone() }));
+        assert_eq!(statuses(&events), vec![(Status::Offline, 0)]);
+    }
+
+    #[test]
+    fn my_presence_is_published_renewed_and_republished_after_reconnect() {
+        let d = doc("notes");
+        let mut c = core(7);
+        c.open(d.clone(), Vec::new()).expect("open");
+        // Set while offline: kept, sent once synced.
+        c.set_presence(&d, Value::String("me".into()), true, 0)
+            .expect("presence");
+        assert!(c.take_frames().frames.is_empty());
+        online(&mut c, &d);
+        let msgs = sent(&mut c);
+        assert!(
+            msgs.iter().any(|m| matches!(
+                m,
+                ClientMsg::Presence { typing: true, state: Value::String(s), .. } if s == "me"
+            )),
+            "{msgs:?}"
+        );
+        // Renewed after the interval, with the typing flag expired.
+        c.tick(1_000 + c.options.presence_renew_ms);
+        let msgs = sent(&mut c);
+        assert!(
+            msgs.iter()
+                .any(|m| matches!(m, ClientMsg::Presence { typing: false, .. })),
+            "{msgs:?}"
+        );
+        c.socket_closed();
+        online(&mut c, &d);
+        assert!(
+            sent(&mut c)
+                .iter()
+                .any(|m| matches!(m, ClientMsg::Presence { .. }))
+        );
+        c.set_presence(&d, Value::Null, false, 2_000)
+            .expect("leave");
+        assert!(sent(&mut c).iter().any(|m| matches!(
+            m,
+            ClientMsg::Presence {
+                state: Value::Null,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn pings_while_online_and_drops_an_idle_connection() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        sent(&mut c);
+        let ping = c.options.ping_interval_ms;
+        c.tick(ping - 1);
+        assert!(sent(&mut c).is_empty());
+        c.tick(ping);
+        assert_eq!(sent(&mut c), vec![ClientMsg::Ping { nonce: 1 }]);
+        // The last frame arrived at 1 000 ms.
+        c.tick(1_000 + c.options.idle_timeout_ms);
+        assert_eq!(c.take_frames().drop_connection, Some(DropReason::Idle));
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_connection_and_the_resync_covers_it() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        sent(&mut c);
+        for i in 0..=OUTBOX_CAPACITY {
+            c.counter_increment(&d, "n", 1)
+                .unwrap_or_else(|e| panic!("increment {i}: {e}"));
+        }
+        let frames = c.take_frames();
+        assert!(frames.frames.is_empty());
+        assert_eq!(frames.drop_connection, Some(DropReason::OutboxFull));
+        c.socket_closed();
+        online(&mut c, &d);
+        let msgs = sent(&mut c);
+        let resync = msgs
+            .iter()
+            .find_map(|m| match m {
+                ClientMsg::Delta { delta, .. } => Some(delta),
+                _ => None,
+            })
+            .expect("resync delta");
+        let mut server_doc = Document::new(ReplicaId::from_random(99));
+        server_doc.apply(resync).expect("apply");
+        assert_eq!(server_doc.counter("n"), OUTBOX_CAPACITY as u64 + 1);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(100, 1_000);
+        assert_eq!(b.next_delay_ms(0.0), 50);
+        assert_eq!(b.next_delay_ms(0.5), 200);
+        assert_eq!(b.next_delay_ms(0.999), 599);
+        // Capped: base 800 → 1 200 with full jitter, clamped to the cap.
+        assert_eq!(b.next_delay_ms(1.0), 1_000);
+        for _ in 0..100 {
+            let delay = b.next_delay_ms(0.25);
+            assert_eq!(delay, 750);
+        }
+        b.reset();
+        assert_eq!(b.next_delay_ms(0.5), 100);
+        // Out-of-range randomness is clamped, never a zero or overflowing delay.
+        assert_eq!(Backoff::new(0, 0).next_delay_ms(-3.0), 1);
+    }
+
+    #[test]
+    fn welcome_resets_the_backoff() {
+        let d = doc("notes");
+        let mut c = core(7);
+        for _ in 0..5 {
+            c.next_reconnect_delay_ms(0.5);
+        }
+        online(&mut c, &d);
+        assert_eq!(c.next_reconnect_delay_ms(0.5), c.options.backoff_min_ms);
+    }
+
+    #[test]
+    fn the_event_queue_is_bounded_and_reports_lag() {
+        let mut q = EventQueue::default();
+        for i in 0..EVENT_QUEUE_CAPACITY + 10 {
+            q.push(ClientEvent::Error {
+                code: "internal",
+                message: format!("{i}"),
+                doc: None,
+            });
+        }
+        let events = q.drain();
+        assert_eq!(events.len(), EVENT_QUEUE_CAPACITY + 1);
+        assert_eq!(events.last(), Some(&ClientEvent::Lagged));
+        assert!(q.drain().is_empty());
+    }
+
+    #[test]
+    fn editing_a_document_that_is_not_open_is_an_error() {
+        let mut c = core(7);
+        assert_eq!(
+            c.text_insert(&doc("nope"), "t", 0, "x"),
+            Err(ClientError::NotOpen { doc: doc("nope") })
+        );
+        let d = doc("notes");
+        c.open(d.clone(), Vec::new()).expect("open");
+        assert!(matches!(
+            c.text_delete(&d, "t", 0, 5),
+            Err(ClientError::Edit(EditError::OutOfRange { .. }))
+        ));
+        assert_eq!(c.pending(&d), 0);
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_what_is_not_theirs() {
+        let d = doc("notes");
+        let key = PendingKey {
+            doc: d.clone(),
+            replica: 5,
+            seq: 12,
+        };
+        let mut document = Document::new(ReplicaId::from_random(5));
+        let delta = document.text_insert("t", 0, "héllo").expect("insert");
+        let bytes = encode_record(&key, &delta);
+        assert_eq!(decode_record(&d, &bytes), Ok(delta));
+        assert!(matches!(
+            decode_record(&doc("other"), &bytes),
+            Err(RecordError::Decode { .. })
+        ));
+        let bad = ClientMsg::Delta {
+            doc: d.clone(),
+            seq: 1,
+            delta: Delta {
+                yjs: vec![0xff, 0xff],
+                ..Delta::default()
+            },
+        }
+        .encode();
+        assert!(matches!(
+            decode_record(&d, &bad),
+            Err(RecordError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+//! The browser client's build (`cargo xtask build-web`) and its browser tests.
+//!
+//! The package lands in `target/web/pkg/` (under Cargo's target directory): the ES module
+//! `lattice_client.js`, `lattice_client_bg.wasm`, the TypeScript declarations and a
+//! `package.json` named `lattice-client`, so an application can depend on the folder. Nothing
+//! built is committed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, output, setup};
+
+/// The Cargo profile of the browser build (see the workspace `Cargo.toml`).
+const PROFILE: &str = "web-release";
+const TARGET: &str = "wasm32-unknown-unknown";
+/// Size the gzipped wasm should stay under; reported, not enforced.
+const WASM_GZIP_TARGET_BYTES: usize = 200 * 1024;
+
+/// Cargo's target directory of the workspace.
+pub(crate) fn target_dir() -> Result<PathBuf> {
+    let metadata = output("cargo", &["metadata", "--format-version", "1", "--no-deps"])?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata)?;
+    let target = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(target))
+}
+
+/// Where `build-web` puts the package.
+pub(crate) fn package_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("web").join("pkg"))
+}
+
+fn client_version() -> Result<String> {
+    let metadata = output("cargo", &["metadata", "--format-version", "1", "--no-deps"])?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata)?;
+    metadata["packages"]
+        .as_array()
+        .and_then(|packages| {
+            packages
+                .iter()
+                .find(|p| p["name"] == "lattice-client")
+                .and_then(|p| p["version"].as_str())
+        })
+        .map(str::to_owned)
+        .context("cargo metadata does not list lattice-client")
+}
+
+/// Builds the wasm package into `target/web/pkg`, writes its `package.json`, and checks the
+/// generated TypeScript declarations with `tsc`.
+pub fn build() -> Result<PathBuf> {
+    setup::web_tools()?;
+    let want = setup::locked_wasm_bindgen_version()?;
+    let have = output("wasm-bindgen", &["--version"])?;
+    if have.split_whitespace().nth(1) != Some(want.as_str()) {
+        bail!(
+            "wasm-bindgen {} is installed but Cargo.lock has {want}; run `cargo xtask setup`",
+            have.trim()
+        );
+    }
+    cmd(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "lattice-client",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+        ],
+    )?;
+    let wasm = target_dir()?
+        .join(TARGET)
+        .join(PROFILE)
+        .join("lattice_client.wasm");
+    let pkg = package_dir()?;
+    if pkg.exists() {
+        std::fs::remove_dir_all(&pkg).with_context(|| format!("cannot clear {}", pkg.display()))?;
+    }
+    let pkg_str = pkg.to_str().context("non-UTF-8 target directory")?;
+    let wasm_str = wasm.to_str().context("non-UTF-8 target directory")?;
+    cmd(
+        "wasm-bindgen",
+        &[
+            "--target",
+            "web",
+            "--remove-name-section",
+            "--remove-producers-section",
+            "--out-dir",
+            pkg_str,
+            wasm_str,
+        ],
+    )?;
+    write_package_json(&pkg)?;
+    // `usage.ts` imports the package from `target/web/pkg`, checked in strict mode.
+    cmd(
+        &format!("{}/node_modules/.bin/tsc", setup::WEB_TOOLS_DIR),
+        &["-p", &format!("{}/tsconfig.json", setup::WEB_TOOLS_DIR)],
+    )?;
+    report_size(
+        &pkg.join("lattice_client_bg.wasm"),
+        &pkg.join("lattice_client.js"),
+    )?;
+    Ok(pkg)
+}
+
+fn write_package_json(pkg: &Path) -> Result<()> {
+    // Written out by hand: the order of the `exports` conditions matters ("types" first).
+    let text = format!(
+        r#"{{
+  "name": "lattice-client",
+  "version": "{version}",
+  "description": "Lattice browser client: offline-first CRDT documents synced over WebSocket (wasm)",
+  "license": "MIT OR Apache-2.0",
+  "type": "module",
+  "main": "lattice_client.js",
+  "module": "lattice_client.js",
+  "types": "lattice_client.d.ts",
+  "exports": {{
+    ".": {{
+      "types": "./lattice_client.d.ts",
+      "default": "./lattice_client.js"
+    }},
+    "./lattice_client_bg.wasm": "./lattice_client_bg.wasm"
+  }},
+  "files": [
+    "lattice_client.js",
+    "lattice_client.d.ts",
+    "lattice_client_bg.wasm",
+    "lattice_client_bg.wasm.d.ts"
+  ],
+  "sideEffects": false
+}}
+"#,
+        version = client_version()?
+    );
+    std::fs::write(pkg.join("package.json"), text).context("cannot write package.json")
+}
+
+fn gzipped_len(bytes: &[u8]) -> Result<usize> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes)?;
+    Ok(encoder.finish()?.len())
+}
+
+fn report_size(wasm: &Path, js: &Path) -> Result<()> {
+    let wasm_bytes =
+        std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    let js_bytes = std::fs::read(js).with_context(|| format!("cannot read {}", js.display()))?;
+    let wasm_gz = gzipped_len(&wasm_bytes)?;
+    eprintln!(
+        "lattice_client_bg.wasm: {} bytes, {} gzipped (target {}); lattice_client.js: {} bytes, {} gzipped",
+        wasm_bytes.len(),
+        wasm_gz,
+        WASM_GZIP_TARGET_BYTES,
+        js_bytes.len(),
+        gzipped_len(&js_bytes)?
+    );
+    if wasm_gz > WASM_GZIP_TARGET_BYTES {
+        eprintln!(
+            "note: the gzipped wasm is over its {WASM_GZIP_TARGET_BYTES}-byte target (docs/client.md, Size)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `client-wasm/tests/web.rs` with wasm-bindgen-test in headless Chromium. A missing
+/// browser or driver fails the step.
+pub fn browser_tests() -> Result<()> {
+    let chromedriver = which("chromedriver").context(
+        "chromedriver is not installed (Debian package chromium-driver; `cargo xtask setup`)",
+    )?;
+    which("chromium").context("chromium is not installed (`cargo xtask setup`)")?;
+    let root = std::env::current_dir()?;
+    let webdriver_json = root.join("client-wasm").join("webdriver.json");
+    eprintln!(
+        "$ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner CHROMEDRIVER={} cargo test -p lattice-client --target {TARGET}",
+        chromedriver.display()
+    );
+    let status = Command::new("cargo")
+        .args(["test", "-p", "lattice-client", "--target", TARGET])
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+            "wasm-bindgen-test-runner",
+        )
+        .env("CHROMEDRIVER", &chromedriver)
+        .env("WASM_BINDGEN_TEST_WEBDRIVER_JSON", &webdriver_json)
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
+        .envs(setup::exported())
+        .status()
+        .context("could not start cargo")?;
+    if !status.success() {
+        bail!("the browser tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
