@@ -11,6 +11,8 @@ import init, {
   type LatticeStatusEvent,
   type LatticeValue,
 } from "../../target/web/pkg/lattice_client.js";
+import { bindYDoc, type YjsBinding } from "../../target/web/pkg/yjs.js";
+import * as Y from "yjs";
 
 export async function example(): Promise<void> {
   await init();
@@ -56,6 +58,15 @@ export async function example(): Promise<void> {
   const status: LatticeStatus = client.status;
   await client.whenPersisted();
   console.log(text, length, likes, title, others, pending, synced, replica, status);
+  // The Yjs bridge: an editor binding works on `binding.ydoc.getText("body")`.
+  const binding: YjsBinding = bindYDoc(doc, new Y.Doc(), { onError: (e) => console.error(e) });
+  const ytext: Y.Text = binding.ydoc.getText("body");
+  ytext.insert(0, "typed in the editor");
+  const sv: Uint8Array = doc.yjsStateVector();
+  doc.applyYjsUpdate(Y.encodeStateAsUpdate(new Y.Doc(), sv));
+  doc.onYjsUpdate(null);
+  binding.destroy();
+  bindYDoc(doc).destroy();
   doc.close();
   client.disconnect();
 
@@ -67,5 +78,7 @@ export async function example(): Promise<void> {
   doc.register("r").set(() => 1);
   // @ts-expect-error change callbacks get a document id and an origin
   client.onChange((doc: number) => doc);
+  // @ts-expect-error the bridge binds a Lattice document, not a client
+  bindYDoc(client);
   console.log(wrong);
 }

@@ -21,11 +21,14 @@
 //!   store operations are drained after every input, so they hold one input's effects.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ErrorCode, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
 use lattice_engine::{
-    ApplyError, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, Hlc, NTP64, ReplicaId, Value,
+    ApplyError, DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, EditError, Hlc, NTP64,
+    ReplicaId, Value,
 };
 
 /// Most encoded frames waiting for the socket. The driver drains them after every input, so
@@ -37,6 +40,14 @@ pub const OUTBOX_CAPACITY: usize = 1_024;
 /// document, so only errors can fill it; then [`ClientEvent::Lagged`] tells the application to
 /// re-read its documents.
 pub const EVENT_QUEUE_CAPACITY: usize = 1_024;
+
+/// Least time between two saved copies of a document ([`COPY_REPLICA`]): a copy costs a full
+/// encoding of the document, so busy documents are saved at most this often.
+pub const COPY_INTERVAL_MS: u64 = 2_000;
+
+/// The replica number of the record that holds a document's saved copy (`seq` 0). Real
+/// replica ids are never zero, so it cannot collide with a pending delta's record.
+pub const COPY_REPLICA: u32 = 0;
 
 /// How long the typing flag of this client's presence stays set after `typing: true` (the
 /// server expires it after 5 s without renewal; renewing it beyond this would keep a stale flag).
@@ -233,6 +244,15 @@ pub fn decode_record(doc: &DocId, bytes: &[u8]) -> Result<Delta, RecordError> {
     }
 }
 
+/// The key of `doc`'s saved copy.
+fn copy_key(doc: &DocId) -> PendingKey {
+    PendingKey {
+        doc: doc.clone(),
+        replica: COPY_REPLICA,
+        seq: 0,
+    }
+}
+
 /// Reconnect delays: exponential from `min_ms` to `max_ms`, with jitter from an injected random
 /// number so that clients cut off together do not return together.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,7 +309,42 @@ struct DocExtra {
     keys: VecDeque<PendingKey>,
     mine: Option<MyPresence>,
     others: BTreeMap<u64, PeerPresence>,
+    tap: Option<YjsTap>,
+    /// The document changed since its copy was saved.
+    copy_dirty: bool,
+    copy_saved_at_ms: Option<u64>,
+    /// Records of acknowledged deltas, deleted once a copy that contains them is saved.
+    delete_after_copy: Vec<PendingKey>,
 }
+
+/// The Yjs updates a document made that a bound Yjs document has not seen yet (the Yjs bridge).
+///
+/// yrs reports every committed transaction's update to the observer; updates that came from the
+/// bound document itself are muted. The driver drains the list after every input, so it holds
+/// at most what one input produced.
+struct YjsTap {
+    updates: Arc<Mutex<Vec<Vec<u8>>>>,
+    muted: Arc<AtomicBool>,
+}
+
+/// The key of the bridge's observer on a document's `yrs::Doc`.
+const YJS_TAP_KEY: &str = "lattice-yjs-bridge";
+
+impl std::fmt::Debug for YjsTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YjsTap").finish_non_exhaustive()
+    }
+}
+
+impl YjsTap {
+    fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.updates.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The Yjs encoding of an empty state vector and of an update that changes nothing.
+const EMPTY_STATE_VECTOR: &[u8] = &[0];
+const EMPTY_UPDATE: &[u8] = &[0, 0];
 
 #[derive(Debug, Default)]
 struct EventQueue {
@@ -517,11 +572,13 @@ impl ClientCore {
             }),
         }
         self.reconcile_records();
+        self.save_due_copies(now_ms);
         self.report_status();
     }
 
     /// Timer input: pings, presence renewals, and the idle check.
     pub fn tick(&mut self, now_ms: u64) {
+        self.save_due_copies(now_ms);
         if self.link != Link::Open {
             return;
         }
@@ -569,10 +626,25 @@ impl ClientCore {
         let mut keys = VecDeque::new();
         let mut deltas = Vec::new();
         let mut unreadable = Vec::new();
+        let mut base = None;
         let own = self.replica().get();
         let mut next = 1;
         for record in restored {
             if record.key.doc != doc {
+                continue;
+            }
+            if record.key.replica == COPY_REPLICA {
+                match decode_record(&doc, &record.bytes) {
+                    Ok(delta) => base = Some(delta),
+                    Err(e) => {
+                        self.events.push(ClientEvent::Error {
+                            code: "invalid_record",
+                            message: format!("the saved copy of the document was dropped: {e}"),
+                            doc: Some(doc.clone()),
+                        });
+                        unreadable.push(record.key);
+                    }
+                }
                 continue;
             }
             if record.key.replica == own {
@@ -596,14 +668,35 @@ impl ClientCore {
         if !unreadable.is_empty() {
             self.store_ops.push(StoreOp::Delete(unreadable));
         }
-        let out =
-            self.session
-                .open(doc.clone(), deltas)
-                .map_err(|source| ClientError::Restore {
+        let had_content = !keys.is_empty() || base.is_some();
+        let out = match self
+            .session
+            .open_with_base(doc.clone(), base.as_ref(), deltas.clone())
+        {
+            Ok(out) => out,
+            // A copy that does not apply (another build wrote it) is dropped; the server has
+            // its content.
+            Err(e) if base.is_some() => {
+                self.events.push(ClientEvent::Error {
+                    code: "invalid_record",
+                    message: format!("the saved copy of the document was dropped: {e}"),
+                    doc: Some(doc.clone()),
+                });
+                self.store_ops.push(StoreOp::Delete(vec![copy_key(&doc)]));
+                self.session
+                    .open(doc.clone(), deltas)
+                    .map_err(|source| ClientError::Restore {
+                        doc: doc.clone(),
+                        source,
+                    })?
+            }
+            Err(source) => {
+                return Err(ClientError::Restore {
                     doc: doc.clone(),
                     source,
-                })?;
-        let had_content = !keys.is_empty();
+                });
+            }
+        };
         self.docs.insert(
             doc.clone(),
             DocExtra {
@@ -626,6 +719,7 @@ impl ClientCore {
 
     /// Stops replicating `doc`. Its unacknowledged records stay stored for the next `open`.
     pub fn close(&mut self, doc: &DocId) {
+        self.save_copy(doc);
         if self.docs.remove(doc).is_some() {
             let out = self.session.close(doc);
             self.dispatch(out);
@@ -711,6 +805,115 @@ impl ClientCore {
         }
         self.report_status();
         Ok(())
+    }
+
+    // --- the Yjs bridge ---------------------------------------------------------------------
+
+    /// The Yjs state vector (v1) of `doc`'s text content.
+    pub fn yjs_state_vector(&self, doc: &DocId) -> Result<Vec<u8>, ClientError> {
+        let d = self.open_document(doc)?;
+        let sv = d.state().yjs;
+        Ok(if sv.is_empty() {
+            EMPTY_STATE_VECTOR.to_vec()
+        } else {
+            sv
+        })
+    }
+
+    /// The Yjs update (v1) that brings a Yjs document whose state vector is `state_vector` up
+    /// to `doc` (everything, for an empty state vector).
+    pub fn yjs_update_since(
+        &self,
+        doc: &DocId,
+        state_vector: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let d = self.open_document(doc)?;
+        let known = lattice_engine::DocState {
+            yjs: state_vector.to_vec(),
+            ..lattice_engine::DocState::default()
+        };
+        let delta = d.diff_since(&known).map_err(EditError::Yjs)?;
+        Ok(if delta.yjs.is_empty() {
+            EMPTY_UPDATE.to_vec()
+        } else {
+            delta.yjs
+        })
+    }
+
+    /// Applies an update made by the bound Yjs document as a local edit: it is sent, stored
+    /// until acknowledged, and not reported back through [`ClientCore::take_yjs_updates`].
+    pub fn yjs_apply_local(&mut self, doc: &DocId, update: &[u8]) -> Result<(), ClientError> {
+        let muted = self
+            .docs
+            .get(doc)
+            .and_then(|d| d.tap.as_ref())
+            .map(|t| Arc::clone(&t.muted));
+        if let Some(m) = &muted {
+            m.store(true, Ordering::Relaxed);
+        }
+        let result = self.edit(doc, |d, _| d.yjs_local_update(update));
+        if let Some(m) = &muted {
+            m.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Starts collecting `doc`'s Yjs updates for a bound Yjs document (idempotent).
+    pub fn yjs_tap(&mut self, doc: &DocId) -> Result<(), ClientError> {
+        if self.docs.get(doc).is_some_and(|d| d.tap.is_some()) {
+            return Ok(());
+        }
+        let d = self.open_document(doc)?;
+        let updates = Arc::new(Mutex::new(Vec::new()));
+        let muted = Arc::new(AtomicBool::new(false));
+        {
+            let updates = Arc::clone(&updates);
+            let muted = Arc::clone(&muted);
+            d.ydoc()
+                .observe_update_v1(YJS_TAP_KEY, move |_, event: &yrs::UpdateEvent| {
+                    if !muted.load(Ordering::Relaxed) {
+                        updates
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(event.update.clone());
+                    }
+                })
+                .map_err(|_| EditError::Poisoned)?;
+        }
+        if let Some(extra) = self.docs.get_mut(doc) {
+            extra.tap = Some(YjsTap { updates, muted });
+        }
+        Ok(())
+    }
+
+    /// Stops collecting `doc`'s Yjs updates.
+    pub fn yjs_untap(&mut self, doc: &DocId) {
+        if self.docs.get_mut(doc).and_then(|d| d.tap.take()).is_some()
+            && let Some(d) = self.session.document(doc)
+        {
+            // Only fails inside another transaction, which cannot be running here.
+            let _ = d.ydoc().unobserve_update_v1(YJS_TAP_KEY);
+        }
+    }
+
+    /// The Yjs updates of tapped documents since the last call, oldest first.
+    pub fn take_yjs_updates(&mut self) -> Vec<(DocId, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (id, d) in &self.docs {
+            if let Some(tap) = &d.tap {
+                out.extend(tap.take().into_iter().map(|u| (id.clone(), u)));
+            }
+        }
+        out
+    }
+
+    fn open_document(&self, doc: &DocId) -> Result<&Document, ClientError> {
+        if !self.docs.contains_key(doc) {
+            return Err(ClientError::NotOpen { doc: doc.clone() });
+        }
+        self.session
+            .document(doc)
+            .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })
     }
 
     /// Sets this client's presence on `doc` (`Value::Null` leaves) and publishes it when online;
@@ -823,10 +1026,15 @@ impl ClientCore {
                         self.send_my_presence(&doc, now_ms);
                     }
                 }
-                SessionEvent::Remote { doc } => self.events.push(ClientEvent::Change {
-                    doc,
-                    origin: Origin::Remote,
-                }),
+                SessionEvent::Remote { doc } => {
+                    if let Some(d) = self.docs.get_mut(&doc) {
+                        d.copy_dirty = true;
+                    }
+                    self.events.push(ClientEvent::Change {
+                        doc,
+                        origin: Origin::Remote,
+                    });
+                }
                 SessionEvent::Acked { .. } | SessionEvent::Pong { .. } => {}
                 SessionEvent::Presence {
                     doc,
@@ -878,18 +1086,64 @@ impl ClientCore {
 
     /// Deletes the records of deltas the session no longer counts as pending (a prefix, see
     /// the module invariants).
+    /// Moves the records of acknowledged deltas to the list deleted with the next saved copy:
+    /// until a copy holds their content, they are what keeps it in this browser.
     fn reconcile_records(&mut self) {
-        let mut confirmed = Vec::new();
         for (id, d) in &mut self.docs {
             let pending = self.session.pending(id);
             while d.keys.len() > pending {
                 if let Some(key) = d.keys.pop_front() {
-                    confirmed.push(key);
+                    d.delete_after_copy.push(key);
+                    d.copy_dirty = true;
                 }
             }
         }
-        if !confirmed.is_empty() {
-            self.store_ops.push(StoreOp::Delete(confirmed));
+    }
+
+    /// Saves the copies that changed and were last saved [`COPY_INTERVAL_MS`] ago or more.
+    fn save_due_copies(&mut self, now_ms: u64) {
+        let due: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| {
+                d.copy_dirty
+                    && d.copy_saved_at_ms
+                        .is_none_or(|at| now_ms.saturating_sub(at) >= COPY_INTERVAL_MS)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for doc in due {
+            self.save_copy(&doc);
+            if let Some(d) = self.docs.get_mut(&doc) {
+                d.copy_saved_at_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Saves `doc`'s copy if it changed, then deletes the records it made redundant (the same
+    /// store transaction order: the put lands before the deletes).
+    fn save_copy(&mut self, doc: &DocId) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if !d.copy_dirty {
+            return;
+        }
+        let Some(full) = self
+            .session
+            .document(doc)
+            .and_then(|document| document.diff_since(&DocState::default()).ok())
+        else {
+            return;
+        };
+        d.copy_dirty = false;
+        let redundant = std::mem::take(&mut d.delete_after_copy);
+        self.store_ops.push(StoreOp::Put(StoredDelta {
+            key: copy_key(doc),
+            bytes: encode_record(&copy_key(doc), &full),
+        }));
+        if !redundant.is_empty() {
+            self.store_ops.push(StoreOp::Delete(redundant));
         }
     }
 
@@ -1145,11 +1399,13 @@ mod tests {
             },
         );
         assert_eq!(second.pending(&d), 0);
-        assert_eq!(
-            second.take_store_ops(),
-            vec![StoreOp::Delete(
-                records.into_iter().map(|r| r.key).collect()
-            )]
+        // A copy that holds the acknowledged content is saved before the records go.
+        let ops = second.take_store_ops();
+        assert!(
+            matches!(&ops[..], [StoreOp::Put(copy), StoreOp::Delete(keys)]
+                if copy.key == copy_key(&d)
+                    && *keys == records.iter().map(|r| r.key.clone()).collect::<Vec<_>>()),
+            "{ops:?}"
         );
         // New records of the adopting replica do not collide with the adopted ones.
         second.text_insert(&d, "body", 0, ">").expect("insert");
@@ -1421,6 +1677,200 @@ mod tests {
             Err(ClientError::Edit(EditError::OutOfRange { .. }))
         ));
         assert_eq!(c.pending(&d), 0);
+    }
+
+    #[test]
+    fn a_saved_copy_shows_acknowledged_content_offline_and_is_not_pending() {
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        c.text_insert(&d, "body", 0, "acked").expect("insert");
+        c.counter_increment(&d, "n", 2).expect("increment");
+        let seq = match sent(&mut c).last() {
+            Some(ClientMsg::Delta { seq, .. }) => *seq,
+            other => panic!("expected a delta, got {other:?}"),
+        };
+        c.take_store_ops();
+        server(
+            &mut c,
+            ServerMsg::Ack {
+                doc: d.clone(),
+                seq,
+            },
+        );
+        let ops = c.take_store_ops();
+        let [StoreOp::Put(copy), StoreOp::Delete(deleted)] = &ops[..] else {
+            panic!("expected the copy then the deletes, got {ops:?}");
+        };
+        assert_eq!(deleted.len(), 2);
+
+        // Throttled: another acknowledged edit within COPY_INTERVAL_MS keeps its record...
+        c.text_insert(&d, "body", 5, "!").expect("insert");
+        let seq = match sent(&mut c).last() {
+            Some(ClientMsg::Delta { seq, .. }) => *seq,
+            other => panic!("expected a delta, got {other:?}"),
+        };
+        c.take_store_ops();
+        c.receive(
+            &ServerMsg::Ack {
+                doc: d.clone(),
+                seq,
+            }
+            .encode(),
+            1_500,
+        );
+        assert!(c.take_store_ops().is_empty());
+        // ...until the next copy is due.
+        c.tick(1_000 + COPY_INTERVAL_MS);
+        assert!(matches!(
+            &c.take_store_ops()[..],
+            [StoreOp::Put(_), StoreOp::Delete(keys)] if keys.len() == 1
+        ));
+
+        // Another replica opening offline with the first copy shows its content, nothing pending.
+        let mut other = core(8);
+        other.open(d.clone(), vec![copy.clone()]).expect("open");
+        let document = other.document(&d).expect("open");
+        assert_eq!(document.text("body"), "acked");
+        assert_eq!(document.counter("n"), 2);
+        assert_eq!(other.pending(&d), 0);
+
+        // A damaged copy is reported and deleted; the document still opens.
+        let mut third = core(9);
+        let damaged = StoredDelta {
+            key: copy_key(&d),
+            bytes: vec![0xc1],
+        };
+        third.open(d.clone(), vec![damaged]).expect("open");
+        assert!(third.take_events().iter().any(|e| matches!(
+            e,
+            ClientEvent::Error {
+                code: "invalid_record",
+                ..
+            }
+        )));
+        assert_eq!(
+            third.take_store_ops(),
+            vec![StoreOp::Delete(vec![copy_key(&d)])]
+        );
+    }
+
+    /// A stand-in for the JavaScript `Y.Doc` of an editor binding: a plain yrs document.
+    fn editor_doc(client: u64) -> yrs::Doc {
+        yrs::Doc::with_options(yrs::Options {
+            client_id: yrs::block::ClientID::new(client),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        })
+    }
+
+    fn editor_text(editor: &yrs::Doc) -> String {
+        use yrs::{GetString, ReadTxn, Transact};
+        let txn = editor.transact();
+        txn.get_text("body")
+            .map(|t| t.get_string(&txn))
+            .unwrap_or_default()
+    }
+
+    fn editor_apply(editor: &yrs::Doc, update: &[u8]) {
+        use yrs::updates::decoder::Decode;
+        use yrs::{Transact, Update};
+        editor
+            .transact_mut()
+            .apply_update(Update::decode_v1(update).expect("update"))
+            .expect("apply");
+    }
+
+    #[test]
+    fn the_yjs_bridge_carries_edits_both_ways_without_echo() {
+        use yrs::updates::decoder::Decode;
+        use yrs::updates::encoder::Encode;
+        use yrs::{ReadTxn, StateVector, Text, Transact};
+        let d = doc("notes");
+        let mut c = core(7);
+        online(&mut c, &d);
+        c.text_insert(&d, "body", 0, "hello").expect("insert");
+        sent(&mut c);
+        c.take_events();
+
+        // Initial sync: the editor receives what the document holds.
+        let editor = editor_doc(4242);
+        let sv = editor.transact().state_vector().encode_v1();
+        editor_apply(&editor, &c.yjs_update_since(&d, &sv).expect("since"));
+        assert_eq!(editor_text(&editor), "hello");
+        c.yjs_tap(&d).expect("tap");
+        let sv = c.yjs_state_vector(&d).expect("sv");
+        assert!(StateVector::decode_v1(&sv).is_ok());
+
+        // Editor → document: a local edit, sent, recorded, and not echoed back.
+        let update = {
+            let body = editor.get_or_insert_text("body");
+            let mut txn = editor.transact_mut();
+            body.insert(&mut txn, 5, " world");
+            txn.encode_update_v1()
+        };
+        c.yjs_apply_local(&d, &update).expect("local");
+        assert_eq!(c.document(&d).expect("open").text("body"), "hello world");
+        assert_eq!(
+            c.pending(&d),
+            2,
+            "\"hello\" and the editor's edit await their ack"
+        );
+        assert!(matches!(
+            sent(&mut c).as_slice(),
+            [ClientMsg::Delta { delta, .. }] if delta.yjs == update
+        ));
+        assert!(c.take_events().contains(&ClientEvent::Change {
+            doc: d.clone(),
+            origin: Origin::Local
+        }));
+        assert!(
+            c.take_yjs_updates().is_empty(),
+            "the editor's own update came back"
+        );
+
+        // Remote and wasm-side edits → the editor, exactly once.
+        let mut other = Document::new(ReplicaId::from_random(9));
+        other
+            .apply(&Delta {
+                yjs: c.yjs_update_since(&d, &[0]).expect("all"),
+                ..Delta::default()
+            })
+            .expect("other catches up");
+        let remote = other.text_insert("body", 0, ">> ").expect("remote");
+        server(
+            &mut c,
+            ServerMsg::Delta {
+                doc: d.clone(),
+                delta: remote,
+            },
+        );
+        c.text_insert(&d, "body", 14, "!").expect("wasm-side edit");
+        let updates = c.take_yjs_updates();
+        assert_eq!(updates.len(), 2);
+        for (id, update) in &updates {
+            assert_eq!(id, &d);
+            editor_apply(&editor, update);
+        }
+        assert_eq!(editor_text(&editor), ">> hello world!");
+        assert_eq!(
+            c.document(&d).expect("open").text("body"),
+            ">> hello world!"
+        );
+
+        // A refused update changes nothing; untapping stops the collection.
+        assert!(matches!(
+            c.yjs_apply_local(&d, &[0x9f, 0x9e, 0x97, 0x31]),
+            Err(ClientError::Edit(EditError::Yjs(_)))
+        ));
+        assert_eq!(c.pending(&d), 3);
+        c.yjs_untap(&d);
+        c.text_insert(&d, "body", 0, "x").expect("insert");
+        assert!(c.take_yjs_updates().is_empty());
+        assert_eq!(
+            c.yjs_state_vector(&doc("nope")),
+            Err(ClientError::NotOpen { doc: doc("nope") })
+        );
     }
 
     #[test]

@@ -143,6 +143,8 @@ struct Callbacks {
     change: Option<Function>,
     presence: Option<Function>,
     error: Option<Function>,
+    /// Per document, the receiver of its Yjs updates (the Yjs bridge).
+    yjs: std::collections::BTreeMap<DocId, Function>,
 }
 
 /// One WebSocket and its handlers; dropping it detaches the handlers and closes the socket.
@@ -214,7 +216,26 @@ impl Shared {
         };
         self.send(frames);
         self.persist(&ops);
+        self.deliver_yjs_updates();
         self.dispatch_events();
+    }
+
+    /// Hands the Yjs updates of bound documents to their receivers, before the change events,
+    /// so that an application reading a bound `Y.Doc` in `onChange` sees the change.
+    fn deliver_yjs_updates(&self) {
+        let updates = self.core.borrow_mut().take_yjs_updates();
+        for (doc, update) in updates {
+            let receiver = self.callbacks.borrow().yjs.get(&doc).cloned();
+            if let Some(receiver) = receiver {
+                let bytes = Uint8Array::from(update.as_slice());
+                if let Err(thrown) = receiver.call1(&JsValue::UNDEFINED, &bytes) {
+                    web_sys::console::error_2(
+                        &"lattice: a Yjs update receiver threw".into(),
+                        &thrown,
+                    );
+                }
+            }
+        }
     }
 
     fn send(&self, frames: Frames) {
@@ -774,10 +795,75 @@ impl LatticeDocument {
         peers_to_js(&self.shared.core.borrow().others(&self.doc))
     }
 
+    /// The Yjs state vector (v1) of the document's texts: with `yjsUpdate`, `applyYjsUpdate`
+    /// and `onYjsUpdate`, what the Yjs bridge (`lattice-client/yjs`) is built from.
+    #[wasm_bindgen(js_name = yjsStateVector)]
+    pub fn yjs_state_vector(&self) -> Result<Uint8Array, JsError> {
+        let sv = self
+            .shared
+            .core
+            .borrow()
+            .yjs_state_vector(&self.doc)
+            .map_err(js_error)?;
+        Ok(Uint8Array::from(sv.as_slice()))
+    }
+
+    /// The Yjs update (v1) that brings a Yjs document with state vector `stateVector` up to
+    /// this one; everything when it is omitted.
+    #[wasm_bindgen(js_name = yjsUpdate)]
+    pub fn yjs_update(&self, state_vector: Option<Vec<u8>>) -> Result<Uint8Array, JsError> {
+        let sv = state_vector.unwrap_or_else(|| vec![0]);
+        let update = self
+            .shared
+            .core
+            .borrow()
+            .yjs_update_since(&self.doc, &sv)
+            .map_err(js_error)?;
+        Ok(Uint8Array::from(update.as_slice()))
+    }
+
+    /// Applies a Yjs update (v1) made by a bound Yjs document as a local edit: it is sent,
+    /// kept until acknowledged, and not handed back to `onYjsUpdate`.
+    #[wasm_bindgen(js_name = applyYjsUpdate)]
+    pub fn apply_yjs_update(&self, update: &[u8]) -> Result<(), JsError> {
+        self.shared
+            .apply(|core| core.yjs_apply_local(&self.doc, update))
+    }
+
+    /// Calls `receiver` with every Yjs update (v1) the document makes from now on, except those
+    /// given to `applyYjsUpdate`; `null` stops.
+    #[wasm_bindgen(js_name = onYjsUpdate)]
+    pub fn on_yjs_update(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "((update: Uint8Array) => void) | null")]
+        receiver: Option<Function>,
+    ) -> Result<(), JsError> {
+        match receiver {
+            Some(receiver) => {
+                self.shared
+                    .core
+                    .borrow_mut()
+                    .yjs_tap(&self.doc)
+                    .map_err(js_error)?;
+                self.shared
+                    .callbacks
+                    .borrow_mut()
+                    .yjs
+                    .insert(self.doc.clone(), receiver);
+            }
+            None => {
+                self.shared.core.borrow_mut().yjs_untap(&self.doc);
+                self.shared.callbacks.borrow_mut().yjs.remove(&self.doc);
+            }
+        }
+        Ok(())
+    }
+
     /// Stops replicating the document. Unacknowledged edits stay in IndexedDB for the next
     /// `open`.
     pub fn close(&self) {
         self.shared.core.borrow_mut().close(&self.doc);
+        self.shared.callbacks.borrow_mut().yjs.remove(&self.doc);
         self.shared.flush();
     }
 }

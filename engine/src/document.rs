@@ -81,6 +81,9 @@ pub enum EditError {
     NameTooLong { what: &'static str, len: usize },
     #[error("the document was poisoned by an earlier failure and must be reloaded")]
     Poisoned,
+    /// A Yjs update made by a bound Yjs document (see [`Document::yjs_local_update`]) was refused.
+    #[error("the Yjs update is refused: {0}")]
+    Yjs(ApplyError),
 }
 
 /// A snapshot that cannot be read.
@@ -553,6 +556,21 @@ impl Document {
             });
         }
         Ok(self.ydoc.get_or_insert_text(name))
+    }
+
+    /// Applies a Yjs update (v1) made locally by a Yjs document bound to this one, such as a
+    /// JavaScript `Y.Doc` under an editor binding, and returns it as the delta to send. The
+    /// update passes the same checks as a peer's.
+    pub fn yjs_local_update(&mut self, update: &[u8]) -> Result<Delta, EditError> {
+        if self.poisoned {
+            return Err(EditError::Poisoned);
+        }
+        let delta = Delta {
+            yjs: update.to_vec(),
+            ..Delta::default()
+        };
+        self.apply(&delta).map_err(EditError::Yjs)?;
+        Ok(delta)
     }
 
     /// The current content of a text (empty if it does not exist).

@@ -20,6 +20,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long a graceful shutdown may take before remaining connections are dropped.
     pub shutdown_deadline: Duration,
+    /// The demo's web build (`cargo xtask build-web` writes it to `target/web/demo`), served at
+    /// `/` and `/demo/…`. `None` serves a page that says how to build it.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -32,6 +35,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             shutdown_deadline: Duration::from_secs(10),
+            web_dir: None,
         }
     }
 }

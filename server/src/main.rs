@@ -129,6 +129,10 @@ struct ServeArgs {
     /// Failed authentication attempts allowed per IP address per minute.
     #[arg(long, env = "LATTICE_FAILED_AUTH_PER_MINUTE")]
     failed_auth_per_minute: Option<u32>,
+    /// Folder of the demo's web build (`cargo xtask build-web` writes `target/web/demo`),
+    /// served at `/` and `/demo/…`.
+    #[arg(long, env = "LATTICE_WEB_DIR")]
+    web_dir: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -136,8 +140,17 @@ impl ServeArgs {
     fn config(&self) -> Result<(Config, bool)> {
         let mut c = Config {
             database_url: self.database_url.clone(),
+            web_dir: self.web_dir.clone(),
             ..Config::default()
         };
+        if let Some(dir) = &c.web_dir
+            && !dir.join("index.html").is_file()
+        {
+            bail!(
+                "--web-dir {}: no index.html there (build it with `cargo xtask build-web`)",
+                dir.display()
+            );
+        }
         let has_secret = self.auth_secret.iter().any(|s| !s.trim().is_empty());
         let generated = !self.no_auth && !has_secret;
         c.auth = if self.no_auth {

@@ -23,7 +23,7 @@ export async function waitFor (pred, what, ms = 20000, explain = () => '') {
     if (await pred()) return
     await sleep(25)
   }
-  throw new Error(`timed out waiting for ${what} ${explain()}`)
+  throw new Error(`timed out waiting for ${what} ${await explain()}`)
 }
 
 /**

@@ -155,11 +155,11 @@ fn test(_root: &Path) -> Result<()> {
     step("doc tests", || {
         cmd("cargo", &["test", "--workspace", "--doc"])
     })?;
+    step("browser client package and demo (cargo xtask build-web)", web::build)?;
     step(
-        "Yjs interop tests (node, real yjs + y-websocket clients)",
+        "Node tests (real yjs + y-websocket clients; the demo in headless Chromium)",
         node_tests,
     )?;
-    step("browser client package (cargo xtask build-web)", web::build)?;
     step(
         "browser tests (wasm-bindgen-test, headless Chromium)",
         web::browser_tests,
@@ -193,6 +193,8 @@ fn node_tests() -> Result<()> {
         .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
         .current_dir(setup::NODE_TESTS_DIR)
         .env("LATTICE_BIN_DIR", &bin_dir)
+        .env("LATTICE_WEB_DIR", web::demo_dir()?)
+        .env("LATTICE_ARTIFACTS_DIR", web::target_dir()?.join("test-artifacts"))
         .envs(setup::exported())
         .status()
         .context("could not start node")?;
@@ -251,9 +253,13 @@ fn run(extra: &[String]) -> Result<()> {
         "lattice",
         "--",
     ];
+    let web_dir;
     if extra.is_empty() {
-        // The product: a secure server that prints an admin token and a demo URL.
-        args.push("serve");
+        // The product: a secure server that prints an admin token and a demo URL, serving the
+        // demo page built from the browser client.
+        step("browser client and demo (build-web)", web::build)?;
+        web_dir = web::demo_dir()?.to_string_lossy().into_owned();
+        args.extend(["serve", "--web-dir", web_dir.as_str()]);
     }
     args.extend(extra.iter().map(String::as_str));
     cmd("cargo", &args)

@@ -1,8 +1,10 @@
 //! The browser client's build (`cargo xtask build-web`) and its browser tests.
 //!
 //! The package lands in `target/web/pkg/` (under Cargo's target directory): the ES module
-//! `lattice_client.js`, `lattice_client_bg.wasm`, the TypeScript declarations and a
-//! `package.json` named `lattice-client`, so an application can depend on the folder. Nothing
+//! `lattice_client.js`, `lattice_client_bg.wasm`, the TypeScript declarations, the Yjs bridge
+//! (`yjs.js`, imported as `lattice-client/yjs`) and a `package.json` named `lattice-client`, so
+//! an application can depend on the folder. The demo page is bundled from `client-wasm/demo`
+//! with esbuild into `target/web/demo/`, the folder `lattice serve --web-dir` serves. Nothing
 //! built is committed.
 
 use std::io::Write;
@@ -95,6 +97,11 @@ pub fn build() -> Result<PathBuf> {
             wasm_str,
         ],
     )?;
+    for file in ["yjs.js", "yjs.d.ts"] {
+        let from = Path::new(setup::WEB_TOOLS_DIR).join("src").join(file);
+        std::fs::copy(&from, pkg.join(file))
+            .with_context(|| format!("cannot copy {}", from.display()))?;
+    }
     write_package_json(&pkg)?;
     // `usage.ts` imports the package from `target/web/pkg`, checked in strict mode.
     cmd(
@@ -105,7 +112,74 @@ pub fn build() -> Result<PathBuf> {
         &pkg.join("lattice_client_bg.wasm"),
         &pkg.join("lattice_client.js"),
     )?;
+    build_demo(&pkg)?;
     Ok(pkg)
+}
+
+/// Where `build-web` puts the demo page (what `lattice serve --web-dir` serves).
+pub(crate) fn demo_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("web").join("demo"))
+}
+
+/// Bundles `client-wasm/demo/main.js` (CodeMirror, yjs, the package) into `target/web/demo/`
+/// with the page, its styles and the wasm.
+fn build_demo(pkg: &Path) -> Result<()> {
+    let out = demo_dir()?;
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let tools = std::env::current_dir()?.join(setup::WEB_TOOLS_DIR);
+    let esbuild = tools.join("node_modules/.bin/esbuild");
+    let bundle = out.join("demo.js");
+    let args = [
+        "client-wasm/demo/main.js".to_owned(),
+        "--bundle".to_owned(),
+        "--format=esm".to_owned(),
+        "--target=es2022".to_owned(),
+        "--minify".to_owned(),
+        "--sourcemap".to_owned(),
+        format!("--alias:lattice-client={}", pkg.display()),
+        format!("--outfile={}", bundle.display()),
+    ];
+    eprintln!(
+        "$ NODE_PATH={} {} {}",
+        tools.join("node_modules").display(),
+        esbuild.display(),
+        args.join(" ")
+    );
+    // The package lives outside any node_modules tree: NODE_PATH lets its bridge find `yjs`,
+    // the same copy the demo uses.
+    let status = Command::new(&esbuild)
+        .args(&args)
+        .env("NODE_PATH", tools.join("node_modules"))
+        .status()
+        .with_context(|| format!("could not start {}", esbuild.display()))?;
+    if !status.success() {
+        bail!("esbuild failed ({status})");
+    }
+    for (from, name) in [
+        (
+            Path::new("client-wasm/demo/index.html").to_path_buf(),
+            "index.html",
+        ),
+        (
+            Path::new("client-wasm/demo/demo.css").to_path_buf(),
+            "demo.css",
+        ),
+        (pkg.join("lattice_client_bg.wasm"), "lattice_client_bg.wasm"),
+    ] {
+        std::fs::copy(&from, out.join(name))
+            .with_context(|| format!("cannot copy {}", from.display()))?;
+    }
+    let js = std::fs::read(&bundle)?;
+    eprintln!(
+        "demo: {} (demo.js {} bytes, {} gzipped)",
+        out.display(),
+        js.len(),
+        gzipped_len(&js)?
+    );
+    Ok(())
 }
 
 fn write_package_json(pkg: &Path) -> Result<()> {
@@ -125,14 +199,28 @@ fn write_package_json(pkg: &Path) -> Result<()> {
       "types": "./lattice_client.d.ts",
       "default": "./lattice_client.js"
     }},
+    "./yjs": {{
+      "types": "./yjs.d.ts",
+      "default": "./yjs.js"
+    }},
     "./lattice_client_bg.wasm": "./lattice_client_bg.wasm"
   }},
   "files": [
     "lattice_client.js",
     "lattice_client.d.ts",
     "lattice_client_bg.wasm",
-    "lattice_client_bg.wasm.d.ts"
+    "lattice_client_bg.wasm.d.ts",
+    "yjs.js",
+    "yjs.d.ts"
   ],
+  "peerDependencies": {{
+    "yjs": "^13.6.0"
+  }},
+  "peerDependenciesMeta": {{
+    "yjs": {{
+      "optional": true
+    }}
+  }},
   "sideEffects": false
 }}
 "#,

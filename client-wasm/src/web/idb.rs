@@ -1,5 +1,7 @@
 //! The pending-delta store in IndexedDB: one object store, `pending`, of records
-//! `{doc, replica, seq, delta: Uint8Array}` keyed by `[doc, replica, seq]`.
+//! `{doc, replica, seq, delta: Uint8Array}` keyed by `[doc, replica, seq]`. Replica 0, seq 0 is
+//! the document's saved copy (`core::COPY_REPLICA`); every other record is an unacknowledged
+//! local delta.
 //!
 //! Writes are fire-and-forget transactions, issued in the order the core produced them;
 //! IndexedDB runs read-write transactions on the same store in creation order, so a delete never
@@ -87,7 +89,8 @@ fn parse_record(v: &JsValue, doc: &DocId) -> Option<StoredDelta> {
     let field = |name: &str| Reflect::get(v, &JsValue::from_str(name)).ok();
     let replica = field("replica")?.as_f64()?;
     let seq = field("seq")?.as_f64()?;
-    if !(replica >= 1.0 && replica <= f64::from(u32::MAX) && seq >= 0.0) {
+    // Replica 0 is the document's saved copy (`core::COPY_REPLICA`).
+    if !(replica >= 0.0 && replica <= f64::from(u32::MAX) && seq >= 0.0) {
         return None;
     }
     let bytes = field("delta")?

@@ -149,6 +149,18 @@ impl Session {
     /// Starts replicating `doc`. `restored` are local deltas a previous run did not get
     /// confirmed (kept by the driver); they count as pending until the server has them.
     pub fn open(&mut self, doc: DocId, restored: Vec<Delta>) -> Result<SessionOutput, ApplyError> {
+        self.open_with_base(doc, None, restored)
+    }
+
+    /// Like [`Session::open`], starting from `base`: a copy of the document a previous run
+    /// saved locally (content the server already has, so it is not pending). Offline, the
+    /// document then shows what it held, not just this replica's unconfirmed edits.
+    pub fn open_with_base(
+        &mut self,
+        doc: DocId,
+        base: Option<&Delta>,
+        restored: Vec<Delta>,
+    ) -> Result<SessionOutput, ApplyError> {
         let mut out = SessionOutput::default();
         if self.docs.contains_key(&doc) {
             return Ok(out);
@@ -158,6 +170,9 @@ impl Session {
             synced: false,
             unconfirmed: VecDeque::new(),
         };
+        if let Some(base) = base {
+            d.doc.apply(base)?;
+        }
         for delta in restored {
             d.doc.apply(&delta)?;
             d.unconfirmed.push_back(Unconfirmed {

@@ -1,4 +1,5 @@
-//! The authenticated HTTP surface: the demo page (`/`), a document's JSON view
+//! The authenticated HTTP surface: the demo page (`/`, with its files at `/demo/{file}`, see
+//! [`web`]), a document's JSON view
 //! (`GET /v1/docs/{doc}`) and its stored metadata (`GET /v1/admin/docs/{doc}`, admin only).
 //!
 //! Every handler authenticates first ([`authorize`]: `Authorization: Bearer` or `?token=`), then
@@ -23,13 +24,17 @@ use crate::auth::{AuthError, Scope, authorize};
 use crate::server::TokenQuery;
 use crate::store::StoreError;
 
-/// The page behind the demo URL. Static: the token and document never enter the HTML, the
-/// script reads them from the address and fetches the document with the token.
-const DEMO_PAGE: &str = include_str!("demo.html");
+mod web;
+
+/// The page behind the demo URL when the server has no web build (`Config::web_dir`): it says
+/// how to build the demo and shows the document as JSON. Static: the token and document never
+/// enter the HTML, the script reads them from the address.
+const FALLBACK_DEMO_PAGE: &str = include_str!("demo.html");
 
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/", get(demo_page))
+        .route("/demo/{file}", get(demo_file))
         .route("/v1/docs/{*doc}", get(document_json))
         .route("/v1/admin/docs/{*doc}", get(admin_document))
 }
@@ -126,17 +131,29 @@ async fn demo_page(
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
-    let mut response = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        DEMO_PAGE,
-    )
-        .into_response();
+    let mut response = match &state.config.web_dir {
+        Some(dir) => web::serve_file(dir, "index.html").await,
+        None => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            FALLBACK_DEMO_PAGE,
+        )
+            .into_response(),
+    };
     // The address carries a token: keep it out of other sites' logs.
     response.headers_mut().insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
     Ok(no_store(response))
+}
+
+/// `GET /demo/{file}`: the demo's scripts, styles and wasm. Public: they are the same for
+/// everyone and hold no secret; the page and every document stay behind a token.
+async fn demo_file(State(state): State<Arc<ServerState>>, Path(file): Path<String>) -> Response {
+    match &state.config.web_dir {
+        Some(dir) => web::serve_file(dir, &file).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// `GET /v1/docs/{doc}`: the document's JSON view; needs `read` on it.
