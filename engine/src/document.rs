@@ -554,6 +554,13 @@ impl Document {
         rmp_serde::to_vec_named(&snapshot).unwrap_or_default()
     }
 
+    /// The whole Yjs document as one update (v1 encoding), which any Yjs client can apply.
+    pub fn encode_yjs(&self) -> Vec<u8> {
+        self.ydoc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
     /// Rebuilds a document from [`Document::snapshot`] output, as replica `replica`.
     pub fn from_snapshot(replica: ReplicaId, bytes: &[u8]) -> Result<Self, SnapshotError> {
         let snapshot: Snapshot = rmp_serde::from_slice(bytes)?;

@@ -19,6 +19,7 @@ pub mod client;
 mod close;
 pub mod config;
 mod connection;
+pub mod history;
 mod http;
 pub mod metrics;
 mod rooms;
