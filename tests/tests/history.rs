@@ -11,7 +11,7 @@ use lattice_server::auth::{KeySet, Scope};
 use lattice_server::client::Client;
 use lattice_server::config::{AuthConfig, Config};
 use lattice_tests::server_support::{
-    TestServer, WAIT, client_with_token, config, doc, http_get, http_post, settled,
+    TestServer, WAIT, client_with_token, config, doc, http_get, http_post, lattice_binary, settled,
 };
 use lattice_tests::store_support::TestDb;
 use serde_json::{Value as Json, json};
@@ -75,6 +75,15 @@ async fn get_ok(server: &TestServer, path: &str, token: &str) -> Json {
     let r = http_get(server.addr, path, Some(token)).await;
     assert_eq!(r.status, 200, "GET {path}: {}", r.body);
     r.json()
+}
+
+/// Runs the `lattice` binary with `LATTICE_TOKEN` set.
+fn lattice_cli(args: &[&str], token: &str) -> std::process::Output {
+    std::process::Command::new(lattice_binary())
+        .args(args)
+        .env("LATTICE_TOKEN", token)
+        .output()
+        .expect("run lattice")
 }
 
 fn body_of(v: &Json) -> &str {
@@ -373,6 +382,61 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     let page = http_get(server.addr, "/admin", None).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("data-testid=\"doc-list\""));
+
+    // The CLI, against the server and straight from the database.
+    let url = format!("http://{}", server.addr);
+    let out = lattice_cli(
+        &["admin", "--url", &url, "--json", "history", "notes/plan"],
+        &admin,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(h["entries"].as_array().expect("entries").len(), 7);
+    let out = lattice_cli(
+        &["admin", "--url", &url, "show", "notes/plan", "--at", "3"],
+        &admin,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello world again"));
+    let out = lattice_cli(
+        &[
+            "admin",
+            "--database-url",
+            &db.url,
+            "--json",
+            "show",
+            "notes/plan",
+            "--at",
+            "5",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body_of(&c), "Hello again");
+    let out = lattice_cli(&["admin", "--database-url", &db.url, "docs"], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("notes/plan"));
+    let out = lattice_cli(
+        &[
+            "admin",
+            "--database-url",
+            &db.url,
+            "restore",
+            "notes/plan",
+            "--to",
+            "1",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restore needs a running server"));
 
     alice.stop();
     bob.stop();
