@@ -714,7 +714,8 @@ impl Document {
     /// The delta that brings this document's texts and registers back to `target`'s (an
     /// earlier version of the same document), as a change made by this replica: one Yjs
     /// transaction of text edits (a diff per text, [`crate::history::diff_text`]) and a register
-    /// write stamped `stamp()` for every register whose value differs. This document is not
+    /// write stamped `stamp()` (or just past the current write, if that is later) for every
+    /// register whose value differs. This document is not
     /// changed; apply the delta to it (or send it through a room) like any other.
     ///
     /// What cannot be restored is reported, not faked: grow-only counters never go down, so
@@ -770,7 +771,15 @@ impl Document {
                 .registers
                 .get(name)
                 .map_or(Value::Null, |r| r.value().clone());
-            registers.insert(name.clone(), LwwRegister::new(value, stamp()));
+            // The write must win: a clock that never observed the current write's stamp (a
+            // server that restarted since) still stamps past it.
+            let mut at = stamp();
+            if let Some(current) = self.registers.get(name)
+                && at <= current.stamp()
+            {
+                at = HlcTimestamp::new(current.stamp().time.saturating_add(1), at.replica);
+            }
+            registers.insert(name.clone(), LwwRegister::new(value, at));
             report.registers.push(name.clone());
         }
         for (name, change) in summary.counters {

@@ -5,7 +5,8 @@
 //! ```text
 //! cargo bench -p lattice-server --bench history -- \
 //!     --trace /work/shared/traces/sequential_traces/automerge-paper.json.gz \
-//!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--samples 200]
+//!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--samples 200] \
+//!     [--no-history-checkpoints]
 //! ```
 //!
 //! The log is imported in chunks of 1,000 updates with a checkpoint after each chunk, as the
@@ -72,13 +73,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run(name: &str, url: &str, deltas: &[Delta], samples: usize) -> Result<(), BoxError> {
-    let config = StoreConfig {
+async fn run(
+    name: &str,
+    url: &str,
+    deltas: &[Delta],
+    samples: usize,
+    history_checkpoints: bool,
+) -> Result<(), BoxError> {
+    let mut config = StoreConfig {
         // Checkpoints are written explicitly below, every 1,000 updates, like live editing.
         checkpoint_every_updates: 0,
         checkpoint_every_bytes: 0,
         ..StoreConfig::default()
     };
+    if !history_checkpoints {
+        config.history_checkpoint_every_updates = 0;
+    }
     let store = Store::open(url, config.clone()).await?;
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -132,12 +142,15 @@ async fn main() -> Result<(), BoxError> {
     let mut trace = None;
     let mut postgres = None;
     let mut samples = 200usize;
+    let mut history_checkpoints = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--trace" => trace = it.next(),
             "--postgres" => postgres = it.next(),
             "--samples" => samples = it.next().ok_or("--samples N")?.parse()?,
+            // Keep only the newest checkpoints, as before history checkpoints existed.
+            "--no-history-checkpoints" => history_checkpoints = false,
             // `cargo bench` passes `--bench`; ignore it and anything else unknown.
             _ => {}
         }
@@ -152,9 +165,9 @@ async fn main() -> Result<(), BoxError> {
     );
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("history.db").display());
-    run("sqlite", &url, &deltas, samples).await?;
+    run("sqlite", &url, &deltas, samples, history_checkpoints).await?;
     if let Some(pg) = postgres {
-        run("postgres", &pg, &deltas, samples).await?;
+        run("postgres", &pg, &deltas, samples, history_checkpoints).await?;
     }
     Ok(())
 }
