@@ -14,7 +14,8 @@
 //! `StoreConfig::checkpoint_every_updates` = 1,000 updates); the store then thins old
 //! checkpoints to one per `history_checkpoint_every_updates` (5,000). Each sample opens nothing
 //! new: it asks a running store for `history::content` (rebuild at the version, then the JSON
-//! view) at a uniformly random version. Prints the median, p95 and max.
+//! view) at a uniformly random version. Prints the median, p95 and max; then the time of a
+//! history page of 100 entries (summaries and sessions) starting at a random point.
 
 use std::io::Read as _;
 use std::time::Instant;
@@ -125,8 +126,37 @@ async fn run(
         times.push(start.elapsed().as_secs_f64() * 1e3);
         assert_eq!(content.seq, seq);
     }
+    let mut pages = Vec::new();
+    for _ in 0..(samples / 10).max(3) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = x % head.saturating_sub(100).max(1);
+        let start = Instant::now();
+        let page = lattice_server::history::history(
+            &store,
+            &doc,
+            lattice_server::history::HistoryQuery {
+                after,
+                limit: 100,
+                ..Default::default()
+            },
+            server,
+        )
+        .await?;
+        pages.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(page.entries.len(), 100);
+    }
     store.close().await;
+    pages.sort_by(f64::total_cmp);
     times.sort_by(f64::total_cmp);
+    println!(
+        "{name:<10} history page of 100 entries at a random point ({} samples): median {:.1} ms, \
+         max {:.1} ms",
+        pages.len(),
+        percentile(&pages, 0.5),
+        pages[pages.len() - 1]
+    );
     println!(
         "{name:<10} content at a random version of {head} updates ({samples} samples): \
          median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
