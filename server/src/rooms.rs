@@ -113,6 +113,9 @@ pub(crate) enum RoomCmd {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// The document was soft-deleted: close every subscriber (4011; on reconnect their
+    /// subscription is refused because the document cannot be loaded) and stop the room.
+    Deleted,
     /// An admin's restore: bring texts and registers back to `target` (an earlier version) with
     /// one delta by `author`, committed and relayed like a client's.
     Restore {
@@ -182,6 +185,15 @@ impl Rooms {
             },
         );
         tx
+    }
+
+    /// The room of `doc` if it is live (never starts one).
+    pub(crate) fn live(&self, doc: &DocId) -> Option<RoomSender> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(doc).map(|r| r.tx.clone()))
+            .filter(|tx| !tx.is_closed())
     }
 
     /// Connections subscribed to `doc` right now (0 when its room is not live).
@@ -271,6 +283,8 @@ struct RoomDriver {
     /// Awareness identity of each peer with presence, for Yjs recipients.
     awareness: HashMap<PeerId, AwarenessMeta>,
     restores: Vec<RestoreWaiter>,
+    /// The document was deleted under the room: it has closed its peers and must stop.
+    stopped: bool,
 }
 
 /// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
@@ -331,6 +345,7 @@ async fn room_task(
         flush_waiters: Vec::new(),
         awareness: HashMap::new(),
         restores: Vec::new(),
+        stopped: false,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -358,6 +373,18 @@ async fn room_task(
                 let fx = driver.room.tick(now_ms());
                 driver.apply(fx).await;
             }
+        }
+        if driver.stopped {
+            state.rooms.forget(&doc);
+            let deleted = StoreError::DocumentDeleted { doc: doc.clone() };
+            for w in driver.restores.drain(..) {
+                let _ = w.reply.send(Err(RestoreFailed::Load(deleted.clone())));
+            }
+            for reply in driver.flush_waiters.drain(..) {
+                let _ = reply.send(());
+            }
+            refuse_all(&mut rx, &doc, &deleted).await;
+            break;
         }
         driver.start_commit();
         driver.answer_flushes();
@@ -475,6 +502,10 @@ impl RoomDriver {
                 self.flush_waiters.push(reply);
                 Effects::default()
             }
+            RoomCmd::Deleted => {
+                self.stop_deleted();
+                return;
+            }
             RoomCmd::Restore {
                 target,
                 author,
@@ -501,6 +532,15 @@ impl RoomDriver {
             },
         };
         self.apply(fx).await;
+    }
+
+    /// The document is deleted: close every peer so it resyncs (and is refused), then stop.
+    fn stop_deleted(&mut self) {
+        for (_, handle) in self.peers.drain() {
+            handle.closer.close(CloseCode::StoreFailure);
+        }
+        self.pending.clear();
+        self.stopped = true;
     }
 
     /// Builds the restore delta from the live document and applies it as the server's change.
@@ -767,6 +807,7 @@ impl RoomDriver {
             if fx.reload {
                 match load_document(&self.state, &self.doc).await {
                     Ok(doc) => self.room.replace_document(doc),
+                    Err(StoreError::DocumentDeleted { .. }) => self.stop_deleted(),
                     Err(e) => error!(error = %e, "reload after failure failed"),
                 }
             }

@@ -359,6 +359,13 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     assert_eq!(list["documents"], json!([]));
     let list = get_ok(&server, "/api/admin/docs?include_deleted=true", &admin).await;
     assert_eq!(list["documents"][0]["deleted"], true);
+    // The live room stopped: its subscribers were closed and cannot come back.
+    assert_eq!(list["documents"][0]["live_subscribers"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !bob.is_synced(&d),
+        "a deleted document cannot be subscribed to"
+    );
     let r = http_post(
         server.addr,
         "/api/admin/restore/notes/plan?to=2",
@@ -377,6 +384,15 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     assert_eq!(un.status, 200);
     let list = get_ok(&server, "/api/admin/docs", &admin).await;
     assert_eq!(list["documents"][0]["id"], "notes/plan");
+    // After undelete, the document opens again, with its content.
+    let carol = client_with_token(&url, 303, &bob_token);
+    carol.open(&d, Vec::new()).await.expect("open");
+    settled(&carol, &d).await;
+    assert_eq!(
+        carol.read(&d, |x| x.text("body")).as_deref(),
+        Some("Hello world again")
+    );
+    carol.stop();
 
     // The admin page itself is static and served without a token.
     let page = http_get(server.addr, "/admin", None).await;

@@ -394,6 +394,10 @@ async fn soft_delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     let changed = state.store.soft_delete(&doc).await?;
+    // A live room would go on serving its in-memory copy: stop it and close its subscribers.
+    if let Some(room) = state.rooms.live(&doc) {
+        let _ = room.send(RoomCmd::Deleted).await;
+    }
     Ok(no_store(
         Json(json!({ "doc": doc.as_str(), "deleted": true, "changed": changed })).into_response(),
     ))
