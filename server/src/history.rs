@@ -481,6 +481,38 @@ pub struct RestoreOutcome {
 mod tests {
     use super::*;
 
+    fn entry(seq: u64, author: &str, time_ms: u64) -> HistoryEntry {
+        HistoryEntry {
+            seq,
+            time_ms,
+            time: rfc3339_ms(time_ms),
+            committed_at_ms: time_ms,
+            author: Some(author.to_owned()),
+            replica: 1,
+            byte_size: 10,
+            summary: String::new(),
+            changes: ChangeSummary::default(),
+        }
+    }
+
+    #[test]
+    fn sessions_split_on_author_and_gap() {
+        let minute = 60_000;
+        let entries = [
+            entry(1, "a", 0),
+            entry(2, "a", 4 * minute),
+            entry(3, "a", 10 * minute),
+            entry(4, "b", 10 * minute),
+            entry(5, "a", 11 * minute),
+        ];
+        let got: Vec<(u64, u64, u64)> = sessions(&entries, 5 * minute)
+            .iter()
+            .map(|s| (s.from_seq, s.to_seq, s.entries))
+            .collect();
+        assert_eq!(got, vec![(1, 2, 2), (3, 3, 1), (4, 4, 1), (5, 5, 1)]);
+        assert_eq!(sessions(&entries, 60 * minute).len(), 3);
+    }
+
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
