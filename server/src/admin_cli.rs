@@ -12,11 +12,10 @@ use lattice_server::history::{
 use lattice_server::store::{Store, StoreConfig};
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Args, Debug)]
 pub(crate) struct AdminArgs {
-    /// Server to ask, e.g. `http://127.0.0.1:8080` (plain HTTP; see docs/admin-api.md).
+    /// Server to ask, e.g. `https://lattice.example.com` or `http://127.0.0.1:8080`.
     #[arg(long, env = "LATTICE_URL", conflicts_with = "database_url")]
     url: Option<String>,
     /// Admin token for `--url`.
@@ -81,8 +80,8 @@ enum AdminCommand {
 
 enum Source {
     Http {
-        host: String,
-        base_path: String,
+        /// `http(s)://host[:port][/prefix]`, without a trailing slash.
+        base: String,
         token: Option<String>,
     },
     Db(Store),
@@ -105,46 +104,53 @@ fn enc(doc: &str) -> String {
         .join("/")
 }
 
-/// One HTTP/1.1 request over a fresh connection; the body of a 2xx answer as JSON, or the
-/// server's error message.
+/// Largest response body the CLI reads, in bytes.
+const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One request; the body of a 2xx answer as JSON, or the server's error message. `ureq` is a
+/// blocking client, so it runs on tokio's blocking pool.
 async fn request(
-    host: &str,
+    base: &str,
     token: Option<&str>,
-    method: &str,
+    method: &'static str,
     path: &str,
-    body: Option<&str>,
+    body: Option<String>,
 ) -> Result<Json> {
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .with_context(|| format!("cannot connect to {host}"))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Accept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut payload = raw[split + 4..].to_vec();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("malformed status line"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        payload = dechunk(&payload)?;
-    }
-    let json: Json = serde_json::from_slice(&payload).unwrap_or(Json::Null);
+    let url = format!("{base}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let (status, text) = tokio::task::spawn_blocking(move || -> Result<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(120)))
+            .build()
+            .into();
+        let mut response = match method {
+            "POST" => {
+                let mut req = agent.post(&url).content_type("application/json");
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(body.unwrap_or_default())
+            }
+            _ => {
+                let mut req = agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+        }
+        .with_context(|| format!("{method} {url}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_string()?;
+        Ok((status, text))
+    })
+    .await??;
+    let json: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
     if !(200..300).contains(&status) {
         bail!(
             "{status}: {} {}",
@@ -155,44 +161,12 @@ async fn request(
     Ok(json)
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("malformed chunked body"))?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size {
-            bail!("truncated chunked body");
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or_default();
-    }
-}
-
 impl Source {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<(T, Json)> {
-        let Source::Http {
-            host,
-            base_path,
-            token,
-        } = self
-        else {
+        let Source::Http { base, token } = self else {
             bail!("not an HTTP source");
         };
-        let json = request(
-            host,
-            token.as_deref(),
-            "GET",
-            &format!("{base_path}{path}"),
-            None,
-        )
-        .await?;
+        let json = request(base, token.as_deref(), "GET", path, None).await?;
         Ok((serde_json::from_value(json.clone())?, json))
     }
 }
@@ -205,18 +179,11 @@ fn pair<T: serde::Serialize>(v: T) -> Result<(T, Json)> {
 pub(crate) async fn run(args: AdminArgs) -> Result<()> {
     let source = match (&args.url, &args.database_url) {
         (Some(url), _) => {
-            let rest = url.strip_prefix("http://").ok_or_else(|| {
-                anyhow!("--url must start with http:// (TLS: see docs/admin-api.md)")
-            })?;
-            let (host, base) = rest.split_once('/').unwrap_or((rest, ""));
-            let base_path = if base.is_empty() {
-                String::new()
-            } else {
-                format!("/{}", base.trim_end_matches('/'))
-            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--url must start with http:// or https://");
+            }
             Source::Http {
-                host: host.to_owned(),
-                base_path,
+                base: url.trim_end_matches('/').to_owned(),
                 token: args.token.clone(),
             }
         }
@@ -446,23 +413,18 @@ async fn command(source: &Source, args: &AdminArgs, replica: ReplicaId) -> Resul
             }
         }
         AdminCommand::Restore { doc, to } => {
-            let Source::Http {
-                host,
-                base_path,
-                token,
-            } = source
-            else {
+            let Source::Http { base, token } = source else {
                 bail!(
                     "restore needs a running server (--url): it goes through the document's \
                      room so that connected editors receive it; --database-url is read-only"
                 );
             };
             let json = request(
-                host,
+                base,
                 token.as_deref(),
                 "POST",
-                &format!("{base_path}/api/admin/restore/{}", enc(doc)),
-                Some(&format!("{{\"to\": {to}}}")),
+                &format!("/api/admin/restore/{}", enc(doc)),
+                Some(format!("{{\"to\": {to}}}")),
             )
             .await?;
             if args.json {
