@@ -1,5 +1,6 @@
 //! The authenticated HTTP surface: the demo page (`/`), a document's JSON view
-//! (`GET /v1/docs/{doc}`) and its stored metadata (`GET /v1/admin/docs/{doc}`, admin only).
+//! (`GET /v1/docs/{doc}`), its stored metadata (`GET /v1/admin/docs/{doc}`, admin only), and the
+//! admin history API and UI (`admin`: `/api/admin/…`, `/admin`).
 //!
 //! Every handler authenticates first ([`authorize`]: `Authorization: Bearer` or `?token=`), then
 //! checks the document against the principal, and only then asks the store, so a refusal never
