@@ -1,11 +1,13 @@
 //! Document history for admins, end to end on both backends: a scripted editing session by two
 //! authors through native clients, then the admin API (`/api/admin/…`) must report the right
 //! authors, summaries, sessions, content at chosen versions and diffs; a restore brings the old
-//! text back while a connected client receives it; a soft-deleted document's history stays
+//! text back while connected clients (native and stock Yjs) receive it; a soft-deleted document's history stays
 //! readable to admins; and the usual refusals (401, 403, 400, 409) hold.
 
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use lattice_engine::yws::{self, YMessage};
 use lattice_engine::{DocId, Value};
 use lattice_server::auth::{KeySet, Scope};
 use lattice_server::client::Client;
@@ -15,6 +17,7 @@ use lattice_tests::server_support::{
 };
 use lattice_tests::store_support::TestDb;
 use serde_json::{Value as Json, json};
+use tokio_tungstenite::tungstenite::Message;
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -75,6 +78,28 @@ async fn get_ok(server: &TestServer, path: &str, token: &str) -> Json {
     let r = http_get(server.addr, path, Some(token)).await;
     assert_eq!(r.status, 200, "GET {path}: {}", r.body);
     r.json()
+}
+
+/// Reads y-websocket frames until one holds a message `want` accepts.
+async fn next_y<S>(ws: &mut S, want: impl Fn(&YMessage) -> bool) -> YMessage
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let Some(Ok(frame)) = ws.next().await else {
+                panic!("the Yjs connection ended");
+            };
+            let Message::Binary(b) = frame else { continue };
+            for m in yws::decode_frame(&b, usize::MAX).expect("server frames decode") {
+                if want(&m) {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the message arrives")
 }
 
 /// Runs the `lattice` binary with `LATTICE_TOKEN` set.
@@ -244,6 +269,34 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     assert_eq!(listed["live_subscribers"], 2);
     assert_eq!(listed["deleted"], false);
 
+    // A stock Yjs client is connected too (y-websocket on `/yjs/{doc}`), synced.
+    let yjs_url = format!(
+        "{}/notes/plan?token={}",
+        url.replace("/v1/sync", "/yjs"),
+        token("yuki", &["notes/*"], Scope::Read)
+    );
+    let mut yjs = tokio_tungstenite::connect_async(yjs_url)
+        .await
+        .expect("connect yjs")
+        .0;
+    yjs.send(Message::Binary(yws::encode_sync_step1(&[]).into()))
+        .await
+        .expect("send");
+    let mut yjs_doc =
+        lattice_engine::Document::new(lattice_engine::ReplicaId::new(404).expect("replica"));
+    match next_y(&mut yjs, |m| matches!(m, YMessage::SyncStep2 { .. })).await {
+        YMessage::SyncStep2 { update } => {
+            yjs_doc
+                .apply(&lattice_engine::Delta {
+                    yjs: update,
+                    ..Default::default()
+                })
+                .expect("apply");
+        }
+        other => panic!("expected sync step 2, got {other:?}"),
+    }
+    assert_eq!(yjs_doc.text("body"), "Hello again");
+
     // Restore to version 3 while bob is connected: bob receives the old text.
     let r = http_post(
         server.addr,
@@ -272,6 +325,20 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
         "a connected client receives the restore: {:?}",
         bob.json(&d)
     );
+    // The Yjs client receives it as an update.
+    match next_y(&mut yjs, |m| matches!(m, YMessage::Update { .. })).await {
+        YMessage::Update { update } => {
+            yjs_doc
+                .apply(&lattice_engine::Delta {
+                    yjs: update,
+                    ..Default::default()
+                })
+                .expect("apply");
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    assert_eq!(yjs_doc.text("body"), "Hello world again");
+    drop(yjs);
     let h = get_ok(&server, "/api/admin/history/notes/plan?after=6", &admin).await;
     assert_eq!(h["entries"][0]["author"], "root-admin");
     let c7 = get_ok(&server, "/api/admin/content/notes/plan", &admin).await;
