@@ -107,6 +107,11 @@ async fn run(
     }
     let head = store.document(&doc).await?.ok_or("missing")?.head_seq;
     store.close().await;
+    let (count, bytes) = checkpoint_footprint(url, &doc).await?;
+    eprintln!(
+        "{name}: {count} checkpoints kept, {:.1} MiB",
+        bytes as f64 / 1_048_576.0
+    );
     eprintln!(
         "{name}: imported {head} updates in {:.1}s",
         imported.elapsed().as_secs_f64()
@@ -165,6 +170,28 @@ async fn run(
         times[times.len() - 1]
     );
     Ok(())
+}
+
+/// How many checkpoints the store kept for `doc`, and their total size in bytes.
+async fn checkpoint_footprint(url: &str, doc: &DocId) -> Result<(i64, i64), BoxError> {
+    const SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(byte_size), 0) AS BIGINT) FROM checkpoints WHERE doc_id = $1";
+    Ok(if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await?;
+        let row: (i64, i64) = sqlx::query_as(SQL)
+            .bind(doc.as_str())
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        row
+    } else {
+        let pool = sqlx::PgPool::connect(url).await?;
+        let row: (i64, i64) = sqlx::query_as(SQL)
+            .bind(doc.as_str())
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        row
+    })
 }
 
 #[tokio::main]
