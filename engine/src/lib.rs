@@ -5,6 +5,8 @@
 //! clock, [`Hlc`]). Replicas exchange [`Delta`]s; a [`DocState`] summarises what a replica holds
 //! so that [`Document::diff_since`] can send exactly what the other side lacks. The wire
 //! messages are in [`protocol`]; the y-websocket protocol of stock Yjs clients is in [`yws`].
+//! [`history`] diffs versions, summarises changes and (with [`Document::restore_delta`]) builds
+//! the delta that brings a document back to an earlier version.
 //!
 //! # Invariants
 //! - **No IO.** No sockets, files, clocks, randomness, threads or async runtime. Time comes in
@@ -19,6 +21,7 @@
 
 mod counter;
 mod document;
+pub mod history;
 mod hlc;
 mod ids;
 pub mod protocol;
@@ -30,8 +33,8 @@ pub mod yws;
 
 pub use counter::{GCounter, PnCounter};
 pub use document::{
-    Applied, ApplyError, Delta, DocState, Document, EditError, MAX_HELD_BYTES, MAX_NAME_BYTES,
-    SNAPSHOT_FORMAT, SnapshotError,
+    Applied, ApplyError, CounterNotRestored, Delta, DocState, Document, EditError, MAX_HELD_BYTES,
+    MAX_NAME_BYTES, RestoreError, RestoreReport, SNAPSHOT_FORMAT, SnapshotError,
 };
 pub use hlc::{
     ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,

@@ -85,3 +85,33 @@ fn query_presence_answers_with_everyone_else() {
         "strangers get nothing"
     );
 }
+
+#[test]
+fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_one() {
+    let mut room = room();
+    let (a, b) = (PeerId(1), PeerId(2));
+    room.subscribe(a, Access::Write, &DocState::default());
+    room.subscribe_with_echo(b, Access::Write, true, &DocState::default());
+    let fx = room
+        .server_delta(edit(9, "restored"), Some("admin".into()))
+        .expect("applies");
+    assert_eq!(fx.persist.len(), 1);
+    assert_eq!(fx.persist[0].author.as_deref(), Some("admin"));
+    assert_eq!(fx.persist[0].peer, lattice_engine::sync::SERVER_PEER);
+    assert!(fx.send.is_empty(), "nothing leaves before the commit");
+    let fx = room.committed(fx.persist[0].token);
+    assert_eq!(deltas_to(&fx, a), 1);
+    assert_eq!(deltas_to(&fx, b), 1);
+    assert!(
+        !fx.send
+            .iter()
+            .any(|o| matches!(o.msg, ServerMsg::Ack { .. })),
+        "no one sent it, so no one is acknowledged"
+    );
+    assert_eq!(room.document().text("text"), "restored");
+    // The same delta again changes nothing and persists nothing.
+    let fx = room
+        .server_delta(edit(9, "restored"), None)
+        .expect("applies");
+    assert!(fx.persist.is_empty());
+}

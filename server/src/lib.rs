@@ -1,8 +1,9 @@
 //! The Lattice sync server: an axum/tokio driver for the engine.
 //!
 //! `run(config, listener, shutdown)` serves `/v1/sync` (the native protocol), the
-//! authenticated HTTP surface (`/`, `/v1/docs/{doc}`, `/v1/admin/docs/{doc}`), `/healthz`,
-//! `/readyz` and `/metrics`. One task owns each live document (`rooms`), one task each
+//! authenticated HTTP surface (`/`, `/v1/docs/{doc}`, `/v1/admin/docs/{doc}`, the admin history
+//! API `/api/admin/…` and its UI `/admin`), `/healthz`, `/readyz` and `/metrics`. [`history`]
+//! holds what the history API and `lattice admin` share. One task owns each live document (`rooms`), one task each
 //! connection (`connection`); the store (`store`) commits deltas in groups. [`auth`] checks
 //! tokens for every endpoint. [`client`] is the native Rust client used by tests and benchmarks.
 //!
@@ -19,6 +20,7 @@ pub mod client;
 mod close;
 pub mod config;
 mod connection;
+pub mod history;
 mod http;
 pub mod metrics;
 mod rooms;

@@ -1,5 +1,6 @@
 //! `lattice`: the server binary. `lattice serve` runs the sync server; every flag is also an
-//! environment variable (`LATTICE_…`). `lattice token` mints access tokens.
+//! environment variable (`LATTICE_…`). `lattice token` mints access tokens. `lattice admin`
+//! reads document history (`admin_cli`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use lattice_server::auth::{KeySet, Scope, parse_ttl};
 use lattice_server::config::{AuthConfig, AuthMode, Config};
 use tokio::net::TcpListener;
 use tracing::info;
+
+mod admin_cli;
 
 #[derive(Parser, Debug)]
 #[command(name = "lattice", version, about = "Lattice: a CRDT sync server")]
@@ -25,6 +28,9 @@ enum Command {
     /// Mint an access token; it is printed alone on the last line (stdout), details go to
     /// stderr.
     Token(TokenArgs),
+    /// Document history for admins: `docs`, `history DOC`, `show DOC --at SEQ`, `diff DOC`,
+    /// `restore DOC --to SEQ`, against `--url` with `--token`, or `--database-url` (read-only).
+    Admin(admin_cli::AdminArgs),
 }
 
 /// How long the tokens printed by a run without a configured secret stay valid. The secret
@@ -308,6 +314,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(args) => mint(&args)?,
+        Command::Admin(args) => admin_cli::run(args).await?,
         Command::Serve(args) => {
             init_logs(args.json_logs);
             let (config, generated) = args.config()?;

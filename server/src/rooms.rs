@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +113,37 @@ pub(crate) enum RoomCmd {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// The document was soft-deleted: close every subscriber (4011; on reconnect their
+    /// subscription is refused because the document cannot be loaded) and stop the room.
+    Deleted,
+    /// An admin's restore: bring texts and registers back to `target` (an earlier version) with
+    /// one delta by `author`, committed and relayed like a client's.
+    Restore {
+        target: Box<Document>,
+        author: Option<String>,
+        reply: oneshot::Sender<Result<RestoreDone, RestoreFailed>>,
+    },
+}
+
+/// A restore that went through: the new update's sequence number (`None` if nothing
+/// differed) and what was and was not restored.
+#[derive(Debug)]
+pub(crate) struct RestoreDone {
+    pub seq: Option<u64>,
+    pub report: lattice_engine::RestoreReport,
+}
+
+/// Why a restore did not go through.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RestoreFailed {
+    #[error("the document cannot be loaded: {0}")]
+    Load(StoreError),
+    #[error("the restore delta could not be built: {0}")]
+    Build(#[from] lattice_engine::RestoreError),
+    #[error("the restore delta was refused: {0}")]
+    Apply(#[from] lattice_engine::ApplyError),
+    #[error("the commit failed: {0}")]
+    Commit(StoreError),
 }
 
 pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
@@ -119,7 +151,15 @@ pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
 /// The registry of live rooms.
 #[derive(Debug, Default)]
 pub(crate) struct Rooms {
-    live: Mutex<HashMap<DocId, RoomSender>>,
+    live: Mutex<HashMap<DocId, LiveRoom>>,
+}
+
+/// A live room as the registry keeps it: its inbox, and its subscriber count (written by the
+/// room task, read by the admin API).
+#[derive(Debug, Clone)]
+struct LiveRoom {
+    tx: RoomSender,
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl Rooms {
@@ -128,16 +168,41 @@ impl Rooms {
         let Ok(mut live) = self.live.lock() else {
             // A poisoned registry means a panic elsewhere; start an unregistered room rather
             // than fail the request.
-            return spawn_room(state.clone(), doc.clone());
+            return spawn_room(state.clone(), doc.clone(), Arc::default());
         };
-        if let Some(tx) = live.get(doc)
-            && !tx.is_closed()
+        if let Some(room) = live.get(doc)
+            && !room.tx.is_closed()
         {
-            return tx.clone();
+            return room.tx.clone();
         }
-        let tx = spawn_room(state.clone(), doc.clone());
-        live.insert(doc.clone(), tx.clone());
+        let subscribers = Arc::new(AtomicUsize::new(0));
+        let tx = spawn_room(state.clone(), doc.clone(), subscribers.clone());
+        live.insert(
+            doc.clone(),
+            LiveRoom {
+                tx: tx.clone(),
+                subscribers,
+            },
+        );
         tx
+    }
+
+    /// The room of `doc` if it is live (never starts one).
+    pub(crate) fn live(&self, doc: &DocId) -> Option<RoomSender> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(doc).map(|r| r.tx.clone()))
+            .filter(|tx| !tx.is_closed())
+    }
+
+    /// Connections subscribed to `doc` right now (0 when its room is not live).
+    pub(crate) fn subscribers(&self, doc: &DocId) -> usize {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(doc).map(|r| r.subscribers.load(Relaxed)))
+            .unwrap_or(0)
     }
 
     /// Removes `doc` if `tx` is still its room and nothing is queued for it. Returns whether the
@@ -163,15 +228,15 @@ impl Rooms {
     pub(crate) fn all(&self) -> Vec<RoomSender> {
         self.live
             .lock()
-            .map(|l| l.values().cloned().collect())
+            .map(|l| l.values().map(|r| r.tx.clone()).collect())
             .unwrap_or_default()
     }
 }
 
-fn spawn_room(state: Arc<ServerState>, doc: DocId) -> RoomSender {
+fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {
     let (tx, rx) = mpsc::channel(state.config.limits.room_inbox);
     let span = info_span!("room", doc = %doc);
-    tokio::spawn(room_task(state, doc, rx).instrument(span));
+    tokio::spawn(room_task(state, doc, rx, subscribers).instrument(span));
     tx
 }
 
@@ -198,7 +263,14 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 type CommitFuture =
-    Pin<Box<dyn Future<Output = (u64, Result<Vec<u64>, StoreError>, Instant)> + Send>>;
+    Pin<Box<dyn Future<Output = (Vec<u64>, Result<Vec<u64>, StoreError>, Instant)> + Send>>;
+
+/// A restore waiting for its commit.
+struct RestoreWaiter {
+    token: u64,
+    report: lattice_engine::RestoreReport,
+    reply: oneshot::Sender<Result<RestoreDone, RestoreFailed>>,
+}
 
 struct RoomDriver {
     state: Arc<ServerState>,
@@ -210,6 +282,9 @@ struct RoomDriver {
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Awareness identity of each peer with presence, for Yjs recipients.
     awareness: HashMap<PeerId, AwarenessMeta>,
+    restores: Vec<RestoreWaiter>,
+    /// The document was deleted under the room: it has closed its peers and must stop.
+    stopped: bool,
 }
 
 /// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
@@ -238,7 +313,12 @@ async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, Sto
     })
 }
 
-async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<RoomCmd>) {
+async fn room_task(
+    state: Arc<ServerState>,
+    doc: DocId,
+    mut rx: mpsc::Receiver<RoomCmd>,
+    subscribers: Arc<AtomicUsize>,
+) {
     let document = match load_document(&state, &doc).await {
         Ok(d) => d,
         Err(e) => {
@@ -264,6 +344,8 @@ async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<R
         in_flight: None,
         flush_waiters: Vec::new(),
         awareness: HashMap::new(),
+        restores: Vec::new(),
+        stopped: false,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -278,22 +360,35 @@ async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<R
                     driver.handle(cmd).await;
                 }
             }
-            (token, result, started) = async {
+            (tokens, result, started) = async {
                 match driver.in_flight.as_mut() {
                     Some(commit) => commit.await,
                     None => std::future::pending().await,
                 }
             } => {
                 driver.in_flight = None;
-                driver.commit_done(token, result, started).await;
+                driver.commit_done(tokens, result, started).await;
             }
             _ = tick.tick() => {
                 let fx = driver.room.tick(now_ms());
                 driver.apply(fx).await;
             }
         }
+        if driver.stopped {
+            state.rooms.forget(&doc);
+            let deleted = StoreError::DocumentDeleted { doc: doc.clone() };
+            for w in driver.restores.drain(..) {
+                let _ = w.reply.send(Err(RestoreFailed::Load(deleted.clone())));
+            }
+            for reply in driver.flush_waiters.drain(..) {
+                let _ = reply.send(());
+            }
+            refuse_all(&mut rx, &doc, &deleted).await;
+            break;
+        }
         driver.start_commit();
         driver.answer_flushes();
+        subscribers.store(driver.room.subscriber_count(), Relaxed);
         if driver.room.is_idle() && driver.pending.is_empty() && driver.in_flight.is_none() {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= state.config.rooms.idle_ttl && state.rooms.try_unload(&doc, &rx) {
@@ -304,6 +399,7 @@ async fn room_task(state: Arc<ServerState>, doc: DocId, mut rx: mpsc::Receiver<R
             idle_since = None;
         }
     }
+    subscribers.store(0, Relaxed);
     state.metrics.live_documents.fetch_sub(1, Relaxed);
 }
 
@@ -325,6 +421,9 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
             }
             RoomCmd::Flush { reply } => {
                 let _ = reply.send(());
+            }
+            RoomCmd::Restore { reply, .. } => {
+                let _ = reply.send(Err(RestoreFailed::Load(e.clone())));
             }
             _ => {}
         }
@@ -403,8 +502,60 @@ impl RoomDriver {
                 self.flush_waiters.push(reply);
                 Effects::default()
             }
+            RoomCmd::Deleted => {
+                self.stop_deleted();
+                return;
+            }
+            RoomCmd::Restore {
+                target,
+                author,
+                reply,
+            } => match self.restore(&target, author) {
+                Ok((fx, report)) => {
+                    match fx.persist.first().map(|p| p.token) {
+                        Some(token) => self.restores.push(RestoreWaiter {
+                            token,
+                            report,
+                            reply,
+                        }),
+                        None => {
+                            let _ = reply.send(Ok(RestoreDone { seq: None, report }));
+                        }
+                    }
+                    fx
+                }
+                Err(e) => {
+                    error!(error = %e, "restore failed");
+                    let _ = reply.send(Err(e));
+                    Effects::default()
+                }
+            },
         };
         self.apply(fx).await;
+    }
+
+    /// The document is deleted: close every peer so it resyncs (and is refused), then stop.
+    fn stop_deleted(&mut self) {
+        for (_, handle) in self.peers.drain() {
+            handle.closer.close(CloseCode::StoreFailure);
+        }
+        self.pending.clear();
+        self.stopped = true;
+    }
+
+    /// Builds the restore delta from the live document and applies it as the server's change.
+    fn restore(
+        &mut self,
+        target: &Document,
+        author: Option<String>,
+    ) -> Result<(Effects, lattice_engine::RestoreReport), RestoreFailed> {
+        let room = &self.room;
+        let (delta, report) = room.document().restore_delta(target, || room.stamp())?;
+        if delta.is_empty() {
+            return Ok((Effects::default(), report));
+        }
+        let fx = self.room.server_delta(delta, author)?;
+        Ok((fx, report))
     }
 
     fn start_commit(&mut self) {
@@ -416,7 +567,7 @@ impl RoomDriver {
             .len()
             .min(self.state.config.rooms.max_commit_batch);
         let batch: Vec<PendingDelta> = self.pending.drain(..take).collect();
-        let token = batch.last().map_or(0, |p| p.token);
+        let tokens: Vec<u64> = batch.iter().map(|p| p.token).collect();
         let entries: Vec<NewEntry> = batch
             .iter()
             .map(|p| {
@@ -434,31 +585,38 @@ impl RoomDriver {
         self.in_flight = Some(Box::pin(async move {
             let started = Instant::now();
             let result = store.append_batch(entries).await;
-            (token, result, started)
+            (tokens, result, started)
         }));
     }
 
     async fn commit_done(
         &mut self,
-        token: u64,
+        tokens: Vec<u64>,
         result: Result<Vec<u64>, StoreError>,
         started: Instant,
     ) {
+        let token = tokens.last().copied().unwrap_or(0);
         self.state
             .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.state.metrics.commit_batches.fetch_add(1, Relaxed);
-        let fx = match result {
+        let fx = match &result {
             Ok(_) => self.room.committed(token),
             Err(e) => {
                 error!(error = %e, "commit failed; closing the senders so they resync");
                 self.pending.clear();
+                for w in self.restores.drain(..) {
+                    let _ = w.reply.send(Err(RestoreFailed::Commit(e.clone())));
+                }
                 self.room.commit_failed()
             }
         };
         let fanout = Instant::now();
         self.apply(fx).await;
+        // After the relay is queued: when an admin's restore returns, every connected client
+        // has it in its outbox.
+        self.answer_restores(&tokens, &result);
         self.state
             .metrics
             .fanout_seconds
@@ -539,6 +697,28 @@ impl RoomDriver {
             client: meta.client,
             clock: meta.clock,
             state_json,
+        }
+    }
+
+    /// Tells each restore in the batch its sequence number (or the commit's failure).
+    fn answer_restores(&mut self, tokens: &[u64], result: &Result<Vec<u64>, StoreError>) {
+        if self.restores.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.restores);
+        for w in waiters {
+            let Some(i) = tokens.iter().position(|t| *t == w.token) else {
+                self.restores.push(w);
+                continue;
+            };
+            let answer = match result {
+                Ok(seqs) => Ok(RestoreDone {
+                    seq: seqs.get(i).copied(),
+                    report: w.report,
+                }),
+                Err(e) => Err(RestoreFailed::Commit(e.clone())),
+            };
+            let _ = w.reply.send(answer);
         }
     }
 
@@ -627,6 +807,7 @@ impl RoomDriver {
             if fx.reload {
                 match load_document(&self.state, &self.doc).await {
                     Ok(doc) => self.room.replace_document(doc),
+                    Err(StoreError::DocumentDeleted { .. }) => self.stop_deleted(),
                     Err(e) => error!(error = %e, "reload after failure failed"),
                 }
             }

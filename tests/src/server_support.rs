@@ -279,11 +279,40 @@ pub async fn http_get(
     path_and_query: &str,
     bearer: Option<&str>,
 ) -> HttpResponse {
+    http_request(addr, "GET", path_and_query, bearer, None).await
+}
+
+/// `POST path_and_query` with a JSON body (or none).
+pub async fn http_post(
+    addr: SocketAddr,
+    path_and_query: &str,
+    bearer: Option<&str>,
+    json_body: Option<&str>,
+) -> HttpResponse {
+    http_request(addr, "POST", path_and_query, bearer, json_body).await
+}
+
+/// One request over a fresh HTTP/1.1 connection, with an optional bearer token and JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    bearer: Option<&str>,
+    json_body: Option<&str>,
+) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request =
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let body = json_body.unwrap_or("");
+    let content = if json_body.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))

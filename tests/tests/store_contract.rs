@@ -461,6 +461,64 @@ async fn retention_keeps_a_checkpoint_at_the_cut(kind: Kind) {
     db.cleanup().await;
 }
 
+/// Old checkpoints are thinned to one per `history_checkpoint_every_updates` span (the oldest
+/// in each), besides the newest `checkpoints_kept`: `state_at` at an old version replays from
+/// the span's checkpoint, not from the start. Which checkpoints exist is observed through the
+/// log: entries 11..=19 are made unreadable, so `state_at` works exactly where a kept
+/// checkpoint spares it from replaying them.
+async fn history_checkpoints_are_thinned_per_span(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let config = StoreConfig {
+        checkpoints_kept: 1,
+        history_checkpoint_every_updates: 10,
+        ..manual_checkpoints()
+    };
+    let store = db.open(config).await;
+    let id = doc("thin");
+    let mut w = Writer::new(9);
+    let mut at_20 = None;
+    for i in 0..50u32 {
+        store.append(w.entry(&id, i)).await.expect("append");
+        if (i + 1) % 5 == 0 {
+            assert_eq!(
+                store.checkpoint_now(&id).await.expect("cp"),
+                Some(u64::from(i) + 1)
+            );
+        }
+        if i == 19 {
+            at_20 = Some(w.document.to_json());
+        }
+    }
+    // Kept: 5 (oldest of span 0), 10, 20, 30, 40 (oldest of theirs) and 50 (newest).
+    db.execute(
+        "UPDATE updates SET delta = $1 WHERE doc_id = 'thin' AND seq BETWEEN 11 AND 19",
+        Some(vec![0xc1]),
+    )
+    .await;
+    let s20 = store
+        .state_at(&id, 20, SERVER)
+        .await
+        .expect("checkpoint 20 kept");
+    assert_eq!(Some(s20.to_json()), at_20);
+    store
+        .state_at(&id, 10, SERVER)
+        .await
+        .expect("checkpoint 10 kept");
+    store
+        .state_at(&id, 37, SERVER)
+        .await
+        .expect("from checkpoint 30");
+    assert!(
+        matches!(
+            store.state_at(&id, 16, SERVER).await,
+            Err(StoreError::CorruptDelta { seq: 11, .. })
+        ),
+        "checkpoint 15 was thinned away"
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
 async fn state_at_bounds(kind: Kind) {
     let db = TestDb::new(kind).await;
     let store = db.open(StoreConfig::default()).await;
@@ -621,6 +679,7 @@ macro_rules! contract {
             soft_delete_and_undelete,
             list_documents_by_prefix,
             retention_keeps_a_checkpoint_at_the_cut,
+            history_checkpoints_are_thinned_per_span,
             state_at_bounds,
             schema_too_new_is_refused,
         );

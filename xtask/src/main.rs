@@ -155,7 +155,10 @@ fn test(_root: &Path) -> Result<()> {
     step("doc tests", || {
         cmd("cargo", &["test", "--workspace", "--doc"])
     })?;
-    step("browser client package and demo (cargo xtask build-web)", web::build)?;
+    step(
+        "browser client package and demo (cargo xtask build-web)",
+        web::build,
+    )?;
     step(
         "Node tests (real yjs + y-websocket clients; the demo in headless Chromium)",
         node_tests,
@@ -194,7 +197,10 @@ fn node_tests() -> Result<()> {
         .current_dir(setup::NODE_TESTS_DIR)
         .env("LATTICE_BIN_DIR", &bin_dir)
         .env("LATTICE_WEB_DIR", web::demo_dir()?)
-        .env("LATTICE_ARTIFACTS_DIR", web::target_dir()?.join("test-artifacts"))
+        .env(
+            "LATTICE_ARTIFACTS_DIR",
+            web::target_dir()?.join("test-artifacts"),
+        )
         .envs(setup::exported())
         .status()
         .context("could not start node")?;

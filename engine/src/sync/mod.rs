@@ -5,5 +5,7 @@
 mod room;
 mod session;
 
-pub use room::{Access, CloseReason, Effects, Outgoing, PeerId, PendingDelta, Room, RoomConfig};
+pub use room::{
+    Access, CloseReason, Effects, Outgoing, PeerId, PendingDelta, Room, RoomConfig, SERVER_PEER,
+};
 pub use session::{Session, SessionEvent, SessionOutput};

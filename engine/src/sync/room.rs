@@ -9,6 +9,11 @@ use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Val
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerId(pub u64);
 
+/// The sender of changes the server makes itself ([`Room::server_delta`]). Drivers number
+/// their peers from 1, so it is never a subscriber: its deltas are relayed to everyone and
+/// acknowledged to no one.
+pub const SERVER_PEER: PeerId = PeerId(0);
+
 /// What a subscriber may do in this room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -352,6 +357,45 @@ impl Room {
             self.release(&mut fx);
         }
         fx
+    }
+
+    /// A change the server makes itself (an admin's restore), attributed to `author`. It goes
+    /// the way of a client's delta, as if from [`SERVER_PEER`]: applied, persisted (the
+    /// returned [`PendingDelta`] carries its token), and relayed to every subscriber once
+    /// committed. `persist` is empty when the delta changed nothing. A refused delta changes
+    /// nothing (see [`ApplyError`]).
+    pub fn server_delta(
+        &mut self,
+        delta: Delta,
+        author: Option<String>,
+    ) -> Result<Effects, ApplyError> {
+        let mut fx = Effects::default();
+        let applied = self.doc.apply(&delta)?;
+        let hlc = match delta.max_stamp() {
+            Some(stamp) => {
+                let _ = self.hlc.observe(stamp);
+                stamp.time
+            }
+            None => self.hlc.tick().time,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        if applied.changed {
+            fx.persist.push(PendingDelta {
+                token,
+                peer: SERVER_PEER,
+                delta: delta.clone(),
+                hlc,
+                author,
+            });
+            self.slots.push_back(Slot {
+                token,
+                peer: SERVER_PEER,
+                seq: 0,
+                relay: Some(delta),
+            });
+        }
+        Ok(fx)
     }
 
     /// Every [`PendingDelta`] with a token up to `token` is committed.

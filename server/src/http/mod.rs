@@ -1,6 +1,7 @@
 //! The authenticated HTTP surface: the demo page (`/`, with its files at `/demo/{file}`, see
-//! [`web`]), a document's JSON view
-//! (`GET /v1/docs/{doc}`) and its stored metadata (`GET /v1/admin/docs/{doc}`, admin only).
+//! [`web`]), a document's JSON view (`GET /v1/docs/{doc}`), its stored metadata
+//! (`GET /v1/admin/docs/{doc}`, admin only), and the admin history API and UI (`admin`:
+//! `/api/admin/…`, `/admin`).
 //!
 //! Every handler authenticates first ([`authorize`]: `Authorization: Bearer` or `?token=`), then
 //! checks the document against the principal, and only then asks the store, so a refusal never
@@ -31,12 +32,15 @@ mod web;
 /// enter the HTML, the script reads them from the address.
 const FALLBACK_DEMO_PAGE: &str = include_str!("demo.html");
 
+mod admin;
+
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/", get(demo_page))
         .route("/demo/{file}", get(demo_file))
         .route("/v1/docs/{*doc}", get(document_json))
         .route("/v1/admin/docs/{*doc}", get(admin_document))
+        .merge(admin::routes())
 }
 
 /// Everything an HTTP handler can answer besides success. Internals never reach the body.
@@ -51,6 +55,15 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The request is malformed: a query parameter, a body, a version out of range.
+    #[error("{code}: {message}")]
+    BadRequest { code: &'static str, message: String },
+    /// The request cannot be done in the document's state (restore of a deleted document).
+    #[error("{code}: {message}")]
+    Conflict { code: &'static str, message: String },
+    /// Something failed inside the server; logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn error_body(status: StatusCode, code: &str, message: String) -> Response {
@@ -104,6 +117,33 @@ impl IntoResponse for ApiError {
                 "not_found",
                 "no such document".into(),
             ),
+            ApiError::BadRequest { code, message } => {
+                error_body(StatusCode::BAD_REQUEST, code, message)
+            }
+            ApiError::Store(
+                e @ (StoreError::SeqOutOfRange { .. } | StoreError::Truncated { .. }),
+            ) => error_body(StatusCode::BAD_REQUEST, "bad_version", e.to_string()),
+            ApiError::Conflict { code, message } => error_body(StatusCode::CONFLICT, code, message),
+            ApiError::Internal(e) => {
+                error!(error = %e, "internal error answering an HTTP request");
+                error_body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".into(),
+                )
+            }
+            ApiError::Store(
+                e @ (StoreError::CorruptDelta { .. }
+                | StoreError::CorruptCheckpoint { .. }
+                | StoreError::LogInconsistent { .. }),
+            ) => {
+                error!(error = %e, "damaged document answering an HTTP request");
+                error_body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "document_damaged",
+                    "the stored document is damaged; see the server log".into(),
+                )
+            }
             ApiError::Store(e) => {
                 error!(error = %e, "store error answering an HTTP request");
                 error_body(

@@ -62,6 +62,10 @@ pub struct StoreConfig {
     /// Checkpoints kept per document, newest first (default 4). The checkpoint at the retention
     /// cut is always kept in addition. Older checkpoints only speed up [`Store::state_at`].
     pub checkpoints_kept: usize,
+    /// Besides the newest ones, keep the oldest checkpoint in every span of this many updates
+    /// (default 5,000), so that [`Store::state_at`] at any version replays at most about this
+    /// many updates plus one checkpoint interval (admins' history view). 0 keeps only the newest.
+    pub history_checkpoint_every_updates: u64,
     /// Capacity of the group-commit queue, in append requests (default
     /// [`DEFAULT_QUEUE_CAPACITY`]). When it is full, [`Store::append`] waits.
     pub queue_capacity: usize,
@@ -89,6 +93,7 @@ impl Default for StoreConfig {
             checkpoint_every_updates: 1_000,
             checkpoint_every_bytes: 1024 * 1024,
             checkpoints_kept: 4,
+            history_checkpoint_every_updates: 5_000,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_batch_entries: DEFAULT_MAX_BATCH_ENTRIES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,

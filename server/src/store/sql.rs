@@ -400,18 +400,37 @@ macro_rules! shared_sql_impl {
                         log_start = cut;
                     }
                 }
-                // Keep the newest checkpoints and the one at the retention cut; drop the rest.
-                sqlx::query::<$db>(
-                    "DELETE FROM checkpoints WHERE doc_id = $1 AND seq <> $2 AND (seq < $2 OR \
-                     seq NOT IN (SELECT seq FROM checkpoints WHERE doc_id = $1 \
-                     ORDER BY seq DESC LIMIT $3))",
-                )
-                .bind(doc)
-                .bind(log_start)
-                .bind(to_i64(config.checkpoints_kept.max(1) as u64))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::db(op))?;
+                // Keep the newest checkpoints, the one at the retention cut and (for history)
+                // the oldest one in every span of `history_checkpoint_every_updates` updates;
+                // drop the rest.
+                let keep = to_i64(config.checkpoints_kept.max(1) as u64);
+                if config.history_checkpoint_every_updates == 0 {
+                    sqlx::query::<$db>(
+                        "DELETE FROM checkpoints WHERE doc_id = $1 AND seq <> $2 AND (seq < $2 OR \
+                         seq NOT IN (SELECT seq FROM checkpoints WHERE doc_id = $1 \
+                         ORDER BY seq DESC LIMIT $3))",
+                    )
+                    .bind(doc)
+                    .bind(log_start)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+                } else {
+                    sqlx::query::<$db>(
+                        "DELETE FROM checkpoints WHERE doc_id = $1 AND seq <> $2 AND (seq < $2 OR \
+                         (seq NOT IN (SELECT seq FROM checkpoints WHERE doc_id = $1 \
+                         ORDER BY seq DESC LIMIT $3) AND seq NOT IN (SELECT MIN(seq) \
+                         FROM checkpoints WHERE doc_id = $1 GROUP BY seq / $4)))",
+                    )
+                    .bind(doc)
+                    .bind(log_start)
+                    .bind(keep)
+                    .bind(to_i64(config.history_checkpoint_every_updates))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+                }
                 self.forget_head(&meta.id);
                 tx.commit().await.map_err(StoreError::db("commit"))?;
                 Ok(())

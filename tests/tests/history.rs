@@ -1,0 +1,528 @@
+//! Document history for admins, end to end on both backends: a scripted editing session by two
+//! authors through native clients, then the admin API (`/api/admin/…`) must report the right
+//! authors, summaries, sessions, content at chosen versions and diffs; a restore brings the old
+//! text back while connected clients (native and stock Yjs) receive it; a soft-deleted document's history stays
+//! readable to admins; and the usual refusals (401, 403, 400, 409) hold.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use lattice_engine::yws::{self, YMessage};
+use lattice_engine::{DocId, Value};
+use lattice_server::auth::{KeySet, Scope};
+use lattice_server::client::Client;
+use lattice_server::config::{AuthConfig, Config};
+use lattice_tests::server_support::{
+    TestServer, WAIT, client_with_token, config, doc, http_get, http_post, lattice_binary, settled,
+};
+use lattice_tests::store_support::TestDb;
+use serde_json::{Value as Json, json};
+use tokio_tungstenite::tungstenite::Message;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Sqlite).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Postgres).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(two_authors_history_restore_and_soft_delete);
+
+const SECRET: &str = "k1:history-secret-0123456789abcdef-012345";
+
+fn keys() -> KeySet {
+    KeySet::parse(&[SECRET]).expect("keys")
+}
+
+fn token(sub: &str, docs: &[&str], scope: Scope) -> String {
+    let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    keys()
+        .mint(sub, &docs, scope, Duration::from_secs(3_600), None)
+        .expect("mint")
+}
+
+fn auth_config(db: &TestDb) -> Config {
+    let mut c = config(db);
+    c.auth = AuthConfig::required(keys());
+    c.auth.failed_attempts_per_minute = 10_000;
+    c
+}
+
+async fn edit(
+    c: &Client,
+    d: &DocId,
+    f: impl FnOnce(
+        &mut lattice_engine::Document,
+        &lattice_engine::Hlc,
+    ) -> Result<lattice_engine::Delta, lattice_engine::EditError>,
+) {
+    c.edit(d, f).await.expect("edit");
+    settled(c, d).await;
+}
+
+async fn get_ok(server: &TestServer, path: &str, token: &str) -> Json {
+    let r = http_get(server.addr, path, Some(token)).await;
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    r.json()
+}
+
+/// Reads y-websocket frames until one holds a message `want` accepts.
+async fn next_y<S>(ws: &mut S, want: impl Fn(&YMessage) -> bool) -> YMessage
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let Some(Ok(frame)) = ws.next().await else {
+                panic!("the Yjs connection ended");
+            };
+            let Message::Binary(b) = frame else { continue };
+            for m in yws::decode_frame(&b, usize::MAX).expect("server frames decode") {
+                if want(&m) {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the message arrives")
+}
+
+/// Runs the `lattice` binary with `LATTICE_TOKEN` set.
+fn lattice_cli(args: &[&str], token: &str) -> std::process::Output {
+    std::process::Command::new(lattice_binary())
+        .args(args)
+        .env("LATTICE_TOKEN", token)
+        .output()
+        .expect("run lattice")
+}
+
+fn body_of(v: &Json) -> &str {
+    v["content"]["texts"]["body"].as_str().unwrap_or("")
+}
+
+async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
+    let server = TestServer::start(auth_config(&db)).await;
+    let url = server.ws_url();
+    let d = doc("notes/plan");
+    let admin = token("root-admin", &["*"], Scope::Admin);
+    let alice = client_with_token(&url, 101, &token("alice", &["notes/*"], Scope::Write));
+    let bob_token = token("bob", &["notes/*"], Scope::Write);
+    let bob = client_with_token(&url, 202, &bob_token);
+    for c in [&alice, &bob] {
+        c.open(&d, Vec::new()).await.expect("open");
+        settled(c, &d).await;
+    }
+
+    // The scripted session: one update per step, each committed before the next.
+    edit(&alice, &d, |doc, _| {
+        doc.text_insert("body", 0, "Hello world")
+    })
+    .await; // 1
+    edit(&alice, &d, |doc, hlc| {
+        doc.register_set("title", Value::String("Draft".into()), hlc.tick())
+    })
+    .await; // 2
+    assert!(
+        bob.wait_until(WAIT, |s| s
+            .document(&d)
+            .is_some_and(|x| x.text("body") == "Hello world"))
+            .await
+    );
+    edit(&bob, &d, |doc, _| doc.text_insert("body", 11, " again")).await; // 3
+    edit(&bob, &d, |doc, _| doc.counter_increment("likes", 1)).await; // 4
+    assert!(
+        alice
+            .wait_until(WAIT, |s| s
+                .document(&d)
+                .is_some_and(|x| x.text("body") == "Hello world again"))
+            .await
+    );
+    edit(&alice, &d, |doc, _| doc.text_delete("body", 6, 6)).await; // 5: "Hello again"
+    assert!(
+        bob.wait_until(WAIT, |s| s.document(&d).is_some_and(|x| x
+            .register("title")
+            == Some(&Value::String("Draft".into()))))
+            .await
+    );
+    edit(&bob, &d, |doc, hlc| {
+        doc.register_set("title", Value::String("Final".into()), hlc.tick())
+    })
+    .await; // 6
+
+    // History: authors, summaries, sessions.
+    let h = get_ok(&server, "/api/admin/history/notes/plan", &admin).await;
+    let entries = h["entries"].as_array().expect("entries");
+    let seen: Vec<(u64, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().expect("seq"),
+                e["author"].as_str().expect("author"),
+                e["summary"].as_str().expect("summary"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, "alice", "+11 chars in \"body\""),
+            (2, "alice", "title := \"Draft\""),
+            (3, "bob", "+6 chars in \"body\""),
+            (4, "bob", "counter likes +1"),
+            (5, "alice", "\u{2212}6 chars in \"body\""),
+            (6, "bob", "title := \"Final\""),
+        ]
+    );
+    assert_eq!(entries[0]["replica"], 101);
+    assert_eq!(entries[2]["replica"], 202);
+    assert!(entries[0]["time"].as_str().expect("time").ends_with('Z'));
+    assert_eq!(h["head_seq"], 6);
+    assert_eq!(h["next_after"], Json::Null);
+    let sessions: Vec<(String, u64, u64)> = h["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| {
+            (
+                s["author"].as_str().expect("author").to_owned(),
+                s["from_seq"].as_u64().expect("from"),
+                s["to_seq"].as_u64().expect("to"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sessions,
+        vec![
+            ("alice".into(), 1, 2),
+            ("bob".into(), 3, 4),
+            ("alice".into(), 5, 5),
+            ("bob".into(), 6, 6)
+        ]
+    );
+    // Paging: two entries after 2.
+    let p = get_ok(
+        &server,
+        "/api/admin/history/notes/plan?after=2&limit=2",
+        &admin,
+    )
+    .await;
+    let seqs: Vec<u64> = p["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(p["next_after"], 4);
+    assert_eq!(
+        p["entries"][1]["summary"], "counter likes +1",
+        "a page starting mid-log summarises from the right state"
+    );
+
+    // Content at chosen versions.
+    let c3 = get_ok(&server, "/api/admin/content/notes/plan?at=3", &admin).await;
+    assert_eq!(body_of(&c3), "Hello world again");
+    assert_eq!(c3["content"]["registers"]["title"], "Draft");
+    let c6 = get_ok(&server, "/api/admin/content/notes/plan?at=6", &admin).await;
+    assert_eq!(body_of(&c6), "Hello again");
+    assert_eq!(c6["content"]["registers"]["title"], "Final");
+    assert_eq!(c6["content"]["counters"]["likes"], 1);
+    let c0 = get_ok(&server, "/api/admin/content/notes/plan?at=0", &admin).await;
+    assert_eq!(body_of(&c0), "");
+
+    // Diffs.
+    let diff = get_ok(&server, "/api/admin/diff/notes/plan?from=3&to=6", &admin).await;
+    assert_eq!(
+        diff["texts"]["body"],
+        json!([
+            {"op": "equal", "text": "Hello "},
+            {"op": "delete", "text": "world "},
+            {"op": "equal", "text": "again"},
+        ])
+    );
+    assert_eq!(diff["counters"]["likes"], json!({"from": 0, "to": 1}));
+    assert_eq!(
+        diff["registers"]["title"],
+        json!({"from": "Draft", "to": "Final"})
+    );
+
+    // Listing: the document with its counts and live subscribers.
+    let list = get_ok(&server, "/api/admin/docs?prefix=notes/", &admin).await;
+    let listed = &list["documents"][0];
+    assert_eq!(listed["id"], "notes/plan");
+    assert_eq!(listed["updates"], 6);
+    assert_eq!(listed["live_subscribers"], 2);
+    assert_eq!(listed["deleted"], false);
+
+    // A stock Yjs client is connected too (y-websocket on `/yjs/{doc}`), synced.
+    let yjs_url = format!(
+        "{}/notes/plan?token={}",
+        url.replace("/v1/sync", "/yjs"),
+        token("yuki", &["notes/*"], Scope::Read)
+    );
+    let mut yjs = tokio_tungstenite::connect_async(yjs_url)
+        .await
+        .expect("connect yjs")
+        .0;
+    yjs.send(Message::Binary(yws::encode_sync_step1(&[]).into()))
+        .await
+        .expect("send");
+    let mut yjs_doc =
+        lattice_engine::Document::new(lattice_engine::ReplicaId::new(404).expect("replica"));
+    match next_y(&mut yjs, |m| matches!(m, YMessage::SyncStep2 { .. })).await {
+        YMessage::SyncStep2 { update } => {
+            yjs_doc
+                .apply(&lattice_engine::Delta {
+                    yjs: update,
+                    ..Default::default()
+                })
+                .expect("apply");
+        }
+        other => panic!("expected sync step 2, got {other:?}"),
+    }
+    assert_eq!(yjs_doc.text("body"), "Hello again");
+
+    // Restore to version 3 while bob is connected: bob receives the old text.
+    let r = http_post(
+        server.addr,
+        "/api/admin/restore/notes/plan",
+        Some(&admin),
+        Some(r#"{"to": 3}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let restored = r.json();
+    assert_eq!(restored["seq"], 7);
+    assert_eq!(restored["author"], "root-admin");
+    assert_eq!(restored["texts"], json!(["body"]));
+    assert_eq!(restored["registers"], json!(["title"]));
+    assert_eq!(
+        restored["counters_not_restored"]["likes"],
+        json!({"current": 1, "at_version": 0})
+    );
+    assert!(
+        bob.wait_until(WAIT, |s| s.document(&d).is_some_and(|x| {
+            x.text("body") == "Hello world again"
+                && x.register("title") == Some(&Value::String("Draft".into()))
+                && x.counter("likes") == 1
+        }))
+        .await,
+        "a connected client receives the restore: {:?}",
+        bob.json(&d)
+    );
+    // The Yjs client receives it as an update.
+    match next_y(&mut yjs, |m| matches!(m, YMessage::Update { .. })).await {
+        YMessage::Update { update } => {
+            yjs_doc
+                .apply(&lattice_engine::Delta {
+                    yjs: update,
+                    ..Default::default()
+                })
+                .expect("apply");
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    assert_eq!(yjs_doc.text("body"), "Hello world again");
+    drop(yjs);
+    let h = get_ok(&server, "/api/admin/history/notes/plan?after=6", &admin).await;
+    assert_eq!(h["entries"][0]["author"], "root-admin");
+    let c7 = get_ok(&server, "/api/admin/content/notes/plan", &admin).await;
+    assert_eq!(body_of(&c7), "Hello world again");
+    assert_eq!(c7["seq"], 7);
+
+    // Export: Yjs bytes and JSON.
+    let ex = http_get(
+        server.addr,
+        "/api/admin/export/notes/plan?format=json&at=1",
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(ex.status, 200);
+    assert_eq!(body_of(&ex.json()), "Hello world");
+    let ex = http_get(
+        server.addr,
+        "/api/admin/export/notes/plan?format=yjs",
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(ex.status, 200);
+    assert_eq!(ex.header("content-type"), Some("application/octet-stream"));
+
+    // Refusals: no token, a write token, bad versions and parameters.
+    let path = "/api/admin/history/notes/plan";
+    assert_eq!(http_get(server.addr, path, None).await.status, 401);
+    assert_eq!(
+        http_get(server.addr, path, Some(&bob_token)).await.status,
+        403
+    );
+    let other_admin = token("other", &["elsewhere/*"], Scope::Admin);
+    assert_eq!(
+        http_get(server.addr, path, Some(&other_admin)).await.status,
+        403
+    );
+    let empty = get_ok(&server, "/api/admin/docs", &other_admin).await;
+    assert_eq!(empty["documents"], json!([]));
+    let bad = http_get(
+        server.addr,
+        "/api/admin/content/notes/plan?at=99",
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"], "bad_version");
+    let bad = http_get(
+        server.addr,
+        "/api/admin/content/notes/plan?at=x",
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"], "bad_query");
+    let bad = http_post(
+        server.addr,
+        "/api/admin/restore/notes/plan",
+        Some(&admin),
+        Some("{"),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        http_get(server.addr, "/api/admin/history/notes/none", Some(&admin))
+            .await
+            .status,
+        404
+    );
+
+    // Soft delete: history and content stay readable to admins; restore is refused.
+    let del = http_post(
+        server.addr,
+        "/api/admin/delete/notes/plan",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.body);
+    let h = get_ok(&server, "/api/admin/history/notes/plan", &admin).await;
+    assert_eq!(h["deleted"], true);
+    assert_eq!(h["entries"].as_array().expect("entries").len(), 7);
+    let c = get_ok(&server, "/api/admin/content/notes/plan?at=6", &admin).await;
+    assert_eq!(body_of(&c), "Hello again");
+    let list = get_ok(&server, "/api/admin/docs", &admin).await;
+    assert_eq!(list["documents"], json!([]));
+    let list = get_ok(&server, "/api/admin/docs?include_deleted=true", &admin).await;
+    assert_eq!(list["documents"][0]["deleted"], true);
+    // The live room stopped: its subscribers were closed and cannot come back.
+    assert_eq!(list["documents"][0]["live_subscribers"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !bob.is_synced(&d),
+        "a deleted document cannot be subscribed to"
+    );
+    let r = http_post(
+        server.addr,
+        "/api/admin/restore/notes/plan?to=2",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let un = http_post(
+        server.addr,
+        "/api/admin/undelete/notes/plan",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(un.status, 200);
+    let list = get_ok(&server, "/api/admin/docs", &admin).await;
+    assert_eq!(list["documents"][0]["id"], "notes/plan");
+    // After undelete, the document opens again, with its content.
+    let carol = client_with_token(&url, 303, &bob_token);
+    carol.open(&d, Vec::new()).await.expect("open");
+    settled(&carol, &d).await;
+    assert_eq!(
+        carol.read(&d, |x| x.text("body")).as_deref(),
+        Some("Hello world again")
+    );
+    carol.stop();
+
+    // The admin page itself is static and served without a token.
+    let page = http_get(server.addr, "/admin", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("data-testid=\"doc-list\""));
+
+    // The CLI, against the server and straight from the database.
+    let url = format!("http://{}", server.addr);
+    let out = lattice_cli(
+        &["admin", "--url", &url, "--json", "history", "notes/plan"],
+        &admin,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(h["entries"].as_array().expect("entries").len(), 7);
+    let out = lattice_cli(
+        &["admin", "--url", &url, "show", "notes/plan", "--at", "3"],
+        &admin,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello world again"));
+    let out = lattice_cli(
+        &[
+            "admin",
+            "--database-url",
+            &db.url,
+            "--json",
+            "show",
+            "notes/plan",
+            "--at",
+            "5",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body_of(&c), "Hello again");
+    let out = lattice_cli(&["admin", "--database-url", &db.url, "docs"], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("notes/plan"));
+    let out = lattice_cli(
+        &[
+            "admin",
+            "--database-url",
+            &db.url,
+            "restore",
+            "notes/plan",
+            "--to",
+            "1",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restore needs a running server"));
+
+    alice.stop();
+    bob.stop();
+    server.shutdown().await;
+    db.cleanup().await;
+}
