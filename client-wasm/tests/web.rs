@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
-use lattice_client::core::{PendingKey, StoreOp, StoredDelta, decode_record, encode_record};
+use lattice_client::core::{
+    COPY_REPLICA, PendingKey, StoreOp, StoredDelta, decode_record, encode_record,
+};
 use lattice_client::{
     LatticeClient, LatticeDocument, PendingStore, ValueError, value_from_js, value_to_js,
 };
@@ -213,6 +215,16 @@ async fn pending_store_round_trips_records_of_every_replica() {
         store.load(&todo).await.expect("load"),
         vec![records[2].clone()]
     );
+    // The document's saved copy (replica 0) is a record like the others.
+    let copy = record(&notes, COPY_REPLICA, 0, 5);
+    store
+        .apply(&[StoreOp::Put(copy.clone())], None)
+        .expect("put");
+    store.flushed().await.expect("flushed");
+    assert_eq!(
+        store.load(&notes).await.expect("load"),
+        vec![copy, records[1].clone()]
+    );
     store.close();
 }
 
@@ -377,7 +389,13 @@ async fn syncs_through_the_socket_acks_presence_and_reconnects() {
         .await
         .expect("persisted");
     let store = PendingStore::open(&db).await.expect("open store");
-    assert_eq!(store.load(&id).await.expect("load").len(), 1);
+    let pending_records = |records: &[StoredDelta]| {
+        records
+            .iter()
+            .filter(|r| r.key.replica != COPY_REPLICA)
+            .count()
+    };
+    assert_eq!(pending_records(&store.load(&id).await.expect("load")), 1);
     deliver(
         &sock,
         &ServerMsg::Ack {
@@ -388,10 +406,21 @@ async fn syncs_through_the_socket_acks_presence_and_reconnects() {
     );
     assert_eq!(doc.pending_count(), 0);
     assert!(statuses.contains(r#"{"status":"synced","pending":0}"#));
-    JsFuture::from(client.when_persisted())
-        .await
-        .expect("persisted");
-    assert!(store.load(&id).await.expect("load").is_empty());
+    // The acknowledged edit's record goes with the next saved copy (at most every
+    // COPY_INTERVAL_MS; the client's one-second tick saves it), and then only the copy is left.
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        JsFuture::from(client.when_persisted())
+            .await
+            .expect("persisted");
+        left = store.load(&id).await.expect("load");
+        if pending_records(&left) == 0 {
+            break;
+        }
+        JsFuture::from(sleep(100)).await.expect("sleep");
+    }
+    assert_eq!(pending_records(&left), 0, "{left:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
 
     // Edits while synced go out at once.
     doc.counter("n".into())
