@@ -11,12 +11,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lattice_engine::DocId;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{ApiError, no_store};
@@ -24,7 +26,7 @@ use crate::ServerState;
 use crate::auth::{Principal, Scope, authorize};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
-use crate::store::StoreError;
+use crate::store::{DocMeta, StoreError};
 
 /// The admin UI: static HTML, CSS and JS, no secrets inside (it asks for a token).
 const ADMIN_PAGE: &str = include_str!("admin.html");
@@ -88,24 +90,74 @@ async fn admin_page() -> Response {
     no_store(response)
 }
 
-/// The token query parameter, accepted on every admin endpoint like elsewhere.
+/// Query parameters that carry the token (accepted on every admin endpoint like elsewhere).
+trait TokenParam {
+    fn token(&self) -> Option<&str>;
+}
+
+macro_rules! token_param {
+    ($($t:ty),*) => {
+        $(impl TokenParam for $t {
+            fn token(&self) -> Option<&str> {
+                self.token.as_deref()
+            }
+        })*
+    };
+}
+
+token_param!(Common, HistoryParams, AtParams, DiffParams, RestoreParams);
+
+/// Only the token.
 #[derive(Debug, Deserialize)]
 struct Common {
     token: Option<String>,
 }
 
-/// Authenticates, parses the document id and requires `admin` on it.
-fn admin_for(
-    state: &ServerState,
-    headers: &HeaderMap,
-    token: Option<&str>,
-    remote: SocketAddr,
-    doc: String,
-) -> Result<(Principal, DocId), ApiError> {
-    let principal = authorize(state, headers, token, remote.ip())?;
-    let doc = DocId::new(doc)?;
-    principal.require(&doc, Scope::Admin)?;
-    Ok((principal, doc))
+/// The prologue of every per-document admin endpoint, as an extractor: parses the query,
+/// authenticates, parses the document id from the path and requires `admin` on it, in that
+/// order, so a refusal never depends on whether the document exists.
+struct AdminDoc<P> {
+    principal: Principal,
+    doc: DocId,
+    params: P,
+}
+
+impl<P> FromRequestParts<Arc<ServerState>> for AdminDoc<P>
+where
+    P: DeserializeOwned + TokenParam + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ServerState>,
+    ) -> Result<Self, ApiError> {
+        let Query(params) = Query::<P>::from_request_parts(parts, state).await?;
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr)
+            .ok_or_else(|| ApiError::Internal("no peer address on the request".into()))?;
+        let Path(doc) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest {
+                code: "bad_path",
+                message: e.body_text(),
+            })?;
+        let principal = authorize(state, &parts.headers, params.token(), remote.ip())?;
+        let doc = DocId::new(doc)?;
+        principal.require(&doc, Scope::Admin)?;
+        Ok(AdminDoc {
+            principal,
+            doc,
+            params,
+        })
+    }
+}
+
+/// The document's metadata, or 404.
+async fn existing(state: &ServerState, doc: &DocId) -> Result<DocMeta, ApiError> {
+    state.store.document(doc).await?.ok_or(ApiError::NotFound)
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,18 +203,9 @@ async fn list(
 /// `GET /api/admin/docs/{doc}`: one document's summary (deleted ones too).
 async fn document(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<Common>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, .. }: AdminDoc<Common>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
-    let meta = state
-        .store
-        .document(&doc)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let meta = existing(&state, &doc).await?;
     let summary = history::DocSummary::new(&meta, Some(state.rooms.subscribers(&doc)));
     Ok(no_store(Json(summary).into_response()))
 }
@@ -180,13 +223,8 @@ struct HistoryParams {
 /// `GET /api/admin/history/{doc}?after=&limit=&session_gap_s=`.
 async fn history_page(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<HistoryParams>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, params: q, .. }: AdminDoc<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
     let page = history::history(
         &state.store,
         &doc,
@@ -213,13 +251,8 @@ struct AtParams {
 /// `GET /api/admin/content/{doc}?at=SEQ` (default: the head).
 async fn content(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<AtParams>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, params: q, .. }: AdminDoc<AtParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
     let content = history::content(&state.store, &doc, q.at, state.replica).await?;
     Ok(no_store(Json(content).into_response()))
 }
@@ -234,23 +267,11 @@ struct DiffParams {
 /// `GET /api/admin/diff/{doc}?from=SEQ&to=SEQ` (`to` defaults to the head).
 async fn diff(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<DiffParams>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, params: q, .. }: AdminDoc<DiffParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
     let to = match q.to {
         Some(to) => to,
-        None => {
-            state
-                .store
-                .document(&doc)
-                .await?
-                .ok_or(ApiError::NotFound)?
-                .head_seq
-        }
+        None => existing(&state, &doc).await?.head_seq,
     };
     let diff = history::diff(&state.store, &doc, q.from, to, state.replica).await?;
     Ok(no_store(Json(diff).into_response()))
@@ -260,13 +281,8 @@ async fn diff(
 /// can apply them) or the JSON view, as a download.
 async fn export(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<AtParams>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, params: q, .. }: AdminDoc<AtParams>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
     let file = doc.as_str().replace(['/', '"', '\\'], "_");
     let mut response = match q.format.as_deref().unwrap_or("json") {
         "yjs" => {
@@ -312,14 +328,13 @@ struct RestoreParams {
 /// admin, that brings texts and registers back to version `SEQ`; applied through the room.
 async fn restore(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<RestoreParams>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc {
+        principal,
+        doc,
+        params: q,
+    }: AdminDoc<RestoreParams>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (principal, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
     let body: RestoreBody = if body.iter().all(u8::is_ascii_whitespace) {
         RestoreBody::default()
     } else {
@@ -332,11 +347,7 @@ async fn restore(
         code: "bad_body",
         message: "say which version to restore: {\"to\": SEQ}".into(),
     })?;
-    let meta = state
-        .store
-        .document(&doc)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let meta = existing(&state, &doc).await?;
     if meta.is_deleted() {
         return Err(ApiError::Conflict {
             code: "document_deleted",
@@ -381,45 +392,37 @@ async fn restore(
 /// `POST /api/admin/delete/{doc}`: soft delete (the data stays; history stays readable here).
 async fn soft_delete(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<Common>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, .. }: AdminDoc<Common>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
-    state
-        .store
-        .document(&doc)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let changed = state.store.soft_delete(&doc).await?;
-    // A live room would go on serving its in-memory copy: stop it and close its subscribers.
-    if let Some(room) = state.rooms.live(&doc) {
-        let _ = room.send(RoomCmd::Deleted).await;
-    }
-    Ok(no_store(
-        Json(json!({ "doc": doc.as_str(), "deleted": true, "changed": changed })).into_response(),
-    ))
+    set_deleted(&state, &doc, true).await
 }
 
 /// `POST /api/admin/undelete/{doc}`.
 async fn undelete(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<Common>, QueryRejection>,
-    Path(doc): Path<String>,
+    AdminDoc { doc, .. }: AdminDoc<Common>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    let (_, doc) = admin_for(&state, &headers, q.token.as_deref(), remote, doc)?;
-    state
-        .store
-        .document(&doc)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let changed = state.store.undelete(&doc).await?;
+    set_deleted(&state, &doc, false).await
+}
+
+async fn set_deleted(
+    state: &ServerState,
+    doc: &DocId,
+    deleted: bool,
+) -> Result<Response, ApiError> {
+    existing(state, doc).await?;
+    let changed = if deleted {
+        let changed = state.store.soft_delete(doc).await?;
+        // A live room would go on serving its in-memory copy: stop it and close its subscribers.
+        if let Some(room) = state.rooms.live(doc) {
+            let _ = room.send(RoomCmd::Deleted).await;
+        }
+        changed
+    } else {
+        state.store.undelete(doc).await?
+    };
     Ok(no_store(
-        Json(json!({ "doc": doc.as_str(), "deleted": false, "changed": changed })).into_response(),
+        Json(json!({ "doc": doc.as_str(), "deleted": deleted, "changed": changed }))
+            .into_response(),
     ))
 }
