@@ -1,11 +1,18 @@
 // The reference y-websocket server (@y/websocket-server's `setupWSConnection`, exactly what its
 // `y-websocket-server` binary runs) on 127.0.0.1:PORT (0 = any free port), documents in memory
-// only (YPERSISTENCE unset). The document is the URL path. Prints `ready PORT VERSIONS` once it
+// only, unless LATTICE_BENCH_STORAGE names a folder: then its LevelDB persistence (y-leveldb,
+// what YPERSISTENCE turns on) keeps every update in FOLDER/leveldb. The document is the URL path. Prints `ready PORT VERSIONS` once it
 // listens; `cargo xtask bench` starts it (bench/src/target.rs).
 import http from 'node:http'
 import { createRequire } from 'node:module'
+import { join } from 'node:path'
 import WebSocket from 'ws'
-import { setupWSConnection } from '@y/websocket-server/utils'
+
+// utils.js reads YPERSISTENCE when it is first imported.
+if (process.env.LATTICE_BENCH_STORAGE) {
+  process.env.YPERSISTENCE = join(process.env.LATTICE_BENCH_STORAGE, 'leveldb')
+}
+const { setupWSConnection, getPersistence } = await import('@y/websocket-server/utils')
 
 const require = createRequire(import.meta.url)
 const port = Number(process.argv[2] ?? 0)
@@ -27,4 +34,10 @@ server.listen(port, '127.0.0.1', () => {
   }
   console.log(`ready ${server.address().port} ${JSON.stringify(versions)}`)
 })
-process.on('SIGTERM', () => process.exit(0))
+// On SIGTERM, let LevelDB finish the writes queued so far before exiting.
+process.on('SIGTERM', async () => {
+  server.close()
+  const persistence = getPersistence()
+  if (persistence) await persistence.provider.destroy()
+  process.exit(0)
+})

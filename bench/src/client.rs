@@ -205,6 +205,17 @@ pub struct ConnectOptions {
 /// Opens a connection to `doc` and returns it synced (the document was empty or the
 /// subscription answered), with its codec.
 pub async fn connect(endpoint: &Endpoint, doc: &str, opts: ConnectOptions) -> Result<(Ws, Codec)> {
+    let (ws, codec, _) = connect_keeping(endpoint, doc, opts).await?;
+    Ok((ws, codec))
+}
+
+/// [`connect`], also returning the frames the server sent until the client was synced (they
+/// hold the document's state), undecoded: the caller decides whether decoding them is timed.
+pub async fn connect_keeping(
+    endpoint: &Endpoint,
+    doc: &str,
+    opts: ConnectOptions,
+) -> Result<(Ws, Codec, Vec<Message>)> {
     let codec = Codec::new(endpoint.protocol, doc)?;
     let url = endpoint.url(doc);
     let config = opts.small_buffers.then(|| {
@@ -221,20 +232,23 @@ pub async fn connect(endpoint: &Endpoint, doc: &str, opts: ConnectOptions) -> Re
         }
         ws.flush().await?;
         let mut authenticated = false;
+        let mut received = Vec::new();
         loop {
             let msg = ws
                 .next()
                 .await
                 .context("the server closed the connection during the handshake")??;
-            if codec.synced_by(&msg, &mut authenticated)? {
-                return Ok::<_, anyhow::Error>(ws);
+            let synced = codec.synced_by(&msg, &mut authenticated)?;
+            received.push(msg);
+            if synced {
+                return Ok::<_, anyhow::Error>((ws, received));
             }
         }
     };
-    let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let (ws, received) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .with_context(|| format!("no sync within {HANDSHAKE_TIMEOUT:?} from {url} ({doc})"))??;
-    Ok((ws, codec))
+    Ok((ws, codec, received))
 }
 
 /// The clock `client` reached in a Yjs update (0 if it has nothing of `client`): for a writer

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub struct Tools {
 #[derive(Debug)]
 pub struct RunningServer {
     child: Child,
+    pub target: Target,
+    tools: Tools,
     pub pid: u32,
     pub endpoint: Endpoint,
     /// What the server reported about itself (package versions for peers, the version line for
@@ -104,15 +106,35 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// A fresh server: Lattice on a new SQLite file, the peers in memory.
     pub async fn start(target: &Target, tools: &Tools) -> Result<Self> {
+        Self::start_with(target, tools, None).await
+    }
+
+    /// Another server of the same target, keeping its documents in `storage` (a folder that
+    /// outlives the process): Lattice's SQLite file, Hocuspocus with its SQLite extension, the
+    /// y-websocket server with its LevelDB persistence (`YPERSISTENCE`). The scenarios that
+    /// restart a server (`cold`) use this; the others measure the peers in memory.
+    pub async fn start_persistent(&self, storage: &Path) -> Result<Self> {
+        Self::start_with(&self.target, &self.tools, Some(storage)).await
+    }
+
+    async fn start_with(target: &Target, tools: &Tools, storage: Option<&Path>) -> Result<Self> {
         let mut dir = None;
         let mut cmd = match target.server {
             ServerKind::Lattice => {
-                let d = tempfile::Builder::new()
-                    .prefix("lattice-bench-")
-                    .tempdir()?;
-                let db = format!("sqlite://{}", d.path().join("bench.db").display());
-                dir = Some(d);
+                let db_dir = match storage {
+                    Some(s) => s.to_path_buf(),
+                    None => {
+                        let d = tempfile::Builder::new()
+                            .prefix("lattice-bench-")
+                            .tempdir()?;
+                        let path = d.path().to_path_buf();
+                        dir = Some(d);
+                        path
+                    }
+                };
+                let db = format!("sqlite://{}", db_dir.join("bench.db").display());
                 let mut c = Command::new(&tools.lattice_bin);
                 c.args([
                     "serve",
@@ -136,6 +158,9 @@ impl RunningServer {
                 c.arg(tools.peers_dir.join(script))
                     .arg("0")
                     .current_dir(&tools.peers_dir);
+                if let Some(s) = storage {
+                    c.env("LATTICE_BENCH_STORAGE", s);
+                }
                 c
             }
         };
@@ -200,6 +225,8 @@ impl RunningServer {
         };
         Ok(Self {
             child,
+            target: *target,
+            tools: tools.clone(),
             pid,
             endpoint,
             versions,
@@ -232,6 +259,31 @@ impl RunningServer {
     /// The last lines the server printed.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    /// Stops the server the way an operator would (SIGTERM) and waits until it has exited, so
+    /// that what it persists on shutdown is on disk. Fails if it does not exit cleanly.
+    pub async fn terminate(mut self, timeout: Duration) -> Result<()> {
+        self.check_alive()?;
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("cannot signal the server")?;
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not exit within {timeout:?} of SIGTERM",
+                    self.target.label
+                )
+            })??;
+        if !status.success() {
+            bail!(
+                "{} exited with {status} on SIGTERM:\n{}",
+                self.target.label,
+                tail(&self.log)
+            );
+        }
+        Ok(())
     }
 
     pub async fn stop(mut self) -> Result<()> {

@@ -70,4 +70,6 @@ scenarios! {
     fanout => Fanout,
     trace => Trace,
     idle => Idle,
+    ingest => Ingest,
+    cold => Cold,
 }

@@ -54,9 +54,9 @@ struct Txn {
 }
 
 /// One trace, encoded.
-struct Encoded {
-    name: String,
-    updates: Vec<Vec<u8>>,
+pub(super) struct Encoded {
+    pub(super) name: String,
+    pub(super) updates: Vec<Vec<u8>>,
     end: String,
     end_len_utf16: u32,
     /// The writer's clock after the last update.
@@ -168,7 +168,7 @@ impl Utf16Map {
     }
 }
 
-fn encode(path: &Path) -> Result<Encoded> {
+pub(super) fn encode(path: &Path) -> Result<Encoded> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -232,19 +232,19 @@ fn new_doc(client: u64) -> yrs::Doc {
 }
 
 /// An observer's copy of the document: applies updates, and says when it holds the final text.
-struct Replica {
+pub(super) struct Replica {
     doc: yrs::Doc,
     text: yrs::TextRef,
 }
 
 impl Replica {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let doc = new_doc(0x4f42_5331);
         let text = doc.get_or_insert_text(TEXT);
         Self { doc, text }
     }
 
-    fn apply(&mut self, update: &[u8]) -> Result<()> {
+    pub(super) fn apply(&mut self, update: &[u8]) -> Result<()> {
         let update = yrs::Update::decode_v1(update).context("undecodable update")?;
         self.doc
             .transact_mut()
@@ -253,14 +253,14 @@ impl Replica {
     }
 
     /// Cheap checks first (clock, length), the full text only when they match.
-    fn holds(&self, t: &Encoded) -> bool {
+    pub(super) fn holds(&self, t: &Encoded) -> bool {
         let txn = self.doc.transact();
         txn.state_vector().get(&yrs::block::ClientID::new(WRITER)) >= t.final_clock
             && self.text.len(&txn) == t.end_len_utf16
             && self.text.get_string(&txn) == t.end
     }
 
-    fn explain(&self, t: &Encoded) -> String {
+    pub(super) fn explain(&self, t: &Encoded) -> String {
         let txn = self.doc.transact();
         let got = self.text.get_string(&txn);
         let clock = txn.state_vector().get(&yrs::block::ClientID::new(WRITER));
@@ -375,7 +375,7 @@ fn samples(case: &str, secs: f64, updates: usize) -> Vec<Sample> {
 
 /// Replays one trace against one server; returns the seconds from the first send until the
 /// observer holds `endContent`.
-async fn replay(server: &mut RunningServer, target: &Target, t: &Encoded, timeout: Duration) -> Result<f64> {
+pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Encoded, timeout: Duration) -> Result<f64> {
     let doc = format!("bench/trace-{}", t.name);
     let endpoint = server.endpoint.clone();
     let (mut observer, ocodec) = client::connect(&endpoint, &doc, ConnectOptions::default())
