@@ -379,6 +379,10 @@ impl Prepared for Plan {
                     target.label
                 );
             }
+            eprintln!(
+                "ingest {}: {done} updates confirmed of {sent_total} sent in {elapsed:.1} s",
+                target.id
+            );
             let case = format!("{} docs × {} writers", self.docs, self.writers);
             Ok(vec![Sample::new(
                 &case,
