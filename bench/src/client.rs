@@ -18,6 +18,9 @@ use crate::wire::{YEvent, YFraming};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How often a listening connection sends [`Codec::keepalive`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a connection may take to open and sync before the bench fails.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -102,6 +105,15 @@ impl Codec {
             _ => self.framing.update(yjs),
         };
         Message::Binary(bytes.into())
+    }
+
+    /// A frame to send now and then on a connection that otherwise only listens, for servers
+    /// that close silent connections (Hocuspocus); `None` where pings suffice.
+    pub fn keepalive(&self) -> Option<Message> {
+        match self.protocol {
+            Protocol::Native => None,
+            _ => self.framing.keepalive().map(|f| Message::Binary(f.into())),
+        }
     }
 
     fn handshake(&self) -> Vec<Vec<u8>> {

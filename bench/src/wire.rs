@@ -170,6 +170,16 @@ impl YFraming {
         }
     }
 
+    /// A message that changes nothing, sent now and then so that Hocuspocus does not close a
+    /// connection that only listens (it closes with 4408 after `timeout`, 60 s, without a
+    /// message; real providers renew their awareness every 15 s). An awareness query.
+    pub fn keepalive(&self) -> Option<Vec<u8>> {
+        match self {
+            Self::Plain => None,
+            Self::Hocuspocus { .. } => Some(self.frame(&yws::encode_query_awareness())),
+        }
+    }
+
     /// One Yjs update as a y-websocket `update` message.
     pub fn update(&self, update: &[u8]) -> Vec<u8> {
         self.frame(&yws::encode_update(update))
@@ -274,6 +284,15 @@ mod tests {
         want.extend_from_slice(b"bench/doc-1");
         want.extend_from_slice(&[0, 0, 1, 0]);
         assert_eq!(frames[1], want);
+    }
+
+    #[test]
+    fn hocuspocus_keepalive_is_an_awareness_query() {
+        let mut want = vec![11];
+        want.extend_from_slice(b"bench/doc-1");
+        want.push(3);
+        assert_eq!(hocus().keepalive(), Some(want));
+        assert_eq!(YFraming::Plain.keepalive(), None);
     }
 
     #[test]

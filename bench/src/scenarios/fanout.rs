@@ -94,20 +94,27 @@ impl Plan {
 
 impl Prepared for Plan {
     fn describe(&self) -> String {
+        let paced = if self.paced.is_empty() {
+            "**paced**: skipped (`--paced-updates 0`)".to_owned()
+        } else {
+            format!(
+                "**paced** = {p} updates at {rate}/s (shortened from 5,000 so a case stays ≈ \
+                 {secs:.0} s; `--paced-updates`)",
+                p = self.paced.len(),
+                rate = self.rate,
+                secs = self.paced.len() as f64 / f64::from(self.rate),
+            )
+        };
         format!(
             "One writer sends keystroke-sized updates (one character appended, ≈ 25–30 bytes of \
              Yjs; the same bytes to every target) to one document with {r} readers: **burst** = \
-             {b} updates as fast as the connection takes them; **paced** = {p} updates at \
-             {rate}/s (shortened from 5,000 so a case stays ≈ {secs:.0} s; `--paced-updates`). \
-             Readers count the updates a frame holds from the writer's clock in it (the update is \
-             decoded with yrs, not applied), so merged relays count as the updates they carry. \
-             Latency: an update's send → its arrival at a reader, over all (update, reader) \
-             pairs; deliveries/s = updates × readers ÷ (last arrival − first send).",
+             {b} updates as fast as the connection takes them; {paced}. Readers count the \
+             updates a frame holds from the writer's clock in it (the update is decoded with \
+             yrs, not applied), so merged relays count as the updates they carry. Latency: an \
+             update's send → its arrival at a reader, over all (update, reader) pairs; \
+             deliveries/s = updates × readers ÷ (last arrival − first send).",
             r = self.readers,
             b = self.burst.len(),
-            p = self.paced.len(),
-            rate = self.rate,
-            secs = self.paced.len() as f64 / f64::from(self.rate),
         )
     }
 

@@ -428,8 +428,17 @@ pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Enco
     };
     let observe = async {
         let mut replica = Replica::new();
+        let mut keepalive = tokio::time::interval(client::KEEPALIVE_INTERVAL);
         loop {
-            let msg = observer.next().await.context("the observer's connection ended")??;
+            let msg = tokio::select! {
+                msg = observer.next() => msg.context("the observer's connection ended")??,
+                _ = keepalive.tick() => {
+                    if let Some(frame) = ocodec.keepalive() {
+                        observer.send(frame).await?;
+                    }
+                    continue;
+                }
+            };
             let mut changed = false;
             for ev in ocodec.decode(&msg)? {
                 if let Event::Update(u) = ev {
