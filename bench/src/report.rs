@@ -348,7 +348,8 @@ pub fn markdown(results: &Results) -> String {
          or acknowledged. Its per-connection rate limits are raised for the bench client \
          (`{}`; the defaults, 500 messages/s, would throttle it). Hocuspocus (no extensions) and \
          the reference y-websocket server (`YPERSISTENCE` unset) keep documents in memory only: \
-         no persistence. Every server is a fresh process per scenario and target, on loopback; \
+         no persistence, except in `cold`, which restarts servers on their storage (Hocuspocus \
+         with `@hocuspocus/extension-sqlite`, the y-websocket server with y-leveldb). Every server is a fresh process per scenario and target, on loopback; \
          the load generator (`lattice-bench`, Rust/tokio) shares the machine's cores with it. \
          Ratios are Lattice ÷ the best peer on that row (for a time, below 1 is better; for a \
          rate, above 1).\n",
