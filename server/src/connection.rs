@@ -179,6 +179,10 @@ pub(crate) async fn join_room(
     None
 }
 
+/// How long a closing connection keeps reading what its peer still sends, waiting for the
+/// peer's close frame (see [`Outbound::finish`]).
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The sending half of a connection: a bounded outbox, the closer rooms use to close it, and
 /// the writer task that drains both into the socket.
 pub(crate) struct Outbound {
@@ -208,16 +212,31 @@ impl Outbound {
     }
 
     /// The connection is done (every other sender of its outbox dropped): counts the close,
-    /// lets the writer send what is queued (within the shutdown deadline), and frees the slot.
+    /// lets the writer send what is queued (within the shutdown deadline), reads what the peer
+    /// still sends until its close (within [`CLOSE_DRAIN`]), and frees the slot.
+    ///
+    /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
+    /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
+    /// before the peer reads them. The socket closes only when `stream` is dropped here.
     pub(crate) async fn finish(
         self,
         state: &ServerState,
         code: CloseCode,
         permit: OwnedSemaphorePermit,
+        mut stream: SplitStream<WebSocket>,
     ) {
         state.metrics.closed(close_kind(code));
         drop(self.outbox);
         let _ = timeout(state.config.shutdown_deadline, self.writer).await;
+        let drain = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = timeout(CLOSE_DRAIN.min(state.config.shutdown_deadline), drain).await;
+        drop(stream);
         state.metrics.connections.fetch_sub(1, Relaxed);
         drop(permit);
         debug!(code = code.code(), "connection closed");
@@ -236,7 +255,7 @@ pub(crate) async fn serve_socket(
     async move {
         state.metrics.connections.fetch_add(1, Relaxed);
         let limits = &state.config.limits;
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let outbound = Outbound::start(&state, sink);
         let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
         let mut conn = Conn {
@@ -255,7 +274,7 @@ pub(crate) async fn serve_socket(
             bytes: byte_limiter(limits),
             state: state.clone(),
         };
-        let exit = conn.run(stream).await;
+        let exit = conn.run(&mut stream).await;
         let code = match exit {
             Exit::Close(code) => {
                 conn.send_close(code).await;
@@ -274,7 +293,7 @@ pub(crate) async fn serve_socket(
         };
         conn.leave_all().await;
         drop(conn);
-        outbound.finish(&state, code, permit).await;
+        outbound.finish(&state, code, permit, stream).await;
     }
     .instrument(span)
     .await;
@@ -316,7 +335,7 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> Exit {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> Exit {
         let limits = self.state.config.limits.clone();
         // Handshake: the first frame must be `hello`, within the deadline.
         let first = tokio::select! {

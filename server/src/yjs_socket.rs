@@ -89,7 +89,7 @@ pub(crate) async fn serve_yjs_socket(
     async move {
         state.metrics.connections.fetch_add(1, Relaxed);
         let limits = state.config.limits.clone();
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let outbound = Outbound::start(&state, sink);
         let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
         let mut conn = YjsConn {
@@ -109,7 +109,7 @@ pub(crate) async fn serve_yjs_socket(
             messages: message_limiter(&limits),
             bytes: byte_limiter(&limits),
         };
-        let exit = conn.run(stream).await;
+        let exit = conn.run(&mut stream).await;
         let code = match exit {
             Exit::Close(code) => {
                 conn.send_close(code).await;
@@ -130,7 +130,7 @@ pub(crate) async fn serve_yjs_socket(
             let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
         }
         drop(conn);
-        outbound.finish(&state, code, permit).await;
+        outbound.finish(&state, code, permit, stream).await;
     }
     .instrument(span)
     .await;
@@ -241,7 +241,7 @@ impl YjsConn {
         None
     }
 
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> Exit {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> Exit {
         let limits = self.state.config.limits.clone();
         let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
         keepalive.reset();

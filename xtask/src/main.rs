@@ -4,11 +4,13 @@
 //! - `cargo xtask test` — set up what is missing, then run every check and test.
 //! - `cargo xtask setup` — only the set-up (idempotent).
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
+//! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
 //! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
 //! is skipped.
 
+mod bench;
 mod setup;
 mod web;
 
@@ -31,9 +33,10 @@ fn main() -> Result<()> {
         Some("setup") => setup::all().map(|_| ()),
         Some("check-engine-deps") => check_engine_deps(),
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }

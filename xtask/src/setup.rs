@@ -108,7 +108,7 @@ pub(crate) fn has_program(program: &str) -> bool {
 }
 
 /// `npm ci` in `dir` unless its installed packages are newer than its lock file.
-fn npm_ci(dir: &str) -> Result<()> {
+pub(crate) fn npm_ci(dir: &str) -> Result<()> {
     let locked = std::path::Path::new(dir).join("package-lock.json");
     let installed = std::path::Path::new(dir).join("node_modules/.package-lock.json");
     let current = match (std::fs::metadata(&locked), std::fs::metadata(&installed)) {
@@ -172,7 +172,7 @@ fn apt_installed(pkg: &str) -> bool {
         .is_ok_and(|s| s.contains("install ok installed"))
 }
 
-fn apt(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

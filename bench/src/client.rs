@@ -1,0 +1,329 @@
+//! Bench clients: connect, handshake until synced, encode updates, decode what servers send, for
+//! the native protocol, y-websocket and Hocuspocus alike.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use lattice_engine::protocol::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
+use lattice_engine::{Delta, DocId, DocState};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::updates::decoder::Decode;
+
+use crate::wire::{YEvent, YFraming};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How often a listening connection sends [`Codec::keepalive`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to open and sync before the bench fails.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The wire protocol a target speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Lattice's MessagePack protocol (docs/protocol.md).
+    Native,
+    /// y-websocket: one lib0 message per frame, the document in the URL path.
+    YWebsocket,
+    /// Hocuspocus: y-websocket messages behind a document-name prefix, auth first.
+    Hocuspocus,
+}
+
+/// Where a running server takes connections.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+    /// Path before the document for y-websocket (`/yjs` on Lattice, empty on the reference
+    /// server).
+    pub yjs_prefix: &'static str,
+}
+
+impl Endpoint {
+    fn url(&self, doc: &str) -> String {
+        match self.protocol {
+            Protocol::Native => format!("ws://{}/v1/sync", self.addr),
+            Protocol::YWebsocket => format!("ws://{}{}/{doc}", self.addr, self.yjs_prefix),
+            Protocol::Hocuspocus => format!("ws://{}/", self.addr),
+        }
+    }
+}
+
+/// What a server frame means to a bench client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A Yjs update (a relay, an echo, or what we lacked at subscription).
+    Update(Vec<u8>),
+    /// Native: every delta with `seq` ≤ this is durable.
+    Acked(u64),
+    /// Hocuspocus: one more update of ours was applied.
+    Applied,
+    Other,
+}
+
+/// Encodes and decodes frames for one document on one protocol.
+#[derive(Clone, Debug)]
+pub struct Codec {
+    protocol: Protocol,
+    doc: DocId,
+    framing: YFraming,
+}
+
+impl Codec {
+    pub fn new(protocol: Protocol, doc: &str) -> Result<Self> {
+        Ok(Self {
+            protocol,
+            doc: DocId::new(doc).with_context(|| format!("bad document id {doc:?}"))?,
+            framing: match protocol {
+                Protocol::Hocuspocus => YFraming::Hocuspocus {
+                    doc: doc.to_owned(),
+                },
+                _ => YFraming::Plain,
+            },
+        })
+    }
+
+    /// One Yjs update as a frame; `seq` numbers native deltas (from 1).
+    pub fn update(&self, seq: u64, yjs: &[u8]) -> Message {
+        let bytes = match self.protocol {
+            Protocol::Native => ClientMsg::Delta {
+                doc: self.doc.clone(),
+                seq,
+                delta: Delta {
+                    yjs: yjs.to_vec(),
+                    ..Delta::default()
+                },
+            }
+            .encode(),
+            _ => self.framing.update(yjs),
+        };
+        Message::Binary(bytes.into())
+    }
+
+    /// A frame to send now and then on a connection that otherwise only listens, for servers
+    /// that close silent connections (Hocuspocus); `None` where pings suffice.
+    pub fn keepalive(&self) -> Option<Message> {
+        match self.protocol {
+            Protocol::Native => None,
+            _ => self.framing.keepalive().map(|f| Message::Binary(f.into())),
+        }
+    }
+
+    fn handshake(&self) -> Vec<Vec<u8>> {
+        match self.protocol {
+            Protocol::Native => vec![
+                ClientMsg::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    token: None,
+                    agent: Some("lattice-bench".into()),
+                    replica: None,
+                }
+                .encode(),
+                ClientMsg::Subscribe {
+                    doc: self.doc.clone(),
+                    state: DocState::default(),
+                }
+                .encode(),
+            ],
+            _ => self.framing.handshake(""),
+        }
+    }
+
+    /// Decodes one server message; a refusal from the server is an error.
+    pub fn decode(&self, msg: &Message) -> Result<Vec<Event>> {
+        let bytes = match msg {
+            Message::Binary(b) => b,
+            Message::Close(c) => bail!("the server closed the connection: {c:?}"),
+            _ => return Ok(Vec::new()),
+        };
+        if self.protocol == Protocol::Native {
+            return Ok(match ServerMsg::decode(bytes, usize::MAX)? {
+                ServerMsg::Delta { delta, .. } | ServerMsg::Sync { delta, .. } => {
+                    if delta.yjs.is_empty() {
+                        vec![Event::Other]
+                    } else {
+                        vec![Event::Update(delta.yjs)]
+                    }
+                }
+                ServerMsg::Ack { seq, .. } => vec![Event::Acked(seq)],
+                ServerMsg::Error { code, message, .. } => {
+                    bail!("the server refused: {code:?}: {message}")
+                }
+                _ => vec![Event::Other],
+            });
+        }
+        self.framing
+            .decode(bytes)?
+            .into_iter()
+            .map(|e| match e {
+                YEvent::Update(u) | YEvent::SyncStep2(u) => Ok(Event::Update(u)),
+                YEvent::SyncStatus(true) => Ok(Event::Applied),
+                YEvent::SyncStatus(false) => bail!("the server did not apply an update"),
+                YEvent::PermissionDenied(reason) => bail!("permission denied: {reason}"),
+                _ => Ok(Event::Other),
+            })
+            .collect()
+    }
+
+    /// Whether `msg` completes the handshake given what came before: native `sync`, sync step 2
+    /// for y-websocket, and for Hocuspocus step 2 after `authenticated`.
+    fn synced_by(&self, msg: &Message, authenticated: &mut bool) -> Result<bool> {
+        let Message::Binary(bytes) = msg else {
+            if let Message::Close(c) = msg {
+                bail!("closed during the handshake: {c:?}");
+            }
+            return Ok(false);
+        };
+        match self.protocol {
+            Protocol::Native => match ServerMsg::decode(bytes, usize::MAX)? {
+                ServerMsg::Sync { .. } => Ok(true),
+                ServerMsg::Error { code, message, .. } => {
+                    bail!("refused during the handshake: {code:?}: {message}")
+                }
+                _ => Ok(false),
+            },
+            _ => {
+                let mut synced = false;
+                for e in self.framing.decode(bytes)? {
+                    match e {
+                        YEvent::Authenticated(_) => *authenticated = true,
+                        YEvent::PermissionDenied(r) => bail!("permission denied: {r}"),
+                        YEvent::SyncStep2(_) => synced = true,
+                        _ => {}
+                    }
+                }
+                Ok(synced
+                    && (*authenticated || !matches!(self.framing, YFraming::Hocuspocus { .. })))
+            }
+        }
+    }
+}
+
+/// Options for opening many connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectOptions {
+    /// Small client-side buffers, for the idle scenario's thousands of sockets (the server's
+    /// memory is what is measured, but the bench must fit beside it).
+    pub small_buffers: bool,
+}
+
+/// Opens a connection to `doc` and returns it synced (the document was empty or the
+/// subscription answered), with its codec.
+pub async fn connect(endpoint: &Endpoint, doc: &str, opts: ConnectOptions) -> Result<(Ws, Codec)> {
+    let (ws, codec, _) = connect_keeping(endpoint, doc, opts).await?;
+    Ok((ws, codec))
+}
+
+/// [`connect`], also returning the frames the server sent until the client was synced (they
+/// hold the document's state), undecoded: the caller decides whether decoding them is timed.
+pub async fn connect_keeping(
+    endpoint: &Endpoint,
+    doc: &str,
+    opts: ConnectOptions,
+) -> Result<(Ws, Codec, Vec<Message>)> {
+    let codec = Codec::new(endpoint.protocol, doc)?;
+    let url = endpoint.url(doc);
+    let config = opts.small_buffers.then(|| {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+    });
+    let fut = async {
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, config, true)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        for frame in codec.handshake() {
+            ws.feed(Message::Binary(frame.into())).await?;
+        }
+        ws.flush().await?;
+        let mut authenticated = false;
+        let mut received = Vec::new();
+        loop {
+            let msg = ws
+                .next()
+                .await
+                .context("the server closed the connection during the handshake")??;
+            let synced = codec.synced_by(&msg, &mut authenticated)?;
+            received.push(msg);
+            if synced {
+                return Ok::<_, anyhow::Error>((ws, received));
+            }
+        }
+    };
+    let (ws, received) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("no sync within {HANDSHAKE_TIMEOUT:?} from {url} ({doc})"))??;
+    Ok((ws, codec, received))
+}
+
+/// The clock `client` reached in a Yjs update (0 if it has nothing of `client`): for a writer
+/// that types one character per update, the number of its updates the update covers. Decoding
+/// the update is enough; it is not integrated anywhere.
+pub fn clock_of(update: &[u8], client: u64) -> Result<u32> {
+    let update = yrs::Update::decode_v1(update).context("undecodable Yjs update")?;
+    // Not `Update::state_vector`, which counts only blocks starting at clock 0.
+    let client = yrs::block::ClientID::new(client);
+    Ok(update
+        .insertions(true)
+        .iter()
+        .filter(|(c, _)| **c == client)
+        .flat_map(|(_, ranges)| ranges.iter().map(|r| r.end).collect::<Vec<_>>())
+        .max()
+        .unwrap_or(0))
+}
+
+/// `n` keystrokes by Yjs client `client`: one character appended per update, each encoded on
+/// its own (what an editor sends per key press).
+pub fn keystrokes(n: usize, client: u64) -> Vec<Vec<u8>> {
+    use yrs::{GetString as _, Text as _, Transact as _};
+    let doc = yrs::Doc::with_options(yrs::Options {
+        client_id: yrs::block::ClientID::new(client),
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::default()
+    });
+    let text = doc.get_or_insert_text("text");
+    let out = (0..n)
+        .map(|i| {
+            let mut txn = doc.transact_mut();
+            let at = text.len(&txn);
+            let ch = char::from(b'a' + (i % 26) as u8).to_string();
+            text.insert(&mut txn, at, &ch);
+            txn.encode_update_v1()
+        })
+        .collect();
+    debug_assert_eq!(text.get_string(&doc.transact()).len(), n);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keystroke_clocks_count_updates_even_merged() {
+        let ups = keystrokes(10, 77);
+        assert_eq!(clock_of(&ups[0], 77).expect("clock"), 1);
+        assert_eq!(clock_of(&ups[9], 77).expect("clock"), 10);
+        let merged = yrs::merge_updates_v1(&ups[3..7]).expect("merge");
+        assert_eq!(clock_of(&merged, 77).expect("clock"), 7);
+        assert_eq!(clock_of(&ups[0], 78).expect("clock"), 0);
+    }
+
+    #[test]
+    fn native_frames_decode_to_events() {
+        let codec = Codec::new(Protocol::Native, "bench/x").expect("codec");
+        let ack = ServerMsg::Ack {
+            doc: DocId::new("bench/x").expect("doc"),
+            seq: 5,
+        };
+        let msg = Message::Binary(ack.encode().into());
+        assert_eq!(codec.decode(&msg).expect("decode"), vec![Event::Acked(5)]);
+    }
+}

@@ -1,0 +1,286 @@
+//! `lattice-bench`: Lattice against its peers (Hocuspocus, the reference y-websocket server),
+//! side by side in one run. Started by `cargo xtask bench [SCENARIO…]`, which builds the release
+//! binaries, installs the peers with npm into `target/bench/peers` and passes their paths.
+//!
+//! Each (run, scenario, target) gets a fresh server process: Lattice as `lattice serve` on a
+//! fresh SQLite file (every update durable before it is relayed), the peers in memory. The
+//! targets are Lattice over its native protocol, Lattice over y-websocket (`/yjs/{doc}`, the
+//! peers' protocol), Hocuspocus and the y-websocket server; each run rotates their order to
+//! cancel drift. Results: medians over runs with ratios to the best peer (and to the in-process
+//! floor where a scenario has one), in `target/bench/results.json` and in the generated section
+//! of docs/BENCHMARKS.md.
+//!
+//! **Invariants:** loopback only; every wait has a timeout, and a timeout fails the bench naming
+//! the target and what was missing; every queue the bench fills is bounded by the server's own
+//! backpressure (TCP) or, where the protocol acknowledges, by an in-flight window.
+//!
+//! # Adding a scenario
+//!
+//! 1. Write `src/scenarios/NAME.rs` with a unit struct implementing
+//!    [`scenarios::Scenario`] (name, flags, `prepare`) whose `prepare` returns a
+//!    [`scenarios::Prepared`] (`describe`, optional `baseline`, `run` against one server,
+//!    optional `verdicts`). Connect with [`client::connect`] (any protocol), send with
+//!    [`client::Codec::update`], decode with [`client::Codec::decode`]; return
+//!    [`report::Sample`]s.
+//! 2. Add one line `NAME => Type,` to the `scenarios!` list in `src/scenarios/mod.rs`.
+//!
+//! The driver, the servers, the report and the JSON need no change.
+
+mod client;
+mod report;
+mod scenarios;
+mod target;
+mod wire;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::report::{Environment, FLOOR, Figure, Medians, Results};
+use crate::target::{RunningServer, TARGETS, Target, Tools};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lattice-bench",
+    about = "Lattice against Hocuspocus and y-websocket, side by side"
+)]
+struct Cli {
+    /// Scenarios to run (default: all), in this order.
+    scenarios: Vec<String>,
+    /// Runs of every scenario on every target; figures are medians over runs.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Targets to measure, comma-separated: lattice, lattice-yjs, hocuspocus, y-websocket.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// The `lattice` release binary.
+    #[arg(long, default_value = "target/release/lattice")]
+    lattice_bin: PathBuf,
+    /// Folder with the peer launchers and their installed `node_modules`.
+    #[arg(long, default_value = "target/bench/peers")]
+    peers_dir: PathBuf,
+    /// Where to write the machine-readable results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// The Markdown file whose generated section is rewritten; `-` for none.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    report: String,
+    /// The command line to print in the report.
+    #[arg(long)]
+    command: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let all = scenarios::all();
+    let mut command = Cli::command();
+    for s in &all {
+        command = command.args(s.args());
+    }
+    let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+    command = command.after_help(format!(
+        "Scenarios: {}",
+        all.iter()
+            .map(|s| format!("{} ({})", s.name(), s.about()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    if cli.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let selected: Vec<&'static dyn scenarios::Scenario> = if cli.scenarios.is_empty() {
+        all.clone()
+    } else {
+        cli.scenarios
+            .iter()
+            .map(|n| {
+                all.iter()
+                    .copied()
+                    .find(|s| s.name() == n)
+                    .with_context(|| format!("unknown scenario {n:?}; known: {}", names.join(", ")))
+            })
+            .collect::<Result<_>>()?
+    };
+    let targets: Vec<&'static Target> = if cli.targets.is_empty() {
+        TARGETS.iter().collect()
+    } else {
+        cli.targets
+            .iter()
+            .map(|id| {
+                TARGETS
+                    .iter()
+                    .find(|t| t.id == id)
+                    .with_context(|| format!("unknown target {id:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let tools = Tools {
+        lattice_bin: std::path::absolute(&cli.lattice_bin)?,
+        peers_dir: std::path::absolute(&cli.peers_dir)?,
+    };
+    if !tools.lattice_bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p lattice-server` (cargo xtask bench does)",
+            tools.lattice_bin.display()
+        );
+    }
+    raise_fd_limit();
+
+    let mut prepared = Vec::new();
+    for s in &selected {
+        let started = Instant::now();
+        let p = s
+            .prepare(&matches)
+            .with_context(|| format!("preparing scenario {}", s.name()))?;
+        eprintln!(
+            "prepared {} in {:.1}s",
+            s.name(),
+            started.elapsed().as_secs_f64()
+        );
+        prepared.push((*s, p));
+    }
+
+    let command_line = cli.command.clone().unwrap_or_else(|| {
+        std::iter::once("lattice-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let mut env = Environment::probe(command_line, cli.runs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut figures = Vec::new();
+    for run in 0..cli.runs {
+        let order: Vec<&'static Target> = (0..targets.len())
+            .map(|i| targets[(i + run) % targets.len()])
+            .collect();
+        env.orders.push(order.iter().map(|t| t.id).collect());
+        for (scenario, p) in &prepared {
+            for sample in p
+                .baseline()
+                .with_context(|| format!("{} floor", scenario.name()))?
+            {
+                eprintln!(
+                    "run {} {} floor: {} {} = {:.3} {}",
+                    run + 1,
+                    scenario.name(),
+                    sample.case,
+                    sample.metric,
+                    sample.value,
+                    sample.unit
+                );
+                figures.push(Figure {
+                    scenario: scenario.name(),
+                    target: FLOOR.into(),
+                    run,
+                    sample,
+                });
+            }
+            for target in &order {
+                if !p.supports(target) {
+                    continue;
+                }
+                let samples = runtime
+                    .block_on(async {
+                        let mut server = RunningServer::start(target, &tools).await?;
+                        env.servers
+                            .entry(target.id.to_owned())
+                            .or_insert_with(|| server.versions.clone());
+                        let out = p.run(&mut server, target).await;
+                        let out = match out {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let alive = server
+                                    .check_alive()
+                                    .err()
+                                    .map(|e| format!("\n{e}"))
+                                    .unwrap_or_default();
+                                return Err(e.context(format!(
+                                    "server output:\n{}{alive}",
+                                    server.log_tail()
+                                )));
+                            }
+                        };
+                        server.stop().await?;
+                        Ok::<_, anyhow::Error>(out)
+                    })
+                    .with_context(|| {
+                        format!(
+                            "scenario {} against {}, run {}",
+                            scenario.name(),
+                            target.label,
+                            run + 1
+                        )
+                    })?;
+                for sample in samples {
+                    eprintln!(
+                        "run {} {} {}: {} {} = {:.3} {}",
+                        run + 1,
+                        scenario.name(),
+                        target.id,
+                        sample.case,
+                        sample.metric,
+                        sample.value,
+                        sample.unit
+                    );
+                    figures.push(Figure {
+                        scenario: scenario.name(),
+                        target: target.id.to_owned(),
+                        run,
+                        sample,
+                    });
+                }
+            }
+        }
+    }
+    env.loadavg_after = report::loadavg();
+    let medians = Medians::from_figures(&figures);
+    let results = Results {
+        environment: env,
+        scenarios: prepared
+            .iter()
+            .map(|(s, p)| (s.name(), p.describe()))
+            .collect(),
+        verdicts: prepared
+            .iter()
+            .map(|(s, p)| (s.name(), p.verdicts(&medians)))
+            .collect(),
+        medians,
+        figures,
+    };
+    report::write_json(&results, &cli.json)?;
+    eprintln!("results: {}", cli.json.display());
+    let md = report::markdown(&results);
+    println!("{md}");
+    if cli.report != "-" {
+        report::write_markdown(&results, std::path::Path::new(&cli.report))?;
+        eprintln!("report: {} (generated section)", cli.report);
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: the idle scenario holds 10,000
+/// sockets here, and the servers (children) inherit the limit for their side.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("cannot raise RLIMIT_NOFILE: {e}");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    eprintln!(
+        "open files limit: {:?} (hard {:?})",
+        now.current, now.maximum
+    );
+}

@@ -1,0 +1,75 @@
+//! The scenarios. Each lives in its own file and is registered by one line in [`scenarios!`]
+//! below; see the crate docs (`main.rs`) for how to add one.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::Result;
+
+use crate::report::{Medians, Sample};
+use crate::target::{RunningServer, Target};
+
+/// A future a scenario returns from [`Prepared::run`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A benchmark scenario, as registered: its name, its own command-line flags, and how to prepare
+/// it from them.
+pub trait Scenario: Sync {
+    /// The name on the command line (`cargo xtask bench NAME`) and in the report.
+    fn name(&self) -> &'static str;
+    /// One line for `--help`.
+    fn about(&self) -> &'static str;
+    /// The scenario's own flags; give them long names prefixed by the scenario's name where
+    /// they could clash (`--fanout-updates`).
+    fn args(&self) -> Vec<clap::Arg> {
+        Vec::new()
+    }
+    /// Reads the flags and does the work shared by all runs (loading inputs, encoding updates).
+    /// Called only when the scenario is selected, before any server starts.
+    fn prepare(&self, args: &clap::ArgMatches) -> Result<Box<dyn Prepared>>;
+}
+
+/// A scenario ready to run.
+pub trait Prepared: Send + Sync {
+    /// What is measured and how, for the report (Markdown, one paragraph or a short list).
+    fn describe(&self) -> String;
+    /// Measured once per run in this process, not against a server (a floor such as raw `yrs`);
+    /// reported as the column "floor".
+    fn baseline(&self) -> Result<Vec<Sample>> {
+        Ok(Vec::new())
+    }
+    /// Whether the scenario applies to `target` (all do today).
+    fn supports(&self, _target: &Target) -> bool {
+        true
+    }
+    /// One measurement against a server started fresh for it. Every wait must have a timeout;
+    /// an error fails the bench, so say which target and what was missing.
+    fn run<'a>(
+        &'a self,
+        server: &'a mut RunningServer,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Vec<Sample>>>;
+    /// Lines on the targets (met or not, by how much), from the medians.
+    fn verdicts(&self, _medians: &Medians) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Declares the scenario modules and the registry: one `module => Type,` line per scenario.
+macro_rules! scenarios {
+    ($($module:ident => $ty:ident,)*) => {
+        $(mod $module;)*
+        /// Every scenario, in the order they run.
+        pub fn all() -> Vec<&'static dyn Scenario> {
+            vec![$(&$module::$ty),*]
+        }
+    };
+}
+
+scenarios! {
+    fanout => Fanout,
+    trace => Trace,
+    idle => Idle,
+    ingest => Ingest,
+    cold => Cold,
+}

@@ -1,0 +1,335 @@
+//! The servers under test: Lattice (release binary, fresh SQLite file per start) and the peers
+//! (Node launchers in `bench/peers/`, installed by xtask into `target/bench/peers`). Each start
+//! is a fresh process, so no scenario sees another's documents or memory.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::{Endpoint, Protocol};
+
+/// Per-connection rate limits Lattice is started with: its defaults (500 messages/s, burst
+/// 2,000; 4 MiB/s) are for untrusted clients and would throttle a bench writer.
+pub const LATTICE_RATE_FLAGS: &[&str] = &[
+    "--messages-per-second",
+    "1000000000",
+    "--message-burst",
+    "1000000000",
+    "--bytes-per-second",
+    "4000000000",
+];
+
+/// How long a server may take to print its ready line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of a server's output kept for error messages.
+const LOG_LINES: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Lattice,
+    Hocuspocus,
+    YWebsocket,
+}
+
+/// One column of the results: a server and the protocol the bench speaks to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Stable id used in JSON and on the command line (`--targets`).
+    pub id: &'static str,
+    pub label: &'static str,
+    pub server: ServerKind,
+    pub protocol: Protocol,
+}
+
+impl Target {
+    /// Whether this is a peer (a server Lattice is compared with).
+    pub fn is_peer(&self) -> bool {
+        self.server != ServerKind::Lattice
+    }
+}
+
+pub const TARGETS: &[Target] = &[
+    Target {
+        id: "lattice",
+        label: "Lattice (native)",
+        server: ServerKind::Lattice,
+        protocol: Protocol::Native,
+    },
+    Target {
+        id: "lattice-yjs",
+        label: "Lattice (y-websocket)",
+        server: ServerKind::Lattice,
+        protocol: Protocol::YWebsocket,
+    },
+    Target {
+        id: "hocuspocus",
+        label: "Hocuspocus",
+        server: ServerKind::Hocuspocus,
+        protocol: Protocol::Hocuspocus,
+    },
+    Target {
+        id: "y-websocket",
+        label: "y-websocket server",
+        server: ServerKind::YWebsocket,
+        protocol: Protocol::YWebsocket,
+    },
+];
+
+/// Where the programs under test are.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub lattice_bin: PathBuf,
+    /// Holds the launchers and their `node_modules`.
+    pub peers_dir: PathBuf,
+}
+
+/// A server process started for one scenario on one target; killed when dropped.
+#[derive(Debug)]
+pub struct RunningServer {
+    child: Child,
+    pub target: Target,
+    tools: Tools,
+    pub pid: u32,
+    pub endpoint: Endpoint,
+    /// What the server reported about itself (package versions for peers, the version line for
+    /// Lattice).
+    pub versions: serde_json::Value,
+    log: Arc<Mutex<VecDeque<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl RunningServer {
+    /// A fresh server: Lattice on a new SQLite file, the peers in memory.
+    pub async fn start(target: &Target, tools: &Tools) -> Result<Self> {
+        Self::start_with(target, tools, None).await
+    }
+
+    /// Another server of the same target, keeping its documents in `storage` (a folder that
+    /// outlives the process): Lattice's SQLite file, Hocuspocus with its SQLite extension, the
+    /// y-websocket server with its LevelDB persistence (`YPERSISTENCE`). The scenarios that
+    /// restart a server (`cold`) use this; the others measure the peers in memory.
+    pub async fn start_persistent(&self, storage: &Path) -> Result<Self> {
+        Self::start_with(&self.target, &self.tools, Some(storage)).await
+    }
+
+    async fn start_with(target: &Target, tools: &Tools, storage: Option<&Path>) -> Result<Self> {
+        let mut dir = None;
+        let mut cmd = match target.server {
+            ServerKind::Lattice => {
+                let db_dir = match storage {
+                    Some(s) => s.to_path_buf(),
+                    None => {
+                        let d = tempfile::Builder::new()
+                            .prefix("lattice-bench-")
+                            .tempdir()?;
+                        let path = d.path().to_path_buf();
+                        dir = Some(d);
+                        path
+                    }
+                };
+                let db = format!("sqlite://{}", db_dir.join("bench.db").display());
+                let mut c = Command::new(&tools.lattice_bin);
+                c.args([
+                    "serve",
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    &db,
+                    "--no-auth",
+                ])
+                .args(LATTICE_RATE_FLAGS)
+                .env("RUST_LOG", "warn");
+                c
+            }
+            ServerKind::Hocuspocus | ServerKind::YWebsocket => {
+                let script = if target.server == ServerKind::Hocuspocus {
+                    "hocuspocus.mjs"
+                } else {
+                    "y-websocket.mjs"
+                };
+                let mut c = Command::new("node");
+                c.arg(tools.peers_dir.join(script))
+                    .arg("0")
+                    .current_dir(&tools.peers_dir);
+                if let Some(s) = storage {
+                    c.env("LATTICE_BENCH_STORAGE", s);
+                }
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", target.label))?;
+        let pid = child.id().context("the server exited at once")?;
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(4);
+        for (stream, ready) in [
+            (
+                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                Some(ready_tx),
+            ),
+            (Box::new(stderr), None),
+        ] {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(tx) = &ready
+                        && (line.contains("listening on http://") || line.starts_with("ready "))
+                    {
+                        let _ = tx.send(line.clone()).await;
+                    }
+                    if let Ok(mut log) = log.lock() {
+                        if log.len() == LOG_LINES {
+                            log.pop_front();
+                        }
+                        log.push_back(line);
+                    }
+                }
+            });
+        }
+        let line = tokio::time::timeout(START_TIMEOUT, ready_rx.recv())
+            .await
+            .ok()
+            .flatten();
+        let Some(line) = line else {
+            let tail = tail(&log);
+            bail!(
+                "{} exited or did not print its ready line within {START_TIMEOUT:?}:\n{tail}",
+                target.label
+            );
+        };
+        let (addr, versions) = parse_ready(&line)
+            .with_context(|| format!("{}: cannot parse its ready line {line:?}", target.label))?;
+        let endpoint = Endpoint {
+            protocol: target.protocol,
+            addr,
+            yjs_prefix: if target.server == ServerKind::Lattice {
+                "/yjs"
+            } else {
+                ""
+            },
+        };
+        Ok(Self {
+            child,
+            target: *target,
+            tools: tools.clone(),
+            pid,
+            endpoint,
+            versions,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The server's resident memory (`VmRSS` of /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .context("cannot read the server's /proc status")?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kb * 1024)
+    }
+
+    /// Fails if the server exited (crashed) since it started, with its last output.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the server exited with {status}:\n{}", tail(&self.log));
+        }
+        Ok(())
+    }
+
+    /// The last lines the server printed.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// Stops the server the way an operator would (SIGTERM) and waits until it has exited, so
+    /// that what it persists on shutdown is on disk. Fails if it does not exit cleanly.
+    pub async fn terminate(mut self, timeout: Duration) -> Result<()> {
+        self.check_alive()?;
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("cannot signal the server")?;
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not exit within {timeout:?} of SIGTERM",
+                    self.target.label
+                )
+            })??;
+        if !status.success() {
+            bail!(
+                "{} exited with {status} on SIGTERM:\n{}",
+                self.target.label,
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        self.check_alive()?;
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+fn tail(log: &Mutex<VecDeque<String>>) -> String {
+    log.lock()
+        .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+/// `lattice 0.1.0 listening on http://127.0.0.1:PORT` or `ready PORT {json}`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, serde_json::Value)> {
+    if let Some(rest) = line.strip_prefix("ready ") {
+        let (port, json) = rest.split_once(' ')?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?));
+        return Some((addr, serde_json::from_str(json).ok()?));
+    }
+    let at = line.find("listening on http://")?;
+    let addr = line[at + "listening on http://".len()..]
+        .split_whitespace()
+        .next()?
+        .trim_end_matches('/')
+        .parse()
+        .ok()?;
+    let version = line[..at].trim();
+    let version = version[version.find("lattice")?..].trim().to_owned();
+    Some((addr, serde_json::json!({ "lattice": version })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines() {
+        let (addr, v) = parse_ready(r#"ready 4242 {"yjs":"13.6.33"}"#).expect("peer line");
+        assert_eq!(addr.port(), 4242);
+        assert_eq!(v["yjs"], "13.6.33");
+        let (addr, v) = parse_ready("2026 INFO lattice 0.1.0 listening on http://127.0.0.1:9000")
+            .expect("lattice");
+        assert_eq!(addr.port(), 9000);
+        assert_eq!(v["lattice"], "lattice 0.1.0");
+    }
+}
