@@ -165,21 +165,7 @@ fn main() -> Result<()> {
                 .baseline()
                 .with_context(|| format!("{} floor", scenario.name()))?
             {
-                eprintln!(
-                    "run {} {} floor: {} {} = {:.3} {}",
-                    run + 1,
-                    scenario.name(),
-                    sample.case,
-                    sample.metric,
-                    sample.value,
-                    sample.unit
-                );
-                figures.push(Figure {
-                    scenario: scenario.name(),
-                    target: FLOOR.into(),
-                    run,
-                    sample,
-                });
+                record(&mut figures, scenario.name(), FLOOR, run, sample);
             }
             for target in &order {
                 if !p.supports(target) {
@@ -218,22 +204,7 @@ fn main() -> Result<()> {
                         )
                     })?;
                 for sample in samples {
-                    eprintln!(
-                        "run {} {} {}: {} {} = {:.3} {}",
-                        run + 1,
-                        scenario.name(),
-                        target.id,
-                        sample.case,
-                        sample.metric,
-                        sample.value,
-                        sample.unit
-                    );
-                    figures.push(Figure {
-                        scenario: scenario.name(),
-                        target: target.id.to_owned(),
-                        run,
-                        sample,
-                    });
+                    record(&mut figures, scenario.name(), target.id, run, sample);
                 }
             }
         }
@@ -262,6 +233,30 @@ fn main() -> Result<()> {
         eprintln!("report: {} (generated section)", cli.report);
     }
     Ok(())
+}
+
+/// Prints one measured value as it comes and keeps it for the report.
+fn record(
+    figures: &mut Vec<Figure>,
+    scenario: &'static str,
+    target: &str,
+    run: usize,
+    sample: report::Sample,
+) {
+    eprintln!(
+        "run {} {scenario} {target}: {} {} = {:.3} {}",
+        run + 1,
+        sample.case,
+        sample.metric,
+        sample.value,
+        sample.unit
+    );
+    figures.push(Figure {
+        scenario,
+        target: target.to_owned(),
+        run,
+        sample,
+    });
 }
 
 /// Raises the soft limit on open files to the hard limit: the idle scenario holds 10,000
