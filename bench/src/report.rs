@@ -481,7 +481,7 @@ mod tests {
         let path = dir.path().join("B.md");
         std::fs::write(
             &path,
-            format!("# B\n\nbefore\n\n{BEGIN}\nold\n{END}\n\nafter\n"),
+            format!("# B\n\nbefore\n\n{BEGIN}\nSTALE-SECTION-TEXT\n{END}\n\nafter\n"),
         )
         .expect("write");
         let results = Results {
@@ -495,7 +495,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.starts_with("# B\n\nbefore\n\n"));
         assert!(text.ends_with("\n\nafter\n"));
-        assert!(!text.contains("old"));
+        assert!(!text.contains("STALE-SECTION-TEXT"));
         assert_eq!(text.matches(END).count(), 1);
     }
 }

@@ -158,20 +158,11 @@ fn admit(state: &ServerState) -> Result<tokio::sync::OwnedSemaphorePermit, &'sta
         .map_err(|_| "too many connections")
 }
 
-/// Initial capacity of a socket's read buffer, which is also how much one read asks for.
-/// tungstenite's default (128 KiB, zero-filled before the first read) made every idle
-/// connection cost ≈ 145 KB of resident memory; bigger frames still grow the buffer as needed.
-/// (Smaller reads leave more of a peer's data in the kernel at close time; `Outbound::finish`
-/// reads it to the end so the close is not turned into a reset.)
-const SOCKET_READ_BUFFER_BYTES: usize = 4 * 1024;
-
 /// tungstenite's own frame limit is a backstop: frames between the configured limit and twice
 /// that get a `frame_too_large` error before the close.
 fn with_frame_limit(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
     let hard_limit = config.limits.max_frame_bytes.saturating_mul(2) + 1024;
-    ws.max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .read_buffer_size(SOCKET_READ_BUFFER_BYTES)
+    ws.max_message_size(hard_limit).max_frame_size(hard_limit)
 }
 
 /// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
