@@ -9,10 +9,12 @@
 //! ```text
 //! cargo bench -p lattice-server --bench store -- [--traces /work/shared/traces] \
 //!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--seconds 2] \
-//!     [--docs N] [--writers N] [--skip-load]
+//!     [--docs N] [--writers N] [--journal N] [--skip-load]
 //! ```
 //!
-//! `--writers N` measures only that writer count (for profiling one configuration).
+//! `--writers N` measures only that writer count (for profiling one configuration);
+//! `--journal N` sets `StoreConfig::journal_max_entries` (SQLite's journal, drained into the
+//! log every N entries).
 //!
 //! Every figure is the median of 3 runs. Without `--traces` (and without the default
 //! `/work/shared/traces`), the load benchmark types a synthetic trace of the same size. On
@@ -43,6 +45,8 @@ struct Args {
     /// Only this writer count; `None` = every count in [`WRITER_COUNTS`].
     writers: Option<usize>,
     skip_load: bool,
+    /// `StoreConfig::journal_max_entries` (SQLite); `None` = the default.
+    journal: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -55,6 +59,7 @@ fn parse_args() -> Result<Args, BoxError> {
         docs: None,
         writers: None,
         skip_load: false,
+        journal: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,6 +70,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--skip-load" => args.skip_load = true,
             "--docs" => args.docs = Some(it.next().ok_or("--docs N")?.parse()?),
             "--writers" => args.writers = Some(it.next().ok_or("--writers N")?.parse()?),
+            "--journal" => args.journal = Some(it.next().ok_or("--journal N")?.parse()?),
             // `cargo bench` passes `--bench`; ignore it and anything else unknown.
             _ => {}
         }
@@ -77,6 +83,7 @@ struct Target {
     name: &'static str,
     url: String,
     synchronous: SqliteSynchronous,
+    journal: Option<usize>,
     _dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
@@ -86,6 +93,9 @@ impl Target {
             sqlite_synchronous: self.synchronous,
             ..StoreConfig::default()
         };
+        if let Some(n) = self.journal {
+            c.journal_max_entries = n;
+        }
         if !checkpoints {
             c.checkpoint_every_updates = 0;
             c.checkpoint_every_bytes = 0;
@@ -265,12 +275,14 @@ async fn main() -> Result<(), BoxError> {
             name: "sqlite (synchronous=FULL)",
             url: String::new(),
             synchronous: SqliteSynchronous::Full,
+            journal: args.journal,
             _dir: None,
         },
         Target {
             name: "sqlite (synchronous=NORMAL)",
             url: String::new(),
             synchronous: SqliteSynchronous::Normal,
+            journal: args.journal,
             _dir: None,
         },
     ];
@@ -279,6 +291,7 @@ async fn main() -> Result<(), BoxError> {
             name: "postgres",
             url: url.clone(),
             synchronous: SqliteSynchronous::Full,
+            journal: args.journal,
             _dir: None,
         });
     } else {

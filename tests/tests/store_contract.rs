@@ -205,6 +205,8 @@ async fn background_checkpoints_bound_the_replay(kind: Kind) {
         .expect("exists");
     assert!(same_content(&loaded.document, &w.document));
     let cp = loaded.meta.checkpoint_seq;
+    // Edit the log table itself: on SQLite the entries may still be in the journal.
+    store.drain_journal().await.expect("drain");
     db.execute(
         &format!("UPDATE updates SET delta = $1 WHERE doc_id = 'cp' AND seq <= {cp}"),
         Some(vec![0xc1]),
@@ -237,7 +239,8 @@ async fn corrupt_delta_is_a_typed_error(kind: Kind) {
         store.append(w.entry(&good, i)).await.expect("append");
     }
     // An older bug stored garbage at seq 3 of `bad`, and a well-formed delta with broken Yjs
-    // bytes at seq 4 of `bad-yjs`.
+    // bytes at seq 4 of `bad-yjs` (in the log table itself, so the SQLite journal is drained).
+    store.drain_journal().await.expect("drain");
     db.execute(
         "UPDATE updates SET delta = $1 WHERE doc_id = 'bad' AND seq = 3",
         Some(vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0xff]),
@@ -490,6 +493,7 @@ async fn history_checkpoints_are_thinned_per_span(kind: Kind) {
         }
     }
     // Kept: 5 (oldest of span 0), 10, 20, 30, 40 (oldest of theirs) and 50 (newest).
+    store.drain_journal().await.expect("drain");
     db.execute(
         "UPDATE updates SET delta = $1 WHERE doc_id = 'thin' AND seq BETWEEN 11 AND 19",
         Some(vec![0xc1]),
@@ -545,6 +549,122 @@ async fn state_at_bounds(kind: Kind) {
     db.cleanup().await;
 }
 
+/// SQLite journals appends and drains them into the log in slices, between group commits (see
+/// `server/src/store/sqlite.rs`). With a tiny journal and tiny slices, drains run all the time
+/// while writers append and readers read: every read sees every append that was reported
+/// committed before it started, with no gap and nothing twice; a soft delete and a forced
+/// checkpoint of journaled documents change nothing of that; and it all survives a reopen. On
+/// Postgres (no journal) the same must hold.
+async fn reads_stay_whole_while_the_journal_drains(kind: Kind) {
+    use std::sync::{Arc, Mutex};
+    let db = TestDb::new(kind).await;
+    let config = StoreConfig {
+        journal_max_entries: 8,
+        journal_slice_entries: 3,
+        journal_max_age: Duration::from_millis(2),
+        checkpoint_every_updates: 7,
+        ..StoreConfig::default()
+    };
+    let store = db.open(config.clone()).await;
+    let docs: Vec<_> = (0..6).map(|i| doc(&format!("journal/{i}"))).collect();
+    // Per document: the highest sequence number reported committed so far.
+    let committed: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let mut writers = Vec::new();
+    for t in 0..12u32 {
+        let (store, committed) = (store.clone(), committed.clone());
+        let id = docs[t as usize % docs.len()].clone();
+        writers.push(tokio::spawn(async move {
+            let mut w = Writer::new(500 + t);
+            for i in 0..30u32 {
+                let seq = match store.append(w.entry(&id, i)).await {
+                    Ok(seq) => seq,
+                    // Refused while the reader has the document soft-deleted: not in the log.
+                    Err(StoreError::DocumentDeleted { .. }) => continue,
+                    Err(e) => panic!("append: {e}"),
+                };
+                let mut c = committed.lock().expect("committed");
+                let max = c.entry(id.to_string()).or_default();
+                *max = (*max).max(seq);
+            }
+        }));
+    }
+    let reader = {
+        let (store, committed, docs) = (store.clone(), committed.clone(), docs.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            for round in 0..40u32 {
+                for id in &docs {
+                    let floor = committed
+                        .lock()
+                        .expect("committed")
+                        .get(id.as_str())
+                        .copied()
+                        .unwrap_or(0);
+                    let log = match store.read_log(id, 1, u32::MAX).await {
+                        Ok(log) => log,
+                        Err(StoreError::NotFound { .. }) if floor == 0 => continue,
+                        Err(e) => panic!("read_log {id}: {e}"),
+                    };
+                    let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+                    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}");
+                    assert!(seqs.len() as u64 >= floor, "{id}: {} < {floor}", seqs.len());
+                    let meta = store.document(id).await.expect("meta");
+                    assert!(meta.map_or(0, |m| m.head_seq) >= floor, "{id} meta");
+                    if let Some(loaded) = store.load(id, SERVER).await.expect("load") {
+                        assert!(loaded.head_seq >= floor, "{id} load");
+                    }
+                    reads += 1;
+                }
+                if round == 10 {
+                    // A soft delete and undelete of a document that has journaled entries.
+                    assert!(store.soft_delete(&docs[0]).await.expect("delete"));
+                    assert!(store.undelete(&docs[0]).await.expect("undelete"));
+                    store.checkpoint_now(&docs[1]).await.expect("checkpoint");
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert!(reader.await.expect("reader") > 0);
+
+    // Appends refused while a document was deleted are not in its log; everything else is.
+    let total: u64 = committed.lock().expect("committed").values().sum();
+    assert!(total > 0);
+    let check = |store: lattice_server::store::Store, docs: Vec<lattice_engine::DocId>| async move {
+        let mut sum = 0;
+        for id in &docs {
+            let meta = store.document(id).await.expect("meta").expect("exists");
+            let log = store.read_log(id, 1, u32::MAX).await.expect("read_log");
+            let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=meta.head_seq).collect::<Vec<_>>(), "{id}");
+            let loaded = store.load(id, SERVER).await.expect("load").expect("exists");
+            let replayed = store
+                .state_at(id, meta.head_seq, SERVER)
+                .await
+                .expect("state_at");
+            assert!(same_content(&loaded.document, &replayed), "{id}");
+            assert_eq!(
+                meta.byte_count,
+                log.iter().map(|e| e.byte_size).sum::<u64>(),
+                "{id} byte count"
+            );
+            sum += meta.head_seq;
+        }
+        sum
+    };
+    let before = check(store.clone(), docs.clone()).await;
+    assert_eq!(before, total, "every committed append is in the log once");
+    store.close().await;
+    let store = db.open(config).await;
+    assert_eq!(check(store.clone(), docs.clone()).await, before);
+    store.close().await;
+    db.cleanup().await;
+}
+
 async fn schema_too_new_is_refused(kind: Kind) {
     let db = TestDb::new(kind).await;
     let store = db.open(StoreConfig::default()).await;
@@ -560,7 +680,7 @@ async fn schema_too_new_is_refused(kind: Kind) {
         Err(
             e @ StoreError::SchemaTooNew {
                 found: 9999,
-                known: 1,
+                known: 2,
             },
         ) => {
             assert!(e.to_string().contains("newer than this build"), "{e}");
@@ -682,6 +802,7 @@ macro_rules! contract {
             history_checkpoints_are_thinned_per_span,
             state_at_bounds,
             schema_too_new_is_refused,
+            reads_stay_whole_while_the_journal_drains,
         );
     };
 }

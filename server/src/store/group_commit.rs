@@ -7,6 +7,10 @@
 //! writer gets one transaction per append, a thousand writers share a transaction (and its
 //! fsync). There is no timer: nothing waits for company.
 //!
+//! On SQLite the committer also drains the journal (see `sqlite.rs`): after each transaction
+//! it drains one slice of a drain cycle, if one is due or under way, and while idle it drains
+//! slices back to back.
+//!
 //! **Invariant:** a request's reply is sent after its transaction has committed, and requests
 //! are committed in queue order, so one task's appends get increasing sequence numbers.
 
@@ -56,10 +60,22 @@ async fn run(
     loop {
         let first = match next.take() {
             Some(cmd) => cmd,
-            None => match rx.recv().await {
-                Some(cmd) => cmd,
-                None => return,
-            },
+            None => {
+                let received = match backend.journal_idle_wait() {
+                    None => rx.recv().await,
+                    Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
+                        Ok(received) => received,
+                        Err(_) => {
+                            backend.journal_step(true).await;
+                            continue;
+                        }
+                    },
+                };
+                match received {
+                    Some(cmd) => cmd,
+                    None => return,
+                }
+            }
         };
         let mut requests: Vec<Vec<NewEntry>> = Vec::new();
         let mut replies = Vec::new();
@@ -127,5 +143,6 @@ async fn run(
         for reply in flushes {
             let _ = reply.send(());
         }
+        backend.journal_step(false).await;
     }
 }

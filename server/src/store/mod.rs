@@ -34,6 +34,7 @@ use lattice_engine::{Delta, DocId, Document, ReplicaId};
 use tokio::sync::{mpsc, oneshot};
 
 mod group_commit;
+mod journal;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -75,6 +76,21 @@ pub struct StoreConfig {
     /// Most delta bytes per transaction (default [`DEFAULT_MAX_BATCH_BYTES`]), with the same
     /// exception.
     pub max_batch_bytes: usize,
+    /// SQLite only: a drain cycle of the journal (see [`sqlite`]) starts once it holds this
+    /// many entries (default 65,536), or 16 MiB of deltas. The more entries per document a
+    /// drain moves, the fewer pages it writes per entry. The journaled entries are also kept in
+    /// memory until drained; at twice this (drains fall behind or fail), appends wait for a
+    /// full drain. 1 starts a drain cycle after every group commit.
+    pub journal_max_entries: usize,
+    /// SQLite only: entries one drain transaction moves (whole documents, so a little more;
+    /// default 4,096). A drain cycle is cut into such slices, with group commits in between,
+    /// so that appends wait for one slice at most (10–20 ms on the development VM), not for
+    /// the whole cycle.
+    pub journal_slice_entries: usize,
+    /// SQLite only: the journal is drained once its oldest entry is this old (default 1 s), and
+    /// whenever the group committer has been idle for 50 ms. Another process reading the same
+    /// file sees an append once it is drained.
+    pub journal_max_age: Duration,
     /// Which part of the log to keep (default [`Retention::KeepAll`]).
     pub retention: Retention,
     /// SQLite's `synchronous` setting (default [`SqliteSynchronous::Full`]); ignored by Postgres.
@@ -97,6 +113,9 @@ impl Default for StoreConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_batch_entries: DEFAULT_MAX_BATCH_ENTRIES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            journal_max_entries: 65_536,
+            journal_slice_entries: 4_096,
+            journal_max_age: Duration::from_secs(1),
             retention: Retention::KeepAll,
             sqlite_synchronous: SqliteSynchronous::Full,
             pool_size: 4,
@@ -157,6 +176,10 @@ pub enum StoreError {
         seq: u64,
         log_start_seq: u64,
     },
+    /// A SQLite journal row (appends not yet moved into the log) does not decode. The store
+    /// refuses to go on rather than drop committed appends; the row is left as it is.
+    #[error("journal row {row} is corrupt: {reason}")]
+    CorruptJournal { row: i64, reason: String },
     /// The document does not exist.
     #[error("document {doc} does not exist")]
     NotFound { doc: DocId },
@@ -354,7 +377,7 @@ pub(crate) struct DocCounters {
 /// The two backends behind a [`Store`].
 #[derive(Debug)]
 pub(crate) enum Backend {
-    Sqlite(sqlite::SqliteBackend),
+    Sqlite(Box<sqlite::SqliteBackend>),
     Postgres(postgres::PostgresBackend),
 }
 
@@ -375,11 +398,18 @@ impl Backend {
     ) -> Result<(Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>), StoreError> {
         dispatch!(self, b => b.append_batch(requests, now_ms).await)
     }
+    // Reads on SQLite merge in the entries still in its journal.
     async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        dispatch!(self, b => b.doc_meta(doc).await)
+        match self {
+            Backend::Sqlite(b) => b.doc_meta_merged(doc).await,
+            Backend::Postgres(b) => b.doc_meta(doc).await,
+        }
     }
     async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
-        dispatch!(self, b => b.parts(doc, upto).await)
+        match self {
+            Backend::Sqlite(b) => b.parts_merged(doc, upto).await,
+            Backend::Postgres(b) => b.parts(doc, upto, 0).await,
+        }
     }
     async fn read_log(
         &self,
@@ -387,10 +417,36 @@ impl Backend {
         from_seq: u64,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        dispatch!(self, b => b.read_log(doc, from_seq, limit).await)
+        match self {
+            Backend::Sqlite(b) => b.read_log_merged(doc, from_seq, limit).await,
+            Backend::Postgres(b) => b.read_log(doc, from_seq, limit).await,
+        }
     }
     async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
-        dispatch!(self, b => b.list(prefix, page).await)
+        match self {
+            Backend::Sqlite(b) => b.list_merged(prefix, page).await,
+            Backend::Postgres(b) => b.list(prefix, page).await,
+        }
+    }
+    /// SQLite: how long the group committer may wait for work before it calls
+    /// [`Self::journal_step`] idle (`None`: nothing journaled, wait as long as it takes).
+    pub(crate) fn journal_idle_wait(&self) -> Option<Duration> {
+        match self {
+            Backend::Sqlite(b) => b.journal_idle_wait(),
+            Backend::Postgres(_) => None,
+        }
+    }
+    /// SQLite: a step of draining the journal, between group commits.
+    pub(crate) async fn journal_step(&self, idle: bool) {
+        if let Backend::Sqlite(b) = self {
+            b.journal_step(idle).await;
+        }
+    }
+    pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite(b) => b.drain_journal().await,
+            Backend::Postgres(_) => Ok(()),
+        }
     }
     async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
         dispatch!(self, b => b.set_deleted(doc, at_ms).await)
@@ -461,7 +517,7 @@ impl Store {
     /// runtime: it spawns the group committer and the checkpointer.
     pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(sqlite::SqliteBackend::open(url, &config).await?)
+            Backend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
         } else {
@@ -537,6 +593,14 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Moves every journaled append into the per-document log now (SQLite; nothing to do on
+    /// Postgres). Reads through this store never need it: they merge the journal in. It is for
+    /// tools and tests that read or edit the `updates` table directly.
+    pub async fn drain_journal(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.shared.backend.drain_journal().await
     }
 
     /// Loads a document as replica `replica`: the newest checkpoint plus the log after it.

@@ -58,6 +58,16 @@ impl PostgresBackend {
     /// Postgres caches no heads: every append reads them under the row lock of its upsert.
     fn forget_head(&self, _doc: &lattice_engine::DocId) {}
 
+    /// Checkpoints are written like everything else.
+    async fn begin_write_derived(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        self.begin_write().await
+    }
+
+    /// Nothing cached to bring forward either.
+    fn checkpoint_written(&self, _doc: &lattice_engine::DocId, _seq: u64, _byte_count: u64) {}
+
     /// One group-commit transaction: an upsert on `documents` reserves a contiguous range of
     /// sequence numbers per document and returns the new heads (the row lock it takes
     /// serialises server processes writing the same document), then multi-row `INSERT`s add

@@ -8,7 +8,8 @@
 //! cached in its single writer (`sqlite.rs`). What else differs (connection set-up, pragmas,
 //! read isolation, migration folders) lives in `sqlite.rs` and `postgres.rs`.
 //!
-//! A backend type using the macro provides `read_pool()`, `begin_read()`, `begin_write()` and
+//! A backend type using the macro provides `read_pool()`, `begin_read()`, `begin_write()`,
+//! `begin_write_derived()` (for checkpoints: may skip the fsync), `checkpoint_written(..)` and
 //! `forget_head(doc)`, which a write transaction that changes a `documents` row calls before
 //! its `COMMIT`, so that no cached copy of the row outlives it.
 
@@ -97,13 +98,19 @@ pub(crate) const UPSERT_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
      WHERE documents.deleted_at_ms IS NULL \
      RETURNING id, head_seq, byte_count, checkpoint_seq, checkpoint_byte_count";
 
-/// The SQLite append path writes the heads it computed from its cache; the `WHERE` clause makes
-/// a write to a soft-deleted row a no-op, which the caller detects from the affected-row count.
-pub(crate) const SET_HEADS_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
-     head_seq = excluded.head_seq, \
-     byte_count = excluded.byte_count, \
-     updated_at_ms = excluded.updated_at_ms \
-     WHERE documents.deleted_at_ms IS NULL";
+/// `documents` rows written by the SQLite backend: the append path creates the rows of new
+/// documents (counters 0, filled in when the journal is drained) with this and no suffix; the
+/// journal drain adds each document's drained entries with [`DRAIN_HEADS_SUFFIX`].
+pub(crate) const DOCS_INSERT_PREFIX: &str =
+    "INSERT INTO documents (id, created_at_ms, updated_at_ms, head_seq, byte_count)";
+pub(crate) const DOCS_INSERT_PER_ROW: usize = 5;
+/// `head_seq` is the last drained sequence number, `byte_count` the drained entries' size; the
+/// retention cut is returned so entries a checkpoint cut while they were journaled are dropped.
+pub(crate) const DRAIN_HEADS_SUFFIX: &str = "ON CONFLICT (id) DO UPDATE SET \
+     head_seq = MAX(documents.head_seq, excluded.head_seq), \
+     byte_count = documents.byte_count + excluded.byte_count, \
+     updated_at_ms = MAX(documents.updated_at_ms, excluded.updated_at_ms) \
+     RETURNING id, log_start_seq";
 
 /// `SELECT … WHERE id IN (?, …)` with `n` anonymous placeholders (SQLite only): the heads of
 /// documents the SQLite writer has not cached yet.
@@ -175,6 +182,7 @@ macro_rules! shared_sql_impl {
                 &self,
                 doc: &lattice_engine::DocId,
                 upto: Option<u64>,
+                head_floor: u64,
             ) -> Result<Option<$crate::store::Parts>, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 use $crate::store::StoreError;
@@ -190,8 +198,10 @@ macro_rules! shared_sql_impl {
                 else {
                     return Ok(None);
                 };
-                let (meta, checkpoint_byte_count) =
+                let (mut meta, checkpoint_byte_count) =
                     Self::meta_from_row(&row).map_err(StoreError::db(op))?;
+                // Entries the caller knows of beyond what `documents` counts (SQLite's journal).
+                meta.head_seq = meta.head_seq.max(head_floor);
                 let upto = upto.map_or(meta.head_seq, |u| u.min(meta.head_seq));
                 let checkpoint = sqlx::query::<$db>(
                     "SELECT seq, snapshot FROM checkpoints WHERE doc_id = $1 AND seq <= $2 \
@@ -343,7 +353,7 @@ macro_rules! shared_sql_impl {
                 let op = "checkpoint";
                 let doc = meta.id.as_str();
                 let seq = to_i64(meta.head_seq);
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_write_derived().await?;
                 sqlx::query::<$db>(
                     "INSERT INTO checkpoints (doc_id, seq, created_at_ms, byte_size, snapshot) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (doc_id, seq) DO NOTHING",
@@ -431,7 +441,7 @@ macro_rules! shared_sql_impl {
                     .await
                     .map_err(StoreError::db(op))?;
                 }
-                self.forget_head(&meta.id);
+                self.checkpoint_written(&meta.id, meta.head_seq, meta.byte_count);
                 tx.commit().await.map_err(StoreError::db("commit"))?;
                 Ok(())
             }

@@ -5,37 +5,70 @@
 //! never wait for the writer. `synchronous` is [`SqliteSynchronous::Full`] by default: see
 //! `docs/storage.md` for what each level promises.
 //!
+//! # The journal
+//! A group commit does not insert its entries into `updates` one row each: that table is
+//! clustered by `(doc_id, seq)`, so a transaction touching a thousand documents would dirty a
+//! thousand pages (and write and checksum each of them into the WAL). Instead it writes **one
+//! `journal` row** holding every entry of the transaction ([`super::journal`] has the format),
+//! plus a `documents` row for each document it creates. The entries are durable (and their
+//! sequence numbers final) when that transaction commits. Later, in one large transaction, the
+//! writer **drains** the journal: it moves the rows into `updates`, sorted by document and
+//! sequence number, adds their counters to `documents` and deletes the journal rows. It drains
+//! when the journal holds [`StoreConfig::journal_max_entries`] entries or 16 MiB, when its
+//! oldest entry is [`StoreConfig::journal_max_age`] old, when the group committer has been idle
+//! for a moment, when the store opens (which is crash recovery) and when it closes.
+//!
+//! Until then the writer keeps the journaled entries in memory (bounded by the same limits),
+//! and reads in this process merge them in: [`SqliteBackend::parts_merged`] and its siblings
+//! read the memory first and the database second, and keep every sequence number once, so an
+//! entry drained in between is neither lost nor doubled. Another process reading the same file
+//! sees an entry once it is drained.
+//!
+//! # The writer's cache
 //! Because every write goes through that one connection, the group committer keeps each
 //! document's counters (head sequence number, byte count, checkpoint position, deleted flag)
-//! in a [`HeadCache`] instead of reading them back in every transaction.
+//! in a [`WriterState`] instead of reading them back in every transaction.
 //!
-//! **Invariant:** the cache is read and written only while the writer connection is held, and
-//! every other write transaction that changes a `documents` row drops that row from the cache
-//! before its `COMMIT`. Writes by another process are caught by `PRAGMA data_version`, read
-//! under the write lock at the start of each group commit: if it moved, the cache is dropped.
+//! **Invariants:**
+//! - The cache and the in-memory journal are read and written only while the writer connection
+//!   is held (readers take a copy under the mutex), and a write transaction that changes a
+//!   `documents` row updates or drops the cached copy before its `COMMIT`.
+//! - Every document with journaled entries is in the cache; the cache is only emptied right
+//!   after a drain. So a document missing from the cache has its counters in `documents`.
+//! - The in-memory journal holds exactly the entries of the `journal` table while the cache is
+//!   valid. Writes by another process are caught by `PRAGMA data_version`, read under the write
+//!   lock at the start of each group commit; if it moved, or a transaction failed, the cache is
+//!   invalid and the next write drains the whole table and starts over from `documents`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt as _};
 use lattice_engine::DocId;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
 use sqlx::{Connection as _, Row as _, Sqlite};
 
+use super::journal::{self, JournalEntry};
 use super::sql::{
-    INSERT_PER_ROW, INSERT_PREFIX, SET_HEADS_SUFFIX, UPSERT_PER_ROW, UPSERT_PREFIX, chunks,
-    heads_sql, hlc_to_i64, to_i64, to_u64, values_sql,
+    DOCS_INSERT_PER_ROW, DOCS_INSERT_PREFIX, DRAIN_HEADS_SUFFIX, INSERT_PER_ROW, INSERT_PREFIX,
+    chunks, heads_sql, hlc_to_i64, to_i64, to_u64, values_sql,
 };
-use super::{DocCounters, NewEntry, StoreConfig, StoreError};
+use super::{DocCounters, DocMeta, LogEntry, NewEntry, Parts, StoreConfig, StoreError};
 
-/// Most documents whose counters the writer caches; past it the cache starts over (an entry
-/// costs one indexed read to restore).
+/// Most documents whose counters the writer caches; past it the cache starts over after the
+/// next drain (an entry costs one indexed read to restore).
 pub const HEAD_CACHE_CAPACITY: usize = 65_536;
-/// Page cache of the writer connection, in KiB (`PRAGMA cache_size`). A group commit touching
-/// a thousand documents dirties about a thousand pages; SQLite's 2 MiB default would re-read
-/// them from the OS on every transaction.
+/// Delta bytes the journal may hold before it is drained, whatever the entry count.
+pub const JOURNAL_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How long the group committer waits for more work before it drains a non-empty journal.
+const JOURNAL_IDLE_DRAIN: Duration = Duration::from_millis(50);
+/// Page cache of the writer connection, in KiB (`PRAGMA cache_size`). A drain touching a
+/// thousand documents dirties about a thousand pages; SQLite's 2 MiB default would re-read them
+/// from the OS on every drain.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// WAL frames after which a commit checkpoints the WAL into the database file (`PRAGMA
 /// wal_autocheckpoint`; SQLite's default is 1,000). A checkpoint writes each page once
@@ -68,10 +101,19 @@ pub enum SqliteSynchronous {
 pub(crate) struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
-    heads: Mutex<HeadCache>,
+    state: Mutex<WriterState>,
+    /// `BEGIN` for transactions that must be durable at `COMMIT`: sets the configured
+    /// `synchronous` level again (a derived write may have lowered it), then `BEGIN IMMEDIATE`.
+    begin_durable: &'static str,
+    journal_max_entries: usize,
+    journal_slice_entries: usize,
+    journal_max_age: Duration,
 }
 
-/// What the writer knows about a document's row in `documents`.
+/// `BEGIN` for derived writes (see [`SqliteBackend::begin_write_derived`]).
+const BEGIN_DERIVED: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
+
+/// What the writer knows about a document's row in `documents`, journaled entries included.
 #[derive(Debug, Clone, Copy, Default)]
 struct Head {
     head_seq: u64,
@@ -81,11 +123,98 @@ struct Head {
     deleted: bool,
 }
 
-/// The writer's copy of the `documents` counters, valid for one `data_version`.
+/// The writer's cache and the in-memory copy of the journal.
 #[derive(Debug, Default)]
-struct HeadCache {
+struct WriterState {
+    /// The `data_version` the cache is valid for; `None` = not valid (start, failed
+    /// transaction, a pending document's row changed): drain the table and reload first.
     data_version: Option<i64>,
     docs: HashMap<DocId, Head>,
+    journal: Journal,
+}
+
+/// The journaled entries, in memory: while the cache is valid, exactly what the `journal`
+/// table holds and `updates` does not.
+#[derive(Debug, Default)]
+struct Journal {
+    /// Per document, ascending.
+    docs: HashMap<DocId, Vec<Journaled>>,
+    /// Per `journal` row: its entries not drained yet, and when it was committed.
+    rows: BTreeMap<i64, (usize, Instant)>,
+    entries: usize,
+    bytes: usize,
+    /// Documents the current drain cycle has still to drain, in order; empty = no cycle.
+    cycle: VecDeque<DocId>,
+}
+
+#[derive(Debug, Clone)]
+struct Journaled {
+    /// The `journal` row holding it.
+    row: i64,
+    entry: Arc<LogEntry>,
+}
+
+/// One slice of a drain cycle: documents and every entry they had journaled.
+type Slice = Vec<(DocId, Vec<Journaled>)>;
+
+impl Journal {
+    fn oldest(&self) -> Option<Instant> {
+        self.rows.first_key_value().map(|(_, (_, at))| *at)
+    }
+
+    /// Takes documents off the cycle until their entries reach `max_entries` (at least one
+    /// document), and copies their entries. Nothing is removed until the slice has committed.
+    fn slice(&mut self, max_entries: usize) -> Slice {
+        let mut out = Vec::new();
+        let mut n = 0;
+        while n < max_entries {
+            let Some(doc) = self.cycle.pop_front() else {
+                break;
+            };
+            if let Some(list) = self.docs.get(&doc) {
+                n += list.len();
+                out.push((doc, list.clone()));
+            }
+        }
+        out
+    }
+
+    /// The rows whose every remaining entry is in `slice`: deleted with it.
+    fn rows_emptied_by(&self, slice: &Slice) -> Vec<i64> {
+        let mut taken: BTreeMap<i64, usize> = BTreeMap::new();
+        for j in slice.iter().flat_map(|(_, list)| list) {
+            *taken.entry(j.row).or_default() += 1;
+        }
+        taken
+            .into_iter()
+            .filter(|(row, n)| self.rows.get(row).is_some_and(|(left, _)| left == n))
+            .map(|(row, _)| row)
+            .collect()
+    }
+
+    /// Forgets a committed slice. The writer connection was held from [`Self::slice`] on, so
+    /// its documents gained no entries in between.
+    fn remove(&mut self, slice: &Slice) {
+        for (doc, list) in slice {
+            self.docs.remove(doc);
+            for j in list {
+                self.entries -= 1;
+                self.bytes -= j.entry.delta_bytes.len();
+                if let Some((left, _)) = self.rows.get_mut(&j.row) {
+                    *left -= 1;
+                    if *left == 0 {
+                        self.rows.remove(&j.row);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A copy of one document's journaled entries and counters, taken by a reader.
+struct Pending {
+    head: Head,
+    entries: Vec<Arc<LogEntry>>,
 }
 
 /// A document touched by one group commit.
@@ -94,6 +223,8 @@ struct Slot {
     /// The counters before this transaction; meaningful once `known`.
     head: Head,
     known: bool,
+    /// Whether its `documents` row exists (otherwise this transaction creates it).
+    exists: bool,
     /// Entries and delta bytes this transaction appends.
     count: u64,
     bytes: u64,
@@ -147,29 +278,264 @@ impl SqliteBackend {
                 .await
                 .map_err(StoreError::db("open"))?
         };
-        Ok(Self {
+        let backend = Self {
             writer,
             reader,
-            heads: Mutex::new(HeadCache::default()),
-        })
+            state: Mutex::new(WriterState::default()),
+            begin_durable: match config.sqlite_synchronous {
+                SqliteSynchronous::Full => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
+                SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+            },
+            journal_max_entries: config.journal_max_entries,
+            journal_slice_entries: config.journal_slice_entries.max(1),
+            journal_max_age: config.journal_max_age,
+        };
+        // Crash recovery: what a killed process journaled goes into the log now.
+        backend.drain_journal().await?;
+        Ok(backend)
     }
 
-    fn heads(&self) -> MutexGuard<'_, HeadCache> {
-        // The cache holds plain counters; a panic elsewhere cannot leave it half-updated in a
-        // way that matters more than a stale entry, and stale entries are caught below.
-        self.heads.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, WriterState> {
+        // The state holds plain counters and entries; a panic elsewhere cannot leave it
+        // half-updated in a way that matters more than a stale entry, and a writer that fails
+        // mid-way marks it invalid before it returns.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops a document's cached counters; called with the writer connection held, inside a
-    /// write transaction that changes its row, before `COMMIT`.
+    /// Called by a write transaction that changed `doc`'s `documents` row, with the writer
+    /// connection held, before its `COMMIT`. A document with journaled entries must stay
+    /// cached, so the whole cache is invalidated instead (the next write drains first).
     fn forget_head(&self, doc: &DocId) {
-        self.heads().docs.remove(doc);
+        let mut st = self.state();
+        if st.journal.docs.contains_key(doc) {
+            st.data_version = None;
+        } else {
+            st.docs.remove(doc);
+        }
+    }
+
+    /// Called by the checkpoint writer, with the writer connection held, before its `COMMIT`.
+    fn checkpoint_written(&self, doc: &DocId, seq: u64, byte_count: u64) {
+        if let Some(head) = self.state().docs.get_mut(doc)
+            && head.checkpoint_seq < seq
+        {
+            head.checkpoint_seq = seq;
+            head.checkpoint_byte_count = byte_count;
+        }
+    }
+
+    /// How long the group committer may wait for work before it calls
+    /// [`Self::journal_step`] idle: `None` with nothing journaled, zero during a drain cycle.
+    pub(crate) fn journal_idle_wait(&self) -> Option<Duration> {
+        let st = self.state();
+        if !st.journal.cycle.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let age = st.journal.oldest()?.elapsed();
+        Some(JOURNAL_IDLE_DRAIN.min(self.journal_max_age.saturating_sub(age)))
+    }
+
+    /// Drains a step of the journal, between group commits: starts a drain cycle when one is
+    /// due (the journal is full or old, or the committer is `idle`), and drains one slice of
+    /// the cycle in progress. A failure is logged; the entries stay journaled.
+    pub(crate) async fn journal_step(&self, idle: bool) {
+        {
+            let mut st = self.state();
+            let j = &mut st.journal;
+            if j.cycle.is_empty() {
+                let due = j.entries >= self.journal_max_entries
+                    || j.bytes >= JOURNAL_MAX_BYTES
+                    || j.oldest()
+                        .is_some_and(|t| t.elapsed() >= self.journal_max_age)
+                    || (idle && j.entries > 0);
+                if !due {
+                    return;
+                }
+                // Every document journaled now, in no particular order: a `journal` row is
+                // deleted once all of its documents are drained, so by the end of the cycle
+                // every row older than its start is gone.
+                j.cycle = j.docs.keys().cloned().collect();
+            }
+        }
+        let result = async {
+            let mut conn = self
+                .writer
+                .acquire()
+                .await
+                .map_err(StoreError::db("begin"))?;
+            self.drain_slice_locked(&mut conn).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "draining the journal failed; its entries stay journaled");
+        }
+    }
+
+    /// Moves every journaled entry into `updates` now.
+    pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(StoreError::db("begin"))?;
+        self.drain_locked(&mut conn).await
+    }
+
+    /// [`Self::drain_journal`] on the held writer connection, in one transaction. The whole
+    /// `journal` table is read (not the in-memory copy), so it also recovers rows this process
+    /// does not know about: after a crash, or written by another process. Entries a drain
+    /// slice already moved (at or below their document's `head_seq`) are skipped.
+    async fn drain_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let op = "drain_journal";
+        let started = Instant::now();
+        let result = async {
+            let mut tx = conn
+                .begin_with(BEGIN_DERIVED)
+                .await
+                .map_err(StoreError::db("begin"))?;
+            let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::db(op))?;
+            let rows: Vec<(i64, i64, Vec<u8>)> =
+                sqlx::query_as("SELECT id, committed_at_ms, payload FROM journal ORDER BY id")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+            let mut drained = 0;
+            if let Some(last) = rows.last().map(|r| r.0) {
+                let mut entries: Vec<(JournalEntry<'_>, i64)> = Vec::new();
+                for (id, at, payload) in &rows {
+                    let decoded = journal::decode(payload)
+                        .map_err(|reason| StoreError::CorruptJournal { row: *id, reason })?;
+                    entries.extend(decoded.into_iter().map(|e| (e, *at)));
+                }
+                let drained_heads = drained_heads(&mut tx, &entries).await?;
+                entries.retain(|(e, _)| drained_heads.get(e.doc).is_none_or(|head| e.seq > *head));
+                drained = entries.len();
+                entries.sort_unstable_by(|a, b| (a.0.doc, a.0.seq).cmp(&(b.0.doc, b.0.seq)));
+                write_drained(&mut tx, &entries).await?;
+                sqlx::query("DELETE FROM journal WHERE id <= ?")
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+            }
+            tx.commit().await.map_err(StoreError::db("commit"))?;
+            Ok::<_, StoreError>((version, drained))
+        }
+        .await;
+        let mut st = self.state();
+        match result {
+            Ok((version, drained)) => {
+                // Dropped after the lock is released: readers need not wait for the frees.
+                let old = std::mem::take(&mut st.journal);
+                if st.data_version != Some(version) || st.docs.len() > HEAD_CACHE_CAPACITY {
+                    st.docs.clear();
+                    st.data_version = Some(version);
+                }
+                drop(st);
+                drop(old);
+                if drained > 0 {
+                    tracing::debug!(
+                        entries = drained,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "journal drained"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing was drained (or, if the COMMIT's outcome is unknown, perhaps it
+                // was): keep the in-memory copy and reload from the table next time.
+                st.data_version = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// One slice of the drain cycle, on the held writer connection, in one transaction: the
+    /// entries of a few documents (about [`StoreConfig::journal_slice_entries`]), from the in-memory copy,
+    /// and the `journal` rows that leaves empty. With the cache not valid, a full drain.
+    async fn drain_slice_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let op = "drain_journal";
+        let taken = {
+            let mut st = self.state();
+            st.data_version.is_some().then(|| {
+                let slice = st.journal.slice(self.journal_slice_entries);
+                let emptied = st.journal.rows_emptied_by(&slice);
+                (slice, emptied)
+            })
+        };
+        let Some((slice, emptied)) = taken else {
+            return self.drain_locked(conn).await;
+        };
+        if slice.is_empty() {
+            return Ok(());
+        }
+        let result = async {
+            let mut tx = conn
+                .begin_with(BEGIN_DERIVED)
+                .await
+                .map_err(StoreError::db("begin"))?;
+            // Each document's entries are in order already: sorting the documents sorts all.
+            let mut order: Vec<&(DocId, Vec<Journaled>)> = slice.iter().collect();
+            order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let entries: Vec<(JournalEntry<'_>, i64)> = order
+                .iter()
+                .flat_map(|(doc, list)| {
+                    list.iter().map(move |j| {
+                        let e = &j.entry;
+                        (
+                            JournalEntry {
+                                doc: doc.as_str(),
+                                seq: e.seq,
+                                hlc: e.hlc,
+                                replica: e.replica,
+                                author: e.author.as_deref(),
+                                delta: &e.delta_bytes,
+                            },
+                            to_i64(e.committed_at_ms),
+                        )
+                    })
+                })
+                .collect();
+            write_drained(&mut tx, &entries).await?;
+            let mut at = 0;
+            for n in chunks(emptied.len()) {
+                let mut sql = String::from("DELETE FROM journal WHERE id IN (?");
+                sql.push_str(&", ?".repeat(n - 1));
+                sql.push(')');
+                let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
+                for id in &emptied[at..at + n] {
+                    q = q.bind(*id);
+                }
+                at += n;
+                q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
+            }
+            tx.commit().await.map_err(StoreError::db("commit"))
+        }
+        .await;
+        let mut st = self.state();
+        match result {
+            Ok(()) => {
+                st.journal.remove(&slice);
+                drop(st);
+                drop(slice);
+                Ok(())
+            }
+            Err(e) => {
+                // The cycle lost this slice's documents; the full drain that an invalid cache
+                // forces picks them up from the table.
+                st.data_version = None;
+                Err(e)
+            }
+        }
     }
 
     /// One group-commit transaction. Sequence numbers come from the cached heads, so the
     /// transaction reads nothing but `data_version` (and the rows of documents not cached yet)
-    /// and writes one `documents` row per document plus the log entries, in multi-row
-    /// statements.
+    /// and writes one journal row, plus a `documents` row per new document.
     pub(crate) async fn append_batch(
         &self,
         requests: &[Vec<NewEntry>],
@@ -180,16 +546,15 @@ impl SqliteBackend {
             .acquire()
             .await
             .map_err(StoreError::db("begin"))?;
-        // A `documents` row that changed behind the cache (another process soft-deleted it
-        // between its `data_version` check and ours, which cannot happen under the write lock,
-        // or a bug) shows as a skipped row: start over from the database, once.
+        // A stale cache or a full journal: drain, then try again (once is enough: the drain
+        // leaves the cache valid and the journal empty).
         for _ in 0..2 {
             match self.append_locked(&mut conn, requests, now_ms).await {
                 Ok(Some(outcome)) => return Ok(outcome),
-                Ok(None) => self.heads().docs.clear(),
+                Ok(None) => self.drain_locked(&mut conn).await?,
                 Err(e) => {
                     // The transaction may or may not have committed: trust nothing cached.
-                    self.heads().docs.clear();
+                    self.state().data_version = None;
                     return Err(e);
                 }
             }
@@ -202,12 +567,12 @@ impl SqliteBackend {
                 .map(|e| e.doc.clone())
                 .ok_or(StoreError::Closed)?,
             seq: 0,
-            reason: "the documents table changed during the append".to_owned(),
+            reason: "the writer's cache stayed stale after a drain".to_owned(),
         })
     }
 
-    /// [`Self::append_batch`] on the held writer connection; `Ok(None)` when the cache turned
-    /// out stale and the transaction was rolled back.
+    /// [`Self::append_batch`] on the held writer connection; `Ok(None)` when the journal must
+    /// be drained first (the transaction was rolled back).
     async fn append_locked(
         &self,
         conn: &mut SqliteConnection,
@@ -218,7 +583,7 @@ impl SqliteBackend {
         let now = to_i64(now_ms);
         // IMMEDIATE takes the write lock up front (see `begin_write`).
         let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_with(self.begin_durable)
             .await
             .map_err(StoreError::db("begin"))?;
         let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
@@ -228,18 +593,30 @@ impl SqliteBackend {
 
         let total: usize = requests.iter().map(Vec::len).sum();
         let mut docs: HashMap<&DocId, Slot> = HashMap::with_capacity(total.min(4_096));
+        // Drain cycles normally keep the journal below its limits; at twice them (the disk
+        // cannot keep up, or drains fail), appends wait for a full drain: the memory it
+        // takes stays bounded.
+        let drain_first = {
+            let st = self.state();
+            st.data_version != Some(version)
+                || st.docs.len() > HEAD_CACHE_CAPACITY
+                || (st.journal.entries > 0
+                    && (st.journal.entries + total > 2 * self.journal_max_entries.max(1)
+                        || st.journal.bytes >= 2 * JOURNAL_MAX_BYTES))
+        };
+        if drain_first {
+            tx.rollback().await.map_err(StoreError::db(op))?;
+            return Ok(None);
+        }
         {
-            let mut cache = self.heads();
-            if cache.data_version != Some(version) || cache.docs.len() > HEAD_CACHE_CAPACITY {
-                cache.docs.clear();
-                cache.data_version = Some(version);
-            }
+            let st = self.state();
             for e in requests.iter().flatten() {
                 docs.entry(&e.doc)
-                    .or_insert_with(|| match cache.docs.get(&e.doc) {
+                    .or_insert_with(|| match st.docs.get(&e.doc) {
                         Some(head) => Slot {
                             head: *head,
                             known: true,
+                            exists: true,
                             ..Slot::default()
                         },
                         None => Slot::default(),
@@ -247,7 +624,8 @@ impl SqliteBackend {
             }
         }
 
-        // Documents not cached: read their rows; those without one are new (all zero).
+        // Documents not cached have nothing journaled: their rows are current. Those without
+        // a row are new (all zero).
         let missing: Vec<&DocId> = docs
             .iter()
             .filter(|(_, s)| !s.known)
@@ -277,6 +655,7 @@ impl SqliteBackend {
                         checkpoint_byte_count: get(4)?,
                         deleted: row.try_get::<bool, _>(5).map_err(StoreError::db(op))?,
                     };
+                    slot.exists = true;
                 }
             }
         }
@@ -290,6 +669,7 @@ impl SqliteBackend {
         // touching a soft-deleted document is refused whole.
         let mut results = Vec::with_capacity(requests.len());
         let mut rows: Vec<(&NewEntry, u64)> = Vec::with_capacity(total);
+        let mut bytes = 0usize;
         for r in requests {
             let deleted = r
                 .iter()
@@ -305,6 +685,7 @@ impl SqliteBackend {
                 };
                 slot.count += 1;
                 slot.bytes += e.delta_bytes().len() as u64;
+                bytes += e.delta_bytes().len();
                 let seq = slot.head.head_seq + slot.count;
                 seqs.push(seq);
                 rows.push((e, seq));
@@ -312,63 +693,92 @@ impl SqliteBackend {
             results.push(Ok(seqs));
         }
 
-        let touched: Vec<(&DocId, &Slot)> = docs
-            .iter()
-            .filter(|(_, s)| s.count > 0)
-            .map(|(d, s)| (*d, s))
-            .collect();
-        let mut at = 0;
-        for n in chunks(touched.len()) {
-            let sql = values_sql(UPSERT_PREFIX, UPSERT_PER_ROW, n, SET_HEADS_SUFFIX, false);
-            let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
-            for (doc, s) in &touched[at..at + n] {
-                q = q
-                    .bind(doc.as_str())
-                    .bind(now)
-                    .bind(now)
-                    .bind(to_i64(s.head.head_seq + s.count))
-                    .bind(to_i64(s.head.byte_count + s.bytes));
+        let mut row = 0;
+        if !rows.is_empty() {
+            let new_docs: Vec<&DocId> = docs
+                .iter()
+                .filter(|(_, s)| s.count > 0 && !s.exists)
+                .map(|(d, _)| *d)
+                .collect();
+            let mut at = 0;
+            for n in chunks(new_docs.len()) {
+                let sql = values_sql(DOCS_INSERT_PREFIX, DOCS_INSERT_PER_ROW, n, "", false);
+                let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
+                for doc in &new_docs[at..at + n] {
+                    q = q
+                        .bind(doc.as_str())
+                        .bind(now)
+                        .bind(now)
+                        .bind(0i64)
+                        .bind(0i64);
+                }
+                at += n;
+                q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
             }
-            at += n;
-            let done = q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
-            if done.rows_affected() != n as u64 {
-                tx.rollback().await.map_err(StoreError::db(op))?;
-                return Ok(None);
+            let mut payload = journal::begin(bytes + rows.len() * 64);
+            for (e, seq) in &rows {
+                journal::push(
+                    &mut payload,
+                    &JournalEntry {
+                        doc: e.doc.as_str(),
+                        seq: *seq,
+                        hlc: e.hlc,
+                        replica: e.replica.get(),
+                        author: e.author.as_deref(),
+                        delta: e.delta_bytes(),
+                    },
+                );
             }
-        }
-        let mut at = 0;
-        for n in chunks(rows.len()) {
-            let sql = values_sql(INSERT_PREFIX, INSERT_PER_ROW, n, "", false);
-            let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
-            for (e, seq) in &rows[at..at + n] {
-                q = q
-                    .bind(e.doc.as_str())
-                    .bind(to_i64(*seq))
-                    .bind(hlc_to_i64(e.hlc))
-                    .bind(i64::from(e.replica.get()))
-                    .bind(e.author.as_deref())
-                    .bind(to_i64(e.delta_bytes().len() as u64))
-                    .bind(now)
-                    .bind(e.delta_bytes());
-            }
-            at += n;
-            q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
+            row = sqlx::query(
+                "INSERT INTO journal (committed_at_ms, entry_count, payload) VALUES (?, ?, ?)",
+            )
+            .bind(now)
+            .bind(to_i64(rows.len() as u64))
+            .bind(payload)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(op))?
+            .last_insert_rowid();
         }
         tx.commit().await.map_err(StoreError::db("commit"))?;
 
-        // Committed, and the writer connection is still ours: bring the cache forward.
-        let mut counters = Vec::with_capacity(touched.len());
-        let mut cache = self.heads();
+        // Committed, and the writer connection is still ours: bring the cache and the
+        // in-memory journal forward.
+        let mut counters = Vec::new();
+        let mut st = self.state();
+        for (e, seq) in &rows {
+            let entry = Arc::new(LogEntry {
+                seq: *seq,
+                hlc: e.hlc,
+                replica: e.replica.get(),
+                author: e.author.clone(),
+                byte_size: e.delta_bytes().len() as u64,
+                committed_at_ms: now_ms,
+                delta_bytes: e.delta_bytes().to_vec(),
+            });
+            let journaled = Journaled { row, entry };
+            match st.journal.docs.get_mut(&e.doc) {
+                Some(list) => list.push(journaled),
+                None => {
+                    st.journal.docs.insert(e.doc.clone(), vec![journaled]);
+                }
+            }
+        }
+        if !rows.is_empty() {
+            st.journal.entries += rows.len();
+            st.journal.bytes += bytes;
+            st.journal.rows.insert(row, (rows.len(), Instant::now()));
+        }
         for (doc, s) in docs {
             let head = Head {
                 head_seq: s.head.head_seq + s.count,
                 byte_count: s.head.byte_count + s.bytes,
                 ..s.head
             };
-            match cache.docs.get_mut(doc) {
+            match st.docs.get_mut(doc) {
                 Some(cached) => *cached = head,
                 None => {
-                    cache.docs.insert(doc.clone(), head);
+                    st.docs.insert(doc.clone(), head);
                 }
             }
             if s.count > 0 {
@@ -384,6 +794,102 @@ impl SqliteBackend {
         Ok(Some((results, counters)))
     }
 
+    /// A copy of `doc`'s journaled entries and counters, if it has any.
+    fn pending(&self, doc: &DocId) -> Option<Pending> {
+        let st = self.state();
+        let entries = st
+            .journal
+            .docs
+            .get(doc)?
+            .iter()
+            .map(|j| j.entry.clone())
+            .collect();
+        let head = st.docs.get(doc).copied().unwrap_or_default();
+        Some(Pending { head, entries })
+    }
+
+    /// [`Self::parts`] with the journaled entries merged in.
+    pub(crate) async fn parts_merged(
+        &self,
+        doc: &DocId,
+        upto: Option<u64>,
+    ) -> Result<Option<Parts>, StoreError> {
+        // Memory first, database second (see the module comment).
+        let pending = self.pending(doc);
+        let floor = pending.as_ref().map_or(0, |p| p.head.head_seq);
+        let Some(mut parts) = self.parts(doc, upto, floor).await? else {
+            return Ok(None);
+        };
+        if let Some(p) = pending {
+            overlay(&mut parts.meta, &p);
+            let from = parts.checkpoint.as_ref().map_or(0, |c| c.0);
+            let last = parts.tail.last().map_or(from, |t| t.0);
+            parts.tail.extend(
+                p.entries
+                    .iter()
+                    .filter(|e| e.seq > last && e.seq <= parts.upto)
+                    .map(|e| (e.seq, e.delta_bytes.clone())),
+            );
+        }
+        Ok(Some(parts))
+    }
+
+    /// [`Self::read_log`] with the journaled entries merged in.
+    pub(crate) async fn read_log_merged(
+        &self,
+        doc: &DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let pending = self.pending(doc);
+        let mut log = self.read_log(doc, from_seq, limit).await?;
+        if let Some(p) = pending {
+            let after = log.last().map_or(from_seq.saturating_sub(1), |e| e.seq);
+            let room = (limit as usize).saturating_sub(log.len());
+            log.extend(
+                p.entries
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .take(room)
+                    .map(|e| LogEntry::clone(e)),
+            );
+        }
+        Ok(log)
+    }
+
+    /// [`Self::doc_meta`] with the journaled entries counted.
+    pub(crate) async fn doc_meta_merged(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        let pending = self.pending(doc);
+        let mut meta = self.doc_meta(doc).await?;
+        if let (Some(m), Some(p)) = (meta.as_mut(), pending) {
+            overlay(m, &p);
+        }
+        Ok(meta)
+    }
+
+    /// [`Self::list`] with the journaled entries counted.
+    pub(crate) async fn list_merged(
+        &self,
+        prefix: &str,
+        page: &super::Page,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        let mut metas = self.list(prefix, page).await?;
+        let st = self.state();
+        for m in &mut metas {
+            if let (Some(list), Some(head)) = (st.journal.docs.get(&m.id), st.docs.get(&m.id)) {
+                let last = list.last().map(|j| j.entry.clone()).into_iter().collect();
+                overlay(
+                    m,
+                    &Pending {
+                        head: *head,
+                        entries: last,
+                    },
+                );
+            }
+        }
+        Ok(metas)
+    }
+
     fn read_pool(&self) -> &SqlitePool {
         &self.reader
     }
@@ -392,7 +898,18 @@ impl SqliteBackend {
         // IMMEDIATE takes the write lock up front, so a transaction never fails half-way on
         // SQLITE_BUSY when another process (an admin tool) holds the database.
         self.writer
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_with(self.begin_durable)
+            .await
+            .map_err(StoreError::db("begin"))
+    }
+
+    /// A write transaction whose content can be derived again from what is already durable
+    /// (a checkpoint, or a drain of the journal): committed with `synchronous = NORMAL`, so it
+    /// costs no fsync of its own. A power loss may roll it back, never tear it, and the next
+    /// durable commit's fsync makes it durable too (the WAL is written in order).
+    async fn begin_write_derived(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.writer
+            .begin_with(BEGIN_DERIVED)
             .await
             .map_err(StoreError::db("begin"))
     }
@@ -402,13 +919,161 @@ impl SqliteBackend {
         self.reader.begin().await.map_err(StoreError::db("begin"))
     }
 
+    /// Drains the journal (so a clean shutdown leaves it empty), then closes the connections.
     pub(crate) async fn close(&self) {
+        if let Err(e) = self.drain_journal().await {
+            tracing::error!(error = %e, "draining the journal at close failed; the next start retries");
+        }
         self.reader.close().await;
         self.writer.close().await;
     }
 }
 
 super::sql::shared_sql_impl!(SqliteBackend, Sqlite, numbered = false);
+
+/// Counts a document's journaled entries into metadata read from `documents`. Both sides only
+/// grow, so the larger value is the newer one.
+fn overlay(meta: &mut DocMeta, p: &Pending) {
+    meta.head_seq = meta.head_seq.max(p.head.head_seq);
+    meta.byte_count = meta.byte_count.max(p.head.byte_count);
+    if let Some(last) = p.entries.last() {
+        meta.updated_at_ms = meta.updated_at_ms.max(last.committed_at_ms);
+    }
+}
+
+/// `documents.head_seq` (what drains have moved so far) of every document in `entries` that
+/// has a row.
+async fn drained_heads<'e>(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    entries: &[(JournalEntry<'e>, i64)],
+) -> Result<HashMap<&'e str, u64>, StoreError> {
+    let mut docs: Vec<&'e str> = entries.iter().map(|(e, _)| e.doc).collect();
+    docs.sort_unstable();
+    docs.dedup();
+    let mut heads = HashMap::with_capacity(docs.len());
+    let mut at = 0;
+    for n in chunks(docs.len()) {
+        let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(heads_sql(n)));
+        for doc in &docs[at..at + n] {
+            q = q.bind(*doc);
+        }
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::db("drain_journal"))?
+        {
+            let id: String = row.try_get(0).map_err(StoreError::db("drain_journal"))?;
+            let head: i64 = row.try_get(1).map_err(StoreError::db("drain_journal"))?;
+            if let Ok(i) = docs[at..at + n].binary_search(&id.as_str()) {
+                heads.insert(docs[at + i], to_u64(head));
+            }
+        }
+        at += n;
+    }
+    Ok(heads)
+}
+
+/// The drain's writes: inserts the entries (sorted by `(doc_id, seq)`) into `updates`, adds them
+/// to their `documents` rows, and drops again the entries at or below a retention cut that a
+/// checkpoint set while they were journaled.
+async fn write_drained(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    entries: &[(JournalEntry<'_>, i64)],
+) -> Result<(), StoreError> {
+    let op = "drain_journal";
+    let mut at = 0;
+    for n in chunks(entries.len()) {
+        let sql = values_sql(INSERT_PREFIX, INSERT_PER_ROW, n, "", false);
+        let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
+        for (e, committed) in &entries[at..at + n] {
+            q = q
+                .bind(e.doc)
+                .bind(to_i64(e.seq))
+                .bind(hlc_to_i64(e.hlc))
+                .bind(i64::from(e.replica))
+                .bind(e.author)
+                .bind(to_i64(e.delta.len() as u64))
+                .bind(*committed)
+                .bind(e.delta);
+        }
+        at += n;
+        q.execute(&mut **tx).await.map_err(StoreError::db(op))?;
+    }
+
+    /// One document's drained entries: first and last seq, bytes, first and last commit time.
+    struct Run<'a> {
+        doc: &'a str,
+        first: u64,
+        last: u64,
+        bytes: u64,
+        created: i64,
+        updated: i64,
+    }
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    for (e, committed) in entries.iter() {
+        let len = e.delta.len() as u64;
+        match runs.last_mut() {
+            Some(r) if r.doc == e.doc => {
+                r.last = e.seq;
+                r.bytes += len;
+                r.created = r.created.min(*committed);
+                r.updated = r.updated.max(*committed);
+            }
+            _ => runs.push(Run {
+                doc: e.doc,
+                first: e.seq,
+                last: e.seq,
+                bytes: len,
+                created: *committed,
+                updated: *committed,
+            }),
+        }
+    }
+    let mut at = 0;
+    for n in chunks(runs.len()) {
+        let chunk = &runs[at..at + n];
+        at += n;
+        let sql = values_sql(
+            DOCS_INSERT_PREFIX,
+            DOCS_INSERT_PER_ROW,
+            n,
+            DRAIN_HEADS_SUFFIX,
+            false,
+        );
+        let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.doc)
+                .bind(r.created)
+                .bind(r.updated)
+                .bind(to_i64(r.last))
+                .bind(to_i64(r.bytes));
+        }
+        let cuts: Vec<(String, i64)> = q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::db(op))?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::db(op))?;
+        for (doc, cut) in cuts {
+            let first = chunk
+                .iter()
+                .find(|r| r.doc == doc)
+                .map_or(u64::MAX, |r| r.first);
+            if to_u64(cut) >= first {
+                sqlx::query("DELETE FROM updates WHERE doc_id = ? AND seq <= ?")
+                    .bind(doc)
+                    .bind(cut)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(StoreError::db(op))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Refuses a schema newer than this build, then applies pending migrations.
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {

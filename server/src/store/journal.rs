@@ -1,0 +1,207 @@
+//! The binary format of one SQLite `journal` row: every entry of one group-commit transaction.
+//!
+//! The row is written once and read back when the store moves it into `updates` (see
+//! `sqlite.rs`); nothing else reads it. The format is versioned by its first byte so a later
+//! build can still drain rows an older one wrote. All integers are little-endian.
+//!
+//! ```text
+//! payload := 0x01 entry*
+//! entry   := u32 doc_len, doc (UTF-8), u64 seq, u64 hlc, u32 replica,
+//!            u8 has_author (0 or 1), [u32 author_len, author (UTF-8)],
+//!            u32 delta_len, delta (an engine Delta, as in `updates.delta`)
+//! ```
+//!
+//! Decoding checks every length against what is left, so a damaged row is an error naming the
+//! byte offset, never a panic or an oversized allocation.
+
+/// The only version written so far.
+const VERSION: u8 = 1;
+
+/// One entry as stored in a journal row; the strings and bytes borrow from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JournalEntry<'a> {
+    pub doc: &'a str,
+    pub seq: u64,
+    pub hlc: u64,
+    pub replica: u32,
+    pub author: Option<&'a str>,
+    pub delta: &'a [u8],
+}
+
+/// Starts a payload.
+pub(crate) fn begin(capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + 1);
+    out.push(VERSION);
+    out
+}
+
+/// Appends one entry to a payload started with [`begin`].
+pub(crate) fn push(out: &mut Vec<u8>, e: &JournalEntry<'_>) {
+    put_bytes(out, e.doc.as_bytes());
+    out.extend_from_slice(&e.seq.to_le_bytes());
+    out.extend_from_slice(&e.hlc.to_le_bytes());
+    out.extend_from_slice(&e.replica.to_le_bytes());
+    match e.author {
+        Some(a) => {
+            out.push(1);
+            put_bytes(out, a.as_bytes());
+        }
+        None => out.push(0),
+    }
+    put_bytes(out, e.delta);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Document ids are at most a few hundred bytes and deltas are bounded by the frame limit,
+    // far below 4 GiB; a longer slice would be a bug upstream, and is cut rather than panic.
+    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&b[..len as usize]);
+}
+
+/// Decodes a whole payload.
+pub(crate) fn decode(payload: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
+    let mut r = Reader {
+        buf: payload,
+        at: 0,
+    };
+    match r.u8()? {
+        VERSION => {}
+        v => return Err(format!("unknown journal format version {v}")),
+    }
+    let mut out = Vec::new();
+    while r.at < payload.len() {
+        let doc = r.str()?;
+        let seq = r.u64()?;
+        let hlc = r.u64()?;
+        let replica = r.u32()?;
+        let author = match r.u8()? {
+            0 => None,
+            1 => Some(r.str()?),
+            f => return Err(format!("bad author flag {f} at byte {}", r.at - 1)),
+        };
+        let delta = r.bytes()?;
+        out.push(JournalEntry {
+            doc,
+            seq,
+            hlc,
+            replica,
+            author,
+            delta,
+        });
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.at))?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Result<&'a str, String> {
+        let at = self.at;
+        std::str::from_utf8(self.bytes()?).map_err(|e| format!("bad UTF-8 at byte {at}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<JournalEntry<'static>> {
+        vec![
+            JournalEntry {
+                doc: "notes/a",
+                seq: 1,
+                hlc: u64::MAX,
+                replica: 7,
+                author: None,
+                delta: b"\x81\xa3yjs\xc4\x00",
+            },
+            JournalEntry {
+                doc: "b",
+                seq: 1 << 40,
+                hlc: 0,
+                replica: u32::MAX,
+                author: Some("alice"),
+                delta: b"",
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut out = begin(0);
+        for e in sample() {
+            push(&mut out, &e);
+        }
+        assert_eq!(decode(&out).expect("decode"), sample());
+        assert_eq!(decode(&begin(0)).expect("empty"), Vec::new());
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let mut out = begin(0);
+        let mut boundaries = vec![out.len()];
+        for e in sample() {
+            push(&mut out, &e);
+            boundaries.push(out.len());
+        }
+        // A cut at an entry boundary is a shorter valid payload; any other cut is an error.
+        for cut in 0..=out.len() {
+            match boundaries.iter().position(|b| *b == cut) {
+                Some(n) => assert_eq!(decode(&out[..cut]).expect("prefix"), sample()[..n]),
+                None => assert!(decode(&out[..cut]).is_err(), "cut at {cut} decoded"),
+            }
+        }
+        assert!(decode(&[2]).expect_err("version").contains("version 2"));
+        // Flipped bytes never panic; the ones in a length or flag field are errors.
+        for i in 1..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0xff;
+            let _ = decode(&bad);
+        }
+        let mut bad = out.clone();
+        bad[1] ^= 0xff; // the first document id's length
+        assert!(decode(&bad).is_err());
+        // A length that claims far more than the payload holds is refused, not allocated.
+        let mut huge = begin(0);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&huge).expect_err("huge").contains("truncated"));
+    }
+}
