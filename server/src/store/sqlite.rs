@@ -358,11 +358,7 @@ impl SqliteBackend {
             }
         }
         let result = async {
-            let mut conn = self
-                .writer
-                .acquire()
-                .await
-                .map_err(StoreError::db("begin"))?;
+            let mut conn = self.writer_connection().await?;
             self.drain_slice_locked(&mut conn).await
         }
         .await;
@@ -373,12 +369,13 @@ impl SqliteBackend {
 
     /// Moves every journaled entry into `updates` now.
     pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
-        let mut conn = self
-            .writer
-            .acquire()
-            .await
-            .map_err(StoreError::db("begin"))?;
+        let mut conn = self.writer_connection().await?;
         self.drain_locked(&mut conn).await
+    }
+
+    /// The writer connection, for as long as the caller holds it (the pool has one).
+    async fn writer_connection(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        self.writer.acquire().await.map_err(StoreError::db("begin"))
     }
 
     /// [`Self::drain_journal`] on the held writer connection, in one transaction. The whole
@@ -389,14 +386,7 @@ impl SqliteBackend {
         let op = "drain_journal";
         let started = Instant::now();
         let result = async {
-            let mut tx = conn
-                .begin_with(BEGIN_DERIVED)
-                .await
-                .map_err(StoreError::db("begin"))?;
-            let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::db(op))?;
+            let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, op).await?;
             let rows: Vec<(i64, i64, Vec<u8>)> =
                 sqlx::query_as("SELECT id, committed_at_ms, payload FROM journal ORDER BY id")
                     .fetch_all(&mut *tx)
@@ -541,11 +531,7 @@ impl SqliteBackend {
         requests: &[Vec<NewEntry>],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut conn = self
-            .writer
-            .acquire()
-            .await
-            .map_err(StoreError::db("begin"))?;
+        let mut conn = self.writer_connection().await?;
         // A stale cache or a full journal: drain, then try again (once is enough: the drain
         // leaves the cache valid and the journal empty).
         for _ in 0..2 {
@@ -581,15 +567,7 @@ impl SqliteBackend {
     ) -> Result<Option<BatchOutcome>, StoreError> {
         let op = "append";
         let now = to_i64(now_ms);
-        // IMMEDIATE takes the write lock up front (see `begin_write`).
-        let mut tx = conn
-            .begin_with(self.begin_durable)
-            .await
-            .map_err(StoreError::db("begin"))?;
-        let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::db(op))?;
+        let (mut tx, version) = begin_versioned(conn, self.begin_durable, op).await?;
 
         let total: usize = requests.iter().map(Vec::len).sum();
         let mut docs: HashMap<&DocId, Slot> = HashMap::with_capacity(total.min(4_096));
@@ -930,6 +908,25 @@ impl SqliteBackend {
 }
 
 super::sql::shared_sql_impl!(SqliteBackend, Sqlite, numbered = false);
+
+/// Begins a write transaction with `begin` (IMMEDIATE takes the write lock up front, see
+/// `begin_write`) and reads `PRAGMA data_version`, which tells whether another connection
+/// committed since this one last looked.
+async fn begin_versioned<'c>(
+    conn: &'c mut SqliteConnection,
+    begin: &'static str,
+    op: &'static str,
+) -> Result<(sqlx::Transaction<'c, Sqlite>, i64), StoreError> {
+    let mut tx = conn
+        .begin_with(begin)
+        .await
+        .map_err(StoreError::db("begin"))?;
+    let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::db(op))?;
+    Ok((tx, version))
+}
 
 /// Counts a document's journaled entries into metadata read from `documents`. Both sides only
 /// grow, so the larger value is the newer one.
