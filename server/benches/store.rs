@@ -9,12 +9,13 @@
 //! ```text
 //! cargo bench -p lattice-server --bench store -- [--traces /work/shared/traces] \
 //!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--seconds 2] \
-//!     [--docs N] [--writers N] [--journal N] [--skip-load]
+//!     [--docs N] [--writers N] [--journal N] [--slice N] [--skip-load]
 //! ```
 //!
 //! `--writers N` measures only that writer count (for profiling one configuration);
-//! `--journal N` sets `StoreConfig::journal_max_entries` (SQLite's journal, drained into the
-//! log every N entries).
+//! `--journal N` and `--slice N` set `StoreConfig::journal_max_entries` and
+//! `journal_slice_entries` (SQLite's journal: a drain cycle starts at N entries and moves
+//! about N entries per transaction).
 //!
 //! Every figure is the median of 3 runs. Without `--traces` (and without the default
 //! `/work/shared/traces`), the load benchmark types a synthetic trace of the same size. On
@@ -47,6 +48,8 @@ struct Args {
     skip_load: bool,
     /// `StoreConfig::journal_max_entries` (SQLite); `None` = the default.
     journal: Option<usize>,
+    /// `StoreConfig::journal_slice_entries` (SQLite); `None` = the default.
+    slice: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, BoxError> {
         writers: None,
         skip_load: false,
         journal: None,
+        slice: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--docs" => args.docs = Some(it.next().ok_or("--docs N")?.parse()?),
             "--writers" => args.writers = Some(it.next().ok_or("--writers N")?.parse()?),
             "--journal" => args.journal = Some(it.next().ok_or("--journal N")?.parse()?),
+            "--slice" => args.slice = Some(it.next().ok_or("--slice N")?.parse()?),
             // `cargo bench` passes `--bench`; ignore it and anything else unknown.
             _ => {}
         }
@@ -84,6 +89,7 @@ struct Target {
     url: String,
     synchronous: SqliteSynchronous,
     journal: Option<usize>,
+    slice: Option<usize>,
     _dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
@@ -95,6 +101,9 @@ impl Target {
         };
         if let Some(n) = self.journal {
             c.journal_max_entries = n;
+        }
+        if let Some(n) = self.slice {
+            c.journal_slice_entries = n;
         }
         if !checkpoints {
             c.checkpoint_every_updates = 0;
@@ -276,6 +285,7 @@ async fn main() -> Result<(), BoxError> {
             url: String::new(),
             synchronous: SqliteSynchronous::Full,
             journal: args.journal,
+            slice: args.slice,
             _dir: None,
         },
         Target {
@@ -283,6 +293,7 @@ async fn main() -> Result<(), BoxError> {
             url: String::new(),
             synchronous: SqliteSynchronous::Normal,
             journal: args.journal,
+            slice: args.slice,
             _dir: None,
         },
     ];
@@ -292,6 +303,7 @@ async fn main() -> Result<(), BoxError> {
             url: url.clone(),
             synchronous: SqliteSynchronous::Full,
             journal: args.journal,
+            slice: args.slice,
             _dir: None,
         });
     } else {
