@@ -665,6 +665,57 @@ async fn reads_stay_whole_while_the_journal_drains(kind: Kind) {
     db.cleanup().await;
 }
 
+/// Two stores on one database, as two server processes (or a server and an admin tool) would
+/// have: each sees the other's appends, numbering stays dense, and on SQLite the second store's
+/// open drains the first one's journal under its feet without losing or doubling anything.
+async fn two_stores_share_one_database(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let config = StoreConfig {
+        journal_max_age: Duration::from_secs(30),
+        ..StoreConfig::default()
+    };
+    let a = db.open(config.clone()).await;
+    let id = doc("shared/one");
+    let mut w = Writer::new(11);
+    for i in 0..20u32 {
+        assert_eq!(
+            a.append(w.entry(&id, i)).await.expect("append a"),
+            u64::from(i) + 1
+        );
+    }
+    let b = db.open(config).await;
+    for i in 20..30u32 {
+        assert_eq!(
+            b.append(w.entry(&id, i)).await.expect("append b"),
+            u64::from(i) + 1
+        );
+    }
+    for i in 30..40u32 {
+        assert_eq!(
+            a.append(w.entry(&id, i)).await.expect("append a"),
+            u64::from(i) + 1
+        );
+    }
+    for store in [&a, &b] {
+        store.drain_journal().await.expect("drain");
+    }
+    for store in [&a, &b] {
+        let log = store.read_log(&id, 1, u32::MAX).await.expect("read_log");
+        let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        let loaded = store
+            .load(&id, SERVER)
+            .await
+            .expect("load")
+            .expect("exists");
+        assert_eq!(loaded.head_seq, 40);
+        assert!(same_content(&loaded.document, &w.document));
+    }
+    a.close().await;
+    b.close().await;
+    db.cleanup().await;
+}
+
 async fn schema_too_new_is_refused(kind: Kind) {
     let db = TestDb::new(kind).await;
     let store = db.open(StoreConfig::default()).await;
@@ -803,6 +854,7 @@ macro_rules! contract {
             state_at_bounds,
             schema_too_new_is_refused,
             reads_stay_whole_while_the_journal_drains,
+            two_stores_share_one_database,
         );
     };
 }

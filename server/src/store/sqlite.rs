@@ -445,29 +445,28 @@ impl SqliteBackend {
     }
 
     /// One slice of the drain cycle, on the held writer connection, in one transaction: the
-    /// entries of a few documents (about [`StoreConfig::journal_slice_entries`]), from the in-memory copy,
-    /// and the `journal` rows that leaves empty. With the cache not valid, a full drain.
+    /// entries of a few documents (about [`StoreConfig::journal_slice_entries`]), from the
+    /// in-memory copy, and the `journal` rows that leaves empty. With the cache not valid, or
+    /// if another process wrote since (it may have drained these very entries), a full drain.
     async fn drain_slice_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
         let op = "drain_journal";
+        let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, op).await?;
         let taken = {
             let mut st = self.state();
-            st.data_version.is_some().then(|| {
+            (st.data_version == Some(version)).then(|| {
                 let slice = st.journal.slice(self.journal_slice_entries);
                 let emptied = st.journal.rows_emptied_by(&slice);
                 (slice, emptied)
             })
         };
         let Some((slice, emptied)) = taken else {
+            tx.rollback().await.map_err(StoreError::db(op))?;
             return self.drain_locked(conn).await;
         };
         if slice.is_empty() {
-            return Ok(());
+            return tx.commit().await.map_err(StoreError::db("commit"));
         }
         let result = async {
-            let mut tx = conn
-                .begin_with(BEGIN_DERIVED)
-                .await
-                .map_err(StoreError::db("begin"))?;
             // Each document's entries are in order already: sorting the documents sorts all.
             let mut order: Vec<&(DocId, Vec<Journaled>)> = slice.iter().collect();
             order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
