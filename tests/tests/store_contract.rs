@@ -19,6 +19,18 @@ fn manual_checkpoints() -> StoreConfig {
     }
 }
 
+/// Loads `id` and checks its head and content.
+async fn assert_loads(
+    store: &lattice_server::store::Store,
+    id: &lattice_engine::DocId,
+    head: u64,
+    expected: &Document,
+) {
+    let loaded = store.load(id, SERVER).await.expect("load").expect("exists");
+    assert_eq!(loaded.head_seq, head, "{id}");
+    assert!(same_content(&loaded.document, expected), "{id}");
+}
+
 async fn append_load_roundtrip(kind: Kind) {
     let db = TestDb::new(kind).await;
     let store = db.open(StoreConfig::default()).await;
@@ -45,13 +57,7 @@ async fn append_load_roundtrip(kind: Kind) {
     // Everything survives closing and reopening.
     store.close().await;
     let store = db.open(StoreConfig::default()).await;
-    let loaded = store
-        .load(&id, SERVER)
-        .await
-        .expect("load")
-        .expect("exists");
-    assert_eq!(loaded.head_seq, 40);
-    assert!(same_content(&loaded.document, &w.document));
+    assert_loads(&store, &id, 40, &w.document).await;
     store.close().await;
     db.cleanup().await;
 }
@@ -212,13 +218,7 @@ async fn background_checkpoints_bound_the_replay(kind: Kind) {
         Some(vec![0xc1]),
     )
     .await;
-    let loaded = store
-        .load(&id, SERVER)
-        .await
-        .expect("load")
-        .expect("exists");
-    assert_eq!(loaded.head_seq, 35);
-    assert!(same_content(&loaded.document, &w.document));
+    assert_loads(&store, &id, 35, &w.document).await;
     assert_eq!(
         store.checkpoint_now(&id).await.expect("checkpoint"),
         Some(35)
@@ -703,13 +703,7 @@ async fn two_stores_share_one_database(kind: Kind) {
         let log = store.read_log(&id, 1, u32::MAX).await.expect("read_log");
         let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
-        let loaded = store
-            .load(&id, SERVER)
-            .await
-            .expect("load")
-            .expect("exists");
-        assert_eq!(loaded.head_seq, 40);
-        assert!(same_content(&loaded.document, &w.document));
+        assert_loads(store, &id, 40, &w.document).await;
     }
     a.close().await;
     b.close().await;
