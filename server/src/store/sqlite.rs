@@ -363,6 +363,9 @@ impl SqliteBackend {
         }
         .await;
         if let Err(e) = result {
+            // The cycle ends here: the next one starts only when a trigger fires again, so
+            // a broken disk gets a retry per trigger, not a hot loop.
+            self.state().journal.cycle.clear();
             tracing::error!(error = %e, "draining the journal failed; its entries stay journaled");
         }
     }
