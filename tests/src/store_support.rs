@@ -2,6 +2,7 @@
 //! per test on the server named by `LATTICE_TEST_POSTGRES_URL`, dropped afterwards, so tests
 //! run in parallel). Postgres tests never skip: without the variable they fail and say why.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -146,6 +147,78 @@ impl TestDb {
         }
     }
 
+    /// Overwrites the stored delta of every drained log entry of `doc` in `seqs` with `bytes`,
+    /// straight in the database (drain the SQLite journal first): damage an older build could
+    /// have left behind. On SQLite it rewrites the `update_runs` rows holding them, decoding
+    /// and encoding them with [`RunCodec`], this crate's own reading of the format documented
+    /// in docs/storage.md. Returns how many entries it changed.
+    pub async fn corrupt_deltas(&self, doc: &str, seqs: RangeInclusive<u64>, bytes: &[u8]) -> u64 {
+        let (lo, hi) = (
+            i64::try_from(*seqs.start()).expect("seq"),
+            i64::try_from(*seqs.end()).expect("seq"),
+        );
+        match self.kind {
+            Kind::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let done = sqlx::query(
+                    "UPDATE updates SET delta = $1 WHERE doc_id = $2 AND seq BETWEEN $3 AND $4",
+                )
+                .bind(bytes)
+                .bind(doc)
+                .bind(lo)
+                .bind(hi)
+                .execute(&mut conn)
+                .await
+                .expect("update");
+                let _ = conn.close().await;
+                done.rows_affected()
+            }
+            Kind::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let runs: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT first_seq, last_seq, entries FROM update_runs \
+                     WHERE doc_id = $1 AND last_seq >= $2 AND first_seq <= $3",
+                )
+                .bind(doc)
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(&mut conn)
+                .await
+                .expect("select runs");
+                let mut changed = 0;
+                for (first, last, blob) in runs {
+                    let mut entries = RunCodec::decode(&blob);
+                    assert_eq!(
+                        entries.len() as i64,
+                        last - first + 1,
+                        "run {first}..={last}"
+                    );
+                    for (i, e) in entries.iter_mut().enumerate() {
+                        if seqs.contains(&(first as u64 + i as u64)) {
+                            e.delta = bytes.to_vec();
+                            changed += 1;
+                        }
+                    }
+                    sqlx::query(
+                        "UPDATE update_runs SET entries = $1 WHERE doc_id = $2 AND first_seq = $3",
+                    )
+                    .bind(RunCodec::encode(&entries))
+                    .bind(doc)
+                    .bind(first)
+                    .execute(&mut conn)
+                    .await
+                    .expect("update run");
+                }
+                let _ = conn.close().await;
+                changed
+            }
+        }
+    }
+
     /// Drops the Postgres database (the SQLite file goes with its temporary directory).
     pub async fn cleanup(self) {
         if let (Some(admin), Some(name)) = (&self.admin_url, &self.name)
@@ -217,4 +290,80 @@ impl Writer {
 /// Whether two documents hold the same content.
 pub fn same_content(a: &Document, b: &Document) -> bool {
     a.to_json() == b.to_json() && a.state() == b.state()
+}
+
+/// One entry of an SQLite log run, as docs/storage.md describes the `update_runs.entries`
+/// blob: version byte 1, then per entry (big-endian) u64 hlc, u32 replica, u64 commit time in
+/// ms, u8 author flag [u32 length, UTF-8], u32 length, delta bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCodec {
+    pub hlc: u64,
+    pub replica: u32,
+    pub committed_at_ms: u64,
+    pub author: Option<String>,
+    pub delta: Vec<u8>,
+}
+
+impl RunCodec {
+    /// Decodes a whole blob; panics (a test failure) on anything but the documented layout.
+    pub fn decode(blob: &[u8]) -> Vec<RunCodec> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
+            assert!(b.len() >= n, "run blob truncated");
+            let (head, rest) = b.split_at(n);
+            *b = rest;
+            head
+        }
+        fn u32_of(b: &mut &[u8]) -> u32 {
+            u32::from_be_bytes(take(b, 4).try_into().expect("4 bytes"))
+        }
+        fn u64_of(b: &mut &[u8]) -> u64 {
+            u64::from_be_bytes(take(b, 8).try_into().expect("8 bytes"))
+        }
+        let mut b = blob;
+        assert_eq!(take(&mut b, 1), [1], "run format version");
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let hlc = u64_of(&mut b);
+            let replica = u32_of(&mut b);
+            let committed_at_ms = u64_of(&mut b);
+            let author = match take(&mut b, 1)[0] {
+                0 => None,
+                1 => {
+                    let n = u32_of(&mut b) as usize;
+                    Some(String::from_utf8(take(&mut b, n).to_vec()).expect("UTF-8 author"))
+                }
+                f => panic!("author flag {f}"),
+            };
+            let n = u32_of(&mut b) as usize;
+            let delta = take(&mut b, n).to_vec();
+            out.push(RunCodec {
+                hlc,
+                replica,
+                committed_at_ms,
+                author,
+                delta,
+            });
+        }
+        out
+    }
+
+    pub fn encode(entries: &[RunCodec]) -> Vec<u8> {
+        let mut out = vec![1u8];
+        for e in entries {
+            out.extend_from_slice(&e.hlc.to_be_bytes());
+            out.extend_from_slice(&e.replica.to_be_bytes());
+            out.extend_from_slice(&e.committed_at_ms.to_be_bytes());
+            match &e.author {
+                Some(a) => {
+                    out.push(1);
+                    out.extend_from_slice(&(a.len() as u32).to_be_bytes());
+                    out.extend_from_slice(a.as_bytes());
+                }
+                None => out.push(0),
+            }
+            out.extend_from_slice(&(e.delta.len() as u32).to_be_bytes());
+            out.extend_from_slice(&e.delta);
+        }
+        out
+    }
 }

@@ -61,16 +61,13 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Decodes a whole payload.
 pub(crate) fn decode(payload: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
-    let mut r = Reader {
-        buf: payload,
-        at: 0,
-    };
+    let mut r = Reader::new(payload);
     match r.u8()? {
         VERSION => {}
         v => return Err(format!("unknown journal format version {v}")),
     }
     let mut out = Vec::new();
-    while r.at < payload.len() {
+    while !r.done() {
         let doc = r.str()?;
         let seq = r.u64()?;
         let hlc = r.u64()?;
@@ -93,13 +90,28 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
     Ok(out)
 }
 
-struct Reader<'a> {
+/// A bounds-checked cursor over a stored payload (shared with [`super::runs`]).
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    /// Whether every byte has been read.
+    pub(super) fn done(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+
+    /// The offset of the next byte, for error messages.
+    pub(super) fn at(&self) -> usize {
+        self.at
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .at
             .checked_add(n)
@@ -116,7 +128,7 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    pub(super) fn u8(&mut self) -> Result<u8, String> {
         Ok(self.array::<1>()?[0])
     }
 
@@ -133,7 +145,27 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    fn str(&mut self) -> Result<&'a str, String> {
+    pub(super) fn u32_be(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub(super) fn u64_be(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A big-endian `u32` length, then that many bytes.
+    pub(super) fn bytes_be(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32_be()? as usize;
+        self.take(len)
+    }
+
+    /// [`Self::bytes_be`] holding UTF-8.
+    pub(super) fn str_be(&mut self) -> Result<&'a str, String> {
+        let at = self.at;
+        std::str::from_utf8(self.bytes_be()?).map_err(|e| format!("bad UTF-8 at byte {at}: {e}"))
+    }
+
+    pub(super) fn str(&mut self) -> Result<&'a str, String> {
         let at = self.at;
         std::str::from_utf8(self.bytes()?).map_err(|e| format!("bad UTF-8 at byte {at}: {e}"))
     }

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 mod group_commit;
 mod journal;
 pub mod postgres;
+mod runs;
 mod sql;
 pub mod sqlite;
 

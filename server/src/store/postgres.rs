@@ -68,6 +68,86 @@ impl PostgresBackend {
     /// Nothing cached to bring forward either.
     fn checkpoint_written(&self, _doc: &lattice_engine::DocId, _seq: u64, _byte_count: u64) {}
 
+    /// The deltas of `after+1 ..= upto` (a load's tail).
+    async fn read_tail(
+        conn: &mut sqlx::PgConnection,
+        doc: &lattice_engine::DocId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        use crate::store::sql::{to_i64, to_u64};
+        use sqlx::Row as _;
+        let op = "load";
+        let rows = sqlx::query::<Postgres>(
+            "SELECT seq, delta FROM updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
+             ORDER BY seq",
+        )
+        .bind(doc.as_str())
+        .bind(to_i64(after))
+        .bind(to_i64(upto))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
+                Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    /// Retention: drops the log entries at or below `cut`.
+    async fn drop_log_through(
+        conn: &mut sqlx::PgConnection,
+        doc: &lattice_engine::DocId,
+        cut: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query::<Postgres>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
+            .bind(doc.as_str())
+            .bind(crate::store::sql::to_i64(cut))
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("checkpoint"))?;
+        Ok(())
+    }
+
+    /// Whole entries from `from_seq` on, at most `limit` (history and catch-up).
+    pub(crate) async fn read_log(
+        &self,
+        doc: &lattice_engine::DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<crate::store::LogEntry>, StoreError> {
+        use crate::store::sql::*;
+        use sqlx::Row as _;
+        let op = "read_log";
+        let rows = sqlx::query::<Postgres>(
+            "SELECT seq, hlc, replica, author, byte_size, committed_at_ms, delta \
+                 FROM updates WHERE doc_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(doc.as_str())
+        .bind(to_i64(from_seq))
+        .bind(i64::from(limit))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(|r| -> Result<crate::store::LogEntry, sqlx::Error> {
+                let replica: i64 = r.try_get(2)?;
+                Ok(crate::store::LogEntry {
+                    seq: to_u64(r.try_get(0)?),
+                    hlc: hlc_from_i64(r.try_get(1)?),
+                    replica: u32::try_from(replica).unwrap_or(0),
+                    author: r.try_get(3)?,
+                    byte_size: to_u64(r.try_get(4)?),
+                    committed_at_ms: to_u64(r.try_get(5)?),
+                    delta_bytes: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::db(op))
+    }
+
     /// One group-commit transaction: an upsert on `documents` reserves a contiguous range of
     /// sequence numbers per document and returns the new heads (the row lock it takes
     /// serialises server processes writing the same document), then multi-row `INSERT`s add

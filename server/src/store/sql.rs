@@ -8,7 +8,13 @@
 //! cached in its single writer (`sqlite.rs`). What else differs (connection set-up, pragmas,
 //! read isolation, migration folders) lives in `sqlite.rs` and `postgres.rs`.
 //!
-//! A backend type using the macro provides `read_pool()`, `begin_read()`, `begin_write()`,
+//! The log itself is stored differently: one `updates` row per entry on Postgres, one
+//! `update_runs` row per run of consecutive entries on SQLite (`runs.rs`). So each backend
+//! reads and trims its own log: `read_tail(tx, doc, after, upto)` (the deltas of
+//! `after+1 ..= upto`, for loads), `read_log(doc, from, limit)` (whole entries, for history
+//! and catch-up) and `drop_log_through(tx, doc, cut)` (retention).
+//!
+//! A backend type using the macro also provides `read_pool()`, `begin_read()`, `begin_write()`,
 //! `begin_write_derived()` (for checkpoints: may skip the fsync), `checkpoint_written(..)` and
 //! `forget_head(doc)`, which a write transaction that changes a `documents` row calls before
 //! its `COMMIT`, so that no cached copy of the row outlives it.
@@ -127,6 +133,7 @@ pub(crate) fn heads_sql(n: usize) -> String {
     sql
 }
 
+/// Log rows written by the Postgres backend (one per entry).
 pub(crate) const INSERT_PREFIX: &str = "INSERT INTO updates \
      (doc_id, seq, hlc, replica, author, byte_size, committed_at_ms, delta)";
 pub(crate) const INSERT_PER_ROW: usize = 8;
@@ -218,24 +225,8 @@ macro_rules! shared_sql_impl {
                 .transpose()
                 .map_err(StoreError::db(op))?;
                 let from = checkpoint.as_ref().map_or(0, |c| c.0);
-                let rows = sqlx::query::<$db>(
-                    "SELECT seq, delta FROM updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
-                     ORDER BY seq",
-                )
-                .bind(doc.as_str())
-                .bind(to_i64(from))
-                .bind(to_i64(upto))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::db(op))?;
+                let tail = Self::read_tail(&mut *tx, doc, from, upto).await?;
                 tx.rollback().await.map_err(StoreError::db(op))?;
-                let tail = rows
-                    .iter()
-                    .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
-                        Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(StoreError::db(op))?;
                 Ok(Some($crate::store::Parts {
                     meta,
                     checkpoint,
@@ -243,43 +234,6 @@ macro_rules! shared_sql_impl {
                     tail,
                     upto,
                 }))
-            }
-
-            pub(crate) async fn read_log(
-                &self,
-                doc: &lattice_engine::DocId,
-                from_seq: u64,
-                limit: u32,
-            ) -> Result<Vec<$crate::store::LogEntry>, $crate::store::StoreError> {
-                use sqlx::Row as _;
-                use $crate::store::StoreError;
-                use $crate::store::sql::*;
-                let op = "read_log";
-                let rows = sqlx::query::<$db>(
-                    "SELECT seq, hlc, replica, author, byte_size, committed_at_ms, delta \
-                     FROM updates WHERE doc_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-                )
-                .bind(doc.as_str())
-                .bind(to_i64(from_seq))
-                .bind(i64::from(limit))
-                .fetch_all(self.read_pool())
-                .await
-                .map_err(StoreError::db(op))?;
-                rows.iter()
-                    .map(|r| -> Result<$crate::store::LogEntry, sqlx::Error> {
-                        let replica: i64 = r.try_get(2)?;
-                        Ok($crate::store::LogEntry {
-                            seq: to_u64(r.try_get(0)?),
-                            hlc: hlc_from_i64(r.try_get(1)?),
-                            replica: u32::try_from(replica).unwrap_or(0),
-                            author: r.try_get(3)?,
-                            byte_size: to_u64(r.try_get(4)?),
-                            committed_at_ms: to_u64(r.try_get(5)?),
-                            delta_bytes: r.try_get(6)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(StoreError::db(op))
             }
 
             pub(crate) async fn list(
@@ -395,12 +349,7 @@ macro_rules! shared_sql_impl {
                     .await
                     .map_err(StoreError::db(op))?;
                     if let Some(cut) = cut.filter(|c| *c > log_start) {
-                        sqlx::query::<$db>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
-                            .bind(doc)
-                            .bind(cut)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::db(op))?;
+                        Self::drop_log_through(&mut *tx, &meta.id, to_u64(cut)).await?;
                         sqlx::query::<$db>("UPDATE documents SET log_start_seq = $2 WHERE id = $1")
                             .bind(doc)
                             .bind(cut)
