@@ -598,7 +598,7 @@ impl Store {
 
     /// Moves every journaled append into the per-document log now (SQLite; nothing to do on
     /// Postgres). Reads through this store never need it: they merge the journal in. It is for
-    /// tools and tests that read or edit the `updates` table directly.
+    /// tools and tests that read or edit the log tables (`update_runs`, `updates`) directly.
     pub async fn drain_journal(&self) -> Result<(), StoreError> {
         self.flush().await?;
         self.shared.backend.drain_journal().await

@@ -6,14 +6,17 @@
 //! `docs/storage.md` for what each level promises.
 //!
 //! # The journal
-//! A group commit does not insert its entries into `updates` one row each: that table is
+//! A group commit does not insert its entries into the log one row each: the log is
 //! clustered by `(doc_id, seq)`, so a transaction touching a thousand documents would dirty a
 //! thousand pages (and write and checksum each of them into the WAL). Instead it writes **one
 //! `journal` row** holding every entry of the transaction ([`super::journal`] has the format),
 //! plus a `documents` row for each document it creates. The entries are durable (and their
 //! sequence numbers final) when that transaction commits. Later, in one large transaction, the
-//! writer **drains** the journal: it moves the rows into `updates`, sorted by document and
-//! sequence number, adds their counters to `documents` and deletes the journal rows. It drains
+//! writer **drains** the journal: it moves the rows into the log, sorted by document and
+//! sequence number, as one `update_runs` row per run of a document's consecutive entries
+//! ([`super::runs`] has the format; a row costs about the same to insert whatever it holds, so
+//! a drain costs per document, not per entry), adds their counters to `documents` and deletes
+//! the journal rows. It drains
 //! when the journal holds [`StoreConfig::journal_max_entries`] entries or 16 MiB, when its
 //! oldest entry is [`StoreConfig::journal_max_age`] old, when the group committer has been idle
 //! for a moment, when the store opens (which is crash recovery) and when it closes.
@@ -135,7 +138,7 @@ struct WriterState {
 }
 
 /// The journaled entries, in memory: while the cache is valid, exactly what the `journal`
-/// table holds and `updates` does not.
+/// table holds and the log does not.
 #[derive(Debug, Default)]
 struct Journal {
     /// Per document, ascending.
@@ -371,7 +374,7 @@ impl SqliteBackend {
         }
     }
 
-    /// Moves every journaled entry into `updates` now.
+    /// Moves every journaled entry into the log now.
     pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
         let mut conn = self.writer_connection().await?;
         self.drain_locked(&mut conn).await
@@ -973,7 +976,8 @@ async fn drained_heads<'e>(
     Ok(heads)
 }
 
-/// The drain's writes: inserts the entries (sorted by `(doc_id, seq)`) into `updates`, adds them
+/// The drain's writes: inserts the entries (sorted by `(doc_id, seq)`) into `update_runs`, one
+/// row per run of a document's consecutive entries (see [`super::runs`]), adds them
 /// to their `documents` rows, and drops again the entries at or below a retention cut that a
 /// checkpoint set while they were journaled.
 async fn write_drained(
@@ -1118,7 +1122,7 @@ async fn fetch_runs(
 ) -> Result<Vec<StoredRun>, StoreError> {
     let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
         "SELECT first_seq, last_seq, entries FROM update_runs \
-         WHERE doc_id = $1 AND first_seq <= $3 AND first_seq >= COALESCE(( \
+         WHERE doc_id = $1 AND first_seq <= $3 AND last_seq >= $2 AND first_seq >= COALESCE(( \
              SELECT first_seq FROM update_runs WHERE doc_id = $1 AND first_seq <= $2 \
              ORDER BY first_seq DESC LIMIT 1), 0) \
          ORDER BY first_seq LIMIT $4",
