@@ -234,6 +234,16 @@ impl TestDb {
     }
 }
 
+/// A store configuration that checkpoints only when a test asks (`checkpoint_now`), so what
+/// the log and the checkpoints hold is predictable.
+pub fn manual_checkpoints() -> StoreConfig {
+    StoreConfig {
+        checkpoint_every_updates: 0,
+        checkpoint_every_bytes: 0,
+        ..StoreConfig::default()
+    }
+}
+
 pub fn doc(id: &str) -> DocId {
     DocId::new(id).expect("valid document id")
 }

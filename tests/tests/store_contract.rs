@@ -7,17 +7,9 @@ use std::time::Duration;
 
 use lattice_engine::{Document, ReplicaId};
 use lattice_server::store::{Page, Retention, StoreConfig, StoreError};
-use lattice_tests::store_support::{Kind, TestDb, Writer, doc, same_content};
+use lattice_tests::store_support::{Kind, TestDb, Writer, doc, manual_checkpoints, same_content};
 
 const SERVER: ReplicaId = ReplicaId::from_random(0x5e11);
-
-fn manual_checkpoints() -> StoreConfig {
-    StoreConfig {
-        checkpoint_every_updates: 0,
-        checkpoint_every_bytes: 0,
-        ..StoreConfig::default()
-    }
-}
 
 /// Loads `id` and checks its head and content.
 async fn assert_loads(

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use lattice_engine::ReplicaId;
 use lattice_server::store::{NewEntry, Retention, Store, StoreConfig, StoreError};
-use lattice_tests::store_support::{Kind, RunCodec, TestDb, Writer, doc, same_content};
+use lattice_tests::store_support::{
+    Kind, RunCodec, TestDb, Writer, doc, manual_checkpoints, same_content,
+};
 use sqlx::Connection as _;
 
 const SERVER: ReplicaId = ReplicaId::from_random(0x5e11);
@@ -36,12 +38,10 @@ async fn a_drain_cuts_runs_and_retention_trims_them() {
     let db = TestDb::new(Kind::Sqlite).await;
     let store = db
         .open(StoreConfig {
-            checkpoint_every_updates: 0,
-            checkpoint_every_bytes: 0,
             retention: Retention::DropBeforeCheckpoint {
                 keep_updates: 1_000,
             },
-            ..StoreConfig::default()
+            ..manual_checkpoints()
         })
         .await;
     let id = doc("long");
@@ -145,13 +145,7 @@ async fn assert_loads(store: &Store, id: &lattice_engine::DocId, w: &Writer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbled_run_names_its_first_entry() {
     let db = TestDb::new(Kind::Sqlite).await;
-    let store = db
-        .open(StoreConfig {
-            checkpoint_every_updates: 0,
-            checkpoint_every_bytes: 0,
-            ..StoreConfig::default()
-        })
-        .await;
+    let store = db.open(manual_checkpoints()).await;
     let (bad, good) = (doc("garbled"), doc("fine"));
     let (mut wb, mut wg) = (Writer::new(1), Writer::new(2));
     for round in 0..2u32 {
@@ -268,13 +262,7 @@ async fn schema_2_log_moves_into_runs() {
         .expect("count bytes");
     let _ = conn.close().await;
 
-    let store = db
-        .open(StoreConfig {
-            checkpoint_every_updates: 0,
-            checkpoint_every_bytes: 0,
-            ..StoreConfig::default()
-        })
-        .await;
+    let store = db.open(manual_checkpoints()).await;
     let log = store.read_log(&id, 1, 10).await.expect("read_log");
     let got: Vec<_> = log
         .iter()

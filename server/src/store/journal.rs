@@ -30,32 +30,59 @@ pub(crate) struct JournalEntry<'a> {
 
 /// Starts a payload.
 pub(crate) fn begin(capacity: usize) -> Vec<u8> {
+    begin_version(VERSION, capacity)
+}
+
+/// A buffer for `capacity` bytes of a stored format, holding its `version` byte.
+pub(super) fn begin_version(version: u8, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity + 1);
-    out.push(VERSION);
+    out.push(version);
     out
 }
 
 /// Appends one entry to a payload started with [`begin`].
 pub(crate) fn push(out: &mut Vec<u8>, e: &JournalEntry<'_>) {
-    put_bytes(out, e.doc.as_bytes());
+    put_bytes(out, e.doc.as_bytes(), Order::Little);
     out.extend_from_slice(&e.seq.to_le_bytes());
     out.extend_from_slice(&e.hlc.to_le_bytes());
     out.extend_from_slice(&e.replica.to_le_bytes());
-    match e.author {
+    put_author_and_delta(out, e.author, e.delta, Order::Little);
+}
+
+/// Byte order of a stored format's integers (the journal's are little-endian, the runs' big).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Order {
+    Little,
+    Big,
+}
+
+/// `u8 has_author, [u32 author_len, author], u32 delta_len, delta`: the tail of an entry in
+/// both the journal and the run format.
+pub(super) fn put_author_and_delta(
+    out: &mut Vec<u8>,
+    author: Option<&str>,
+    delta: &[u8],
+    order: Order,
+) {
+    match author {
         Some(a) => {
             out.push(1);
-            put_bytes(out, a.as_bytes());
+            put_bytes(out, a.as_bytes(), order);
         }
         None => out.push(0),
     }
-    put_bytes(out, e.delta);
+    put_bytes(out, delta, order);
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Document ids are at most a few hundred bytes and deltas are bounded by the frame limit,
-    // far below 4 GiB; a longer slice would be a bug upstream, and is cut rather than panic.
+fn put_bytes(out: &mut Vec<u8>, b: &[u8], order: Order) {
+    // Document ids and authors are at most a few hundred bytes and deltas are bounded by the
+    // frame limit, far below 4 GiB; a longer slice would be a bug upstream, and is cut rather
+    // than panic.
     let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&match order {
+        Order::Little => len.to_le_bytes(),
+        Order::Big => len.to_be_bytes(),
+    });
     out.extend_from_slice(&b[..len as usize]);
 }
 

@@ -16,7 +16,7 @@
 //! Decoding checks every length against what is left and the entry count against the row's
 //! sequence range, so a damaged row is an error, never a panic or an oversized allocation.
 
-use super::journal::Reader;
+use super::journal::{Order, Reader, begin_version, put_author_and_delta};
 
 /// The only version written so far.
 const VERSION: u8 = 1;
@@ -40,9 +40,7 @@ pub(crate) struct RunEntry<'a> {
 
 /// Starts a run.
 pub(crate) fn begin(capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity + 1);
-    out.push(VERSION);
-    out
+    begin_version(VERSION, capacity)
 }
 
 /// Appends one entry to a run started with [`begin`]; its `seq` is implied by its position.
@@ -50,22 +48,7 @@ pub(crate) fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
     out.extend_from_slice(&e.hlc.to_be_bytes());
     out.extend_from_slice(&e.replica.to_be_bytes());
     out.extend_from_slice(&e.committed_at_ms.to_be_bytes());
-    match e.author {
-        Some(a) => {
-            out.push(1);
-            put_bytes(out, a.as_bytes());
-        }
-        None => out.push(0),
-    }
-    put_bytes(out, e.delta);
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Authors are short and deltas bounded by the frame limit, far below 4 GiB; a longer slice
-    // would be a bug upstream, and is cut rather than panic.
-    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&b[..len as usize]);
+    put_author_and_delta(out, e.author, e.delta, Order::Big);
 }
 
 /// Decodes the run stored as `first ..= last`. It must hold exactly that many entries.
