@@ -985,55 +985,17 @@ async fn write_drained(
     entries: &[(JournalEntry<'_>, i64)],
 ) -> Result<(), StoreError> {
     let op = "drain_journal";
-    // Cut each document's entries into runs and store each run as one `update_runs` row.
-    let mut rows: Vec<(&str, u64, u64, Vec<u8>)> = Vec::new();
-    let mut open: Option<(&str, u64, u64, Vec<u8>, usize)> = None;
-    for (e, committed) in entries {
-        let full = open.as_ref().is_some_and(|(doc, first, last, _, bytes)| {
-            *doc != e.doc
-                || e.seq != last + 1
-                || (last - first + 1) as usize >= RUN_MAX_ENTRIES
-                || bytes + e.delta.len() > RUN_MAX_BYTES
-        });
-        if full && let Some((doc, first, last, blob, _)) = open.take() {
-            rows.push((doc, first, last, blob));
-        }
-        let (_, _, last, blob, bytes) =
-            open.get_or_insert_with(|| (e.doc, e.seq, e.seq, runs::begin(RUN_START_CAPACITY), 0));
-        *last = e.seq;
-        *bytes += e.delta.len();
-        runs::push(
-            blob,
-            &RunEntry {
-                seq: e.seq,
-                hlc: e.hlc,
-                replica: e.replica,
-                committed_at_ms: to_u64(*committed),
-                author: e.author,
-                delta: e.delta,
-            },
-        );
-    }
-    if let Some((doc, first, last, blob, _)) = open {
-        rows.push((doc, first, last, blob));
-    }
-    let mut at = 0;
-    for n in chunks(rows.len()) {
-        let sql = values_sql(RUNS_INSERT_PREFIX, 4, n, "", false);
-        let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
-        for (doc, first, last, blob) in &rows[at..at + n] {
-            q = q
-                .bind(*doc)
-                .bind(to_i64(*first))
-                .bind(to_i64(*last))
-                .bind(blob.as_slice());
-        }
-        at += n;
-        q.execute(&mut **tx).await.map_err(StoreError::db(op))?;
-    }
 
+    /// One `update_runs` row to write.
+    struct LogRun<'a> {
+        doc: &'a str,
+        first: u64,
+        last: u64,
+        bytes: usize,
+        blob: Vec<u8>,
+    }
     /// One document's drained entries: first and last seq, bytes, first and last commit time.
-    struct Run<'a> {
+    struct Drained<'a> {
         doc: &'a str,
         first: u64,
         last: u64,
@@ -1041,29 +1003,79 @@ async fn write_drained(
         created: i64,
         updated: i64,
     }
-    let mut runs: Vec<Run<'_>> = Vec::new();
-    for (e, committed) in entries.iter() {
-        let len = e.delta.len() as u64;
-        match runs.last_mut() {
-            Some(r) if r.doc == e.doc => {
-                r.last = e.seq;
-                r.bytes += len;
-                r.created = r.created.min(*committed);
-                r.updated = r.updated.max(*committed);
+    // One pass: each document's entries, cut into runs of bounded size.
+    let mut log_runs: Vec<LogRun<'_>> = Vec::new();
+    let mut drained: Vec<Drained<'_>> = Vec::new();
+    for (e, committed) in entries {
+        let len = e.delta.len();
+        match drained.last_mut() {
+            Some(d) if d.doc == e.doc => {
+                d.last = e.seq;
+                d.bytes += len as u64;
+                d.created = d.created.min(*committed);
+                d.updated = d.updated.max(*committed);
             }
-            _ => runs.push(Run {
+            _ => drained.push(Drained {
                 doc: e.doc,
                 first: e.seq,
                 last: e.seq,
-                bytes: len,
+                bytes: len as u64,
                 created: *committed,
                 updated: *committed,
             }),
         }
+        let extends = log_runs.last().is_some_and(|r| {
+            r.doc == e.doc
+                && e.seq == r.last + 1
+                && ((r.last - r.first + 1) as usize) < RUN_MAX_ENTRIES
+                && r.bytes + len <= RUN_MAX_BYTES
+        });
+        let entry = RunEntry {
+            seq: e.seq,
+            hlc: e.hlc,
+            replica: e.replica,
+            committed_at_ms: to_u64(*committed),
+            author: e.author,
+            delta: e.delta,
+        };
+        match log_runs.last_mut() {
+            Some(r) if extends => {
+                r.last = e.seq;
+                r.bytes += len;
+                runs::push(&mut r.blob, &entry);
+            }
+            _ => {
+                let mut blob = runs::begin(RUN_START_CAPACITY.max(len + 64));
+                runs::push(&mut blob, &entry);
+                log_runs.push(LogRun {
+                    doc: e.doc,
+                    first: e.seq,
+                    last: e.seq,
+                    bytes: len,
+                    blob,
+                });
+            }
+        }
     }
+
     let mut at = 0;
-    for n in chunks(runs.len()) {
-        let chunk = &runs[at..at + n];
+    for n in chunks(log_runs.len()) {
+        let sql = values_sql(RUNS_INSERT_PREFIX, 4, n, "", false);
+        let mut q = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(sql));
+        for r in &log_runs[at..at + n] {
+            q = q
+                .bind(r.doc)
+                .bind(to_i64(r.first))
+                .bind(to_i64(r.last))
+                .bind(r.blob.as_slice());
+        }
+        at += n;
+        q.execute(&mut **tx).await.map_err(StoreError::db(op))?;
+    }
+
+    let mut at = 0;
+    for n in chunks(drained.len()) {
+        let chunk = &drained[at..at + n];
         at += n;
         let sql = values_sql(
             DOCS_INSERT_PREFIX,
