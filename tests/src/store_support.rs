@@ -234,6 +234,17 @@ impl TestDb {
     }
 }
 
+/// Loads `id` and checks its head and content.
+pub async fn assert_loads(store: &Store, id: &DocId, head: u64, expected: &Document) {
+    let loaded = store
+        .load(id, ReplicaId::from_random(0x5e11))
+        .await
+        .expect("load")
+        .expect("exists");
+    assert_eq!(loaded.head_seq, head, "{id}");
+    assert!(same_content(&loaded.document, expected), "{id}");
+}
+
 /// A store configuration that checkpoints only when a test asks (`checkpoint_now`), so what
 /// the log and the checkpoints hold is predictable.
 pub fn manual_checkpoints() -> StoreConfig {

@@ -7,21 +7,11 @@ use std::time::Duration;
 
 use lattice_engine::{Document, ReplicaId};
 use lattice_server::store::{Page, Retention, StoreConfig, StoreError};
-use lattice_tests::store_support::{Kind, TestDb, Writer, doc, manual_checkpoints, same_content};
+use lattice_tests::store_support::{
+    Kind, TestDb, Writer, assert_loads, doc, manual_checkpoints, same_content,
+};
 
 const SERVER: ReplicaId = ReplicaId::from_random(0x5e11);
-
-/// Loads `id` and checks its head and content.
-async fn assert_loads(
-    store: &lattice_server::store::Store,
-    id: &lattice_engine::DocId,
-    head: u64,
-    expected: &Document,
-) {
-    let loaded = store.load(id, SERVER).await.expect("load").expect("exists");
-    assert_eq!(loaded.head_seq, head, "{id}");
-    assert!(same_content(&loaded.document, expected), "{id}");
-}
 
 async fn append_load_roundtrip(kind: Kind) {
     let db = TestDb::new(kind).await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use lattice_engine::ReplicaId;
 use lattice_server::store::{NewEntry, Retention, Store, StoreConfig, StoreError};
 use lattice_tests::store_support::{
-    Kind, RunCodec, TestDb, Writer, doc, manual_checkpoints, same_content,
+    Kind, RunCodec, TestDb, Writer, assert_loads, doc, manual_checkpoints, same_content,
 };
 use sqlx::Connection as _;
 
@@ -61,7 +61,7 @@ async fn a_drain_cuts_runs_and_retention_trims_them() {
     assert_eq!(seqs, (1_000..1_100).collect::<Vec<_>>());
     let all = store.read_log(&id, 1, u32::MAX).await.expect("read_log");
     assert!(all.iter().map(|e| e.seq).eq(1..=2_500));
-    assert_loads(&store, &id, &w).await;
+    assert_loads(&store, &id, 2_500, &w.document).await;
 
     // A checkpoint at 1,000 (inside the first run), written as the checkpointer would have.
     let at_1000 = store.state_at(&id, 1_000, SERVER).await.expect("state_at");
@@ -116,7 +116,7 @@ async fn a_drain_cuts_runs_and_retention_trims_them() {
             .expect("apply");
     }
     assert!(same_content(&at, &want));
-    assert_loads(&store, &id, &w).await;
+    assert_loads(&store, &id, 2_500, &w.document).await;
     store.close().await;
 }
 
@@ -133,11 +133,6 @@ fn check_runs(runs: &[(i64, i64, Vec<u8>)]) {
     for (first, last, blob) in runs {
         assert_eq!(RunCodec::decode(blob).len() as i64, last - first + 1);
     }
-}
-
-async fn assert_loads(store: &Store, id: &lattice_engine::DocId, w: &Writer) {
-    let loaded = store.load(id, SERVER).await.expect("load").expect("exists");
-    assert!(same_content(&loaded.document, &w.document));
 }
 
 /// A run blob that does not decode at all makes the whole run unreadable: loading and reading
@@ -191,7 +186,7 @@ async fn a_garbled_run_names_its_first_entry() {
         .state_at(&bad, 5, SERVER)
         .await
         .expect("before the run");
-    assert_loads(&store, &good, &wg).await;
+    assert_loads(&store, &good, 10, &wg.document).await;
     store.close().await;
 }
 
@@ -274,13 +269,7 @@ async fn schema_2_log_moves_into_runs() {
             && e.replica == w.document.replica().get()
             && e.byte_size == e.delta_bytes.len() as u64
     }));
-    let loaded = store
-        .load(&id, SERVER)
-        .await
-        .expect("load")
-        .expect("exists");
-    assert_eq!(loaded.head_seq, 4);
-    assert!(same_content(&loaded.document, &w.document));
+    assert_loads(&store, &id, 4, &w.document).await;
     // The old table is gone and the log goes on from 5.
     store
         .append_batch(vec![w.entry(&id, 0)])
@@ -304,6 +293,6 @@ async fn schema_2_log_moves_into_runs() {
     let store = Store::open(&db.url, StoreConfig::default())
         .await
         .expect("reopen");
-    assert_loads(&store, &id, &w).await;
+    assert_loads(&store, &id, 5, &w.document).await;
     store.close().await;
 }
