@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ErrorCode, ServerMsg};
+use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
 use lattice_engine::{
     ApplyError, DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, EditError, Hlc, NTP64,
@@ -417,23 +417,6 @@ pub struct ClientCore {
     nonce: u64,
 }
 
-fn error_code_str(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::UnsupportedVersion => "unsupported_version",
-        ErrorCode::FrameTooLarge => "frame_too_large",
-        ErrorCode::MalformedMessage => "malformed_message",
-        ErrorCode::UnknownMessage => "unknown_message",
-        ErrorCode::InvalidDelta => "invalid_delta",
-        ErrorCode::NotSubscribed => "not_subscribed",
-        ErrorCode::RateLimited => "rate_limited",
-        ErrorCode::TooManyDocuments => "too_many_documents",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::Forbidden => "forbidden",
-        ErrorCode::Internal => "internal",
-        ErrorCode::Unknown => "unknown",
-    }
-}
-
 impl ClientCore {
     /// A client for `replica` whose clock reads `clock`. `token` goes into `hello`.
     pub fn new(
@@ -566,7 +549,7 @@ impl ClientCore {
                 self.dispatch_at(out, now_ms);
             }
             Err(e) => self.events.push(ClientEvent::Error {
-                code: error_code_str(e.code()),
+                code: e.code().as_str(),
                 message: format!("undecodable frame from the server: {e}"),
                 doc: None,
             }),
@@ -1061,7 +1044,7 @@ impl ClientCore {
                 }
                 SessionEvent::Error { code, message, doc } => {
                     self.events.push(ClientEvent::Error {
-                        code: error_code_str(code),
+                        code: code.as_str(),
                         message,
                         doc,
                     });

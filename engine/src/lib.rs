@@ -34,7 +34,7 @@ pub mod yws;
 pub use counter::{GCounter, PnCounter};
 pub use document::{
     Applied, ApplyError, CounterNotRestored, Delta, DocState, Document, EditError, MAX_HELD_BYTES,
-    MAX_NAME_BYTES, RestoreError, RestoreReport, SNAPSHOT_FORMAT, SnapshotError,
+    MAX_NAME_BYTES, RestoreError, RestoreReport, SNAPSHOT_FORMAT, SnapshotError, Source, Trust,
 };
 pub use hlc::{
     ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,

@@ -147,9 +147,41 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Internal,
+    /// A delta's Yjs update builds on content the server does not hold (or deletes such
+    /// content). Nothing was stored; the server follows with a `sync` carrying its state, and
+    /// the client answers with everything the server lacks (a resync).
+    MissingDependencies,
+    /// `subscribe` for a document this connection is already subscribed to.
+    AlreadySubscribed,
+    /// A delta's `seq` is not greater than the last `seq` the server took on this connection
+    /// for the document. Nothing was stored.
+    InvalidSeq,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire (`snake_case`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::MalformedMessage => "malformed_message",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::InvalidDelta => "invalid_delta",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyDocuments => "too_many_documents",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+            ErrorCode::MissingDependencies => "missing_dependencies",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::InvalidSeq => "invalid_seq",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
 }
 
 /// Why a frame could not be decoded.
@@ -169,6 +201,14 @@ pub enum DecodeError {
     UnsupportedVersion { got: u32, supported: u32 },
     #[error("malformed {kind:?} message: {reason}")]
     Malformed { kind: String, reason: String },
+    /// A `delta` message whose `doc` and `seq` read fine but whose `delta` does not (a counter
+    /// keyed by a string, a register without a stamp…): only that delta is refused.
+    #[error("delta {seq} for {doc} is malformed: {reason}")]
+    InvalidDelta {
+        doc: DocId,
+        seq: u64,
+        reason: String,
+    },
 }
 
 impl DecodeError {
@@ -178,6 +218,7 @@ impl DecodeError {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             DecodeError::UnknownKind { .. } => ErrorCode::UnknownMessage,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::InvalidDelta { .. } => ErrorCode::InvalidDelta,
             DecodeError::Empty
             | DecodeError::NotAMap
             | DecodeError::MissingKind
@@ -252,6 +293,20 @@ fn decode_frame<T: DeserializeOwned>(
     Ok(msg)
 }
 
+/// The `doc` and `seq` of a `delta` message whose `delta` field did not decode.
+fn delta_envelope(bytes: &[u8]) -> Option<(DocId, u64)> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        doc: DocId,
+        seq: u64,
+    }
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_NESTING);
+    let envelope = Envelope::deserialize(&mut de).ok()?;
+    // A frame with bytes after the message is malformed as a whole.
+    (usize::try_from(de.position()).ok()? == bytes.len()).then_some((envelope.doc, envelope.seq))
+}
+
 fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serializing these types into a Vec cannot fail: every map key is a string and no
     // serializer error path is reachable; an empty frame would be refused by the peer.
@@ -262,7 +317,19 @@ impl ClientMsg {
     /// Decodes one frame, refusing frames over `max_frame_bytes` before reading them, and a
     /// `hello` whose protocol version this build does not speak.
     pub fn decode(bytes: &[u8], max_frame_bytes: usize) -> Result<Self, DecodeError> {
-        let msg: ClientMsg = decode_frame(bytes, max_frame_bytes, CLIENT_KINDS)?;
+        let msg: ClientMsg = match decode_frame(bytes, max_frame_bytes, CLIENT_KINDS) {
+            Ok(msg) => msg,
+            Err(DecodeError::Malformed { kind, reason }) if kind == "delta" => {
+                return Err(delta_envelope(bytes)
+                    .map(|(doc, seq)| DecodeError::InvalidDelta {
+                        doc,
+                        seq,
+                        reason: reason.clone(),
+                    })
+                    .unwrap_or(DecodeError::Malformed { kind, reason }));
+            }
+            Err(e) => return Err(e),
+        };
         if let ClientMsg::Hello { protocol, .. } = &msg
             && *protocol != PROTOCOL_VERSION
         {

@@ -1,7 +1,7 @@
 //! The room state machine: acknowledgement after commit, echo to y-websocket peers, presence
 //! queries.
 
-use lattice_engine::protocol::ServerMsg;
+use lattice_engine::protocol::{ErrorCode, ServerMsg};
 use lattice_engine::sync::{Access, PeerId, Room, RoomConfig};
 use lattice_engine::{
     DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, ReplicaId, Value, manual_clock,
@@ -114,4 +114,69 @@ fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_o
         .server_delta(edit(9, "restored"), None)
         .expect("applies");
     assert!(fx.persist.is_empty());
+}
+
+fn errors_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<(ErrorCode, Option<u64>)> {
+    fx.send
+        .iter()
+        .filter(|o| o.to.contains(&peer))
+        .filter_map(|o| match &o.msg {
+            ServerMsg::Error { code, seq, .. } => Some((*code, *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_seq_that_does_not_increase_is_refused_and_never_acknowledged() {
+    let mut room = room();
+    let peer = PeerId(1);
+    room.subscribe(peer, Access::Write, &DocState::default());
+    let fx = room.client_delta(peer, 5, edit(7, "a"), None);
+    room.committed(fx.persist[0].token);
+    for seq in [5, 4] {
+        let fx = room.client_delta(peer, seq, edit(8, "b"), None);
+        assert!(fx.persist.is_empty());
+        assert_eq!(
+            errors_to(&fx, peer),
+            vec![(ErrorCode::InvalidSeq, Some(seq))]
+        );
+    }
+    let fx = room.client_delta(peer, 6, edit(8, "b"), None);
+    assert_eq!(fx.persist.len(), 1);
+}
+
+#[test]
+fn missing_dependencies_get_an_error_then_the_room_state_to_resync_from() {
+    let mut room = room();
+    let peer = PeerId(1);
+    room.subscribe(peer, Access::Write, &DocState::default());
+    let mut author = Document::new(ReplicaId::new(9).expect("replica"));
+    let _first = author.text_insert("text", 0, "ab").expect("insert");
+    let second = author.text_insert("text", 2, "cd").expect("insert");
+    let fx = room.client_delta(peer, 1, second, Some("alice".into()));
+    assert!(fx.persist.is_empty(), "nothing is stored");
+    assert_eq!(
+        errors_to(&fx, peer),
+        vec![(ErrorCode::MissingDependencies, Some(1))]
+    );
+    let sync = fx
+        .send
+        .iter()
+        .find_map(|o| match &o.msg {
+            ServerMsg::Sync { delta, state, .. } if o.to == vec![peer] => Some((delta, state)),
+            _ => None,
+        })
+        .expect("a sync follows the refusal");
+    assert!(sync.0.is_empty(), "the sync carries only the room's state");
+    // What the peer sends back from that state holds what the refused delta built on.
+    let resync = author.diff_since(sync.1).expect("diff");
+    let fx = room.client_delta(peer, 2, resync, Some("alice".into()));
+    let fx = room.committed(fx.persist[0].token);
+    assert!(
+        fx.send
+            .iter()
+            .any(|o| matches!(o.msg, ServerMsg::Ack { seq: 2, .. }))
+    );
+    assert_eq!(room.document().text("text"), "abcd");
 }

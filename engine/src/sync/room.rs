@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{ErrorCode, ServerMsg};
-use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Value};
+use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Source, Value};
 
 /// A connection, as the room knows it. Assigned by the driver, unique per server process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,6 +99,8 @@ struct Subscriber {
     /// Also receives its own deltas back once committed (y-websocket clients count an echo as
     /// "saved").
     echo: bool,
+    /// The highest `seq` of a delta it sent that the room took (0: none yet).
+    last_seq: u64,
 }
 
 struct Presence {
@@ -230,7 +232,15 @@ impl Room {
                 return fx;
             }
         };
-        self.subscribers.insert(peer, Subscriber { access, echo });
+        let last_seq = self.subscribers.get(&peer).map_or(0, |s| s.last_seq);
+        self.subscribers.insert(
+            peer,
+            Subscriber {
+                access,
+                echo,
+                last_seq,
+            },
+        );
         fx.to(
             peer,
             ServerMsg::Sync {
@@ -263,8 +273,11 @@ impl Room {
         fx
     }
 
-    /// A delta from a subscriber. Applied at once (so later subscribers see it), persisted by
-    /// the driver, acknowledged and relayed on [`Room::committed`].
+    /// A delta from a subscriber, sent by `author` (its token's subject). Checked as a peer's
+    /// ([`crate::Trust::Peer`]): applied at once and whole (so later subscribers see it),
+    /// persisted by the driver, acknowledged and relayed on [`Room::committed`]. A refused
+    /// delta changes nothing and gets an error with its `seq`, never an ack; its `seq` must
+    /// still be greater than every `seq` the peer sent before.
     pub fn client_delta(
         &mut self,
         peer: PeerId,
@@ -273,7 +286,7 @@ impl Room {
         author: Option<String>,
     ) -> Effects {
         let mut fx = Effects::default();
-        match self.subscribers.get(&peer) {
+        let last_seq = match self.subscribers.get(&peer) {
             None => {
                 fx.to(
                     peer,
@@ -296,7 +309,18 @@ impl Room {
                 );
                 return fx;
             }
-            Some(_) => {}
+            Some(sub) => sub.last_seq,
+        };
+        if seq <= last_seq {
+            fx.to(
+                peer,
+                self.error(
+                    ErrorCode::InvalidSeq,
+                    format!("seq {seq} is not greater than the last one taken ({last_seq})"),
+                    Some(seq),
+                ),
+            );
+            return fx;
         }
         if let Some(stamp) = delta.max_stamp()
             && let Err(e) = self.hlc.check_drift(stamp)
@@ -307,19 +331,34 @@ impl Room {
             );
             return fx;
         }
-        let applied = match self.doc.apply(&delta) {
+        let applied = match self.doc.apply_from(&delta, Source::peer(author.as_deref())) {
             Ok(a) => a,
             Err(e) => {
                 fx.reload = matches!(e, ApplyError::Integrate { .. } | ApplyError::Poisoned);
-                let code = if fx.reload {
-                    ErrorCode::Internal
-                } else {
-                    ErrorCode::InvalidDelta
+                let code = match e {
+                    _ if fx.reload => ErrorCode::Internal,
+                    ApplyError::MissingDependencies { .. } => ErrorCode::MissingDependencies,
+                    _ => ErrorCode::InvalidDelta,
                 };
                 fx.to(peer, self.error(code, e.to_string(), Some(seq)));
+                if code == ErrorCode::MissingDependencies {
+                    // Ask for a resync: the peer answers with everything the room lacks, the
+                    // clocks this delta builds on included.
+                    fx.to(
+                        peer,
+                        ServerMsg::Sync {
+                            doc: self.doc_id.clone(),
+                            delta: Delta::default(),
+                            state: self.doc.state(),
+                        },
+                    );
+                }
                 return fx;
             }
         };
+        if let Some(sub) = self.subscribers.get_mut(&peer) {
+            sub.last_seq = seq;
+        }
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
                 // The drift check passed, so observing cannot fail; the clock now orders any
@@ -370,7 +409,9 @@ impl Room {
         author: Option<String>,
     ) -> Result<Effects, ApplyError> {
         let mut fx = Effects::default();
-        let applied = self.doc.apply(&delta)?;
+        let applied = self
+            .doc
+            .apply_from(&delta, Source::trusted(author.as_deref()))?;
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
                 let _ = self.hlc.observe(stamp);

@@ -334,8 +334,25 @@ impl Session {
                 typing,
             }),
             ServerMsg::Error {
-                code, message, doc, ..
-            } => out.events.push(SessionEvent::Error { code, message, doc }),
+                code,
+                message,
+                doc,
+                seq,
+            } => {
+                // A refused delta is never covered by a later ack: it stays pending and goes
+                // out again with the next resync (on reconnect, or at once when the server
+                // follows a `missing_dependencies` refusal with a `sync`).
+                if let (Some(id), Some(seq)) = (&doc, seq)
+                    && let Some(d) = self.docs.get_mut(id)
+                {
+                    for u in &mut d.unconfirmed {
+                        if u.covered_by == Some(seq) {
+                            u.covered_by = None;
+                        }
+                    }
+                }
+                out.events.push(SessionEvent::Error { code, message, doc });
+            }
             ServerMsg::Pong { nonce } => out.events.push(SessionEvent::Pong { nonce }),
         }
         out

@@ -2,18 +2,23 @@
 //! [`Delta`]s that carry changes between replicas.
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
     Any, ArrayRef, Doc, GetString, MapRef, Options, Out, ReadTxn, StateVector, TextRef, Transact,
-    Update,
 };
 
-use crate::yjs::{UpdateCheckError, UpdateShape, check_state_vector_v1, check_update_v1};
+use crate::yjs::{TypeIndex, UpdateCheckError, check_state_vector_v1};
 use crate::{GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
+
+mod apply;
+
+use apply::{Held, decode_update};
+pub use apply::{MAX_HELD_BYTES, Source, Trust};
 
 /// Longest counter or register name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -70,6 +75,23 @@ pub enum ApplyError {
     Poisoned,
     #[error("more than {limit} bytes of updates wait for missing history; refusing more")]
     TooMuchHeld { limit: usize },
+    /// The Yjs update builds on (or deletes) clock `clock` of client `client`, which the
+    /// document does not hold. A peer's update must be integrable whole when it arrives
+    /// ([`Trust::Peer`]); the peer should resync, which sends what it builds on along with it.
+    #[error(
+        "the update builds on client {client} clock {clock}, which the document does not hold; resync"
+    )]
+    MissingDependencies { client: u32, clock: u32 },
+    /// A shared type would be nested deeper than [`crate::yjs::MAX_TYPE_DEPTH`].
+    #[error(
+        "shared types nested {depth} deep at client {client} clock {clock}; the limit is {}",
+        crate::yjs::MAX_TYPE_DEPTH
+    )]
+    TooDeep { client: u32, clock: u32, depth: u32 },
+    /// The delta adds content under a client id (or a counter or register replica id) that
+    /// another principal introduced in this document ([`Trust::Peer`]).
+    #[error("client id {client} belongs to another user of this document")]
+    ClientIdTaken { client: u32 },
 }
 
 /// A local edit that cannot be made.
@@ -138,6 +160,9 @@ struct Snapshot {
     /// Yjs updates held back for missing clocks; kept so a checkpoint loses nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     held: Vec<serde_bytes::ByteBuf>,
+    /// Who introduced each client id: principal → ids (see [`Source::author`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    owners: BTreeMap<String, Vec<u32>>,
 }
 
 /// Result of applying a delta.
@@ -163,30 +188,6 @@ fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".to_owned())
-}
-
-/// Decodes a Yjs v1 update after [`check_update_v1`] has bounded it.
-///
-/// The update must also survive yrs re-encoding it: yrs 0.28.1 decodes some malformed content
-/// that it then re-encodes into bytes it cannot read, and once such structs are pending in a
-/// document, `encode_state_as_update_v1` (so `snapshot` and `diff_since`) panics. Found by the
-/// `decode` fuzz target; the input is kept in `fuzz/regressions/`.
-pub(crate) fn decode_update(bytes: &[u8]) -> Result<(Update, UpdateShape), ApplyError> {
-    let shape = check_update_v1(bytes)?;
-    let decoded = catch_unwind(|| {
-        let update = Update::decode_v1(bytes)?;
-        Update::decode_v1(&update.encode_v1())?;
-        Ok::<_, yrs::encoding::read::Error>(update)
-    });
-    match decoded {
-        Ok(Ok(update)) => Ok((update, shape)),
-        Ok(Err(e)) => Err(ApplyError::Decode {
-            reason: e.to_string(),
-        }),
-        Err(p) => Err(ApplyError::Decode {
-            reason: panic_reason(p.as_ref()),
-        }),
-    }
 }
 
 fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, ApplyError> {
@@ -272,26 +273,15 @@ pub struct Document {
     ydoc: Doc,
     counters: BTreeMap<String, GCounter>,
     registers: BTreeMap<String, LwwRegister<Value>>,
-    /// Yjs updates that build on clocks this replica lacks (see [`Document::apply`]).
-    held: Vec<Vec<u8>>,
+    /// Trusted Yjs updates that build on clocks this replica lacks (see [`Trust`]).
+    held: Vec<Held>,
     held_bytes: usize,
+    held_replans: u64,
+    /// Where every clock yrs holds sits in the tree of shared types.
+    index: TypeIndex,
+    /// The principal that introduced each client id (Yjs clients and CRDT replicas).
+    owners: BTreeMap<u32, Arc<str>>,
     poisoned: bool,
-}
-
-/// Most bytes of Yjs updates a document holds back while waiting for missing clocks.
-pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
-
-/// Whether yrs can integrate an update without skipping clocks: for every client, the update
-/// starts at or before the clock this replica holds, and every range it skips is held already.
-fn integrable(shape: &UpdateShape, sv: &StateVector) -> bool {
-    shape.spans.iter().all(|span| {
-        let local = sv.get(&yrs::block::ClientID::new(u64::from(span.client)));
-        span.start <= local
-            && span
-                .skips
-                .iter()
-                .all(|(clock, len)| clock.saturating_add(*len) <= local)
-    })
 }
 
 impl std::fmt::Debug for Document {
@@ -320,6 +310,9 @@ impl Document {
             registers: BTreeMap::new(),
             held: Vec::new(),
             held_bytes: 0,
+            held_replans: 0,
+            index: TypeIndex::default(),
+            owners: BTreeMap::new(),
             poisoned: false,
         }
     }
@@ -328,7 +321,9 @@ impl Document {
         self.replica
     }
 
-    /// The underlying Yjs document, for bridges that speak Yjs directly.
+    /// The underlying Yjs document, for bridges that speak Yjs directly: to observe it. Change
+    /// it only through this type ([`Document::yjs_local_update`] and the edit methods), which
+    /// keep the checks on what it holds in step.
     pub fn ydoc(&self) -> &Doc {
         &self.ydoc
     }
@@ -337,50 +332,10 @@ impl Document {
         self.poisoned
     }
 
-    /// Applies a delta from any replica. See [`ApplyError`] for what a refusal leaves behind.
+    /// Applies a trusted delta: [`Document::apply_from`] with [`Source::trusted`] and no
+    /// author. Replicas apply what their server sends this way.
     pub fn apply(&mut self, delta: &Delta) -> Result<Applied, ApplyError> {
-        if self.poisoned {
-            return Err(ApplyError::Poisoned);
-        }
-        delta
-            .counters
-            .keys()
-            .try_for_each(|n| check_name("counter", n))?;
-        delta
-            .registers
-            .keys()
-            .try_for_each(|n| check_name("register", n))?;
-        let update = if delta.yjs.is_empty() {
-            None
-        } else {
-            Some(decode_update(&delta.yjs)?)
-        };
-
-        let mut changed = false;
-        if let Some((update, shape)) = update {
-            let sv = self.ydoc.transact().state_vector();
-            if integrable(&shape, &sv) {
-                changed |= self.integrate(update)?;
-                changed |= self.integrate_held()?;
-            } else {
-                // yrs 0.28.1 would integrate the structs after the gap right away (behind a
-                // skip), where Yjs keeps them pending; replicas fed updates out of order would
-                // then diverge. The engine holds such an update until the clocks it builds on
-                // have arrived.
-                if self.held.contains(&delta.yjs) {
-                    return self.apply_crdt_maps(delta, false);
-                }
-                if self.held_bytes + delta.yjs.len() > MAX_HELD_BYTES {
-                    return Err(ApplyError::TooMuchHeld {
-                        limit: MAX_HELD_BYTES,
-                    });
-                }
-                self.held_bytes += delta.yjs.len();
-                self.held.push(delta.yjs.clone());
-                changed = true;
-            }
-        }
-        self.apply_crdt_maps(delta, changed)
+        self.apply_from(delta, Source::trusted(None))
     }
 
     /// Merges the counters and registers of a delta (after its Yjs part).
@@ -402,77 +357,6 @@ impl Document {
             }
         }
         Ok(Applied { changed })
-    }
-
-    /// Hands a decoded update to yrs. A failure half-way poisons the document.
-    fn integrate(&mut self, update: Update) -> Result<bool, ApplyError> {
-        let ydoc = &self.ydoc;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = ydoc.transact_mut();
-            txn.apply_update(update).map_err(|e| e.to_string())?;
-            // yrs re-encodes the structs it keeps pending whenever the document is encoded
-            // (`snapshot`, `diff_since`) and panics if it cannot read them back, which some
-            // fuzzed updates that round-trip whole still cause; fail here instead.
-            if let Some(pending) = ReadTxn::store(&txn).pending_update() {
-                Update::decode_v1(&pending.update.encode_v1())
-                    .map_err(|e| format!("pending structs do not re-encode: {e}"))?;
-            }
-            // With anything pending, encoding the document merges it with the pending structs
-            // and delete set, and yrs unwraps that merge; some fuzzed updates make it fail.
-            // Encode once here, where a panic is caught, rather than later in `snapshot`.
-            if ReadTxn::store(&txn).pending_update().is_some()
-                || ReadTxn::store(&txn).pending_ds().is_some()
-            {
-                let whole = txn.encode_state_as_update_v1(&StateVector::default());
-                Update::decode_v1(&whole)
-                    .map_err(|e| format!("the document does not re-encode: {e}"))?;
-            }
-            Ok(txn.before_state() != txn.after_state() || !txn.delete_set().is_empty())
-        }));
-        match result {
-            Ok(Ok(changed)) => Ok(changed),
-            Ok(Err(reason)) => {
-                self.poisoned = true;
-                Err(ApplyError::Integrate { reason })
-            }
-            Err(p) => {
-                self.poisoned = true;
-                Err(ApplyError::Integrate {
-                    reason: panic_reason(p.as_ref()),
-                })
-            }
-        }
-    }
-
-    /// Integrates every held update whose missing clocks have arrived, until none is left that
-    /// can go in.
-    fn integrate_held(&mut self) -> Result<bool, ApplyError> {
-        let mut changed = false;
-        loop {
-            let sv = self.ydoc.transact().state_vector();
-            let ready = self.held.iter().position(|bytes| {
-                check_update_v1(bytes).is_ok_and(|shape| integrable(&shape, &sv))
-            });
-            let Some(i) = ready else {
-                return Ok(changed);
-            };
-            let bytes = self.held.remove(i);
-            self.held_bytes -= bytes.len();
-            let (update, _) = decode_update(&bytes)?;
-            changed |= self.integrate(update)?;
-        }
-    }
-
-    /// Number of Yjs updates held back for missing clocks.
-    pub fn held_updates(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Whether yrs keeps structs pending because something they build on is missing.
-    pub fn has_pending_yjs(&self) -> bool {
-        let txn = self.ydoc.transact();
-        ReadTxn::store(&txn).pending_update().is_some()
-            || ReadTxn::store(&txn).pending_ds().is_some()
     }
 
     /// A summary of what this replica holds.
@@ -551,8 +435,9 @@ impl Document {
             held: self
                 .held
                 .iter()
-                .map(|h| serde_bytes::ByteBuf::from(h.clone()))
+                .map(|h| serde_bytes::ByteBuf::from(h.bytes.clone()))
                 .collect(),
+            owners: self.owners_by_author(),
         };
         rmp_serde::to_vec_named(&snapshot).unwrap_or_default()
     }
@@ -573,7 +458,18 @@ impl Document {
             });
         }
         let mut doc = Document::new(replica);
-        doc.apply(&snapshot.content)?;
+        doc.restore_owners(snapshot.owners);
+        let Delta {
+            yjs,
+            counters,
+            registers,
+        } = snapshot.content;
+        doc.load_yjs(&yjs)?;
+        doc.apply(&Delta {
+            yjs: Vec::new(),
+            counters,
+            registers,
+        })?;
         for held in snapshot.held {
             doc.apply(&Delta {
                 yjs: held.into_vec(),
@@ -640,8 +536,11 @@ impl Document {
             });
         }
         text.insert(&mut txn, index, chunk);
+        let yjs = txn.encode_update_v1();
+        drop(txn);
+        self.index_local(&yjs);
         Ok(Delta {
-            yjs: txn.encode_update_v1(),
+            yjs,
             ..Delta::default()
         })
     }
@@ -660,8 +559,11 @@ impl Document {
             });
         }
         text.remove_range(&mut txn, index, len);
+        let yjs = txn.encode_update_v1();
+        drop(txn);
+        self.index_local(&yjs);
         Ok(Delta {
-            yjs: txn.encode_update_v1(),
+            yjs,
             ..Delta::default()
         })
     }
