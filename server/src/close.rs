@@ -11,6 +11,9 @@ pub enum CloseCode {
     UnsupportedData,
     /// 1009: a frame above the size limit.
     FrameTooLarge,
+    /// 1013: the server has no room for another connection (its authenticated slots are all
+    /// taken); retry with backoff.
+    TryAgainLater,
     /// 4000: malformed frame (not a message), or a message before `hello`.
     Protocol,
     /// 4001: the client's protocol version is not supported.
@@ -44,6 +47,7 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::UnsupportedData => 1003,
             CloseCode::FrameTooLarge => 1009,
+            CloseCode::TryAgainLater => 1013,
             CloseCode::Protocol => 4000,
             CloseCode::UnsupportedVersion => 4001,
             CloseCode::HelloTimeout => 4002,
@@ -62,6 +66,7 @@ impl CloseCode {
             CloseCode::GoingAway => "server shutting down",
             CloseCode::UnsupportedData => "binary frames only",
             CloseCode::FrameTooLarge => "frame too large",
+            CloseCode::TryAgainLater => "try again later",
             CloseCode::Protocol => "protocol error",
             CloseCode::UnsupportedVersion => "unsupported protocol version",
             CloseCode::HelloTimeout => "hello timeout",

@@ -60,14 +60,34 @@ pub struct Limits {
     pub byte_burst: u32,
     /// Frames queued for one connection before it counts as a slow consumer and is closed.
     pub outbox_frames: usize,
+    /// Bytes queued for one connection before it counts as a slow consumer and is closed (with
+    /// `outbox_frames`, whichever comes first). One frame always fits, however large.
+    pub outbox_bytes: usize,
     /// Commands queued for one room; senders wait (backpressure), nothing is dropped.
     pub room_inbox: usize,
     /// Time a new connection has to send `hello` (and so to authenticate); closed with 4002
     /// after it.
     pub hello_timeout: Duration,
-    /// Largest first frame (the `hello`, token included) of a connection that has not
-    /// authenticated yet; a larger one closes it with 1009.
+    /// Largest first message (the `hello`, token included) of a connection that has not
+    /// authenticated yet, enforced on the bytes as they arrive (the WebSocket layer reads no
+    /// more); a larger one closes it with 1009.
     pub max_hello_bytes: usize,
+    /// WebSocket connections that have not authenticated yet, at once (`/v1/sync` before its
+    /// `hello`, and `/yjs` refusals being sent). Past it, upgrades get HTTP 503. Counted apart
+    /// from `max_connections`, so peers without a token never take authenticated users' slots.
+    pub max_unauthenticated: usize,
+    /// Time a client has to send an HTTP request's headers; an idle keep-alive connection is
+    /// closed after it too.
+    pub header_read_timeout: Duration,
+    /// TCP connections in their HTTP phase (before any WebSocket upgrade) at once; more are
+    /// closed as soon as they are accepted.
+    pub max_http_connections: usize,
+    /// Full-state computations: bytes of `sync` answers (native `subscribe`, y-websocket sync
+    /// step 1) one connection may cause per second, sustained. A connection over it waits
+    /// before its next subscription is computed; one computation at a time per connection.
+    pub sync_bytes_per_second: u64,
+    /// Bytes of `sync` answers a connection may cause in a burst (its first subscriptions).
+    pub sync_byte_burst: u64,
 }
 
 impl Default for Limits {
@@ -81,9 +101,15 @@ impl Default for Limits {
             bytes_per_second: 4 * 1024 * 1024,
             byte_burst: 16 * 1024 * 1024,
             outbox_frames: 4_096,
+            outbox_bytes: 8 * 1024 * 1024,
             room_inbox: 1_024,
             hello_timeout: Duration::from_secs(5),
             max_hello_bytes: 64 * 1024,
+            max_unauthenticated: 1_024,
+            header_read_timeout: Duration::from_secs(10),
+            max_http_connections: 16_384,
+            sync_bytes_per_second: 8 * 1024 * 1024,
+            sync_byte_burst: 64 * 1024 * 1024,
         }
     }
 }

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -14,15 +14,20 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lattice_engine::protocol::{ClientMsg, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{DocId, ReplicaId};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::ServerState;
 use crate::auth::{AuthError, Principal};
 use crate::close::CloseCode;
-use crate::metrics::CloseKind;
-use crate::rooms::{Closer, PeerHandle, PeerKind, RoomCmd, RoomSender};
+use crate::metrics::{CloseKind, Metrics};
+use crate::peer::{Closer, PeerHandle, PeerKind, SyncBudget};
+use crate::rooms::{RoomCmd, RoomSender};
+use crate::transport::first_message::Tripped;
+use crate::transport::outbox::{Message, Outbox, OutboxReceiver, SendError, outbox};
+use crate::transport::upgrade::Socket;
 
 pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
     match code {
@@ -30,7 +35,7 @@ pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
         CloseCode::GoingAway => CloseKind::Shutdown,
         CloseCode::SlowConsumer => CloseKind::SlowConsumer,
         CloseCode::IdleTimeout => CloseKind::IdleTimeout,
-        CloseCode::RateLimited => CloseKind::RateLimited,
+        CloseCode::RateLimited | CloseCode::TryAgainLater => CloseKind::RateLimited,
         CloseCode::FrameTooLarge => CloseKind::FrameTooLarge,
         CloseCode::StoreFailure => CloseKind::StoreFailure,
         CloseCode::UnsupportedData
@@ -43,16 +48,19 @@ pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
 
 pub(crate) fn close_message(code: CloseCode) -> Message {
     Message::Close(Some(CloseFrame {
-        code: code.code(),
+        code: code.code().into(),
         reason: code.reason().into(),
     }))
 }
 
+pub(crate) type Sink = SplitSink<Socket, Message>;
+pub(crate) type Stream = SplitStream<Socket>;
+
 /// Drains the outbox into the socket, one flush per batch of queued frames, and sends
 /// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
 pub(crate) async fn writer(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut sink: Sink,
+    mut rx: OutboxReceiver,
     closer: Arc<Closer>,
     ping_interval: std::time::Duration,
 ) {
@@ -79,8 +87,8 @@ pub(crate) async fn writer(
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(next) => msg = next,
-                        Err(_) => break,
+                        Some(next) => msg = next,
+                        None => break,
                     }
                 }
                 if sink.flush().await.is_err() || !ok {
@@ -95,6 +103,29 @@ pub(crate) async fn writer(
         }
     }
     let _ = sink.close().await;
+}
+
+/// Counts a connection in one of the server's gauges for as long as it lives, including when
+/// its task panics (the count goes down as the task unwinds).
+pub(crate) struct Gauge {
+    state: Arc<ServerState>,
+    which: fn(&Metrics) -> &AtomicU64,
+}
+
+impl Gauge {
+    pub(crate) fn up(state: &Arc<ServerState>, which: fn(&Metrics) -> &AtomicU64) -> Gauge {
+        which(&state.metrics).fetch_add(1, Relaxed);
+        Gauge {
+            state: state.clone(),
+            which,
+        }
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        (self.which)(&self.state.metrics).fetch_sub(1, Relaxed);
+    }
 }
 
 /// One subscription: the document's room and what this connection may do there.
@@ -115,8 +146,28 @@ struct Conn {
     /// A token from the upgrade request (`Authorization: Bearer` or `?token=`); a token in the
     /// hello wins over it.
     upgrade_token: Option<String>,
+    /// Set when the first message was over the pre-authentication limit.
+    tripped: Tripped,
+    /// The slot this connection holds: an unauthenticated one until the hello authenticates,
+    /// then an authenticated one.
+    slot: Option<Slot>,
     messages: DefaultDirectRateLimiter,
     bytes: DefaultDirectRateLimiter,
+}
+
+/// A connection slot and the gauge that counts it; both are given back when it drops.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _gauge: Gauge,
+}
+
+impl Slot {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Slot {
+        Slot {
+            _permit: permit,
+            _gauge: gauge,
+        }
+    }
 }
 
 /// How the main loop ended.
@@ -148,15 +199,20 @@ pub(crate) fn byte_limiter(limits: &crate::config::Limits) -> DefaultDirectRateL
     RateLimiter::direct(Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(burst)))
 }
 
-/// Whether a frame of `len` bytes is within both rates; `false` means close with 4029.
+/// Whether a frame of `len` bytes holding `messages` messages is within both rates; `false`
+/// means close with 4029. Every frame counts, pings and pongs included, and a frame counts as
+/// many messages as it carries: a limit that one frame could step around would be no limit.
 pub(crate) fn within_rate(
-    messages: &DefaultDirectRateLimiter,
-    bytes: &DefaultDirectRateLimiter,
+    message_rate: &DefaultDirectRateLimiter,
+    byte_rate: &DefaultDirectRateLimiter,
+    messages: usize,
     len: usize,
 ) -> bool {
-    let len = nz(u32::try_from(len).unwrap_or(u32::MAX));
-    let bytes_ok = bytes.check_n(len).is_ok_and(|r| r.is_ok());
-    messages.check().is_ok() && bytes_ok
+    let len = nz(u32::try_from(len.max(1)).unwrap_or(u32::MAX));
+    let n = nz(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
+    let bytes_ok = byte_rate.check_n(len).is_ok_and(|r| r.is_ok());
+    let messages_ok = message_rate.check_n(n).is_ok_and(|r| r.is_ok());
+    bytes_ok && messages_ok
 }
 
 /// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
@@ -170,7 +226,7 @@ pub(crate) async fn join_room(
     for _ in 0..2 {
         match room.send(cmd).await {
             Ok(()) => return Some(room),
-            Err(mpsc::error::SendError(back)) => {
+            Err(tokio::sync::mpsc::error::SendError(back)) => {
                 cmd = back;
                 room = state.rooms.get_or_start(state, doc);
             }
@@ -186,14 +242,15 @@ const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// The sending half of a connection: a bounded outbox, the closer rooms use to close it, and
 /// the writer task that drains both into the socket.
 pub(crate) struct Outbound {
-    pub outbox: mpsc::Sender<Message>,
+    pub outbox: Outbox,
     pub closer: Arc<Closer>,
     writer: tokio::task::JoinHandle<()>,
 }
 
 impl Outbound {
-    pub(crate) fn start(state: &ServerState, sink: SplitSink<WebSocket, Message>) -> Outbound {
-        let (outbox, rx) = mpsc::channel(state.config.limits.outbox_frames);
+    pub(crate) fn start(state: &ServerState, sink: Sink) -> Outbound {
+        let limits = &state.config.limits;
+        let (outbox, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
         let closer = Arc::new(Closer::default());
         let writer = tokio::spawn(
             writer(
@@ -212,19 +269,13 @@ impl Outbound {
     }
 
     /// The connection is done (every other sender of its outbox dropped): counts the close,
-    /// lets the writer send what is queued (within the shutdown deadline), reads what the peer
-    /// still sends until its close (within [`CLOSE_DRAIN`]), and frees the slot.
+    /// lets the writer send what is queued (within the shutdown deadline), and reads what the
+    /// peer still sends until its close (within [`CLOSE_DRAIN`]).
     ///
     /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
     /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
     /// before the peer reads them. The socket closes only when `stream` is dropped here.
-    pub(crate) async fn finish(
-        self,
-        state: &ServerState,
-        code: CloseCode,
-        permit: OwnedSemaphorePermit,
-        mut stream: SplitStream<WebSocket>,
-    ) {
+    pub(crate) async fn finish(self, state: &ServerState, code: CloseCode, mut stream: Stream) {
         state.metrics.closed(close_kind(code));
         drop(self.outbox);
         let _ = timeout(state.config.shutdown_deadline, self.writer).await;
@@ -237,39 +288,54 @@ impl Outbound {
         };
         let _ = timeout(CLOSE_DRAIN.min(state.config.shutdown_deadline), drain).await;
         drop(stream);
-        state.metrics.connections.fetch_sub(1, Relaxed);
-        drop(permit);
         debug!(code = code.code(), "connection closed");
     }
 }
 
+/// A new connection's peer handle, speaking `kind` for `author`.
+pub(crate) fn peer_handle(
+    state: &ServerState,
+    id: PeerId,
+    kind: PeerKind,
+    author: Option<&str>,
+    outbound: &Outbound,
+) -> PeerHandle {
+    let limits = &state.config.limits;
+    PeerHandle {
+        id,
+        replica: None,
+        kind,
+        author: author.map(Arc::from),
+        outbox: outbound.outbox.clone(),
+        closer: outbound.closer.clone(),
+        budget: SyncBudget::new(limits.sync_bytes_per_second, limits.sync_byte_burst),
+    }
+}
+
+/// `/v1/sync`: runs one connection. `slot` is the unauthenticated slot it was admitted with.
 pub(crate) async fn serve_socket(
     state: Arc<ServerState>,
-    socket: WebSocket,
-    permit: OwnedSemaphorePermit,
+    socket: Socket,
+    tripped: Tripped,
+    slot: Slot,
     ip: IpAddr,
     upgrade_token: Option<String>,
 ) {
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("conn", peer = id.0);
     async move {
-        state.metrics.connections.fetch_add(1, Relaxed);
         let limits = &state.config.limits;
         let (sink, mut stream) = socket.split();
         let outbound = Outbound::start(&state, sink);
-        let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
+        let closer = outbound.closer.clone();
         let mut conn = Conn {
-            peer: PeerHandle {
-                id,
-                replica: None,
-                kind: PeerKind::Native,
-                outbox,
-                closer: closer.clone(),
-            },
+            peer: peer_handle(&state, id, PeerKind::Native, None, &outbound),
             subs: HashMap::new(),
             principal: Principal::open(),
             ip,
             upgrade_token,
+            tripped,
+            slot: Some(slot),
             messages: message_limiter(limits),
             bytes: byte_limiter(limits),
             state: state.clone(),
@@ -292,8 +358,10 @@ pub(crate) async fn serve_socket(
             }
         };
         conn.leave_all().await;
+        let slot = conn.slot.take();
         drop(conn);
-        outbound.finish(&state, code, permit, stream).await;
+        outbound.finish(&state, code, stream).await;
+        drop(slot);
     }
     .instrument(span)
     .await;
@@ -303,7 +371,7 @@ impl Conn {
     /// Queues a message for this connection. A full outbox closes it as a slow consumer.
     fn send(&self, msg: &ServerMsg) {
         let frame = Message::Binary(Bytes::from(msg.encode()));
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.peer.outbox.try_send(frame) {
+        if let Err(SendError::Full) = self.peer.outbox.try_send(frame) {
             self.peer.closer.close(CloseCode::SlowConsumer);
         }
     }
@@ -335,12 +403,12 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> Exit {
+    /// The first frame: a `hello` that authenticates, within the deadline and the size limit.
+    async fn handshake(&mut self, stream: &mut Stream) -> Option<Exit> {
         let limits = self.state.config.limits.clone();
-        // Handshake: the first frame must be `hello`, within the deadline.
         let first = tokio::select! {
             r = timeout(limits.hello_timeout, stream.next()) => r,
-            _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+            _ = self.state.shutdown.cancelled() => return Some(Exit::Shutdown),
         };
         let frame = match first {
             Err(_) => {
@@ -350,11 +418,24 @@ impl Conn {
                     None,
                     None,
                 );
-                return Exit::Close(CloseCode::HelloTimeout);
+                return Some(Exit::Close(CloseCode::HelloTimeout));
             }
-            Ok(None) | Ok(Some(Err(_))) => return Exit::Gone,
+            Ok(Some(Err(_))) if self.tripped.is_set() => {
+                self.error(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "the first message of a connection that has not authenticated may be \
+                         at most {} bytes",
+                        limits.max_hello_bytes
+                    ),
+                    None,
+                    None,
+                );
+                return Some(Exit::Close(CloseCode::FrameTooLarge));
+            }
+            Ok(None) | Ok(Some(Err(_))) => return Some(Exit::Gone),
             Ok(Some(Ok(Message::Binary(b)))) => b,
-            Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+            Ok(Some(Ok(Message::Close(_)))) => return Some(Exit::Gone),
             Ok(Some(Ok(_))) => {
                 self.error(
                     ErrorCode::MalformedMessage,
@@ -362,23 +443,38 @@ impl Conn {
                     None,
                     None,
                 );
-                return Exit::Close(CloseCode::UnsupportedData);
+                return Some(Exit::Close(CloseCode::UnsupportedData));
             }
         };
-        // Until the hello authenticates, only a small first frame is read.
         let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
         match ClientMsg::decode(&frame, hello_limit) {
             Ok(ClientMsg::Hello { replica, token, .. }) => {
                 let token = token.or_else(|| self.upgrade_token.take());
                 match self.state.auth.authenticate(token.as_deref(), self.ip) {
                     Ok(principal) => self.principal = principal,
-                    Err(e) => return self.refuse(&e),
+                    Err(e) => return Some(self.refuse(&e)),
                 }
+                // Trade the unauthenticated slot for an authenticated one.
+                let Ok(permit) = self.state.connections.clone().try_acquire_owned() else {
+                    self.error(
+                        ErrorCode::RateLimited,
+                        "the server has no room for another connection; retry later",
+                        None,
+                        None,
+                    );
+                    return Some(Exit::Close(CloseCode::TryAgainLater));
+                };
+                self.slot = Some(Slot::new(
+                    permit,
+                    Gauge::up(&self.state, |m| &m.connections),
+                ));
                 self.peer.replica = replica.and_then(ReplicaId::new);
+                self.peer.author = self.principal.subject().map(Arc::from);
                 self.send(&ServerMsg::Welcome {
                     protocol: PROTOCOL_VERSION,
                     server: format!("lattice/{}", crate::VERSION),
                 });
+                None
             }
             Ok(_) => {
                 self.error(
@@ -387,18 +483,24 @@ impl Conn {
                     None,
                     None,
                 );
-                return Exit::Close(CloseCode::Protocol);
+                Some(Exit::Close(CloseCode::Protocol))
             }
             Err(e) => {
                 self.error(e.code(), e.to_string(), None, None);
-                return Exit::Close(match e {
+                Some(Exit::Close(match e {
                     DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
                     DecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
                     _ => CloseCode::Protocol,
-                });
+                }))
             }
         }
+    }
 
+    async fn run(&mut self, stream: &mut Stream) -> Exit {
+        if let Some(exit) = self.handshake(stream).await {
+            return exit;
+        }
+        let limits = self.state.config.limits.clone();
         // The token's expiry is enforced during the session, not only at the handshake.
         let time_left = self.principal.time_left();
         let expiry = async move {
@@ -426,8 +528,13 @@ impl Conn {
                     return Exit::Close(CloseCode::IdleTimeout);
                 }
                 Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(Some(Ok(Message::Text(_)))) => {
+                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+                    if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
+                        return self.rate_limited();
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
                     self.error(
                         ErrorCode::MalformedMessage,
                         "binary MessagePack frames only",
@@ -451,14 +558,8 @@ impl Conn {
                 );
                 return Exit::Close(CloseCode::FrameTooLarge);
             }
-            if !within_rate(&self.messages, &self.bytes, frame.len()) {
-                self.error(
-                    ErrorCode::RateLimited,
-                    "rate limit exceeded; reconnect with backoff",
-                    None,
-                    None,
-                );
-                return Exit::Close(CloseCode::RateLimited);
+            if !within_rate(&self.messages, &self.bytes, 1, frame.len()) {
+                return self.rate_limited();
             }
             match ClientMsg::decode(&frame, limits.max_frame_bytes) {
                 Ok(msg) => {
@@ -469,6 +570,11 @@ impl Conn {
                 Err(e @ DecodeError::UnknownKind { .. }) => {
                     // Forward compatibility: a newer client's message is refused, not fatal.
                     self.error(e.code(), e.to_string(), None, None);
+                }
+                Err(DecodeError::InvalidDelta { doc, seq, reason }) => {
+                    // One delta whose body does not read: refuse it alone, as if it had
+                    // decoded and failed to apply.
+                    self.error(ErrorCode::InvalidDelta, reason, Some(doc), Some(seq));
                 }
                 Err(e) => {
                     warn!(error = %e, "malformed frame");
@@ -482,6 +588,16 @@ impl Conn {
         }
     }
 
+    fn rate_limited(&self) -> Exit {
+        self.error(
+            ErrorCode::RateLimited,
+            "rate limit exceeded; reconnect with backoff",
+            None,
+            None,
+        );
+        Exit::Close(CloseCode::RateLimited)
+    }
+
     async fn handle(&mut self, msg: ClientMsg) -> Option<Exit> {
         match msg {
             ClientMsg::Hello { .. } => {
@@ -493,44 +609,7 @@ impl Conn {
                 );
             }
             ClientMsg::Ping { nonce } => self.send(&ServerMsg::Pong { nonce }),
-            ClientMsg::Subscribe { doc, state } => {
-                // Checked before anything else, so the answer is the same whether or not the
-                // document exists.
-                let Some(access) = self.principal.access(&doc) else {
-                    debug!(doc = %doc, "subscribe refused: not covered by the token");
-                    self.error(ErrorCode::Forbidden, "not permitted", Some(doc), None);
-                    return None;
-                };
-                if !self.subs.contains_key(&doc)
-                    && self.subs.len() >= self.state.config.limits.max_docs_per_connection
-                {
-                    self.error(
-                        ErrorCode::TooManyDocuments,
-                        format!(
-                            "at most {} documents per connection",
-                            self.state.config.limits.max_docs_per_connection
-                        ),
-                        Some(doc),
-                        None,
-                    );
-                    return None;
-                }
-                let cmd = RoomCmd::Subscribe {
-                    peer: self.peer.clone(),
-                    access,
-                    state,
-                };
-                if let Some(room) = join_room(&self.state, &doc, cmd).await {
-                    self.subs.insert(doc, Sub { room, access });
-                    return None;
-                }
-                self.error(
-                    ErrorCode::Internal,
-                    "document unavailable, retry",
-                    Some(doc),
-                    None,
-                );
-            }
+            ClientMsg::Subscribe { doc, state } => return self.subscribe(doc, state).await,
             ClientMsg::Unsubscribe { doc } => {
                 if let Some(sub) = self.subs.remove(&doc) {
                     let _ = sub
@@ -585,6 +664,66 @@ impl Conn {
                 ),
             },
         }
+        None
+    }
+
+    async fn subscribe(&mut self, doc: DocId, state: lattice_engine::DocState) -> Option<Exit> {
+        // Checked before anything else, so the answer is the same whether or not the
+        // document exists.
+        let Some(access) = self.principal.access(&doc) else {
+            debug!(doc = %doc, "subscribe refused: not covered by the token");
+            self.error(ErrorCode::Forbidden, "not permitted", Some(doc), None);
+            return None;
+        };
+        if self.subs.contains_key(&doc) {
+            // A second full answer for a document the connection already receives would be
+            // work and memory for nothing (and a way to make the server do both at will).
+            self.error(
+                ErrorCode::AlreadySubscribed,
+                "already subscribed; unsubscribe first to start over",
+                Some(doc),
+                None,
+            );
+            return None;
+        }
+        if self.subs.len() >= self.state.config.limits.max_docs_per_connection {
+            self.error(
+                ErrorCode::TooManyDocuments,
+                format!(
+                    "at most {} documents per connection",
+                    self.state.config.limits.max_docs_per_connection
+                ),
+                Some(doc),
+                None,
+            );
+            return None;
+        }
+        let ticket = tokio::select! {
+            (ticket, waited) = self.peer.budget.begin() => {
+                if waited {
+                    self.state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
+                }
+                ticket
+            }
+            code = self.peer.closer.closed() => return Some(Exit::Closed(code)),
+            _ = self.state.shutdown.cancelled() => return Some(Exit::Shutdown),
+        };
+        let cmd = RoomCmd::Subscribe {
+            peer: self.peer.clone(),
+            access,
+            state,
+            ticket,
+        };
+        if let Some(room) = join_room(&self.state, &doc, cmd).await {
+            self.subs.insert(doc, Sub { room, access });
+            return None;
+        }
+        self.error(
+            ErrorCode::Internal,
+            "document unavailable, retry",
+            Some(doc),
+            None,
+        );
         None
     }
 

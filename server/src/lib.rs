@@ -23,9 +23,11 @@ mod connection;
 pub mod history;
 mod http;
 pub mod metrics;
+mod peer;
 mod rooms;
 mod server;
 pub mod store;
+mod transport;
 mod yjs_socket;
 
 pub use close::CloseCode;

@@ -86,7 +86,14 @@ impl CloseKind {
 /// Every metric the server exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Authenticated WebSocket connections.
     pub connections: AtomicU64,
+    /// WebSocket connections that have not authenticated yet.
+    pub unauthenticated_connections: AtomicU64,
+    /// TCP connections closed at once because too many were in their HTTP phase.
+    pub http_connections_refused: AtomicU64,
+    /// Times a connection waited for its budget of full-state syncs.
+    pub sync_budget_waits: AtomicU64,
     pub live_documents: AtomicU64,
     pub deltas_in: AtomicU64,
     pub deltas_out: AtomicU64,
@@ -120,6 +127,27 @@ impl Metrics {
             "Open WebSocket connections.",
             self.connections.load(Relaxed),
             "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_unauthenticated_connections",
+            "WebSocket connections that have not authenticated yet.",
+            self.unauthenticated_connections.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_http_connections_refused_total",
+            "TCP connections closed at once: too many were in their HTTP phase.",
+            self.http_connections_refused.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_sync_budget_waits_total",
+            "Subscriptions that waited for their connection's budget of full-state syncs.",
+            self.sync_budget_waits.load(Relaxed),
+            "counter",
         );
         gauge(
             &mut out,

@@ -14,56 +14,21 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{Access, Effects, PeerId, PendingDelta, Room, RoomConfig};
-use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, ReplicaId, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, Value};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::ServerState;
 use crate::close::CloseCode;
+use crate::peer::{PeerHandle, PeerKind, SyncTicket};
 use crate::store::{NewEntry, StoreError};
+use crate::transport::outbox::{Message, SendError};
 
 /// How often a room expires presence and checks whether it is idle.
 const ROOM_TICK: Duration = Duration::from_millis(500);
-
-/// Asks a connection to close, from outside its task (a room that found its outbox full).
-#[derive(Debug, Default)]
-pub(crate) struct Closer {
-    code: Mutex<Option<CloseCode>>,
-    notify: Notify,
-}
-
-impl Closer {
-    pub(crate) fn close(&self, code: CloseCode) {
-        if let Ok(mut slot) = self.code.lock()
-            && slot.is_none()
-        {
-            *slot = Some(code);
-        }
-        self.notify.notify_one();
-    }
-
-    pub(crate) async fn closed(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
-                return code;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// Which wire protocol a connection speaks; the room encodes each frame once per protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PeerKind {
-    /// Lattice's MessagePack protocol (`/v1/sync`).
-    Native,
-    /// The y-websocket protocol of stock Yjs clients (`/yjs/{doc}`).
-    Yjs,
-}
 
 /// Where a presence entry came from, when it came from a Yjs client's awareness: its awareness
 /// client id and clock, kept so other Yjs clients see the same entry the client sent.
@@ -73,22 +38,14 @@ pub(crate) struct AwarenessOrigin {
     pub clock: u32,
 }
 
-/// A connection as rooms see it: where to put its frames, and how to close it.
-#[derive(Clone, Debug)]
-pub(crate) struct PeerHandle {
-    pub id: PeerId,
-    pub replica: Option<ReplicaId>,
-    pub kind: PeerKind,
-    pub outbox: mpsc::Sender<Message>,
-    pub closer: Arc<Closer>,
-}
-
 pub(crate) enum RoomCmd {
     /// Also used to resync an existing subscriber from a new state (y-websocket sync step 1).
+    /// `ticket` is the peer's slot for a full-state computation; the room reports its cost.
     Subscribe {
         peer: PeerHandle,
         access: Access,
         state: DocState,
+        ticket: SyncTicket,
     },
     Unsubscribe {
         peer: PeerId,
@@ -408,17 +365,22 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
     rx.close();
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            RoomCmd::Subscribe { peer, .. } => {
-                let msg = ServerMsg::Error {
-                    code: lattice_engine::protocol::ErrorCode::Internal,
-                    message: format!("document cannot be loaded: {}", public_reason(e)),
-                    doc: Some(doc.clone()),
-                    seq: None,
-                };
-                let _ = peer
-                    .outbox
-                    .try_send(Message::Binary(Bytes::from(msg.encode())));
-            }
+            RoomCmd::Subscribe { peer, .. } => match peer.kind {
+                PeerKind::Native => {
+                    let msg = ServerMsg::Error {
+                        code: lattice_engine::protocol::ErrorCode::Internal,
+                        message: format!("document cannot be loaded: {}", public_reason(e)),
+                        doc: Some(doc.clone()),
+                        seq: None,
+                    };
+                    let _ = peer
+                        .outbox
+                        .try_send(Message::Binary(Bytes::from(msg.encode())));
+                }
+                // A y-websocket peer cannot read a MessagePack error; its one document is
+                // gone, so the close says it all.
+                PeerKind::Yjs => peer.closer.close(CloseCode::StoreFailure),
+            },
             RoomCmd::Flush { reply } => {
                 let _ = reply.send(());
             }
@@ -443,6 +405,22 @@ fn public_reason(e: &StoreError) -> &'static str {
     }
 }
 
+/// What the `sync` answers in `fx` cost, in bytes: the measure of a connection's budget of
+/// full-state computations.
+fn sync_cost(fx: &Effects) -> usize {
+    fx.send
+        .iter()
+        .map(|out| match &out.msg {
+            ServerMsg::Sync { delta, state, .. } => {
+                delta.yjs.len()
+                    + state.yjs.len()
+                    + 64 * (delta.counters.len() + delta.registers.len() + state.counters.len())
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -454,11 +432,19 @@ impl RoomDriver {
                 peer,
                 access,
                 state,
+                ticket,
             } => {
+                if peer.closer.is_closed() {
+                    // Queued before the room dropped this peer (a slow consumer): it is gone,
+                    // and must not come back through its own backlog.
+                    return;
+                }
                 let id = peer.id;
                 let echo = peer.kind == PeerKind::Yjs;
                 self.peers.insert(id, peer);
-                self.room.subscribe_with_echo(id, access, echo, &state)
+                let fx = self.room.subscribe_with_echo(id, access, echo, &state);
+                ticket.spent(sync_cost(&fx));
+                fx
             }
             RoomCmd::Unsubscribe { peer } => {
                 self.peers.remove(&peer);
@@ -485,6 +471,14 @@ impl RoomDriver {
                 if let Some(origin) = awareness
                     && self.room.is_subscribed(peer)
                 {
+                    if !self.claim_awareness_client(peer, origin.client) {
+                        warn!(
+                            peer = peer.0,
+                            client = origin.client,
+                            "awareness refused: another user's client id"
+                        );
+                        return;
+                    }
                     self.awareness.insert(
                         peer,
                         AwarenessMeta {
@@ -532,6 +526,26 @@ impl RoomDriver {
             },
         };
         self.apply(fx).await;
+    }
+
+    /// Whether `peer` may speak for awareness client `client`: yes unless another peer of this
+    /// room already does for another principal. A peer of the same principal (the same client
+    /// reconnecting before its old connection timed out) takes the id over.
+    fn claim_awareness_client(&mut self, peer: PeerId, client: u64) -> bool {
+        let author = |p: &PeerId| self.peers.get(p).and_then(|h| h.author.clone());
+        let holder = self
+            .awareness
+            .iter()
+            .find(|(p, m)| **p != peer && m.from_yjs && m.client == client)
+            .map(|(p, _)| *p);
+        let Some(holder) = holder else {
+            return true;
+        };
+        if author(&holder) != author(&peer) {
+            return false;
+        }
+        self.awareness.remove(&holder);
+        true
     }
 
     /// The document is deleted: close every peer so it resyncs (and is refused), then stop.
@@ -652,6 +666,9 @@ impl RoomDriver {
                         frames: Vec::new(),
                         close: Some(CloseCode::StoreFailure),
                     },
+                    // The room follows with a sync; its sync step 1 makes the client send
+                    // everything the room lacks, what the update built on included.
+                    ErrorCode::MissingDependencies => YjsOut::default(),
                     _ => YjsOut {
                         frames: Vec::new(),
                         close: Some(CloseCode::Protocol),
@@ -771,11 +788,11 @@ impl RoomDriver {
                                     self.state.metrics.deltas_out.fetch_add(1, Relaxed);
                                 }
                             }
-                            Err(mpsc::error::TrySendError::Full(_)) => {
+                            Err(SendError::Full) => {
                                 dropped.push((peer, CloseCode::SlowConsumer));
                                 break;
                             }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                            Err(SendError::Closed) => {
                                 dropped.push((peer, CloseCode::Normal));
                                 break;
                             }

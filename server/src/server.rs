@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,13 +16,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
 use crate::auth::{Auth, bearer_token};
 use crate::config::Config;
-use crate::connection::serve_socket;
+use crate::connection::{Gauge, Slot, serve_socket};
 use crate::metrics::Metrics;
 use crate::rooms::{RoomCmd, Rooms};
 use crate::store::{Store, StoreError};
-use crate::yjs_socket::{YjsGrant, YjsRefusal, serve_yjs_socket};
+use crate::transport::listen::{self, HttpBounds};
+use crate::transport::upgrade::WsUpgrade;
+use crate::yjs_socket::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -33,7 +36,11 @@ pub(crate) struct ServerState {
     pub rooms: Rooms,
     pub metrics: Metrics,
     pub auth: Auth,
+    /// Slots of authenticated WebSocket connections (`Limits::max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Slots of WebSocket connections that have not authenticated yet
+    /// (`Limits::max_unauthenticated`).
+    pub unauthenticated: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub next_peer: AtomicU64,
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
@@ -72,6 +79,7 @@ pub async fn run(
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let state = Arc::new(ServerState {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
         auth: Auth::new(&config.auth),
         config,
         store,
@@ -101,13 +109,19 @@ pub async fn run(
             token.cancel();
         }
     };
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
+    let bounds = HttpBounds {
+        header_read_timeout: state.config.limits.header_read_timeout,
+        max_http_connections: state.config.limits.max_http_connections,
+    };
     let deadline = state.config.shutdown_deadline;
-    let server = tokio::spawn(async move { served.await });
+    let server = tokio::spawn(listen::serve(
+        listener,
+        app,
+        bounds,
+        state.clone(),
+        token.clone(),
+    ));
+    tokio::spawn(graceful);
     token.cancelled().await;
     info!("shutting down: flushing rooms and closing connections");
     // Connections see the token, flush their rooms and close with 1001. Rooms not tied to a
@@ -125,8 +139,7 @@ pub async fn run(
         warn!("rooms did not flush within the shutdown deadline");
     }
     match tokio::time::timeout(deadline, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "server error during shutdown"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         Err(_) => warn!("connections did not close within the shutdown deadline"),
     }
@@ -146,23 +159,31 @@ fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-/// A connection slot for a WebSocket upgrade, or why there is none (answered with 503).
-fn admit(state: &ServerState) -> Result<tokio::sync::OwnedSemaphorePermit, &'static str> {
+/// A slot from `pool` for a WebSocket upgrade, counted in `gauge`, or why there is none
+/// (answered with 503).
+fn admit(
+    state: &Arc<ServerState>,
+    pool: &Arc<Semaphore>,
+    gauge: fn(&Metrics) -> &std::sync::atomic::AtomicU64,
+) -> Result<Slot, &'static str> {
     if state.shutdown.is_cancelled() {
         return Err("shutting down");
     }
-    state
-        .connections
+    let permit = pool
         .clone()
         .try_acquire_owned()
-        .map_err(|_| "too many connections")
+        .map_err(|_| "too many connections")?;
+    Ok(Slot::new(permit, Gauge::up(state, gauge)))
 }
 
-/// tungstenite's own frame limit is a backstop: frames between the configured limit and twice
-/// that get a `frame_too_large` error before the close.
-fn with_frame_limit(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+/// The WebSocket settings of every connection. tungstenite's own message limit is a backstop:
+/// messages between the configured limit and twice that get a `frame_too_large` error before
+/// the close.
+fn ws_config(config: &Config) -> WebSocketConfig {
     let hard_limit = config.limits.max_frame_bytes.saturating_mul(2) + 1024;
-    ws.max_message_size(hard_limit).max_frame_size(hard_limit)
+    WebSocketConfig::default()
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit))
 }
 
 /// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
@@ -173,42 +194,48 @@ pub(crate) struct TokenQuery {
 
 /// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the
 /// connection authenticates at `hello` and refuses with an error message and a close code.
+/// Until then it holds an unauthenticated slot, and its first message is limited to
+/// `max_hello_bytes` as the bytes arrive.
 async fn sync_socket(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
-    let permit = match admit(&state) {
-        Ok(p) => p,
+    let slot = match admit(&state, &state.unauthenticated, |m| {
+        &m.unauthenticated_connections
+    }) {
+        Ok(slot) => slot,
         Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
     let token = bearer_token(&headers)
         .map(str::to_string)
         .or(query.token)
         .filter(|t| !t.is_empty());
-    with_frame_limit(ws, &state.config)
-        .on_upgrade(move |socket| serve_socket(state, socket, permit, remote.ip(), token))
+    let limits = &state.config.limits;
+    let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
+    ws.accept(
+        ws_config(&state.config),
+        Some(hello_limit),
+        move |socket, tripped| serve_socket(state, socket, tripped, slot, remote.ip(), token),
+    )
 }
 
 /// `/yjs/{doc}`: the y-websocket protocol for stock Yjs clients. The document id is the rest of
 /// the path, `/` included (`/yjs/team-a/notes` is `team-a/notes`). The token comes from the
 /// `Authorization: Bearer` header or `?token=` (stock clients pass it through `params`). As on
 /// `/v1/sync`, the upgrade succeeds and a refusal is a permission-denied message and a close
-/// code, because browsers cannot read the status of a failed upgrade.
+/// code, because browsers cannot read the status of a failed upgrade; a refused connection
+/// holds an unauthenticated slot while it is told, an accepted one an authenticated slot.
 async fn yjs_socket(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(doc): Path<String>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
-    let permit = match admit(&state) {
-        Ok(p) => p,
-        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-    };
     // Authenticate first, so a refusal reads the same whether or not the document (or even
     // the id) is valid.
     let grant = crate::auth::authorize(&state, &headers, query.token.as_deref(), remote.ip())
@@ -224,11 +251,30 @@ async fn yjs_socket(
                 expires_in: principal.time_left(),
             })
         });
-    if let Err(refusal) = &grant {
-        debug!(ip = %remote.ip(), reason = %refusal.reason, "yjs connection refused");
+    let config = ws_config(&state.config);
+    match grant {
+        Ok(grant) => {
+            let slot = match admit(&state, &state.connections, |m| &m.connections) {
+                Ok(slot) => slot,
+                Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+            };
+            ws.accept(config, None, move |socket, _| {
+                serve_yjs_socket(state, socket, slot, grant)
+            })
+        }
+        Err(refusal) => {
+            debug!(ip = %remote.ip(), reason = %refusal.reason, "yjs connection refused");
+            let slot = match admit(&state, &state.unauthenticated, |m| {
+                &m.unauthenticated_connections
+            }) {
+                Ok(slot) => slot,
+                Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+            };
+            ws.accept(config, Some(0), move |socket, _| {
+                refuse(state, socket, slot, refusal)
+            })
+        }
     }
-    with_frame_limit(ws, &state.config)
-        .on_upgrade(move |socket| serve_yjs_socket(state, socket, permit, grant))
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {

@@ -23,15 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::yws::{self, YDecodeError, YMessage};
 use lattice_engine::{Delta, DocId, DocState, Value};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -39,9 +36,13 @@ use crate::ServerState;
 use crate::auth::AuthError;
 use crate::close::CloseCode;
 use crate::connection::{
-    Outbound, byte_limiter, close_kind, close_message, join_room, message_limiter, within_rate,
+    Outbound, Slot, Stream, byte_limiter, close_kind, close_message, join_room, message_limiter,
+    peer_handle, within_rate,
 };
-use crate::rooms::{AwarenessOrigin, PeerHandle, PeerKind, RoomCmd, RoomSender};
+use crate::peer::{PeerHandle, PeerKind};
+use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
+use crate::transport::outbox::{Message, SendError};
+use crate::transport::upgrade::Socket;
 
 /// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]
@@ -53,6 +54,9 @@ pub(crate) struct YjsGrant {
     /// Until the token expires; the connection closes with 4401 then. `None`: never.
     pub expires_in: Option<Duration>,
 }
+
+/// Awareness client ids from here up (to 2^53) name native peers' presence (see `rooms.rs`).
+pub(crate) const NATIVE_AWARENESS_CLIENTS: u64 = 1 << 52;
 
 struct YjsConn {
     state: Arc<ServerState>,
@@ -74,32 +78,28 @@ enum Exit {
     Gone,
 }
 
+/// `/yjs/{doc}`: runs one connection that `grant` lets in, in the authenticated `slot`.
 pub(crate) async fn serve_yjs_socket(
     state: Arc<ServerState>,
-    socket: WebSocket,
-    permit: OwnedSemaphorePermit,
-    grant: Result<YjsGrant, YjsRefusal>,
+    socket: Socket,
+    slot: Slot,
+    grant: YjsGrant,
 ) {
-    let grant = match grant {
-        Ok(g) => g,
-        Err(refusal) => return refuse(state, socket, permit, refusal).await,
-    };
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("yjs", peer = id.0, doc = %grant.doc);
     async move {
-        state.metrics.connections.fetch_add(1, Relaxed);
         let limits = state.config.limits.clone();
         let (sink, mut stream) = socket.split();
         let outbound = Outbound::start(&state, sink);
-        let (outbox, closer) = (outbound.outbox.clone(), outbound.closer.clone());
+        let closer = outbound.closer.clone();
         let mut conn = YjsConn {
-            peer: PeerHandle {
+            peer: peer_handle(
+                &state,
                 id,
-                replica: None,
-                kind: PeerKind::Yjs,
-                outbox,
-                closer: closer.clone(),
-            },
+                PeerKind::Yjs,
+                grant.author.as_deref(),
+                &outbound,
+            ),
             state: state.clone(),
             doc: grant.doc.clone(),
             grant,
@@ -130,7 +130,8 @@ pub(crate) async fn serve_yjs_socket(
             let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
         }
         drop(conn);
-        outbound.finish(&state, code, permit, stream).await;
+        outbound.finish(&state, code, stream).await;
+        drop(slot);
     }
     .instrument(span)
     .await;
@@ -170,10 +171,10 @@ impl YjsRefusal {
 /// A connection whose token was refused: a permission-denied message (stock clients log its
 /// reason), then the close. 4401 and 4403 are in the 4400–4499 range on which y-websocket
 /// clients stop reconnecting; 4029 (throttled) lets them retry with backoff.
-async fn refuse(
+pub(crate) async fn refuse(
     state: Arc<ServerState>,
-    mut socket: WebSocket,
-    permit: OwnedSemaphorePermit,
+    mut socket: Socket,
+    slot: Slot,
     refusal: YjsRefusal,
 ) {
     let denied = Message::Binary(Bytes::from(yws::encode_permission_denied(&refusal.reason)));
@@ -183,12 +184,12 @@ async fn refuse(
     })
     .await;
     state.metrics.closed(close_kind(refusal.code));
-    drop(permit);
+    drop(slot);
 }
 
 impl YjsConn {
     fn send(&self, frame: Vec<u8>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self
+        if let Err(SendError::Full) = self
             .peer
             .outbox
             .try_send(Message::Binary(Bytes::from(frame)))
@@ -217,8 +218,19 @@ impl YjsConn {
         }
     }
 
-    /// Joins (or resyncs with) the room from the client's state vector.
+    /// Joins (or resyncs with) the room from the client's state vector, once this connection's
+    /// budget of full-state syncs allows.
     async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
+        let ticket = tokio::select! {
+            (ticket, waited) = self.peer.budget.begin() => {
+                if waited {
+                    self.state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
+                }
+                ticket
+            }
+            code = self.peer.closer.closed() => return Some(Exit::Closed(code)),
+            _ = self.state.shutdown.cancelled() => return Some(Exit::Shutdown),
+        };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),
             access: self.grant.access,
@@ -226,6 +238,7 @@ impl YjsConn {
                 yjs: state_vector,
                 ..DocState::default()
             },
+            ticket,
         };
         match &self.room {
             Some(room) => {
@@ -241,7 +254,7 @@ impl YjsConn {
         None
     }
 
-    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> Exit {
+    async fn run(&mut self, stream: &mut Stream) -> Exit {
         let limits = self.state.config.limits.clone();
         let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
         keepalive.reset();
@@ -286,16 +299,20 @@ impl YjsConn {
                 }
                 Err(_) => return Exit::Close(CloseCode::IdleTimeout),
                 Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(Some(Ok(Message::Text(_)))) => return Exit::Close(CloseCode::UnsupportedData),
+                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+                    if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
+                        return Exit::Close(CloseCode::RateLimited);
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
+                    return Exit::Close(CloseCode::UnsupportedData);
+                }
                 Ok(Some(Ok(Message::Binary(b)))) => b,
             };
             if frame.len() > limits.max_frame_bytes {
                 warn!(len = frame.len(), "frame too large");
                 return Exit::Close(CloseCode::FrameTooLarge);
-            }
-            if !within_rate(&self.messages, &self.bytes, frame.len()) {
-                return Exit::Close(CloseCode::RateLimited);
             }
             let messages = match yws::decode_frame(&frame, limits.max_frame_bytes) {
                 Ok(m) => m,
@@ -307,9 +324,19 @@ impl YjsConn {
                     });
                 }
             };
+            // Every message counts against the rate, not only the frame that carries it.
+            if !within_rate(&self.messages, &self.bytes, messages.len(), frame.len()) {
+                warn!(messages = messages.len(), "over the rate limit");
+                return Exit::Close(CloseCode::RateLimited);
+            }
             for msg in messages {
                 if let Some(exit) = self.handle(msg).await {
                     return exit;
+                }
+                // A room that dropped this peer (a slow consumer) must not see it come back
+                // through the rest of the frame.
+                if self.peer.closer.is_closed() {
+                    break;
                 }
             }
         }
@@ -358,6 +385,11 @@ impl YjsConn {
             }
             YMessage::Awareness { entries } => {
                 for entry in entries {
+                    if entry.client >= NATIVE_AWARENESS_CLIENTS {
+                        // That range names native peers' presence; a Yjs client may not speak
+                        // for them.
+                        continue;
+                    }
                     let mine = *self.awareness_client.get_or_insert(entry.client);
                     if entry.client != mine {
                         // A client speaks for itself only; relayed entries are not trusted.

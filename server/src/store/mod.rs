@@ -30,7 +30,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lattice_engine::{Delta, DocId, Document, ReplicaId};
+use lattice_engine::{Delta, DocId, Document, ReplicaId, Source};
 use tokio::sync::{mpsc, oneshot};
 
 mod group_commit;
@@ -359,10 +359,19 @@ pub(crate) struct Parts {
     pub checkpoint: Option<(u64, Vec<u8>)>,
     /// The document's byte count when its newest checkpoint was written.
     pub checkpoint_byte_count: u64,
-    /// `(seq, delta bytes)` after the checkpoint, ascending.
-    pub tail: Vec<(u64, Vec<u8>)>,
+    /// The log after the checkpoint, ascending.
+    pub tail: Vec<TailEntry>,
     /// The sequence number the parts were read up to.
     pub upto: u64,
+}
+
+/// One log entry of a load's tail: what a rebuild replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TailEntry {
+    pub seq: u64,
+    /// Who sent it: the owner recorded for the client ids it introduced.
+    pub author: Option<String>,
+    pub delta: Vec<u8>,
 }
 
 /// One group-commit transaction's outcome for one document, used to trigger checkpoints.
@@ -743,20 +752,23 @@ fn rebuild(
         }
         None => (Document::new(replica), 1),
     };
-    for (seq, bytes) in &parts.tail {
-        if *seq != expected {
+    for entry in &parts.tail {
+        let seq = entry.seq;
+        if seq != expected {
             return Err(StoreError::LogInconsistent {
                 doc: doc.clone(),
                 seq: expected,
                 reason: format!("the log jumps to {seq}"),
             });
         }
-        let delta = decode_delta(doc, *seq, bytes)?;
+        let delta = decode_delta(doc, seq, &entry.delta)?;
+        // The log's own entries are trusted (they passed a peer's checks when appended), and
+        // replaying them with their authors rebuilds who owns which client id.
         document
-            .apply(&delta)
+            .apply_from(&delta, Source::trusted(entry.author.as_deref()))
             .map_err(|e| StoreError::CorruptDelta {
                 doc: doc.clone(),
-                seq: *seq,
+                seq,
                 reason: e.to_string(),
             })?;
         expected += 1;

@@ -74,13 +74,13 @@ impl PostgresBackend {
         doc: &lattice_engine::DocId,
         after: u64,
         upto: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<crate::store::TailEntry>, StoreError> {
         use crate::store::sql::{to_i64, to_u64};
         use sqlx::Row as _;
         let op = "load";
         let rows = sqlx::query::<Postgres>(
-            "SELECT seq, delta FROM updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
-             ORDER BY seq",
+            "SELECT seq, author, delta FROM updates WHERE doc_id = $1 AND seq > $2 \
+             AND seq <= $3 ORDER BY seq",
         )
         .bind(doc.as_str())
         .bind(to_i64(after))
@@ -89,8 +89,12 @@ impl PostgresBackend {
         .await
         .map_err(StoreError::db(op))?;
         rows.iter()
-            .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
-                Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
+            .map(|r| -> Result<crate::store::TailEntry, sqlx::Error> {
+                Ok(crate::store::TailEntry {
+                    seq: to_u64(r.try_get(0)?),
+                    author: r.try_get(1)?,
+                    delta: r.try_get(2)?,
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::db(op))

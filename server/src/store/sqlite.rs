@@ -61,7 +61,7 @@ use super::sql::{
     DOCS_INSERT_PER_ROW, DOCS_INSERT_PREFIX, DRAIN_HEADS_SUFFIX, chunks, heads_sql, to_i64, to_u64,
     values_sql,
 };
-use super::{DocCounters, DocMeta, LogEntry, NewEntry, Parts, StoreConfig, StoreError};
+use super::{DocCounters, DocMeta, LogEntry, NewEntry, Parts, StoreConfig, StoreError, TailEntry};
 
 /// Most documents whose counters the writer caches; past it the cache starts over after the
 /// next drain (an entry costs one indexed read to restore).
@@ -807,12 +807,16 @@ impl SqliteBackend {
         if let Some(p) = pending {
             overlay(&mut parts.meta, &p);
             let from = parts.checkpoint.as_ref().map_or(0, |c| c.0);
-            let last = parts.tail.last().map_or(from, |t| t.0);
+            let last = parts.tail.last().map_or(from, |t| t.seq);
             parts.tail.extend(
                 p.entries
                     .iter()
                     .filter(|e| e.seq > last && e.seq <= parts.upto)
-                    .map(|e| (e.seq, e.delta_bytes.clone())),
+                    .map(|e| TailEntry {
+                        seq: e.seq,
+                        author: e.author.clone(),
+                        delta: e.delta_bytes.clone(),
+                    }),
             );
         }
         Ok(Some(parts))
@@ -1223,13 +1227,17 @@ impl SqliteBackend {
         doc: &DocId,
         after: u64,
         upto: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<TailEntry>, StoreError> {
         let stored = fetch_runs(conn, doc.as_str(), after + 1, upto, i64::MAX, "load").await?;
         let mut tail = Vec::new();
         for run in &stored {
             for e in decode_run(doc, run)? {
                 if e.seq > after && e.seq <= upto {
-                    tail.push((e.seq, e.delta.to_vec()));
+                    tail.push(TailEntry {
+                        seq: e.seq,
+                        author: e.author.map(str::to_owned),
+                        delta: e.delta.to_vec(),
+                    });
                 }
             }
         }
