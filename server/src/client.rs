@@ -245,7 +245,7 @@ async fn socket_task(inner: Arc<Inner>, options: ClientOptions, mut rx: mpsc::Re
             Mode::Online => {}
         }
         let _ = inner.status.send(Status::Connecting);
-        let ws = match tokio_tungstenite::connect_async(options.url.as_str()).await {
+        let ws = match tokio_tungstenite::connect_async(upgrade_request(&options)).await {
             Ok((ws, _)) => ws,
             Err(e) => {
                 tracing::debug!(error = %e, "connect failed; backing off");
@@ -337,4 +337,24 @@ async fn socket_task(inner: Arc<Inner>, options: ClientOptions, mut rx: mpsc::Re
             backoff = (backoff * 2).min(options.backoff_max);
         }
     }
+}
+
+/// The upgrade request: the URL, and the token as `Authorization: Bearer` as well as in the
+/// hello, so that the server admits the connection to an authenticated slot at once (a flood
+/// of connections without a token cannot then keep this client out).
+fn upgrade_request(
+    options: &ClientOptions,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let Ok(mut request) = options.url.as_str().into_client_request() else {
+        // An address that does not parse fails again, with its error, in connect_async.
+        return tokio_tungstenite::tungstenite::handshake::client::Request::default();
+    };
+    if let Some(token) = &options.token
+        && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        request.headers_mut().insert("authorization", value);
+    }
+    request
 }

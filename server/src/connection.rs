@@ -143,9 +143,11 @@ struct Conn {
     principal: Principal,
     /// The peer's address, for the failed-authentication throttle.
     ip: IpAddr,
-    /// A token from the upgrade request (`Authorization: Bearer` or `?token=`); a token in the
-    /// hello wins over it.
-    upgrade_token: Option<String>,
+    /// What the upgrade request's token (`Authorization: Bearer` or `?token=`) proved, if it
+    /// carried one; a token in the hello wins over it.
+    upgrade_auth: Option<Result<Principal, AuthError>>,
+    /// Whether `slot` is an authenticated one already (a valid token on the upgrade).
+    slot_authenticated: bool,
     /// Set when the first message was over the pre-authentication limit.
     tripped: Tripped,
     /// The slot this connection holds: an unauthenticated one until the hello authenticates,
@@ -312,14 +314,27 @@ pub(crate) fn peer_handle(
     }
 }
 
-/// `/v1/sync`: runs one connection. `slot` is the unauthenticated slot it was admitted with.
+/// How a `/v1/sync` connection was admitted.
+pub(crate) enum Admission {
+    /// The upgrade request carried no token, or one that did not verify (the error is
+    /// reported at the hello unless the hello brings a token of its own): an unauthenticated
+    /// slot, traded for an authenticated one when the hello authenticates.
+    Unauthenticated {
+        slot: Slot,
+        upgrade_auth: Option<Result<Principal, AuthError>>,
+    },
+    /// A valid token on the upgrade request (or no authentication at all): an authenticated
+    /// slot from the start.
+    Authenticated { slot: Slot, principal: Principal },
+}
+
+/// `/v1/sync`: runs one connection.
 pub(crate) async fn serve_socket(
     state: Arc<ServerState>,
     socket: Socket,
     tripped: Tripped,
-    slot: Slot,
+    admission: Admission,
     ip: IpAddr,
-    upgrade_token: Option<String>,
 ) {
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("conn", peer = id.0);
@@ -328,12 +343,17 @@ pub(crate) async fn serve_socket(
         let (sink, mut stream) = socket.split();
         let outbound = Outbound::start(&state, sink);
         let closer = outbound.closer.clone();
+        let (slot, upgrade_auth, slot_authenticated) = match admission {
+            Admission::Unauthenticated { slot, upgrade_auth } => (slot, upgrade_auth, false),
+            Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
+        };
         let mut conn = Conn {
             peer: peer_handle(&state, id, PeerKind::Native, None, &outbound),
             subs: HashMap::new(),
             principal: Principal::open(),
             ip,
-            upgrade_token,
+            upgrade_auth,
+            slot_authenticated,
             tripped,
             slot: Some(slot),
             messages: message_limiter(limits),
@@ -449,25 +469,32 @@ impl Conn {
         let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
         match ClientMsg::decode(&frame, hello_limit) {
             Ok(ClientMsg::Hello { replica, token, .. }) => {
-                let token = token.or_else(|| self.upgrade_token.take());
-                match self.state.auth.authenticate(token.as_deref(), self.ip) {
+                let proved = match (token, self.upgrade_auth.take()) {
+                    (Some(token), _) => self.state.auth.authenticate(Some(&token), self.ip),
+                    (None, Some(upgrade)) => upgrade,
+                    (None, None) => self.state.auth.authenticate(None, self.ip),
+                };
+                match proved {
                     Ok(principal) => self.principal = principal,
                     Err(e) => return Some(self.refuse(&e)),
                 }
-                // Trade the unauthenticated slot for an authenticated one.
-                let Ok(permit) = self.state.connections.clone().try_acquire_owned() else {
-                    self.error(
-                        ErrorCode::RateLimited,
-                        "the server has no room for another connection; retry later",
-                        None,
-                        None,
-                    );
-                    return Some(Exit::Close(CloseCode::TryAgainLater));
-                };
-                self.slot = Some(Slot::new(
-                    permit,
-                    Gauge::up(&self.state, |m| &m.connections),
-                ));
+                if !self.slot_authenticated {
+                    // Trade the unauthenticated slot for an authenticated one.
+                    let Ok(permit) = self.state.connections.clone().try_acquire_owned() else {
+                        self.error(
+                            ErrorCode::RateLimited,
+                            "the server has no room for another connection; retry later",
+                            None,
+                            None,
+                        );
+                        return Some(Exit::Close(CloseCode::TryAgainLater));
+                    };
+                    self.slot = Some(Slot::new(
+                        permit,
+                        Gauge::up(&self.state, |m| &m.connections),
+                    ));
+                    self.slot_authenticated = true;
+                }
                 self.peer.replica = replica.and_then(ReplicaId::new);
                 self.peer.author = self.principal.subject().map(Arc::from);
                 self.send(&ServerMsg::Welcome {

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the sync server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint an access token; it is printed alone on the last line (stdout), details go to
     /// stderr.
     Token(TokenArgs),
@@ -102,6 +102,24 @@ struct ServeArgs {
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "LATTICE_OUTBOX_FRAMES")]
     outbox_frames: Option<usize>,
+    /// Bytes queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "LATTICE_OUTBOX_BYTES")]
+    outbox_bytes: Option<usize>,
+    /// WebSocket connections that have not authenticated yet, at once.
+    #[arg(long, env = "LATTICE_MAX_UNAUTHENTICATED")]
+    max_unauthenticated: Option<usize>,
+    /// TCP connections in their HTTP phase (before a WebSocket upgrade), at once.
+    #[arg(long, env = "LATTICE_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
+    /// Seconds a client has to send an HTTP request's headers.
+    #[arg(long, env = "LATTICE_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Bytes of full-state sync answers one connection may cause per second, sustained.
+    #[arg(long, env = "LATTICE_SYNC_BYTES_PER_SECOND")]
+    sync_bytes_per_second: Option<u64>,
+    /// Bytes of full-state sync answers one connection may cause in a burst.
+    #[arg(long, env = "LATTICE_SYNC_BYTE_BURST")]
+    sync_byte_burst: Option<u64>,
     /// Seconds between server WebSocket pings.
     #[arg(long, env = "LATTICE_PING_INTERVAL_SECS")]
     ping_interval_secs: Option<u64>,
@@ -193,6 +211,24 @@ impl ServeArgs {
         }
         if let Some(v) = self.outbox_frames {
             l.outbox_frames = v;
+        }
+        if let Some(v) = self.outbox_bytes {
+            l.outbox_bytes = v;
+        }
+        if let Some(v) = self.max_unauthenticated {
+            l.max_unauthenticated = v;
+        }
+        if let Some(v) = self.max_http_connections {
+            l.max_http_connections = v;
+        }
+        if let Some(v) = self.header_read_timeout_secs {
+            l.header_read_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.sync_bytes_per_second {
+            l.sync_bytes_per_second = v;
+        }
+        if let Some(v) = self.sync_byte_burst {
+            l.sync_byte_burst = v;
         }
         if let Some(v) = self.ping_interval_secs {
             c.heartbeat.ping_interval = Duration::from_secs(v);

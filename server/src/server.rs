@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{Auth, bearer_token};
 use crate::config::Config;
-use crate::connection::{Gauge, Slot, serve_socket};
+use crate::connection::{Admission, Gauge, Slot, serve_socket};
 use crate::metrics::Metrics;
 use crate::rooms::{RoomCmd, Rooms};
 use crate::store::{Store, StoreError};
@@ -194,8 +194,12 @@ pub(crate) struct TokenQuery {
 
 /// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the
 /// connection authenticates at `hello` and refuses with an error message and a close code.
-/// Until then it holds an unauthenticated slot, and its first message is limited to
-/// `max_hello_bytes` as the bytes arrive.
+///
+/// A valid token on the upgrade request (`Authorization: Bearer` or `?token=`) admits the
+/// connection to an authenticated slot at once. Without one, it holds an unauthenticated slot
+/// until its `hello` authenticates, and its first message is limited to `max_hello_bytes` as
+/// the bytes arrive: a flood of connections without a token can fill the unauthenticated
+/// slots, never the authenticated ones.
 async fn sync_socket(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -203,22 +207,40 @@ async fn sync_socket(
     Query(query): Query<TokenQuery>,
     ws: WsUpgrade,
 ) -> Response {
-    let slot = match admit(&state, &state.unauthenticated, |m| {
-        &m.unauthenticated_connections
-    }) {
-        Ok(slot) => slot,
-        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-    };
     let token = bearer_token(&headers)
         .map(str::to_string)
         .or(query.token)
         .filter(|t| !t.is_empty());
+    let upgrade_auth = if state.auth.is_required() {
+        token
+            .as_deref()
+            .map(|t| state.auth.authenticate(Some(t), remote.ip()))
+    } else {
+        Some(state.auth.authenticate(None, remote.ip()))
+    };
     let limits = &state.config.limits;
     let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
+    let admitted = match upgrade_auth {
+        Some(Ok(principal)) => admit(&state, &state.connections, |m| &m.connections)
+            .map(|slot| (Admission::Authenticated { slot, principal }, None)),
+        upgrade_auth => admit(&state, &state.unauthenticated, |m| {
+            &m.unauthenticated_connections
+        })
+        .map(|slot| {
+            (
+                Admission::Unauthenticated { slot, upgrade_auth },
+                Some(hello_limit),
+            )
+        }),
+    };
+    let (admission, first_message_limit) = match admitted {
+        Ok(admitted) => admitted,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    };
     ws.accept(
         ws_config(&state.config),
-        Some(hello_limit),
-        move |socket, tripped| serve_socket(state, socket, tripped, slot, remote.ip(), token),
+        first_message_limit,
+        move |socket, tripped| serve_socket(state, socket, tripped, admission, remote.ip()),
     )
 }
 

@@ -122,6 +122,39 @@ pub fn lattice_binary() -> PathBuf {
         .clone()
 }
 
+/// The `lattice` binary of this build in the release profile, for the tests whose subject
+/// depends on it (how deep a recursion overflows the stack depends on frame sizes). Built here
+/// if needed, in this test's target dir; `cargo xtask test` builds it before the tests run.
+pub fn lattice_release_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let status = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "lattice-server",
+                    "--bin",
+                    "lattice",
+                ])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .status()
+                .expect("cargo build --release");
+            assert!(
+                status.success(),
+                "building the release lattice binary failed"
+            );
+            target_dir.join("release").join("lattice")
+        })
+        .clone()
+}
+
 /// A server in a child process, for SIGKILL tests and for what `lattice serve` prints.
 #[derive(Debug)]
 pub struct ChildServer {
@@ -142,7 +175,16 @@ impl ChildServer {
     /// `lattice serve …` with only the given flags: without `--no-auth` or `--auth-secret`, the
     /// server generates a secret and prints an admin token and a demo URL.
     pub async fn spawn_with_auth(database_url: &str, extra: &[&str]) -> ChildServer {
-        let mut child = tokio::process::Command::new(lattice_binary())
+        ChildServer::spawn_binary(&lattice_binary(), database_url, extra).await
+    }
+
+    /// `binary serve …` with the given flags (see [`ChildServer::spawn_with_auth`]).
+    pub async fn spawn_binary(
+        binary: &std::path::Path,
+        database_url: &str,
+        extra: &[&str],
+    ) -> ChildServer {
+        let mut child = tokio::process::Command::new(binary)
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--database-url", database_url])
             .args(extra)
@@ -209,6 +251,11 @@ impl ChildServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running child")
+    }
+
+    /// Whether the process is still running (it has not exited, crashed or aborted).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: no flush, no goodbye.
@@ -470,4 +517,86 @@ impl RawPeer {
         .await
         .expect("server answers")
     }
+}
+
+/// A raw y-websocket peer on `/yjs/{doc}`: sends lib0-encoded messages, one frame or many per
+/// frame, and reads what the server sends.
+pub struct YjsPeer {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl std::fmt::Debug for YjsPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("YjsPeer")
+    }
+}
+
+/// What a y-websocket peer read.
+#[derive(Debug)]
+pub enum YjsRead {
+    Messages(Vec<lattice_engine::yws::YMessage>),
+    Closed(Option<u16>),
+}
+
+impl YjsPeer {
+    /// Connects to `/yjs/{doc}` on `addr`, with `token` as `?token=` if given.
+    pub async fn connect(addr: SocketAddr, doc: &str, token: Option<&str>) -> YjsPeer {
+        let url = match token {
+            Some(t) => format!("ws://{addr}/yjs/{doc}?token={t}"),
+            None => format!("ws://{addr}/yjs/{doc}"),
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        YjsPeer { ws }
+    }
+
+    /// Sends `messages` (each already lib0-encoded) as one frame.
+    pub async fn send_frame(&mut self, messages: &[Vec<u8>]) -> bool {
+        let frame: Vec<u8> = messages.concat();
+        self.ws.send(Message::Binary(frame.into())).await.is_ok()
+    }
+
+    /// The next frame's messages or the close, skipping pings.
+    pub async fn read(&mut self) -> YjsRead {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        return YjsRead::Messages(
+                            lattice_engine::yws::decode_frame(&b, usize::MAX)
+                                .expect("server frame"),
+                        );
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        return YjsRead::Closed(frame.map(|f: CloseFrame| u16::from(f.code)));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return YjsRead::Closed(None),
+                }
+            }
+        })
+        .await
+        .expect("server answers")
+    }
+
+    /// Reads until the server closes the connection; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let YjsRead::Closed(code) = self.read().await {
+                return code;
+            }
+        }
+    }
+}
+
+/// The value of metric `name` (without labels, or with exactly `labels`) in `/metrics`.
+pub async fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
+    let text = http_get(addr, "/metrics", None).await.body;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().ok())?
+    })
 }
