@@ -5,12 +5,14 @@
 //! - `cargo xtask setup` — only the set-up (idempotent).
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
+//! - `cargo xtask chaos [--quick] […]` — the server under faults and attacks (`chaos.rs`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
 //! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
 //! is skipped.
 
 mod bench;
+mod chaos;
 mod setup;
 mod web;
 
@@ -34,9 +36,10 @@ fn main() -> Result<()> {
         Some("check-engine-deps") => check_engine_deps(),
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -142,6 +145,13 @@ fn test(_root: &Path) -> Result<()> {
         )
     })?;
     step("engine dependency check", check_engine_deps)?;
+    // Built once, before the tests: tests/tests/hardening.rs runs it (deep nesting overflows
+    // the stack at a depth that depends on the release build's frames), and so does the chaos
+    // step below.
+    step(
+        "release server (cargo build --release --bin lattice)",
+        chaos::build_server,
+    )?;
     step("tests (cargo nextest)", || {
         // Tests that run the `lattice` binary ask cargo for it; build it first so that their
         // time limits never include compiling it.
@@ -176,6 +186,9 @@ fn test(_root: &Path) -> Result<()> {
         "browser tests (wasm-bindgen-test, headless Chromium)",
         web::browser_tests,
     )?;
+    step("chaos suite, quick (cargo xtask chaos --quick)", || {
+        chaos::run(&["--quick".to_owned()])
+    })?;
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
