@@ -420,17 +420,19 @@ fn public_reason(e: &StoreError) -> &'static str {
 /// What the `sync` answers in `fx` cost, in bytes: the measure of a connection's budget of
 /// full-state computations.
 fn sync_cost(fx: &Effects) -> usize {
-    fx.send
-        .iter()
-        .map(|out| match &out.msg {
-            ServerMsg::Sync { delta, state, .. } => {
-                delta.yjs.len()
-                    + state.yjs.len()
-                    + 64 * (delta.counters.len() + delta.registers.len() + state.counters.len())
-            }
-            _ => 0,
-        })
-        .sum()
+    fx.send.iter().map(|out| sync_msg_cost(&out.msg)).sum()
+}
+
+/// What one `sync` answer cost (0 for any other message).
+fn sync_msg_cost(msg: &ServerMsg) -> usize {
+    match msg {
+        ServerMsg::Sync { delta, state, .. } => {
+            delta.yjs.len()
+                + state.yjs.len()
+                + 64 * (delta.counters.len() + delta.registers.len() + state.counters.len())
+        }
+        _ => 0,
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -455,7 +457,9 @@ impl RoomDriver {
                 let echo = peer.kind == PeerKind::Yjs;
                 self.peers.insert(id, peer);
                 let fx = self.room.subscribe_with_echo(id, access, echo, &state);
-                ticket.spent(sync_cost(&fx));
+                // The answer is in `fx`, or waits in the room for commits (it is computed now).
+                let queued = self.room.queued_sync(id).map_or(0, sync_msg_cost);
+                ticket.spent(sync_cost(&fx) + queued);
                 fx
             }
             RoomCmd::Unsubscribe { peer } => {
@@ -838,7 +842,10 @@ impl RoomDriver {
             }
             if fx.reload {
                 match load_document(&self.state, &self.doc).await {
-                    Ok(doc) => self.room.replace_document(doc),
+                    Ok(doc) => {
+                        let more = self.room.replace_document(doc);
+                        self.apply(more).await;
+                    }
                     Err(e @ StoreError::DocumentDeleted { .. }) => self.stop(e),
                     // The document still holds what the store refused. Kept, it would be
                     // served to subscribers and built on by later deltas, whose commits would
