@@ -105,11 +105,6 @@ const ATTACKS: &[(&str, &str, AttackFn)] = &[
         Box::pin(message_frames(e, u))
     }),
     (
-        "garbage tokens from one address, valid users alongside",
-        "4",
-        |e, u| Box::pin(garbage_tokens(e, u)),
-    ),
-    (
         "admin listing probes with read/write tokens",
         "5",
         |e, u| Box::pin(admin_probes(e, u)),
@@ -132,6 +127,13 @@ const ATTACKS: &[(&str, &str, AttackFn)] = &[
     ("awareness impersonation", "9", |e, u| {
         Box::pin(awareness_impersonation(e, u))
     }),
+    // Last: where the failure throttle blocks an address before verifying its tokens, a
+    // garbage flood blocks every peer on it (the attackers and users here) for a minute.
+    (
+        "garbage tokens from one address, valid users alongside",
+        "4",
+        |e, u| Box::pin(garbage_tokens(e, u)),
+    ),
 ];
 
 pub async fn run(ctx: &Ctx) -> Result<Outcome> {
@@ -580,7 +582,9 @@ async fn deep_nesting(env: Arc<Env>, until: Instant) -> Result<Verdict> {
     let refused = t.get("20,000 levels: invalid_delta");
     let snapshot = t.snapshot();
     for (k, n) in &snapshot {
+        // Refused, or over the rate limit (4 MiB/s per connection: the flood is one).
         let fine = k == "20,000 levels: invalid_delta"
+            || k == "20,000 levels: rate_limited"
             || k == &format!("level {depth} of a chain: invalid_delta")
             || k == "GET of a chain: 200"
             || k.ends_with("connection ended");
@@ -857,8 +861,15 @@ async fn garbage_tokens(env: Arc<Env>, until: Instant) -> Result<Verdict> {
     })
 }
 
+/// A failed connection, briefly: the refusal's code when there was one.
 fn short(e: &anyhow::Error) -> String {
-    format!("{e:#}").chars().take(60).collect()
+    let text = format!("{e:#}");
+    for code in ["RateLimited", "Unauthorized", "503", "429"] {
+        if text.contains(code) {
+            return code.to_owned();
+        }
+    }
+    text.chars().take(60).collect()
 }
 
 // --- class 5 ----------------------------------------------------------------------------------
