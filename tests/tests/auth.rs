@@ -618,9 +618,202 @@ async fn failed_attempts_are_throttled_per_address() {
         .parse()
         .expect("seconds");
     assert!((1..=60).contains(&retry), "{retry}");
-    // While blocked, even a valid token is not looked at, on every endpoint.
-    assert_eq!(get(&server, "/v1/docs/x", Some(&good)).await.status, 429);
-    hello_refused(&server.ws_url(), Some(&good), ErrorCode::RateLimited, 4029).await;
+    // While blocked, a failing attempt is refused with 429 / 4029 on every endpoint...
+    hello_refused(
+        &server.ws_url(),
+        Some(&forged),
+        ErrorCode::RateLimited,
+        4029,
+    )
+    .await;
+    // ...but a valid token is verified and passes: the block is on failures, not on the address.
+    assert_eq!(get(&server, "/v1/docs/x", Some(&good)).await.status, 404);
+    let _ = RawPeer::hello_with_token(&server.ws_url(), Some(&good)).await;
+    assert_eq!(get(&server, "/v1/docs/x", Some(&forged)).await.status, 429);
+    server.shutdown().await;
+}
+
+/// Issue 17, class 4: one address (every user behind one proxy) sends garbage tokens at 20 a
+/// second. Its failures are throttled, yet all 100 valid requests from the same address, over
+/// HTTP and WebSocket hellos, succeed while it is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_tokens_never_lock_out_valid_users_of_the_same_address() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let db = TestDb::new(Kind::Sqlite).await;
+    let ks = keys(&[NEW]);
+    let mut cfg = auth_config(&db, ks.clone());
+    cfg.auth.failed_attempts_per_minute = 5;
+    let server = TestServer::start(cfg).await;
+    let url = server.ws_url();
+    let good = token(&ks, "alice", &["shared/*"], Scope::Write);
+    let d = doc("shared/doc");
+    write(&url, &good, &d, "hello").await;
+
+    // Block the address first, so that every valid request below comes from a blocked address.
+    let forged = token(&keys(&[FORGED]), "eve", &["*"], Scope::Admin);
+    let mut blocked = false;
+    for _ in 0..6 {
+        if get(&server, "/v1/docs/shared/doc", Some(&forged))
+            .await
+            .status
+            == 429
+        {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "five failures a minute should block the sixth");
+
+    // Garbage for the whole run: forged signatures and non-JWTs, over HTTP and WebSocket, at
+    // 20 a second from a task of its own, and one more right before every valid request.
+    async fn garbage(addr: std::net::SocketAddr, url: &str, forged: &str, i: u32) -> u16 {
+        let t = if i.is_multiple_of(2) {
+            forged
+        } else {
+            "not.a.jwt"
+        };
+        if i.is_multiple_of(3) {
+            let mut p = RawPeer::connect(url).await;
+            match p.send_hello(Some(t)).await {
+                Read::Msg(ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => 429,
+                Read::Msg(ServerMsg::Error {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }) => 401,
+                other => panic!("garbage hello answered {other:?}"),
+            }
+        } else {
+            http_get(addr, "/v1/docs/shared/doc", Some(t)).await.status
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (stop, addr, url, forged) = (stop.clone(), server.addr, url.clone(), forged.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tick.tick().await;
+                answers.push(garbage(addr, &url, &forged, i).await);
+            }
+            answers
+        })
+    };
+
+    let mut answers = Vec::new();
+    for i in 0..100 {
+        answers.push(garbage(server.addr, &url, &forged, i).await);
+        if i % 2 == 0 {
+            let r = get(&server, "/v1/docs/shared/doc", Some(&good)).await;
+            assert_eq!(r.status, 200, "valid request {i}: {}", r.body);
+            assert_eq!(r.json()["texts"]["t"], "hello");
+        } else {
+            let mut p = RawPeer::connect(&url).await;
+            match p.send_hello(Some(&good)).await {
+                Read::Msg(ServerMsg::Welcome { .. }) => {}
+                other => panic!("valid hello {i}: expected welcome, got {other:?}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    answers.extend(background.await.expect("garbage task"));
+    // Every garbage request was refused, and nearly all throttled (the bucket refills one
+    // failure every 12 s, so an occasional 401 is expected).
+    assert!(answers.len() > 100, "{answers:?}");
+    assert!(
+        answers.iter().all(|s| *s == 401 || *s == 429),
+        "{answers:?}"
+    );
+    let throttled = answers.iter().filter(|s| **s == 429).count();
+    assert!(throttled * 10 >= answers.len() * 9, "{answers:?}");
+    // Valid requests do not lift the block for failures.
+    let after = get(&server, "/v1/docs/shared/doc", Some(&forged)).await;
+    assert_eq!(after.status, 429, "{}", after.body);
+    assert!(after.header("retry-after").is_some());
+    server.shutdown().await;
+}
+
+/// Issue 17, class 9: a token whose `exp` is near `u64::MAX` (valid "forever") used to panic the
+/// connection task (the expiry overflowed `SystemTime`). Such a token is accepted, its expiry is
+/// capped far in the future, and the server stays up on every endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_forever_is_capped_not_a_crash() {
+    use futures_util::{SinkExt, StreamExt};
+    use lattice_engine::yws::{self, YMessage};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let db = TestDb::new(Kind::Sqlite).await;
+    let ks = keys(&[NEW]);
+    let server = TestServer::start(auth_config(&db, ks.clone())).await;
+    let url = server.ws_url();
+    let forever = ks
+        .mint_claims(
+            &Claims {
+                sub: "forever".into(),
+                docs: vec!["forever/*".into()],
+                scope: Scope::Write,
+                exp: u64::MAX - 1,
+                iat: None,
+            },
+            None,
+        )
+        .expect("mint");
+    let d = doc("forever/doc");
+
+    // Native protocol: hello, subscribe, a write acknowledged.
+    write(&url, &forever, &d, "still here").await;
+    // HTTP.
+    let view = get(&server, "/v1/docs/forever/doc", Some(&forever)).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    assert_eq!(view.json()["texts"]["t"], "still here");
+    // The Yjs endpoint: sync step 1 is answered with sync step 2.
+    let (mut yjs, _) = tokio_tungstenite::connect_async(format!(
+        "{}/{d}?token={forever}",
+        url.replace("/v1/sync", "/yjs")
+    ))
+    .await
+    .expect("yjs upgrade");
+    yjs.send(Message::Binary(yws::encode_sync_step1(&[]).into()))
+        .await
+        .expect("send");
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = yjs.next().await {
+            if let Message::Binary(b) = frame {
+                for m in yws::decode_frame(&b, usize::MAX).expect("server frames decode") {
+                    match m {
+                        YMessage::SyncStep2 { .. } => return true,
+                        YMessage::Auth { denied: Some(r) } => panic!("refused: {r}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        false
+    })
+    .await
+    .expect("the yjs endpoint answers");
+    assert!(answered, "the yjs connection ended without sync step 2");
+    drop(yjs);
+
+    // The principal's expiry is far away but finite.
+    let left = ks
+        .verify(&forever)
+        .expect("verifies")
+        .time_left()
+        .expect("an expiry");
+    assert!(left > Duration::from_secs(1_000 * 365 * 86_400), "{left:?}");
+    // The server is still up and serves others.
+    assert_eq!(get(&server, "/healthz", None).await.status, 200);
+    let other = token(&ks, "bob", &["forever/*"], Scope::Read);
+    let _ = RawPeer::hello_with_token(&url, Some(&other)).await;
     server.shutdown().await;
 }
 
