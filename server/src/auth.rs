@@ -181,6 +181,10 @@ pub enum AuthError {
     /// message, so a refusal never tells whether the document exists.
     #[error("not permitted")]
     Forbidden { doc: DocId, needed: Scope },
+    /// An operation that concerns no single document (the admin listing) needs a scope the
+    /// token does not have.
+    #[error("not permitted")]
+    ScopeTooLow { needed: Scope },
     #[error("too many failed authentication attempts; retry later")]
     Throttled { retry_after: Duration },
 }
@@ -190,7 +194,9 @@ impl AuthError {
     pub fn is_unauthenticated(&self) -> bool {
         !matches!(
             self,
-            AuthError::Forbidden { .. } | AuthError::Throttled { .. }
+            AuthError::Forbidden { .. }
+                | AuthError::ScopeTooLow { .. }
+                | AuthError::Throttled { .. }
         )
     }
 }
@@ -536,6 +542,16 @@ impl Principal {
             Scope::Read => Access::Read,
             Scope::Write | Scope::Admin => Access::Write,
         })
+    }
+
+    /// `Ok` if this principal has at least `needed` on the documents it covers (for what
+    /// concerns no single document, like the admin listing, which is then limited to them).
+    pub fn require_scope(&self, needed: Scope) -> Result<(), AuthError> {
+        if self.scope >= needed {
+            Ok(())
+        } else {
+            Err(AuthError::ScopeTooLow { needed })
+        }
     }
 
     /// `Ok` if this principal covers `doc` with at least `needed`.

@@ -7,13 +7,15 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use lattice_engine::protocol::{ClientMsg, ServerMsg};
 use lattice_engine::yws::{self, YMessage};
-use lattice_engine::{DocId, Value};
+use lattice_engine::{DocId, DocState, Document, ReplicaId, Value};
 use lattice_server::auth::{KeySet, Scope};
 use lattice_server::client::Client;
 use lattice_server::config::{AuthConfig, Config};
 use lattice_tests::server_support::{
-    TestServer, WAIT, client_with_token, config, doc, http_get, http_post, lattice_binary, settled,
+    RawPeer, Read, TestServer, WAIT, client_with_token, config, doc, http_get, http_post,
+    lattice_binary, settled,
 };
 use lattice_tests::store_support::TestDb;
 use serde_json::{Value as Json, json};
@@ -40,7 +42,10 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(two_authors_history_restore_and_soft_delete);
+on_both_backends!(
+    two_authors_history_restore_and_soft_delete,
+    listing_needs_admin_and_never_names_what_the_token_cannot_administer,
+);
 
 const SECRET: &str = "k1:history-secret-0123456789abcdef-012345";
 
@@ -526,3 +531,175 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     server.shutdown().await;
     db.cleanup().await;
 }
+
+/// Writes one change to each of `ids` over one connection, waiting for every ack.
+async fn seed(server: &TestServer, token: &str, ids: &[&str]) {
+    let mut p = RawPeer::hello_with_token(&server.ws_url(), Some(token)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let d = doc(id);
+        let _ = p
+            .send(&ClientMsg::Subscribe {
+                doc: d.clone(),
+                state: DocState::default(),
+            })
+            .await;
+        loop {
+            match p.read().await {
+                Read::Msg(ServerMsg::Sync { doc: got, .. }) if got == d => break,
+                Read::Msg(ServerMsg::Presence { .. }) => continue,
+                other => panic!("expected sync of {d}, got {other:?}"),
+            }
+        }
+        let replica = ReplicaId::new(5_000 + i as u32).expect("replica");
+        let delta = Document::new(replica)
+            .text_insert("t", 0, id)
+            .expect("edit");
+        let _ = p
+            .send(&ClientMsg::Delta {
+                doc: d.clone(),
+                seq: 1,
+                delta,
+            })
+            .await;
+        loop {
+            match p.read().await {
+                Read::Msg(ServerMsg::Ack { seq: 1, .. }) => break,
+                Read::Msg(ServerMsg::Presence { .. }) => continue,
+                other => panic!("expected the ack for {d}, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Every page of `/api/admin/docs` (with `query`, paging with `limit=1`) as `(ids, cursors)`.
+async fn all_pages(server: &TestServer, token: &str, query: &str) -> (Vec<String>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut cursors = Vec::new();
+    let mut after = String::new();
+    for _ in 0..50 {
+        let page = get_ok(
+            server,
+            &format!("/api/admin/docs?limit=1&after={after}{query}"),
+            token,
+        )
+        .await;
+        for d in page["documents"].as_array().expect("documents") {
+            ids.push(d["id"].as_str().expect("id").to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => {
+                cursors.push(next.to_owned());
+                after = next.to_owned();
+            }
+            None => return (ids, cursors),
+        }
+    }
+    panic!("the listing never ended: {ids:?} {cursors:?}");
+}
+
+/// Issue 17, class 5: the document listing needs the admin scope, and neither its results, nor
+/// its cursor, nor its `prefix`/`after` filters tell a `team-a/*` admin anything about
+/// `team-b/…`, deleted or not.
+async fn listing_needs_admin_and_never_names_what_the_token_cannot_administer(db: TestDb) {
+    let server = TestServer::start(auth_config(&db)).await;
+    let root = token("root", &["*"], Scope::Admin);
+    let team_a = token("ann", &["team-a/*"], Scope::Admin);
+    seed(&server, &root, &["team-a/1", "team-a/2", "team-a/3"]).await;
+
+    // What a team-a admin learns when probing for team-b, before team-b exists...
+    let probes = [
+        "/api/admin/docs?prefix=team-b",
+        "/api/admin/docs?prefix=team-b&limit=1",
+        "/api/admin/docs?prefix=team-b/0&limit=1&include_deleted=true",
+        "/api/admin/docs?after=team-b/0&limit=1",
+        "/api/admin/docs?prefix=team-&after=team-b/05&limit=1",
+    ];
+    let mut before = Vec::new();
+    for p in probes {
+        let r = http_get(server.addr, p, Some(&team_a)).await;
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        before.push(r.body);
+    }
+    // ...and after: twelve team-b documents (more than a listing scans per request), a deleted
+    // one, and a document after them.
+    let team_b: Vec<String> = (0..12).map(|i| format!("team-b/{i:02}")).collect();
+    let mut more: Vec<&str> = team_b.iter().map(String::as_str).collect();
+    more.extend(["team-b/gone", "team-c/z"]);
+    seed(&server, &root, &more).await;
+    for d in ["team-a/3", "team-b/gone"] {
+        let r = http_post(
+            server.addr,
+            &format!("/api/admin/delete/{d}"),
+            Some(&root),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for (p, earlier) in probes.iter().zip(&before) {
+        let r = http_get(server.addr, p, Some(&team_a)).await;
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        assert_eq!(
+            &r.body, earlier,
+            "{p} answers differently once team-b exists"
+        );
+    }
+
+    // Paging one by one: only team-a documents, and only team-a documents as cursors.
+    let (ids, cursors) = all_pages(&server, &team_a, "").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2"]);
+    assert!(
+        cursors.iter().all(|c| c.starts_with("team-a/")),
+        "a cursor names a document the token cannot administer: {cursors:?}"
+    );
+    // Deleted documents only where the token is admin.
+    let (ids, cursors) = all_pages(&server, &team_a, "&include_deleted=true").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2", "team-a/3"]);
+    assert!(
+        cursors.iter().all(|c| c.starts_with("team-a/")),
+        "{cursors:?}"
+    );
+    let page = get_ok(&server, "/api/admin/docs?include_deleted=true", &team_a).await;
+    assert_eq!(page["documents"][2]["deleted"], true);
+    // Several patterns, exact ids among them, list in id order and page across each other.
+    let mixed = token(
+        "mo",
+        &["team-c/z", "team-b/03", "team-a/*", "team-a/2"],
+        Scope::Admin,
+    );
+    let (ids, cursors) = all_pages(&server, &mixed, "").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2", "team-b/03", "team-c/z"]);
+    assert!(
+        cursors
+            .iter()
+            .all(|c| ["team-a/1", "team-a/2", "team-b/03", "team-c/z"].contains(&c.as_str())),
+        "{cursors:?}"
+    );
+    let page = get_ok(&server, "/api/admin/docs?prefix=team-b", &mixed).await;
+    assert_eq!(page["documents"].as_array().map(Vec::len), Some(1));
+    // The root admin sees everything, the deleted team-b document too.
+    let (ids, _) = all_pages(&server, &root, "&include_deleted=true").await;
+    assert_eq!(ids.len(), 3 + 12 + 2);
+
+    // Without the admin scope there is no listing at all, not even of covered documents.
+    for scope in [Scope::Write, Scope::Read] {
+        let t = token("w", &["team-a/*"], scope);
+        let r = http_get(server.addr, "/api/admin/docs", Some(&t)).await;
+        assert_eq!(r.status, 403, "{scope}: {}", r.body);
+        assert_eq!(r.json()["error"], "forbidden");
+        let r = http_get(
+            server.addr,
+            "/api/admin/docs?include_deleted=true",
+            Some(&t),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{scope}: {}", r.body);
+    }
+    assert_eq!(
+        http_get(server.addr, "/api/admin/docs", None).await.status,
+        401
+    );
+    server.shutdown().await;
+    db.cleanup().await;
+}
+

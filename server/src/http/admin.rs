@@ -1,7 +1,8 @@
 //! The admin history API under `/api/admin/…` (docs/admin-api.md) and the admin UI at `/admin`.
 //!
-//! Every endpoint authenticates, then requires the `admin` scope on the document (listings only
-//! show documents the token administers), and only then asks the store. Soft-deleted documents
+//! Every endpoint authenticates, then requires the `admin` scope on the document (the listing
+//! requires the `admin` scope and reads only inside the token's patterns), and only then asks
+//! the store. Soft-deleted documents
 //! stay readable here. Restore goes through the document's room, so connected clients receive
 //! it like any other change.
 
@@ -171,7 +172,9 @@ struct ListParams {
     include_deleted: bool,
 }
 
-/// `GET /api/admin/docs?prefix=&after=&limit=&include_deleted=`.
+/// `GET /api/admin/docs?prefix=&after=&limit=&include_deleted=`: needs the `admin` scope, and
+/// reads only inside the token's patterns, so no part of the answer (documents, cursor, an
+/// empty page) depends on a document the token cannot administer.
 async fn list(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -180,6 +183,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
     let principal = authorize(&state, &headers, q.token.as_deref(), remote.ip())?;
+    principal.require_scope(Scope::Admin)?;
     let after = q
         .after
         .filter(|a| !a.is_empty())
@@ -193,7 +197,7 @@ async fn list(
             limit: q.limit.unwrap_or(history::DEFAULT_LIST_LIMIT),
             include_deleted: q.include_deleted,
         },
-        |doc| principal.require(doc, Scope::Admin).is_ok(),
+        principal.patterns(),
         |doc| Some(state.rooms.subscribers(doc)),
     )
     .await?;

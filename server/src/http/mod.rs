@@ -89,7 +89,7 @@ impl IntoResponse for ApiError {
                 );
                 r
             }
-            ApiError::Auth(e @ AuthError::Forbidden { .. }) => {
+            ApiError::Auth(e @ (AuthError::Forbidden { .. } | AuthError::ScopeTooLow { .. })) => {
                 debug!(error = ?e, "request forbidden");
                 error_body(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
