@@ -71,11 +71,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
-    /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`.
+    /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`. Printed
+    /// with its password replaced by `***`.
     #[arg(
         long,
         env = "LATTICE_DATABASE_URL",
-        default_value = "sqlite://lattice.db"
+        default_value = "sqlite://lattice.db",
+        hide_env_values = true
     )]
     database_url: String,
     /// Log as JSON lines instead of text.
@@ -327,7 +329,10 @@ async fn main() -> Result<()> {
                 lattice_server::VERSION
             );
             println!("  sync endpoint: ws://{addr}/v1/sync");
-            println!("  database:      {}", config.database_url);
+            println!(
+                "  database:      {}",
+                lattice_server::store::redacted_url(&config.database_url)
+            );
             print_auth_banner(&config, generated, addr)?;
             lattice_server::run(config, listener, shutdown_signal()).await?;
         }

@@ -10,8 +10,8 @@ use lattice_server::auth::{Claims, KeySet, Scope};
 use lattice_server::config::{AuthConfig, Config};
 use lattice_server::store::{Store, StoreConfig};
 use lattice_tests::server_support::{
-    ChildServer, HttpResponse, RawPeer, Read, TestServer, client_with_token, config, doc, http_get,
-    lattice_binary, settled,
+    ChildServer, HttpResponse, RawPeer, Read, TestServer, client, client_with_token, config, doc,
+    http_get, lattice_binary, settled,
 };
 use lattice_tests::store_support::{Kind, TestDb};
 
@@ -1042,4 +1042,96 @@ async fn yjs_endpoint_attributes_and_refuses_read_only_writes() {
     let authors: Vec<Option<&str>> = log.iter().map(|e| e.author.as_deref()).collect();
     assert_eq!(authors, [Some("carol")], "only carol's update is stored");
     store.close().await;
+}
+
+/// `postgres://user:password@host…` split into the password and the URL with it replaced by
+/// `replacement`.
+fn split_password(url: &str, replacement: &str) -> (String, String) {
+    let start = url.find("://").expect("scheme") + 3;
+    let at = start + url[start..].find('@').expect("user info");
+    let colon = start + url[start..at].find(':').expect("a password in the URL");
+    let password = url[colon + 1..at].to_string();
+    let redacted = format!("{}{replacement}{}", &url[..=colon], &url[at..]);
+    (password, redacted)
+}
+
+/// Issue 17, class 9: `lattice serve` printed the database URL with its password. The banner
+/// shows user, host, port and database with the password replaced by `***`, and nothing the
+/// process prints (banner, log at `debug`, errors) contains the password, whether the server
+/// starts or the database refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_and_the_log_never_show_the_database_password() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let (password, redacted) = split_password(&db.url, "***");
+    let server = ChildServer::spawn_logging(&db.url, &["--no-auth"], "debug").await;
+    assert_eq!(server.printed("database:").await, redacted);
+    // Some work, so that the store logs what it logs.
+    let c = client(&server.ws_url(), 9);
+    let d = doc("notes/logged");
+    c.open(&d, Vec::new()).await.expect("open");
+    settled(&c, &d).await;
+    c.edit(&d, |x, _| x.text_insert("t", 0, "x"))
+        .await
+        .expect("edit");
+    settled(&c, &d).await;
+    c.stop();
+    assert_eq!(
+        http_get(server.addr, "/v1/docs/notes/logged", None)
+            .await
+            .status,
+        200
+    );
+    let lines = server.output();
+    assert!(
+        lines.len() > 5,
+        "the server logged almost nothing: {lines:?}"
+    );
+    // The test role's password may equal its user name, so look for it where a URL puts it.
+    for line in &lines {
+        assert!(
+            !line.contains(&format!(":{password}@")) && !line.contains(&format!("={password}")),
+            "the password is printed: {line}"
+        );
+    }
+    server.kill9().await;
+
+    // A password the database refuses, in the user info and as a query parameter, and a URL
+    // the server does not support: the process stops with an error that names no password.
+    let secret = "hunter2-never-printed";
+    let (_, wrong) = split_password(&db.url, secret);
+    let (_, no_password) = split_password(&db.url, "");
+    let no_password = no_password.replacen(":@", "@", 1);
+    let as_query = format!("{no_password}?password={secret}");
+    let unsupported = format!("mysql://root:{secret}@127.0.0.1/x");
+    for url in [&wrong, &as_query, &unsupported] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(lattice_binary())
+                .args(["serve", "--no-auth", "--bind", "127.0.0.1:0"])
+                .args(["--database-url", url])
+                .env("RUST_LOG", "debug")
+                .env_remove("LATTICE_AUTH_SECRET")
+                .env_remove("LATTICE_NO_AUTH")
+                .output(),
+        )
+        .await
+        .expect("lattice stops")
+        .expect("run lattice");
+        assert!(!out.status.success(), "{url} was accepted");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(printed.contains("database:"), "{printed}");
+        assert!(
+            !printed.contains(secret),
+            "{url}: the password is printed:\n{printed}"
+        );
+        assert!(
+            printed.contains("***"),
+            "{url}: no redaction shown:\n{printed}"
+        );
+    }
+    db.cleanup().await;
 }
