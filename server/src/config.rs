@@ -68,6 +68,13 @@ pub struct Limits {
     /// Largest first frame (the `hello`, token included) of a connection that has not
     /// authenticated yet; a larger one closes it with 1009.
     pub max_hello_bytes: usize,
+    /// HTTP reads that rebuild a document (`GET /v1/docs/{doc}`, the admin history, content,
+    /// diff and export endpoints, restore) running at once: checkpoint, replay and rendering,
+    /// on the blocking pool. Further reads wait for a slot. Default: the number of CPUs.
+    pub max_concurrent_rebuilds: usize,
+    /// How long a read waits for a rebuild slot before it is answered 503 `busy` with
+    /// `Retry-After`.
+    pub rebuild_wait: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +91,9 @@ impl Default for Limits {
             room_inbox: 1_024,
             hello_timeout: Duration::from_secs(5),
             max_hello_bytes: 64 * 1024,
+            max_concurrent_rebuilds: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
+            rebuild_wait: Duration::from_secs(5),
         }
     }
 }

@@ -104,6 +104,13 @@ struct ServeArgs {
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "LATTICE_OUTBOX_FRAMES")]
     outbox_frames: Option<usize>,
+    /// HTTP reads that rebuild a document (`GET /v1/docs/…`, admin history, content, diff,
+    /// export) running at once; further ones wait. Default: the number of CPUs.
+    #[arg(long, env = "LATTICE_MAX_CONCURRENT_REBUILDS")]
+    max_concurrent_rebuilds: Option<std::num::NonZeroUsize>,
+    /// Seconds a read waits for a rebuild slot before it is answered 503 `busy`.
+    #[arg(long, env = "LATTICE_REBUILD_WAIT_SECS")]
+    rebuild_wait_secs: Option<u64>,
     /// Seconds between server WebSocket pings.
     #[arg(long, env = "LATTICE_PING_INTERVAL_SECS")]
     ping_interval_secs: Option<u64>,
@@ -195,6 +202,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.outbox_frames {
             l.outbox_frames = v;
+        }
+        if let Some(v) = self.max_concurrent_rebuilds {
+            l.max_concurrent_rebuilds = v.get();
+        }
+        if let Some(v) = self.rebuild_wait_secs {
+            l.rebuild_wait = Duration::from_secs(v);
         }
         if let Some(v) = self.ping_interval_secs {
             c.heartbeat.ping_interval = Duration::from_secs(v);

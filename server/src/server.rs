@@ -34,6 +34,8 @@ pub(crate) struct ServerState {
     pub metrics: Metrics,
     pub auth: Auth,
     pub connections: Arc<Semaphore>,
+    /// Slots for HTTP reads that rebuild a document (`Limits::max_concurrent_rebuilds`).
+    pub rebuilds: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub next_peer: AtomicU64,
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
@@ -72,6 +74,7 @@ pub async fn run(
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let state = Arc::new(ServerState {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        rebuilds: Arc::new(Semaphore::new(config.limits.max_concurrent_rebuilds.max(1))),
         auth: Auth::new(&config.auth),
         config,
         store,

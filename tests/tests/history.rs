@@ -703,3 +703,135 @@ async fn listing_needs_admin_and_never_names_what_the_token_cannot_administer(db
     db.cleanup().await;
 }
 
+/// The value of the metric `name` (a line `name value`) at `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> Option<u64> {
+    let r = http_get(server.addr, "/metrics", None).await;
+    r.body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Issue 17, class 9: HTTP reads rebuild documents (checkpoint and replay, rendering), which
+/// used to run on the async workers without any limit. With one rebuild slot, taken by a read
+/// that is held inside it (a Postgres table lock stops its query), every other rebuilding read
+/// waits `rebuild_wait` and is answered 503 `busy` with `Retry-After`; reads that rebuild
+/// nothing are not affected; once the slot frees, reads are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_beyond_the_rebuild_limit_wait_then_answer_busy() {
+    use sqlx::Connection as _;
+
+    let db = TestDb::new(lattice_tests::store_support::Kind::Postgres).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.max_concurrent_rebuilds = 1;
+    cfg.limits.rebuild_wait = Duration::from_millis(300);
+    let server = TestServer::start(cfg).await;
+    let admin = token("root", &["*"], Scope::Admin);
+    seed(&server, &admin, &["big/a", "big/b"]).await;
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let held = {
+        let (addr, admin) = (server.addr, admin.clone());
+        tokio::spawn(async move { http_get(addr, "/v1/docs/big/a", Some(&admin)).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&server, "lattice_rebuilds_in_flight").await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first read never took the rebuild slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let busy = [
+        "/v1/docs/big/b",
+        "/api/admin/content/big/b",
+        "/api/admin/history/big/b",
+        "/api/admin/diff/big/b?from=0&to=1",
+        "/api/admin/export/big/b?format=yjs",
+    ];
+    for path in busy {
+        let r = http_get(server.addr, path, Some(&admin)).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"], "busy", "{path}");
+        assert_eq!(r.header("retry-after"), Some("1"), "{path}");
+    }
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_busy_total").await,
+        Some(busy.len() as u64)
+    );
+    assert_eq!(http_get(server.addr, "/healthz", None).await.status, 200);
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("rollback");
+    let first = held.await.expect("held read");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["texts"]["t"], "big/a");
+    for path in busy {
+        let r = http_get(server.addr, path, Some(&admin)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_in_flight_peak").await,
+        Some(1)
+    );
+    server.shutdown().await;
+    db.cleanup().await;
+}
+
+/// Twenty concurrent reads with two rebuild slots: all are served (they wait rather than
+/// fail), and no more than two ever rebuilt at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_never_rebuild_more_than_the_limit_at_once() {
+    let db = TestDb::new(lattice_tests::store_support::Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.max_concurrent_rebuilds = 2;
+    cfg.limits.rebuild_wait = WAIT;
+    let server = TestServer::start(cfg).await;
+    let admin = token("root", &["*"], Scope::Admin);
+    let ids: Vec<String> = (0..4).map(|i| format!("many/{i}")).collect();
+    seed(
+        &server,
+        &admin,
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let reads: Vec<_> = (0..20)
+        .map(|i| {
+            let (addr, admin) = (server.addr, admin.clone());
+            let path = if i % 2 == 0 {
+                format!("/v1/docs/many/{}", i % 4)
+            } else {
+                format!("/api/admin/history/many/{}", i % 4)
+            };
+            tokio::spawn(async move { (http_get(addr, &path, Some(&admin)).await, path) })
+        })
+        .collect();
+    for read in reads {
+        let (r, path) = read.await.expect("read");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let peak = metric(&server, "lattice_rebuilds_in_flight_peak")
+        .await
+        .expect("peak gauge");
+    assert!((1..=2).contains(&peak), "{peak} rebuilds at once");
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_busy_total").await,
+        Some(0)
+    );
+    server.shutdown().await;
+}

@@ -668,7 +668,7 @@ impl Store {
             return Err(StoreError::DocumentDeleted { doc: doc.clone() });
         }
         let head_seq = parts.upto;
-        let (document, meta) = rebuild(doc, replica, parts)?;
+        let (document, meta) = rebuild_blocking(doc, replica, parts).await?;
         Ok(Some(LoadedDoc {
             document,
             head_seq,
@@ -701,7 +701,9 @@ impl Store {
                 log_start_seq: parts.meta.log_start_seq,
             });
         }
-        rebuild(doc, replica, parts).map(|(document, _)| document)
+        rebuild_blocking(doc, replica, parts)
+            .await
+            .map(|(document, _)| document)
     }
 
     /// Up to `limit` log entries with `seq >= from_seq`, ascending, for history and for
@@ -767,6 +769,23 @@ impl Store {
 }
 
 /// Rebuilds a document from a checkpoint and the log after it.
+/// [`rebuild`] on tokio's blocking pool: replaying a long tail is CPU work that must not hold
+/// an async worker (every other request and connection waits behind it). A panic inside goes on
+/// in the caller, as it would have without the pool.
+async fn rebuild_blocking(
+    doc: &DocId,
+    replica: ReplicaId,
+    parts: Parts,
+) -> Result<(Document, DocMeta), StoreError> {
+    let doc = doc.clone();
+    match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
+        Ok(rebuilt) => rebuilt,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => Err(StoreError::Closed),
+    }
+}
+
 fn rebuild(
     doc: &DocId,
     replica: ReplicaId,
