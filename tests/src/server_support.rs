@@ -162,6 +162,9 @@ pub struct ChildServer {
     pub child: tokio::process::Child,
     /// Every line the child printed on stdout so far.
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every line the child printed on stderr (its log) so far; also echoed to this process's
+    /// stderr, so a failing test shows the server's log.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
@@ -175,14 +178,25 @@ impl ChildServer {
     /// `lattice serve …` with only the given flags: without `--no-auth` or `--auth-secret`, the
     /// server generates a secret and prints an admin token and a demo URL.
     pub async fn spawn_with_auth(database_url: &str, extra: &[&str]) -> ChildServer {
-        ChildServer::spawn_binary(&lattice_binary(), database_url, extra).await
+        ChildServer::spawn_logging(database_url, extra, "warn").await
     }
 
-    /// `binary serve …` with the given flags (see [`ChildServer::spawn_with_auth`]).
+    /// [`ChildServer::spawn_with_auth`] with `RUST_LOG` set to `log_filter`.
+    pub async fn spawn_logging(
+        database_url: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> ChildServer {
+        ChildServer::spawn_binary(&lattice_binary(), database_url, extra, log_filter).await
+    }
+
+    /// `binary serve …` with the given flags and `RUST_LOG` (see
+    /// [`ChildServer::spawn_with_auth`]).
     pub async fn spawn_binary(
         binary: &std::path::Path,
         database_url: &str,
         extra: &[&str],
+        log_filter: &str,
     ) -> ChildServer {
         let mut child = tokio::process::Command::new(binary)
             .arg("serve")
@@ -190,12 +204,21 @@ impl ChildServer {
             .args(extra)
             .env_remove("LATTICE_AUTH_SECRET")
             .env_remove("LATTICE_NO_AUTH")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn lattice");
+        let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut errors = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let keep = logged.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                eprintln!("{line}");
+                keep.lock().expect("stderr").push(line);
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -222,7 +245,15 @@ impl ChildServer {
             addr,
             child,
             stdout: printed,
+            stderr: logged,
         }
+    }
+
+    /// Every line printed so far, stdout and then stderr.
+    pub fn output(&self) -> Vec<String> {
+        let mut lines = self.stdout.lock().expect("stdout").clone();
+        lines.extend(self.stderr.lock().expect("stderr").iter().cloned());
+        lines
     }
 
     /// The rest of the first stdout line that starts (after indentation) with `label`, waiting

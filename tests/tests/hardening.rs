@@ -141,7 +141,7 @@ fn assert_error(msg: &ServerMsg, code: ErrorCode, seq: u64) {
 async fn deep_nesting_never_aborts_a_release_server_and_a_stored_one_loads_as_an_error() {
     let db = TestDb::new(Kind::Sqlite).await;
     let binary = lattice_release_binary();
-    let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"]).await;
+    let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"], "warn").await;
     let d = doc("deep");
     let mut peer = RawPeer::hello(&server.ws_url()).await;
     subscribed(&mut peer, &d).await;
@@ -186,7 +186,7 @@ async fn deep_nesting_never_aborts_a_release_server_and_a_stored_one_loads_as_an
         .expect("append");
     store.close().await;
     for _restart in 0..2 {
-        let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"]).await;
+        let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"], "warn").await;
         let view = http_get(server.addr, "/v1/docs/stored-deep", None).await;
         assert_eq!(view.status, 500, "{}", view.body);
         assert_eq!(view.json()["error"], "document_damaged");
