@@ -655,6 +655,30 @@ async fn awareness_cannot_be_published_under_another_users_client_id() {
             .send_frame(&[yws::encode_awareness(&[entry("mallory", 9)])])
             .await
     );
+    // Once Mallory's second sync step 1 is answered, the room has handled her awareness.
+    assert!(mallory.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    let mut step2s = 0;
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            match mallory.read().await {
+                YjsRead::Messages(m) => {
+                    step2s += m
+                        .iter()
+                        .filter(|m| matches!(m, YMessage::SyncStep2 { .. }))
+                        .count();
+                    if step2s == 2 {
+                        return;
+                    }
+                }
+                YjsRead::Closed(code) => panic!("mallory was closed ({code:?})"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "mallory's second sync step 1 was never answered"
+    );
     // A marker after Mallory's attempt: once the observer sees it, Mallory's entry would have
     // arrived before it.
     assert!(
