@@ -171,6 +171,10 @@ fn single(frame: &[u8]) -> YMessage {
 ///
 /// `Document::apply_from` with a peer source does not exist yet; once it does, it belongs here.
 pub fn yjs_apply(bytes: &[u8]) {
+    // An empty `yjs` field means "no Yjs part" (`Delta`'s contract), not an update.
+    if bytes.is_empty() {
+        return;
+    }
     let guard = yjs::check_update_v1(bytes);
     for mut doc in [Document::new(SERVER), content_document()] {
         let before = (doc.to_json(), doc.state());
