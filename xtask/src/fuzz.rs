@@ -18,38 +18,58 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, setup};
 
+/// A fuzz crate and how it is built.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FuzzCrate {
+    pub dir: &'static str,
+    /// Optimised (cargo-fuzz's default) or a dev build. The server crate instruments sqlx,
+    /// axum, tokio, rustls and SQLite's C: optimised, that took 22 CPU-minutes to build (more
+    /// than the whole smoke may take); a dev build costs a fraction, and its targets (small
+    /// decoders, token checks) still run thousands of inputs a second.
+    pub optimized: bool,
+}
+
+pub(crate) const ENGINE: FuzzCrate = FuzzCrate {
+    dir: "engine/fuzz",
+    optimized: true,
+};
+pub(crate) const SERVER: FuzzCrate = FuzzCrate {
+    dir: "server/fuzz",
+    optimized: false,
+};
+
 /// One cargo-fuzz target and the fuzz crate that holds it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target {
     pub name: &'static str,
-    pub crate_dir: &'static str,
+    pub krate: &'static FuzzCrate,
 }
 
 /// Every fuzz target, in the order they run.
 pub(crate) const TARGETS: &[Target] = &[
     Target {
         name: "client_msg",
-        crate_dir: "engine/fuzz",
+        krate: &ENGINE,
     },
     Target {
         name: "yws_frame",
-        crate_dir: "engine/fuzz",
+        krate: &ENGINE,
     },
     Target {
         name: "yjs_apply",
-        crate_dir: "engine/fuzz",
+        krate: &ENGINE,
     },
     Target {
         name: "decode",
-        crate_dir: "engine/fuzz",
+        krate: &ENGINE,
     },
     Target {
         name: "store_formats",
-        crate_dir: "server/fuzz",
+        krate: &SERVER,
     },
     Target {
         name: "token",
-        crate_dir: "server/fuzz",
+        krate: &SERVER,
     },
 ];
 
@@ -154,16 +174,20 @@ pub(crate) enum Discovered {
 /// of them ran if any found something (or could not run).
 pub(crate) fn run(targets: &[Target], seconds: u64, discovered: Discovered) -> Result<()> {
     setup::fuzz_tools()?;
-    let mut crates: Vec<&str> = Vec::new();
+    let mut crates: Vec<&FuzzCrate> = Vec::new();
     for t in targets {
-        if !crates.contains(&t.crate_dir) {
-            crates.push(t.crate_dir);
+        if !crates.contains(&t.krate) {
+            crates.push(t.krate);
         }
     }
-    for dir in crates {
+    for krate in crates {
         let started = Instant::now();
-        cmd("cargo", &build_args("build", dir))?;
-        eprintln!("built {dir} in {:.0}s", started.elapsed().as_secs_f64());
+        cmd("cargo", &build_args("build", krate))?;
+        eprintln!(
+            "built {} in {:.0}s",
+            krate.dir,
+            started.elapsed().as_secs_f64()
+        );
     }
     let mut failures = Vec::new();
     let mut rows = Vec::new();
@@ -209,18 +233,22 @@ pub(crate) fn run(targets: &[Target], seconds: u64, discovered: Discovered) -> R
 
 /// `cargo +nightly fuzz <verb>` with the options every build and run shares (they must match,
 /// or `run` rebuilds).
-fn build_args<'a>(verb: &'a str, crate_dir: &'a str) -> Vec<&'a str> {
-    vec![
+fn build_args<'a>(verb: &'a str, krate: &FuzzCrate) -> Vec<&'a str> {
+    let mut args = vec![
         "+nightly",
         "fuzz",
         verb,
         "--fuzz-dir",
-        crate_dir,
+        krate.dir,
         "--target-dir",
         WORK_DIR,
         "--codegen-units",
         CODEGEN_UNITS,
-    ]
+    ];
+    if !krate.optimized {
+        args.push("--dev");
+    }
+    args
 }
 
 fn run_one(target: &Target, seconds: u64, keep: Discovered) -> Result<Outcome> {
@@ -242,7 +270,7 @@ fn run_one(target: &Target, seconds: u64, keep: Discovered) -> Result<Outcome> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let log_path = logs.join(format!("{}.log", target.name));
-    let mut args: Vec<String> = build_args("run", target.crate_dir)
+    let mut args: Vec<String> = build_args("run", target.krate)
         .into_iter()
         .map(str::to_owned)
         .collect();
@@ -250,7 +278,7 @@ fn run_one(target: &Target, seconds: u64, keep: Discovered) -> Result<Outcome> {
     // libFuzzer writes new inputs to the first folder and only reads the others.
     args.push(path_arg(&discovered));
     for kept in ["corpus", "regressions"] {
-        let dir = Path::new(target.crate_dir).join(kept).join(target.name);
+        let dir = Path::new(target.krate.dir).join(kept).join(target.name);
         if dir.is_dir() {
             args.push(path_arg(&dir));
         } else if kept == "corpus" {
@@ -300,9 +328,9 @@ fn run_one(target: &Target, seconds: u64, keep: Discovered) -> Result<Outcome> {
     match artifact(&text) {
         Some(path) => bail!(
             "finding written to {path} ({status}); replay it with `cargo +nightly fuzz run --fuzz-dir {} {} {path}`, keep it under {}/regressions/{}/ once fixed (log: {})",
-            target.crate_dir,
+            target.krate.dir,
             target.name,
-            target.crate_dir,
+            target.krate.dir,
             target.name,
             log_path.display()
         ),
@@ -387,7 +415,7 @@ mod tests {
     fn every_target_has_a_committed_corpus() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         for t in TARGETS {
-            let dir = root.join(t.crate_dir).join("corpus").join(t.name);
+            let dir = root.join(t.krate.dir).join("corpus").join(t.name);
             assert!(dir.is_dir(), "{} is missing", dir.display());
         }
         assert!(select(&["nope".to_owned()]).is_err());
