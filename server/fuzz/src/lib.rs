@@ -138,7 +138,7 @@ fn use_principal(principal: &Principal) {
     for pattern in principal.patterns() {
         let inside = match pattern {
             DocPattern::All => DocId::new("any/doc"),
-            DocPattern::Prefix(prefix) => DocId::new(&format!("{prefix}doc")),
+            DocPattern::Prefix(prefix) => DocId::new(format!("{prefix}doc")),
             DocPattern::Exact(id) => Ok(id.clone()),
         };
         if let Ok(doc) = inside {
