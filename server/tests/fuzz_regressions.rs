@@ -22,6 +22,12 @@ fn replay_all(root: &Path) -> usize {
     for entry in folders {
         let dir = entry.expect("directory entry").path();
         if !dir.is_dir() {
+            // Inputs live in a folder per target; one left beside them would never be replayed.
+            assert!(
+                dir.extension().is_some_and(|e| e == "md"),
+                "{} is not in a target's folder",
+                dir.display()
+            );
             continue;
         }
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
