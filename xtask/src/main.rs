@@ -5,12 +5,14 @@
 //! - `cargo xtask setup` — only the set-up (idempotent).
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
+//! - `cargo xtask fuzz [--seconds N] [TARGET…]` — run the cargo-fuzz targets (`fuzz.rs`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
 //! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
 //! is skipped.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod web;
 
@@ -34,9 +36,10 @@ fn main() -> Result<()> {
         Some("check-engine-deps") => check_engine_deps(),
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::command(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -142,6 +145,19 @@ fn test(_root: &Path) -> Result<()> {
         )
     })?;
     step("engine dependency check", check_engine_deps)?;
+    step(
+        &format!(
+            "fuzz smoke (cargo +nightly fuzz, {}s per target, committed corpus)",
+            fuzz::SMOKE_SECONDS
+        ),
+        || {
+            fuzz::run(
+                fuzz::TARGETS,
+                fuzz::SMOKE_SECONDS,
+                fuzz::Discovered::Dropped,
+            )
+        },
+    )?;
     step("tests (cargo nextest)", || {
         // Tests that run the `lattice` binary ask cargo for it; build it first so that their
         // time limits never include compiling it.

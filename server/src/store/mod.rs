@@ -42,6 +42,21 @@ pub mod sqlite;
 
 pub use sqlite::SqliteSynchronous;
 
+/// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
+/// replay in `server/tests/fuzz_regressions.rs` only. Not an API: the formats are private to the
+/// store (see `journal.rs`, `runs.rs`) and may change in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// One SQLite `journal` row: every entry of one group-commit transaction.
+    pub mod journal {
+        pub use crate::store::journal::{JournalEntry, begin, decode, push};
+    }
+    /// One SQLite `update_runs` row: consecutive log entries of one document.
+    pub mod runs {
+        pub use crate::store::runs::{RunEntry, begin, decode, push};
+    }
+}
+
 /// Default capacity of the group-commit queue, in append requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 /// Default upper bound on log entries committed in one transaction.

@@ -29,7 +29,7 @@ pub(crate) const RUN_MAX_BYTES: usize = 256 * 1024;
 
 /// One entry of a run; the strings and bytes borrow from the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RunEntry<'a> {
+pub struct RunEntry<'a> {
     pub seq: u64,
     pub hlc: u64,
     pub replica: u32,
@@ -39,12 +39,12 @@ pub(crate) struct RunEntry<'a> {
 }
 
 /// Starts a run.
-pub(crate) fn begin(capacity: usize) -> Vec<u8> {
+pub fn begin(capacity: usize) -> Vec<u8> {
     begin_version(VERSION, capacity)
 }
 
 /// Appends one entry to a run started with [`begin`]; its `seq` is implied by its position.
-pub(crate) fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
+pub fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
     out.extend_from_slice(&e.hlc.to_be_bytes());
     out.extend_from_slice(&e.replica.to_be_bytes());
     out.extend_from_slice(&e.committed_at_ms.to_be_bytes());
@@ -52,7 +52,7 @@ pub(crate) fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
 }
 
 /// Decodes the run stored as `first ..= last`. It must hold exactly that many entries.
-pub(crate) fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
+pub fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
     let expected = last
         .checked_sub(first)
         .and_then(|n| n.checked_add(1))
