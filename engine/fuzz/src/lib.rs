@@ -14,7 +14,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ServerMsg};
 use lattice_engine::yws::{self, YMessage};
-use lattice_engine::{ApplyError, Delta, DocState, Document, HlcTimestamp, ReplicaId, Value, yjs};
+use lattice_engine::{
+    ApplyError, Delta, DocState, Document, HlcTimestamp, ReplicaId, Source, Value, yjs,
+};
 use yrs::updates::decoder::Decode;
 use yrs::{Options, ReadTxn, StateVector, Transact, Update};
 
@@ -176,13 +178,27 @@ pub fn yjs_apply(bytes: &[u8]) {
         return;
     }
     let guard = yjs::check_update_v1(bytes);
-    for mut doc in [Document::new(SERVER), content_document()] {
+    // As a trusted replica applies it (holding what waits), and as the server takes a peer's.
+    for source in [Source::trusted(None), Source::peer(Some("fuzz"))] {
+        for doc in [Document::new(SERVER), content_document()] {
+            apply_one(bytes, &guard, doc, source);
+        }
+    }
+}
+
+fn apply_one(
+    bytes: &[u8],
+    guard: &Result<yjs::UpdateShape, yjs::UpdateCheckError>,
+    mut doc: Document,
+    source: Source<'_>,
+) {
+    {
         let before = (doc.to_json(), doc.state());
         let delta = Delta {
             yjs: bytes.to_vec(),
             ..Delta::default()
         };
-        match doc.apply(&delta) {
+        match doc.apply_from(&delta, source) {
             Ok(_) => {
                 assert!(guard.is_ok(), "applied an update the guard refuses");
                 encode_every_way(&doc);
@@ -197,7 +213,7 @@ pub fn yjs_apply(bytes: &[u8]) {
                 }
             }
             Err(ApplyError::Check(e)) => {
-                if let Err(g) = &guard {
+                if let Err(g) = guard {
                     assert_eq!(g, &e, "apply and the guard disagree");
                 }
                 assert_unchanged(&doc, &before);

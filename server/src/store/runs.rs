@@ -72,11 +72,13 @@ pub fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>
         ));
     }
     let mut out = Vec::with_capacity(expected as usize);
-    let mut seq = first;
     while !r.done() {
-        if seq > last {
+        if out.len() as u64 == expected {
             return Err(format!("more than {expected} entries"));
         }
+        // `first + k` for the k-th entry stays at or below `last`: no overflow, whatever the
+        // range (a stored range is at most `i64::MAX`, a fuzzed one may end at `u64::MAX`).
+        let seq = first + out.len() as u64;
         let hlc = r.u64_be()?;
         let replica = r.u32_be()?;
         let committed_at_ms = r.u64_be()?;
@@ -94,9 +96,8 @@ pub fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>
             author,
             delta,
         });
-        seq += 1;
     }
-    if seq != last + 1 {
+    if out.len() as u64 != expected {
         return Err(format!("{} entries, expected {expected}", out.len()));
     }
     Ok(out)
