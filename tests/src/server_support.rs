@@ -97,62 +97,44 @@ async fn wait_healthy(addr: SocketAddr) {
 /// this crate's tests, so ask it to (a no-op when it is current), in this test's target dir.
 pub fn lattice_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            // <target>/<profile>/deps/<test exe>
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-            let target_dir = profile_dir.parent().expect("target dir");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "lattice-server",
-                    "--bin",
-                    "lattice",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("cargo build");
-            assert!(status.success(), "building the lattice binary failed");
-            profile_dir.join("lattice")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_lattice(false)).clone()
 }
 
 /// The `lattice` binary of this build in the release profile, for the tests whose subject
 /// depends on it (how deep a recursion overflows the stack depends on frame sizes). Built here
-/// if needed, in this test's target dir; `cargo xtask test` builds it before the tests run.
+/// if needed; `cargo xtask test` builds it before the tests run.
 pub fn lattice_release_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-            let target_dir = profile_dir.parent().expect("target dir");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "lattice-server",
-                    "--bin",
-                    "lattice",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("cargo build --release");
-            assert!(
-                status.success(),
-                "building the release lattice binary failed"
-            );
-            target_dir.join("release").join("lattice")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_lattice(true)).clone()
+}
+
+fn build_lattice(release: bool) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // <target>/<profile>/deps/<test exe>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "lattice-server",
+        "--bin",
+        "lattice",
+    ];
+    if release {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the lattice binary failed");
+    match release {
+        true => target_dir.join("release").join("lattice"),
+        false => profile_dir.join("lattice"),
+    }
 }
 
 /// A server in a child process, for SIGKILL tests and for what `lattice serve` prints.
