@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use lattice_engine::{DocId, ReplicaId};
+use lattice_server::auth::DocPattern;
 use lattice_server::history::{
     self, Content, Diff, DocList, HistoryPage, HistoryQuery, ListQuery, RestoreOutcome,
 };
@@ -237,7 +238,7 @@ async fn command(source: &Source, args: &AdminArgs, replica: ReplicaId) -> Resul
                             limit: limit.unwrap_or(history::DEFAULT_LIST_LIMIT),
                             include_deleted: *include_deleted,
                         },
-                        |_| true,
+                        &[DocPattern::All],
                         |_| None,
                     )
                     .await?,

@@ -13,14 +13,17 @@
 //!   `exp` in the future (no leeway) and well-formed claims; anything else is an [`AuthError`].
 //! - A [`Principal`] grants nothing outside its patterns: [`Principal::access`] is `None` for an
 //!   uncovered document, whether or not that document exists.
+//! - A token that verifies is accepted whatever else its address sent: every presented token is
+//!   verified (bounded work: at most [`MAX_TOKEN_BYTES`], one HMAC), and only failures are
+//!   throttled.
 //! - Failed-attempt state is bounded: at most `max_tracked_addresses` addresses are remembered.
+//! - Time computed from claims never overflows: an `exp` past [`LATEST_EXPIRY_SECS`] counts as
+//!   that instant.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use governor::clock::Clock;
@@ -45,6 +48,10 @@ pub const MAX_PATTERNS: usize = 64;
 pub const MAX_KID_BYTES: usize = 64;
 /// Key id of a secret given without one.
 pub const DEFAULT_KID: &str = "default";
+/// The latest expiry honoured, in seconds since the Unix epoch (9999-12-31T23:59:59Z). A token
+/// with a later `exp` (up to `u64::MAX`, "never") is valid and counts as expiring then, which
+/// every platform's clock types can represent.
+pub const LATEST_EXPIRY_SECS: u64 = 253_402_300_799;
 
 /// What a token allows on the documents it covers. Ordered: `Read < Write < Admin`, and a
 /// higher scope includes every lower one.
@@ -174,6 +181,10 @@ pub enum AuthError {
     /// message, so a refusal never tells whether the document exists.
     #[error("not permitted")]
     Forbidden { doc: DocId, needed: Scope },
+    /// An operation that concerns no single document (the admin listing) needs a scope the
+    /// token does not have.
+    #[error("not permitted")]
+    ScopeTooLow { needed: Scope },
     #[error("too many failed authentication attempts; retry later")]
     Throttled { retry_after: Duration },
 }
@@ -183,7 +194,9 @@ impl AuthError {
     pub fn is_unauthenticated(&self) -> bool {
         !matches!(
             self,
-            AuthError::Forbidden { .. } | AuthError::Throttled { .. }
+            AuthError::Forbidden { .. }
+                | AuthError::ScopeTooLow { .. }
+                | AuthError::Throttled { .. }
         )
     }
 }
@@ -493,16 +506,25 @@ impl Principal {
         &self.docs
     }
 
-    /// When the token expires; `None` when auth is disabled.
+    /// When the token expires (at the latest [`LATEST_EXPIRY_SECS`]); `None` when auth is
+    /// disabled.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        self.expires_at.map(|s| {
+            let capped = Duration::from_secs(s.min(LATEST_EXPIRY_SECS));
+            // Representable on every platform; the fallback only guards against a clock type
+            // narrower than any Rust supports today.
+            UNIX_EPOCH.checked_add(capped).unwrap_or(UNIX_EPOCH)
+        })
     }
 
-    /// Time until expiry (zero if it passed); `None` if it never expires.
+    /// Time until expiry (zero if it passed); `None` if it never expires. Computed on
+    /// durations since the epoch, so no `exp` can overflow it.
     pub fn time_left(&self) -> Option<Duration> {
-        self.expires_at().map(|at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+        self.expires_at.map(|s| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            Duration::from_secs(s.min(LATEST_EXPIRY_SECS)).saturating_sub(now)
         })
     }
 
@@ -522,6 +544,16 @@ impl Principal {
         })
     }
 
+    /// `Ok` if this principal has at least `needed` on the documents it covers (for what
+    /// concerns no single document, like the admin listing, which is then limited to them).
+    pub fn require_scope(&self, needed: Scope) -> Result<(), AuthError> {
+        if self.scope >= needed {
+            Ok(())
+        } else {
+            Err(AuthError::ScopeTooLow { needed })
+        }
+    }
+
     /// `Ok` if this principal covers `doc` with at least `needed`.
     pub fn require(&self, doc: &DocId, needed: Scope) -> Result<(), AuthError> {
         if self.covers(doc) && self.scope >= needed {
@@ -537,13 +569,13 @@ impl Principal {
 
 /// Per-address throttle of failed authentication attempts, with bounded memory.
 ///
-/// A governor token bucket per address counts failures; an address whose bucket is empty is
-/// blocked until a cell frees, and while blocked its tokens are not even verified. When
-/// `max_tracked` addresses are remembered and none can be forgotten, a failure from a new
-/// address counts as over the limit (fail closed: only failing requests are affected).
+/// A governor token bucket per address counts failures. It is consulted only after a token
+/// failed to verify, so it never refuses a valid token: a blocked address is one whose *failing*
+/// attempts get [`AuthError::Throttled`] (with the time until a cell frees) instead of the
+/// reason. When `max_tracked` addresses are remembered and none can be forgotten, a failure from
+/// a new address counts as over the limit (fail closed: only failing requests are affected).
 struct FailureLimiter {
     buckets: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
     max_tracked: usize,
 }
 
@@ -556,26 +588,15 @@ impl fmt::Debug for FailureLimiter {
     }
 }
 
+/// How long a failure from an address the throttle has no room for is told to wait.
+const UNTRACKED_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl FailureLimiter {
     fn new(per_minute: u32, max_tracked: usize) -> FailureLimiter {
         let n = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
         FailureLimiter {
             buckets: RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)),
-            blocked: Mutex::new(HashMap::new()),
             max_tracked: max_tracked.max(1),
-        }
-    }
-
-    /// `Some(retry_after)` while `ip` is blocked.
-    fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let mut blocked = self.blocked.lock().ok()?;
-        let until = *blocked.get(&ip)?;
-        let now = Instant::now();
-        if until > now {
-            Some(until - now)
-        } else {
-            blocked.remove(&ip);
-            None
         }
     }
 
@@ -585,24 +606,14 @@ impl FailureLimiter {
             self.buckets.retain_recent();
             self.buckets.shrink_to_fit();
         }
-        let retry_after = if self.buckets.len() >= self.max_tracked {
-            Duration::from_secs(60)
-        } else {
-            match self.buckets.check_key(&ip) {
-                Ok(()) => return None,
-                Err(not_until) => not_until.wait_time_from(self.buckets.clock().now()),
-            }
-        };
-        if let Ok(mut blocked) = self.blocked.lock() {
-            if blocked.len() >= self.max_tracked {
-                let now = Instant::now();
-                blocked.retain(|_, until| *until > now);
-            }
-            if blocked.len() < self.max_tracked {
-                blocked.insert(ip, Instant::now() + retry_after);
-            }
+        if self.buckets.len() >= self.max_tracked {
+            // No room to remember another address, and checking a key inserts it.
+            return Some(UNTRACKED_RETRY_AFTER);
         }
-        Some(retry_after)
+        match self.buckets.check_key(&ip) {
+            Ok(()) => None,
+            Err(not_until) => Some(not_until.wait_time_from(self.buckets.clock().now())),
+        }
     }
 }
 
@@ -629,8 +640,10 @@ impl Auth {
     }
 
     /// Turns a token presented from `ip` into a principal. With auth disabled every caller is
-    /// [`Principal::open`]. A blocked address is refused without verifying; a token that fails
-    /// verification counts against its address.
+    /// [`Principal::open`]. The token is verified first, so a valid one always passes, whatever
+    /// else came from its address (every user behind one proxy shares it); a token that fails
+    /// counts against its address, and once the address is over the limit its failures are
+    /// answered with [`AuthError::Throttled`].
     pub(crate) fn authenticate(
         &self,
         token: Option<&str>,
@@ -640,9 +653,6 @@ impl Auth {
             AuthMode::Disabled => return Ok(Principal::open()),
             AuthMode::Required(keys) => keys,
         };
-        if let Some(retry_after) = self.failures.blocked(ip) {
-            return Err(AuthError::Throttled { retry_after });
-        }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         keys.verify(token)
             .map_err(|e| match self.failures.failed(ip) {
@@ -891,13 +901,70 @@ mod tests {
         for _ in 0..3 {
             assert!(limiter.failed(a).is_none());
         }
-        assert!(limiter.failed(a).is_some());
-        assert!(limiter.blocked(a).is_some());
-        assert!(limiter.blocked(b).is_none());
+        let wait = limiter.failed(a).expect("over the limit");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(limiter.failed(b).is_none());
         // Two addresses tracked, both recently active: a third fails closed.
-        assert!(limiter.failed(c).is_some());
+        assert_eq!(limiter.failed(c), Some(UNTRACKED_RETRY_AFTER));
         assert!(limiter.buckets.len() <= 2);
-        assert!(limiter.blocked.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_blocked_address_still_gets_in_with_a_valid_token() {
+        let ks = keys();
+        let mut config = AuthConfig::required(ks.clone());
+        config.failed_attempts_per_minute = 2;
+        let auth = Auth::new(&config);
+        let ip: IpAddr = [10, 0, 0, 9].into();
+        let good = ks
+            .mint(
+                "a",
+                &["d".into()],
+                Scope::Read,
+                Duration::from_secs(60),
+                None,
+            )
+            .unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                auth.authenticate(Some("garbage"), ip),
+                Err(AuthError::Malformed { .. })
+            ));
+        }
+        for _ in 0..10 {
+            assert!(matches!(
+                auth.authenticate(Some("garbage"), ip),
+                Err(AuthError::Throttled { .. })
+            ));
+            assert!(auth.authenticate(Some(&good), ip).is_ok());
+        }
+        // A request without a token is not a guess and not throttled.
+        assert_eq!(auth.authenticate(None, ip), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn expiry_far_in_the_future_is_capped_not_an_overflow() {
+        let ks = keys();
+        for exp in [u64::MAX, u64::MAX - 1, LATEST_EXPIRY_SECS + 1, 1 << 40] {
+            let claims = Claims {
+                sub: "forever".into(),
+                docs: vec!["d".into()],
+                scope: Scope::Read,
+                exp,
+                iat: None,
+            };
+            let p = ks.verify(&ks.mint_claims(&claims, None).unwrap()).unwrap();
+            let at = p.expires_at().unwrap();
+            assert!(at > SystemTime::now());
+            assert!(at <= UNIX_EPOCH + Duration::from_secs(LATEST_EXPIRY_SECS));
+            let left = p.time_left().unwrap();
+            assert!(
+                left > Duration::from_secs(10_000 * 86_400),
+                "{exp}: {left:?}"
+            );
+        }
     }
 }

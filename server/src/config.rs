@@ -88,6 +88,13 @@ pub struct Limits {
     pub sync_bytes_per_second: u64,
     /// Bytes of `sync` answers a connection may cause in a burst (its first subscriptions).
     pub sync_byte_burst: u64,
+    /// HTTP reads that rebuild a document (`GET /v1/docs/{doc}`, the admin history, content,
+    /// diff and export endpoints, restore) running at once: checkpoint, replay and rendering,
+    /// on the blocking pool. Further reads wait for a slot. Default: the number of CPUs.
+    pub max_concurrent_rebuilds: usize,
+    /// How long a read waits for a rebuild slot before it is answered 503 `busy` with
+    /// `Retry-After`.
+    pub rebuild_wait: Duration,
 }
 
 impl Default for Limits {
@@ -110,6 +117,9 @@ impl Default for Limits {
             max_http_connections: 16_384,
             sync_bytes_per_second: 8 * 1024 * 1024,
             sync_byte_burst: 64 * 1024 * 1024,
+            max_concurrent_rebuilds: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
+            rebuild_wait: Duration::from_secs(5),
         }
     }
 }

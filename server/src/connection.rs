@@ -237,6 +237,24 @@ pub(crate) async fn join_room(
     None
 }
 
+/// Waits until `peer`'s budget allows a full-state sync and takes the slot. `Err` when the
+/// wait ends otherwise: the closer fired (its code) or the server shuts down (`None`).
+pub(crate) async fn sync_ticket(
+    state: &ServerState,
+    peer: &PeerHandle,
+) -> Result<crate::peer::SyncTicket, Option<CloseCode>> {
+    tokio::select! {
+        (ticket, waited) = peer.budget.begin() => {
+            if waited {
+                state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
+            }
+            Ok(ticket)
+        }
+        code = peer.closer.closed() => Err(Some(code)),
+        _ = state.shutdown.cancelled() => Err(None),
+    }
+}
+
 /// How long a closing connection keeps reading what its peer still sends, waiting for the
 /// peer's close frame (see [`Outbound::finish`]).
 const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -725,15 +743,10 @@ impl Conn {
             );
             return None;
         }
-        let ticket = tokio::select! {
-            (ticket, waited) = self.peer.budget.begin() => {
-                if waited {
-                    self.state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
-                }
-                ticket
-            }
-            code = self.peer.closer.closed() => return Some(Exit::Closed(code)),
-            _ = self.state.shutdown.cancelled() => return Some(Exit::Shutdown),
+        let ticket = match sync_ticket(&self.state, &self.peer).await {
+            Ok(ticket) => ticket,
+            Err(None) => return Some(Exit::Shutdown),
+            Err(Some(code)) => return Some(Exit::Closed(code)),
         };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),

@@ -14,6 +14,7 @@ use lattice_engine::history::{ChangeSummary, VersionDiff, compare, summarize};
 use lattice_engine::{DocId, Document, NTP64, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::DocPattern;
 use crate::store::{DocMeta, Page, Store, StoreError};
 
 /// Default and largest number of documents in one listing page.
@@ -128,51 +129,146 @@ pub struct ListQuery {
     pub include_deleted: bool,
 }
 
-/// Lists documents in id order. `visible` filters (the token's coverage); `live` counts
-/// subscribers.
+/// Lists the documents `scope` covers (a token's patterns; `[DocPattern::All]` offline), in id
+/// order. `live` counts subscribers.
+///
+/// Only ids inside `scope` are ever read: each pattern is intersected with the query's `prefix`
+/// and read as its own range, so neither the documents returned, nor `next_after`, nor whether
+/// a `prefix` or `after` finds anything depends on a document outside `scope`. At most
+/// [`MAX_LIST_SCAN_PAGES`] full store pages are read per call (deleted documents may fill them
+/// when `include_deleted` is off); then the page returns what it has, with a cursor.
 pub async fn list_documents(
     store: &Store,
     query: &ListQuery,
-    visible: impl Fn(&DocId) -> bool,
+    scope: &[DocPattern],
     live: impl Fn(&DocId) -> Option<usize>,
 ) -> Result<DocList, HistoryError> {
     let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
     let mut after = query.after.clone();
+    // The last id read, always inside `scope`: the only thing a cursor may name.
+    let mut last_read: Option<DocId> = None;
     let mut documents = Vec::new();
-    for _ in 0..MAX_LIST_SCAN_PAGES {
-        let page = store
-            .list_documents(
-                &query.prefix,
-                &Page {
-                    after: after.clone(),
-                    limit,
-                },
-            )
-            .await?;
-        let exhausted = (page.len() as u32) < limit;
-        for meta in page {
-            after = Some(meta.id.clone());
-            if (query.include_deleted || !meta.is_deleted()) && visible(&meta.id) {
-                documents.push(DocSummary::new(&meta, live(&meta.id)));
-                if documents.len() as u32 == limit {
-                    return Ok(DocList {
-                        documents,
-                        next_after: after.map(|a| a.as_str().to_owned()),
-                    });
+    let mut full_pages = 0;
+    for range in list_ranges(scope, &query.prefix) {
+        if after.as_ref().is_some_and(|a| range.ends_by(a.as_str())) {
+            continue;
+        }
+        loop {
+            let (metas, more) = match &range {
+                ListRange::Exact(id) => (store.document(id).await?.into_iter().collect(), false),
+                ListRange::Prefix(prefix) => {
+                    if full_pages == MAX_LIST_SCAN_PAGES {
+                        // Only full pages count, so something was read: `last_read` is set.
+                        return Ok(DocList {
+                            documents,
+                            next_after: last_read.map(|d| d.as_str().to_owned()),
+                        });
+                    }
+                    let page = store
+                        .list_documents(
+                            prefix,
+                            &Page {
+                                after: after.clone(),
+                                limit,
+                            },
+                        )
+                        .await?;
+                    let full = page.len() as u32 == limit;
+                    full_pages += usize::from(full);
+                    (page, full)
+                }
+            };
+            for meta in metas {
+                after = Some(meta.id.clone());
+                last_read = Some(meta.id.clone());
+                if query.include_deleted || !meta.is_deleted() {
+                    documents.push(DocSummary::new(&meta, live(&meta.id)));
+                    if documents.len() as u32 == limit {
+                        return Ok(DocList {
+                            documents,
+                            next_after: Some(meta.id.as_str().to_owned()),
+                        });
+                    }
                 }
             }
-        }
-        if exhausted {
-            return Ok(DocList {
-                documents,
-                next_after: None,
-            });
+            if !more {
+                break;
+            }
         }
     }
     Ok(DocList {
         documents,
-        next_after: after.map(|a| a.as_str().to_owned()),
+        next_after: None,
     })
+}
+
+/// A part of the id space a listing reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ListRange {
+    /// Every id that starts with this (any string, not only a pattern's `team-a/`).
+    Prefix(String),
+    Exact(DocId),
+}
+
+impl ListRange {
+    fn key(&self) -> &str {
+        match self {
+            ListRange::Prefix(p) => p,
+            ListRange::Exact(id) => id.as_str(),
+        }
+    }
+
+    /// Every id in the range is at or before `after` (bytewise).
+    fn ends_by(&self, after: &str) -> bool {
+        match self {
+            ListRange::Exact(id) => id.as_str() <= after,
+            ListRange::Prefix(p) => after > p.as_str() && !after.starts_with(p.as_str()),
+        }
+    }
+
+    /// Every id in `other` is in `self`.
+    fn contains(&self, other: &ListRange) -> bool {
+        match (self, other) {
+            (ListRange::Prefix(p), other) => other.key().starts_with(p.as_str()),
+            (ListRange::Exact(a), ListRange::Exact(b)) => a == b,
+            (ListRange::Exact(_), ListRange::Prefix(_)) => false,
+        }
+    }
+}
+
+/// The ranges a listing reads: each pattern intersected with `prefix`, the ones inside another
+/// dropped, sorted. Two ranges left are then disjoint and ordered as their ids are: neither key
+/// starts with the other's prefix, so they differ at some byte that orders every id in them
+/// alike (or an exact id is a proper prefix of a prefix, and so before all its ids).
+fn list_ranges(scope: &[DocPattern], prefix: &str) -> Vec<ListRange> {
+    let candidates: Vec<ListRange> = scope
+        .iter()
+        .filter_map(|pattern| match pattern {
+            DocPattern::All => Some(ListRange::Prefix(prefix.to_owned())),
+            DocPattern::Prefix(p) if prefix.starts_with(p.as_str()) => {
+                Some(ListRange::Prefix(prefix.to_owned()))
+            }
+            DocPattern::Prefix(p) if p.starts_with(prefix) => Some(ListRange::Prefix(p.clone())),
+            DocPattern::Prefix(_) => None,
+            DocPattern::Exact(id) => id
+                .as_str()
+                .starts_with(prefix)
+                .then(|| ListRange::Exact(id.clone())),
+        })
+        .collect();
+    let mut ranges: Vec<ListRange> = Vec::with_capacity(candidates.len());
+    for (i, range) in candidates.iter().enumerate() {
+        // Of two equal ranges the first is kept.
+        let inside = candidates
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && other.contains(range) && (other != range || j < i));
+        if !inside {
+            ranges.push(range.clone());
+        }
+    }
+    ranges.sort_by(|a, b| a.key().cmp(b.key()));
+    ranges
 }
 
 /// One log entry, described.
@@ -511,6 +607,44 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(1, 2, 2), (3, 3, 1), (4, 4, 1), (5, 5, 1)]);
         assert_eq!(sessions(&entries, 60 * minute).len(), 3);
+    }
+
+    fn ranges(patterns: &[&str], prefix: &str) -> Vec<String> {
+        let scope: Vec<DocPattern> = patterns
+            .iter()
+            .map(|p| DocPattern::parse(p).expect("pattern"))
+            .collect();
+        list_ranges(&scope, prefix)
+            .iter()
+            .map(|r| match r {
+                ListRange::Prefix(p) => format!("{p}*"),
+                ListRange::Exact(id) => id.as_str().to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listing_ranges_stay_inside_the_patterns_without_overlaps() {
+        assert_eq!(ranges(&["*"], ""), ["*"]);
+        assert_eq!(ranges(&["*", "team-a/*"], "team-"), ["team-*"]);
+        assert_eq!(ranges(&["team-a/*"], "team-b"), Vec::<String>::new());
+        assert_eq!(ranges(&["team-a/*"], "team-"), ["team-a/*"]);
+        assert_eq!(ranges(&["team-a/*"], "team-a/x/"), ["team-a/x/*"]);
+        assert_eq!(
+            ranges(
+                &["team-c/z", "team-a/2", "team-a/*", "team-a", "team-a/*"],
+                ""
+            ),
+            ["team-a", "team-a/*", "team-c/z"]
+        );
+        assert_eq!(ranges(&["a/b/*", "a/*", "a/bc"], "a/b"), ["a/b*"]);
+        assert_eq!(ranges(&["x", "x"], "x"), ["x"]);
+        assert_eq!(ranges(&["x"], "y"), Vec::<String>::new());
+        // Ends: an exact id at or before the cursor, a prefix once the cursor passed it.
+        assert!(ListRange::Exact(DocId::new("b").expect("id")).ends_by("b"));
+        assert!(!ListRange::Exact(DocId::new("b").expect("id")).ends_by("a"));
+        let p = ListRange::Prefix("team-a/".into());
+        assert!(!p.ends_by("team-a/zzz") && !p.ends_by("team-") && p.ends_by("team-b"));
     }
 
     #[test]

@@ -71,11 +71,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
-    /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`.
+    /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`. Printed
+    /// with its password replaced by `***`.
     #[arg(
         long,
         env = "LATTICE_DATABASE_URL",
-        default_value = "sqlite://lattice.db"
+        default_value = "sqlite://lattice.db",
+        hide_env_values = true
     )]
     database_url: String,
     /// Log as JSON lines instead of text.
@@ -120,6 +122,13 @@ struct ServeArgs {
     /// Bytes of full-state sync answers one connection may cause in a burst.
     #[arg(long, env = "LATTICE_SYNC_BYTE_BURST")]
     sync_byte_burst: Option<u64>,
+    /// HTTP reads that rebuild a document (`GET /v1/docs/…`, admin history, content, diff,
+    /// export) running at once; further ones wait. Default: the number of CPUs.
+    #[arg(long, env = "LATTICE_MAX_CONCURRENT_REBUILDS")]
+    max_concurrent_rebuilds: Option<std::num::NonZeroUsize>,
+    /// Seconds a read waits for a rebuild slot before it is answered 503 `busy`.
+    #[arg(long, env = "LATTICE_REBUILD_WAIT_SECS")]
+    rebuild_wait_secs: Option<u64>,
     /// Seconds between server WebSocket pings.
     #[arg(long, env = "LATTICE_PING_INTERVAL_SECS")]
     ping_interval_secs: Option<u64>,
@@ -229,6 +238,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.sync_byte_burst {
             l.sync_byte_burst = v;
+        }
+        if let Some(v) = self.max_concurrent_rebuilds {
+            l.max_concurrent_rebuilds = v.get();
+        }
+        if let Some(v) = self.rebuild_wait_secs {
+            l.rebuild_wait = Duration::from_secs(v);
         }
         if let Some(v) = self.ping_interval_secs {
             c.heartbeat.ping_interval = Duration::from_secs(v);
@@ -363,7 +378,10 @@ async fn main() -> Result<()> {
                 lattice_server::VERSION
             );
             println!("  sync endpoint: ws://{addr}/v1/sync");
-            println!("  database:      {}", config.database_url);
+            println!(
+                "  database:      {}",
+                lattice_server::store::redacted_url(&config.database_url)
+            );
             print_auth_banner(&config, generated, addr)?;
             lattice_server::run(config, listener, shutdown_signal()).await?;
         }

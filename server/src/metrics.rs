@@ -99,6 +99,11 @@ pub struct Metrics {
     pub deltas_out: AtomicU64,
     pub deltas_refused: AtomicU64,
     pub commit_batches: AtomicU64,
+    /// HTTP reads holding a rebuild slot now, the most there ever were at once, and the reads
+    /// answered 503 because no slot freed in time.
+    pub rebuilds_in_flight: AtomicU64,
+    pub rebuilds_in_flight_peak: AtomicU64,
+    pub rebuilds_busy: AtomicU64,
     pub commit_seconds: Histogram,
     pub commit_batch_size: Histogram,
     pub fanout_seconds: Histogram,
@@ -182,6 +187,27 @@ impl Metrics {
             "lattice_commit_batches_total",
             "Commit transactions.",
             self.commit_batches.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_rebuilds_in_flight",
+            "HTTP reads rebuilding a document now (bounded by max_concurrent_rebuilds).",
+            self.rebuilds_in_flight.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_rebuilds_in_flight_peak",
+            "The most HTTP reads that rebuilt a document at once since start.",
+            self.rebuilds_in_flight_peak.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_rebuilds_busy_total",
+            "HTTP reads answered 503 busy: no rebuild slot freed within rebuild_wait.",
+            self.rebuilds_busy.load(Relaxed),
             "counter",
         );
         self.commit_seconds.render(

@@ -42,6 +42,8 @@ pub(crate) struct ServerState {
     /// Slots of WebSocket connections that have not authenticated yet
     /// (`Limits::max_unauthenticated`).
     pub unauthenticated: Arc<Semaphore>,
+    /// Slots for HTTP reads that rebuild a document (`Limits::max_concurrent_rebuilds`).
+    pub rebuilds: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub next_peer: AtomicU64,
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
@@ -81,6 +83,7 @@ pub async fn run(
     let state = Arc::new(ServerState {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+        rebuilds: Arc::new(Semaphore::new(config.limits.max_concurrent_rebuilds.max(1))),
         auth: Auth::new(&config.auth),
         config,
         store,

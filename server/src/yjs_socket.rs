@@ -37,7 +37,7 @@ use crate::auth::AuthError;
 use crate::close::CloseCode;
 use crate::connection::{
     Outbound, Slot, Stream, byte_limiter, close_kind, close_message, join_room, message_limiter,
-    peer_handle, within_rate,
+    peer_handle, sync_ticket, within_rate,
 };
 use crate::peer::{PeerHandle, PeerKind};
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
@@ -221,15 +221,10 @@ impl YjsConn {
     /// Joins (or resyncs with) the room from the client's state vector, once this connection's
     /// budget of full-state syncs allows.
     async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = tokio::select! {
-            (ticket, waited) = self.peer.budget.begin() => {
-                if waited {
-                    self.state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
-                }
-                ticket
-            }
-            code = self.peer.closer.closed() => return Some(Exit::Closed(code)),
-            _ = self.state.shutdown.cancelled() => return Some(Exit::Shutdown),
+        let ticket = match sync_ticket(&self.state, &self.peer).await {
+            Ok(ticket) => ticket,
+            Err(None) => return Some(Exit::Shutdown),
+            Err(Some(code)) => return Some(Exit::Closed(code)),
         };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),

@@ -97,62 +97,44 @@ async fn wait_healthy(addr: SocketAddr) {
 /// this crate's tests, so ask it to (a no-op when it is current), in this test's target dir.
 pub fn lattice_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            // <target>/<profile>/deps/<test exe>
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-            let target_dir = profile_dir.parent().expect("target dir");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "lattice-server",
-                    "--bin",
-                    "lattice",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("cargo build");
-            assert!(status.success(), "building the lattice binary failed");
-            profile_dir.join("lattice")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_lattice(false)).clone()
 }
 
 /// The `lattice` binary of this build in the release profile, for the tests whose subject
 /// depends on it (how deep a recursion overflows the stack depends on frame sizes). Built here
-/// if needed, in this test's target dir; `cargo xtask test` builds it before the tests run.
+/// if needed; `cargo xtask test` builds it before the tests run.
 pub fn lattice_release_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-            let target_dir = profile_dir.parent().expect("target dir");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "lattice-server",
-                    "--bin",
-                    "lattice",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("cargo build --release");
-            assert!(
-                status.success(),
-                "building the release lattice binary failed"
-            );
-            target_dir.join("release").join("lattice")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_lattice(true)).clone()
+}
+
+fn build_lattice(release: bool) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // <target>/<profile>/deps/<test exe>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "lattice-server",
+        "--bin",
+        "lattice",
+    ];
+    if release {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the lattice binary failed");
+    match release {
+        true => target_dir.join("release").join("lattice"),
+        false => profile_dir.join("lattice"),
+    }
 }
 
 /// A server in a child process, for SIGKILL tests and for what `lattice serve` prints.
@@ -162,6 +144,9 @@ pub struct ChildServer {
     pub child: tokio::process::Child,
     /// Every line the child printed on stdout so far.
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every line the child printed on stderr (its log) so far; also echoed to this process's
+    /// stderr, so a failing test shows the server's log.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
@@ -175,14 +160,25 @@ impl ChildServer {
     /// `lattice serve …` with only the given flags: without `--no-auth` or `--auth-secret`, the
     /// server generates a secret and prints an admin token and a demo URL.
     pub async fn spawn_with_auth(database_url: &str, extra: &[&str]) -> ChildServer {
-        ChildServer::spawn_binary(&lattice_binary(), database_url, extra).await
+        ChildServer::spawn_logging(database_url, extra, "warn").await
     }
 
-    /// `binary serve …` with the given flags (see [`ChildServer::spawn_with_auth`]).
+    /// [`ChildServer::spawn_with_auth`] with `RUST_LOG` set to `log_filter`.
+    pub async fn spawn_logging(
+        database_url: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> ChildServer {
+        ChildServer::spawn_binary(&lattice_binary(), database_url, extra, log_filter).await
+    }
+
+    /// `binary serve …` with the given flags and `RUST_LOG` (see
+    /// [`ChildServer::spawn_with_auth`]).
     pub async fn spawn_binary(
         binary: &std::path::Path,
         database_url: &str,
         extra: &[&str],
+        log_filter: &str,
     ) -> ChildServer {
         let mut child = tokio::process::Command::new(binary)
             .arg("serve")
@@ -190,12 +186,21 @@ impl ChildServer {
             .args(extra)
             .env_remove("LATTICE_AUTH_SECRET")
             .env_remove("LATTICE_NO_AUTH")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn lattice");
+        let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut errors = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let keep = logged.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                eprintln!("{line}");
+                keep.lock().expect("stderr").push(line);
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -222,7 +227,15 @@ impl ChildServer {
             addr,
             child,
             stdout: printed,
+            stderr: logged,
         }
+    }
+
+    /// Every line printed so far, stdout and then stderr.
+    pub fn output(&self) -> Vec<String> {
+        let mut lines = self.stdout.lock().expect("stdout").clone();
+        lines.extend(self.stderr.lock().expect("stderr").iter().cloned());
+        lines
     }
 
     /// The rest of the first stdout line that starts (after indentation) with `label`, waiting

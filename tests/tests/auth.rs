@@ -10,8 +10,8 @@ use lattice_server::auth::{Claims, KeySet, Scope};
 use lattice_server::config::{AuthConfig, Config};
 use lattice_server::store::{Store, StoreConfig};
 use lattice_tests::server_support::{
-    ChildServer, HttpResponse, RawPeer, Read, TestServer, client_with_token, config, doc, http_get,
-    lattice_binary, settled,
+    ChildServer, HttpResponse, RawPeer, Read, TestServer, client, client_with_token, config, doc,
+    http_get, lattice_binary, settled,
 };
 use lattice_tests::store_support::{Kind, TestDb};
 
@@ -618,9 +618,202 @@ async fn failed_attempts_are_throttled_per_address() {
         .parse()
         .expect("seconds");
     assert!((1..=60).contains(&retry), "{retry}");
-    // While blocked, even a valid token is not looked at, on every endpoint.
-    assert_eq!(get(&server, "/v1/docs/x", Some(&good)).await.status, 429);
-    hello_refused(&server.ws_url(), Some(&good), ErrorCode::RateLimited, 4029).await;
+    // While blocked, a failing attempt is refused with 429 / 4029 on every endpoint...
+    hello_refused(
+        &server.ws_url(),
+        Some(&forged),
+        ErrorCode::RateLimited,
+        4029,
+    )
+    .await;
+    // ...but a valid token is verified and passes: the block is on failures, not on the address.
+    assert_eq!(get(&server, "/v1/docs/x", Some(&good)).await.status, 404);
+    let _ = RawPeer::hello_with_token(&server.ws_url(), Some(&good)).await;
+    assert_eq!(get(&server, "/v1/docs/x", Some(&forged)).await.status, 429);
+    server.shutdown().await;
+}
+
+/// Issue 17, class 4: one address (every user behind one proxy) sends garbage tokens at 20 a
+/// second. Its failures are throttled, yet all 100 valid requests from the same address, over
+/// HTTP and WebSocket hellos, succeed while it is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_tokens_never_lock_out_valid_users_of_the_same_address() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let db = TestDb::new(Kind::Sqlite).await;
+    let ks = keys(&[NEW]);
+    let mut cfg = auth_config(&db, ks.clone());
+    cfg.auth.failed_attempts_per_minute = 5;
+    let server = TestServer::start(cfg).await;
+    let url = server.ws_url();
+    let good = token(&ks, "alice", &["shared/*"], Scope::Write);
+    let d = doc("shared/doc");
+    write(&url, &good, &d, "hello").await;
+
+    // Block the address first, so that every valid request below comes from a blocked address.
+    let forged = token(&keys(&[FORGED]), "eve", &["*"], Scope::Admin);
+    let mut blocked = false;
+    for _ in 0..6 {
+        if get(&server, "/v1/docs/shared/doc", Some(&forged))
+            .await
+            .status
+            == 429
+        {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "five failures a minute should block the sixth");
+
+    // Garbage for the whole run: forged signatures and non-JWTs, over HTTP and WebSocket, at
+    // 20 a second from a task of its own, and one more right before every valid request.
+    async fn garbage(addr: std::net::SocketAddr, url: &str, forged: &str, i: u32) -> u16 {
+        let t = if i.is_multiple_of(2) {
+            forged
+        } else {
+            "not.a.jwt"
+        };
+        if i.is_multiple_of(3) {
+            let mut p = RawPeer::connect(url).await;
+            match p.send_hello(Some(t)).await {
+                Read::Msg(ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => 429,
+                Read::Msg(ServerMsg::Error {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }) => 401,
+                other => panic!("garbage hello answered {other:?}"),
+            }
+        } else {
+            http_get(addr, "/v1/docs/shared/doc", Some(t)).await.status
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (stop, addr, url, forged) = (stop.clone(), server.addr, url.clone(), forged.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tick.tick().await;
+                answers.push(garbage(addr, &url, &forged, i).await);
+            }
+            answers
+        })
+    };
+
+    let mut answers = Vec::new();
+    for i in 0..100 {
+        answers.push(garbage(server.addr, &url, &forged, i).await);
+        if i % 2 == 0 {
+            let r = get(&server, "/v1/docs/shared/doc", Some(&good)).await;
+            assert_eq!(r.status, 200, "valid request {i}: {}", r.body);
+            assert_eq!(r.json()["texts"]["t"], "hello");
+        } else {
+            let mut p = RawPeer::connect(&url).await;
+            match p.send_hello(Some(&good)).await {
+                Read::Msg(ServerMsg::Welcome { .. }) => {}
+                other => panic!("valid hello {i}: expected welcome, got {other:?}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    answers.extend(background.await.expect("garbage task"));
+    // Every garbage request was refused, and nearly all throttled (the bucket refills one
+    // failure every 12 s, so an occasional 401 is expected).
+    assert!(answers.len() > 100, "{answers:?}");
+    assert!(
+        answers.iter().all(|s| *s == 401 || *s == 429),
+        "{answers:?}"
+    );
+    let throttled = answers.iter().filter(|s| **s == 429).count();
+    assert!(throttled * 10 >= answers.len() * 9, "{answers:?}");
+    // Valid requests do not lift the block for failures.
+    let after = get(&server, "/v1/docs/shared/doc", Some(&forged)).await;
+    assert_eq!(after.status, 429, "{}", after.body);
+    assert!(after.header("retry-after").is_some());
+    server.shutdown().await;
+}
+
+/// Issue 17, class 9: a token whose `exp` is near `u64::MAX` (valid "forever") used to panic the
+/// connection task (the expiry overflowed `SystemTime`). Such a token is accepted, its expiry is
+/// capped far in the future, and the server stays up on every endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_forever_is_capped_not_a_crash() {
+    use futures_util::{SinkExt, StreamExt};
+    use lattice_engine::yws::{self, YMessage};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let db = TestDb::new(Kind::Sqlite).await;
+    let ks = keys(&[NEW]);
+    let server = TestServer::start(auth_config(&db, ks.clone())).await;
+    let url = server.ws_url();
+    let forever = ks
+        .mint_claims(
+            &Claims {
+                sub: "forever".into(),
+                docs: vec!["forever/*".into()],
+                scope: Scope::Write,
+                exp: u64::MAX - 1,
+                iat: None,
+            },
+            None,
+        )
+        .expect("mint");
+    let d = doc("forever/doc");
+
+    // Native protocol: hello, subscribe, a write acknowledged.
+    write(&url, &forever, &d, "still here").await;
+    // HTTP.
+    let view = get(&server, "/v1/docs/forever/doc", Some(&forever)).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    assert_eq!(view.json()["texts"]["t"], "still here");
+    // The Yjs endpoint: sync step 1 is answered with sync step 2.
+    let (mut yjs, _) = tokio_tungstenite::connect_async(format!(
+        "{}/{d}?token={forever}",
+        url.replace("/v1/sync", "/yjs")
+    ))
+    .await
+    .expect("yjs upgrade");
+    yjs.send(Message::Binary(yws::encode_sync_step1(&[]).into()))
+        .await
+        .expect("send");
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = yjs.next().await {
+            if let Message::Binary(b) = frame {
+                for m in yws::decode_frame(&b, usize::MAX).expect("server frames decode") {
+                    match m {
+                        YMessage::SyncStep2 { .. } => return true,
+                        YMessage::Auth { denied: Some(r) } => panic!("refused: {r}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        false
+    })
+    .await
+    .expect("the yjs endpoint answers");
+    assert!(answered, "the yjs connection ended without sync step 2");
+    drop(yjs);
+
+    // The principal's expiry is far away but finite.
+    let left = ks
+        .verify(&forever)
+        .expect("verifies")
+        .time_left()
+        .expect("an expiry");
+    assert!(left > Duration::from_secs(1_000 * 365 * 86_400), "{left:?}");
+    // The server is still up and serves others.
+    assert_eq!(get(&server, "/healthz", None).await.status, 200);
+    let other = token(&ks, "bob", &["forever/*"], Scope::Read);
+    let _ = RawPeer::hello_with_token(&url, Some(&other)).await;
     server.shutdown().await;
 }
 
@@ -849,4 +1042,96 @@ async fn yjs_endpoint_attributes_and_refuses_read_only_writes() {
     let authors: Vec<Option<&str>> = log.iter().map(|e| e.author.as_deref()).collect();
     assert_eq!(authors, [Some("carol")], "only carol's update is stored");
     store.close().await;
+}
+
+/// `postgres://user:password@host…` split into the password and the URL with it replaced by
+/// `replacement`.
+fn split_password(url: &str, replacement: &str) -> (String, String) {
+    let start = url.find("://").expect("scheme") + 3;
+    let at = start + url[start..].find('@').expect("user info");
+    let colon = start + url[start..at].find(':').expect("a password in the URL");
+    let password = url[colon + 1..at].to_string();
+    let redacted = format!("{}{replacement}{}", &url[..=colon], &url[at..]);
+    (password, redacted)
+}
+
+/// Issue 17, class 9: `lattice serve` printed the database URL with its password. The banner
+/// shows user, host, port and database with the password replaced by `***`, and nothing the
+/// process prints (banner, log at `debug`, errors) contains the password, whether the server
+/// starts or the database refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_and_the_log_never_show_the_database_password() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let (password, redacted) = split_password(&db.url, "***");
+    let server = ChildServer::spawn_logging(&db.url, &["--no-auth"], "debug").await;
+    assert_eq!(server.printed("database:").await, redacted);
+    // Some work, so that the store logs what it logs.
+    let c = client(&server.ws_url(), 9);
+    let d = doc("notes/logged");
+    c.open(&d, Vec::new()).await.expect("open");
+    settled(&c, &d).await;
+    c.edit(&d, |x, _| x.text_insert("t", 0, "x"))
+        .await
+        .expect("edit");
+    settled(&c, &d).await;
+    c.stop();
+    assert_eq!(
+        http_get(server.addr, "/v1/docs/notes/logged", None)
+            .await
+            .status,
+        200
+    );
+    let lines = server.output();
+    assert!(
+        lines.len() > 5,
+        "the server logged almost nothing: {lines:?}"
+    );
+    // The test role's password may equal its user name, so look for it where a URL puts it.
+    for line in &lines {
+        assert!(
+            !line.contains(&format!(":{password}@")) && !line.contains(&format!("={password}")),
+            "the password is printed: {line}"
+        );
+    }
+    server.kill9().await;
+
+    // A password the database refuses, in the user info and as a query parameter, and a URL
+    // the server does not support: the process stops with an error that names no password.
+    let secret = "hunter2-never-printed";
+    let (_, wrong) = split_password(&db.url, secret);
+    let (_, no_password) = split_password(&db.url, "");
+    let no_password = no_password.replacen(":@", "@", 1);
+    let as_query = format!("{no_password}?password={secret}");
+    let unsupported = format!("mysql://root:{secret}@127.0.0.1/x");
+    for url in [&wrong, &as_query, &unsupported] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(lattice_binary())
+                .args(["serve", "--no-auth", "--bind", "127.0.0.1:0"])
+                .args(["--database-url", url])
+                .env("RUST_LOG", "debug")
+                .env_remove("LATTICE_AUTH_SECRET")
+                .env_remove("LATTICE_NO_AUTH")
+                .output(),
+        )
+        .await
+        .expect("lattice stops")
+        .expect("run lattice");
+        assert!(!out.status.success(), "{url} was accepted");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(printed.contains("database:"), "{printed}");
+        assert!(
+            !printed.contains(secret),
+            "{url}: the password is printed:\n{printed}"
+        );
+        assert!(
+            printed.contains("***"),
+            "{url}: no redaction shown:\n{printed}"
+        );
+    }
+    db.cleanup().await;
 }

@@ -141,7 +141,7 @@ fn assert_error(msg: &ServerMsg, code: ErrorCode, seq: u64) {
 async fn deep_nesting_never_aborts_a_release_server_and_a_stored_one_loads_as_an_error() {
     let db = TestDb::new(Kind::Sqlite).await;
     let binary = lattice_release_binary();
-    let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"]).await;
+    let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"], "warn").await;
     let d = doc("deep");
     let mut peer = RawPeer::hello(&server.ws_url()).await;
     subscribed(&mut peer, &d).await;
@@ -186,7 +186,7 @@ async fn deep_nesting_never_aborts_a_release_server_and_a_stored_one_loads_as_an
         .expect("append");
     store.close().await;
     for _restart in 0..2 {
-        let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"]).await;
+        let mut server = ChildServer::spawn_binary(&binary, &db.url, &["--no-auth"], "warn").await;
         let view = http_get(server.addr, "/v1/docs/stored-deep", None).await;
         assert_eq!(view.status, 500, "{}", view.body);
         assert_eq!(view.json()["error"], "document_damaged");
@@ -625,6 +625,27 @@ async fn a_delta_whose_body_does_not_decode_is_refused_alone() {
     db.cleanup().await;
 }
 
+/// Reads until `step1s` sync step 1 messages the peer sent are answered: by then the room has
+/// handled everything the peer sent before the last one.
+async fn handled(peer: &mut YjsPeer, step1s: usize) {
+    let mut answered = 0;
+    let done = tokio::time::timeout(WAIT, async {
+        while answered < step1s {
+            match peer.read().await {
+                YjsRead::Messages(m) => {
+                    answered += m
+                        .iter()
+                        .filter(|m| matches!(m, YMessage::SyncStep2 { .. }))
+                        .count();
+                }
+                YjsRead::Closed(code) => panic!("closed ({code:?}) before its answers"),
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "a sync step 1 was never answered");
+}
+
 /// Before: a Yjs peer could publish awareness under another user's awareness client id, and
 /// every other client then showed its state as that user's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,6 +669,9 @@ async fn awareness_cannot_be_published_under_another_users_client_id() {
             .send_frame(&[yws::encode_awareness(&[entry("alice", 1)])])
             .await
     );
+    // Alice's entry is in the room before Mallory connects.
+    assert!(alice.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    handled(&mut alice, 2).await;
     let mut mallory = YjsPeer::connect(server.addr, "aware", Some(&mallory_token)).await;
     assert!(mallory.send_frame(&[yws::encode_sync_step1(&[])]).await);
     assert!(
@@ -655,6 +679,8 @@ async fn awareness_cannot_be_published_under_another_users_client_id() {
             .send_frame(&[yws::encode_awareness(&[entry("mallory", 9)])])
             .await
     );
+    assert!(mallory.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    handled(&mut mallory, 2).await;
     // A marker after Mallory's attempt: once the observer sees it, Mallory's entry would have
     // arrived before it.
     assert!(

@@ -7,13 +7,15 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use lattice_engine::protocol::{ClientMsg, ServerMsg};
 use lattice_engine::yws::{self, YMessage};
-use lattice_engine::{DocId, Value};
+use lattice_engine::{DocId, DocState, Document, ReplicaId, Value};
 use lattice_server::auth::{KeySet, Scope};
 use lattice_server::client::Client;
 use lattice_server::config::{AuthConfig, Config};
 use lattice_tests::server_support::{
-    TestServer, WAIT, client_with_token, config, doc, http_get, http_post, lattice_binary, settled,
+    RawPeer, Read, TestServer, WAIT, client_with_token, config, doc, http_get, http_post,
+    lattice_binary, settled,
 };
 use lattice_tests::store_support::TestDb;
 use serde_json::{Value as Json, json};
@@ -40,7 +42,10 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(two_authors_history_restore_and_soft_delete);
+on_both_backends!(
+    two_authors_history_restore_and_soft_delete,
+    listing_needs_admin_and_never_names_what_the_token_cannot_administer,
+);
 
 const SECRET: &str = "k1:history-secret-0123456789abcdef-012345";
 
@@ -525,4 +530,308 @@ async fn two_authors_history_restore_and_soft_delete(db: TestDb) {
     bob.stop();
     server.shutdown().await;
     db.cleanup().await;
+}
+
+/// Writes one change to each of `ids` over one connection, waiting for every ack.
+async fn seed(server: &TestServer, token: &str, ids: &[&str]) {
+    let mut p = RawPeer::hello_with_token(&server.ws_url(), Some(token)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let d = doc(id);
+        let _ = p
+            .send(&ClientMsg::Subscribe {
+                doc: d.clone(),
+                state: DocState::default(),
+            })
+            .await;
+        loop {
+            match p.read().await {
+                Read::Msg(ServerMsg::Sync { doc: got, .. }) if got == d => break,
+                Read::Msg(ServerMsg::Presence { .. }) => continue,
+                other => panic!("expected sync of {d}, got {other:?}"),
+            }
+        }
+        let replica = ReplicaId::new(5_000 + i as u32).expect("replica");
+        let delta = Document::new(replica)
+            .text_insert("t", 0, id)
+            .expect("edit");
+        let _ = p
+            .send(&ClientMsg::Delta {
+                doc: d.clone(),
+                seq: 1,
+                delta,
+            })
+            .await;
+        loop {
+            match p.read().await {
+                Read::Msg(ServerMsg::Ack { seq: 1, .. }) => break,
+                Read::Msg(ServerMsg::Presence { .. }) => continue,
+                other => panic!("expected the ack for {d}, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Every page of `/api/admin/docs` (with `query`, paging with `limit=1`) as `(ids, cursors)`.
+async fn all_pages(server: &TestServer, token: &str, query: &str) -> (Vec<String>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut cursors = Vec::new();
+    let mut after = String::new();
+    for _ in 0..50 {
+        let page = get_ok(
+            server,
+            &format!("/api/admin/docs?limit=1&after={after}{query}"),
+            token,
+        )
+        .await;
+        for d in page["documents"].as_array().expect("documents") {
+            ids.push(d["id"].as_str().expect("id").to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => {
+                cursors.push(next.to_owned());
+                after = next.to_owned();
+            }
+            None => return (ids, cursors),
+        }
+    }
+    panic!("the listing never ended: {ids:?} {cursors:?}");
+}
+
+/// Issue 17, class 5: the document listing needs the admin scope, and neither its results, nor
+/// its cursor, nor its `prefix`/`after` filters tell a `team-a/*` admin anything about
+/// `team-b/…`, deleted or not.
+async fn listing_needs_admin_and_never_names_what_the_token_cannot_administer(db: TestDb) {
+    let server = TestServer::start(auth_config(&db)).await;
+    let root = token("root", &["*"], Scope::Admin);
+    let team_a = token("ann", &["team-a/*"], Scope::Admin);
+    seed(&server, &root, &["team-a/1", "team-a/2", "team-a/3"]).await;
+
+    // What a team-a admin learns when probing for team-b, before team-b exists...
+    let probes = [
+        "/api/admin/docs?prefix=team-b",
+        "/api/admin/docs?prefix=team-b&limit=1",
+        "/api/admin/docs?prefix=team-b/0&limit=1&include_deleted=true",
+        "/api/admin/docs?after=team-b/0&limit=1",
+        "/api/admin/docs?prefix=team-&after=team-b/05&limit=1",
+    ];
+    let mut before = Vec::new();
+    for p in probes {
+        let r = http_get(server.addr, p, Some(&team_a)).await;
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        before.push(r.body);
+    }
+    // ...and after: twelve team-b documents (more than a listing scans per request), a deleted
+    // one, and a document after them.
+    let team_b: Vec<String> = (0..12).map(|i| format!("team-b/{i:02}")).collect();
+    let mut more: Vec<&str> = team_b.iter().map(String::as_str).collect();
+    more.extend(["team-b/gone", "team-c/z"]);
+    seed(&server, &root, &more).await;
+    for d in ["team-a/3", "team-b/gone"] {
+        let r = http_post(
+            server.addr,
+            &format!("/api/admin/delete/{d}"),
+            Some(&root),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for (p, earlier) in probes.iter().zip(&before) {
+        let r = http_get(server.addr, p, Some(&team_a)).await;
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        assert_eq!(
+            &r.body, earlier,
+            "{p} answers differently once team-b exists"
+        );
+    }
+
+    // Paging one by one: only team-a documents, and only team-a documents as cursors.
+    let (ids, cursors) = all_pages(&server, &team_a, "").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2"]);
+    assert!(
+        cursors.iter().all(|c| c.starts_with("team-a/")),
+        "a cursor names a document the token cannot administer: {cursors:?}"
+    );
+    // Deleted documents only where the token is admin.
+    let (ids, cursors) = all_pages(&server, &team_a, "&include_deleted=true").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2", "team-a/3"]);
+    assert!(
+        cursors.iter().all(|c| c.starts_with("team-a/")),
+        "{cursors:?}"
+    );
+    let page = get_ok(&server, "/api/admin/docs?include_deleted=true", &team_a).await;
+    assert_eq!(page["documents"][2]["deleted"], true);
+    // Several patterns, exact ids among them, list in id order and page across each other.
+    let mixed = token(
+        "mo",
+        &["team-c/z", "team-b/03", "team-a/*", "team-a/2"],
+        Scope::Admin,
+    );
+    let (ids, cursors) = all_pages(&server, &mixed, "").await;
+    assert_eq!(ids, ["team-a/1", "team-a/2", "team-b/03", "team-c/z"]);
+    assert!(
+        cursors
+            .iter()
+            .all(|c| ["team-a/1", "team-a/2", "team-b/03", "team-c/z"].contains(&c.as_str())),
+        "{cursors:?}"
+    );
+    let page = get_ok(&server, "/api/admin/docs?prefix=team-b", &mixed).await;
+    assert_eq!(page["documents"].as_array().map(Vec::len), Some(1));
+    // The root admin sees everything, the deleted team-b document too.
+    let (ids, _) = all_pages(&server, &root, "&include_deleted=true").await;
+    assert_eq!(ids.len(), 3 + 12 + 2);
+
+    // Without the admin scope there is no listing at all, not even of covered documents.
+    for scope in [Scope::Write, Scope::Read] {
+        let t = token("w", &["team-a/*"], scope);
+        let r = http_get(server.addr, "/api/admin/docs", Some(&t)).await;
+        assert_eq!(r.status, 403, "{scope}: {}", r.body);
+        assert_eq!(r.json()["error"], "forbidden");
+        let r = http_get(
+            server.addr,
+            "/api/admin/docs?include_deleted=true",
+            Some(&t),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{scope}: {}", r.body);
+    }
+    assert_eq!(
+        http_get(server.addr, "/api/admin/docs", None).await.status,
+        401
+    );
+    server.shutdown().await;
+    db.cleanup().await;
+}
+
+/// The value of the metric `name` (a line `name value`) at `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> Option<u64> {
+    let r = http_get(server.addr, "/metrics", None).await;
+    r.body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Issue 17, class 9: HTTP reads rebuild documents (checkpoint and replay, rendering), which
+/// used to run on the async workers without any limit. With one rebuild slot, taken by a read
+/// that is held inside it (a Postgres table lock stops its query), every other rebuilding read
+/// waits `rebuild_wait` and is answered 503 `busy` with `Retry-After`; reads that rebuild
+/// nothing are not affected; once the slot frees, reads are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_beyond_the_rebuild_limit_wait_then_answer_busy() {
+    use sqlx::Connection as _;
+
+    let db = TestDb::new(lattice_tests::store_support::Kind::Postgres).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.max_concurrent_rebuilds = 1;
+    cfg.limits.rebuild_wait = Duration::from_millis(300);
+    let server = TestServer::start(cfg).await;
+    let admin = token("root", &["*"], Scope::Admin);
+    seed(&server, &admin, &["big/a", "big/b"]).await;
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let held = {
+        let (addr, admin) = (server.addr, admin.clone());
+        tokio::spawn(async move { http_get(addr, "/v1/docs/big/a", Some(&admin)).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&server, "lattice_rebuilds_in_flight").await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first read never took the rebuild slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let busy = [
+        "/v1/docs/big/b",
+        "/api/admin/content/big/b",
+        "/api/admin/history/big/b",
+        "/api/admin/diff/big/b?from=0&to=1",
+        "/api/admin/export/big/b?format=yjs",
+    ];
+    for path in busy {
+        let r = http_get(server.addr, path, Some(&admin)).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"], "busy", "{path}");
+        assert_eq!(r.header("retry-after"), Some("1"), "{path}");
+    }
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_busy_total").await,
+        Some(busy.len() as u64)
+    );
+    assert_eq!(http_get(server.addr, "/healthz", None).await.status, 200);
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("rollback");
+    let first = held.await.expect("held read");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["texts"]["t"], "big/a");
+    for path in busy {
+        let r = http_get(server.addr, path, Some(&admin)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_in_flight_peak").await,
+        Some(1)
+    );
+    server.shutdown().await;
+    db.cleanup().await;
+}
+
+/// Twenty concurrent reads with two rebuild slots: all are served (they wait rather than
+/// fail), and no more than two ever rebuilt at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_never_rebuild_more_than_the_limit_at_once() {
+    let db = TestDb::new(lattice_tests::store_support::Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.max_concurrent_rebuilds = 2;
+    cfg.limits.rebuild_wait = WAIT;
+    let server = TestServer::start(cfg).await;
+    let admin = token("root", &["*"], Scope::Admin);
+    let ids: Vec<String> = (0..4).map(|i| format!("many/{i}")).collect();
+    seed(
+        &server,
+        &admin,
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let reads: Vec<_> = (0..20)
+        .map(|i| {
+            let (addr, admin) = (server.addr, admin.clone());
+            let path = if i % 2 == 0 {
+                format!("/v1/docs/many/{}", i % 4)
+            } else {
+                format!("/api/admin/history/many/{}", i % 4)
+            };
+            tokio::spawn(async move { (http_get(addr, &path, Some(&admin)).await, path) })
+        })
+        .collect();
+    for read in reads {
+        let (r, path) = read.await.expect("read");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let peak = metric(&server, "lattice_rebuilds_in_flight_peak")
+        .await
+        .expect("peak gauge");
+    assert!((1..=2).contains(&peak), "{peak} rebuilds at once");
+    assert_eq!(metric(&server, "lattice_rebuilds_in_flight").await, Some(0));
+    assert_eq!(
+        metric(&server, "lattice_rebuilds_busy_total").await,
+        Some(0)
+    );
+    server.shutdown().await;
 }

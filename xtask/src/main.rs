@@ -6,6 +6,7 @@
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
 //! - `cargo xtask chaos [--quick] […]` — the server under faults and attacks (`chaos.rs`).
+//! - `cargo xtask fuzz [--seconds N] [TARGET…]` — run the cargo-fuzz targets (`fuzz.rs`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
 //! services tests need (PostgreSQL). A service that cannot be provided fails the command; nothing
@@ -13,6 +14,7 @@
 
 mod bench;
 mod chaos;
+mod fuzz;
 mod setup;
 mod web;
 
@@ -37,9 +39,10 @@ fn main() -> Result<()> {
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("fuzz") => fuzz::command(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -145,6 +148,19 @@ fn test(_root: &Path) -> Result<()> {
         )
     })?;
     step("engine dependency check", check_engine_deps)?;
+    step(
+        &format!(
+            "fuzz smoke (cargo +nightly fuzz, {}s per target, committed corpus)",
+            fuzz::SMOKE_SECONDS
+        ),
+        || {
+            fuzz::run(
+                fuzz::TARGETS,
+                fuzz::SMOKE_SECONDS,
+                fuzz::Discovered::Dropped,
+            )
+        },
+    )?;
     // Built once, before the tests: tests/tests/hardening.rs runs it (deep nesting overflows
     // the stack at a depth that depends on the release build's frames), and so does the chaos
     // step below.

@@ -97,6 +97,27 @@ fn wasm_bindgen_cli() -> Result<()> {
     )
 }
 
+/// What `cargo xtask fuzz` needs: a nightly toolchain (cargo-fuzz builds with `-Z` flags and
+/// sanitizers) and `cargo-fuzz` itself, installed from crates.io when missing.
+pub fn fuzz_tools() -> Result<()> {
+    if output("rustup", &["run", "nightly", "rustc", "--version"]).is_err() {
+        eprintln!("no nightly toolchain; installing one (cargo fuzz needs it)");
+        cmd(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )
+        .context(
+            "cargo fuzz needs a nightly Rust toolchain and none could be installed \
+             (`rustup toolchain install nightly`)",
+        )?;
+    }
+    if output("cargo", &["+nightly", "fuzz", "--version"]).is_err() {
+        cmd("cargo", &["install", "cargo-fuzz", "--locked"])
+            .context("cargo-fuzz is missing and could not be installed from crates.io")?;
+    }
+    Ok(())
+}
+
 /// Whether `program --version` runs.
 pub(crate) fn has_program(program: &str) -> bool {
     std::process::Command::new(program)

@@ -110,6 +110,17 @@ impl From<PlanError> for ApplyError {
 /// A checked, decoded Yjs update with its structs.
 pub(super) fn decode_update(bytes: &[u8]) -> Result<(Update, ParsedUpdate), ApplyError> {
     let parsed = parse_update_v1(bytes)?;
+    Ok((decode_checked(bytes)?, parsed))
+}
+
+/// A checked, decoded Yjs update, for callers that do not plan it ([`Delta::validate`]).
+pub(super) fn check_and_decode(bytes: &[u8]) -> Result<Update, ApplyError> {
+    crate::yjs::check_update_v1(bytes)?;
+    decode_checked(bytes)
+}
+
+/// Decodes an update the guard has walked.
+fn decode_checked(bytes: &[u8]) -> Result<Update, ApplyError> {
     // yrs 0.28.1 decodes some malformed content that it then re-encodes into bytes it cannot
     // read, and once such structs are in a document, encoding it (`snapshot`, `diff_since`)
     // panics; found by the `decode` fuzz target, the input is in `fuzz/regressions/`.
@@ -119,7 +130,7 @@ pub(super) fn decode_update(bytes: &[u8]) -> Result<(Update, ParsedUpdate), Appl
         Ok::<_, yrs::encoding::read::Error>(update)
     });
     match decoded {
-        Ok(Ok(update)) => Ok((update, parsed)),
+        Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(ApplyError::Decode {
             reason: e.to_string(),
         }),

@@ -17,7 +17,7 @@ use crate::{GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
 
 mod apply;
 
-use apply::{Held, decode_update};
+use apply::{Held, check_and_decode};
 pub use apply::{MAX_HELD_BYTES, Source, Trust};
 
 /// Longest counter or register name, in bytes.
@@ -210,7 +210,7 @@ impl Delta {
     /// decodable Yjs bytes with 32-bit client ids, and name lengths.
     pub fn validate(&self) -> Result<(), ApplyError> {
         if !self.yjs.is_empty() {
-            decode_update(&self.yjs)?;
+            check_and_decode(&self.yjs)?;
         }
         self.counters
             .keys()

@@ -1,7 +1,8 @@
 //! The admin history API under `/api/admin/…` (docs/admin-api.md) and the admin UI at `/admin`.
 //!
-//! Every endpoint authenticates, then requires the `admin` scope on the document (listings only
-//! show documents the token administers), and only then asks the store. Soft-deleted documents
+//! Every endpoint authenticates, then requires the `admin` scope on the document (the listing
+//! requires the `admin` scope and reads only inside the token's patterns), and only then asks
+//! the store. Soft-deleted documents
 //! stay readable here. Restore goes through the document's room, so connected clients receive
 //! it like any other change.
 
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ApiError, no_store};
+use super::{ApiError, no_store, with_rebuild_slot};
 use crate::ServerState;
 use crate::auth::{Principal, Scope, authorize};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
@@ -171,7 +172,9 @@ struct ListParams {
     include_deleted: bool,
 }
 
-/// `GET /api/admin/docs?prefix=&after=&limit=&include_deleted=`.
+/// `GET /api/admin/docs?prefix=&after=&limit=&include_deleted=`: needs the `admin` scope, and
+/// reads only inside the token's patterns, so no part of the answer (documents, cursor, an
+/// empty page) depends on a document the token cannot administer.
 async fn list(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -180,6 +183,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
     let principal = authorize(&state, &headers, q.token.as_deref(), remote.ip())?;
+    principal.require_scope(Scope::Admin)?;
     let after = q
         .after
         .filter(|a| !a.is_empty())
@@ -193,7 +197,7 @@ async fn list(
             limit: q.limit.unwrap_or(history::DEFAULT_LIST_LIMIT),
             include_deleted: q.include_deleted,
         },
-        |doc| principal.require(doc, Scope::Admin).is_ok(),
+        principal.patterns(),
         |doc| Some(state.rooms.subscribers(doc)),
     )
     .await?;
@@ -225,18 +229,17 @@ async fn history_page(
     State(state): State<Arc<ServerState>>,
     AdminDoc { doc, params: q, .. }: AdminDoc<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let page = history::history(
-        &state.store,
-        &doc,
-        HistoryQuery {
-            after: q.after,
-            limit: q.limit.unwrap_or(history::DEFAULT_HISTORY_LIMIT),
-            session_gap_ms: q
-                .session_gap_s
-                .map_or(history::DEFAULT_SESSION_GAP_MS, |s| s.saturating_mul(1_000)),
-        },
-        state.replica,
-    )
+    let query = HistoryQuery {
+        after: q.after,
+        limit: q.limit.unwrap_or(history::DEFAULT_HISTORY_LIMIT),
+        session_gap_ms: q
+            .session_gap_s
+            .map_or(history::DEFAULT_SESSION_GAP_MS, |s| s.saturating_mul(1_000)),
+    };
+    let (store, replica) = (state.store.clone(), state.replica);
+    let page = with_rebuild_slot(&state, async move {
+        Ok(history::history(&store, &doc, query, replica).await?)
+    })
     .await?;
     Ok(no_store(Json(page).into_response()))
 }
@@ -253,7 +256,11 @@ async fn content(
     State(state): State<Arc<ServerState>>,
     AdminDoc { doc, params: q, .. }: AdminDoc<AtParams>,
 ) -> Result<Response, ApiError> {
-    let content = history::content(&state.store, &doc, q.at, state.replica).await?;
+    let (store, replica) = (state.store.clone(), state.replica);
+    let content = with_rebuild_slot(&state, async move {
+        Ok(history::content(&store, &doc, q.at, replica).await?)
+    })
+    .await?;
     Ok(no_store(Json(content).into_response()))
 }
 
@@ -273,7 +280,11 @@ async fn diff(
         Some(to) => to,
         None => existing(&state, &doc).await?.head_seq,
     };
-    let diff = history::diff(&state.store, &doc, q.from, to, state.replica).await?;
+    let (store, replica) = (state.store.clone(), state.replica);
+    let diff = with_rebuild_slot(&state, async move {
+        Ok(history::diff(&store, &doc, q.from, to, replica).await?)
+    })
+    .await?;
     Ok(no_store(Json(diff).into_response()))
 }
 
@@ -284,13 +295,20 @@ async fn export(
     AdminDoc { doc, params: q, .. }: AdminDoc<AtParams>,
 ) -> Result<Response, ApiError> {
     let file = doc.as_str().replace(['/', '"', '\\'], "_");
+    let (store, replica, at) = (state.store.clone(), state.replica, q.at);
     let mut response = match q.format.as_deref().unwrap_or("json") {
         "yjs" => {
-            let bytes = history::export_yjs(&state.store, &doc, q.at, state.replica).await?;
+            let bytes = with_rebuild_slot(&state, async move {
+                Ok(history::export_yjs(&store, &doc, at, replica).await?)
+            })
+            .await?;
             ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
         }
         "json" => {
-            let content = history::content(&state.store, &doc, q.at, state.replica).await?;
+            let content = with_rebuild_slot(&state, async move {
+                Ok(history::content(&store, &doc, at, replica).await?)
+            })
+            .await?;
             Json(content).into_response()
         }
         other => {
@@ -354,7 +372,11 @@ async fn restore(
             message: "the document is deleted; undelete it before restoring".into(),
         });
     }
-    let (_, _, target) = history::document_at(&state.store, &doc, Some(to), state.replica).await?;
+    let (store, replica, target_doc) = (state.store.clone(), state.replica, doc.clone());
+    let (_, _, target) = with_rebuild_slot(&state, async move {
+        Ok(history::document_at(&store, &target_doc, Some(to), replica).await?)
+    })
+    .await?;
     let author = principal.subject().map(str::to_owned);
     let (reply, rx) = tokio::sync::oneshot::channel();
     let room = state.rooms.get_or_start(&state, &doc);

@@ -9,6 +9,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -61,6 +63,9 @@ pub(crate) enum ApiError {
     /// The request cannot be done in the document's state (restore of a deleted document).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// Every rebuild slot stayed taken for `Limits::rebuild_wait`; retry after that long.
+    #[error("busy: too many documents are being rebuilt")]
+    Busy { retry_after: Duration },
     /// Something failed inside the server; logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,7 +94,7 @@ impl IntoResponse for ApiError {
                 );
                 r
             }
-            ApiError::Auth(e @ AuthError::Forbidden { .. }) => {
+            ApiError::Auth(e @ (AuthError::Forbidden { .. } | AuthError::ScopeTooLow { .. })) => {
                 debug!(error = ?e, "request forbidden");
                 error_body(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
@@ -124,6 +129,18 @@ impl IntoResponse for ApiError {
                 e @ (StoreError::SeqOutOfRange { .. } | StoreError::Truncated { .. }),
             ) => error_body(StatusCode::BAD_REQUEST, "bad_version", e.to_string()),
             ApiError::Conflict { code, message } => error_body(StatusCode::CONFLICT, code, message),
+            ApiError::Busy { retry_after } => {
+                let mut r = error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many documents are being read at once; retry later".into(),
+                );
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+                r
+            }
             ApiError::Internal(e) => {
                 error!(error = %e, "internal error answering an HTTP request");
                 error_body(
@@ -153,6 +170,67 @@ impl IntoResponse for ApiError {
                 )
             }
         }
+    }
+}
+
+/// Runs `read`, an HTTP read that rebuilds a document (checkpoint and replay, rendering,
+/// diffing), once one of the `Limits::max_concurrent_rebuilds` slots is free, or answers
+/// [`ApiError::Busy`] if none frees within `Limits::rebuild_wait`.
+///
+/// The slot travels with the work into its own task: a client that hangs up does not free it
+/// while its rebuild still runs, so at most that many rebuilds ever run at once. The CPU parts
+/// inside run on the blocking pool (`Store::load`, `Store::state_at`, `history`), never on the
+/// async workers that serve everyone else.
+pub(crate) async fn with_rebuild_slot<T, F>(
+    state: &Arc<ServerState>,
+    read: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let wait = state.config.limits.rebuild_wait;
+    let permit = match tokio::time::timeout(wait, state.rebuilds.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Err(ApiError::Internal("the rebuild slots are closed".into())),
+        Err(_) => {
+            state.metrics.rebuilds_busy.fetch_add(1, Relaxed);
+            debug!(?wait, "read refused: no rebuild slot");
+            return Err(ApiError::Busy { retry_after: wait });
+        }
+    };
+    let slot = RebuildSlot::taken(state.clone(), permit);
+    tokio::spawn(async move {
+        let _slot = slot;
+        read.await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the read task failed: {e}")))?
+}
+
+/// A taken rebuild slot, counted in the `lattice_rebuilds_in_flight` gauge until dropped.
+struct RebuildSlot {
+    state: Arc<ServerState>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl RebuildSlot {
+    fn taken(state: Arc<ServerState>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        let now = state.metrics.rebuilds_in_flight.fetch_add(1, Relaxed) + 1;
+        state
+            .metrics
+            .rebuilds_in_flight_peak
+            .fetch_max(now, Relaxed);
+        RebuildSlot {
+            state,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for RebuildSlot {
+    fn drop(&mut self) {
+        self.state.metrics.rebuilds_in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -207,12 +285,15 @@ async fn document_json(
     let principal = authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, Scope::Read)?;
-    let loaded = state
-        .store
-        .load(&doc, state.replica)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(no_store(Json(loaded.document.to_json()).into_response()))
+    let (store, replica) = (state.store.clone(), state.replica);
+    let view = with_rebuild_slot(&state, async move {
+        let loaded = store.load(&doc, replica).await?.ok_or(ApiError::NotFound)?;
+        tokio::task::spawn_blocking(move || loaded.document.to_json())
+            .await
+            .map_err(|e| ApiError::Internal(format!("rendering failed: {e}")))
+    })
+    .await?;
+    Ok(no_store(Json(view).into_response()))
 }
 
 /// `GET /v1/admin/docs/{doc}`: what the store knows about the document (deleted ones too);

@@ -19,7 +19,7 @@ const VERSION: u8 = 1;
 
 /// One entry as stored in a journal row; the strings and bytes borrow from the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct JournalEntry<'a> {
+pub struct JournalEntry<'a> {
     pub doc: &'a str,
     pub seq: u64,
     pub hlc: u64,
@@ -29,7 +29,7 @@ pub(crate) struct JournalEntry<'a> {
 }
 
 /// Starts a payload.
-pub(crate) fn begin(capacity: usize) -> Vec<u8> {
+pub fn begin(capacity: usize) -> Vec<u8> {
     begin_version(VERSION, capacity)
 }
 
@@ -41,7 +41,7 @@ pub(super) fn begin_version(version: u8, capacity: usize) -> Vec<u8> {
 }
 
 /// Appends one entry to a payload started with [`begin`].
-pub(crate) fn push(out: &mut Vec<u8>, e: &JournalEntry<'_>) {
+pub fn push(out: &mut Vec<u8>, e: &JournalEntry<'_>) {
     put_bytes(out, e.doc.as_bytes(), Order::Little);
     out.extend_from_slice(&e.seq.to_le_bytes());
     out.extend_from_slice(&e.hlc.to_le_bytes());
@@ -87,7 +87,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8], order: Order) {
 }
 
 /// Decodes a whole payload.
-pub(crate) fn decode(payload: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
+pub fn decode(payload: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
     let mut r = Reader::new(payload);
     match r.u8()? {
         VERSION => {}

@@ -42,6 +42,21 @@ pub mod sqlite;
 
 pub use sqlite::SqliteSynchronous;
 
+/// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
+/// replay in `server/tests/fuzz_regressions.rs` only. Not an API: the formats are private to the
+/// store (see `journal.rs`, `runs.rs`) and may change in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// One SQLite `journal` row: every entry of one group-commit transaction.
+    pub mod journal {
+        pub use crate::store::journal::{JournalEntry, begin, decode, push};
+    }
+    /// One SQLite `update_runs` row: consecutive log entries of one document.
+    pub mod runs {
+        pub use crate::store::runs::{RunEntry, begin, decode, push};
+    }
+}
+
 /// Default capacity of the group-commit queue, in append requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 /// Default upper bound on log entries committed in one transaction.
@@ -191,6 +206,7 @@ pub enum StoreError {
     )]
     SchemaTooNew { found: i64, known: i64 },
     /// The database URL is neither `sqlite:` nor `postgres:`/`postgresql:`, or does not parse.
+    /// `url` is [`redacted_url`]: no password.
     #[error("unsupported database URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     /// Applying migrations failed.
@@ -521,6 +537,54 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `url` fit to print: a password in the user info (`postgres://user:secret@host/db`) or in a
+/// `password=` parameter becomes `***`; user, host, port, database and the other parameters
+/// stay. Anything that is not a URL is redacted the same way, as well as it can be (a malformed
+/// URL leans towards hiding too much).
+pub fn redacted_url(url: &str) -> String {
+    const MASK: &str = "***";
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    if let Some(scheme_end) = url.find("://").map(|i| i + 3) {
+        // The user info ends at the last `@` before the query: a password may hold a raw `/`.
+        let before_query = url[scheme_end..]
+            .find(['?', '#'])
+            .map_or(url.len(), |i| scheme_end + i);
+        if let Some(at) = url[scheme_end..before_query]
+            .rfind('@')
+            .map(|i| scheme_end + i)
+        {
+            let user_info = &url[scheme_end..at];
+            out.push_str(&url[..scheme_end]);
+            match user_info.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                None => out.push_str(user_info),
+            }
+            rest = &url[at..];
+        }
+    }
+    // `password=…` anywhere after that (query parameters, or a key=value string), up to the
+    // next separator.
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let Some(i) = lower.find("password=") else {
+            out.push_str(rest);
+            return out;
+        };
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str(MASK);
+        let end = rest[value..]
+            .find(['&', ' ', '#', ';'])
+            .map_or(rest.len(), |j| value + j);
+        rest = &rest[end..];
+    }
+}
+
 impl Store {
     /// Opens (and migrates) the store at `url`: `sqlite://path.db` (created if missing),
     /// `sqlite::memory:`, or `postgres://user:password@host/db`. Must be called inside a tokio
@@ -532,7 +596,7 @@ impl Store {
             Backend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
         } else {
             return Err(StoreError::BadUrl {
-                url: url.to_owned(),
+                url: redacted_url(url),
                 reason: "expected sqlite://… or postgres://…".to_owned(),
             });
         };
@@ -628,7 +692,7 @@ impl Store {
             return Err(StoreError::DocumentDeleted { doc: doc.clone() });
         }
         let head_seq = parts.upto;
-        let (document, meta) = rebuild(doc, replica, parts)?;
+        let (document, meta) = rebuild_blocking(doc, replica, parts).await?;
         Ok(Some(LoadedDoc {
             document,
             head_seq,
@@ -661,7 +725,9 @@ impl Store {
                 log_start_seq: parts.meta.log_start_seq,
             });
         }
-        rebuild(doc, replica, parts).map(|(document, _)| document)
+        rebuild_blocking(doc, replica, parts)
+            .await
+            .map(|(document, _)| document)
     }
 
     /// Up to `limit` log entries with `seq >= from_seq`, ascending, for history and for
@@ -727,6 +793,23 @@ impl Store {
 }
 
 /// Rebuilds a document from a checkpoint and the log after it.
+/// [`rebuild`] on tokio's blocking pool: replaying a long tail is CPU work that must not hold
+/// an async worker (every other request and connection waits behind it). A panic inside goes on
+/// in the caller, as it would have without the pool.
+async fn rebuild_blocking(
+    doc: &DocId,
+    replica: ReplicaId,
+    parts: Parts,
+) -> Result<(Document, DocMeta), StoreError> {
+    let doc = doc.clone();
+    match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
+        Ok(rebuilt) => rebuilt,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => Err(StoreError::Closed),
+    }
+}
+
 fn rebuild(
     doc: &DocId,
     replica: ReplicaId,
@@ -854,5 +937,36 @@ pub(crate) fn check_schema_version(
     match found {
         Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn printed_urls_have_no_password() {
+        let cases = [
+            (
+                "postgres://lattice:s3cret@db.example:5433/app",
+                "postgres://lattice:***@db.example:5433/app",
+            ),
+            (
+                "postgresql://u:p%40ss/w@h/db?sslmode=require&password=again&application_name=x",
+                "postgresql://u:***@h/db?sslmode=require&password=***&application_name=x",
+            ),
+            (
+                "postgres://u@h/db?PassWord=x",
+                "postgres://u@h/db?PassWord=***",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+            ("sqlite://lattice.db", "sqlite://lattice.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("host=h password=x dbname=d", "host=h password=*** dbname=d"),
+            ("mysql://root:x@h/d", "mysql://root:***@h/d"),
+        ];
+        for (url, printed) in cases {
+            assert_eq!(redacted_url(url), printed, "{url}");
+        }
     }
 }

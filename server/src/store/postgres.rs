@@ -22,7 +22,7 @@ pub(crate) struct PostgresBackend {
 impl PostgresBackend {
     pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
-            url: url.to_owned(),
+            url: super::redacted_url(url),
             reason: e.to_string(),
         })?;
         let pool = PgPoolOptions::new()

@@ -29,7 +29,7 @@ pub(crate) const RUN_MAX_BYTES: usize = 256 * 1024;
 
 /// One entry of a run; the strings and bytes borrow from the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RunEntry<'a> {
+pub struct RunEntry<'a> {
     pub seq: u64,
     pub hlc: u64,
     pub replica: u32,
@@ -39,12 +39,12 @@ pub(crate) struct RunEntry<'a> {
 }
 
 /// Starts a run.
-pub(crate) fn begin(capacity: usize) -> Vec<u8> {
+pub fn begin(capacity: usize) -> Vec<u8> {
     begin_version(VERSION, capacity)
 }
 
 /// Appends one entry to a run started with [`begin`]; its `seq` is implied by its position.
-pub(crate) fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
+pub fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
     out.extend_from_slice(&e.hlc.to_be_bytes());
     out.extend_from_slice(&e.replica.to_be_bytes());
     out.extend_from_slice(&e.committed_at_ms.to_be_bytes());
@@ -52,7 +52,7 @@ pub(crate) fn push(out: &mut Vec<u8>, e: &RunEntry<'_>) {
 }
 
 /// Decodes the run stored as `first ..= last`. It must hold exactly that many entries.
-pub(crate) fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
+pub fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
     let expected = last
         .checked_sub(first)
         .and_then(|n| n.checked_add(1))
@@ -72,11 +72,13 @@ pub(crate) fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEnt
         ));
     }
     let mut out = Vec::with_capacity(expected as usize);
-    let mut seq = first;
     while !r.done() {
-        if seq > last {
+        if out.len() as u64 == expected {
             return Err(format!("more than {expected} entries"));
         }
+        // `first + k` for the k-th entry stays at or below `last`: no overflow, whatever the
+        // range (a stored range is at most `i64::MAX`, a fuzzed one may end at `u64::MAX`).
+        let seq = first + out.len() as u64;
         let hlc = r.u64_be()?;
         let replica = r.u32_be()?;
         let committed_at_ms = r.u64_be()?;
@@ -94,9 +96,8 @@ pub(crate) fn decode(first: u64, last: u64, payload: &[u8]) -> Result<Vec<RunEnt
             author,
             delta,
         });
-        seq += 1;
     }
-    if seq != last + 1 {
+    if out.len() as u64 != expected {
         return Err(format!("{} entries, expected {expected}", out.len()));
     }
     Ok(out)

@@ -241,7 +241,7 @@ type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>);
 impl SqliteBackend {
     pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
         let bad_url = |e: sqlx::Error| StoreError::BadUrl {
-            url: url.to_owned(),
+            url: super::redacted_url(url),
             reason: e.to_string(),
         };
         let synchronous = match config.sqlite_synchronous {

@@ -1,0 +1,4 @@
+//! `yws::decode_frame`: see `lattice_engine_fuzz::yws_frame`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| lattice_engine_fuzz::yws_frame(bytes));
