@@ -180,3 +180,70 @@ fn missing_dependencies_get_an_error_then_the_room_state_to_resync_from() {
     );
     assert_eq!(room.document().text("text"), "abcd");
 }
+
+fn syncs_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<&lattice_engine::Delta> {
+    fx.send
+        .iter()
+        .filter(|o| o.to.contains(&peer))
+        .filter_map(|o| match &o.msg {
+            ServerMsg::Sync { delta, .. } => Some(delta),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Found by `cargo xtask chaos` (PostgreSQL down longer than the store's `busy_timeout`, a full
+/// disk): a subscribe answered while a delta waited for its commit got that delta in its
+/// `sync`. When the commit then failed and the room reloaded the document from the store, the
+/// subscriber held content the server did not, under another user's client id; its resync
+/// carried it along with its own edits and was refused (`invalid_delta`, client id taken) for
+/// as long as it held it, so two writers that got each other's edits this way could never sync
+/// again. Now the answer waits behind the commit, like a relay.
+#[test]
+fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
+    let mut room = room();
+    let (alice, bob, carol) = (PeerId(1), PeerId(2), PeerId(3));
+    room.subscribe(alice, Access::Write, &DocState::default());
+    room.subscribe(carol, Access::Write, &DocState::default());
+    let fx = room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()));
+    let token = fx.persist[0].token;
+    // Bob subscribes while Alice's delta is being committed: nothing yet.
+    let fx = room.subscribe(bob, Access::Write, &DocState::default());
+    assert!(
+        syncs_to(&fx, bob).is_empty(),
+        "bob's sync left before the commit"
+    );
+    assert!(room.queued_sync(bob).is_some());
+    // The commit: Alice's ack, Carol's relay, Bob's sync with Alice's text (and no relay of it).
+    let fx = room.committed(token);
+    let syncs = syncs_to(&fx, bob);
+    assert_eq!(syncs.len(), 1);
+    assert!(
+        !syncs[0].is_empty(),
+        "the sync holds alice's committed delta"
+    );
+    assert_eq!(deltas_to(&fx, bob), 0, "the sync already holds it");
+    assert_eq!(deltas_to(&fx, carol), 1);
+    // Later deltas reach Bob as relays.
+    let fx = room.client_delta(alice, 2, edit(8, "more"), Some("alice".into()));
+    let fx = room.committed(fx.persist[0].token);
+    assert_eq!(deltas_to(&fx, bob), 1);
+}
+
+/// The other half: when the commit fails, the waiting subscriber is closed with the sender
+/// (it resyncs with the reloaded document) and never gets the refused content.
+#[test]
+fn a_waiting_sync_is_dropped_with_a_failed_commit() {
+    let mut room = room();
+    let (alice, bob) = (PeerId(1), PeerId(2));
+    room.subscribe(alice, Access::Write, &DocState::default());
+    room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()));
+    room.subscribe(bob, Access::Write, &DocState::default());
+    let fx = room.commit_failed();
+    assert!(fx.reload);
+    let mut closed: Vec<PeerId> = fx.close.iter().map(|(p, _)| *p).collect();
+    closed.sort();
+    assert_eq!(closed, vec![alice, bob]);
+    assert!(syncs_to(&fx, bob).is_empty());
+    assert!(!room.is_subscribed(bob));
+}

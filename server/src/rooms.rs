@@ -240,8 +240,9 @@ struct RoomDriver {
     /// Awareness identity of each peer with presence, for Yjs recipients.
     awareness: HashMap<PeerId, AwarenessMeta>,
     restores: Vec<RestoreWaiter>,
-    /// The document was deleted under the room: it has closed its peers and must stop.
-    stopped: bool,
+    /// Why the room has closed its peers and must stop: the document was deleted under it, or
+    /// it could not be reloaded after a failed commit.
+    stopped: Option<StoreError>,
 }
 
 /// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
@@ -302,7 +303,7 @@ async fn room_task(
         flush_waiters: Vec::new(),
         awareness: HashMap::new(),
         restores: Vec::new(),
-        stopped: false,
+        stopped: None,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,16 +332,15 @@ async fn room_task(
                 driver.apply(fx).await;
             }
         }
-        if driver.stopped {
+        if let Some(why) = driver.stopped.take() {
             state.rooms.forget(&doc);
-            let deleted = StoreError::DocumentDeleted { doc: doc.clone() };
             for w in driver.restores.drain(..) {
-                let _ = w.reply.send(Err(RestoreFailed::Load(deleted.clone())));
+                let _ = w.reply.send(Err(RestoreFailed::Load(why.clone())));
             }
             for reply in driver.flush_waiters.drain(..) {
                 let _ = reply.send(());
             }
-            refuse_all(&mut rx, &doc, &deleted).await;
+            refuse_all(&mut rx, &doc, &why).await;
             break;
         }
         driver.start_commit();
@@ -376,6 +376,12 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
                     let _ = peer
                         .outbox
                         .try_send(Message::Binary(Bytes::from(msg.encode())));
+                    // A store that is down comes back: close (4011), so that the client
+                    // reconnects with backoff and subscribes again. A damaged or deleted
+                    // document does not: the connection stays open for its other documents.
+                    if is_unavailable(e) {
+                        peer.closer.close(CloseCode::StoreFailure);
+                    }
                 }
                 // A y-websocket peer cannot read a MessagePack error; its one document is
                 // gone, so the close says it all.
@@ -390,6 +396,12 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
             _ => {}
         }
     }
+}
+
+/// Whether `e` says the store is unavailable (it may come back), rather than that the document
+/// is damaged or deleted.
+fn is_unavailable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database { .. } | StoreError::Closed)
 }
 
 /// What a client may learn about a store failure: never internals.
@@ -408,17 +420,19 @@ fn public_reason(e: &StoreError) -> &'static str {
 /// What the `sync` answers in `fx` cost, in bytes: the measure of a connection's budget of
 /// full-state computations.
 fn sync_cost(fx: &Effects) -> usize {
-    fx.send
-        .iter()
-        .map(|out| match &out.msg {
-            ServerMsg::Sync { delta, state, .. } => {
-                delta.yjs.len()
-                    + state.yjs.len()
-                    + 64 * (delta.counters.len() + delta.registers.len() + state.counters.len())
-            }
-            _ => 0,
-        })
-        .sum()
+    fx.send.iter().map(|out| sync_msg_cost(&out.msg)).sum()
+}
+
+/// What one `sync` answer cost (0 for any other message).
+fn sync_msg_cost(msg: &ServerMsg) -> usize {
+    match msg {
+        ServerMsg::Sync { delta, state, .. } => {
+            delta.yjs.len()
+                + state.yjs.len()
+                + 64 * (delta.counters.len() + delta.registers.len() + state.counters.len())
+        }
+        _ => 0,
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -443,7 +457,9 @@ impl RoomDriver {
                 let echo = peer.kind == PeerKind::Yjs;
                 self.peers.insert(id, peer);
                 let fx = self.room.subscribe_with_echo(id, access, echo, &state);
-                ticket.spent(sync_cost(&fx));
+                // The answer is in `fx`, or waits in the room for commits (it is computed now).
+                let queued = self.room.queued_sync(id).map_or(0, sync_msg_cost);
+                ticket.spent(sync_cost(&fx) + queued);
                 fx
             }
             RoomCmd::Unsubscribe { peer } => {
@@ -497,7 +513,9 @@ impl RoomDriver {
                 Effects::default()
             }
             RoomCmd::Deleted => {
-                self.stop_deleted();
+                self.stop(StoreError::DocumentDeleted {
+                    doc: self.doc.clone(),
+                });
                 return;
             }
             RoomCmd::Restore {
@@ -548,13 +566,14 @@ impl RoomDriver {
         true
     }
 
-    /// The document is deleted: close every peer so it resyncs (and is refused), then stop.
-    fn stop_deleted(&mut self) {
+    /// The room cannot go on with its document (`why`): close every peer so it resyncs (with
+    /// a new room, which loads the document from the store, or is refused), then stop.
+    fn stop(&mut self, why: StoreError) {
         for (_, handle) in self.peers.drain() {
             handle.closer.close(CloseCode::StoreFailure);
         }
         self.pending.clear();
-        self.stopped = true;
+        self.stopped = Some(why);
     }
 
     /// Builds the restore delta from the live document and applies it as the server's change.
@@ -823,9 +842,20 @@ impl RoomDriver {
             }
             if fx.reload {
                 match load_document(&self.state, &self.doc).await {
-                    Ok(doc) => self.room.replace_document(doc),
-                    Err(StoreError::DocumentDeleted { .. }) => self.stop_deleted(),
-                    Err(e) => error!(error = %e, "reload after failure failed"),
+                    Ok(doc) => {
+                        let more = self.room.replace_document(doc);
+                        self.apply(more).await;
+                    }
+                    Err(e @ StoreError::DocumentDeleted { .. }) => self.stop(e),
+                    // The document still holds what the store refused. Kept, it would be
+                    // served to subscribers and built on by later deltas, whose commits would
+                    // then depend on content the store never got (acknowledged, yet not
+                    // visible after a reload). Stop instead: the next subscriber starts a new
+                    // room from the store.
+                    Err(e) => {
+                        error!(error = %e, "reload after a failed commit failed; closing every subscriber and stopping the room");
+                        self.stop(e);
+                    }
                 }
             }
         })

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -302,6 +303,11 @@ async fn yjs_socket(
     }
 }
 
+/// How long `/readyz` waits for the store. A store that does not answer is not ready: without
+/// a bound the probe would wait as long as a write does for a connection (`busy_timeout`, 30 s)
+/// while PostgreSQL is down.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -309,13 +315,22 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     // A metadata lookup is the cheapest query that proves the database answers.
     let probe = lattice_engine::DocId::new("lattice-readyz-probe").map_err(|_| ());
     let answered = match probe {
-        Ok(doc) => state.store.document(&doc).await.map(|_| ()),
-        Err(()) => Ok(()),
+        Ok(doc) => tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.document(&doc))
+            .await
+            .map(|r| r.map(|_| ())),
+        Err(()) => Ok(Ok(())),
     };
     match answered {
-        Ok(()) => "ready".into_response(),
-        Err(e) => {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(e)) => {
             warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+        Err(_) => {
+            warn!(
+                timeout_ms = READY_PROBE_TIMEOUT.as_millis() as u64,
+                "readiness check failed: the store did not answer in time"
+            );
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
         }
     }

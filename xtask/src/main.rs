@@ -5,6 +5,7 @@
 //! - `cargo xtask setup` — only the set-up (idempotent).
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
+//! - `cargo xtask chaos [--quick] […]` — the server under faults and attacks (`chaos.rs`).
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]` — run the cargo-fuzz targets (`fuzz.rs`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
@@ -12,6 +13,7 @@
 //! is skipped.
 
 mod bench;
+mod chaos;
 mod fuzz;
 mod setup;
 mod web;
@@ -36,10 +38,11 @@ fn main() -> Result<()> {
         Some("check-engine-deps") => check_engine_deps(),
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         Some("fuzz") => fuzz::command(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -158,6 +161,13 @@ fn test(_root: &Path) -> Result<()> {
             )
         },
     )?;
+    // Built once, before the tests: tests/tests/hardening.rs runs it (deep nesting overflows
+    // the stack at a depth that depends on the release build's frames), and so does the chaos
+    // step below.
+    step(
+        "release server (cargo build --release --bin lattice)",
+        chaos::build_server,
+    )?;
     step("tests (cargo nextest)", || {
         // Tests that run the `lattice` binary ask cargo for it; build it first so that their
         // time limits never include compiling it.
@@ -192,6 +202,9 @@ fn test(_root: &Path) -> Result<()> {
         "browser tests (wasm-bindgen-test, headless Chromium)",
         web::browser_tests,
     )?;
+    step("chaos suite, quick (cargo xtask chaos --quick)", || {
+        chaos::run(&["--quick".to_owned()])
+    })?;
     eprintln!(
         "\nall checks passed in {:.0}s",
         started.elapsed().as_secs_f64()

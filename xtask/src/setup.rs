@@ -157,6 +157,15 @@ fn node_packages() -> Result<()> {
     npm_ci(NODE_TESTS_DIR)
 }
 
+/// What `cargo xtask chaos` needs: PostgreSQL (the shared cluster for the kill scenario, and
+/// its binaries for the private cluster the restart scenario runs), exported as for the tests.
+pub fn for_chaos() -> Result<()> {
+    apt(&["postgresql"])?;
+    let url = postgres()?;
+    export("LATTICE_TEST_POSTGRES_URL", url);
+    Ok(())
+}
+
 /// What running the product needs: nothing beyond the Rust toolchain yet (SQLite is embedded).
 pub fn for_run() -> Result<()> {
     Ok(())

@@ -101,6 +101,10 @@ struct Subscriber {
     echo: bool,
     /// The highest `seq` of a delta it sent that the room took (0: none yet).
     last_seq: u64,
+    /// Its `sync` answer waits in the slots for the commits before it (see
+    /// [`Room::subscribe_with_echo`]); until it leaves, relays skip this peer, since the answer
+    /// holds what they carry.
+    awaiting_sync: bool,
 }
 
 struct Presence {
@@ -110,19 +114,22 @@ struct Presence {
     typing_until_ms: u64,
 }
 
-/// A delta waiting for its commit (or for earlier commits, when it needed none).
+/// A delta waiting for its commit (or for earlier commits, when it needed none), or a `sync`
+/// answer waiting for the commits of what it holds.
 struct Slot {
     token: u64,
     peer: PeerId,
     seq: u64,
     relay: Option<Delta>,
+    sync: Option<Box<ServerMsg>>,
 }
 
 /// The single owner of a live document on the server.
 ///
 /// **Invariants:** a delta is acknowledged to its sender and relayed to the others only after it
-/// (and every delta applied before it) is committed; a refused delta changes nothing; presence is
-/// never persisted.
+/// (and every delta applied before it) is committed, and a `sync` answer leaves only once
+/// everything it holds is committed; a refused delta changes nothing; presence is never
+/// persisted.
 pub struct Room {
     doc_id: DocId,
     doc: Document,
@@ -192,12 +199,24 @@ impl Room {
         }
     }
 
+    /// The subscribers other than `peer` that relays go to (not those whose `sync` is still
+    /// waiting: it holds what the relays carry).
     fn others(&self, peer: PeerId) -> Vec<PeerId> {
         self.subscribers
-            .keys()
-            .copied()
-            .filter(|p| *p != peer)
+            .iter()
+            .filter(|(p, s)| **p != peer && !s.awaiting_sync)
+            .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// The `sync` answer of `peer` that waits for commits, if there is one (its size is what
+    /// the subscription cost).
+    pub fn queued_sync(&self, peer: PeerId) -> Option<&ServerMsg> {
+        self.slots
+            .iter()
+            .rev()
+            .filter(|s| s.peer == peer)
+            .find_map(|s| s.sync.as_deref())
     }
 
     /// A peer subscribes with what it holds; it gets what it lacks, the room's state, and the
@@ -209,6 +228,12 @@ impl Room {
     /// [`Room::subscribe`], choosing whether the peer's own committed deltas are relayed back
     /// to it. Subscribing again (a new state vector) is allowed and answers with what the peer
     /// lacks now.
+    ///
+    /// The answer is computed now, from everything applied, but leaves only once all of it is
+    /// committed: while deltas wait for their commit it waits behind them in the slots, like
+    /// their relays. A subscriber must never hold content the store may still refuse: if the
+    /// commit failed and the room reloaded, that subscriber would hold another user's content
+    /// the server does not, and its resync, which carries it, would be refused for good.
     pub fn subscribe_with_echo(
         &mut self,
         peer: PeerId,
@@ -233,22 +258,32 @@ impl Room {
             }
         };
         let last_seq = self.subscribers.get(&peer).map_or(0, |s| s.last_seq);
+        let sync = ServerMsg::Sync {
+            doc: self.doc_id.clone(),
+            delta,
+            state: self.doc.state(),
+        };
+        let uncommitted = self.slots.iter().any(|s| s.relay.is_some());
         self.subscribers.insert(
             peer,
             Subscriber {
                 access,
                 echo,
                 last_seq,
+                awaiting_sync: uncommitted,
             },
         );
-        fx.to(
-            peer,
-            ServerMsg::Sync {
-                doc: self.doc_id.clone(),
-                delta,
-                state: self.doc.state(),
-            },
-        );
+        if uncommitted {
+            self.slots.push_back(Slot {
+                token: self.next_token.saturating_sub(1),
+                peer,
+                seq: 0,
+                relay: None,
+                sync: Some(Box::new(sync)),
+            });
+        } else {
+            fx.to(peer, sync);
+        }
         for (other, p) in &self.presence {
             if *other != peer {
                 fx.to(peer, self.presence_msg(*other, Some(p)));
@@ -383,6 +418,7 @@ impl Room {
                 peer,
                 seq,
                 relay: Some(delta),
+                sync: None,
             });
         } else {
             // Nothing new, but what it duplicates may still be uncommitted: acknowledge it in
@@ -392,6 +428,7 @@ impl Room {
                 peer,
                 seq,
                 relay: None,
+                sync: None,
             });
             self.release(&mut fx);
         }
@@ -434,6 +471,7 @@ impl Room {
                 peer: SERVER_PEER,
                 seq: 0,
                 relay: Some(delta),
+                sync: None,
             });
         }
         Ok(fx)
@@ -447,7 +485,8 @@ impl Room {
         fx
     }
 
-    /// Acknowledges and relays every slot whose commit (and every earlier commit) is done.
+    /// Acknowledges and relays every slot whose commit (and every earlier commit) is done, and
+    /// sends the `sync` answers waiting behind them.
     fn release(&mut self, fx: &mut Effects) {
         let mut acks: BTreeMap<PeerId, u64> = BTreeMap::new();
         // Runs of relays from one sender, merged into one delta each.
@@ -459,6 +498,15 @@ impl Room {
             let Some(slot) = self.slots.pop_front() else {
                 break;
             };
+            if let Some(sync) = slot.sync {
+                // Everything before it goes first; the relays of what it holds skip it.
+                self.send_runs(std::mem::take(&mut runs), fx);
+                if let Some(sub) = self.subscribers.get_mut(&slot.peer) {
+                    sub.awaiting_sync = false;
+                    fx.to(slot.peer, *sync);
+                }
+                continue;
+            }
             let seq = acks.entry(slot.peer).or_insert(0);
             *seq = (*seq).max(slot.seq);
             if let Some(delta) = slot.relay {
@@ -474,9 +522,29 @@ impl Room {
                 }
             }
         }
+        self.send_runs(runs, fx);
+        for (peer, seq) in acks {
+            if self.subscribers.contains_key(&peer) {
+                fx.to(
+                    peer,
+                    ServerMsg::Ack {
+                        doc: self.doc_id.clone(),
+                        seq,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Relays runs of one sender's committed deltas, each run merged into one delta.
+    fn send_runs(&self, runs: Vec<(PeerId, Vec<Delta>, usize)>, fx: &mut Effects) {
         for (sender, deltas, _) in runs {
             let mut to = self.others(sender);
-            if self.subscribers.get(&sender).is_some_and(|s| s.echo) {
+            if self
+                .subscribers
+                .get(&sender)
+                .is_some_and(|s| s.echo && !s.awaiting_sync)
+            {
                 to.push(sender);
             }
             if to.is_empty() {
@@ -501,27 +569,21 @@ impl Room {
                 });
             }
         }
-        for (peer, seq) in acks {
-            if self.subscribers.contains_key(&peer) {
-                fx.to(
-                    peer,
-                    ServerMsg::Ack {
-                        doc: self.doc_id.clone(),
-                        seq,
-                    },
-                );
-            }
-        }
     }
 
     /// The store refused the batch holding tokens up to `token`. The document now holds changes
     /// the store does not, so it must be reloaded; the senders are closed so they resync (their
     /// edits are still in their replicas and come back through the resync).
     pub fn commit_failed(&mut self) -> Effects {
-        let mut fx = Effects {
-            reload: true,
-            ..Effects::default()
-        };
+        let mut fx = self.close_waiting();
+        fx.reload = true;
+        fx
+    }
+
+    /// Closes every peer with a slot (a delta waiting for its commit or its ack, or a `sync`
+    /// waiting for commits) and drops the slots.
+    fn close_waiting(&mut self) -> Effects {
+        let mut fx = Effects::default();
         let mut peers: Vec<PeerId> = self.slots.iter().map(|s| s.peer).collect();
         peers.sort_unstable();
         peers.dedup();
@@ -534,11 +596,13 @@ impl Room {
         fx
     }
 
-    /// Replaces the document after a reload from the store. Subscribers stay; anything they sent
-    /// that was lost comes back when they resync.
-    pub fn replace_document(&mut self, doc: Document) {
+    /// Replaces the document after a reload from the store. Subscribers stay, except those
+    /// that were waiting for something of the old document (an ack, or their `sync`): they are
+    /// closed (returned in `close`) and resync; anything they sent that was lost comes back
+    /// then.
+    pub fn replace_document(&mut self, doc: Document) -> Effects {
         self.doc = doc;
-        self.slots.clear();
+        self.close_waiting()
     }
 
     fn presence_msg(&self, peer: PeerId, p: Option<&Presence>) -> ServerMsg {

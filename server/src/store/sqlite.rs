@@ -262,16 +262,20 @@ impl SqliteBackend {
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
             .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string());
-        let writer = SqlitePoolOptions::new()
+        // An in-memory database exists once per connection, so it is read through the writer.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .acquire_timeout(config.busy_timeout)
+            .acquire_timeout(config.busy_timeout);
+        if !in_memory {
+            writer = writer.after_release(|conn, _| Box::pin(keep_writer(conn)));
+        }
+        let writer = writer
             .connect_with(writer_options)
             .await
             .map_err(StoreError::db("open"))?;
         migrate(&writer).await?;
-        // An in-memory database exists once per connection, so it is read through the writer.
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let reader = if in_memory {
             writer.clone()
         } else {
@@ -918,6 +922,28 @@ impl SqliteBackend {
 }
 
 super::sql::shared_sql_impl!(SqliteBackend, Sqlite, numbered = false);
+
+/// Whether the writer connection may go back to the pool: not while sqlx still counts a
+/// transaction on it. A `COMMIT` that fails with a full disk (SQLITE_FULL) can make SQLite roll
+/// the transaction back by itself; sqlx then keeps counting it as open, the `ROLLBACK` it sends
+/// when the transaction is dropped fails ("no transaction is active"), and every later
+/// `BEGIN IMMEDIATE` on the connection is refused ("non-zero transaction depth"), so nothing is
+/// ever written again. Such a connection is closed instead (which ends anything SQLite still
+/// holds open), and the pool opens a fresh one. The ping lets a rollback that is still queued
+/// run first, so a transaction that merely failed and rolled back keeps its connection.
+async fn keep_writer(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    let stuck = conn.is_in_transaction();
+    if stuck {
+        tracing::warn!(
+            "the writer connection is stuck in a transaction SQLite already ended; reopening it"
+        );
+    }
+    Ok(!stuck)
+}
 
 /// Begins a write transaction with `begin` (IMMEDIATE takes the write lock up front, see
 /// `begin_write`) and reads `PRAGMA data_version`, which tells whether another connection
