@@ -1143,67 +1143,14 @@ impl ClientCore {
 }
 
 #[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use lattice_engine::DocState;
-    use lattice_engine::manual_clock;
 
-    fn doc(name: &str) -> DocId {
-        DocId::new(name).expect("doc id")
-    }
-
-    fn core(replica: u32) -> ClientCore {
-        ClientCore::new(
-            ReplicaId::from_random(replica),
-            manual_clock,
-            Some("secret".into()),
-            ClientOptions::default(),
-        )
-    }
-
-    fn sent(core: &mut ClientCore) -> Vec<ClientMsg> {
-        core.take_frames()
-            .frames
-            .iter()
-            .map(|f| ClientMsg::decode(f, usize::MAX).expect("client frame"))
-            .collect()
-    }
-
-    fn server(core: &mut ClientCore, msg: ServerMsg) {
-        core.receive(&msg.encode(), 1_000);
-    }
-
-    /// Opens `d`, connects and completes the handshake with an empty server.
-    fn online(core: &mut ClientCore, d: &DocId) {
-        core.open(d.clone(), Vec::new()).expect("open");
-        core.connecting();
-        core.socket_open(0);
-        server(
-            core,
-            ServerMsg::Welcome {
-                protocol: 1,
-                server: "test".into(),
-            },
-        );
-        server(
-            core,
-            ServerMsg::Sync {
-                doc: d.clone(),
-                delta: Delta::default(),
-                state: DocState::default(),
-            },
-        );
-    }
-
-    fn statuses(events: &[ClientEvent]) -> Vec<(Status, usize)> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Status { status, pending } => Some((*status, *pending)),
-                _ => None,
-            })
-            .collect()
-    }
+    use super::testing::{core, doc, online, sent, server, statuses};
 
     #[test]
     fn handshake_says_hello_with_token_and_replica_then_subscribes() {
