@@ -32,11 +32,14 @@ use lattice_engine::{
 
 mod backoff;
 mod events;
+mod presence;
 mod records;
 
 pub use backoff::Backoff;
 use events::EventQueue;
 pub use events::{ClientEvent, EVENT_QUEUE_CAPACITY, Origin, Status};
+use presence::MyPresence;
+pub use presence::{PeerPresence, TYPING_TTL_MS};
 use records::copy_key;
 pub use records::{
     COPY_INTERVAL_MS, COPY_REPLICA, PendingKey, RecordError, StoreOp, StoredDelta, decode_record,
@@ -47,10 +50,6 @@ pub use records::{
 /// reaching this means the socket cannot keep up; the connection is dropped and the resync on
 /// the next one covers everything that was not sent.
 pub const OUTBOX_CAPACITY: usize = 1_024;
-
-/// How long the typing flag of this client's presence stays set after `typing: true` (the
-/// server expires it after 5 s without renewal; renewing it beyond this would keep a stale flag).
-pub const TYPING_TTL_MS: u64 = 5_000;
 
 /// How the client paces itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,15 +95,6 @@ pub struct Frames {
     pub drop_connection: Option<DropReason>,
 }
 
-/// The presence of another peer on a document.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PeerPresence {
-    /// The server's number for the peer's connection.
-    pub peer: u64,
-    pub state: Value,
-    pub typing: bool,
-}
-
 /// A call the client cannot carry out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -114,15 +104,6 @@ pub enum ClientError {
     Edit(#[from] EditError),
     #[error("restored deltas of {doc} cannot be applied: {source}")]
     Restore { doc: DocId, source: ApplyError },
-}
-
-/// This client's own presence on a document, kept to renew it and to publish it again after a
-/// reconnect.
-#[derive(Clone, Debug)]
-struct MyPresence {
-    state: Value,
-    typing_until_ms: u64,
-    sent_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -264,14 +245,6 @@ impl ClientCore {
 
     pub fn document(&self, doc: &DocId) -> Option<&Document> {
         self.session.document(doc)
-    }
-
-    /// The presence of the other peers on `doc`, ordered by peer.
-    pub fn others(&self, doc: &DocId) -> Vec<PeerPresence> {
-        self.docs
-            .get(doc)
-            .map(|d| d.others.values().cloned().collect())
-            .unwrap_or_default()
     }
 
     // --- connection -------------------------------------------------------------------------
@@ -679,58 +652,6 @@ impl ClientCore {
             .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })
     }
 
-    /// Sets this client's presence on `doc` (`Value::Null` leaves) and publishes it when online;
-    /// it is renewed every `presence_renew_ms` and published again after a reconnect.
-    pub fn set_presence(
-        &mut self,
-        doc: &DocId,
-        state: Value,
-        typing: bool,
-        now_ms: u64,
-    ) -> Result<(), ClientError> {
-        let d = self
-            .docs
-            .get_mut(doc)
-            .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })?;
-        if state == Value::Null {
-            d.mine = None;
-            let out = self.session.presence(doc, Value::Null, false);
-            self.dispatch(out);
-            return Ok(());
-        }
-        d.mine = Some(MyPresence {
-            state,
-            typing_until_ms: if typing {
-                now_ms.saturating_add(TYPING_TTL_MS)
-            } else {
-                0
-            },
-            sent_at_ms: None,
-        });
-        if self.session.is_synced(doc) {
-            self.send_my_presence(doc, now_ms);
-        }
-        Ok(())
-    }
-
-    /// Sets or clears the typing flag of this client's presence on `doc` (an empty presence
-    /// is created if there is none).
-    pub fn set_typing(
-        &mut self,
-        doc: &DocId,
-        typing: bool,
-        now_ms: u64,
-    ) -> Result<(), ClientError> {
-        let state = self
-            .docs
-            .get(doc)
-            .ok_or_else(|| ClientError::NotOpen { doc: doc.clone() })?
-            .mine
-            .as_ref()
-            .map_or_else(|| Value::Map(BTreeMap::new()), |m| m.state.clone());
-        self.set_presence(doc, state, typing, now_ms)
-    }
-
     // --- effects ----------------------------------------------------------------------------
 
     /// Frames to send, oldest first, or the instruction to drop the connection.
@@ -831,20 +752,6 @@ impl ClientCore {
                 }
             }
         }
-    }
-
-    fn send_my_presence(&mut self, doc: &DocId, now_ms: u64) {
-        let Some(mine) = self.docs.get_mut(doc).and_then(|d| d.mine.as_mut()) else {
-            return;
-        };
-        if self.link != Link::Open {
-            return;
-        }
-        mine.sent_at_ms = Some(now_ms);
-        let state = mine.state.clone();
-        let typing = now_ms < mine.typing_until_ms;
-        let out = self.session.presence(doc, state, typing);
-        self.dispatch(out);
     }
 
     fn report_status(&mut self) {
@@ -985,111 +892,6 @@ mod tests {
             .collect();
         assert_eq!(deleted, vec![1, 2]);
         assert_eq!(statuses(&c.take_events()), vec![(Status::Synced, 1)]);
-    }
-
-    #[test]
-    fn presence_of_others_is_tracked_and_forgotten_on_disconnect() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
-        c.take_events();
-        let alice = Value::String("alice".into());
-        server(
-            &mut c,
-            ServerMsg::Presence {
-                doc: d.clone(),
-                peer: 4,
-                state: alice.clone(),
-                typing: true,
-            },
-        );
-        server(
-            &mut c,
-            ServerMsg::Presence {
-                doc: d.clone(),
-                peer: 2,
-                state: Value::Int(1),
-                typing: false,
-            },
-        );
-        assert_eq!(
-            c.others(&d),
-            vec![
-                PeerPresence {
-                    peer: 2,
-                    state: Value::Int(1),
-                    typing: false
-                },
-                PeerPresence {
-                    peer: 4,
-                    state: alice,
-                    typing: true
-                }
-            ]
-        );
-        assert_eq!(
-            c.take_events(),
-            vec![ClientEvent::Presence { doc: d.clone() }]
-        );
-        server(
-            &mut c,
-            ServerMsg::Presence {
-                doc: d.clone(),
-                peer: 4,
-                state: Value::Null,
-                typing: false,
-            },
-        );
-        assert_eq!(c.others(&d).len(), 1);
-        c.socket_closed();
-        assert!(c.others(&d).is_empty());
-        let events = c.take_events();
-        assert!(events.contains(&ClientEvent::Presence { doc: d.clone() }));
-        assert_eq!(statuses(&events), vec![(Status::Offline, 0)]);
-    }
-
-    #[test]
-    fn my_presence_is_published_renewed_and_republished_after_reconnect() {
-        let d = doc("notes");
-        let mut c = core(7);
-        c.open(d.clone(), Vec::new()).expect("open");
-        // Set while offline: kept, sent once synced.
-        c.set_presence(&d, Value::String("me".into()), true, 0)
-            .expect("presence");
-        assert!(c.take_frames().frames.is_empty());
-        online(&mut c, &d);
-        let msgs = sent(&mut c);
-        assert!(
-            msgs.iter().any(|m| matches!(
-                m,
-                ClientMsg::Presence { typing: true, state: Value::String(s), .. } if s == "me"
-            )),
-            "{msgs:?}"
-        );
-        // Renewed after the interval, with the typing flag expired.
-        c.tick(1_000 + c.options.presence_renew_ms);
-        let msgs = sent(&mut c);
-        assert!(
-            msgs.iter()
-                .any(|m| matches!(m, ClientMsg::Presence { typing: false, .. })),
-            "{msgs:?}"
-        );
-        c.socket_closed();
-        online(&mut c, &d);
-        assert!(
-            sent(&mut c)
-                .iter()
-                .any(|m| matches!(m, ClientMsg::Presence { .. }))
-        );
-        c.set_presence(&d, Value::Null, false, 2_000)
-            .expect("leave");
-        assert!(sent(&mut c).iter().any(|m| matches!(
-            m,
-            ClientMsg::Presence {
-                state: Value::Null,
-                ..
-            }
-        )));
     }
 
     #[test]
