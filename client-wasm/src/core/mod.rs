@@ -10,6 +10,10 @@
 //! edit, timer tick with the time passed in), effects are taken out by the driver
 //! ([`ClientCore::take_frames`], [`ClientCore::take_store_ops`], [`ClientCore::take_events`]).
 //!
+//! This file is `ClientCore` itself (connection, documents and edits, effects); its pieces are
+//! `records` (what is kept for a reload, and the saved copy), `events`, `presence`, `backoff`
+//! and `yjs_tap` (the Yjs bridge's side).
+//!
 //! **Invariants:**
 //! - For every open document, the stored records (`PendingKey`s) correspond one to one, in
 //!   order, to the session's unconfirmed deltas. The session confirms deltas oldest first (acks
