@@ -91,8 +91,6 @@ pub(super) fn copy_key(doc: &DocId) -> PendingKey {
 }
 
 impl ClientCore {
-    /// Deletes the records of deltas the session no longer counts as pending (a prefix, see
-    /// the module invariants).
     /// Moves the records of acknowledged deltas to the list deleted with the next saved copy:
     /// until a copy holds their content, they are what keeps it in this browser.
     pub(super) fn reconcile_records(&mut self) {
