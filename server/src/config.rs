@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::auth::KeySet;
+pub use crate::auth::{AuthConfig, AuthMode};
 use crate::store::StoreConfig;
 
 /// Everything `run` needs to know.
@@ -168,45 +168,4 @@ impl Default for RoomSettings {
             max_relay_bytes: 256 * 1024,
         }
     }
-}
-
-/// Access control (docs/security.md).
-#[derive(Clone, Debug)]
-pub struct AuthConfig {
-    pub mode: AuthMode,
-    /// Failed authentication attempts (a token that does not verify) allowed per IP address per
-    /// minute, as a burst; past it the address gets HTTP 429 / close 4029 until it refills.
-    pub failed_attempts_per_minute: u32,
-    /// Addresses the failure throttle remembers at most (bounded memory).
-    pub max_tracked_addresses: usize,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            mode: AuthMode::Disabled,
-            failed_attempts_per_minute: 20,
-            max_tracked_addresses: 65_536,
-        }
-    }
-}
-
-impl AuthConfig {
-    /// Tokens required, signed by one of `keys`.
-    pub fn required(keys: KeySet) -> Self {
-        Self {
-            mode: AuthMode::Required(keys),
-            ..Self::default()
-        }
-    }
-}
-
-/// Whether tokens are required.
-#[derive(Clone, Debug)]
-pub enum AuthMode {
-    /// Everyone may do everything (`--no-auth`; logged as a warning at start).
-    Disabled,
-    /// Every endpoint but `/healthz`, `/readyz` and `/metrics` requires a token signed by one
-    /// of these keys.
-    Required(KeySet),
 }

@@ -264,19 +264,20 @@ async fn yjs_socket(
 ) -> Response {
     // Authenticate first, so a refusal reads the same whether or not the document (or even
     // the id) is valid.
-    let grant = crate::auth::authorize(&state, &headers, query.token.as_deref(), remote.ip())
-        .map_err(|e| YjsRefusal::from_auth(&e))
-        .and_then(|principal| {
-            // An id that cannot exist is refused like one the token does not cover.
-            let doc = DocId::new(&doc).map_err(|_| YjsRefusal::forbidden())?;
-            let access = principal.access(&doc).ok_or_else(YjsRefusal::forbidden)?;
-            Ok(YjsGrant {
-                doc,
-                access,
-                author: principal.subject().map(str::to_owned),
-                expires_in: principal.time_left(),
-            })
-        });
+    let grant =
+        crate::auth::authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())
+            .map_err(|e| YjsRefusal::from_auth(&e))
+            .and_then(|principal| {
+                // An id that cannot exist is refused like one the token does not cover.
+                let doc = DocId::new(&doc).map_err(|_| YjsRefusal::forbidden())?;
+                let access = principal.access(&doc).ok_or_else(YjsRefusal::forbidden)?;
+                Ok(YjsGrant {
+                    doc,
+                    access,
+                    author: principal.subject().map(str::to_owned),
+                    expires_in: principal.time_left(),
+                })
+            });
     let config = ws_config(&state.config);
     match grant {
         Ok(grant) => {

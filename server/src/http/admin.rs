@@ -24,7 +24,7 @@ use serde_json::json;
 
 use super::{ApiError, no_store, with_rebuild_slot};
 use crate::ServerState;
-use crate::auth::{Principal, Scope, authorize};
+use crate::auth::{Principal, Scope, authenticate_request};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
 use crate::store::{DocMeta, StoreError};
@@ -145,7 +145,7 @@ where
                 code: "bad_path",
                 message: e.body_text(),
             })?;
-        let principal = authorize(state, &parts.headers, params.token(), remote.ip())?;
+        let principal = authenticate_request(state, &parts.headers, params.token(), remote.ip())?;
         let doc = DocId::new(doc)?;
         principal.require(&doc, Scope::Admin)?;
         Ok(AdminDoc {
@@ -182,7 +182,7 @@ async fn list(
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    let principal = authorize(&state, &headers, q.token.as_deref(), remote.ip())?;
+    let principal = authenticate_request(&state, &headers, q.token.as_deref(), remote.ip())?;
     principal.require_scope(Scope::Admin)?;
     let after = q
         .after

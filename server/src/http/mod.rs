@@ -3,7 +3,7 @@
 //! (`GET /v1/admin/docs/{doc}`, admin only), and the admin history API and UI (`admin`:
 //! `/api/admin/…`, `/admin`).
 //!
-//! Every handler authenticates first ([`authorize`]: `Authorization: Bearer` or `?token=`), then
+//! Every handler authenticates first ([`authenticate_request`]: `Authorization: Bearer` or `?token=`), then
 //! checks the document against the principal, and only then asks the store, so a refusal never
 //! tells whether a document exists. [`ApiError`] is the one error type that becomes a response.
 
@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{debug, error};
 
 use crate::ServerState;
-use crate::auth::{AuthError, Scope, authorize};
+use crate::auth::{AuthError, Scope, authenticate_request};
 use crate::server::TokenQuery;
 use crate::store::StoreError;
 
@@ -248,7 +248,7 @@ async fn demo_page(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
     let mut response = match &state.config.web_dir {
         Some(dir) => web::serve_file(dir, "index.html").await,
         None => (
@@ -282,7 +282,7 @@ async fn document_json(
     Query(query): Query<TokenQuery>,
     Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let principal = authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, Scope::Read)?;
     let (store, replica) = (state.store.clone(), state.replica);
@@ -305,7 +305,7 @@ async fn admin_document(
     Query(query): Query<TokenQuery>,
     Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = authorize(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let principal = authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, Scope::Admin)?;
     let meta = state

@@ -1,40 +1,16 @@
-//! Access control: signed tokens with document scopes.
-//!
-//! A token is a standard JWT signed with HMAC-SHA256 (`jsonwebtoken`; no crypto of our own). Its
-//! header names the key that signed it (`kid`), its claims name a subject (recorded as the author
-//! of every delta), the documents it covers (exact ids, `prefix/*`, or `*`), a [`Scope`]
-//! (`read` < `write` < `admin`, a higher scope includes the lower ones) and an expiry. The server
-//! holds a [`KeySet`] (several keys, so secrets can be rotated; the first one signs). [`Auth`]
-//! turns a token into a [`Principal`] and throttles failed attempts per IP address. See
-//! docs/security.md.
-//!
-//! # Invariants
-//! - A token is accepted only with `alg` HS256, a `kid` the server knows, a valid signature, an
-//!   `exp` in the future (no leeway) and well-formed claims; anything else is an [`AuthError`].
-//! - A [`Principal`] grants nothing outside its patterns: [`Principal::access`] is `None` for an
-//!   uncovered document, whether or not that document exists.
-//! - A token that verifies is accepted whatever else its address sent: every presented token is
-//!   verified (bounded work: at most [`MAX_TOKEN_BYTES`], one HMAC), and only failures are
-//!   throttled.
-//! - Failed-attempt state is bounded: at most `max_tracked_addresses` addresses are remembered.
-//! - Time computed from claims never overflows: an `exp` past [`LATEST_EXPIRY_SECS`] counts as
-//!   that instant.
+//! The token format: a JWT signed with HMAC-SHA256 whose claims name a subject, document
+//! patterns, a [`Scope`] and an expiry; the [`KeySet`] that mints and verifies them.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, header};
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lattice_engine::DocId;
-use lattice_engine::sync::Access;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, AuthMode};
+use super::{AuthError, Principal};
 
 /// Longest token accepted, checked before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -156,49 +132,6 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
-}
-
-/// Why a request or connection was not let in. The first group means "unauthenticated"
-/// (HTTP 401, close 4401), [`AuthError::Forbidden`] means "not for this document" (403), and
-/// [`AuthError::Throttled`] means too many failures from this address (429, close 4029).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("a token is required")]
-    Missing,
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token's signature is invalid")]
-    BadSignature,
-    #[error("the token's key id is not known to this server")]
-    UnknownKey { kid: Option<String> },
-    #[error("tokens must be signed with HS256, not {alg}")]
-    UnsupportedAlgorithm { alg: String },
-    #[error("the token is not valid yet")]
-    NotYetValid,
-    #[error("malformed token: {reason}")]
-    Malformed { reason: String },
-    /// The principal does not cover the document, or its scope is too low. One variant with one
-    /// message, so a refusal never tells whether the document exists.
-    #[error("not permitted")]
-    Forbidden { doc: DocId, needed: Scope },
-    /// An operation that concerns no single document (the admin listing) needs a scope the
-    /// token does not have.
-    #[error("not permitted")]
-    ScopeTooLow { needed: Scope },
-    #[error("too many failed authentication attempts; retry later")]
-    Throttled { retry_after: Duration },
-}
-
-impl AuthError {
-    /// No valid identity (as opposed to forbidden or throttled).
-    pub fn is_unauthenticated(&self) -> bool {
-        !matches!(
-            self,
-            AuthError::Forbidden { .. }
-                | AuthError::ScopeTooLow { .. }
-                | AuthError::Throttled { .. }
-        )
-    }
 }
 
 /// Why a key set could not be built from configuration.
@@ -425,7 +358,7 @@ impl KeySet {
     }
 }
 
-fn check_claims(claims: &Claims) -> Result<Vec<DocPattern>, String> {
+pub(super) fn check_claims(claims: &Claims) -> Result<Vec<DocPattern>, String> {
     if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_BYTES {
         return Err(format!("the subject must be 1–{MAX_SUBJECT_BYTES} bytes"));
     }
@@ -460,242 +393,18 @@ pub fn parse_ttl(s: &str) -> Result<Duration, MintError> {
     }
 }
 
-/// Who is on the other end, and what they may do. Built from a verified token, or
-/// [`Principal::open`] when authentication is disabled.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    subject: Option<String>,
-    scope: Scope,
-    docs: Vec<DocPattern>,
-    /// Seconds since the Unix epoch.
-    expires_at: Option<u64>,
-}
-
-impl Principal {
-    fn from_claims(claims: Claims) -> Result<Principal, String> {
-        let docs = check_claims(&claims)?;
-        Ok(Principal {
-            subject: Some(claims.sub),
-            scope: claims.scope,
-            docs,
-            expires_at: Some(claims.exp),
-        })
-    }
-
-    /// Everything, for everyone: the principal of every request when authentication is
-    /// disabled (`--no-auth`). No subject, no expiry.
-    pub fn open() -> Principal {
-        Principal {
-            subject: None,
-            scope: Scope::Admin,
-            docs: vec![DocPattern::All],
-            expires_at: None,
-        }
-    }
-
-    /// The token's subject (the author recorded with deltas); `None` when auth is disabled.
-    pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
-    }
-
-    pub fn scope(&self) -> Scope {
-        self.scope
-    }
-
-    pub fn patterns(&self) -> &[DocPattern] {
-        &self.docs
-    }
-
-    /// When the token expires (at the latest [`LATEST_EXPIRY_SECS`]); `None` when auth is
-    /// disabled.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at.map(|s| {
-            let capped = Duration::from_secs(s.min(LATEST_EXPIRY_SECS));
-            // Representable on every platform; the fallback only guards against a clock type
-            // narrower than any Rust supports today.
-            UNIX_EPOCH.checked_add(capped).unwrap_or(UNIX_EPOCH)
-        })
-    }
-
-    /// Time until expiry (zero if it passed); `None` if it never expires. Computed on
-    /// durations since the epoch, so no `exp` can overflow it.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.expires_at.map(|s| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO);
-            Duration::from_secs(s.min(LATEST_EXPIRY_SECS)).saturating_sub(now)
-        })
-    }
-
-    pub fn covers(&self, doc: &DocId) -> bool {
-        self.docs.iter().any(|p| p.covers(doc))
-    }
-
-    /// What a subscription to `doc` gets: `None` if the token does not cover it, `Read` for a
-    /// read scope, `Write` for write and admin.
-    pub fn access(&self, doc: &DocId) -> Option<Access> {
-        if !self.covers(doc) {
-            return None;
-        }
-        Some(match self.scope {
-            Scope::Read => Access::Read,
-            Scope::Write | Scope::Admin => Access::Write,
-        })
-    }
-
-    /// `Ok` if this principal has at least `needed` on the documents it covers (for what
-    /// concerns no single document, like the admin listing, which is then limited to them).
-    pub fn require_scope(&self, needed: Scope) -> Result<(), AuthError> {
-        if self.scope >= needed {
-            Ok(())
-        } else {
-            Err(AuthError::ScopeTooLow { needed })
-        }
-    }
-
-    /// `Ok` if this principal covers `doc` with at least `needed`.
-    pub fn require(&self, doc: &DocId, needed: Scope) -> Result<(), AuthError> {
-        if self.covers(doc) && self.scope >= needed {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden {
-                doc: doc.clone(),
-                needed,
-            })
-        }
-    }
-}
-
-/// Per-address throttle of failed authentication attempts, with bounded memory.
-///
-/// A governor token bucket per address counts failures. It is consulted only after a token
-/// failed to verify, so it never refuses a valid token: a blocked address is one whose *failing*
-/// attempts get [`AuthError::Throttled`] (with the time until a cell frees) instead of the
-/// reason. When `max_tracked` addresses are remembered and none can be forgotten, a failure from
-/// a new address counts as over the limit (fail closed: only failing requests are affected).
-struct FailureLimiter {
-    buckets: DefaultKeyedRateLimiter<IpAddr>,
-    max_tracked: usize,
-}
-
-impl fmt::Debug for FailureLimiter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FailureLimiter")
-            .field("tracked", &self.buckets.len())
-            .field("max_tracked", &self.max_tracked)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How long a failure from an address the throttle has no room for is told to wait.
-const UNTRACKED_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-impl FailureLimiter {
-    fn new(per_minute: u32, max_tracked: usize) -> FailureLimiter {
-        let n = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
-        FailureLimiter {
-            buckets: RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)),
-            max_tracked: max_tracked.max(1),
-        }
-    }
-
-    /// Counts a failure from `ip`; `Some(retry_after)` if it is over the limit.
-    fn failed(&self, ip: IpAddr) -> Option<Duration> {
-        if self.buckets.len() >= self.max_tracked {
-            self.buckets.retain_recent();
-            self.buckets.shrink_to_fit();
-        }
-        if self.buckets.len() >= self.max_tracked {
-            // No room to remember another address, and checking a key inserts it.
-            return Some(UNTRACKED_RETRY_AFTER);
-        }
-        match self.buckets.check_key(&ip) {
-            Ok(()) => None,
-            Err(not_until) => Some(not_until.wait_time_from(self.buckets.clock().now())),
-        }
-    }
-}
-
-/// The server's authentication state: the configured mode and the failure throttle.
-#[derive(Debug)]
-pub(crate) struct Auth {
-    mode: AuthMode,
-    failures: FailureLimiter,
-}
-
-impl Auth {
-    pub(crate) fn new(config: &AuthConfig) -> Auth {
-        Auth {
-            mode: config.mode.clone(),
-            failures: FailureLimiter::new(
-                config.failed_attempts_per_minute,
-                config.max_tracked_addresses,
-            ),
-        }
-    }
-
-    pub(crate) fn is_required(&self) -> bool {
-        matches!(self.mode, AuthMode::Required(_))
-    }
-
-    /// Turns a token presented from `ip` into a principal. With auth disabled every caller is
-    /// [`Principal::open`]. The token is verified first, so a valid one always passes, whatever
-    /// else came from its address (every user behind one proxy shares it); a token that fails
-    /// counts against its address, and once the address is over the limit its failures are
-    /// answered with [`AuthError::Throttled`].
-    pub(crate) fn authenticate(
-        &self,
-        token: Option<&str>,
-        ip: IpAddr,
-    ) -> Result<Principal, AuthError> {
-        let keys = match &self.mode {
-            AuthMode::Disabled => return Ok(Principal::open()),
-            AuthMode::Required(keys) => keys,
-        };
-        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        keys.verify(token)
-            .map_err(|e| match self.failures.failed(ip) {
-                Some(retry_after) => AuthError::Throttled { retry_after },
-                None => e,
-            })
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header, if there is one.
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Authenticates an HTTP request (or WebSocket upgrade): the `Authorization: Bearer` header
-/// wins over the `?token=` query parameter. Endpoints then check the document with
-/// [`Principal::access`] or [`Principal::require`].
-pub(crate) fn authorize(
-    state: &crate::ServerState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-    ip: IpAddr,
-) -> Result<Principal, AuthError> {
-    let token = bearer_token(headers).or(query_token);
-    state.auth.authenticate(token, ip)
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use lattice_engine::sync::Access;
 
     fn doc(s: &str) -> DocId {
         DocId::new(s).unwrap()
     }
 
-    fn keys() -> KeySet {
+    pub(in crate::auth) fn keys() -> KeySet {
         KeySet::parse(&["k2:0123456789abcdef0123456789abcdef,k1:fedcba9876543210fedcba9876543210"])
             .unwrap()
     }
@@ -890,59 +599,6 @@ mod tests {
         ] {
             assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn failures_are_throttled_per_address_with_bounded_memory() {
-        let limiter = FailureLimiter::new(3, 2);
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        let c: IpAddr = [10, 0, 0, 3].into();
-        for _ in 0..3 {
-            assert!(limiter.failed(a).is_none());
-        }
-        let wait = limiter.failed(a).expect("over the limit");
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_secs(20),
-            "{wait:?}"
-        );
-        assert!(limiter.failed(b).is_none());
-        // Two addresses tracked, both recently active: a third fails closed.
-        assert_eq!(limiter.failed(c), Some(UNTRACKED_RETRY_AFTER));
-        assert!(limiter.buckets.len() <= 2);
-    }
-
-    #[test]
-    fn a_blocked_address_still_gets_in_with_a_valid_token() {
-        let ks = keys();
-        let mut config = AuthConfig::required(ks.clone());
-        config.failed_attempts_per_minute = 2;
-        let auth = Auth::new(&config);
-        let ip: IpAddr = [10, 0, 0, 9].into();
-        let good = ks
-            .mint(
-                "a",
-                &["d".into()],
-                Scope::Read,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
-        for _ in 0..2 {
-            assert!(matches!(
-                auth.authenticate(Some("garbage"), ip),
-                Err(AuthError::Malformed { .. })
-            ));
-        }
-        for _ in 0..10 {
-            assert!(matches!(
-                auth.authenticate(Some("garbage"), ip),
-                Err(AuthError::Throttled { .. })
-            ));
-            assert!(auth.authenticate(Some(&good), ip).is_ok());
-        }
-        // A request without a token is not a guess and not throttled.
-        assert_eq!(auth.authenticate(None, ip), Err(AuthError::Missing));
     }
 
     #[test]
