@@ -156,6 +156,12 @@ pub enum ErrorCode {
     /// A delta's `seq` is not greater than the last `seq` the server took on this connection
     /// for the document. Nothing was stored.
     InvalidSeq,
+    /// No `hello` arrived within the deadline after the connection opened (close 4002).
+    HelloTimeout,
+    /// The first message of a connection was not `hello` (close 4000).
+    HelloRequired,
+    /// Nothing arrived within the idle timeout (close 4009).
+    IdleTimeout,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -179,6 +185,9 @@ impl ErrorCode {
             ErrorCode::MissingDependencies => "missing_dependencies",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::InvalidSeq => "invalid_seq",
+            ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Unknown => "unknown",
         }
     }

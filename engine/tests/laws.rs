@@ -429,6 +429,12 @@ mod strategies {
             Unauthorized,
             Forbidden,
             Internal,
+            MissingDependencies,
+            AlreadySubscribed,
+            InvalidSeq,
+            HelloTimeout,
+            HelloRequired,
+            IdleTimeout,
             Unknown,
         ])
     }

@@ -24,8 +24,10 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4009: nothing received within the idle timeout.
     IdleTimeout,
-    /// 4011: the store failed to commit; resync.
-    StoreFailure,
+    /// 4011: the document's room stopped or cannot start: the store failed to commit or to
+    /// load it, it was deleted, or the room's inbox closed. Reconnect with backoff and resync
+    /// (a deleted document is then refused).
+    DocumentUnavailable,
     /// 4029: over the rate limit, or too many failed authentication attempts from this
     /// address; reconnect with backoff.
     RateLimited,
@@ -53,7 +55,7 @@ impl CloseCode {
             CloseCode::HelloTimeout => 4002,
             CloseCode::SlowConsumer => 4008,
             CloseCode::IdleTimeout => 4009,
-            CloseCode::StoreFailure => 4011,
+            CloseCode::DocumentUnavailable => 4011,
             CloseCode::RateLimited => 4029,
             CloseCode::Unauthorized | CloseCode::TokenExpired => 4401,
             CloseCode::Forbidden => 4403,
@@ -72,7 +74,7 @@ impl CloseCode {
             CloseCode::HelloTimeout => "hello timeout",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::IdleTimeout => "idle timeout",
-            CloseCode::StoreFailure => "store failure, resync",
+            CloseCode::DocumentUnavailable => "document unavailable, resync",
             CloseCode::RateLimited => "rate limited",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::TokenExpired => "token expired",

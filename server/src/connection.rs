@@ -37,7 +37,7 @@ pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
         CloseCode::IdleTimeout => CloseKind::IdleTimeout,
         CloseCode::RateLimited | CloseCode::TryAgainLater => CloseKind::RateLimited,
         CloseCode::FrameTooLarge => CloseKind::FrameTooLarge,
-        CloseCode::StoreFailure => CloseKind::StoreFailure,
+        CloseCode::DocumentUnavailable => CloseKind::DocumentUnavailable,
         CloseCode::UnsupportedData
         | CloseCode::Protocol
         | CloseCode::UnsupportedVersion
@@ -174,11 +174,15 @@ impl Slot {
 
 /// How the main loop ended.
 enum Exit {
-    Close(CloseCode),
-    /// The closer already fired (slow consumer, store failure): the writer sends the frame.
-    Closed(CloseCode),
+    /// This connection decided to end: send a close frame with the code.
+    SendClose(CloseCode),
+    /// Another part already fired the closer (a room closing a slow consumer, a stopped
+    /// room, a full outbox): the writer sends that close frame.
+    ClosedElsewhere(CloseCode),
+    /// The server is shutting down: flush the rooms, then close with 1001.
     Shutdown,
-    Gone,
+    /// The peer closed or the socket broke: nothing more to send.
+    PeerGone,
 }
 
 pub(crate) fn nz(v: u32) -> NonZeroU32 {
@@ -380,17 +384,17 @@ pub(crate) async fn serve_socket(
         };
         let exit = conn.run(&mut stream).await;
         let code = match exit {
-            Exit::Close(code) => {
+            Exit::SendClose(code) => {
                 conn.send_close(code).await;
                 code
             }
-            Exit::Closed(code) => code,
+            Exit::ClosedElsewhere(code) => code,
             Exit::Shutdown => {
                 conn.flush_rooms().await;
                 conn.send_close(CloseCode::GoingAway).await;
                 CloseCode::GoingAway
             }
-            Exit::Gone => {
+            Exit::PeerGone => {
                 closer.close(CloseCode::Normal);
                 CloseCode::Normal
             }
@@ -451,12 +455,12 @@ impl Conn {
         let frame = match first {
             Err(_) => {
                 self.error(
-                    ErrorCode::MalformedMessage,
+                    ErrorCode::HelloTimeout,
                     "no hello within the deadline",
                     None,
                     None,
                 );
-                return Some(Exit::Close(CloseCode::HelloTimeout));
+                return Some(Exit::SendClose(CloseCode::HelloTimeout));
             }
             Ok(Some(Err(_))) if self.tripped.is_set() => {
                 self.error(
@@ -469,11 +473,11 @@ impl Conn {
                     None,
                     None,
                 );
-                return Some(Exit::Close(CloseCode::FrameTooLarge));
+                return Some(Exit::SendClose(CloseCode::FrameTooLarge));
             }
-            Ok(None) | Ok(Some(Err(_))) => return Some(Exit::Gone),
+            Ok(None) | Ok(Some(Err(_))) => return Some(Exit::PeerGone),
             Ok(Some(Ok(Message::Binary(b)))) => b,
-            Ok(Some(Ok(Message::Close(_)))) => return Some(Exit::Gone),
+            Ok(Some(Ok(Message::Close(_)))) => return Some(Exit::PeerGone),
             Ok(Some(Ok(_))) => {
                 self.error(
                     ErrorCode::MalformedMessage,
@@ -481,7 +485,7 @@ impl Conn {
                     None,
                     None,
                 );
-                return Some(Exit::Close(CloseCode::UnsupportedData));
+                return Some(Exit::SendClose(CloseCode::UnsupportedData));
             }
         };
         let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
@@ -505,7 +509,7 @@ impl Conn {
                             None,
                             None,
                         );
-                        return Some(Exit::Close(CloseCode::TryAgainLater));
+                        return Some(Exit::SendClose(CloseCode::TryAgainLater));
                     };
                     self.slot = Some(Slot::new(
                         permit,
@@ -523,16 +527,16 @@ impl Conn {
             }
             Ok(_) => {
                 self.error(
-                    ErrorCode::MalformedMessage,
+                    ErrorCode::HelloRequired,
                     "the first message must be hello",
                     None,
                     None,
                 );
-                Some(Exit::Close(CloseCode::Protocol))
+                Some(Exit::SendClose(CloseCode::Protocol))
             }
             Err(e) => {
                 self.error(e.code(), e.to_string(), None, None);
-                Some(Exit::Close(match e {
+                Some(Exit::SendClose(match e {
                     DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
                     DecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
                     _ => CloseCode::Protocol,
@@ -558,21 +562,23 @@ impl Conn {
         loop {
             let next = tokio::select! {
                 biased;
-                code = self.peer.closer.closed() => return Exit::Closed(code),
+                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
                 () = &mut expiry => {
                     debug!("token expired during the session");
                     self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
-                    return Exit::Close(CloseCode::TokenExpired);
+                    return Exit::SendClose(CloseCode::TokenExpired);
                 }
                 r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
             };
             let frame = match next {
                 Err(_) => {
-                    self.error(ErrorCode::MalformedMessage, "idle timeout", None, None);
-                    return Exit::Close(CloseCode::IdleTimeout);
+                    self.error(ErrorCode::IdleTimeout, "idle timeout", None, None);
+                    return Exit::SendClose(CloseCode::IdleTimeout);
                 }
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                    return Exit::PeerGone;
+                }
                 Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
                     if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
                         return self.rate_limited();
@@ -586,7 +592,7 @@ impl Conn {
                         None,
                         None,
                     );
-                    return Exit::Close(CloseCode::UnsupportedData);
+                    return Exit::SendClose(CloseCode::UnsupportedData);
                 }
                 Ok(Some(Ok(Message::Binary(b)))) => b,
             };
@@ -601,7 +607,7 @@ impl Conn {
                     None,
                     None,
                 );
-                return Exit::Close(CloseCode::FrameTooLarge);
+                return Exit::SendClose(CloseCode::FrameTooLarge);
             }
             if !within_rate(&self.messages, &self.bytes, 1, frame.len()) {
                 return self.rate_limited();
@@ -624,7 +630,7 @@ impl Conn {
                 Err(e) => {
                     warn!(error = %e, "malformed frame");
                     self.error(e.code(), e.to_string(), None, None);
-                    return Exit::Close(match e {
+                    return Exit::SendClose(match e {
                         DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
                         _ => CloseCode::Protocol,
                     });
@@ -640,7 +646,7 @@ impl Conn {
             None,
             None,
         );
-        Exit::Close(CloseCode::RateLimited)
+        Exit::SendClose(CloseCode::RateLimited)
     }
 
     async fn handle(&mut self, msg: ClientMsg) -> Option<Exit> {
@@ -679,7 +685,7 @@ impl Conn {
                         author: self.principal.subject().map(str::to_string),
                     };
                     if sub.room.send(cmd).await.is_err() {
-                        return Some(Exit::Close(CloseCode::StoreFailure));
+                        return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                     }
                 }
                 None => self.error(
@@ -746,7 +752,7 @@ impl Conn {
         let ticket = match sync_ticket(&self.state, &self.peer).await {
             Ok(ticket) => ticket,
             Err(None) => return Some(Exit::Shutdown),
-            Err(Some(code)) => return Some(Exit::Closed(code)),
+            Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
         };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),
@@ -799,16 +805,16 @@ impl Conn {
             AuthError::Throttled { .. } => {
                 debug!(ip = %self.ip, "hello refused: too many failed attempts");
                 self.error(ErrorCode::RateLimited, e.to_string(), None, None);
-                Exit::Close(CloseCode::RateLimited)
+                Exit::SendClose(CloseCode::RateLimited)
             }
             AuthError::Forbidden { .. } => {
                 self.error(ErrorCode::Forbidden, e.to_string(), None, None);
-                Exit::Close(CloseCode::Forbidden)
+                Exit::SendClose(CloseCode::Forbidden)
             }
             _ => {
                 info!(ip = %self.ip, error = %e, "hello refused: not authenticated");
                 self.error(ErrorCode::Unauthorized, e.to_string(), None, None);
-                Exit::Close(CloseCode::Unauthorized)
+                Exit::SendClose(CloseCode::Unauthorized)
             }
         }
     }

@@ -51,7 +51,7 @@ pub enum CloseKind {
     RateLimited,
     FrameTooLarge,
     Protocol,
-    StoreFailure,
+    DocumentUnavailable,
     Auth,
 }
 
@@ -64,7 +64,7 @@ impl CloseKind {
         CloseKind::RateLimited,
         CloseKind::FrameTooLarge,
         CloseKind::Protocol,
-        CloseKind::StoreFailure,
+        CloseKind::DocumentUnavailable,
         CloseKind::Auth,
     ];
 
@@ -77,7 +77,7 @@ impl CloseKind {
             CloseKind::RateLimited => "rate_limited",
             CloseKind::FrameTooLarge => "frame_too_large",
             CloseKind::Protocol => "protocol",
-            CloseKind::StoreFailure => "store_failure",
+            CloseKind::DocumentUnavailable => "store_failure",
             CloseKind::Auth => "auth",
         }
     }

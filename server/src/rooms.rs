@@ -380,12 +380,12 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
                     // reconnects with backoff and subscribes again. A damaged or deleted
                     // document does not: the connection stays open for its other documents.
                     if is_unavailable(e) {
-                        peer.closer.close(CloseCode::StoreFailure);
+                        peer.closer.close(CloseCode::DocumentUnavailable);
                     }
                 }
                 // A y-websocket peer cannot read a MessagePack error; its one document is
                 // gone, so the close says it all.
-                PeerKind::Yjs => peer.closer.close(CloseCode::StoreFailure),
+                PeerKind::Yjs => peer.closer.close(CloseCode::DocumentUnavailable),
             },
             RoomCmd::Flush { reply } => {
                 let _ = reply.send(());
@@ -570,7 +570,7 @@ impl RoomDriver {
     /// a new room, which loads the document from the store, or is refused), then stop.
     fn stop(&mut self, why: StoreError) {
         for (_, handle) in self.peers.drain() {
-            handle.closer.close(CloseCode::StoreFailure);
+            handle.closer.close(CloseCode::DocumentUnavailable);
         }
         self.pending.clear();
         self.stopped = Some(why);
@@ -683,7 +683,7 @@ impl RoomDriver {
                     },
                     ErrorCode::Internal => YjsOut {
                         frames: Vec::new(),
-                        close: Some(CloseCode::StoreFailure),
+                        close: Some(CloseCode::DocumentUnavailable),
                     },
                     // The room follows with a sync; its sync step 1 makes the client send
                     // everything the room lacks, what the update built on included.
@@ -824,7 +824,7 @@ impl RoomDriver {
             }
             for (peer, _) in &fx.close {
                 if let Some(handle) = self.peers.remove(peer) {
-                    handle.closer.close(CloseCode::StoreFailure);
+                    handle.closer.close(CloseCode::DocumentUnavailable);
                 }
             }
             for (peer, code) in dropped {

@@ -71,11 +71,17 @@ struct YjsConn {
     bytes: DefaultDirectRateLimiter,
 }
 
+/// How the main loop ended.
 enum Exit {
-    Close(CloseCode),
-    Closed(CloseCode),
+    /// This connection decided to end: send a close frame with the code.
+    SendClose(CloseCode),
+    /// Another part already fired the closer (a room closing a slow consumer, a stopped
+    /// room, a full outbox): the writer sends that close frame.
+    ClosedElsewhere(CloseCode),
+    /// The server is shutting down: flush the rooms, then close with 1001.
     Shutdown,
-    Gone,
+    /// The peer closed or the socket broke: nothing more to send.
+    PeerGone,
 }
 
 /// `/yjs/{doc}`: runs one connection that `grant` lets in, in the authenticated `slot`.
@@ -111,17 +117,17 @@ pub(crate) async fn serve_yjs_socket(
         };
         let exit = conn.run(&mut stream).await;
         let code = match exit {
-            Exit::Close(code) => {
+            Exit::SendClose(code) => {
                 conn.send_close(code).await;
                 code
             }
-            Exit::Closed(code) => code,
+            Exit::ClosedElsewhere(code) => code,
             Exit::Shutdown => {
                 conn.flush().await;
                 conn.send_close(CloseCode::GoingAway).await;
                 CloseCode::GoingAway
             }
-            Exit::Gone => {
+            Exit::PeerGone => {
                 closer.close(CloseCode::Normal);
                 CloseCode::Normal
             }
@@ -224,7 +230,7 @@ impl YjsConn {
         let ticket = match sync_ticket(&self.state, &self.peer).await {
             Ok(ticket) => ticket,
             Err(None) => return Some(Exit::Shutdown),
-            Err(Some(code)) => return Some(Exit::Closed(code)),
+            Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
         };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),
@@ -238,12 +244,12 @@ impl YjsConn {
         match &self.room {
             Some(room) => {
                 if room.send(cmd).await.is_err() {
-                    return Some(Exit::Close(CloseCode::StoreFailure));
+                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                 }
             }
             None => match join_room(&self.state, &self.doc, cmd).await {
                 Some(room) => self.room = Some(room),
-                None => return Some(Exit::Close(CloseCode::StoreFailure)),
+                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
             },
         }
         None
@@ -272,12 +278,12 @@ impl YjsConn {
             };
             let next = tokio::select! {
                 biased;
-                code = self.peer.closer.closed() => return Exit::Closed(code),
+                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
                 () = &mut expiry => {
                     debug!("token expired during the session");
                     self.send(yws::encode_permission_denied("the token has expired"));
-                    return Exit::Close(CloseCode::TokenExpired);
+                    return Exit::SendClose(CloseCode::TokenExpired);
                 }
                 _ = keepalive.tick() => {
                     self.send(yws::encode_awareness(&[]));
@@ -292,28 +298,30 @@ impl YjsConn {
                     }
                     continue;
                 }
-                Err(_) => return Exit::Close(CloseCode::IdleTimeout),
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return Exit::Gone,
+                Err(_) => return Exit::SendClose(CloseCode::IdleTimeout),
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                    return Exit::PeerGone;
+                }
                 Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
                     if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
-                        return Exit::Close(CloseCode::RateLimited);
+                        return Exit::SendClose(CloseCode::RateLimited);
                     }
                     continue;
                 }
                 Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
-                    return Exit::Close(CloseCode::UnsupportedData);
+                    return Exit::SendClose(CloseCode::UnsupportedData);
                 }
                 Ok(Some(Ok(Message::Binary(b)))) => b,
             };
             if frame.len() > limits.max_frame_bytes {
                 warn!(len = frame.len(), "frame too large");
-                return Exit::Close(CloseCode::FrameTooLarge);
+                return Exit::SendClose(CloseCode::FrameTooLarge);
             }
             let messages = match yws::decode_frame(&frame, limits.max_frame_bytes) {
                 Ok(m) => m,
                 Err(e) => {
                     warn!(error = %e, "malformed y-websocket frame");
-                    return Exit::Close(match e {
+                    return Exit::SendClose(match e {
                         YDecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
                         _ => CloseCode::Protocol,
                     });
@@ -322,7 +330,7 @@ impl YjsConn {
             // Every message counts against the rate, not only the frame that carries it.
             if !within_rate(&self.messages, &self.bytes, messages.len(), frame.len()) {
                 warn!(messages = messages.len(), "over the rate limit");
-                return Exit::Close(CloseCode::RateLimited);
+                return Exit::SendClose(CloseCode::RateLimited);
             }
             for msg in messages {
                 if let Some(exit) = self.handle(msg).await {
@@ -375,7 +383,7 @@ impl YjsConn {
                     author: self.grant.author.clone(),
                 };
                 if room.send(cmd).await.is_err() {
-                    return Some(Exit::Close(CloseCode::StoreFailure));
+                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                 }
             }
             YMessage::Awareness { entries } => {
@@ -397,7 +405,7 @@ impl YjsConn {
                             Ok(v) => v,
                             Err(e) => {
                                 warn!(error = %e, "awareness state is not JSON");
-                                return Some(Exit::Close(CloseCode::Protocol));
+                                return Some(Exit::SendClose(CloseCode::Protocol));
                             }
                         }
                     };

@@ -827,7 +827,7 @@ async fn unauthenticated_connections_get_a_short_deadline_and_a_small_budget() {
     let url = server.ws_url();
     let started = Instant::now();
     let mut silent = RawPeer::connect(&url).await;
-    expect_error(&mut silent, ErrorCode::MalformedMessage).await;
+    expect_error(&mut silent, ErrorCode::HelloTimeout).await;
     expect_close(&mut silent, 4002).await;
     assert!(started.elapsed() < Duration::from_secs(3));
     // A first frame over 64 KiB is refused before it is decoded, far below the 1 MiB limit
