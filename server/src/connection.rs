@@ -19,12 +19,12 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::ServerState;
 use crate::auth::{AuthError, Principal};
 use crate::close::CloseCode;
 use crate::metrics::{CloseKind, Metrics};
 use crate::peer::{Closer, PeerHandle, PeerKind, SyncBudget};
 use crate::rooms::{RoomCmd, RoomSender};
+use crate::state::ServerState;
 use crate::transport::first_message::Tripped;
 use crate::transport::outbox::{Message, Outbox, OutboxReceiver, SendError, outbox};
 use crate::transport::upgrade::Socket;

@@ -26,14 +26,13 @@ pub mod metrics;
 mod peer;
 mod rooms;
 mod server;
+mod state;
 pub mod store;
 mod transport;
 mod yjs_socket;
 
 pub use close::CloseCode;
 pub use server::{ServerError, run};
-
-pub(crate) use server::ServerState;
 
 /// The version of this server build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -21,9 +21,9 @@ use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, V
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::ServerState;
 use crate::close::CloseCode;
 use crate::peer::{PeerHandle, PeerKind, SyncTicket};
+use crate::state::ServerState;
 use crate::store::{NewEntry, StoreError};
 use crate::transport::outbox::{Message, SendError};
 

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,45 +10,23 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lattice_engine::{DocId, ReplicaId};
+use lattice_engine::DocId;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{Auth, bearer_token};
+use crate::auth::bearer_token;
 use crate::config::Config;
 use crate::connection::{Admission, Gauge, Slot, serve_socket};
 use crate::metrics::Metrics;
-use crate::rooms::{RoomCmd, Rooms};
+use crate::rooms::RoomCmd;
+use crate::state::ServerState;
 use crate::store::{Store, StoreError};
 use crate::transport::listen::{self, HttpBounds};
 use crate::transport::upgrade::WsUpgrade;
 use crate::yjs_socket::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
-
-/// Shared by every task of one server.
-#[derive(Debug)]
-pub(crate) struct ServerState {
-    pub config: Config,
-    pub store: Store,
-    pub rooms: Rooms,
-    pub metrics: Metrics,
-    pub auth: Auth,
-    /// Slots of authenticated WebSocket connections (`Limits::max_connections`).
-    pub connections: Arc<Semaphore>,
-    /// Slots of WebSocket connections that have not authenticated yet
-    /// (`Limits::max_unauthenticated`).
-    pub unauthenticated: Arc<Semaphore>,
-    /// Slots for HTTP reads that rebuild a document (`Limits::max_concurrent_rebuilds`).
-    pub rebuilds: Arc<Semaphore>,
-    pub shutdown: CancellationToken,
-    pub next_peer: AtomicU64,
-    /// The server's own replica id: the Yjs client id of its documents, and the replica of
-    /// changes it makes itself.
-    pub replica: ReplicaId,
-}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,18 +37,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// A random replica id for this server process, from the OS's randomness via `RandomState`.
-fn random_replica() -> ReplicaId {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    ReplicaId::from_random(h.finish() as u32)
-}
-
 /// Runs a server on `listener` until `shutdown` resolves, then stops accepting, flushes every
 /// room, closes sockets with 1001 and returns within `config.shutdown_deadline`.
 pub async fn run(
@@ -80,19 +45,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
-    let state = Arc::new(ServerState {
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
-        rebuilds: Arc::new(Semaphore::new(config.limits.max_concurrent_rebuilds.max(1))),
-        auth: Auth::new(&config.auth),
-        config,
-        store,
-        rooms: Rooms::default(),
-        metrics: Metrics::default(),
-        shutdown: CancellationToken::new(),
-        next_peer: AtomicU64::new(1),
-        replica: random_replica(),
-    });
+    let state = Arc::new(ServerState::new(config, store));
     let addr = listener.local_addr()?;
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
     if !state.auth.is_required() {

@@ -32,7 +32,6 @@ use lattice_engine::{Delta, DocId, DocState, Value};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::ServerState;
 use crate::auth::AuthError;
 use crate::close::CloseCode;
 use crate::connection::{
@@ -41,6 +40,7 @@ use crate::connection::{
 };
 use crate::peer::{PeerHandle, PeerKind};
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
+use crate::state::ServerState;
 use crate::transport::outbox::{Message, SendError};
 use crate::transport::upgrade::Socket;
 

@@ -20,7 +20,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// wins over the `?token=` query parameter. It only authenticates: endpoints then check the document with
 /// [`Principal::access`] or [`Principal::require`].
 pub(crate) fn authenticate_request(
-    state: &crate::ServerState,
+    state: &crate::state::ServerState,
     headers: &HeaderMap,
     query_token: Option<&str>,
     ip: IpAddr,

@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{ApiError, no_store, with_rebuild_slot};
-use crate::ServerState;
 use crate::auth::{Principal, Scope, authenticate_request};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
+use crate::state::ServerState;
 use crate::store::{DocMeta, StoreError};
 
 /// The admin UI: static HTML, CSS and JS, no secrets inside (it asks for a token).

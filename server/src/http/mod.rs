@@ -22,9 +22,9 @@ use lattice_engine::{DocId, DocIdError};
 use serde_json::json;
 use tracing::{debug, error};
 
-use crate::ServerState;
 use crate::auth::{AuthError, Scope, authenticate_request};
 use crate::server::TokenQuery;
+use crate::state::ServerState;
 use crate::store::StoreError;
 
 mod web;

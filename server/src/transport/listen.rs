@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::ServerState;
+use crate::state::ServerState;
 
 /// How the HTTP phase of a connection is bounded.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,70 @@
+//! `ServerState`: what every part of a running server shares (configuration, store, rooms,
+//! metrics, authentication, connection slots, the shutdown signal). Built once by `run`; the
+//! routes, connections and rooms hold it in an `Arc`. It depends on the parts it holds, and
+//! nothing it holds depends on `server`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use lattice_engine::ReplicaId;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rooms::Rooms;
+use crate::store::Store;
+
+/// Shared by every task of one server.
+#[derive(Debug)]
+pub(crate) struct ServerState {
+    pub config: Config,
+    pub store: Store,
+    pub rooms: Rooms,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    /// Slots of authenticated WebSocket connections (`Limits::max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Slots of WebSocket connections that have not authenticated yet
+    /// (`Limits::max_unauthenticated`).
+    pub unauthenticated: Arc<Semaphore>,
+    /// Slots for HTTP reads that rebuild a document (`Limits::max_concurrent_rebuilds`).
+    pub rebuilds: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub next_peer: AtomicU64,
+    /// The server's own replica id: the Yjs client id of its documents, and the replica of
+    /// changes it makes itself.
+    pub replica: ReplicaId,
+}
+
+impl ServerState {
+    /// The state of a server that has opened `store` and serves `config`.
+    pub(crate) fn new(config: Config, store: Store) -> ServerState {
+        ServerState {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+            rebuilds: Arc::new(Semaphore::new(config.limits.max_concurrent_rebuilds.max(1))),
+            auth: Auth::new(&config.auth),
+            config,
+            store,
+            rooms: Rooms::default(),
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            next_peer: AtomicU64::new(1),
+            replica: random_replica(),
+        }
+    }
+}
+
+/// A random replica id for this server process, from the OS's randomness via `RandomState`.
+fn random_replica() -> ReplicaId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    ReplicaId::from_random(h.finish() as u32)
+}
