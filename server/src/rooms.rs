@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,11 +122,7 @@ struct LiveRoom {
 impl Rooms {
     /// The room for `doc`, started if it is not live.
     pub(crate) fn get_or_start(&self, state: &Arc<ServerState>, doc: &DocId) -> RoomSender {
-        let Ok(mut live) = self.live.lock() else {
-            // A poisoned registry means a panic elsewhere; start an unregistered room rather
-            // than fail the request.
-            return spawn_room(state.clone(), doc.clone(), Arc::default());
-        };
+        let mut live = self.registry();
         if let Some(room) = live.get(doc)
             && !room.tx.is_closed()
         {
@@ -146,28 +142,23 @@ impl Rooms {
 
     /// The room of `doc` if it is live (never starts one).
     pub(crate) fn live(&self, doc: &DocId) -> Option<RoomSender> {
-        self.live
-            .lock()
-            .ok()
-            .and_then(|l| l.get(doc).map(|r| r.tx.clone()))
+        self.registry()
+            .get(doc)
+            .map(|r| r.tx.clone())
             .filter(|tx| !tx.is_closed())
     }
 
     /// Connections subscribed to `doc` right now (0 when its room is not live).
     pub(crate) fn subscribers(&self, doc: &DocId) -> usize {
-        self.live
-            .lock()
-            .ok()
-            .and_then(|l| l.get(doc).map(|r| r.subscribers.load(Relaxed)))
-            .unwrap_or(0)
+        self.registry()
+            .get(doc)
+            .map_or(0, |r| r.subscribers.load(Relaxed))
     }
 
     /// Removes `doc` if `tx` is still its room and nothing is queued for it. Returns whether the
     /// room may stop.
     fn try_unload(&self, doc: &DocId, rx: &mpsc::Receiver<RoomCmd>) -> bool {
-        let Ok(mut live) = self.live.lock() else {
-            return false;
-        };
+        let mut live = self.registry();
         if !rx.is_empty() {
             return false;
         }
@@ -176,17 +167,19 @@ impl Rooms {
     }
 
     fn forget(&self, doc: &DocId) {
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(doc);
-        }
+        self.registry().remove(doc);
     }
 
     /// Every live room, for shutdown.
     pub(crate) fn all(&self) -> Vec<RoomSender> {
-        self.live
-            .lock()
-            .map(|l| l.values().map(|r| r.tx.clone()).collect())
-            .unwrap_or_default()
+        self.registry().values().map(|r| r.tx.clone()).collect()
+    }
+
+    /// The registry, locked. A panic while it was held cannot have left it half-changed (each
+    /// critical section is one map operation), so a poisoned lock is taken as it is: a second,
+    /// unregistered room for a document would break the single writer.
+    fn registry(&self) -> MutexGuard<'_, HashMap<DocId, LiveRoom>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -859,5 +852,39 @@ impl RoomDriver {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_poisoned_registry_still_finds_the_live_room() {
+        let rooms = Arc::new(Rooms::default());
+        let doc = DocId::new("d").unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        rooms.registry().insert(
+            doc.clone(),
+            LiveRoom {
+                tx: tx.clone(),
+                subscribers: Arc::default(),
+            },
+        );
+        let poisoner = rooms.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.live.lock().unwrap();
+            panic!("a panic while the registry is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(rooms.live.is_poisoned());
+        // The same room, not a second one: get_or_start reads the registry the same way.
+        assert!(rooms.live(&doc).unwrap().same_channel(&tx));
+        assert_eq!(rooms.all().len(), 1);
+        rooms.forget(&doc);
+        assert!(rooms.live(&doc).is_none());
     }
 }
