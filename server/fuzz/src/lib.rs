@@ -110,7 +110,7 @@ pub fn token(bytes: &[u8]) {
     match keys().verify(&sign(bytes)) {
         Ok(principal) => use_principal(&principal),
         Err(e) => {
-            let _ = (e.to_string(), e.is_unauthenticated());
+            let _ = e.to_string();
         }
     }
     if let Ok(pattern) = DocPattern::parse(&text) {

@@ -120,18 +120,6 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
 }
 
-impl AuthError {
-    /// No valid identity (as opposed to forbidden or throttled).
-    pub fn is_unauthenticated(&self) -> bool {
-        !matches!(
-            self,
-            AuthError::Forbidden { .. }
-                | AuthError::ScopeTooLow { .. }
-                | AuthError::Throttled { .. }
-        )
-    }
-}
-
 /// The server's authentication state: the configured mode and the failure throttle.
 #[derive(Debug)]
 pub(crate) struct Auth {
