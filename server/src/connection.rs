@@ -1,134 +1,33 @@
-//! One task per WebSocket connection, plus a writer task that drains its bounded outbox.
+//! `/v1/sync`: one task per native WebSocket connection (hello and authentication,
+//! subscriptions, deltas, presence), on the shared mechanics of `transport/`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use futures_util::StreamExt;
+use governor::DefaultDirectRateLimiter;
 use lattice_engine::protocol::{ClientMsg, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{DocId, ReplicaId};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
-use crate::close::CloseCode;
-use crate::metrics::{CloseKind, Metrics};
-use crate::peer::{Closer, PeerHandle, PeerKind, SyncBudget};
-use crate::rooms::{RoomCmd, RoomSender};
+use crate::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
+use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
+use crate::transport::close::{CloseCode, close_message};
 use crate::transport::first_message::Tripped;
-use crate::transport::outbox::{Message, Outbox, OutboxReceiver, SendError, outbox};
+use crate::transport::outbox::{Message, SendError};
+use crate::transport::rate::{byte_limiter, message_limiter, within_rate};
+use crate::transport::slots::{Gauge, Slot};
 use crate::transport::upgrade::Socket;
+use crate::transport::writer::{Outbound, Stream};
 
-pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
-    match code {
-        CloseCode::Normal => CloseKind::Normal,
-        CloseCode::GoingAway => CloseKind::Shutdown,
-        CloseCode::SlowConsumer => CloseKind::SlowConsumer,
-        CloseCode::IdleTimeout => CloseKind::IdleTimeout,
-        CloseCode::RateLimited | CloseCode::TryAgainLater => CloseKind::RateLimited,
-        CloseCode::FrameTooLarge => CloseKind::FrameTooLarge,
-        CloseCode::DocumentUnavailable => CloseKind::DocumentUnavailable,
-        CloseCode::UnsupportedData
-        | CloseCode::Protocol
-        | CloseCode::UnsupportedVersion
-        | CloseCode::HelloTimeout => CloseKind::Protocol,
-        CloseCode::Unauthorized | CloseCode::TokenExpired | CloseCode::Forbidden => CloseKind::Auth,
-    }
-}
-
-pub(crate) fn close_message(code: CloseCode) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: code.code().into(),
-        reason: code.reason().into(),
-    }))
-}
-
-pub(crate) type Sink = SplitSink<Socket, Message>;
-pub(crate) type Stream = SplitStream<Socket>;
-
-/// Drains the outbox into the socket, one flush per batch of queued frames, and sends
-/// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
-pub(crate) async fn writer(
-    mut sink: Sink,
-    mut rx: OutboxReceiver,
-    closer: Arc<Closer>,
-    ping_interval: std::time::Duration,
-) {
-    let mut ping = tokio::time::interval(ping_interval);
-    ping.reset();
-    loop {
-        tokio::select! {
-            biased;
-            code = closer.closed() => {
-                let _ = sink.send(close_message(code)).await;
-                break;
-            }
-            msg = rx.recv() => {
-                let Some(mut msg) = msg else { break };
-                let mut ok = true;
-                loop {
-                    let is_close = matches!(msg, Message::Close(_));
-                    if sink.feed(msg).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                    if is_close {
-                        ok = false;
-                        break;
-                    }
-                    match rx.try_recv() {
-                        Some(next) => msg = next,
-                        None => break,
-                    }
-                }
-                if sink.flush().await.is_err() || !ok {
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = sink.close().await;
-}
-
-/// Counts a connection in one of the server's gauges for as long as it lives, including when
-/// its task panics (the count goes down as the task unwinds).
-pub(crate) struct Gauge {
-    state: Arc<ServerState>,
-    which: fn(&Metrics) -> &AtomicU64,
-}
-
-impl Gauge {
-    pub(crate) fn up(state: &Arc<ServerState>, which: fn(&Metrics) -> &AtomicU64) -> Gauge {
-        which(&state.metrics).fetch_add(1, Relaxed);
-        Gauge {
-            state: state.clone(),
-            which,
-        }
-    }
-}
-
-impl Drop for Gauge {
-    fn drop(&mut self) {
-        (self.which)(&self.state.metrics).fetch_sub(1, Relaxed);
-    }
-}
-
-/// One subscription: the document's room and what this connection may do there.
 struct Sub {
     room: RoomSender,
     access: Access,
@@ -157,21 +56,6 @@ struct Conn {
     bytes: DefaultDirectRateLimiter,
 }
 
-/// A connection slot and the gauge that counts it; both are given back when it drops.
-pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _gauge: Gauge,
-}
-
-impl Slot {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Slot {
-        Slot {
-            _permit: permit,
-            _gauge: gauge,
-        }
-    }
-}
-
 /// How the main loop ended.
 enum Exit {
     /// This connection decided to end: send a close frame with the code.
@@ -183,157 +67,6 @@ enum Exit {
     Shutdown,
     /// The peer closed or the socket broke: nothing more to send.
     PeerGone,
-}
-
-pub(crate) fn nz(v: u32) -> NonZeroU32 {
-    NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
-}
-
-/// The per-connection message rate (token bucket).
-pub(crate) fn message_limiter(limits: &crate::config::Limits) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(
-        Quota::per_second(nz(limits.messages_per_second)).allow_burst(nz(limits.message_burst)),
-    )
-}
-
-/// The per-connection byte rate. Its burst is at least one maximal frame, so `check_n` only
-/// ever answers "not now", never "never".
-pub(crate) fn byte_limiter(limits: &crate::config::Limits) -> DefaultDirectRateLimiter {
-    let burst = limits
-        .byte_burst
-        .max(u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX));
-    RateLimiter::direct(Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(burst)))
-}
-
-/// Whether a frame of `len` bytes holding `messages` messages is within both rates; `false`
-/// means close with 4029. Every frame counts, pings and pongs included, and a frame counts as
-/// many messages as it carries: a limit that one frame could step around would be no limit.
-pub(crate) fn within_rate(
-    message_rate: &DefaultDirectRateLimiter,
-    byte_rate: &DefaultDirectRateLimiter,
-    messages: usize,
-    len: usize,
-) -> bool {
-    let len = nz(u32::try_from(len.max(1)).unwrap_or(u32::MAX));
-    let n = nz(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
-    let bytes_ok = byte_rate.check_n(len).is_ok_and(|r| r.is_ok());
-    let messages_ok = message_rate.check_n(n).is_ok_and(|r| r.is_ok());
-    bytes_ok && messages_ok
-}
-
-/// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
-/// unloading at this very moment; a second room starts if so. `None` if neither accepted.
-pub(crate) async fn join_room(
-    state: &Arc<ServerState>,
-    doc: &DocId,
-    mut cmd: RoomCmd,
-) -> Option<RoomSender> {
-    let mut room = state.rooms.get_or_start(state, doc);
-    for _ in 0..2 {
-        match room.send(cmd).await {
-            Ok(()) => return Some(room),
-            Err(tokio::sync::mpsc::error::SendError(back)) => {
-                cmd = back;
-                room = state.rooms.get_or_start(state, doc);
-            }
-        }
-    }
-    None
-}
-
-/// Waits until `peer`'s budget allows a full-state sync and takes the slot. `Err` when the
-/// wait ends otherwise: the closer fired (its code) or the server shuts down (`None`).
-pub(crate) async fn sync_ticket(
-    state: &ServerState,
-    peer: &PeerHandle,
-) -> Result<crate::peer::SyncTicket, Option<CloseCode>> {
-    tokio::select! {
-        (ticket, waited) = peer.budget.begin() => {
-            if waited {
-                state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
-            }
-            Ok(ticket)
-        }
-        code = peer.closer.closed() => Err(Some(code)),
-        _ = state.shutdown.cancelled() => Err(None),
-    }
-}
-
-/// How long a closing connection keeps reading what its peer still sends, waiting for the
-/// peer's close frame (see [`Outbound::finish`]).
-const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The sending half of a connection: a bounded outbox, the closer rooms use to close it, and
-/// the writer task that drains both into the socket.
-pub(crate) struct Outbound {
-    pub outbox: Outbox,
-    pub closer: Arc<Closer>,
-    writer: tokio::task::JoinHandle<()>,
-}
-
-impl Outbound {
-    pub(crate) fn start(state: &ServerState, sink: Sink) -> Outbound {
-        let limits = &state.config.limits;
-        let (outbox, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
-        let closer = Arc::new(Closer::default());
-        let writer = tokio::spawn(
-            writer(
-                sink,
-                rx,
-                closer.clone(),
-                state.config.heartbeat.ping_interval,
-            )
-            .in_current_span(),
-        );
-        Outbound {
-            outbox,
-            closer,
-            writer,
-        }
-    }
-
-    /// The connection is done (every other sender of its outbox dropped): counts the close,
-    /// lets the writer send what is queued (within the shutdown deadline), and reads what the
-    /// peer still sends until its close (within [`CLOSE_DRAIN`]).
-    ///
-    /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
-    /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
-    /// before the peer reads them. The socket closes only when `stream` is dropped here.
-    pub(crate) async fn finish(self, state: &ServerState, code: CloseCode, mut stream: Stream) {
-        state.metrics.closed(close_kind(code));
-        drop(self.outbox);
-        let _ = timeout(state.config.shutdown_deadline, self.writer).await;
-        let drain = async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = timeout(CLOSE_DRAIN.min(state.config.shutdown_deadline), drain).await;
-        drop(stream);
-        debug!(code = code.code(), "connection closed");
-    }
-}
-
-/// A new connection's peer handle, speaking `kind` for `author`.
-pub(crate) fn peer_handle(
-    state: &ServerState,
-    id: PeerId,
-    kind: PeerKind,
-    author: Option<&str>,
-    outbound: &Outbound,
-) -> PeerHandle {
-    let limits = &state.config.limits;
-    PeerHandle {
-        id,
-        replica: None,
-        kind,
-        author: author.map(Arc::from),
-        outbox: outbound.outbox.clone(),
-        closer: outbound.closer.clone(),
-        budget: SyncBudget::new(limits.sync_bytes_per_second, limits.sync_byte_burst),
-    }
 }
 
 /// How a `/v1/sync` connection was admitted.

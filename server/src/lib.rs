@@ -17,7 +17,6 @@
 
 pub mod auth;
 pub mod client;
-mod close;
 pub mod config;
 mod connection;
 pub mod history;
@@ -31,8 +30,8 @@ pub mod store;
 mod transport;
 mod yjs_socket;
 
-pub use close::CloseCode;
 pub use server::{ServerError, run};
+pub use transport::close::CloseCode;
 
 /// The version of this server build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,7 @@
 //! A connection as rooms see it ([`PeerHandle`]): where its frames go, how to close it, who it
 //! is, and its budget of full-state syncs ([`SyncBudget`]).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use lattice_engine::ReplicaId;
@@ -8,8 +9,10 @@ use lattice_engine::sync::PeerId;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::close::CloseCode;
+use crate::state::ServerState;
+use crate::transport::close::CloseCode;
 use crate::transport::outbox::Outbox;
+use crate::transport::writer::Outbound;
 
 /// Asks a connection to close, from outside its task (a room that found its outbox full).
 #[derive(Debug, Default)]
@@ -163,6 +166,44 @@ impl Drop for SyncTicket {
         if let Some(budget) = self.budget.take() {
             budget.finish(0);
         }
+    }
+}
+
+/// A new connection's peer handle, speaking `kind` for `author`.
+pub(crate) fn peer_handle(
+    state: &ServerState,
+    id: PeerId,
+    kind: PeerKind,
+    author: Option<&str>,
+    outbound: &Outbound,
+) -> PeerHandle {
+    let limits = &state.config.limits;
+    PeerHandle {
+        id,
+        replica: None,
+        kind,
+        author: author.map(Arc::from),
+        outbox: outbound.outbox.clone(),
+        closer: outbound.closer.clone(),
+        budget: SyncBudget::new(limits.sync_bytes_per_second, limits.sync_byte_burst),
+    }
+}
+
+/// Waits until `peer`'s budget allows a full-state sync and takes the slot. `Err` when the
+/// wait ends otherwise: the closer fired (its code) or the server shuts down (`None`).
+pub(crate) async fn sync_ticket(
+    state: &ServerState,
+    peer: &PeerHandle,
+) -> Result<crate::peer::SyncTicket, Option<CloseCode>> {
+    tokio::select! {
+        (ticket, waited) = peer.budget.begin() => {
+            if waited {
+                state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
+            }
+            Ok(ticket)
+        }
+        code = peer.closer.closed() => Err(Some(code)),
+        _ = state.shutdown.cancelled() => Err(None),
     }
 }
 

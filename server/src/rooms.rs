@@ -21,10 +21,10 @@ use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, V
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::close::CloseCode;
 use crate::peer::{PeerHandle, PeerKind, SyncTicket};
 use crate::state::ServerState;
 use crate::store::{NewEntry, StoreError};
+use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
 /// How often a room expires presence and checks whether it is idle.
@@ -181,6 +181,26 @@ impl Rooms {
     fn registry(&self) -> MutexGuard<'_, HashMap<DocId, LiveRoom>> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
+/// unloading at this very moment; a second room starts if so. `None` if neither accepted.
+pub(crate) async fn join_room(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    mut cmd: RoomCmd,
+) -> Option<RoomSender> {
+    let mut room = state.rooms.get_or_start(state, doc);
+    for _ in 0..2 {
+        match room.send(cmd).await {
+            Ok(()) => return Some(room),
+            Err(tokio::sync::mpsc::error::SendError(back)) => {
+                cmd = back;
+                room = state.rooms.get_or_start(state, doc);
+            }
+        }
+    }
+    None
 }
 
 fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {

@@ -33,16 +33,17 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::AuthError;
-use crate::close::CloseCode;
-use crate::connection::{
-    Outbound, Slot, Stream, byte_limiter, close_kind, close_message, join_room, message_limiter,
-    peer_handle, sync_ticket, within_rate,
-};
-use crate::peer::{PeerHandle, PeerKind};
+use crate::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
+use crate::rooms::join_room;
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
 use crate::state::ServerState;
+use crate::transport::close::CloseCode;
+use crate::transport::close::{close_kind, close_message};
 use crate::transport::outbox::{Message, SendError};
+use crate::transport::rate::{byte_limiter, message_limiter, within_rate};
+use crate::transport::slots::Slot;
 use crate::transport::upgrade::Socket;
+use crate::transport::writer::{Outbound, Stream};
 
 /// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]

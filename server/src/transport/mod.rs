@@ -1,9 +1,14 @@
 //! Transport mechanics shared by the protocols: accepting TCP connections and reading HTTP
 //! requests within bounds ([`listen`]), the WebSocket upgrade ([`upgrade`]) with a bound on the
-//! first message ([`first_message`]), and a connection's outbox, bounded in frames and bytes
-//! ([`outbox`]).
+//! first message ([`first_message`]), a connection's outbox, bounded in frames and bytes
+//! ([`outbox`]), the writer that drains it and finishes a connection ([`writer`]), connection
+//! slots ([`slots`]), rate limits ([`rate`]) and the close codes ([`close`]).
 
+pub(crate) mod close;
 pub(crate) mod first_message;
 pub(crate) mod listen;
 pub(crate) mod outbox;
+pub(crate) mod rate;
+pub(crate) mod slots;
 pub(crate) mod upgrade;
+pub(crate) mod writer;

@@ -1,4 +1,10 @@
-//! WebSocket close codes, documented in docs/protocol.md.
+//! WebSocket close codes, documented in docs/protocol.md, the metric each counts under, and
+//! the close frame each becomes.
+
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::metrics::CloseKind;
+use crate::transport::outbox::Message;
 
 /// Why the server closes a WebSocket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,4 +87,30 @@ impl CloseCode {
             CloseCode::Forbidden => "forbidden",
         }
     }
+}
+
+/// The `lattice_closes_total` reason a close with `code` counts under.
+pub(crate) fn close_kind(code: CloseCode) -> CloseKind {
+    match code {
+        CloseCode::Normal => CloseKind::Normal,
+        CloseCode::GoingAway => CloseKind::Shutdown,
+        CloseCode::SlowConsumer => CloseKind::SlowConsumer,
+        CloseCode::IdleTimeout => CloseKind::IdleTimeout,
+        CloseCode::RateLimited | CloseCode::TryAgainLater => CloseKind::RateLimited,
+        CloseCode::FrameTooLarge => CloseKind::FrameTooLarge,
+        CloseCode::DocumentUnavailable => CloseKind::DocumentUnavailable,
+        CloseCode::UnsupportedData
+        | CloseCode::Protocol
+        | CloseCode::UnsupportedVersion
+        | CloseCode::HelloTimeout => CloseKind::Protocol,
+        CloseCode::Unauthorized | CloseCode::TokenExpired | CloseCode::Forbidden => CloseKind::Auth,
+    }
+}
+
+/// The close frame for `code`.
+pub(crate) fn close_message(code: CloseCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.code().into(),
+        reason: code.reason().into(),
+    }))
 }
