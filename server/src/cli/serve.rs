@@ -1,73 +1,21 @@
-//! `lattice`: the server binary. `lattice serve` runs the sync server; every flag is also an
-//! environment variable (`LATTICE_…`). `lattice token` mints access tokens. `lattice admin`
-//! reads document history (`admin_cli`).
+//! `lattice serve`: its flags (each also a `LATTICE_…` variable), the `Config` they make,
+//! and the banner a starting server prints.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
-use lattice_server::auth::{KeySet, Scope, parse_ttl};
+use clap::Args;
+use lattice_server::auth::{KeySet, Scope};
 use lattice_server::config::{AuthConfig, AuthMode, Config};
 use tokio::net::TcpListener;
-use tracing::info;
-
-mod admin_cli;
-
-#[derive(Parser, Debug)]
-#[command(name = "lattice", version, about = "Lattice: a CRDT sync server")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the sync server.
-    Serve(Box<ServeArgs>),
-    /// Mint an access token; it is printed alone on the last line (stdout), details go to
-    /// stderr.
-    Token(TokenArgs),
-    /// Document history for admins: `docs`, `history DOC`, `show DOC --at SEQ`, `diff DOC`,
-    /// `restore DOC --to SEQ`, against `--url` with `--token`, or `--database-url` (read-only).
-    Admin(admin_cli::AdminArgs),
-}
 
 /// How long the tokens printed by a run without a configured secret stay valid. The secret
 /// dies with the process anyway.
 const GENERATED_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Args, Debug)]
-struct TokenArgs {
-    /// Signing secrets, as for `lattice serve --auth-secret` (`kid:secret,…` or a bare secret).
-    /// Prefer the environment variable: command lines are visible to other local users.
-    #[arg(
-        long,
-        env = "LATTICE_AUTH_SECRET",
-        value_delimiter = ',',
-        hide_env_values = true,
-        required = true
-    )]
-    secret: Vec<String>,
-    /// Key id to sign with (default: the first secret's).
-    #[arg(long)]
-    kid: Option<String>,
-    /// Document pattern: an exact id, `prefix/*`, or `*` for every document. Repeatable.
-    #[arg(long = "doc", required = true)]
-    docs: Vec<String>,
-    /// `read`, `write` or `admin`; a higher scope includes the lower ones.
-    #[arg(long, default_value = "read", value_parser = |s: &str| s.parse::<Scope>())]
-    scope: Scope,
-    /// Lifetime: `30s`, `15m`, `1h`, `7d`.
-    #[arg(long, default_value = "1h", value_parser = |s: &str| parse_ttl(s))]
-    ttl: Duration,
-    /// Subject: the user id, recorded as the author of every change made with the token.
-    #[arg(long)]
-    sub: String,
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
@@ -264,6 +212,28 @@ impl ServeArgs {
     }
 }
 
+/// Runs the server `args` describe until SIGTERM or SIGINT.
+pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
+    crate::init_logs(args.json_logs);
+    let (config, generated) = args.config()?;
+    let listener = TcpListener::bind(&args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "lattice {} listening on http://{addr}",
+        lattice_server::VERSION
+    );
+    println!("  sync endpoint: ws://{addr}/v1/sync");
+    println!(
+        "  database:      {}",
+        lattice_server::store::redacted_url(&config.database_url)
+    );
+    print_auth_banner(&config, generated, addr)?;
+    lattice_server::run(config, listener, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
 /// What `lattice serve` prints about access control.
 fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Result<()> {
     match &config.auth.mode {
@@ -304,86 +274,6 @@ fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Resu
                 kids.join(", "),
                 keys.signing_kid()
             );
-        }
-    }
-    Ok(())
-}
-
-fn mint(args: &TokenArgs) -> Result<()> {
-    let keys = KeySet::parse(&args.secret).context("--secret")?;
-    let kid = args
-        .kid
-        .as_deref()
-        .unwrap_or(keys.signing_kid())
-        .to_string();
-    let token = keys.mint(&args.sub, &args.docs, args.scope, args.ttl, Some(&kid))?;
-    eprintln!("subject:   {}", args.sub);
-    eprintln!("documents: {}", args.docs.join(" "));
-    eprintln!("scope:     {}", args.scope);
-    eprintln!("key id:    {kid}");
-    eprintln!("expires:   in {}s", args.ttl.as_secs());
-    println!("{token}");
-    Ok(())
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    info!("signal received");
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Token(args) => mint(&args)?,
-        Command::Admin(args) => admin_cli::run(args).await?,
-        Command::Serve(args) => {
-            init_logs(args.json_logs);
-            let (config, generated) = args.config()?;
-            let listener = TcpListener::bind(&args.bind)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.bind))?;
-            let addr = listener.local_addr()?;
-            println!(
-                "lattice {} listening on http://{addr}",
-                lattice_server::VERSION
-            );
-            println!("  sync endpoint: ws://{addr}/v1/sync");
-            println!(
-                "  database:      {}",
-                lattice_server::store::redacted_url(&config.database_url)
-            );
-            print_auth_banner(&config, generated, addr)?;
-            lattice_server::run(config, listener, shutdown_signal()).await?;
         }
     }
     Ok(())
