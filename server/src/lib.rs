@@ -18,17 +18,16 @@
 pub mod auth;
 pub mod client;
 pub mod config;
-mod connection;
 pub mod history;
 mod http;
 pub mod metrics;
 mod peer;
+mod protocols;
 mod rooms;
 mod server;
 mod state;
 pub mod store;
 mod transport;
-mod yjs_socket;
 
 pub use server::{ServerError, run};
 pub use transport::close::CloseCode;

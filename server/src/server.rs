@@ -19,15 +19,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::bearer_token;
 use crate::config::Config;
-use crate::connection::{Admission, serve_socket};
 use crate::metrics::Metrics;
+use crate::protocols::native::{Admission, serve_socket};
+use crate::protocols::yjs::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
 use crate::rooms::RoomCmd;
 use crate::state::ServerState;
 use crate::store::{Store, StoreError};
 use crate::transport::listen::{self, HttpBounds};
 use crate::transport::slots::{Gauge, Slot};
 use crate::transport::upgrade::WsUpgrade;
-use crate::yjs_socket::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
