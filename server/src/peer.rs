@@ -12,38 +12,7 @@ use tokio::time::{Duration, Instant};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::Outbox;
-use crate::transport::writer::Outbound;
-
-/// Asks a connection to close, from outside its task (a room that found its outbox full).
-#[derive(Debug, Default)]
-pub(crate) struct Closer {
-    code: Mutex<Option<CloseCode>>,
-    notify: Notify,
-}
-
-impl Closer {
-    pub(crate) fn close(&self, code: CloseCode) {
-        if let Ok(mut slot) = self.code.lock()
-            && slot.is_none()
-        {
-            *slot = Some(code);
-        }
-        self.notify.notify_one();
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.code.lock().map_or(true, |c| c.is_some())
-    }
-
-    pub(crate) async fn closed(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
-                return code;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
+use crate::transport::writer::{Closer, Outbound};
 
 /// Which wire protocol a connection speaks; the room encodes each frame once per protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,15 +2,15 @@
 //! the socket (one flush per batch, pings on an interval) until a close, and [`Outbound`]
 //! finishes a connection so that its close frame and last acks reach the peer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use tracing::{Instrument, debug};
 
-use crate::peer::Closer;
 use crate::state::ServerState;
 use crate::transport::close::{CloseCode, close_kind, close_message};
 use crate::transport::outbox::{Message, Outbox, OutboxReceiver, outbox};
@@ -66,6 +66,37 @@ pub(crate) async fn writer(
         }
     }
     let _ = sink.close().await;
+}
+
+/// Asks a connection to close, from outside its task (a room that found its outbox full).
+#[derive(Debug, Default)]
+pub(crate) struct Closer {
+    code: Mutex<Option<CloseCode>>,
+    notify: Notify,
+}
+
+impl Closer {
+    pub(crate) fn close(&self, code: CloseCode) {
+        if let Ok(mut slot) = self.code.lock()
+            && slot.is_none()
+        {
+            *slot = Some(code);
+        }
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.code.lock().map_or(true, |c| c.is_some())
+    }
+
+    pub(crate) async fn closed(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// How long a closing connection keeps reading what its peer still sends, waiting for the
