@@ -76,7 +76,7 @@ pub async fn run(
         listener,
         app,
         bounds,
-        state.clone(),
+        state.metrics.clone(),
         token.clone(),
     ));
     tokio::spawn(graceful);
@@ -131,7 +131,7 @@ fn admit(
         .clone()
         .try_acquire_owned()
         .map_err(|_| "too many connections")?;
-    Ok(Slot::new(permit, Gauge::up(state, gauge)))
+    Ok(Slot::new(permit, Gauge::up(&state.metrics, gauge)))
 }
 
 /// The WebSocket settings of every connection. tungstenite's own message limit is a backstop:

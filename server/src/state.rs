@@ -22,7 +22,7 @@ pub(crate) struct ServerState {
     pub config: Config,
     pub store: Store,
     pub rooms: Rooms,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub auth: Auth,
     /// Slots of authenticated WebSocket connections (`Limits::max_connections`).
     pub connections: Arc<Semaphore>,
@@ -49,7 +49,7 @@ impl ServerState {
             config,
             store,
             rooms: Rooms::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             shutdown: CancellationToken::new(),
             next_peer: AtomicU64::new(1),
             replica: random_replica(),

@@ -28,6 +28,7 @@ use crate::transport::slots::{Gauge, Slot};
 use crate::transport::upgrade::Socket;
 use crate::transport::writer::{Outbound, Stream};
 
+/// One subscription: the document's room and what this connection may do there.
 struct Sub {
     room: RoomSender,
     access: Access,
@@ -96,7 +97,7 @@ pub(crate) async fn serve_socket(
     async move {
         let limits = &state.config.limits;
         let (sink, mut stream) = socket.split();
-        let outbound = Outbound::start(&state, sink);
+        let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
         let closer = outbound.closer.clone();
         let (slot, upgrade_auth, slot_authenticated) = match admission {
             Admission::Unauthenticated { slot, upgrade_auth } => (slot, upgrade_auth, false),
@@ -135,7 +136,7 @@ pub(crate) async fn serve_socket(
         conn.leave_all().await;
         let slot = conn.slot.take();
         drop(conn);
-        outbound.finish(&state, code, stream).await;
+        outbound.finish(code, stream).await;
         drop(slot);
     }
     .instrument(span)
@@ -246,7 +247,7 @@ impl Conn {
                     };
                     self.slot = Some(Slot::new(
                         permit,
-                        Gauge::up(&self.state, |m| &m.connections),
+                        Gauge::up(&self.state.metrics, |m| &m.connections),
                     ));
                     self.slot_authenticated = true;
                 }

@@ -97,7 +97,7 @@ pub(crate) async fn serve_yjs_socket(
     async move {
         let limits = state.config.limits.clone();
         let (sink, mut stream) = socket.split();
-        let outbound = Outbound::start(&state, sink);
+        let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
         let closer = outbound.closer.clone();
         let mut conn = YjsConn {
             peer: peer_handle(
@@ -137,7 +137,7 @@ pub(crate) async fn serve_yjs_socket(
             let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
         }
         drop(conn);
-        outbound.finish(&state, code, stream).await;
+        outbound.finish(code, stream).await;
         drop(slot);
     }
     .instrument(span)

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::state::ServerState;
+use crate::metrics::Metrics;
 
 /// How the HTTP phase of a connection is bounded.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +42,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     bounds: HttpBounds,
-    state: Arc<ServerState>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -61,7 +61,7 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            state.metrics.http_connections_refused.fetch_add(1, Relaxed);
+            metrics.http_connections_refused.fetch_add(1, Relaxed);
             warn!(%remote, "too many connections in their HTTP phase; closing a new one");
             drop(stream);
             continue;

@@ -8,20 +8,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::Metrics;
-use crate::state::ServerState;
 
 /// Counts a connection in one of the server's gauges for as long as it lives, including when
 /// its task panics (the count goes down as the task unwinds).
 pub(crate) struct Gauge {
-    state: Arc<ServerState>,
+    metrics: Arc<Metrics>,
     which: fn(&Metrics) -> &AtomicU64,
 }
 
 impl Gauge {
-    pub(crate) fn up(state: &Arc<ServerState>, which: fn(&Metrics) -> &AtomicU64) -> Gauge {
-        which(&state.metrics).fetch_add(1, Relaxed);
+    pub(crate) fn up(metrics: &Arc<Metrics>, which: fn(&Metrics) -> &AtomicU64) -> Gauge {
+        which(metrics).fetch_add(1, Relaxed);
         Gauge {
-            state: state.clone(),
+            metrics: metrics.clone(),
             which,
         }
     }
@@ -29,11 +28,10 @@ impl Gauge {
 
 impl Drop for Gauge {
     fn drop(&mut self) {
-        (self.which)(&self.state.metrics).fetch_sub(1, Relaxed);
+        (self.which)(&self.metrics).fetch_sub(1, Relaxed);
     }
 }
 
-/// One subscription: the document's room and what this connection may do there.
 /// A connection slot and the gauge that counts it; both are given back when it drops.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 use tracing::{Instrument, debug};
 
-use crate::state::ServerState;
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::transport::close::{CloseCode, close_kind, close_message};
 use crate::transport::outbox::{Message, Outbox, OutboxReceiver, outbox};
 use crate::transport::upgrade::Socket;
@@ -109,26 +110,27 @@ pub(crate) struct Outbound {
     pub outbox: Outbox,
     pub closer: Arc<Closer>,
     writer: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    /// How long [`Outbound::finish`] waits for the writer (the server's shutdown deadline).
+    deadline: std::time::Duration,
 }
 
 impl Outbound {
-    pub(crate) fn start(state: &ServerState, sink: Sink) -> Outbound {
-        let limits = &state.config.limits;
+    /// Starts the writer of a connection served under `config`; its close is counted in
+    /// `metrics`.
+    pub(crate) fn start(config: &Config, metrics: Arc<Metrics>, sink: Sink) -> Outbound {
+        let limits = &config.limits;
         let (outbox, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
         let closer = Arc::new(Closer::default());
         let writer = tokio::spawn(
-            writer(
-                sink,
-                rx,
-                closer.clone(),
-                state.config.heartbeat.ping_interval,
-            )
-            .in_current_span(),
+            writer(sink, rx, closer.clone(), config.heartbeat.ping_interval).in_current_span(),
         );
         Outbound {
             outbox,
             closer,
             writer,
+            metrics,
+            deadline: config.shutdown_deadline,
         }
     }
 
@@ -139,10 +141,10 @@ impl Outbound {
     /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
     /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
     /// before the peer reads them. The socket closes only when `stream` is dropped here.
-    pub(crate) async fn finish(self, state: &ServerState, code: CloseCode, mut stream: Stream) {
-        state.metrics.closed(close_kind(code));
+    pub(crate) async fn finish(self, code: CloseCode, mut stream: Stream) {
+        self.metrics.closed(close_kind(code));
         drop(self.outbox);
-        let _ = timeout(state.config.shutdown_deadline, self.writer).await;
+        let _ = timeout(self.deadline, self.writer).await;
         let drain = async {
             while let Some(Ok(msg)) = stream.next().await {
                 if matches!(msg, Message::Close(_)) {
@@ -150,7 +152,7 @@ impl Outbound {
                 }
             }
         };
-        let _ = timeout(CLOSE_DRAIN.min(state.config.shutdown_deadline), drain).await;
+        let _ = timeout(CLOSE_DRAIN.min(self.deadline), drain).await;
         drop(stream);
         debug!(code = code.code(), "connection closed");
     }
