@@ -168,6 +168,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code this build sends (all but [`ErrorCode::Unknown`]).
+    pub const KNOWN: [ErrorCode; 17] = [
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::MalformedMessage,
+        ErrorCode::UnknownMessage,
+        ErrorCode::InvalidDelta,
+        ErrorCode::NotSubscribed,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyDocuments,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::Internal,
+        ErrorCode::MissingDependencies,
+        ErrorCode::AlreadySubscribed,
+        ErrorCode::InvalidSeq,
+        ErrorCode::HelloTimeout,
+        ErrorCode::HelloRequired,
+        ErrorCode::IdleTimeout,
+    ];
+
     /// The code as it appears on the wire (`snake_case`).
     pub fn as_str(self) -> &'static str {
         match self {

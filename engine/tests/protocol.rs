@@ -465,3 +465,25 @@ fn our_updates_carry_the_32_bit_replica_id() {
     let sv = ydoc.transact().state_vector();
     assert_eq!(sv.get(&ydoc.client_id()), 1);
 }
+
+/// `ErrorCode::KNOWN` and `ErrorCode::as_str` agree with the wire: each known code encodes as
+/// its `as_str` name and decodes back to itself, and no two share a name.
+#[test]
+fn every_known_error_code_has_its_wire_name() {
+    let mut names = std::collections::HashSet::new();
+    for code in ErrorCode::KNOWN {
+        let bytes = rmp_serde::to_vec_named(&code).expect("encode");
+        let name: String = rmp_serde::from_slice(&bytes).expect("a string");
+        assert_eq!(name, code.as_str());
+        assert_eq!(
+            rmp_serde::from_slice::<ErrorCode>(&bytes).expect("decode"),
+            code
+        );
+        assert!(names.insert(name), "{code:?} shares its name");
+    }
+    let newer = rmp_serde::to_vec_named("a_code_from_a_newer_server").expect("encode");
+    assert_eq!(
+        rmp_serde::from_slice::<ErrorCode>(&newer).expect("decode"),
+        ErrorCode::Unknown
+    );
+}
