@@ -135,7 +135,7 @@ pub struct ListQuery {
 /// Only ids inside `scope` are ever read: each pattern is intersected with the query's `prefix`
 /// and read as its own range, so neither the documents returned, nor `next_after`, nor whether
 /// a `prefix` or `after` finds anything depends on a document outside `scope`. At most
-/// [`MAX_LIST_SCAN_PAGES`] full store pages are read per call (deleted documents may fill them
+/// `MAX_LIST_SCAN_PAGES` (10) full store pages are read per call (deleted documents may fill them
 /// when `include_deleted` is off); then the page returns what it has, with a cursor.
 pub async fn list_documents(
     store: &Store,

@@ -1,4 +1,4 @@
-//! The scenarios. Each lives in its own file and is registered by one line in [`scenarios!`]
+//! The scenarios. Each lives in its own file and is registered by one line in `scenarios!`
 //! below; see the crate docs (`main.rs`) for how to add one.
 
 use std::future::Future;

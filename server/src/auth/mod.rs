@@ -4,7 +4,7 @@
 //! header names the key that signed it (`kid`), its claims name a subject (recorded as the author
 //! of every delta), the documents it covers (exact ids, `prefix/*`, or `*`), a [`Scope`]
 //! (`read` < `write` < `admin`, a higher scope includes the lower ones) and an expiry. The server
-//! holds a [`KeySet`] (several keys, so secrets can be rotated; the first one signs). [`Auth`]
+//! holds a [`KeySet`] (several keys, so secrets can be rotated; the first one signs). `Auth`
 //! turns a token into a [`Principal`] and throttles failed attempts per IP address. See
 //! docs/security.md.
 //!
