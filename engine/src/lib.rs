@@ -10,7 +10,8 @@
 //!
 //! # Invariants
 //! - **No IO.** No sockets, files, clocks, randomness, threads or async runtime. Time comes in
-//!   as a clock function chosen by the driver, ids are passed in. The crate builds for
+//!   as an argument (the room's `now_ms`; the client session's clock reads a function the
+//!   driver chooses), ids are passed in. The crate builds for
 //!   `wasm32-unknown-unknown`; CI checks that its dependency tree has no tokio, sqlx, axum,
 //!   hyper or web-sys.
 //! - **Merges are CRDT merges:** commutative, associative, idempotent; proven by the property
@@ -37,8 +38,8 @@ pub use document::{
     MAX_NAME_BYTES, RestoreError, RestoreReport, SNAPSHOT_FORMAT, SnapshotError, Source, Trust,
 };
 pub use hlc::{
-    ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,
-    set_manual_clock_ms,
+    ClockDriftError, ClockedHlc, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock,
+    ntp64_from_unix_ms, set_manual_clock_ms,
 };
 pub use ids::{DocId, DocIdError, MAX_DOC_ID_BYTES, ReplicaId};
 pub use register::LwwRegister;

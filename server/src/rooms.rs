@@ -205,13 +205,6 @@ fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
     (1 << 52) | low
 }
 
-pub(crate) fn system_clock() -> lattice_engine::NTP64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    lattice_engine::NTP64::from(since)
-}
-
 pub(crate) fn now_ms() -> u64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -292,7 +285,7 @@ async fn room_task(
         typing_ttl_ms: duration_ms(state.config.rooms.typing_ttl),
         max_relay_bytes: state.config.rooms.max_relay_bytes,
     };
-    let hlc = Hlc::new(state.replica, system_clock, DEFAULT_MAX_DRIFT);
+    let hlc = Hlc::new(state.replica, DEFAULT_MAX_DRIFT);
     let mut driver = RoomDriver {
         room: Room::new(doc.clone(), document, hlc, config),
         state: state.clone(),
@@ -476,7 +469,7 @@ impl RoomDriver {
                 author,
             } => {
                 self.state.metrics.deltas_in.fetch_add(1, Relaxed);
-                self.room.client_delta(peer, seq, delta, author)
+                self.room.client_delta(peer, seq, delta, author, now_ms())
             }
             RoomCmd::Presence {
                 peer,
@@ -582,12 +575,11 @@ impl RoomDriver {
         target: &Document,
         author: Option<String>,
     ) -> Result<(Effects, lattice_engine::RestoreReport), RestoreFailed> {
-        let room = &self.room;
-        let (delta, report) = room.document().restore_delta(target, || room.stamp())?;
+        let (delta, report) = self.room.restore_delta(target, now_ms())?;
         if delta.is_empty() {
             return Ok((Effects::default(), report));
         }
-        let fx = self.room.server_delta(delta, author)?;
+        let fx = self.room.server_delta(delta, author, now_ms())?;
         Ok((fx, report))
     }
 

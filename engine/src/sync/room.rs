@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{ErrorCode, ServerMsg};
-use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Source, Value};
+use crate::{
+    ApplyError, Delta, DocId, DocState, Document, Hlc, RestoreError, RestoreReport, Source, Value,
+};
 
 /// A connection, as the room knows it. Assigned by the driver, unique per server process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,6 +128,11 @@ struct Slot {
 
 /// The single owner of a live document on the server.
 ///
+/// **Time** comes in as an argument: every method that needs it takes `now_ms`, the driver's
+/// wall time in milliseconds since the Unix epoch. The room's [`Hlc`] reads nothing else, so
+/// the drift check of incoming register writes, the stamps of the server's own writes and the
+/// expiry of presence all follow the one time the driver passes.
+///
 /// **Invariants:** a delta is acknowledged to its sender and relayed to the others only after it
 /// (and every delta applied before it) is committed, and a `sync` answer leaves only once
 /// everything it holds is committed; a refused delta changes nothing; presence is never
@@ -154,7 +161,7 @@ impl std::fmt::Debug for Room {
 
 impl Room {
     /// A room for `doc`, which holds everything committed so far. `hlc` bounds the clock drift
-    /// of incoming register writes.
+    /// of incoming register writes and stamps the server's own.
     pub fn new(doc_id: DocId, doc: Document, hlc: Hlc, config: RoomConfig) -> Self {
         Self {
             doc_id,
@@ -312,13 +319,15 @@ impl Room {
     /// ([`crate::Trust::Peer`]): applied at once and whole (so later subscribers see it),
     /// persisted by the driver, acknowledged and relayed on [`Room::committed`]. A refused
     /// delta changes nothing and gets an error with its `seq`, never an ack; its `seq` must
-    /// still be greater than every `seq` the peer sent before.
+    /// still be greater than every `seq` the peer sent before. Its newest register stamp may
+    /// run at most the clock's drift bound ahead of `now_ms`.
     pub fn client_delta(
         &mut self,
         peer: PeerId,
         seq: u64,
         delta: Delta,
         author: Option<String>,
+        now_ms: u64,
     ) -> Effects {
         let mut fx = Effects::default();
         let last_seq = match self.subscribers.get(&peer) {
@@ -358,7 +367,7 @@ impl Room {
             return fx;
         }
         if let Some(stamp) = delta.max_stamp()
-            && let Err(e) = self.hlc.check_drift(stamp)
+            && let Err(e) = self.hlc.check_drift(now_ms, stamp)
         {
             fx.to(
                 peer,
@@ -396,12 +405,12 @@ impl Room {
         }
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
-                // The drift check passed, so observing cannot fail; the clock now orders any
-                // write the server makes itself (restore) after this one.
-                let _ = self.hlc.observe(stamp);
+                // The drift check passed at the same time, so observing cannot fail; the clock
+                // now orders any write the server makes itself (restore) after this one.
+                let _ = self.hlc.observe(now_ms, stamp);
                 stamp.time
             }
-            None => self.hlc.tick().time,
+            None => self.hlc.tick(now_ms).time,
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -444,6 +453,7 @@ impl Room {
         &mut self,
         delta: Delta,
         author: Option<String>,
+        now_ms: u64,
     ) -> Result<Effects, ApplyError> {
         let mut fx = Effects::default();
         let applied = self
@@ -451,10 +461,10 @@ impl Room {
             .apply_from(&delta, Source::trusted(author.as_deref()))?;
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
-                let _ = self.hlc.observe(stamp);
+                let _ = self.hlc.observe(now_ms, stamp);
                 stamp.time
             }
-            None => self.hlc.tick().time,
+            None => self.hlc.tick(now_ms).time,
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -715,8 +725,15 @@ impl Room {
         fx
     }
 
-    /// A register write or other server-made change (restore), stamped by the room's clock.
-    pub fn stamp(&self) -> HlcTimestamp {
-        self.hlc.tick()
+    /// The delta that brings the document back to `target` (see [`Document::restore_delta`]),
+    /// its register writes stamped by the room's clock at `now_ms`. Apply it with
+    /// [`Room::server_delta`].
+    pub fn restore_delta(
+        &mut self,
+        target: &Document,
+        now_ms: u64,
+    ) -> Result<(Delta, RestoreReport), RestoreError> {
+        let hlc = &mut self.hlc;
+        self.doc.restore_delta(target, || hlc.tick(now_ms))
     }
 }
