@@ -2,7 +2,7 @@
 //! queries.
 
 use lattice_engine::protocol::{ErrorCode, ServerMsg};
-use lattice_engine::sync::{Access, PeerId, Room, RoomConfig};
+use lattice_engine::sync::{Access, Echo, PeerId, Room, RoomConfig, SubscribeOptions};
 use lattice_engine::{
     DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, HlcTimestamp, ReplicaId, Value,
     ntp64_from_unix_ms,
@@ -21,6 +21,28 @@ fn room() -> Room {
     )
 }
 
+fn writer() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Write,
+        echo: Echo::None,
+    }
+}
+
+fn reader() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Read,
+        echo: Echo::None,
+    }
+}
+
+/// A y-websocket peer's subscription: its own deltas come back.
+fn echoing() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Write,
+        echo: Echo::OwnDeltas,
+    }
+}
+
 fn edit(replica: u32, text: &str) -> lattice_engine::Delta {
     let mut doc = Document::new(ReplicaId::new(replica).expect("replica"));
     doc.text_insert("text", 0, text).expect("insert")
@@ -37,9 +59,9 @@ fn deltas_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> usize {
 fn echo_peers_get_their_own_delta_back_only_after_commit() {
     let mut room = room();
     let (native, yjs, other) = (PeerId(1), PeerId(2), PeerId(3));
-    room.subscribe(native, Access::Write, &DocState::default());
-    room.subscribe_with_echo(yjs, Access::Write, true, &DocState::default());
-    room.subscribe(other, Access::Write, &DocState::default());
+    room.subscribe(native, writer(), &DocState::default());
+    room.subscribe(yjs, echoing(), &DocState::default());
+    room.subscribe(other, writer(), &DocState::default());
 
     let fx = room.client_delta(yjs, 1, edit(7, "from yjs"), None, NOW_MS);
     assert_eq!(fx.persist.len(), 1);
@@ -69,7 +91,7 @@ fn query_presence_answers_with_everyone_else() {
     let mut room = room();
     let (a, b, c) = (PeerId(1), PeerId(2), PeerId(3));
     for p in [a, b, c] {
-        room.subscribe(p, Access::Read, &DocState::default());
+        room.subscribe(p, reader(), &DocState::default());
     }
     room.presence(a, Value::String("ann".into()), false, 0);
     room.presence(b, Value::String("bob".into()), false, 0);
@@ -94,8 +116,8 @@ fn query_presence_answers_with_everyone_else() {
 fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_one() {
     let mut room = room();
     let (a, b) = (PeerId(1), PeerId(2));
-    room.subscribe(a, Access::Write, &DocState::default());
-    room.subscribe_with_echo(b, Access::Write, true, &DocState::default());
+    room.subscribe(a, writer(), &DocState::default());
+    room.subscribe(b, echoing(), &DocState::default());
     let fx = room
         .server_delta(edit(9, "restored"), Some("admin".into()), NOW_MS)
         .expect("applies");
@@ -135,7 +157,7 @@ fn errors_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<(ErrorCode
 fn a_seq_that_does_not_increase_is_refused_and_never_acknowledged() {
     let mut room = room();
     let peer = PeerId(1);
-    room.subscribe(peer, Access::Write, &DocState::default());
+    room.subscribe(peer, writer(), &DocState::default());
     let fx = room.client_delta(peer, 5, edit(7, "a"), None, NOW_MS);
     room.committed(fx.persist[0].token);
     for seq in [5, 4] {
@@ -156,7 +178,7 @@ fn a_seq_that_does_not_increase_is_refused_and_never_acknowledged() {
 fn a_register_write_ahead_of_the_drift_bound_is_refused_at_the_time_given() {
     let mut room = room();
     let peer = PeerId(1);
-    room.subscribe(peer, Access::Write, &DocState::default());
+    room.subscribe(peer, writer(), &DocState::default());
     let ahead_ms = DEFAULT_MAX_DRIFT.as_secs() * 1_000 + 1_000;
     let mut author = Document::new(ReplicaId::new(9).expect("replica"));
     let stamp = HlcTimestamp::new(
@@ -180,7 +202,7 @@ fn a_register_write_ahead_of_the_drift_bound_is_refused_at_the_time_given() {
 fn missing_dependencies_get_an_error_then_the_room_state_to_resync_from() {
     let mut room = room();
     let peer = PeerId(1);
-    room.subscribe(peer, Access::Write, &DocState::default());
+    room.subscribe(peer, writer(), &DocState::default());
     let mut author = Document::new(ReplicaId::new(9).expect("replica"));
     let _first = author.text_insert("text", 0, "ab").expect("insert");
     let second = author.text_insert("text", 2, "cd").expect("insert");
@@ -233,12 +255,12 @@ fn syncs_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<&lattice_en
 fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
     let mut room = room();
     let (alice, bob, carol) = (PeerId(1), PeerId(2), PeerId(3));
-    room.subscribe(alice, Access::Write, &DocState::default());
-    room.subscribe(carol, Access::Write, &DocState::default());
+    room.subscribe(alice, writer(), &DocState::default());
+    room.subscribe(carol, writer(), &DocState::default());
     let fx = room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()), NOW_MS);
     let token = fx.persist[0].token;
     // Bob subscribes while Alice's delta is being committed: nothing yet.
-    let fx = room.subscribe(bob, Access::Write, &DocState::default());
+    let fx = room.subscribe(bob, writer(), &DocState::default());
     assert!(
         syncs_to(&fx, bob).is_empty(),
         "bob's sync left before the commit"
@@ -266,9 +288,9 @@ fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
 fn a_waiting_sync_is_dropped_with_a_failed_commit() {
     let mut room = room();
     let (alice, bob) = (PeerId(1), PeerId(2));
-    room.subscribe(alice, Access::Write, &DocState::default());
+    room.subscribe(alice, writer(), &DocState::default());
     room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()), NOW_MS);
-    room.subscribe(bob, Access::Write, &DocState::default());
+    room.subscribe(bob, writer(), &DocState::default());
     let fx = room.commit_failed();
     assert!(fx.reload);
     let mut closed: Vec<PeerId> = fx.close.iter().map(|(p, _)| *p).collect();

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
-use lattice_engine::sync::{Access, Effects, PeerId, PendingDelta, Room, RoomConfig};
+use lattice_engine::sync::{
+    Access, Echo, Effects, PeerId, PendingDelta, Room, RoomConfig, SubscribeOptions,
+};
 use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -447,9 +449,15 @@ impl RoomDriver {
                     return;
                 }
                 let id = peer.id;
-                let echo = peer.kind == PeerKind::Yjs;
+                // y-websocket clients count the echo of their update as "saved".
+                let echo = match peer.kind {
+                    PeerKind::Yjs => Echo::OwnDeltas,
+                    PeerKind::Native => Echo::None,
+                };
                 self.peers.insert(id, peer);
-                let fx = self.room.subscribe_with_echo(id, access, echo, &state);
+                let fx = self
+                    .room
+                    .subscribe(id, SubscribeOptions { access, echo }, &state);
                 // The answer is in `fx`, or waits in the room for commits (it is computed now).
                 let queued = self.room.queued_sync(id).map_or(0, sync_msg_cost);
                 ticket.spent(sync_cost(&fx) + queued);

@@ -6,6 +6,7 @@ mod room;
 mod session;
 
 pub use room::{
-    Access, CloseReason, Effects, Outgoing, PeerId, PendingDelta, Room, RoomConfig, SERVER_PEER,
+    Access, CloseReason, Echo, Effects, Outgoing, PeerId, PendingDelta, Room, RoomConfig,
+    SERVER_PEER, SubscribeOptions,
 };
 pub use session::{Session, SessionEvent, SessionOutput};

@@ -24,6 +24,24 @@ pub enum Access {
     Write,
 }
 
+/// How a peer subscribes ([`Room::subscribe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub access: Access,
+    pub echo: Echo,
+}
+
+/// Whether a subscriber gets its own deltas back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// Its deltas are acknowledged, not relayed back (native clients).
+    #[default]
+    None,
+    /// Its own deltas are relayed back to it once committed, like everyone else's (y-websocket
+    /// clients count the echo of an update as "saved").
+    OwnDeltas,
+}
+
 /// Timings of a room, in milliseconds of the driver's clock.
 #[derive(Clone, Debug)]
 pub struct RoomConfig {
@@ -98,13 +116,11 @@ impl Effects {
 
 struct Subscriber {
     access: Access,
-    /// Also receives its own deltas back once committed (y-websocket clients count an echo as
-    /// "saved").
-    echo: bool,
+    echo: Echo,
     /// The highest `seq` of a delta it sent that the room took (0: none yet).
     last_seq: u64,
     /// Its `sync` answer waits in the slots for the commits before it (see
-    /// [`Room::subscribe_with_echo`]); until it leaves, relays skip this peer, since the answer
+    /// [`Room::subscribe`]); until it leaves, relays skip this peer, since the answer
     /// holds what they carry.
     awaiting_sync: bool,
 }
@@ -227,27 +243,22 @@ impl Room {
     }
 
     /// A peer subscribes with what it holds; it gets what it lacks, the room's state, and the
-    /// current presence of the others.
-    pub fn subscribe(&mut self, peer: PeerId, access: Access, known: &DocState) -> Effects {
-        self.subscribe_with_echo(peer, access, false, known)
-    }
-
-    /// [`Room::subscribe`], choosing whether the peer's own committed deltas are relayed back
-    /// to it. Subscribing again (a new state vector) is allowed and answers with what the peer
-    /// lacks now.
+    /// current presence of the others. `options` say what it may do and whether its own
+    /// committed deltas are relayed back to it. Subscribing again (a new state vector) is
+    /// allowed and answers with what the peer lacks now.
     ///
     /// The answer is computed now, from everything applied, but leaves only once all of it is
     /// committed: while deltas wait for their commit it waits behind them in the slots, like
     /// their relays. A subscriber must never hold content the store may still refuse: if the
     /// commit failed and the room reloaded, that subscriber would hold another user's content
     /// the server does not, and its resync, which carries it, would be refused for good.
-    pub fn subscribe_with_echo(
+    pub fn subscribe(
         &mut self,
         peer: PeerId,
-        access: Access,
-        echo: bool,
+        options: SubscribeOptions,
         known: &DocState,
     ) -> Effects {
+        let SubscribeOptions { access, echo } = options;
         let mut fx = Effects::default();
         let delta = match self.doc.diff_since(known) {
             Ok(d) => d,
@@ -553,7 +564,7 @@ impl Room {
             if self
                 .subscribers
                 .get(&sender)
-                .is_some_and(|s| s.echo && !s.awaiting_sync)
+                .is_some_and(|s| s.echo == Echo::OwnDeltas && !s.awaiting_sync)
             {
                 to.push(sender);
             }
