@@ -19,7 +19,7 @@
 //! count, and an XML hook type carries no name. A walk that disagreed with yrs about where a
 //! struct ends would check other bytes than yrs reads, and the size bound would not hold.
 //!
-//! **The plan** ([`plan`]) decides, before yrs sees a decoded update, whether every struct in
+//! **The plan** (`plan`) decides, before yrs sees a decoded update, whether every struct in
 //! it can be integrated now (nothing it builds on is missing) and how deep in the tree of
 //! shared types each one lands. Shared types nest (a `Y.Array` inside a `Y.Array` …), and yrs
 //! walks that tree recursively when it deletes, garbage-collects or serialises it, so nesting
