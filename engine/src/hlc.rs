@@ -1,9 +1,17 @@
-//! Hybrid logical clocks, built on `uhlc`, with the physical clock injected by the driver.
+//! Hybrid logical clocks. The engine never reads the time: the driver passes it in.
 //!
-//! The engine never reads the time itself: [`Hlc::new`] takes a `fn() -> NTP64` (the form
-//! `uhlc::HLCBuilder::with_clock` accepts). The server passes the system clock, the browser
-//! client passes `Date.now()`, and tests pass [`manual_clock`], a per-thread clock they move by
-//! hand. `NTP64` here counts from the Unix epoch, as `uhlc` does.
+//! [`Hlc`] takes the physical time as an argument, as milliseconds since the Unix epoch
+//! (`now_ms`, the driver's wall time), like every other time in the engine; the server's
+//! [`Room`](crate::sync::Room) passes it on from its driver. [`ClockedHlc`] is an `Hlc` that
+//! reads a clock function (`fn() -> NTP64`) instead, for the client's
+//! [`Session`](crate::sync::Session), whose edits stamp register writes without a time at
+//! hand: the native client passes the system clock, the browser client `Date.now()`, and tests
+//! [`manual_clock`], a per-thread clock they move by hand.
+//!
+//! The clock follows `uhlc` (whose `NTP64` it uses): times are NTP64 counted from the Unix
+//! epoch, the lowest 4 bits are a logical counter (physical readings have them cleared), a
+//! tick is the physical time if that is ahead of the last time, else the last time plus one,
+//! and a remote timestamp further ahead of the physical time than the drift bound is refused.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -16,6 +24,9 @@ use crate::ReplicaId;
 
 /// Default bound on how far a remote timestamp may run ahead of the local clock.
 pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(60);
+
+/// The lowest bits of an NTP64 time that hold the logical counter (`uhlc::CSIZE` bits).
+const LOGICAL_MASK: u64 = (1 << uhlc::CSIZE) - 1;
 
 /// A point in hybrid logical time, stamped by one replica.
 ///
@@ -69,44 +80,27 @@ pub struct ClockDriftError {
     pub max_drift_ms: u64,
 }
 
-/// One replica's hybrid logical clock.
+/// One replica's hybrid logical clock; the physical time is an argument of every call.
 ///
 /// **Invariant:** every timestamp from [`Hlc::tick`] is greater than every timestamp this clock
-/// produced or accepted through [`Hlc::observe`] before, whatever the physical clock does.
+/// produced or accepted through [`Hlc::observe`] before, whatever times it is given (they may
+/// go backwards).
+#[derive(Debug)]
 pub struct Hlc {
-    inner: uhlc::HLC,
     replica: ReplicaId,
-    clock: fn() -> NTP64,
     max_drift: Duration,
-}
-
-impl fmt::Debug for Hlc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hlc")
-            .field("replica", &self.replica)
-            .field("max_drift", &self.max_drift)
-            .finish_non_exhaustive()
-    }
+    /// The latest time this clock produced or accepted (NTP64; 0 before the first).
+    last: u64,
 }
 
 impl Hlc {
-    /// A clock for `replica` that reads physical time from `clock` and refuses remote timestamps
-    /// more than `max_drift` ahead of it.
-    pub fn new(replica: ReplicaId, clock: fn() -> NTP64, max_drift: Duration) -> Self {
-        let id = uhlc::ID::from(
-            std::num::NonZeroU128::new(u128::from(replica.get()))
-                .unwrap_or(std::num::NonZeroU128::MIN),
-        );
-        let inner = uhlc::HLCBuilder::new()
-            .with_id(id)
-            .with_clock(clock)
-            .with_max_delta(max_drift)
-            .build();
+    /// A clock for `replica` that refuses remote timestamps more than `max_drift` ahead of the
+    /// physical time it is given.
+    pub fn new(replica: ReplicaId, max_drift: Duration) -> Self {
         Self {
-            inner,
             replica,
-            clock,
             max_drift,
+            last: 0,
         }
     }
 
@@ -114,33 +108,53 @@ impl Hlc {
         self.replica
     }
 
-    /// A new timestamp, greater than any seen so far.
-    pub fn tick(&self) -> HlcTimestamp {
-        let ts = self.inner.new_timestamp();
-        HlcTimestamp::new(ts.get_time().as_u64(), self.replica)
+    /// A new timestamp at wall time `now_ms`, greater than any seen so far.
+    pub fn tick(&mut self, now_ms: u64) -> HlcTimestamp {
+        self.tick_at(ntp64_from_unix_ms(now_ms))
     }
 
-    /// Folds a remote timestamp into this clock so later ticks order after it. A timestamp
-    /// further ahead than the drift bound is refused and leaves the clock untouched.
-    pub fn observe(&self, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
-        let remote = uhlc::Timestamp::new(NTP64(ts.time), *self.inner.get_id());
-        self.inner.update_with_timestamp(&remote).map_err(|_| {
-            let now = (self.clock)();
+    /// Folds a remote timestamp into this clock at wall time `now_ms`, so later ticks order
+    /// after it. A timestamp further ahead than the drift bound is refused and leaves the clock
+    /// untouched.
+    pub fn observe(&mut self, now_ms: u64, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        self.observe_at(ntp64_from_unix_ms(now_ms), ts)
+    }
+
+    /// Checks a remote timestamp against the drift bound at wall time `now_ms`, without moving
+    /// the clock: what passes here, [`Hlc::observe`] at the same time accepts.
+    pub fn check_drift(&self, now_ms: u64, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        self.check_drift_at(ntp64_from_unix_ms(now_ms), ts)
+    }
+
+    fn tick_at(&mut self, now: NTP64) -> HlcTimestamp {
+        let physical = now.as_u64() & !LOGICAL_MASK;
+        self.last = if physical > self.last & !LOGICAL_MASK {
+            physical
+        } else {
+            self.last.saturating_add(1)
+        };
+        HlcTimestamp::new(self.last, self.replica)
+    }
+
+    fn observe_at(&mut self, now: NTP64, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        self.check_drift_at(now, ts)?;
+        let physical = now.as_u64() & !LOGICAL_MASK;
+        let max = physical.max(ts.time).max(self.last);
+        self.last = if max == physical {
+            physical
+        } else if max == ts.time {
+            ts.time.saturating_add(1)
+        } else {
+            self.last.saturating_add(1)
+        };
+        Ok(())
+    }
+
+    fn check_drift_at(&self, now: NTP64, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        let physical = now.as_u64() & !LOGICAL_MASK;
+        let max_drift = NTP64::from(self.max_drift).as_u64();
+        if ts.time > physical && ts.time - physical > max_drift {
             let ahead = NTP64(ts.time.saturating_sub(now.as_u64())).to_duration();
-            ClockDriftError {
-                replica: ts.replica,
-                ahead_ms: u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX),
-                max_drift_ms: u64::try_from(self.max_drift.as_millis()).unwrap_or(u64::MAX),
-            }
-        })
-    }
-
-    /// Checks a remote timestamp against the drift bound without moving the clock.
-    pub fn check_drift(&self, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
-        let now = (self.clock)().as_u64();
-        let bound = now.saturating_add(NTP64::from(self.max_drift).as_u64());
-        if ts.time > bound {
-            let ahead = NTP64(ts.time - now).to_duration();
             return Err(ClockDriftError {
                 replica: ts.replica,
                 ahead_ms: u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX),
@@ -148,6 +162,51 @@ impl Hlc {
             });
         }
         Ok(())
+    }
+}
+
+/// An [`Hlc`] that reads its physical time from a clock function, for a driver that has no
+/// wall time at hand when it stamps (the client [`Session`](crate::sync::Session)'s edits).
+pub struct ClockedHlc {
+    hlc: Hlc,
+    clock: fn() -> NTP64,
+}
+
+impl fmt::Debug for ClockedHlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClockedHlc")
+            .field("hlc", &self.hlc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClockedHlc {
+    /// A clock for `replica` that reads physical time from `clock` and refuses remote timestamps
+    /// more than `max_drift` ahead of it.
+    pub fn new(replica: ReplicaId, clock: fn() -> NTP64, max_drift: Duration) -> Self {
+        Self {
+            hlc: Hlc::new(replica, max_drift),
+            clock,
+        }
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.hlc.replica
+    }
+
+    /// [`Hlc::tick`] at the clock's time.
+    pub fn tick(&mut self) -> HlcTimestamp {
+        self.hlc.tick_at((self.clock)())
+    }
+
+    /// [`Hlc::observe`] at the clock's time.
+    pub fn observe(&mut self, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        self.hlc.observe_at((self.clock)(), ts)
+    }
+
+    /// [`Hlc::check_drift`] at the clock's time.
+    pub fn check_drift(&self, ts: HlcTimestamp) -> Result<(), ClockDriftError> {
+        self.hlc.check_drift_at((self.clock)(), ts)
     }
 }
 
@@ -177,9 +236,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ticks_are_monotone_when_the_clock_goes_back() {
+    fn ticks_are_monotone_when_the_time_goes_back() {
+        let mut hlc = Hlc::new(ReplicaId::from_random(7), DEFAULT_MAX_DRIFT);
+        let a = hlc.tick(10_000);
+        let b = hlc.tick(5_000);
+        assert!(b > a);
+        assert_eq!(a.unix_ms(), 10_000);
+    }
+
+    #[test]
+    fn a_clocked_hlc_ticks_at_its_clock() {
         set_manual_clock_ms(10_000);
-        let hlc = Hlc::new(ReplicaId::from_random(7), manual_clock, DEFAULT_MAX_DRIFT);
+        let mut hlc = ClockedHlc::new(ReplicaId::from_random(7), manual_clock, DEFAULT_MAX_DRIFT);
         let a = hlc.tick();
         set_manual_clock_ms(5_000);
         let b = hlc.tick();
@@ -189,20 +257,16 @@ mod tests {
 
     #[test]
     fn drift_is_refused() {
-        set_manual_clock_ms(1_000);
-        let hlc = Hlc::new(
-            ReplicaId::from_random(1),
-            manual_clock,
-            Duration::from_secs(1),
-        );
+        let mut hlc = Hlc::new(ReplicaId::from_random(1), Duration::from_secs(1));
         let far = HlcTimestamp::new(
             ntp64_from_unix_ms(5_000).as_u64(),
             ReplicaId::from_random(2),
         );
-        let err = hlc.observe(far).unwrap_err();
+        let err = hlc.observe(1_000, far).unwrap_err();
         assert_eq!(err.max_drift_ms, 1_000);
         assert_eq!(err.ahead_ms, 4_000);
-        assert!(hlc.check_drift(far).is_err());
-        assert!(hlc.tick() < far);
+        assert!(hlc.check_drift(1_000, far).is_err());
+        assert!(hlc.tick(1_000) < far);
+        assert!(hlc.check_drift(4_000, far).is_ok());
     }
 }

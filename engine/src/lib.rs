@@ -8,16 +8,31 @@
 //! [`history`] diffs versions, summarises changes and (with [`Document::restore_delta`]) builds
 //! the delta that brings a document back to an earlier version.
 //!
+//! The sync state machines are in [`sync`]: the server's [`Room`](sync::Room) and the client's
+//! [`Session`](sync::Session) (its module opens with a two-peer example).
+//!
 //! # Invariants
 //! - **No IO.** No sockets, files, clocks, randomness, threads or async runtime. Time comes in
-//!   as a clock function chosen by the driver, ids are passed in. The crate builds for
-//!   `wasm32-unknown-unknown`; CI checks that its dependency tree has no tokio, sqlx, axum,
-//!   hyper or web-sys.
-//! - **Merges are CRDT merges:** commutative, associative, idempotent; proven by the property
-//!   tests in `tests/laws.rs`.
-//! - **Peer bytes never panic.** Every decoder returns a typed error; Yjs bytes are bounded by
-//!   [`yjs::check_update_v1`] before `yrs` sees them.
-//! - **32-bit Yjs client ids** (see [`ReplicaId`]), so stock Yjs clients can read every document.
+//!   as an argument: the [`Room`](sync::Room) takes the driver's wall time (`now_ms`) in every
+//!   call that needs it, and its [`Hlc`] reads nothing else; only the client
+//!   [`Session`](sync::Session), whose edits stamp without a time at hand, has a
+//!   [`ClockedHlc`] that reads a clock function the driver chooses. Replica ids are passed in.
+//!   The crate builds for `wasm32-unknown-unknown`; CI checks that its normal dependency tree
+//!   has no tokio, sqlx, axum, hyper, web-sys or mio.
+//! - **Merges are CRDT merges:** commutative, associative and idempotent, for every CRDT and
+//!   for whole documents; proven by the property tests in `tests/laws.rs`.
+//! - **32-bit Yjs client ids.** A [`ReplicaId`] is the yrs client id, and wider ids in incoming
+//!   updates are refused, so stock Yjs clients before v14 can read every document.
+//! - **Nothing reaches yrs unplanned.** Every update is planned against the document's index of
+//!   shared types first; shared types never nest deeper than [`yjs::MAX_TYPE_DEPTH`] (64), so
+//!   no recursive walk, of yrs or of ours, can overflow the stack; and nothing is left pending
+//!   inside yrs (it would be integrated later without a plan).
+//! - **Bytes from peers never panic.** They enter through
+//!   [`ClientMsg::decode`](protocol::ClientMsg::decode) and
+//!   [`ServerMsg::decode`](protocol::ServerMsg::decode) (frame size checked first, typed
+//!   [`DecodeError`](protocol::DecodeError)), [`Document::apply_from`] (Yjs bytes bounded by
+//!   [`yjs::check_update_v1`] before `yrs` allocates anything, then planned; typed
+//!   [`ApplyError`]) and [`yws::decode_frame`] (typed [`YDecodeError`](yws::YDecodeError)).
 
 mod counter;
 mod document;
@@ -37,8 +52,8 @@ pub use document::{
     MAX_NAME_BYTES, RestoreError, RestoreReport, SNAPSHOT_FORMAT, SnapshotError, Source, Trust,
 };
 pub use hlc::{
-    ClockDriftError, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock, ntp64_from_unix_ms,
-    set_manual_clock_ms,
+    ClockDriftError, ClockedHlc, DEFAULT_MAX_DRIFT, Hlc, HlcTimestamp, NTP64, manual_clock,
+    ntp64_from_unix_ms, set_manual_clock_ms,
 };
 pub use ids::{DocId, DocIdError, MAX_DOC_ID_BYTES, ReplicaId};
 pub use register::LwwRegister;

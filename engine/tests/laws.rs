@@ -20,8 +20,9 @@ use std::time::Duration;
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMsg};
 use lattice_engine::yjs::check_update_v1;
 use lattice_engine::{
-    ApplyError, DEFAULT_MAX_DRIFT, Delta, DocState, Document, GCounter, Hlc, HlcTimestamp,
-    LwwRegister, NTP64, PnCounter, ReplicaId, Value, manual_clock, set_manual_clock_ms,
+    ApplyError, ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocState, Document, GCounter, Hlc,
+    HlcTimestamp, LwwRegister, NTP64, PnCounter, ReplicaId, Value, manual_clock,
+    ntp64_from_unix_ms, set_manual_clock_ms,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -574,12 +575,11 @@ struct Run {
 fn run(script: &Script) -> Run {
     use strategies::{COUNTERS, REGISTERS, TEXTS};
     let mut now_ms = EPOCH_MS;
-    set_manual_clock_ms(now_ms);
     let mut replicas: Vec<Document> = script.ids.iter().map(|id| Document::new(*id)).collect();
-    let clocks: Vec<Hlc> = script
+    let mut clocks: Vec<Hlc> = script
         .ids
         .iter()
-        .map(|id| Hlc::new(*id, manual_clock, DEFAULT_MAX_DRIFT))
+        .map(|id| Hlc::new(*id, DEFAULT_MAX_DRIFT))
         .collect();
     let mut deltas = Vec::new();
     for op in &script.ops {
@@ -622,7 +622,7 @@ fn run(script: &Script) -> Run {
                 register,
                 value,
             } => {
-                let stamp = clocks[*replica].tick();
+                let stamp = clocks[*replica].tick(now_ms);
                 Some(
                     replicas[*replica]
                         .register_set(REGISTERS[*register], value.clone(), stamp)
@@ -631,7 +631,6 @@ fn run(script: &Script) -> Run {
             }
             Op::Clock { delta_ms } => {
                 now_ms = now_ms.saturating_add_signed(*delta_ms);
-                set_manual_clock_ms(now_ms);
                 None
             }
             Op::Sync { from, to } => {
@@ -640,7 +639,7 @@ fn run(script: &Script) -> Run {
                     .expect("diff");
                 if let Some(stamp) = diff.max_stamp() {
                     // Clocks move ±3 s at a time, far inside the default drift bound.
-                    clocks[*to].observe(stamp).expect("within drift");
+                    clocks[*to].observe(now_ms, stamp).expect("within drift");
                 }
                 replicas[*to].apply(&diff).expect("sync delta applies");
                 Some(diff)
@@ -1100,9 +1099,9 @@ proptest! {
         let max_drift = Duration::from_millis(drift_ms);
         let drift = NTP64::from(max_drift).as_u64();
         set_manual_clock_ms(EPOCH_MS);
-        let hlc = Hlc::new(replica, manual_clock, max_drift);
+        let mut hlc = ClockedHlc::new(replica, manual_clock, max_drift);
         // Sees the same ticks and accepted timestamps, never the refused ones.
-        let twin = Hlc::new(replica, manual_clock, max_drift);
+        let mut twin = ClockedHlc::new(replica, manual_clock, max_drift);
         let mut high: Option<HlcTimestamp> = None;
         // The highest physical time (logical bits cleared) the clock has folded in.
         let mut floor = 0u64;
@@ -1126,7 +1125,8 @@ proptest! {
                     let time = (now + drift).saturating_add_signed(offset);
                     let ts = HlcTimestamp::new(time, ReplicaId::from_random(id.wrapping_add(1)));
                     let result = hlc.observe(ts);
-                    // uhlc compares against the clock with its 4 logical bits cleared.
+                    // The clock compares against its physical time with the 4 logical bits
+                    // cleared, as uhlc does.
                     let bound = (now & !0xF) + drift;
                     if time > now + drift {
                         let err = result.clone().expect_err("beyond the drift bound");
@@ -1143,7 +1143,8 @@ proptest! {
                             if high.is_none_or(|h| ts.time > h.time) {
                                 high = Some(ts);
                             }
-                            // uhlc may bump its last time by one per accepted observation.
+                            // The clock may bump its last time by one per accepted observation, as
+                            // uhlc does.
                             slack += 1;
                             // Observing also folds in the physical time.
                             floor = floor.max(now & !0xF);
@@ -1159,6 +1160,74 @@ proptest! {
                             high = Some(next);
                             slack = 1;
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One step of a clock given the time: `EPOCH_MS + ms`, which may go backwards.
+#[derive(Clone, Debug)]
+enum TimedOp {
+    Tick(u64),
+    /// Observes a remote timestamp this many NTP64 units from `now + max_drift`.
+    Observe(u64, i64),
+}
+
+fn timed_op() -> impl Strategy<Value = TimedOp> {
+    let offset = prop_oneof![-(1i64 << 36)..(1i64 << 36), -64i64..64, Just(0i64)];
+    prop_oneof![
+        3 => (0u64..200_000).prop_map(TimedOp::Tick),
+        2 => (0u64..200_000, offset).prop_map(|(ms, o)| TimedOp::Observe(ms, o)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The room's form, time as an argument: every tick is above every earlier tick and
+    /// accepted timestamp and never behind the time given, even when that time goes backwards;
+    /// `check_drift` and `observe` agree; and it stamps exactly as a clock function reading the
+    /// same times would.
+    #[test]
+    fn hlc_given_the_time_is_monotone(
+        ops in proptest::collection::vec(timed_op(), 1..64),
+        drift_ms in prop_oneof![Just(1_000u64), Just(60_000u64)],
+        id in 1u32..=u32::MAX,
+    ) {
+        let replica = ReplicaId::from_random(id);
+        let max_drift = Duration::from_millis(drift_ms);
+        let drift = NTP64::from(max_drift).as_u64();
+        let mut hlc = Hlc::new(replica, max_drift);
+        let mut clocked = ClockedHlc::new(replica, manual_clock, max_drift);
+        let mut high: Option<HlcTimestamp> = None;
+        for op in ops {
+            match op {
+                TimedOp::Tick(ms) => {
+                    let now_ms = EPOCH_MS + ms;
+                    let t = hlc.tick(now_ms);
+                    set_manual_clock_ms(now_ms);
+                    prop_assert_eq!(t, clocked.tick(), "the two forms disagree");
+                    prop_assert_eq!(t.replica, replica);
+                    prop_assert!(t.time >= ntp64_from_unix_ms(now_ms).as_u64() & !0xF);
+                    if let Some(h) = high {
+                        prop_assert!(t.time > h.time, "tick {:?} not above {:?}", t, h);
+                    }
+                    high = Some(t);
+                }
+                TimedOp::Observe(ms, offset) => {
+                    let now_ms = EPOCH_MS + ms;
+                    let now = ntp64_from_unix_ms(now_ms).as_u64();
+                    let time = (now + drift).saturating_add_signed(offset);
+                    let ts = HlcTimestamp::new(time, ReplicaId::from_random(id.wrapping_add(1)));
+                    let checked = hlc.check_drift(now_ms, ts);
+                    let result = hlc.observe(now_ms, ts);
+                    prop_assert_eq!(&checked, &result, "check_drift and observe disagree");
+                    set_manual_clock_ms(now_ms);
+                    prop_assert_eq!(&result, &clocked.observe(ts), "the two forms disagree");
+                    if result.is_ok() && high.is_none_or(|h| ts.time > h.time) {
+                        high = Some(ts);
                     }
                 }
             }

@@ -2,19 +2,45 @@
 //! queries.
 
 use lattice_engine::protocol::{ErrorCode, ServerMsg};
-use lattice_engine::sync::{Access, PeerId, Room, RoomConfig};
+use lattice_engine::sync::{Access, Echo, PeerId, Room, RoomConfig, SubscribeOptions};
 use lattice_engine::{
-    DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, ReplicaId, Value, manual_clock,
+    DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, HlcTimestamp, ReplicaId, Value,
+    ntp64_from_unix_ms,
 };
+
+/// The driver's wall time in these tests (2023-11-14T22:13:20Z).
+const NOW_MS: u64 = 1_700_000_000_000;
 
 fn room() -> Room {
     let server = ReplicaId::new(1).expect("replica");
     Room::new(
         DocId::new("room/test").expect("doc"),
         Document::new(server),
-        Hlc::new(server, manual_clock, DEFAULT_MAX_DRIFT),
+        Hlc::new(server, DEFAULT_MAX_DRIFT),
         RoomConfig::default(),
     )
+}
+
+fn writer() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Write,
+        echo: Echo::None,
+    }
+}
+
+fn reader() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Read,
+        echo: Echo::None,
+    }
+}
+
+/// A y-websocket peer's subscription: its own deltas come back.
+fn echoing() -> SubscribeOptions {
+    SubscribeOptions {
+        access: Access::Write,
+        echo: Echo::OwnDeltas,
+    }
 }
 
 fn edit(replica: u32, text: &str) -> lattice_engine::Delta {
@@ -33,11 +59,11 @@ fn deltas_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> usize {
 fn echo_peers_get_their_own_delta_back_only_after_commit() {
     let mut room = room();
     let (native, yjs, other) = (PeerId(1), PeerId(2), PeerId(3));
-    room.subscribe(native, Access::Write, &DocState::default());
-    room.subscribe_with_echo(yjs, Access::Write, true, &DocState::default());
-    room.subscribe(other, Access::Write, &DocState::default());
+    room.subscribe(native, writer(), &DocState::default());
+    room.subscribe(yjs, echoing(), &DocState::default());
+    room.subscribe(other, writer(), &DocState::default());
 
-    let fx = room.client_delta(yjs, 1, edit(7, "from yjs"), None);
+    let fx = room.client_delta(yjs, 1, edit(7, "from yjs"), None, NOW_MS);
     assert_eq!(fx.persist.len(), 1);
     assert!(fx.send.is_empty(), "nothing leaves before the commit");
     let fx = room.committed(fx.persist[0].token);
@@ -45,7 +71,7 @@ fn echo_peers_get_their_own_delta_back_only_after_commit() {
     assert_eq!(deltas_to(&fx, native), 1);
     assert_eq!(deltas_to(&fx, other), 1);
 
-    let fx = room.client_delta(native, 1, edit(8, "from native"), None);
+    let fx = room.client_delta(native, 1, edit(8, "from native"), None, NOW_MS);
     let fx = room.committed(fx.persist[0].token);
     assert_eq!(
         deltas_to(&fx, native),
@@ -65,7 +91,7 @@ fn query_presence_answers_with_everyone_else() {
     let mut room = room();
     let (a, b, c) = (PeerId(1), PeerId(2), PeerId(3));
     for p in [a, b, c] {
-        room.subscribe(p, Access::Read, &DocState::default());
+        room.subscribe(p, reader(), &DocState::default());
     }
     room.presence(a, Value::String("ann".into()), false, 0);
     room.presence(b, Value::String("bob".into()), false, 0);
@@ -90,10 +116,10 @@ fn query_presence_answers_with_everyone_else() {
 fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_one() {
     let mut room = room();
     let (a, b) = (PeerId(1), PeerId(2));
-    room.subscribe(a, Access::Write, &DocState::default());
-    room.subscribe_with_echo(b, Access::Write, true, &DocState::default());
+    room.subscribe(a, writer(), &DocState::default());
+    room.subscribe(b, echoing(), &DocState::default());
     let fx = room
-        .server_delta(edit(9, "restored"), Some("admin".into()))
+        .server_delta(edit(9, "restored"), Some("admin".into()), NOW_MS)
         .expect("applies");
     assert_eq!(fx.persist.len(), 1);
     assert_eq!(fx.persist[0].author.as_deref(), Some("admin"));
@@ -111,7 +137,7 @@ fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_o
     assert_eq!(room.document().text("text"), "restored");
     // The same delta again changes nothing and persists nothing.
     let fx = room
-        .server_delta(edit(9, "restored"), None)
+        .server_delta(edit(9, "restored"), None, NOW_MS)
         .expect("applies");
     assert!(fx.persist.is_empty());
 }
@@ -131,30 +157,56 @@ fn errors_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<(ErrorCode
 fn a_seq_that_does_not_increase_is_refused_and_never_acknowledged() {
     let mut room = room();
     let peer = PeerId(1);
-    room.subscribe(peer, Access::Write, &DocState::default());
-    let fx = room.client_delta(peer, 5, edit(7, "a"), None);
+    room.subscribe(peer, writer(), &DocState::default());
+    let fx = room.client_delta(peer, 5, edit(7, "a"), None, NOW_MS);
     room.committed(fx.persist[0].token);
     for seq in [5, 4] {
-        let fx = room.client_delta(peer, seq, edit(8, "b"), None);
+        let fx = room.client_delta(peer, seq, edit(8, "b"), None, NOW_MS);
         assert!(fx.persist.is_empty());
         assert_eq!(
             errors_to(&fx, peer),
             vec![(ErrorCode::InvalidSeq, Some(seq))]
         );
     }
-    let fx = room.client_delta(peer, 6, edit(8, "b"), None);
+    let fx = room.client_delta(peer, 6, edit(8, "b"), None, NOW_MS);
     assert_eq!(fx.persist.len(), 1);
+}
+
+/// The room's clock reads only the time it is given: a register write stamped beyond the drift
+/// bound of `now_ms` is refused, and the same write is taken once the driver's time catches up.
+#[test]
+fn a_register_write_ahead_of_the_drift_bound_is_refused_at_the_time_given() {
+    let mut room = room();
+    let peer = PeerId(1);
+    room.subscribe(peer, writer(), &DocState::default());
+    let ahead_ms = DEFAULT_MAX_DRIFT.as_secs() * 1_000 + 1_000;
+    let mut author = Document::new(ReplicaId::new(9).expect("replica"));
+    let stamp = HlcTimestamp::new(
+        ntp64_from_unix_ms(NOW_MS + ahead_ms).as_u64(),
+        author.replica(),
+    );
+    let write = author
+        .register_set("title", Value::String("later".into()), stamp)
+        .expect("set");
+    let fx = room.client_delta(peer, 1, write.clone(), None, NOW_MS);
+    assert_eq!(
+        errors_to(&fx, peer),
+        vec![(ErrorCode::InvalidDelta, Some(1))]
+    );
+    let fx = room.client_delta(peer, 2, write, None, NOW_MS + ahead_ms);
+    assert_eq!(fx.persist.len(), 1);
+    assert_eq!(fx.persist[0].hlc, stamp.time);
 }
 
 #[test]
 fn missing_dependencies_get_an_error_then_the_room_state_to_resync_from() {
     let mut room = room();
     let peer = PeerId(1);
-    room.subscribe(peer, Access::Write, &DocState::default());
+    room.subscribe(peer, writer(), &DocState::default());
     let mut author = Document::new(ReplicaId::new(9).expect("replica"));
     let _first = author.text_insert("text", 0, "ab").expect("insert");
     let second = author.text_insert("text", 2, "cd").expect("insert");
-    let fx = room.client_delta(peer, 1, second, Some("alice".into()));
+    let fx = room.client_delta(peer, 1, second, Some("alice".into()), NOW_MS);
     assert!(fx.persist.is_empty(), "nothing is stored");
     assert_eq!(
         errors_to(&fx, peer),
@@ -171,7 +223,7 @@ fn missing_dependencies_get_an_error_then_the_room_state_to_resync_from() {
     assert!(sync.0.is_empty(), "the sync carries only the room's state");
     // What the peer sends back from that state holds what the refused delta built on.
     let resync = author.diff_since(sync.1).expect("diff");
-    let fx = room.client_delta(peer, 2, resync, Some("alice".into()));
+    let fx = room.client_delta(peer, 2, resync, Some("alice".into()), NOW_MS);
     let fx = room.committed(fx.persist[0].token);
     assert!(
         fx.send
@@ -203,12 +255,12 @@ fn syncs_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<&lattice_en
 fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
     let mut room = room();
     let (alice, bob, carol) = (PeerId(1), PeerId(2), PeerId(3));
-    room.subscribe(alice, Access::Write, &DocState::default());
-    room.subscribe(carol, Access::Write, &DocState::default());
-    let fx = room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()));
+    room.subscribe(alice, writer(), &DocState::default());
+    room.subscribe(carol, writer(), &DocState::default());
+    let fx = room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()), NOW_MS);
     let token = fx.persist[0].token;
     // Bob subscribes while Alice's delta is being committed: nothing yet.
-    let fx = room.subscribe(bob, Access::Write, &DocState::default());
+    let fx = room.subscribe(bob, writer(), &DocState::default());
     assert!(
         syncs_to(&fx, bob).is_empty(),
         "bob's sync left before the commit"
@@ -225,7 +277,7 @@ fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
     assert_eq!(deltas_to(&fx, bob), 0, "the sync already holds it");
     assert_eq!(deltas_to(&fx, carol), 1);
     // Later deltas reach Bob as relays.
-    let fx = room.client_delta(alice, 2, edit(8, "more"), Some("alice".into()));
+    let fx = room.client_delta(alice, 2, edit(8, "more"), Some("alice".into()), NOW_MS);
     let fx = room.committed(fx.persist[0].token);
     assert_eq!(deltas_to(&fx, bob), 1);
 }
@@ -236,9 +288,9 @@ fn a_sync_answer_leaves_only_once_what_it_holds_is_committed() {
 fn a_waiting_sync_is_dropped_with_a_failed_commit() {
     let mut room = room();
     let (alice, bob) = (PeerId(1), PeerId(2));
-    room.subscribe(alice, Access::Write, &DocState::default());
-    room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()));
-    room.subscribe(bob, Access::Write, &DocState::default());
+    room.subscribe(alice, writer(), &DocState::default());
+    room.client_delta(alice, 1, edit(7, "alice"), Some("alice".into()), NOW_MS);
+    room.subscribe(bob, writer(), &DocState::default());
     let fx = room.commit_failed();
     assert!(fx.reload);
     let mut closed: Vec<PeerId> = fx.close.iter().map(|(p, _)| *p).collect();

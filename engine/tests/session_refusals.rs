@@ -2,7 +2,7 @@
 
 use lattice_engine::protocol::{ClientMsg, ErrorCode, ServerMsg};
 use lattice_engine::sync::Session;
-use lattice_engine::{DEFAULT_MAX_DRIFT, DocId, DocState, Hlc, ReplicaId, manual_clock};
+use lattice_engine::{ClockedHlc, DEFAULT_MAX_DRIFT, DocId, DocState, ReplicaId, manual_clock};
 
 fn seqs(out: &lattice_engine::sync::SessionOutput) -> Vec<u64> {
     out.send
@@ -17,7 +17,10 @@ fn seqs(out: &lattice_engine::sync::SessionOutput) -> Vec<u64> {
 #[test]
 fn a_refused_delta_stays_pending_through_later_acks_and_goes_out_with_the_next_resync() {
     let replica = ReplicaId::new(4).expect("replica");
-    let mut s = Session::new(replica, Hlc::new(replica, manual_clock, DEFAULT_MAX_DRIFT));
+    let mut s = Session::new(
+        replica,
+        ClockedHlc::new(replica, manual_clock, DEFAULT_MAX_DRIFT),
+    );
     let doc = DocId::new("d").expect("doc");
     s.open(doc.clone(), Vec::new()).expect("open");
     s.connected();

@@ -10,11 +10,19 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use lattice_engine::protocol::{ClientMsg, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
-use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, Hlc, ReplicaId, Value};
+use lattice_engine::{
+    ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, NTP64, ReplicaId, Value,
+};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::rooms::system_clock;
+/// The wall clock the session's HLC reads (the engine reads none itself).
+fn system_clock() -> NTP64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    NTP64::from(since)
+}
 
 /// Capacity of the queue from the application to the socket task; `edit` waits when full.
 pub const CLIENT_OUTBOX: usize = 1_024;
@@ -88,7 +96,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts the client; it connects in the background and keeps reconnecting.
     pub fn start(options: ClientOptions) -> Client {
-        let hlc = Hlc::new(options.replica, system_clock, DEFAULT_MAX_DRIFT);
+        let hlc = ClockedHlc::new(options.replica, system_clock, DEFAULT_MAX_DRIFT);
         let mut session = Session::new(options.replica, hlc);
         session.set_token(options.token.clone());
         session.set_agent(Some(format!("lattice-native/{}", crate::VERSION)));
@@ -140,7 +148,7 @@ impl Client {
     pub async fn edit(
         &self,
         doc: &DocId,
-        edit: impl FnOnce(&mut Document, &Hlc) -> Result<Delta, EditError>,
+        edit: impl FnOnce(&mut Document, &mut ClockedHlc) -> Result<Delta, EditError>,
     ) -> Result<(), EditError> {
         let out = self.with_session(|s| s.edit(doc, edit))?;
         self.dispatch(out).await;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
-use lattice_engine::sync::{Access, Effects, PeerId, PendingDelta, Room, RoomConfig};
+use lattice_engine::sync::{
+    Access, Echo, Effects, PeerId, PendingDelta, Room, RoomConfig, SubscribeOptions,
+};
 use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -218,13 +220,6 @@ fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
     (1 << 52) | low
 }
 
-pub(crate) fn system_clock() -> lattice_engine::NTP64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    lattice_engine::NTP64::from(since)
-}
-
 pub(crate) fn now_ms() -> u64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -305,7 +300,7 @@ async fn room_task(
         typing_ttl_ms: duration_ms(state.config.rooms.typing_ttl),
         max_relay_bytes: state.config.rooms.max_relay_bytes,
     };
-    let hlc = Hlc::new(state.replica, system_clock, DEFAULT_MAX_DRIFT);
+    let hlc = Hlc::new(state.replica, DEFAULT_MAX_DRIFT);
     let mut driver = RoomDriver {
         room: Room::new(doc.clone(), document, hlc, config),
         state: state.clone(),
@@ -467,9 +462,15 @@ impl RoomDriver {
                     return;
                 }
                 let id = peer.id;
-                let echo = peer.kind == PeerKind::Yjs;
+                // y-websocket clients count the echo of their update as "saved".
+                let echo = match peer.kind {
+                    PeerKind::Yjs => Echo::OwnDeltas,
+                    PeerKind::Native => Echo::None,
+                };
                 self.peers.insert(id, peer);
-                let fx = self.room.subscribe_with_echo(id, access, echo, &state);
+                let fx = self
+                    .room
+                    .subscribe(id, SubscribeOptions { access, echo }, &state);
                 // The answer is in `fx`, or waits in the room for commits (it is computed now).
                 let queued = self.room.queued_sync(id).map_or(0, sync_msg_cost);
                 ticket.spent(sync_cost(&fx) + queued);
@@ -489,7 +490,7 @@ impl RoomDriver {
                 author,
             } => {
                 self.state.metrics.deltas_in.fetch_add(1, Relaxed);
-                self.room.client_delta(peer, seq, delta, author)
+                self.room.client_delta(peer, seq, delta, author, now_ms())
             }
             RoomCmd::Presence {
                 peer,
@@ -595,12 +596,11 @@ impl RoomDriver {
         target: &Document,
         author: Option<String>,
     ) -> Result<(Effects, lattice_engine::RestoreReport), RestoreFailed> {
-        let room = &self.room;
-        let (delta, report) = room.document().restore_delta(target, || room.stamp())?;
+        let (delta, report) = self.room.restore_delta(target, now_ms())?;
         if delta.is_empty() {
             return Ok((Effects::default(), report));
         }
-        let fx = self.room.server_delta(delta, author)?;
+        let fx = self.room.server_delta(delta, author, now_ms())?;
         Ok((fx, report))
     }
 

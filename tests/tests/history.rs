@@ -72,7 +72,7 @@ async fn edit(
     d: &DocId,
     f: impl FnOnce(
         &mut lattice_engine::Document,
-        &lattice_engine::Hlc,
+        &mut lattice_engine::ClockedHlc,
     ) -> Result<lattice_engine::Delta, lattice_engine::EditError>,
 ) {
     c.edit(d, f).await.expect("edit");

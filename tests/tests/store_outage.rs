@@ -107,7 +107,7 @@ async fn a_database_outage_loses_no_acknowledged_edit_and_the_server_recovers_by
     a.open(&d, Vec::new()).await.expect("open");
     settled(&a, &d).await;
     let append = |s: &'static str| {
-        move |doc: &mut lattice_engine::Document, _: &lattice_engine::Hlc| {
+        move |doc: &mut lattice_engine::Document, _: &mut lattice_engine::ClockedHlc| {
             let at = doc.text_len("t");
             doc.text_insert("t", at, s)
         }

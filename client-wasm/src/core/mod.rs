@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, VecDeque};
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
 use lattice_engine::{
-    ApplyError, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, Hlc, NTP64, ReplicaId, Value,
+    ApplyError, ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, NTP64, ReplicaId,
+    Value,
 };
 
 mod backoff;
@@ -161,7 +162,7 @@ impl ClientCore {
         token: Option<String>,
         options: ClientOptions,
     ) -> Self {
-        let mut session = Session::new(replica, Hlc::new(replica, clock, DEFAULT_MAX_DRIFT));
+        let mut session = Session::new(replica, ClockedHlc::new(replica, clock, DEFAULT_MAX_DRIFT));
         session.set_token(token);
         session.set_agent(Some(format!("lattice-web/{}", env!("CARGO_PKG_VERSION"))));
         let backoff = Backoff::new(options.backoff_min_ms, options.backoff_max_ms);
@@ -483,7 +484,7 @@ impl ClientCore {
     pub fn edit(
         &mut self,
         doc: &DocId,
-        edit: impl FnOnce(&mut Document, &Hlc) -> Result<Delta, EditError>,
+        edit: impl FnOnce(&mut Document, &mut ClockedHlc) -> Result<Delta, EditError>,
     ) -> Result<(), ClientError> {
         if !self.docs.contains_key(doc) {
             return Err(ClientError::NotOpen { doc: doc.clone() });

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{
-    Any, ArrayRef, Doc, GetString, MapRef, Options, Out, ReadTxn, StateVector, TextRef, Transact,
-};
+use yrs::{Doc, GetString, Options, ReadTxn, StateVector, TextRef, Transact};
 
 use crate::yjs::{TypeIndex, UpdateCheckError, check_state_vector_v1};
 use crate::{GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
 
 mod apply;
+mod json;
+mod restore;
 
 use apply::{Held, check_and_decode};
 pub use apply::{MAX_HELD_BYTES, Source, Trust};
+pub use restore::{CounterNotRestored, RestoreError, RestoreReport};
 
 /// Longest counter or register name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -117,37 +118,6 @@ pub enum SnapshotError {
     UnsupportedFormat { found: u32 },
     #[error("snapshot content is invalid: {0}")]
     Apply(#[from] ApplyError),
-}
-
-/// Why a restore delta could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("the document was poisoned by an earlier failure and must be reloaded")]
-    Poisoned,
-    #[error("the document could not be copied: {0}")]
-    Copy(#[from] SnapshotError),
-    #[error("a text is longer than 2^32 UTF-16 units")]
-    TooLarge,
-}
-
-/// What [`Document::restore_delta`] restored, and what it could not.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreReport {
-    /// Texts edited back to the version.
-    pub texts: Vec<String>,
-    /// Registers written back to their value at the version (`null` if they did not exist).
-    pub registers: Vec<String>,
-    /// Grow-only counters whose value differs: they cannot go down, so they are left as is.
-    pub counters_not_restored: BTreeMap<String, CounterNotRestored>,
-    /// Maps, arrays and XML roots that differ (`maps/<name>`, …); restore leaves them as is.
-    pub not_restored: Vec<String>,
-}
-
-/// A counter restore left alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterNotRestored {
-    pub current: u64,
-    pub at_version: u64,
 }
 
 /// Version of the snapshot layout written by [`Document::snapshot`].
@@ -629,194 +599,5 @@ impl Document {
             registers: BTreeMap::from([(name.to_owned(), write)]),
             ..Delta::default()
         })
-    }
-
-    /// The delta that brings this document's texts and registers back to `target`'s (an
-    /// earlier version of the same document), as a change made by this replica: one Yjs
-    /// transaction of text edits (a diff per text, [`crate::history::diff_text`]) and a register
-    /// write stamped `stamp()` (or just past the current write, if that is later) for every
-    /// register whose value differs. This document is not
-    /// changed; apply the delta to it (or send it through a room) like any other.
-    ///
-    /// What cannot be restored is reported, not faked: grow-only counters never go down, so
-    /// counters are left as they are and listed in [`RestoreReport::counters_not_restored`];
-    /// registers cannot be removed, so one created after `target` is set to `null`; maps,
-    /// arrays and XML roots are listed in [`RestoreReport::not_restored`].
-    pub fn restore_delta(
-        &self,
-        target: &Document,
-        mut stamp: impl FnMut() -> HlcTimestamp,
-    ) -> Result<(Delta, RestoreReport), RestoreError> {
-        use yrs::{Text, WriteTxn};
-        if self.poisoned || target.poisoned {
-            return Err(RestoreError::Poisoned);
-        }
-        let now = self.to_json();
-        let then = target.to_json();
-        let summary = crate::history::summarize(&now, &then);
-        let mut report = RestoreReport::default();
-        // Edits are made on a copy, so that applying the delta to this document changes it.
-        let copy = Document::from_snapshot(self.replica, &self.snapshot())?;
-        let yjs = {
-            let mut txn = copy.ydoc.transact_mut();
-            for name in summary.texts.keys() {
-                let old = now["texts"][name.as_str()].as_str().unwrap_or("");
-                let new = then["texts"][name.as_str()].as_str().unwrap_or("");
-                let text = txn.get_or_insert_text(name.as_str());
-                let mut pos: u32 = 0;
-                for edit in crate::history::diff_text(old, new) {
-                    let units = u32::try_from(edit.text.encode_utf16().count())
-                        .map_err(|_| RestoreError::TooLarge)?;
-                    match edit.op {
-                        crate::history::DiffOp::Equal => pos += units,
-                        crate::history::DiffOp::Delete => text.remove_range(&mut txn, pos, units),
-                        crate::history::DiffOp::Insert => {
-                            text.insert(&mut txn, pos, &edit.text);
-                            pos += units;
-                        }
-                    }
-                }
-                report.texts.push(name.clone());
-            }
-            txn.encode_update_v1()
-        };
-        let yjs = if report.texts.is_empty() {
-            Vec::new()
-        } else {
-            yjs
-        };
-        let mut registers = BTreeMap::new();
-        for name in summary.registers.keys() {
-            let value = target
-                .registers
-                .get(name)
-                .map_or(Value::Null, |r| r.value().clone());
-            // The write must win: a clock that never observed the current write's stamp (a
-            // server that restarted since) still stamps past it.
-            let mut at = stamp();
-            if let Some(current) = self.registers.get(name)
-                && at <= current.stamp()
-            {
-                at = HlcTimestamp::new(current.stamp().time.saturating_add(1), at.replica);
-            }
-            registers.insert(name.clone(), LwwRegister::new(value, at));
-            report.registers.push(name.clone());
-        }
-        for (name, change) in summary.counters {
-            report.counters_not_restored.insert(
-                name,
-                CounterNotRestored {
-                    current: change.from,
-                    at_version: change.to,
-                },
-            );
-        }
-        report.not_restored = summary.other;
-        Ok((
-            Delta {
-                yjs,
-                counters: BTreeMap::new(),
-                registers,
-            },
-            report,
-        ))
-    }
-
-    /// A JSON view of the content, for admins and tests:
-    /// `{"texts": {..}, "maps": {..}, "arrays": {..}, "xml": {..}, "counters": {..}, "registers": {..}}`.
-    ///
-    /// Yjs root types that no local code has declared (the usual case on the server) are
-    /// classified by content: keyed entries make a map, string content a text, other sequence
-    /// content an array; an empty undeclared root shows as an empty text.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::{Map, Value as J};
-        let mut texts = Map::new();
-        let mut maps = Map::new();
-        let mut arrays = Map::new();
-        let mut xml = Map::new();
-        let txn = self.ydoc.transact();
-        for (name, out) in txn.root_refs() {
-            let name = name.to_owned();
-            match out {
-                Out::YText(t) => {
-                    texts.insert(name, J::String(t.get_string(&txn)));
-                }
-                Out::YMap(m) => {
-                    maps.insert(name, any_to_json(&yrs::types::ToJson::to_json(&m, &txn)));
-                }
-                Out::YArray(a) => {
-                    arrays.insert(name, any_to_json(&yrs::types::ToJson::to_json(&a, &txn)));
-                }
-                Out::YXmlFragment(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
-                }
-                Out::YXmlElement(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
-                }
-                Out::YXmlText(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
-                }
-                Out::UndefinedRef(branch) => {
-                    let as_map = MapRef::from(branch);
-                    if yrs::Map::len(&as_map, &txn) > 0 {
-                        maps.insert(
-                            name,
-                            any_to_json(&yrs::types::ToJson::to_json(&as_map, &txn)),
-                        );
-                        continue;
-                    }
-                    let as_text = TextRef::from(branch).get_string(&txn);
-                    let as_array = ArrayRef::from(branch);
-                    if as_text.is_empty() && yrs::Array::len(&as_array, &txn) > 0 {
-                        arrays.insert(
-                            name,
-                            any_to_json(&yrs::types::ToJson::to_json(&as_array, &txn)),
-                        );
-                    } else {
-                        texts.insert(name, J::String(as_text));
-                    }
-                }
-                Out::Any(_) | Out::YDoc(_) => {}
-            }
-        }
-        let counters: Map<String, J> = self
-            .counters
-            .iter()
-            .map(|(n, c)| (n.clone(), J::from(c.value())))
-            .collect();
-        let registers: Map<String, J> = self
-            .registers
-            .iter()
-            .map(|(n, r)| {
-                (
-                    n.clone(),
-                    serde_json::to_value(r.value()).unwrap_or(J::Null),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "texts": texts,
-            "maps": maps,
-            "arrays": arrays,
-            "xml": xml,
-            "counters": counters,
-            "registers": registers,
-        })
-    }
-}
-
-fn any_to_json(any: &Any) -> serde_json::Value {
-    use serde_json::Value as J;
-    match any {
-        Any::Null | Any::Undefined => J::Null,
-        Any::Bool(b) => J::Bool(*b),
-        Any::Number(yrs::any::Number::Int(i)) => J::from(*i),
-        Any::Number(yrs::any::Number::Float(f)) => {
-            serde_json::Number::from_f64(*f).map_or(J::Null, J::Number)
-        }
-        Any::String(s) => J::String(s.to_string()),
-        Any::Buffer(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
-        Any::Array(items) => J::Array(items.iter().map(any_to_json).collect()),
-        Any::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), any_to_json(v))).collect()),
     }
 }

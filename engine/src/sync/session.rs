@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg};
-use crate::{ApplyError, Delta, DocId, Document, EditError, Hlc, ReplicaId, Value};
+use crate::{ApplyError, ClockedHlc, Delta, DocId, Document, EditError, ReplicaId, Value};
 
 /// Something the application should hear about.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,7 +71,7 @@ struct ClientDoc {
 /// (`diff_since`), which covers every offline edit and every delta that was in flight.
 pub struct Session {
     replica: ReplicaId,
-    hlc: Hlc,
+    hlc: ClockedHlc,
     token: Option<String>,
     agent: Option<String>,
     docs: BTreeMap<DocId, ClientDoc>,
@@ -90,7 +90,9 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub fn new(replica: ReplicaId, hlc: Hlc) -> Self {
+    /// A session for `replica`. `hlc` stamps its register writes in [`Session::edit`]; it reads
+    /// the driver's clock function, so edits need no time argument.
+    pub fn new(replica: ReplicaId, hlc: ClockedHlc) -> Self {
         Self {
             replica,
             hlc,
@@ -229,13 +231,13 @@ impl Session {
     pub fn edit(
         &mut self,
         doc: &DocId,
-        edit: impl FnOnce(&mut Document, &Hlc) -> Result<Delta, EditError>,
+        edit: impl FnOnce(&mut Document, &mut ClockedHlc) -> Result<Delta, EditError>,
     ) -> Result<SessionOutput, EditError> {
         let mut out = SessionOutput::default();
         let Some(d) = self.docs.get_mut(doc) else {
             return Ok(out);
         };
-        let delta = edit(&mut d.doc, &self.hlc)?;
+        let delta = edit(&mut d.doc, &mut self.hlc)?;
         if delta.is_empty() {
             return Ok(out);
         }
@@ -379,7 +381,10 @@ mod tests {
 
     fn session(replica: u32) -> Session {
         let replica = ReplicaId::from_random(replica);
-        Session::new(replica, Hlc::new(replica, manual_clock, DEFAULT_MAX_DRIFT))
+        Session::new(
+            replica,
+            ClockedHlc::new(replica, manual_clock, DEFAULT_MAX_DRIFT),
+        )
     }
 
     fn doc() -> DocId {

@@ -3,7 +3,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{ErrorCode, ServerMsg};
-use crate::{ApplyError, Delta, DocId, DocState, Document, Hlc, HlcTimestamp, Source, Value};
+use crate::{
+    ApplyError, Delta, DocId, DocState, Document, Hlc, RestoreError, RestoreReport, Source,
+};
+
+mod presence;
+
+use presence::Presence;
 
 /// A connection, as the room knows it. Assigned by the driver, unique per server process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,6 +26,24 @@ pub enum Access {
     /// Receives changes and may publish presence; every write is refused.
     Read,
     Write,
+}
+
+/// How a peer subscribes ([`Room::subscribe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub access: Access,
+    pub echo: Echo,
+}
+
+/// Whether a subscriber gets its own deltas back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// Its deltas are acknowledged, not relayed back (native clients).
+    #[default]
+    None,
+    /// Its own deltas are relayed back to it once committed, like everyone else's (y-websocket
+    /// clients count the echo of an update as "saved").
+    OwnDeltas,
 }
 
 /// Timings of a room, in milliseconds of the driver's clock.
@@ -96,22 +120,13 @@ impl Effects {
 
 struct Subscriber {
     access: Access,
-    /// Also receives its own deltas back once committed (y-websocket clients count an echo as
-    /// "saved").
-    echo: bool,
+    echo: Echo,
     /// The highest `seq` of a delta it sent that the room took (0: none yet).
     last_seq: u64,
     /// Its `sync` answer waits in the slots for the commits before it (see
-    /// [`Room::subscribe_with_echo`]); until it leaves, relays skip this peer, since the answer
+    /// [`Room::subscribe`]); until it leaves, relays skip this peer, since the answer
     /// holds what they carry.
     awaiting_sync: bool,
-}
-
-struct Presence {
-    state: Value,
-    typing: bool,
-    expires_at_ms: u64,
-    typing_until_ms: u64,
 }
 
 /// A delta waiting for its commit (or for earlier commits, when it needed none), or a `sync`
@@ -125,6 +140,11 @@ struct Slot {
 }
 
 /// The single owner of a live document on the server.
+///
+/// **Time** comes in as an argument: every method that needs it takes `now_ms`, the driver's
+/// wall time in milliseconds since the Unix epoch. The room's [`Hlc`] reads nothing else, so
+/// the drift check of incoming register writes, the stamps of the server's own writes and the
+/// expiry of presence all follow the one time the driver passes.
 ///
 /// **Invariants:** a delta is acknowledged to its sender and relayed to the others only after it
 /// (and every delta applied before it) is committed, and a `sync` answer leaves only once
@@ -154,7 +174,7 @@ impl std::fmt::Debug for Room {
 
 impl Room {
     /// A room for `doc`, which holds everything committed so far. `hlc` bounds the clock drift
-    /// of incoming register writes.
+    /// of incoming register writes and stamps the server's own.
     pub fn new(doc_id: DocId, doc: Document, hlc: Hlc, config: RoomConfig) -> Self {
         Self {
             doc_id,
@@ -220,27 +240,22 @@ impl Room {
     }
 
     /// A peer subscribes with what it holds; it gets what it lacks, the room's state, and the
-    /// current presence of the others.
-    pub fn subscribe(&mut self, peer: PeerId, access: Access, known: &DocState) -> Effects {
-        self.subscribe_with_echo(peer, access, false, known)
-    }
-
-    /// [`Room::subscribe`], choosing whether the peer's own committed deltas are relayed back
-    /// to it. Subscribing again (a new state vector) is allowed and answers with what the peer
-    /// lacks now.
+    /// current presence of the others. `options` say what it may do and whether its own
+    /// committed deltas are relayed back to it. Subscribing again (a new state vector) is
+    /// allowed and answers with what the peer lacks now.
     ///
     /// The answer is computed now, from everything applied, but leaves only once all of it is
     /// committed: while deltas wait for their commit it waits behind them in the slots, like
     /// their relays. A subscriber must never hold content the store may still refuse: if the
     /// commit failed and the room reloaded, that subscriber would hold another user's content
     /// the server does not, and its resync, which carries it, would be refused for good.
-    pub fn subscribe_with_echo(
+    pub fn subscribe(
         &mut self,
         peer: PeerId,
-        access: Access,
-        echo: bool,
+        options: SubscribeOptions,
         known: &DocState,
     ) -> Effects {
+        let SubscribeOptions { access, echo } = options;
         let mut fx = Effects::default();
         let delta = match self.doc.diff_since(known) {
             Ok(d) => d,
@@ -312,13 +327,15 @@ impl Room {
     /// ([`crate::Trust::Peer`]): applied at once and whole (so later subscribers see it),
     /// persisted by the driver, acknowledged and relayed on [`Room::committed`]. A refused
     /// delta changes nothing and gets an error with its `seq`, never an ack; its `seq` must
-    /// still be greater than every `seq` the peer sent before.
+    /// still be greater than every `seq` the peer sent before. Its newest register stamp may
+    /// run at most the clock's drift bound ahead of `now_ms`.
     pub fn client_delta(
         &mut self,
         peer: PeerId,
         seq: u64,
         delta: Delta,
         author: Option<String>,
+        now_ms: u64,
     ) -> Effects {
         let mut fx = Effects::default();
         let last_seq = match self.subscribers.get(&peer) {
@@ -358,7 +375,7 @@ impl Room {
             return fx;
         }
         if let Some(stamp) = delta.max_stamp()
-            && let Err(e) = self.hlc.check_drift(stamp)
+            && let Err(e) = self.hlc.check_drift(now_ms, stamp)
         {
             fx.to(
                 peer,
@@ -396,12 +413,12 @@ impl Room {
         }
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
-                // The drift check passed, so observing cannot fail; the clock now orders any
-                // write the server makes itself (restore) after this one.
-                let _ = self.hlc.observe(stamp);
+                // The drift check passed at the same time, so observing cannot fail; the clock
+                // now orders any write the server makes itself (restore) after this one.
+                let _ = self.hlc.observe(now_ms, stamp);
                 stamp.time
             }
-            None => self.hlc.tick().time,
+            None => self.hlc.tick(now_ms).time,
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -444,6 +461,7 @@ impl Room {
         &mut self,
         delta: Delta,
         author: Option<String>,
+        now_ms: u64,
     ) -> Result<Effects, ApplyError> {
         let mut fx = Effects::default();
         let applied = self
@@ -451,10 +469,10 @@ impl Room {
             .apply_from(&delta, Source::trusted(author.as_deref()))?;
         let hlc = match delta.max_stamp() {
             Some(stamp) => {
-                let _ = self.hlc.observe(stamp);
+                let _ = self.hlc.observe(now_ms, stamp);
                 stamp.time
             }
-            None => self.hlc.tick().time,
+            None => self.hlc.tick(now_ms).time,
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -543,7 +561,7 @@ impl Room {
             if self
                 .subscribers
                 .get(&sender)
-                .is_some_and(|s| s.echo && !s.awaiting_sync)
+                .is_some_and(|s| s.echo == Echo::OwnDeltas && !s.awaiting_sync)
             {
                 to.push(sender);
             }
@@ -605,118 +623,15 @@ impl Room {
         self.close_waiting()
     }
 
-    fn presence_msg(&self, peer: PeerId, p: Option<&Presence>) -> ServerMsg {
-        ServerMsg::Presence {
-            doc: self.doc_id.clone(),
-            peer: peer.0,
-            state: p.map_or(Value::Null, |p| p.state.clone()),
-            typing: p.is_some_and(|p| p.typing),
-        }
-    }
-
-    /// A peer publishes its presence (any subscriber, read-only included). `Value::Null`
-    /// leaves.
-    pub fn presence(&mut self, peer: PeerId, state: Value, typing: bool, now_ms: u64) -> Effects {
-        let mut fx = Effects::default();
-        if !self.subscribers.contains_key(&peer) {
-            fx.to(
-                peer,
-                self.error(
-                    ErrorCode::NotSubscribed,
-                    "subscribe before publishing presence".into(),
-                    None,
-                ),
-            );
-            return fx;
-        }
-        match state {
-            Value::Null => {
-                if self.presence.remove(&peer).is_some() {
-                    let to = self.others(peer);
-                    if !to.is_empty() {
-                        fx.send.push(Outgoing {
-                            to,
-                            msg: self.presence_msg(peer, None),
-                        });
-                    }
-                }
-            }
-            state => {
-                let entry = Presence {
-                    state,
-                    typing,
-                    expires_at_ms: now_ms.saturating_add(self.config.presence_ttl_ms),
-                    typing_until_ms: if typing {
-                        now_ms.saturating_add(self.config.typing_ttl_ms)
-                    } else {
-                        0
-                    },
-                };
-                let msg = self.presence_msg(peer, Some(&entry));
-                self.presence.insert(peer, entry);
-                let to = self.others(peer);
-                if !to.is_empty() {
-                    fx.send.push(Outgoing { to, msg });
-                }
-            }
-        }
-        fx
-    }
-
-    /// Everyone else's current presence, for a peer that asks (y-websocket's query awareness).
-    pub fn query_presence(&self, peer: PeerId) -> Effects {
-        let mut fx = Effects::default();
-        if !self.subscribers.contains_key(&peer) {
-            return fx;
-        }
-        for (other, p) in &self.presence {
-            if *other != peer {
-                fx.to(peer, self.presence_msg(*other, Some(p)));
-            }
-        }
-        fx
-    }
-
-    /// Expires presence entries and typing flags. The driver calls it periodically.
-    pub fn tick(&mut self, now_ms: u64) -> Effects {
-        let mut fx = Effects::default();
-        let expired: Vec<PeerId> = self
-            .presence
-            .iter()
-            .filter(|(_, p)| p.expires_at_ms <= now_ms)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in expired {
-            self.presence.remove(&peer);
-            let to = self.others(peer);
-            if !to.is_empty() {
-                fx.send.push(Outgoing {
-                    to,
-                    msg: self.presence_msg(peer, None),
-                });
-            }
-        }
-        let stopped: Vec<PeerId> = self
-            .presence
-            .iter()
-            .filter(|(_, p)| p.typing && p.typing_until_ms <= now_ms)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in stopped {
-            if let Some(p) = self.presence.get_mut(&peer) {
-                p.typing = false;
-            }
-            let msg = self.presence_msg(peer, self.presence.get(&peer));
-            let to = self.others(peer);
-            if !to.is_empty() {
-                fx.send.push(Outgoing { to, msg });
-            }
-        }
-        fx
-    }
-
-    /// A register write or other server-made change (restore), stamped by the room's clock.
-    pub fn stamp(&self) -> HlcTimestamp {
-        self.hlc.tick()
+    /// The delta that brings the document back to `target` (see [`Document::restore_delta`]),
+    /// its register writes stamped by the room's clock at `now_ms`. Apply it with
+    /// [`Room::server_delta`].
+    pub fn restore_delta(
+        &mut self,
+        target: &Document,
+        now_ms: u64,
+    ) -> Result<(Delta, RestoreReport), RestoreError> {
+        let hlc = &mut self.hlc;
+        self.doc.restore_delta(target, || hlc.tick(now_ms))
     }
 }
