@@ -520,7 +520,7 @@ async fn state_at_bounds(kind: Kind) {
 }
 
 /// SQLite journals appends and drains them into the log in slices, between group commits (see
-/// `server/src/store/sqlite.rs`). With a tiny journal and tiny slices, drains run all the time
+/// `server/src/store/sqlite/`). With a tiny journal and tiny slices, drains run all the time
 /// while writers append and readers read: every read sees every append that was reported
 /// committed before it started, with no gap and nothing twice; a soft delete and a forced
 /// checkpoint of journaled documents change nothing of that; and it all survives a reopen. On

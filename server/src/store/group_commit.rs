@@ -7,7 +7,7 @@
 //! writer gets one transaction per append, a thousand writers share a transaction (and its
 //! fsync). There is no timer: nothing waits for company.
 //!
-//! On SQLite the committer also drains the journal (see `sqlite.rs`): after each transaction
+//! On SQLite the committer also drains the journal (see `sqlite/drain.rs`): after each transaction
 //! it drains one slice of a drain cycle, if one is due or under way, and while idle it drains
 //! slices back to back.
 //!

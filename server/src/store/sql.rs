@@ -5,8 +5,8 @@
 //! statements of the append path are built here too ([`values_sql`]; `?` placeholders on
 //! SQLite), but each backend drives its own append: Postgres reserves sequence numbers with an
 //! upsert `… RETURNING` (several server processes may share the database), SQLite from heads
-//! cached in its single writer (`sqlite.rs`). What else differs (connection set-up, pragmas,
-//! read isolation, migration folders) lives in `sqlite.rs` and `postgres.rs`.
+//! cached in its single writer (`sqlite/append.rs`). What else differs (connection set-up, pragmas,
+//! read isolation, migration folders) lives in `sqlite/mod.rs` and `postgres.rs`.
 //!
 //! The log itself is stored differently: one `updates` row per entry on Postgres, one
 //! `update_runs` row per run of consecutive entries on SQLite (`runs.rs`). So each backend
