@@ -80,15 +80,14 @@ impl SqliteBackend {
     /// does not know about: after a crash, or written by another process. Entries a drain
     /// slice already moved (at or below their document's `head_seq`) are skipped.
     pub(super) async fn drain_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        let op = "drain_journal";
         let started = Instant::now();
         let result = async {
-            let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, op).await?;
+            let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, OP).await?;
             let rows: Vec<(i64, i64, Vec<u8>)> =
                 sqlx::query_as("SELECT id, committed_at_ms, payload FROM journal ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(StoreError::db(op))?;
+                    .map_err(StoreError::db(OP))?;
             let mut drained = 0;
             if let Some(last) = rows.last().map(|r| r.0) {
                 let mut entries: Vec<(JournalEntry<'_>, i64)> = Vec::new();
@@ -106,7 +105,7 @@ impl SqliteBackend {
                     .bind(last)
                     .execute(&mut *tx)
                     .await
-                    .map_err(StoreError::db(op))?;
+                    .map_err(StoreError::db(OP))?;
             }
             tx.commit().await.map_err(StoreError::db("commit"))?;
             Ok::<_, StoreError>((version, drained))
@@ -146,8 +145,7 @@ impl SqliteBackend {
     /// in-memory copy, and the `journal` rows that leaves empty. With the cache not valid, or
     /// if another process wrote since (it may have drained these very entries), a full drain.
     async fn drain_slice_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        let op = "drain_journal";
-        let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, op).await?;
+        let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, OP).await?;
         let taken = {
             let mut st = self.state();
             (st.data_version == Some(version)).then(|| {
@@ -157,7 +155,7 @@ impl SqliteBackend {
             })
         };
         let Some((slice, emptied)) = taken else {
-            tx.rollback().await.map_err(StoreError::db(op))?;
+            tx.rollback().await.map_err(StoreError::db(OP))?;
             return self.drain_locked(conn).await;
         };
         if slice.is_empty() {
@@ -197,7 +195,7 @@ impl SqliteBackend {
                     q = q.bind(*id);
                 }
                 at += n;
-                q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
+                q.execute(&mut *tx).await.map_err(StoreError::db(OP))?;
             }
             tx.commit().await.map_err(StoreError::db("commit"))
         }
@@ -236,13 +234,9 @@ async fn drained_heads<'e>(
         for doc in &docs[at..at + n] {
             q = q.bind(*doc);
         }
-        for row in q
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(StoreError::db("drain_journal"))?
-        {
-            let id: String = row.try_get(0).map_err(StoreError::db("drain_journal"))?;
-            let head: i64 = row.try_get(1).map_err(StoreError::db("drain_journal"))?;
+        for row in q.fetch_all(&mut **tx).await.map_err(StoreError::db(OP))? {
+            let id: String = row.try_get(0).map_err(StoreError::db(OP))?;
+            let head: i64 = row.try_get(1).map_err(StoreError::db(OP))?;
             if let Ok(i) = docs[at..at + n].binary_search(&id.as_str()) {
                 heads.insert(docs[at + i], to_u64(head));
             }
@@ -253,33 +247,43 @@ async fn drained_heads<'e>(
 }
 
 /// The drain's writes: inserts the entries (sorted by `(doc_id, seq)`) into `update_runs`, one
-/// row per run of a document's consecutive entries (see [`super::runs`]), adds them
+/// row per run of a document's consecutive entries (see [`crate::store::runs`]), adds them
 /// to their `documents` rows, and drops again the entries at or below a retention cut that a
 /// checkpoint set while they were journaled.
 async fn write_drained(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     entries: &[(JournalEntry<'_>, i64)],
 ) -> Result<(), StoreError> {
-    let op = "drain_journal";
+    let (log_runs, drained) = cut_into_runs(entries);
+    insert_runs(tx, &log_runs).await?;
+    add_to_documents(tx, &drained).await
+}
 
-    /// One `update_runs` row to write.
-    struct LogRun<'a> {
-        doc: &'a str,
-        first: u64,
-        last: u64,
-        bytes: usize,
-        blob: Vec<u8>,
-    }
-    /// One document's drained entries: first and last seq, bytes, first and last commit time.
-    struct Drained<'a> {
-        doc: &'a str,
-        first: u64,
-        last: u64,
-        bytes: u64,
-        created: i64,
-        updated: i64,
-    }
-    // One pass: each document's entries, cut into runs of bounded size.
+/// The store operation named in database errors.
+const OP: &str = "drain_journal";
+
+/// One `update_runs` row to write.
+struct LogRun<'a> {
+    doc: &'a str,
+    first: u64,
+    last: u64,
+    bytes: usize,
+    blob: Vec<u8>,
+}
+
+/// One document's drained entries: first and last seq, bytes, first and last commit time.
+struct Drained<'a> {
+    doc: &'a str,
+    first: u64,
+    last: u64,
+    bytes: u64,
+    created: i64,
+    updated: i64,
+}
+
+/// One pass over the sorted entries: each document's entries, cut into runs of bounded size,
+/// and what each document gains.
+fn cut_into_runs<'a>(entries: &[(JournalEntry<'a>, i64)]) -> (Vec<LogRun<'a>>, Vec<Drained<'a>>) {
     let mut log_runs: Vec<LogRun<'_>> = Vec::new();
     let mut drained: Vec<Drained<'_>> = Vec::new();
     for (e, committed) in entries {
@@ -334,6 +338,14 @@ async fn write_drained(
         }
     }
 
+    (log_runs, drained)
+}
+
+/// Inserts the runs into `update_runs`, many rows per statement.
+async fn insert_runs(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    log_runs: &[LogRun<'_>],
+) -> Result<(), StoreError> {
     let mut at = 0;
     for n in chunks(log_runs.len()) {
         let sql = values_sql(RUNS_INSERT_PREFIX, 4, n, "", false);
@@ -346,9 +358,18 @@ async fn write_drained(
                 .bind(r.blob.as_slice());
         }
         at += n;
-        q.execute(&mut **tx).await.map_err(StoreError::db(op))?;
+        q.execute(&mut **tx).await.map_err(StoreError::db(OP))?;
     }
 
+    Ok(())
+}
+
+/// Adds each document's drained entries to its `documents` row (creating it if needed), and
+/// drops again the entries at or below the retention cut the row returns.
+async fn add_to_documents(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    drained: &[Drained<'_>],
+) -> Result<(), StoreError> {
     let mut at = 0;
     for n in chunks(drained.len()) {
         let chunk = &drained[at..at + n];
@@ -372,11 +393,11 @@ async fn write_drained(
         let cuts: Vec<(String, i64)> = q
             .fetch_all(&mut **tx)
             .await
-            .map_err(StoreError::db(op))?
+            .map_err(StoreError::db(OP))?
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::db(op))?;
+            .map_err(StoreError::db(OP))?;
         for (doc, cut) in cuts {
             let first = chunk
                 .iter()
