@@ -2,7 +2,8 @@
 //!
 //! A [`Store`] is opened from a URL (`sqlite://path.db`, created if missing, or `postgres://…`)
 //! and dispatches at run time to one of two backends, [SQLite](sqlite) or [Postgres](postgres),
-//! which share the same SQL (`$n` placeholders work in both) and pass one contract test suite
+//! which implement one contract (`backend.rs`: what each guarantees), share the same SQL
+//! (`sql.rs`: `$n` placeholders work in both) and pass one contract test suite
 //! (`tests/tests/store_contract.rs`). Migrations come from `migrations/{sqlite,postgres}/` and
 //! are applied when the store opens; a database whose schema is newer than this build is refused
 //! with [`StoreError::SchemaTooNew`].
@@ -10,7 +11,7 @@
 //! # Invariants
 //! - **Durable before acknowledged.** [`Store::append`] resolves only after the transaction
 //!   holding the entry has committed. Appends from many tasks are batched into few transactions
-//!   by the [group committer](group_commit); its queue is bounded
+//!   by the group committer (`group_commit.rs`); its queue is bounded
 //!   ([`StoreConfig::queue_capacity`]), so a writer that outruns the disk waits.
 //! - **Dense sequence numbers.** Every document's log is numbered 1, 2, 3, … with no gap; the
 //!   store assigns numbers inside the committing transaction. Appends submitted from one task
@@ -33,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lattice_engine::{Delta, DocId, Document, ReplicaId, Source};
 use tokio::sync::{mpsc, oneshot};
 
+mod backend;
 mod group_commit;
 mod journal;
 pub mod postgres;
@@ -41,6 +43,9 @@ mod sql;
 pub mod sqlite;
 
 pub use sqlite::SqliteSynchronous;
+
+use backend::{AnyBackend, Backend as _, JournalDrain as _};
+pub(crate) use backend::{DocCounters, Parts, TailEntry};
 
 /// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
 /// replay in `server/tests/fuzz_regressions.rs` only. Not an API: the formats are private to the
@@ -369,128 +374,6 @@ pub struct Page {
     pub limit: u32,
 }
 
-/// The stored parts a document is rebuilt from: a checkpoint and the log after it.
-pub(crate) struct Parts {
-    pub meta: DocMeta,
-    pub checkpoint: Option<(u64, Vec<u8>)>,
-    /// The document's byte count when its newest checkpoint was written.
-    pub checkpoint_byte_count: u64,
-    /// The log after the checkpoint, ascending.
-    pub tail: Vec<TailEntry>,
-    /// The sequence number the parts were read up to.
-    pub upto: u64,
-}
-
-/// One log entry of a load's tail: what a rebuild replays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TailEntry {
-    pub seq: u64,
-    /// Who sent it: the owner recorded for the client ids it introduced.
-    pub author: Option<String>,
-    pub delta: Vec<u8>,
-}
-
-/// One group-commit transaction's outcome for one document, used to trigger checkpoints.
-#[derive(Debug, Clone)]
-pub(crate) struct DocCounters {
-    pub doc: DocId,
-    pub head_seq: u64,
-    pub byte_count: u64,
-    pub checkpoint_seq: u64,
-    pub checkpoint_byte_count: u64,
-}
-
-/// The two backends behind a [`Store`].
-#[derive(Debug)]
-pub(crate) enum Backend {
-    Sqlite(Box<sqlite::SqliteBackend>),
-    Postgres(postgres::PostgresBackend),
-}
-
-macro_rules! dispatch {
-    ($backend:expr, $b:ident => $call:expr) => {
-        match $backend {
-            Backend::Sqlite($b) => $call,
-            Backend::Postgres($b) => $call,
-        }
-    };
-}
-
-impl Backend {
-    pub(crate) async fn append_batch(
-        &self,
-        requests: &[Vec<NewEntry>],
-        now_ms: u64,
-    ) -> Result<(Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>), StoreError> {
-        dispatch!(self, b => b.append_batch(requests, now_ms).await)
-    }
-    // Reads on SQLite merge in the entries still in its journal.
-    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.doc_meta_merged(doc).await,
-            Backend::Postgres(b) => b.doc_meta(doc).await,
-        }
-    }
-    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.parts_merged(doc, upto).await,
-            Backend::Postgres(b) => b.parts(doc, upto, 0).await,
-        }
-    }
-    async fn read_log(
-        &self,
-        doc: &DocId,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.read_log_merged(doc, from_seq, limit).await,
-            Backend::Postgres(b) => b.read_log(doc, from_seq, limit).await,
-        }
-    }
-    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.list_merged(prefix, page).await,
-            Backend::Postgres(b) => b.list(prefix, page).await,
-        }
-    }
-    /// SQLite: how long the group committer may wait for work before it calls
-    /// [`Self::journal_step`] idle (`None`: nothing journaled, wait as long as it takes).
-    pub(crate) fn journal_idle_wait(&self) -> Option<Duration> {
-        match self {
-            Backend::Sqlite(b) => b.journal_idle_wait(),
-            Backend::Postgres(_) => None,
-        }
-    }
-    /// SQLite: a step of draining the journal, between group commits.
-    pub(crate) async fn journal_step(&self, idle: bool) {
-        if let Backend::Sqlite(b) = self {
-            b.journal_step(idle).await;
-        }
-    }
-    pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.drain_journal().await,
-            Backend::Postgres(_) => Ok(()),
-        }
-    }
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.set_deleted(doc, at_ms).await)
-    }
-    async fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.write_checkpoint(meta, snapshot, now_ms, config).await)
-    }
-    async fn close(&self) {
-        dispatch!(self, b => b.close().await)
-    }
-}
-
 /// A handle to the store. Cheap to clone; every clone shares the same pools and group committer.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -499,7 +382,7 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Shared {
-    backend: Arc<Backend>,
+    backend: Arc<AnyBackend>,
     config: StoreConfig,
     commits: mpsc::Sender<group_commit::Command>,
 }
@@ -591,9 +474,9 @@ impl Store {
     /// runtime: it spawns the group committer and the checkpointer.
     pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
+            AnyBackend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
+            AnyBackend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
         } else {
             return Err(StoreError::BadUrl {
                 url: redacted_url(url),
@@ -630,10 +513,7 @@ impl Store {
 
     /// Which backend this store runs on: `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
-        match *self.shared.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
+        self.shared.backend.name()
     }
 
     /// Appends one entry and resolves to its sequence number once it is committed.
@@ -674,7 +554,10 @@ impl Store {
     /// tools and tests that read or edit the log tables (`update_runs`, `updates`) directly.
     pub async fn drain_journal(&self) -> Result<(), StoreError> {
         self.flush().await?;
-        self.shared.backend.drain_journal().await
+        match self.shared.backend.journal() {
+            Some(journal) => journal.drain_all().await,
+            None => Ok(()),
+        }
     }
 
     /// Loads a document as replica `replica`: the newest checkpoint plus the log after it.
@@ -868,7 +751,7 @@ fn rebuild(
 
 /// Writes a checkpoint for `doc` if one is due (or `force`), then applies retention.
 async fn checkpoint(
-    backend: &Backend,
+    backend: &AnyBackend,
     config: &StoreConfig,
     doc: &DocId,
     force: bool,
@@ -905,7 +788,7 @@ pub(crate) fn checkpoint_due(config: &StoreConfig, updates_since: u64, bytes_sin
 
 /// The background checkpointer: one document at a time, off the commit path.
 async fn checkpointer(
-    backend: Arc<Backend>,
+    backend: Arc<AnyBackend>,
     config: StoreConfig,
     mut rx: mpsc::Receiver<DocId>,
     queue: std::sync::Weak<CheckpointQueue>,

@@ -6,11 +6,16 @@
 //! Postgres says so: with its default `synchronous_commit = on`, after the WAL is flushed.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{StoreConfig, StoreError};
+use lattice_engine::DocId;
+
+use super::backend::{Backend, BatchOutcome};
+use super::sql::SqlBackend;
+use super::{DocMeta, LogEntry, NewEntry, Page, Parts, StoreConfig, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -36,87 +41,8 @@ impl PostgresBackend {
         Ok(Self { pool })
     }
 
-    fn read_pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(StoreError::db("begin"))
-    }
-
-    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(StoreError::db("begin"))
-    }
-
-    pub(crate) async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Postgres caches no heads: every append reads them under the row lock of its upsert.
-    fn forget_head(&self, _doc: &lattice_engine::DocId) {}
-
-    /// Checkpoints are written like everything else.
-    async fn begin_write_derived(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.begin_write().await
-    }
-
-    /// Nothing cached to bring forward either.
-    fn checkpoint_written(&self, _doc: &lattice_engine::DocId, _seq: u64, _byte_count: u64) {}
-
-    /// The deltas of `after+1 ..= upto` (a load's tail).
-    async fn read_tail(
-        conn: &mut sqlx::PgConnection,
-        doc: &lattice_engine::DocId,
-        after: u64,
-        upto: u64,
-    ) -> Result<Vec<crate::store::TailEntry>, StoreError> {
-        use crate::store::sql::{to_i64, to_u64};
-        use sqlx::Row as _;
-        let op = "load";
-        let rows = sqlx::query::<Postgres>(
-            "SELECT seq, author, delta FROM updates WHERE doc_id = $1 AND seq > $2 \
-             AND seq <= $3 ORDER BY seq",
-        )
-        .bind(doc.as_str())
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(|r| -> Result<crate::store::TailEntry, sqlx::Error> {
-                Ok(crate::store::TailEntry {
-                    seq: to_u64(r.try_get(0)?),
-                    author: r.try_get(1)?,
-                    delta: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::db(op))
-    }
-
-    /// Retention: drops the log entries at or below `cut`.
-    async fn drop_log_through(
-        conn: &mut sqlx::PgConnection,
-        doc: &lattice_engine::DocId,
-        cut: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query::<Postgres>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
-            .bind(doc.as_str())
-            .bind(crate::store::sql::to_i64(cut))
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::db("checkpoint"))?;
-        Ok(())
-    }
-
     /// Whole entries from `from_seq` on, at most `limit` (history and catch-up).
-    pub(crate) async fn read_log(
+    async fn read_stored_log(
         &self,
         doc: &lattice_engine::DocId,
         from_seq: u64,
@@ -156,19 +82,13 @@ impl PostgresBackend {
     /// sequence numbers per document and returns the new heads (the row lock it takes
     /// serialises server processes writing the same document), then multi-row `INSERT`s add
     /// the entries. Requests touching a soft-deleted document are refused and the rest retried.
-    pub(crate) async fn append_batch(
+    async fn append_group(
         &self,
         requests: &[Vec<crate::store::NewEntry>],
         now_ms: u64,
-    ) -> Result<
-        (
-            Vec<Result<Vec<u64>, crate::store::StoreError>>,
-            Vec<crate::store::DocCounters>,
-        ),
-        crate::store::StoreError,
-    > {
+    ) -> Result<BatchOutcome, StoreError> {
+        use crate::store::DocCounters;
         use crate::store::sql::*;
-        use crate::store::{DocCounters, StoreError};
         use sqlx::Row as _;
         use std::collections::{BTreeMap, HashMap, HashSet};
         let op = "append";
@@ -307,7 +227,139 @@ impl PostgresBackend {
     }
 }
 
-super::sql::shared_sql_impl!(PostgresBackend, Postgres, numbered = true);
+impl Backend for PostgresBackend {
+    async fn append_batch(
+        &self,
+        requests: &[Vec<NewEntry>],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.append_group(requests, now_ms).await
+    }
+
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        self.stored_meta(doc).await
+    }
+
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+        self.stored_parts(doc, upto, 0).await
+    }
+
+    async fn read_log(
+        &self,
+        doc: &DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.read_stored_log(doc, from_seq, limit).await
+    }
+
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
+        self.stored_list(prefix, page).await
+    }
+
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+        self.mark_deleted(doc, at_ms).await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        meta: &DocMeta,
+        snapshot: &[u8],
+        now_ms: u64,
+        config: &StoreConfig,
+    ) -> Result<(), StoreError> {
+        self.store_checkpoint(meta, snapshot, now_ms, config).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl SqlBackend for PostgresBackend {
+    type Db = Postgres;
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn read_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::db("begin"))
+    }
+
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(StoreError::db("begin"))
+    }
+
+    /// Postgres caches no heads: every append reads them under the row lock of its upsert.
+    fn forget_head(&self, _doc: &lattice_engine::DocId) {}
+
+    /// Checkpoints are written like everything else.
+    async fn begin_write_derived(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        self.begin_write().await
+    }
+
+    /// Nothing cached to bring forward either.
+    fn checkpoint_written(&self, _doc: &lattice_engine::DocId, _seq: u64, _byte_count: u64) {}
+
+    /// The deltas of `after+1 ..= upto` (a load's tail).
+    async fn read_tail(
+        conn: &mut sqlx::PgConnection,
+        doc: &lattice_engine::DocId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<crate::store::TailEntry>, StoreError> {
+        use crate::store::sql::{to_i64, to_u64};
+        use sqlx::Row as _;
+        let op = "load";
+        let rows = sqlx::query::<Postgres>(
+            "SELECT seq, author, delta FROM updates WHERE doc_id = $1 AND seq > $2 \
+             AND seq <= $3 ORDER BY seq",
+        )
+        .bind(doc.as_str())
+        .bind(to_i64(after))
+        .bind(to_i64(upto))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::db(op))?;
+        let tail = rows
+            .iter()
+            .map(|r| -> Result<crate::store::TailEntry, sqlx::Error> {
+                Ok(crate::store::TailEntry {
+                    seq: to_u64(r.try_get(0)?),
+                    author: r.try_get(1)?,
+                    delta: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::db(op))?;
+        Ok(tail)
+    }
+
+    /// Retention: drops the log entries at or below `cut`.
+    async fn drop_log_through(
+        conn: &mut sqlx::PgConnection,
+        doc: &lattice_engine::DocId,
+        cut: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query::<Postgres>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
+            .bind(doc.as_str())
+            .bind(crate::store::sql::to_i64(cut))
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("checkpoint"))?;
+        Ok(())
+    }
+}
 
 /// Refuses a schema newer than this build, then applies pending migrations (sqlx takes an
 /// advisory lock, so servers starting together migrate once).
@@ -327,5 +379,5 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| StoreError::Migrate(std::sync::Arc::new(e)))
+        .map_err(|e| StoreError::Migrate(Arc::new(e)))
 }

@@ -11,6 +11,7 @@ use sqlx::{Row as _, Sqlite};
 
 use super::writer_state::{HEAD_CACHE_CAPACITY, Head, JOURNAL_MAX_BYTES, Journaled};
 use super::{SqliteBackend, begin_versioned};
+use crate::store::backend::BatchOutcome;
 use crate::store::journal::{self, JournalEntry};
 use crate::store::sql::{
     DOCS_INSERT_PER_ROW, DOCS_INSERT_PREFIX, chunks, heads_sql, to_i64, to_u64, values_sql,
@@ -30,15 +31,11 @@ struct Slot {
     bytes: u64,
 }
 
-/// The result of one group commit: per request its sequence numbers or why it was refused,
-/// and the new counters of every document written.
-type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>);
-
 impl SqliteBackend {
     /// One group-commit transaction. Sequence numbers come from the cached heads, so the
     /// transaction reads nothing but `data_version` (and the rows of documents not cached yet)
     /// and writes one journal row, plus a `documents` row per new document.
-    pub(crate) async fn append_batch(
+    pub(super) async fn append_group(
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
@@ -69,7 +66,7 @@ impl SqliteBackend {
         })
     }
 
-    /// [`Self::append_batch`] on the held writer connection; `Ok(None)` when the journal must
+    /// [`Self::append_group`] on the held writer connection; `Ok(None)` when the journal must
     /// be drained first (the transaction was rolled back). The phases, in order: begin and
     /// check the cache, gather the touched documents' heads, assign sequence numbers, write the
     /// journal, commit, publish to the cache.

@@ -12,6 +12,7 @@ use super::log::drop_runs_through;
 use super::writer_state::{HEAD_CACHE_CAPACITY, JOURNAL_MAX_BYTES, Journaled};
 use super::{BEGIN_DERIVED, SqliteBackend, begin_versioned};
 use crate::store::StoreError;
+use crate::store::backend::JournalDrain;
 use crate::store::journal::{self, JournalEntry};
 use crate::store::runs::{self, RUN_MAX_BYTES, RUN_MAX_ENTRIES, RunEntry};
 use crate::store::sql::{
@@ -22,10 +23,10 @@ use crate::store::sql::{
 /// How long the group committer waits for more work before it drains a non-empty journal.
 const JOURNAL_IDLE_DRAIN: Duration = Duration::from_millis(50);
 
-impl SqliteBackend {
-    /// How long the group committer may wait for work before it calls
-    /// [`Self::journal_step`] idle: `None` with nothing journaled, zero during a drain cycle.
-    pub(crate) fn journal_idle_wait(&self) -> Option<Duration> {
+impl JournalDrain for SqliteBackend {
+    /// `None` with nothing journaled, zero during a drain cycle, else until the oldest entry
+    /// is due or the committer has idled for [`JOURNAL_IDLE_DRAIN`].
+    fn idle_wait(&self) -> Option<Duration> {
         let st = self.state();
         if !st.journal.cycle.is_empty() {
             return Some(Duration::ZERO);
@@ -34,10 +35,8 @@ impl SqliteBackend {
         Some(JOURNAL_IDLE_DRAIN.min(self.journal_max_age.saturating_sub(age)))
     }
 
-    /// Drains a step of the journal, between group commits: starts a drain cycle when one is
-    /// due (the journal is full or old, or the committer is `idle`), and drains one slice of
-    /// the cycle in progress. A failure is logged; the entries stay journaled.
-    pub(crate) async fn journal_step(&self, idle: bool) {
+    /// A drain cycle is due when the journal is full or old, or the committer is `idle`.
+    async fn step(&self, idle: bool) {
         {
             let mut st = self.state();
             let j = &mut st.journal;
@@ -69,13 +68,14 @@ impl SqliteBackend {
         }
     }
 
-    /// Moves every journaled entry into the log now.
-    pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
+    async fn drain_all(&self) -> Result<(), StoreError> {
         let mut conn = self.writer_connection().await?;
         self.drain_locked(&mut conn).await
     }
+}
 
-    /// [`Self::drain_journal`] on the held writer connection, in one transaction. The whole
+impl SqliteBackend {
+    /// [`JournalDrain::drain_all`] on the held writer connection, in one transaction. The whole
     /// `journal` table is read (not the in-memory copy), so it also recovers rows this process
     /// does not know about: after a crash, or written by another process. Entries a drain
     /// slice already moved (at or below their document's `head_seq`) are skipped.

@@ -6,6 +6,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::SqliteBackend;
 use crate::store::runs::{self, RunEntry};
+use crate::store::sql::SqlBackend as _;
 use crate::store::sql::{to_i64, to_u64};
 use crate::store::{LogEntry, StoreError, TailEntry};
 
@@ -103,36 +104,36 @@ pub(super) async fn drop_runs_through(
     Ok(())
 }
 
-/// Runs read per round trip by [`SqliteBackend::read_log`].
+/// Runs read per round trip by [`SqliteBackend::read_drained_log`].
 const READ_LOG_RUNS: i64 = 8;
 
-impl SqliteBackend {
-    /// The deltas of `after+1 ..= upto` (a load's tail), from the runs that hold them.
-    pub(super) async fn read_tail(
-        conn: &mut SqliteConnection,
-        doc: &DocId,
-        after: u64,
-        upto: u64,
-    ) -> Result<Vec<TailEntry>, StoreError> {
-        let stored = fetch_runs(conn, doc.as_str(), after + 1, upto, i64::MAX, "load").await?;
-        let mut tail = Vec::new();
-        for run in &stored {
-            for e in decode_run(doc, run)? {
-                if e.seq > after && e.seq <= upto {
-                    tail.push(TailEntry {
-                        seq: e.seq,
-                        author: e.author.map(str::to_owned),
-                        delta: e.delta.to_vec(),
-                    });
-                }
+/// The deltas of `after+1 ..= upto` (a load's tail), from the runs that hold them.
+pub(super) async fn read_tail(
+    conn: &mut SqliteConnection,
+    doc: &DocId,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<TailEntry>, StoreError> {
+    let stored = fetch_runs(conn, doc.as_str(), after + 1, upto, i64::MAX, "load").await?;
+    let mut tail = Vec::new();
+    for run in &stored {
+        for e in decode_run(doc, run)? {
+            if e.seq > after && e.seq <= upto {
+                tail.push(TailEntry {
+                    seq: e.seq,
+                    author: e.author.map(str::to_owned),
+                    delta: e.delta.to_vec(),
+                });
             }
         }
-        Ok(tail)
     }
+    Ok(tail)
+}
 
+impl SqliteBackend {
     /// Whole entries from `from_seq` on, at most `limit` (history and catch-up), read a few
     /// runs at a time in one snapshot.
-    pub(crate) async fn read_log(
+    pub(super) async fn read_drained_log(
         &self,
         doc: &DocId,
         from_seq: u64,
@@ -170,14 +171,5 @@ impl SqliteBackend {
         }
         tx.rollback().await.map_err(StoreError::db(op))?;
         Ok(log)
-    }
-
-    /// Retention: drops the log entries at or below `cut`.
-    pub(super) async fn drop_log_through(
-        conn: &mut SqliteConnection,
-        doc: &DocId,
-        cut: u64,
-    ) -> Result<(), StoreError> {
-        drop_runs_through(conn, doc.as_str(), cut).await
     }
 }

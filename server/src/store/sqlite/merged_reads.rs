@@ -5,6 +5,7 @@ use lattice_engine::DocId;
 
 use super::SqliteBackend;
 use super::writer_state::Pending;
+use crate::store::sql::SqlBackend;
 use crate::store::{DocMeta, LogEntry, Page, Parts, StoreError, TailEntry};
 
 impl SqliteBackend {
@@ -22,8 +23,8 @@ impl SqliteBackend {
         Some(Pending { head, entries })
     }
 
-    /// [`Self::parts`] with the journaled entries merged in.
-    pub(crate) async fn parts_merged(
+    /// [`SqlBackend::stored_parts`] with the journaled entries merged in.
+    pub(super) async fn parts_merged(
         &self,
         doc: &DocId,
         upto: Option<u64>,
@@ -31,7 +32,7 @@ impl SqliteBackend {
         // Memory first, database second (see the module comment).
         let pending = self.pending(doc);
         let floor = pending.as_ref().map_or(0, |p| p.head.head_seq);
-        let Some(mut parts) = self.parts(doc, upto, floor).await? else {
+        let Some(mut parts) = self.stored_parts(doc, upto, floor).await? else {
             return Ok(None);
         };
         if let Some(p) = pending {
@@ -52,15 +53,15 @@ impl SqliteBackend {
         Ok(Some(parts))
     }
 
-    /// [`Self::read_log`] with the journaled entries merged in.
-    pub(crate) async fn read_log_merged(
+    /// [`Self::read_drained_log`] with the journaled entries merged in.
+    pub(super) async fn read_log_merged(
         &self,
         doc: &DocId,
         from_seq: u64,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let pending = self.pending(doc);
-        let mut log = self.read_log(doc, from_seq, limit).await?;
+        let mut log = self.read_drained_log(doc, from_seq, limit).await?;
         if let Some(p) = pending {
             let after = log.last().map_or(from_seq.saturating_sub(1), |e| e.seq);
             let room = (limit as usize).saturating_sub(log.len());
@@ -75,23 +76,23 @@ impl SqliteBackend {
         Ok(log)
     }
 
-    /// [`Self::doc_meta`] with the journaled entries counted.
-    pub(crate) async fn doc_meta_merged(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    /// [`SqlBackend::stored_meta`] with the journaled entries counted.
+    pub(super) async fn doc_meta_merged(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
         let pending = self.pending(doc);
-        let mut meta = self.doc_meta(doc).await?;
+        let mut meta = self.stored_meta(doc).await?;
         if let (Some(m), Some(p)) = (meta.as_mut(), pending) {
             overlay(m, &p);
         }
         Ok(meta)
     }
 
-    /// [`Self::list`] with the journaled entries counted.
-    pub(crate) async fn list_merged(
+    /// [`SqlBackend::stored_list`] with the journaled entries counted.
+    pub(super) async fn list_merged(
         &self,
         prefix: &str,
         page: &Page,
     ) -> Result<Vec<DocMeta>, StoreError> {
-        let mut metas = self.list(prefix, page).await?;
+        let mut metas = self.stored_list(prefix, page).await?;
         let st = self.state();
         for m in &mut metas {
             if let (Some(list), Some(head)) = (st.journal.docs.get(&m.id), st.docs.get(&m.id)) {

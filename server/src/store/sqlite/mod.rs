@@ -9,22 +9,20 @@
 //! A group commit does not insert its entries into the log one row each: the log is
 //! clustered by `(doc_id, seq)`, so a transaction touching a thousand documents would dirty a
 //! thousand pages (and write and checksum each of them into the WAL). Instead it writes **one
-//! `journal` row** holding every entry of the transaction ([`super::journal`] has the format),
+//! `journal` row** holding every entry of the transaction (`journal.rs` has the format),
 //! plus a `documents` row for each document it creates. The entries are durable (and their
 //! sequence numbers final) when that transaction commits. Later, in one large transaction, the
 //! writer **drains** the journal: it moves the rows into the log, sorted by document and
 //! sequence number, as one `update_runs` row per run of a document's consecutive entries
-//! ([`super::runs`] has the format; a row costs about the same to insert whatever it holds, so
+//! (`runs.rs` has the format; a row costs about the same to insert whatever it holds, so
 //! a drain costs per document, not per entry), adds their counters to `documents` and deletes
-//! the journal rows. It drains
-//! when the journal holds [`StoreConfig::journal_max_entries`] entries or 16 MiB, when its
+//! the journal rows. It drains when the journal holds [`StoreConfig::journal_max_entries`] entries or 16 MiB, when its
 //! oldest entry is [`StoreConfig::journal_max_age`] old, when the group committer has been idle
 //! for a moment, when the store opens (which is crash recovery) and when it closes.
 //!
 //! Until then the writer keeps the journaled entries in memory (bounded by the same limits),
-//! and reads in this process merge them in: [`SqliteBackend::parts_merged`] and its siblings
-//! read the memory first and the database second, and keep every sequence number once, so an
-//! entry drained in between is neither lost nor doubled. Another process reading the same file
+//! and reads in this process merge them in (`merged_reads.rs`): they read the memory first
+//! and the database second, and keep every sequence number once, so an entry drained in between is neither lost nor doubled. Another process reading the same file
 //! sees an entry once it is drained.
 //!
 //! # Files
@@ -38,7 +36,7 @@
 //! # The writer's cache
 //! Because every write goes through that one connection, the group committer keeps each
 //! document's counters (head sequence number, byte count, checkpoint position, deleted flag)
-//! in a [`WriterState`] instead of reading them back in every transaction.
+//! in a `WriterState` instead of reading them back in every transaction.
 //!
 //! **Invariants:**
 //! - The cache and the in-memory journal are read and written only while the writer connection
@@ -52,15 +50,18 @@
 //!   invalid and the next write drains the whole table and starts over from `documents`.
 
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use lattice_engine::DocId;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
 use sqlx::{Connection as _, Sqlite};
 
-use super::{StoreConfig, StoreError};
+use super::backend::{Backend, BatchOutcome, JournalDrain as _};
+use super::sql::SqlBackend;
+use super::{DocMeta, LogEntry, NewEntry, Page, Parts, StoreConfig, StoreError, TailEntry};
 
 mod append;
 mod drain;
@@ -179,7 +180,7 @@ impl SqliteBackend {
             journal_max_age: config.journal_max_age,
         };
         // Crash recovery: what a killed process journaled goes into the log now.
-        backend.drain_journal().await?;
+        backend.drain_all().await?;
         Ok(backend)
     }
 
@@ -193,6 +194,68 @@ impl SqliteBackend {
     /// The writer connection, for as long as the caller holds it (the pool has one).
     async fn writer_connection(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
         self.writer.acquire().await.map_err(StoreError::db("begin"))
+    }
+}
+
+impl Backend for SqliteBackend {
+    async fn append_batch(
+        &self,
+        requests: &[Vec<NewEntry>],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.append_group(requests, now_ms).await
+    }
+
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        self.doc_meta_merged(doc).await
+    }
+
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+        self.parts_merged(doc, upto).await
+    }
+
+    async fn read_log(
+        &self,
+        doc: &DocId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.read_log_merged(doc, from_seq, limit).await
+    }
+
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
+        self.list_merged(prefix, page).await
+    }
+
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+        self.mark_deleted(doc, at_ms).await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        meta: &DocMeta,
+        snapshot: &[u8],
+        now_ms: u64,
+        config: &StoreConfig,
+    ) -> Result<(), StoreError> {
+        self.store_checkpoint(meta, snapshot, now_ms, config).await
+    }
+
+    /// Drains the journal (so a clean shutdown leaves it empty), then closes the connections.
+    async fn close(&self) {
+        if let Err(e) = self.drain_all().await {
+            tracing::error!(error = %e, "draining the journal at close failed; the next start retries");
+        }
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+impl SqlBackend for SqliteBackend {
+    type Db = Sqlite;
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
     }
 
     fn read_pool(&self) -> &SqlitePool {
@@ -224,17 +287,31 @@ impl SqliteBackend {
         self.reader.begin().await.map_err(StoreError::db("begin"))
     }
 
-    /// Drains the journal (so a clean shutdown leaves it empty), then closes the connections.
-    pub(crate) async fn close(&self) {
-        if let Err(e) = self.drain_journal().await {
-            tracing::error!(error = %e, "draining the journal at close failed; the next start retries");
-        }
-        self.reader.close().await;
-        self.writer.close().await;
+    fn forget_head(&self, doc: &DocId) {
+        self.forget_cached_head(doc);
+    }
+
+    fn checkpoint_written(&self, doc: &DocId, seq: u64, byte_count: u64) {
+        self.cached_checkpoint_written(doc, seq, byte_count);
+    }
+
+    async fn read_tail(
+        conn: &mut SqliteConnection,
+        doc: &DocId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<TailEntry>, StoreError> {
+        log::read_tail(conn, doc, after, upto).await
+    }
+
+    async fn drop_log_through(
+        conn: &mut SqliteConnection,
+        doc: &DocId,
+        cut: u64,
+    ) -> Result<(), StoreError> {
+        log::drop_runs_through(conn, doc.as_str(), cut).await
     }
 }
-
-super::sql::shared_sql_impl!(SqliteBackend, Sqlite, numbered = false);
 
 /// Whether the writer connection may go back to the pool: not while sqlx still counts a
 /// transaction on it. A `COMMIT` that fails with a full disk (SQLITE_FULL) can make SQLite roll
@@ -296,5 +373,5 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| StoreError::Migrate(std::sync::Arc::new(e)))
+        .map_err(|e| StoreError::Migrate(Arc::new(e)))
 }

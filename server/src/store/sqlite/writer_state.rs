@@ -125,7 +125,7 @@ impl SqliteBackend {
     /// Called by a write transaction that changed `doc`'s `documents` row, with the writer
     /// connection held, before its `COMMIT`. A document with journaled entries must stay
     /// cached, so the whole cache is invalidated instead (the next write drains first).
-    pub(super) fn forget_head(&self, doc: &DocId) {
+    pub(super) fn forget_cached_head(&self, doc: &DocId) {
         let mut st = self.state();
         if st.journal.docs.contains_key(doc) {
             st.data_version = None;
@@ -135,7 +135,7 @@ impl SqliteBackend {
     }
 
     /// Called by the checkpoint writer, with the writer connection held, before its `COMMIT`.
-    pub(super) fn checkpoint_written(&self, doc: &DocId, seq: u64, byte_count: u64) {
+    pub(super) fn cached_checkpoint_written(&self, doc: &DocId, seq: u64, byte_count: u64) {
         if let Some(head) = self.state().docs.get_mut(doc)
             && head.checkpoint_seq < seq
         {
