@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::connection::{Admission, Gauge, Slot, serve_socket};
 use crate::metrics::Metrics;
 use crate::rooms::{RoomCmd, Rooms};
-use crate::store::{Store, StoreError};
+use crate::store::{OpenError, Store};
 use crate::transport::listen::{self, HttpBounds};
 use crate::transport::upgrade::WsUpgrade;
 use crate::yjs_socket::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
@@ -55,7 +55,7 @@ pub(crate) struct ServerState {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }

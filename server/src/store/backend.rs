@@ -14,13 +14,16 @@ use std::time::Duration;
 
 use lattice_engine::DocId;
 
+use super::error::DrainError;
 use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
-use super::{DocMeta, LogEntry, NewEntry, Page, StoreConfig, StoreError};
+use super::{
+    AppendError, DatabaseError, DocMeta, LogEntry, NewEntry, Page, ReadError, StoreConfig,
+};
 
 /// The result of one group commit: per request its sequence numbers or why it was refused,
 /// and the new counters of every document written.
-pub(crate) type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>);
+pub(crate) type BatchOutcome = (Vec<Result<Vec<u64>, AppendError>>, Vec<DocCounters>);
 
 /// What a storage backend guarantees. The [`Store`](super::Store) adds the group committer,
 /// the checkpointer and the rebuilding of documents on top.
@@ -33,20 +36,20 @@ pub(crate) trait Backend: Send + Sync {
     ///   gap and no repeat, in request order, even when other processes append to the same
     ///   database (each backend serialises them: SQLite's write lock, Postgres's row lock).
     /// - A request touching a soft-deleted document is refused whole
-    ///   ([`StoreError::DocumentDeleted`]); the rest of the batch commits.
+    ///   ([`AppendError::DocumentDeleted`]); the rest of the batch commits.
     /// - `Err` means nothing of the batch is known to be committed.
     fn append_batch(
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send;
+    ) -> impl Future<Output = Result<BatchOutcome, AppendError>> + Send;
 
     /// A document's metadata, `None` if it was never written. Sees every append committed
     /// before the call (on SQLite, journaled ones too).
     fn doc_meta(
         &self,
         doc: &DocId,
-    ) -> impl Future<Output = Result<Option<DocMeta>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<DocMeta>, ReadError>> + Send;
 
     /// What `doc` is rebuilt from, up to `upto` (default: the head): its newest checkpoint at
     /// or before that and the log after it, read in one snapshot. Sees every append committed
@@ -55,7 +58,7 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         doc: &DocId,
         upto: Option<u64>,
-    ) -> impl Future<Output = Result<Option<Parts>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Parts>, ReadError>> + Send;
 
     /// Up to `limit` whole entries from `from_seq` on, ascending, each sequence number once;
     /// sees every append committed before the call.
@@ -64,7 +67,7 @@ pub(crate) trait Backend: Send + Sync {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<LogEntry>, ReadError>> + Send;
 
     /// One page of documents whose id starts with `prefix`, in bytewise id order, deleted
     /// ones included, with every committed append counted.
@@ -72,7 +75,7 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         prefix: &str,
         page: &Page,
-    ) -> impl Future<Output = Result<Vec<DocMeta>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<DocMeta>, ReadError>> + Send;
 
     /// Soft-deletes (`Some(at_ms)`) or undeletes (`None`) a document, durably; whether it
     /// changed. Appends committed after it see the new state.
@@ -80,7 +83,7 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         doc: &DocId,
         at_ms: Option<u64>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, DatabaseError>> + Send;
 
     /// Stores `snapshot` as the checkpoint at `meta.head_seq`, then applies retention and
     /// thins old checkpoints (`config`), in one transaction. The checkpoint at the retention
@@ -92,7 +95,7 @@ pub(crate) trait Backend: Send + Sync {
         snapshot: &[u8],
         now_ms: u64,
         config: &StoreConfig,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), DatabaseError>> + Send;
 
     /// Closes the connections, after whatever the backend must finish (SQLite drains its
     /// journal). Later calls fail.
@@ -112,7 +115,7 @@ pub(crate) trait JournalDrain: Send + Sync {
     fn step(&self, idle: bool) -> impl Future<Output = ()> + Send;
 
     /// Moves every journaled entry into the log now, in one transaction.
-    fn drain_all(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn drain_all(&self) -> impl Future<Output = Result<(), DrainError>> + Send;
 }
 
 /// The backend a [`Store`](super::Store) was opened on.
@@ -145,21 +148,21 @@ impl Backend for AnyBackend {
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<BatchOutcome, AppendError> {
         match self {
             AnyBackend::Sqlite(b) => b.append_batch(requests, now_ms).await,
             AnyBackend::Postgres(b) => b.append_batch(requests, now_ms).await,
         }
     }
 
-    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, ReadError> {
         match self {
             AnyBackend::Sqlite(b) => b.doc_meta(doc).await,
             AnyBackend::Postgres(b) => b.doc_meta(doc).await,
         }
     }
 
-    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, ReadError> {
         match self {
             AnyBackend::Sqlite(b) => b.parts(doc, upto).await,
             AnyBackend::Postgres(b) => b.parts(doc, upto).await,
@@ -171,21 +174,21 @@ impl Backend for AnyBackend {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         match self {
             AnyBackend::Sqlite(b) => b.read_log(doc, from_seq, limit).await,
             AnyBackend::Postgres(b) => b.read_log(doc, from_seq, limit).await,
         }
     }
 
-    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, ReadError> {
         match self {
             AnyBackend::Sqlite(b) => b.list(prefix, page).await,
             AnyBackend::Postgres(b) => b.list(prefix, page).await,
         }
     }
 
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
         match self {
             AnyBackend::Sqlite(b) => b.set_deleted(doc, at_ms).await,
             AnyBackend::Postgres(b) => b.set_deleted(doc, at_ms).await,
@@ -198,7 +201,7 @@ impl Backend for AnyBackend {
         snapshot: &[u8],
         now_ms: u64,
         config: &StoreConfig,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         match self {
             AnyBackend::Sqlite(b) => b.write_checkpoint(meta, snapshot, now_ms, config).await,
             AnyBackend::Postgres(b) => b.write_checkpoint(meta, snapshot, now_ms, config).await,

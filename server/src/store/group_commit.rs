@@ -19,12 +19,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{AnyBackend, Backend as _, JournalDrain as _};
-use super::{CheckpointQueue, NewEntry, StoreConfig, StoreError, checkpoint_due, now_ms};
+use super::{AppendError, CheckpointQueue, NewEntry, StoreConfig, checkpoint_due, now_ms};
 
 pub(crate) enum Command {
     Append {
         entries: Vec<NewEntry>,
-        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
     },
     Flush {
         reply: oneshot::Sender<()>,

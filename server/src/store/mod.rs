@@ -6,7 +6,7 @@
 //! (`sql.rs`: `$n` placeholders work in both) and pass one contract test suite
 //! (`tests/tests/store_contract.rs`). Migrations come from `migrations/{sqlite,postgres}/` and
 //! are applied when the store opens; a database whose schema is newer than this build is refused
-//! with [`StoreError::SchemaTooNew`].
+//! with [`OpenError::SchemaTooNew`].
 //!
 //! # Invariants
 //! - **Durable before acknowledged.** [`Store::append`] resolves only after the transaction
@@ -23,7 +23,7 @@
 //!   [`StoreConfig::checkpoint_every_updates`] updates or
 //!   [`StoreConfig::checkpoint_every_bytes`] bytes.
 //! - **Stored bytes never panic.** A delta or checkpoint that does not decode or apply is
-//!   reported as [`StoreError::CorruptDelta`] / [`StoreError::CorruptCheckpoint`] naming the
+//!   reported as [`ReadError::CorruptDelta`] / [`ReadError::CorruptCheckpoint`] naming the
 //!   document and sequence number; other documents are unaffected.
 
 use std::collections::HashSet;
@@ -35,6 +35,7 @@ use lattice_engine::{Delta, DocId, Document, ReplicaId, Source};
 use tokio::sync::{mpsc, oneshot};
 
 mod backend;
+mod error;
 mod group_commit;
 mod journal;
 pub mod postgres;
@@ -42,6 +43,7 @@ mod runs;
 mod sql;
 pub mod sqlite;
 
+pub use error::{AppendError, DatabaseError, DeltaDamage, OpenError, ReadError};
 pub use sqlite::SqliteSynchronous;
 
 use backend::{AnyBackend, Backend as _, JournalDrain as _};
@@ -157,87 +159,6 @@ pub enum Retention {
     DropBeforeCheckpoint { keep_updates: u64 },
 }
 
-/// Why a storage operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// A stored delta does not decode or does not apply. The document cannot be loaded past
-    /// `seq`; other documents are unaffected.
-    #[error("document {doc}: log entry {seq} is corrupt: {reason}")]
-    CorruptDelta {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// A stored checkpoint does not decode.
-    #[error("document {doc}: checkpoint at {seq} is corrupt: {reason}")]
-    CorruptCheckpoint {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// The log of a document is missing an entry it should hold (or a stored row is invalid).
-    #[error("document {doc}: log entry {seq} is missing or invalid: {reason}")]
-    LogInconsistent {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// The document is soft-deleted: it cannot be loaded or appended to until undeleted.
-    #[error("document {doc} is deleted")]
-    DocumentDeleted { doc: DocId },
-    /// The requested sequence number is past the document's head.
-    #[error("document {doc}: sequence number {seq} is past the head ({head})")]
-    SeqOutOfRange { doc: DocId, seq: u64, head: u64 },
-    /// Retention dropped the requested part of the log.
-    #[error(
-        "document {doc}: entries up to {log_start_seq} were dropped by retention (asked for {seq})"
-    )]
-    Truncated {
-        doc: DocId,
-        seq: u64,
-        log_start_seq: u64,
-    },
-    /// A SQLite journal row (appends not yet moved into the log) does not decode. The store
-    /// refuses to go on rather than drop committed appends; the row is left as it is.
-    #[error("journal row {row} is corrupt: {reason}")]
-    CorruptJournal { row: i64, reason: String },
-    /// The document does not exist.
-    #[error("document {doc} does not exist")]
-    NotFound { doc: DocId },
-    /// The database holds a schema newer than this build knows; refuse rather than guess.
-    #[error(
-        "database schema version {found} is newer than this build of Lattice knows ({known}); \
-         upgrade Lattice or point it at another database"
-    )]
-    SchemaTooNew { found: i64, known: i64 },
-    /// The database URL is neither `sqlite:` nor `postgres:`/`postgresql:`, or does not parse.
-    /// `url` is [`redacted_url`]: no password.
-    #[error("unsupported database URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// Applying migrations failed.
-    #[error("migrating the database failed: {0}")]
-    Migrate(Arc<sqlx::migrate::MigrateError>),
-    /// The database failed (connection, IO, constraint). `op` names the store operation.
-    #[error("database error during {op}: {source}")]
-    Database {
-        op: &'static str,
-        #[source]
-        source: Arc<sqlx::Error>,
-    },
-    /// The store was closed (its group committer is gone).
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl StoreError {
-    pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |e| StoreError::Database {
-            op,
-            source: Arc::new(e),
-        }
-    }
-}
-
 /// One update to append: a delta and who sent it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewEntry {
@@ -321,16 +242,16 @@ impl fmt::Debug for LogEntry {
 
 impl LogEntry {
     /// Decodes the stored delta; `doc` names the document in the error.
-    pub fn delta(&self, doc: &DocId) -> Result<Delta, StoreError> {
+    pub fn delta(&self, doc: &DocId) -> Result<Delta, ReadError> {
         decode_delta(doc, self.seq, &self.delta_bytes)
     }
 }
 
-fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::CorruptDelta {
+fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, ReadError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ReadError::CorruptDelta {
         doc: doc.clone(),
         seq,
-        reason: e.to_string(),
+        damage: DeltaDamage::Decode(Arc::new(e)),
     })
 }
 
@@ -472,15 +393,14 @@ impl Store {
     /// Opens (and migrates) the store at `url`: `sqlite://path.db` (created if missing),
     /// `sqlite::memory:`, or `postgres://user:password@host/db`. Must be called inside a tokio
     /// runtime: it spawns the group committer and the checkpointer.
-    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
+    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, OpenError> {
         let backend = if url.starts_with("sqlite:") {
             AnyBackend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             AnyBackend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
         } else {
-            return Err(StoreError::BadUrl {
+            return Err(OpenError::UnsupportedUrl {
                 url: redacted_url(url),
-                reason: "expected sqlite://… or postgres://…".to_owned(),
             });
         };
         let backend = Arc::new(backend);
@@ -517,15 +437,21 @@ impl Store {
     }
 
     /// Appends one entry and resolves to its sequence number once it is committed.
-    pub async fn append(&self, entry: NewEntry) -> Result<u64, StoreError> {
-        let seqs = self.append_batch(vec![entry]).await?;
-        seqs.first().copied().ok_or(StoreError::Closed)
+    pub async fn append(&self, entry: NewEntry) -> Result<u64, AppendError> {
+        let doc = entry.doc.clone();
+        match self.append_batch(vec![entry]).await?[..] {
+            [seq] => Ok(seq),
+            _ => Err(AppendError::Inconsistent {
+                doc: Some(doc),
+                reason: "the group committer did not answer one sequence number per entry",
+            }),
+        }
     }
 
     /// Appends entries for one or many documents atomically (one transaction) and resolves to
     /// their sequence numbers, in order, once committed. Entries for a soft-deleted document
-    /// fail the whole request with [`StoreError::DocumentDeleted`].
-    pub async fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<u64>, StoreError> {
+    /// fail the whole request with [`AppendError::DocumentDeleted`].
+    pub async fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<u64>, AppendError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -534,45 +460,45 @@ impl Store {
             .commits
             .send(group_commit::Command::Append { entries, reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
     }
 
     /// Resolves once every append submitted before it has committed (or failed).
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    pub async fn flush(&self) -> Result<(), AppendError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .commits
             .send(group_commit::Command::Flush { reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)
     }
 
     /// Moves every journaled append into the per-document log now (SQLite; nothing to do on
     /// Postgres). Reads through this store never need it: they merge the journal in. It is for
     /// tools and tests that read or edit the log tables (`update_runs`, `updates`) directly.
-    pub async fn drain_journal(&self) -> Result<(), StoreError> {
+    pub async fn drain_journal(&self) -> Result<(), AppendError> {
         self.flush().await?;
         match self.shared.backend.journal() {
-            Some(journal) => journal.drain_all().await,
+            Some(journal) => Ok(journal.drain_all().await?),
             None => Ok(()),
         }
     }
 
     /// Loads a document as replica `replica`: the newest checkpoint plus the log after it.
-    /// `Ok(None)` if the document was never written; [`StoreError::DocumentDeleted`] if it is
+    /// `Ok(None)` if the document was never written; [`ReadError::DocumentDeleted`] if it is
     /// soft-deleted.
     pub async fn load(
         &self,
         doc: &DocId,
         replica: ReplicaId,
-    ) -> Result<Option<LoadedDoc>, StoreError> {
+    ) -> Result<Option<LoadedDoc>, ReadError> {
         let Some(parts) = self.shared.backend.parts(doc, None).await? else {
             return Ok(None);
         };
         if parts.meta.is_deleted() {
-            return Err(StoreError::DocumentDeleted { doc: doc.clone() });
+            return Err(ReadError::DocumentDeleted { doc: doc.clone() });
         }
         let head_seq = parts.upto;
         let (document, meta) = rebuild_blocking(doc, replica, parts).await?;
@@ -590,19 +516,19 @@ impl Store {
         doc: &DocId,
         seq: u64,
         replica: ReplicaId,
-    ) -> Result<Document, StoreError> {
+    ) -> Result<Document, ReadError> {
         let Some(parts) = self.shared.backend.parts(doc, Some(seq)).await? else {
-            return Err(StoreError::NotFound { doc: doc.clone() });
+            return Err(ReadError::NotFound { doc: doc.clone() });
         };
         if seq > parts.meta.head_seq {
-            return Err(StoreError::SeqOutOfRange {
+            return Err(ReadError::SeqOutOfRange {
                 doc: doc.clone(),
                 seq,
                 head: parts.meta.head_seq,
             });
         }
         if seq < parts.meta.log_start_seq {
-            return Err(StoreError::Truncated {
+            return Err(ReadError::Truncated {
                 doc: doc.clone(),
                 seq,
                 log_start_seq: parts.meta.log_start_seq,
@@ -614,19 +540,19 @@ impl Store {
     }
 
     /// Up to `limit` log entries with `seq >= from_seq`, ascending, for history and for
-    /// catching up a peer. [`StoreError::Truncated`] if retention dropped `from_seq`.
+    /// catching up a peer. [`ReadError::Truncated`] if retention dropped `from_seq`.
     pub async fn read_log(
         &self,
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         let Some(meta) = self.shared.backend.doc_meta(doc).await? else {
-            return Err(StoreError::NotFound { doc: doc.clone() });
+            return Err(ReadError::NotFound { doc: doc.clone() });
         };
         let from_seq = from_seq.max(1);
         if from_seq <= meta.log_start_seq {
-            return Err(StoreError::Truncated {
+            return Err(ReadError::Truncated {
                 doc: doc.clone(),
                 seq: from_seq,
                 log_start_seq: meta.log_start_seq,
@@ -636,7 +562,7 @@ impl Store {
     }
 
     /// Metadata of one document, deleted or not; `None` if it was never written.
-    pub async fn document(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    pub async fn document(&self, doc: &DocId) -> Result<Option<DocMeta>, ReadError> {
         self.shared.backend.doc_meta(doc).await
     }
 
@@ -646,25 +572,25 @@ impl Store {
         &self,
         prefix: &str,
         page: &Page,
-    ) -> Result<Vec<DocMeta>, StoreError> {
+    ) -> Result<Vec<DocMeta>, ReadError> {
         self.shared.backend.list(prefix, page).await
     }
 
     /// Marks a document deleted; its data stays. `false` if it does not exist or was already
     /// deleted.
-    pub async fn soft_delete(&self, doc: &DocId) -> Result<bool, StoreError> {
+    pub async fn soft_delete(&self, doc: &DocId) -> Result<bool, DatabaseError> {
         self.shared.backend.set_deleted(doc, Some(now_ms())).await
     }
 
     /// Reverses [`Store::soft_delete`]. `false` if it does not exist or was not deleted.
-    pub async fn undelete(&self, doc: &DocId) -> Result<bool, StoreError> {
+    pub async fn undelete(&self, doc: &DocId) -> Result<bool, DatabaseError> {
         self.shared.backend.set_deleted(doc, None).await
     }
 
     /// Writes a checkpoint at the document's head now, whatever the thresholds say, and applies
     /// retention. Returns the checkpoint's sequence number (`None` if the document is empty or
     /// does not exist).
-    pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, StoreError> {
+    pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, ReadError> {
         checkpoint(&self.shared.backend, &self.shared.config, doc, true).await
     }
 
@@ -683,13 +609,13 @@ async fn rebuild_blocking(
     doc: &DocId,
     replica: ReplicaId,
     parts: Parts,
-) -> Result<(Document, DocMeta), StoreError> {
+) -> Result<(Document, DocMeta), ReadError> {
     let doc = doc.clone();
     match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
         Ok(rebuilt) => rebuilt,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only when the runtime shuts down.
-        Err(_) => Err(StoreError::Closed),
+        Err(_) => Err(ReadError::Closed),
     }
 }
 
@@ -697,20 +623,20 @@ fn rebuild(
     doc: &DocId,
     replica: ReplicaId,
     parts: Parts,
-) -> Result<(Document, DocMeta), StoreError> {
+) -> Result<(Document, DocMeta), ReadError> {
     let (mut document, mut expected) = match &parts.checkpoint {
         Some((seq, bytes)) => {
             let document = Document::from_snapshot(replica, bytes).map_err(|e| {
-                StoreError::CorruptCheckpoint {
+                ReadError::CorruptCheckpoint {
                     doc: doc.clone(),
                     seq: *seq,
-                    reason: e.to_string(),
+                    source: Arc::new(e),
                 }
             })?;
             (document, seq + 1)
         }
         None if parts.meta.log_start_seq > 0 => {
-            return Err(StoreError::LogInconsistent {
+            return Err(ReadError::LogInconsistent {
                 doc: doc.clone(),
                 seq: parts.meta.log_start_seq,
                 reason: "the checkpoint at the retention cut is missing".to_owned(),
@@ -721,7 +647,7 @@ fn rebuild(
     for entry in &parts.tail {
         let seq = entry.seq;
         if seq != expected {
-            return Err(StoreError::LogInconsistent {
+            return Err(ReadError::LogInconsistent {
                 doc: doc.clone(),
                 seq: expected,
                 reason: format!("the log jumps to {seq}"),
@@ -732,15 +658,15 @@ fn rebuild(
         // replaying them with their authors rebuilds who owns which client id.
         document
             .apply_from(&delta, Source::trusted(entry.author.as_deref()))
-            .map_err(|e| StoreError::CorruptDelta {
+            .map_err(|e| ReadError::CorruptDelta {
                 doc: doc.clone(),
                 seq,
-                reason: e.to_string(),
+                damage: DeltaDamage::Apply(e),
             })?;
         expected += 1;
     }
     if expected != parts.upto + 1 {
-        return Err(StoreError::LogInconsistent {
+        return Err(ReadError::LogInconsistent {
             doc: doc.clone(),
             seq: expected,
             reason: format!("the log ends before {}", parts.upto),
@@ -755,7 +681,7 @@ async fn checkpoint(
     config: &StoreConfig,
     doc: &DocId,
     force: bool,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Option<u64>, ReadError> {
     let Some(parts) = backend.parts(doc, None).await? else {
         return Ok(None);
     };
@@ -811,14 +737,14 @@ fn known_schema_version(migrator: &sqlx::migrate::Migrator) -> i64 {
     migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// [`StoreError::SchemaTooNew`] if the database was migrated past what this build knows.
+/// [`OpenError::SchemaTooNew`] if the database was migrated past what this build knows.
 pub(crate) fn check_schema_version(
     found: Option<i64>,
     migrator: &sqlx::migrate::Migrator,
-) -> Result<(), StoreError> {
+) -> Result<(), OpenError> {
     let known = known_schema_version(migrator);
     match found {
-        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        Some(found) if found > known => Err(OpenError::SchemaTooNew { found, known }),
         _ => Ok(()),
     }
 }

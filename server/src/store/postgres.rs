@@ -15,7 +15,10 @@ use lattice_engine::DocId;
 
 use super::backend::{Backend, BatchOutcome};
 use super::sql::SqlBackend;
-use super::{DocMeta, LogEntry, NewEntry, Page, Parts, StoreConfig, StoreError};
+use super::{
+    AppendError, DatabaseError, DocMeta, LogEntry, NewEntry, OpenError, Page, Parts, ReadError,
+    StoreConfig,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -25,10 +28,10 @@ pub(crate) struct PostgresBackend {
 }
 
 impl PostgresBackend {
-    pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+    pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, OpenError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| OpenError::BadUrl {
             url: super::redacted_url(url),
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
         let pool = PgPoolOptions::new()
             // One more than the readers, so the group committer never waits behind them.
@@ -36,7 +39,7 @@ impl PostgresBackend {
             .acquire_timeout(config.busy_timeout)
             .connect_with(options)
             .await
-            .map_err(StoreError::db("open"))?;
+            .map_err(DatabaseError::during("open"))?;
         migrate(&pool).await?;
         Ok(Self { pool })
     }
@@ -47,7 +50,7 @@ impl PostgresBackend {
         doc: &lattice_engine::DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<crate::store::LogEntry>, StoreError> {
+    ) -> Result<Vec<crate::store::LogEntry>, DatabaseError> {
         use crate::store::sql::*;
         use sqlx::Row as _;
         let op = "read_log";
@@ -60,7 +63,7 @@ impl PostgresBackend {
         .bind(i64::from(limit))
         .fetch_all(self.read_pool())
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
         rows.iter()
             .map(|r| -> Result<crate::store::LogEntry, sqlx::Error> {
                 let replica: i64 = r.try_get(2)?;
@@ -75,7 +78,7 @@ impl PostgresBackend {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::db(op))
+            .map_err(DatabaseError::during(op))
     }
 
     /// One group-commit transaction: an upsert on `documents` reserves a contiguous range of
@@ -86,7 +89,7 @@ impl PostgresBackend {
         &self,
         requests: &[Vec<crate::store::NewEntry>],
         now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<BatchOutcome, AppendError> {
         use crate::store::DocCounters;
         use crate::store::sql::*;
         use sqlx::Row as _;
@@ -127,17 +130,20 @@ impl PostgresBackend {
                             .bind(to_i64(*bytes));
                     }
                     at += n;
-                    let rows = q.fetch_all(&mut *t).await.map_err(StoreError::db(op))?;
+                    let rows = q
+                        .fetch_all(&mut *t)
+                        .await
+                        .map_err(DatabaseError::during(op))?;
                     for row in rows {
-                        let id: String = row.try_get(0).map_err(StoreError::db(op))?;
-                        let get = |i: usize| -> Result<u64, StoreError> {
+                        let id: String = row.try_get(0).map_err(DatabaseError::during(op))?;
+                        let get = |i: usize| -> Result<u64, DatabaseError> {
                             row.try_get::<i64, _>(i)
                                 .map(to_u64)
-                                .map_err(StoreError::db(op))
+                                .map_err(DatabaseError::during(op))
                         };
                         let c = DocCounters {
                             doc: lattice_engine::DocId::new(id.clone()).map_err(|e| {
-                                StoreError::db(op)(sqlx::Error::Decode(Box::new(e)))
+                                DatabaseError::during(op)(sqlx::Error::Decode(Box::new(e)))
                             })?,
                             head_seq: get(1)?,
                             byte_count: get(2)?,
@@ -155,7 +161,7 @@ impl PostgresBackend {
                 if !missing.is_empty() {
                     // Soft-deleted documents: drop the requests that touch them and
                     // try again without them.
-                    t.rollback().await.map_err(StoreError::db(op))?;
+                    t.rollback().await.map_err(DatabaseError::during(op))?;
                     rejected.extend(missing);
                     continue;
                 }
@@ -180,18 +186,20 @@ impl PostgresBackend {
                         .find(|e| rejected.contains(&e.doc))
                         .map(|e| e.doc.clone());
                     results.push(Err(match doc {
-                        Some(doc) => StoreError::DocumentDeleted { doc },
-                        None => StoreError::Closed,
+                        Some(doc) => AppendError::DocumentDeleted { doc },
+                        None => AppendError::Inconsistent {
+                            doc: None,
+                            reason: "a refused request names no deleted document",
+                        },
                     }));
                     continue;
                 }
                 let mut seqs = Vec::with_capacity(r.len());
                 for e in r {
                     let Some(slot) = next.get_mut(e.doc.as_str()) else {
-                        return Err(StoreError::LogInconsistent {
-                            doc: e.doc.clone(),
-                            seq: 0,
-                            reason: "no head returned for the document".to_owned(),
+                        return Err(AppendError::Inconsistent {
+                            doc: Some(e.doc.clone()),
+                            reason: "no head returned for the document",
                         });
                     };
                     seqs.push(*slot);
@@ -218,9 +226,11 @@ impl PostgresBackend {
                             .bind(e.delta_bytes());
                     }
                     at += n;
-                    q.execute(&mut *t).await.map_err(StoreError::db(op))?;
+                    q.execute(&mut *t)
+                        .await
+                        .map_err(DatabaseError::during(op))?;
                 }
-                t.commit().await.map_err(StoreError::db("commit"))?;
+                t.commit().await.map_err(DatabaseError::during("commit"))?;
             }
             return Ok((results, counters.into_values().collect()));
         }
@@ -232,15 +242,15 @@ impl Backend for PostgresBackend {
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<BatchOutcome, AppendError> {
         self.append_group(requests, now_ms).await
     }
 
-    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        self.stored_meta(doc).await
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, ReadError> {
+        Ok(self.stored_meta(doc).await?)
     }
 
-    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, ReadError> {
         self.stored_parts(doc, upto, 0).await
     }
 
@@ -249,15 +259,15 @@ impl Backend for PostgresBackend {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        self.read_stored_log(doc, from_seq, limit).await
+    ) -> Result<Vec<LogEntry>, ReadError> {
+        Ok(self.read_stored_log(doc, from_seq, limit).await?)
     }
 
-    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
-        self.stored_list(prefix, page).await
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, ReadError> {
+        Ok(self.stored_list(prefix, page).await?)
     }
 
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
         self.mark_deleted(doc, at_ms).await
     }
 
@@ -267,7 +277,7 @@ impl Backend for PostgresBackend {
         snapshot: &[u8],
         now_ms: u64,
         config: &StoreConfig,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         self.store_checkpoint(meta, snapshot, now_ms, config).await
     }
 
@@ -287,15 +297,18 @@ impl SqlBackend for PostgresBackend {
         &self.pool
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(StoreError::db("begin"))
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, DatabaseError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(DatabaseError::during("begin"))
     }
 
-    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Postgres>, DatabaseError> {
         self.pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(StoreError::db("begin"))
+            .map_err(DatabaseError::during("begin"))
     }
 
     /// Postgres caches no heads: every append reads them under the row lock of its upsert.
@@ -304,7 +317,7 @@ impl SqlBackend for PostgresBackend {
     /// Checkpoints are written like everything else.
     async fn begin_write_derived(
         &self,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    ) -> Result<sqlx::Transaction<'static, Postgres>, DatabaseError> {
         self.begin_write().await
     }
 
@@ -317,7 +330,7 @@ impl SqlBackend for PostgresBackend {
         doc: &lattice_engine::DocId,
         after: u64,
         upto: u64,
-    ) -> Result<Vec<crate::store::TailEntry>, StoreError> {
+    ) -> Result<Vec<crate::store::TailEntry>, ReadError> {
         use crate::store::sql::{to_i64, to_u64};
         use sqlx::Row as _;
         let op = "load";
@@ -330,7 +343,7 @@ impl SqlBackend for PostgresBackend {
         .bind(to_i64(upto))
         .fetch_all(&mut *conn)
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
         let tail = rows
             .iter()
             .map(|r| -> Result<crate::store::TailEntry, sqlx::Error> {
@@ -341,7 +354,7 @@ impl SqlBackend for PostgresBackend {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::db(op))?;
+            .map_err(DatabaseError::during(op))?;
         Ok(tail)
     }
 
@@ -350,34 +363,34 @@ impl SqlBackend for PostgresBackend {
         conn: &mut sqlx::PgConnection,
         doc: &lattice_engine::DocId,
         cut: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         sqlx::query::<Postgres>("DELETE FROM updates WHERE doc_id = $1 AND seq <= $2")
             .bind(doc.as_str())
             .bind(crate::store::sql::to_i64(cut))
             .execute(&mut *conn)
             .await
-            .map_err(StoreError::db("checkpoint"))?;
+            .map_err(DatabaseError::during("checkpoint"))?;
         Ok(())
     }
 }
 
 /// Refuses a schema newer than this build, then applies pending migrations (sqlx takes an
 /// advisory lock, so servers starting together migrate once).
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+async fn migrate(pool: &PgPool) -> Result<(), OpenError> {
     let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await
-        .map_err(StoreError::db("migrate"))?;
+        .map_err(DatabaseError::during("migrate"))?;
     if exists {
         let (found,): (Option<i64>,) =
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(pool)
                 .await
-                .map_err(StoreError::db("migrate"))?;
+                .map_err(DatabaseError::during("migrate"))?;
         super::check_schema_version(found, &MIGRATOR)?;
     }
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| StoreError::Migrate(Arc::new(e)))
+        .map_err(|e| OpenError::Migrate(Arc::new(e)))
 }

@@ -19,7 +19,7 @@ use sqlx::{
     Type,
 };
 
-use super::{DocMeta, Page, Parts, Retention, StoreConfig, StoreError, TailEntry};
+use super::{DatabaseError, DocMeta, Page, Parts, ReadError, Retention, StoreConfig, TailEntry};
 
 /// Rows per multi-row `INSERT`, largest first. A batch is cut into chunks of these sizes, so
 /// only a handful of distinct statements exist and each stays in the prepared-statement cache.
@@ -163,16 +163,16 @@ where
     /// A read transaction that sees one snapshot (a WAL snapshot, `REPEATABLE READ`).
     fn begin_read(
         &self,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, DatabaseError>> + Send;
     /// A write transaction that is durable at `COMMIT`.
     fn begin_write(
         &self,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, DatabaseError>> + Send;
     /// A write transaction whose content can be derived again from what is already durable
     /// (a checkpoint): it may skip an fsync of its own.
     fn begin_write_derived(
         &self,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>, DatabaseError>> + Send;
     /// Called by a write transaction that changed `doc`'s `documents` row, before its
     /// `COMMIT`, so that no cached copy of the row outlives it.
     fn forget_head(&self, doc: &DocId);
@@ -185,13 +185,13 @@ where
         doc: &DocId,
         after: u64,
         upto: u64,
-    ) -> impl Future<Output = Result<Vec<TailEntry>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<TailEntry>, ReadError>> + Send;
     /// Retention: drops the log entries at or below `cut`.
     fn drop_log_through(
         conn: &mut <Self::Db as Database>::Connection,
         doc: &DocId,
         cut: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), DatabaseError>> + Send;
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
@@ -216,16 +216,16 @@ where
     }
 
     /// The `documents` row of `doc`, as stored.
-    async fn stored_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    async fn stored_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, DatabaseError> {
         let sql = format!("SELECT {META_COLUMNS} FROM documents WHERE id = $1");
         let row = sqlx::query::<Self::Db>(sqlx::AssertSqlSafe(sql))
             .bind(doc.as_str())
             .fetch_optional(self.read_pool())
             .await
-            .map_err(StoreError::db("document"))?;
+            .map_err(DatabaseError::during("document"))?;
         row.map(|r| Self::meta_from_row(&r).map(|(m, _)| m))
             .transpose()
-            .map_err(StoreError::db("document"))
+            .map_err(DatabaseError::during("document"))
     }
 
     /// What `doc` is rebuilt from, up to `upto` (default: the head), in one read transaction.
@@ -236,7 +236,7 @@ where
         doc: &DocId,
         upto: Option<u64>,
         head_floor: u64,
-    ) -> Result<Option<Parts>, StoreError> {
+    ) -> Result<Option<Parts>, ReadError> {
         let op = "load";
         let mut tx = self.begin_read().await?;
         let sql = format!("SELECT {META_COLUMNS} FROM documents WHERE id = $1");
@@ -244,12 +244,12 @@ where
             .bind(doc.as_str())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(StoreError::db(op))?
+            .map_err(DatabaseError::during(op))?
         else {
             return Ok(None);
         };
         let (mut meta, checkpoint_byte_count) =
-            Self::meta_from_row(&row).map_err(StoreError::db(op))?;
+            Self::meta_from_row(&row).map_err(DatabaseError::during(op))?;
         meta.head_seq = meta.head_seq.max(head_floor);
         let upto = upto.map_or(meta.head_seq, |u| u.min(meta.head_seq));
         let checkpoint = sqlx::query::<Self::Db>(
@@ -260,15 +260,15 @@ where
         .bind(to_i64(upto))
         .fetch_optional(&mut *tx)
         .await
-        .map_err(StoreError::db(op))?
+        .map_err(DatabaseError::during(op))?
         .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
             Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
         })
         .transpose()
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
         let from = checkpoint.as_ref().map_or(0, |c| c.0);
         let tail = Self::read_tail(&mut tx, doc, from, upto).await?;
-        tx.rollback().await.map_err(StoreError::db(op))?;
+        tx.rollback().await.map_err(DatabaseError::during(op))?;
         Ok(Some(Parts {
             meta,
             checkpoint,
@@ -279,7 +279,7 @@ where
     }
 
     /// One page of `documents` rows whose id starts with `prefix`, as stored.
-    async fn stored_list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
+    async fn stored_list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, DatabaseError> {
         let op = "list_documents";
         let sql = format!(
             "SELECT {META_COLUMNS} FROM documents \
@@ -296,15 +296,15 @@ where
             .bind(i64::from(page.limit))
             .fetch_all(self.read_pool())
             .await
-            .map_err(StoreError::db(op))?;
+            .map_err(DatabaseError::during(op))?;
         rows.iter()
             .map(|r| Self::meta_from_row(r).map(|(m, _)| m))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::db(op))
+            .map_err(DatabaseError::during(op))
     }
 
     /// Soft delete (`Some(at_ms)`) or undelete (`None`); whether the row changed.
-    async fn mark_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+    async fn mark_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
         let mut tx = self.begin_write().await?;
         let done = match at_ms {
             Some(at) => sqlx::query::<Self::Db>(
@@ -321,9 +321,9 @@ where
         }
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::db("soft_delete"))?;
+        .map_err(DatabaseError::during("soft_delete"))?;
         self.forget_head(doc);
-        tx.commit().await.map_err(StoreError::db("commit"))?;
+        tx.commit().await.map_err(DatabaseError::during("commit"))?;
         Ok(Self::rows_affected(&done) > 0)
     }
 
@@ -334,7 +334,7 @@ where
         snapshot: &[u8],
         now_ms: u64,
         config: &StoreConfig,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         let op = "checkpoint";
         let doc = meta.id.as_str();
         let seq = to_i64(meta.head_seq);
@@ -350,7 +350,7 @@ where
         .bind(snapshot)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
         sqlx::query::<Self::Db>(
             "UPDATE documents SET checkpoint_seq = $2, checkpoint_byte_count = $3 \
              WHERE id = $1 AND checkpoint_seq < $2",
@@ -360,13 +360,13 @@ where
         .bind(to_i64(meta.byte_count))
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
         let (log_start,): (i64,) =
             sqlx::query_as::<Self::Db, (i64,)>("SELECT log_start_seq FROM documents WHERE id = $1")
                 .bind(doc)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(StoreError::db(op))?;
+                .map_err(DatabaseError::during(op))?;
         let mut log_start = log_start;
         if let Retention::DropBeforeCheckpoint { keep_updates } = config.retention {
             let limit = to_i64(meta.head_seq.saturating_sub(keep_updates));
@@ -377,7 +377,7 @@ where
             .bind(limit)
             .fetch_one(&mut *tx)
             .await
-            .map_err(StoreError::db(op))?;
+            .map_err(DatabaseError::during(op))?;
             if let Some(cut) = cut.filter(|c| *c > log_start) {
                 Self::drop_log_through(&mut tx, &meta.id, to_u64(cut)).await?;
                 sqlx::query::<Self::Db>("UPDATE documents SET log_start_seq = $2 WHERE id = $1")
@@ -385,7 +385,7 @@ where
                     .bind(cut)
                     .execute(&mut *tx)
                     .await
-                    .map_err(StoreError::db(op))?;
+                    .map_err(DatabaseError::during(op))?;
                 log_start = cut;
             }
         }
@@ -403,7 +403,7 @@ where
             .bind(keep)
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::db(op))?;
+            .map_err(DatabaseError::during(op))?;
         } else {
             sqlx::query::<Self::Db>(
                 "DELETE FROM checkpoints WHERE doc_id = $1 AND seq <> $2 AND (seq < $2 OR \
@@ -417,10 +417,10 @@ where
             .bind(to_i64(config.history_checkpoint_every_updates))
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::db(op))?;
+            .map_err(DatabaseError::during(op))?;
         }
         self.checkpoint_written(&meta.id, meta.head_seq, meta.byte_count);
-        tx.commit().await.map_err(StoreError::db("commit"))?;
+        tx.commit().await.map_err(DatabaseError::during("commit"))?;
         Ok(())
     }
 }

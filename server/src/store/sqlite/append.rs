@@ -16,7 +16,7 @@ use crate::store::journal::{self, JournalEntry};
 use crate::store::sql::{
     DOCS_INSERT_PER_ROW, DOCS_INSERT_PREFIX, chunks, heads_sql, to_i64, to_u64, values_sql,
 };
-use crate::store::{DocCounters, LogEntry, NewEntry, StoreError};
+use crate::store::{AppendError, DatabaseError, DocCounters, LogEntry, NewEntry};
 
 /// A document touched by one group commit.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ impl SqliteBackend {
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<BatchOutcome, AppendError> {
         let mut conn = self.writer_connection().await?;
         // A stale cache or a full journal: drain, then try again (once is enough: the drain
         // leaves the cache valid and the journal empty).
@@ -54,15 +54,9 @@ impl SqliteBackend {
                 }
             }
         }
-        Err(StoreError::LogInconsistent {
-            doc: requests
-                .iter()
-                .flatten()
-                .next()
-                .map(|e| e.doc.clone())
-                .ok_or(StoreError::Closed)?,
-            seq: 0,
-            reason: "the writer's cache stayed stale after a drain".to_owned(),
+        Err(AppendError::Inconsistent {
+            doc: requests.iter().flatten().next().map(|e| e.doc.clone()),
+            reason: "the writer's cache stayed stale after a drain",
         })
     }
 
@@ -75,18 +69,18 @@ impl SqliteBackend {
         conn: &mut SqliteConnection,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> Result<Option<BatchOutcome>, StoreError> {
+    ) -> Result<Option<BatchOutcome>, AppendError> {
         let (mut tx, version) = begin_versioned(conn, self.begin_durable, OP).await?;
         let total: usize = requests.iter().map(Vec::len).sum();
         if self.must_drain_first(version, total) {
-            tx.rollback().await.map_err(StoreError::db(OP))?;
+            tx.rollback().await.map_err(DatabaseError::during(OP))?;
             return Ok(None);
         }
         let mut docs = self.cached_heads(requests, total);
         read_uncached_heads(&mut tx, &mut docs).await?;
         let assigned = assign_seqs(requests, &mut docs);
         let row = write_journal(&mut tx, &docs, &assigned, now_ms).await?;
-        tx.commit().await.map_err(StoreError::db("commit"))?;
+        tx.commit().await.map_err(DatabaseError::during("commit"))?;
         let counters = self.publish(row, &assigned, docs, now_ms);
         Ok(Some((assigned.results, counters)))
     }
@@ -195,7 +189,7 @@ type Slots<'r> = HashMap<&'r DocId, Slot>;
 async fn read_uncached_heads(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     docs: &mut Slots<'_>,
-) -> Result<(), StoreError> {
+) -> Result<(), DatabaseError> {
     let missing: Vec<&DocId> = docs
         .iter()
         .filter(|(_, s)| !s.known)
@@ -208,14 +202,18 @@ async fn read_uncached_heads(
             q = q.bind(doc.as_str());
         }
         at += n;
-        for row in q.fetch_all(&mut **tx).await.map_err(StoreError::db(OP))? {
-            let id: String = row.try_get(0).map_err(StoreError::db(OP))?;
-            let doc =
-                DocId::new(id).map_err(|e| StoreError::db(OP)(sqlx::Error::Decode(Box::new(e))))?;
-            let get = |i: usize| -> Result<u64, StoreError> {
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(DatabaseError::during(OP))?
+        {
+            let id: String = row.try_get(0).map_err(DatabaseError::during(OP))?;
+            let doc = DocId::new(id)
+                .map_err(|e| DatabaseError::during(OP)(sqlx::Error::Decode(Box::new(e))))?;
+            let get = |i: usize| -> Result<u64, DatabaseError> {
                 row.try_get::<i64, _>(i)
                     .map(to_u64)
-                    .map_err(StoreError::db(OP))
+                    .map_err(DatabaseError::during(OP))
             };
             if let Some(slot) = docs.get_mut(&doc) {
                 slot.head = Head {
@@ -223,7 +221,9 @@ async fn read_uncached_heads(
                     byte_count: get(2)?,
                     checkpoint_seq: get(3)?,
                     checkpoint_byte_count: get(4)?,
-                    deleted: row.try_get::<bool, _>(5).map_err(StoreError::db(OP))?,
+                    deleted: row
+                        .try_get::<bool, _>(5)
+                        .map_err(DatabaseError::during(OP))?,
                 };
                 slot.exists = true;
             }
@@ -240,7 +240,7 @@ async fn read_uncached_heads(
 /// The sequence numbers one group commit assigns.
 struct Assigned<'r> {
     /// Per request, its sequence numbers or why it was refused.
-    results: Vec<Result<Vec<u64>, StoreError>>,
+    results: Vec<Result<Vec<u64>, AppendError>>,
     /// Every entry written, with its sequence number, in request order.
     rows: Vec<(&'r NewEntry, u64)>,
     /// Their delta bytes.
@@ -259,7 +259,7 @@ fn assign_seqs<'r>(requests: &'r [Vec<NewEntry>], docs: &mut Slots<'r>) -> Assig
             .iter()
             .find(|e| docs.get(&e.doc).is_some_and(|s| s.head.deleted));
         if let Some(e) = deleted {
-            results.push(Err(StoreError::DocumentDeleted { doc: e.doc.clone() }));
+            results.push(Err(AppendError::DocumentDeleted { doc: e.doc.clone() }));
             continue;
         }
         let mut seqs = Vec::with_capacity(r.len());
@@ -290,7 +290,7 @@ async fn write_journal(
     docs: &Slots<'_>,
     assigned: &Assigned<'_>,
     now_ms: u64,
-) -> Result<i64, StoreError> {
+) -> Result<i64, DatabaseError> {
     let rows = &assigned.rows;
     if rows.is_empty() {
         return Ok(0);
@@ -314,7 +314,9 @@ async fn write_journal(
                 .bind(0i64);
         }
         at += n;
-        q.execute(&mut **tx).await.map_err(StoreError::db(OP))?;
+        q.execute(&mut **tx)
+            .await
+            .map_err(DatabaseError::during(OP))?;
     }
     let mut payload = journal::begin(assigned.bytes + rows.len() * 64);
     for (e, seq) in rows {
@@ -337,7 +339,7 @@ async fn write_journal(
             .bind(payload)
             .execute(&mut **tx)
             .await
-            .map_err(StoreError::db(OP))?
+            .map_err(DatabaseError::during(OP))?
             .last_insert_rowid();
     Ok(row)
 }

@@ -11,8 +11,9 @@ use sqlx::{Row as _, Sqlite};
 use super::log::drop_runs_through;
 use super::writer_state::{HEAD_CACHE_CAPACITY, JOURNAL_MAX_BYTES, Journaled};
 use super::{BEGIN_DERIVED, SqliteBackend, begin_versioned};
-use crate::store::StoreError;
+use crate::store::DatabaseError;
 use crate::store::backend::JournalDrain;
+use crate::store::error::DrainError;
 use crate::store::journal::{self, JournalEntry};
 use crate::store::runs::{self, RUN_MAX_BYTES, RUN_MAX_ENTRIES, RunEntry};
 use crate::store::sql::{
@@ -68,7 +69,7 @@ impl JournalDrain for SqliteBackend {
         }
     }
 
-    async fn drain_all(&self) -> Result<(), StoreError> {
+    async fn drain_all(&self) -> Result<(), DrainError> {
         let mut conn = self.writer_connection().await?;
         self.drain_locked(&mut conn).await
     }
@@ -79,7 +80,7 @@ impl SqliteBackend {
     /// `journal` table is read (not the in-memory copy), so it also recovers rows this process
     /// does not know about: after a crash, or written by another process. Entries a drain
     /// slice already moved (at or below their document's `head_seq`) are skipped.
-    pub(super) async fn drain_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    pub(super) async fn drain_locked(&self, conn: &mut SqliteConnection) -> Result<(), DrainError> {
         let started = Instant::now();
         let result = async {
             let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, OP).await?;
@@ -87,13 +88,13 @@ impl SqliteBackend {
                 sqlx::query_as("SELECT id, committed_at_ms, payload FROM journal ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(StoreError::db(OP))?;
+                    .map_err(DatabaseError::during(OP))?;
             let mut drained = 0;
             if let Some(last) = rows.last().map(|r| r.0) {
                 let mut entries: Vec<(JournalEntry<'_>, i64)> = Vec::new();
                 for (id, at, payload) in &rows {
                     let decoded = journal::decode(payload)
-                        .map_err(|reason| StoreError::CorruptJournal { row: *id, reason })?;
+                        .map_err(|reason| DrainError::CorruptJournal { row: *id, reason })?;
                     entries.extend(decoded.into_iter().map(|e| (e, *at)));
                 }
                 let drained_heads = drained_heads(&mut tx, &entries).await?;
@@ -105,10 +106,10 @@ impl SqliteBackend {
                     .bind(last)
                     .execute(&mut *tx)
                     .await
-                    .map_err(StoreError::db(OP))?;
+                    .map_err(DatabaseError::during(OP))?;
             }
-            tx.commit().await.map_err(StoreError::db("commit"))?;
-            Ok::<_, StoreError>((version, drained))
+            tx.commit().await.map_err(DatabaseError::during("commit"))?;
+            Ok::<_, DrainError>((version, drained))
         }
         .await;
         let mut st = self.state();
@@ -144,7 +145,7 @@ impl SqliteBackend {
     /// entries of a few documents (about [`StoreConfig::journal_slice_entries`]), from the
     /// in-memory copy, and the `journal` rows that leaves empty. With the cache not valid, or
     /// if another process wrote since (it may have drained these very entries), a full drain.
-    async fn drain_slice_locked(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    async fn drain_slice_locked(&self, conn: &mut SqliteConnection) -> Result<(), DrainError> {
         let (mut tx, version) = begin_versioned(conn, BEGIN_DERIVED, OP).await?;
         let taken = {
             let mut st = self.state();
@@ -155,11 +156,12 @@ impl SqliteBackend {
             })
         };
         let Some((slice, emptied)) = taken else {
-            tx.rollback().await.map_err(StoreError::db(OP))?;
+            tx.rollback().await.map_err(DatabaseError::during(OP))?;
             return self.drain_locked(conn).await;
         };
         if slice.is_empty() {
-            return tx.commit().await.map_err(StoreError::db("commit"));
+            tx.commit().await.map_err(DatabaseError::during("commit"))?;
+            return Ok(());
         }
         let result = async {
             // Each document's entries are in order already: sorting the documents sorts all.
@@ -195,9 +197,11 @@ impl SqliteBackend {
                     q = q.bind(*id);
                 }
                 at += n;
-                q.execute(&mut *tx).await.map_err(StoreError::db(OP))?;
+                q.execute(&mut *tx)
+                    .await
+                    .map_err(DatabaseError::during(OP))?;
             }
-            tx.commit().await.map_err(StoreError::db("commit"))
+            tx.commit().await.map_err(DatabaseError::during("commit"))
         }
         .await;
         let mut st = self.state();
@@ -212,7 +216,7 @@ impl SqliteBackend {
                 // The cycle lost this slice's documents; the full drain that an invalid cache
                 // forces picks them up from the table.
                 st.data_version = None;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -223,7 +227,7 @@ impl SqliteBackend {
 async fn drained_heads<'e>(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     entries: &[(JournalEntry<'e>, i64)],
-) -> Result<HashMap<&'e str, u64>, StoreError> {
+) -> Result<HashMap<&'e str, u64>, DatabaseError> {
     let mut docs: Vec<&'e str> = entries.iter().map(|(e, _)| e.doc).collect();
     docs.sort_unstable();
     docs.dedup();
@@ -234,9 +238,13 @@ async fn drained_heads<'e>(
         for doc in &docs[at..at + n] {
             q = q.bind(*doc);
         }
-        for row in q.fetch_all(&mut **tx).await.map_err(StoreError::db(OP))? {
-            let id: String = row.try_get(0).map_err(StoreError::db(OP))?;
-            let head: i64 = row.try_get(1).map_err(StoreError::db(OP))?;
+        for row in q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(DatabaseError::during(OP))?
+        {
+            let id: String = row.try_get(0).map_err(DatabaseError::during(OP))?;
+            let head: i64 = row.try_get(1).map_err(DatabaseError::during(OP))?;
             if let Ok(i) = docs[at..at + n].binary_search(&id.as_str()) {
                 heads.insert(docs[at + i], to_u64(head));
             }
@@ -253,7 +261,7 @@ async fn drained_heads<'e>(
 async fn write_drained(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     entries: &[(JournalEntry<'_>, i64)],
-) -> Result<(), StoreError> {
+) -> Result<(), DatabaseError> {
     let (log_runs, drained) = cut_into_runs(entries);
     insert_runs(tx, &log_runs).await?;
     add_to_documents(tx, &drained).await
@@ -345,7 +353,7 @@ fn cut_into_runs<'a>(entries: &[(JournalEntry<'a>, i64)]) -> (Vec<LogRun<'a>>, V
 async fn insert_runs(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     log_runs: &[LogRun<'_>],
-) -> Result<(), StoreError> {
+) -> Result<(), DatabaseError> {
     let mut at = 0;
     for n in chunks(log_runs.len()) {
         let sql = values_sql(RUNS_INSERT_PREFIX, 4, n, "", false);
@@ -358,7 +366,9 @@ async fn insert_runs(
                 .bind(r.blob.as_slice());
         }
         at += n;
-        q.execute(&mut **tx).await.map_err(StoreError::db(OP))?;
+        q.execute(&mut **tx)
+            .await
+            .map_err(DatabaseError::during(OP))?;
     }
 
     Ok(())
@@ -369,7 +379,7 @@ async fn insert_runs(
 async fn add_to_documents(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     drained: &[Drained<'_>],
-) -> Result<(), StoreError> {
+) -> Result<(), DatabaseError> {
     let mut at = 0;
     for n in chunks(drained.len()) {
         let chunk = &drained[at..at + n];
@@ -393,11 +403,11 @@ async fn add_to_documents(
         let cuts: Vec<(String, i64)> = q
             .fetch_all(&mut **tx)
             .await
-            .map_err(StoreError::db(OP))?
+            .map_err(DatabaseError::during(OP))?
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::db(OP))?;
+            .map_err(DatabaseError::during(OP))?;
         for (doc, cut) in cuts {
             let first = chunk
                 .iter()

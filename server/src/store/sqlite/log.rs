@@ -8,7 +8,7 @@ use super::SqliteBackend;
 use crate::store::runs::{self, RunEntry};
 use crate::store::sql::SqlBackend as _;
 use crate::store::sql::{to_i64, to_u64};
-use crate::store::{LogEntry, StoreError, TailEntry};
+use crate::store::{DatabaseError, DeltaDamage, LogEntry, ReadError, TailEntry};
 
 /// A stored run: its sequence range and blob.
 type StoredRun = (u64, u64, Vec<u8>);
@@ -22,7 +22,7 @@ async fn fetch_runs(
     upto: u64,
     max_runs: i64,
     op: &'static str,
-) -> Result<Vec<StoredRun>, StoreError> {
+) -> Result<Vec<StoredRun>, DatabaseError> {
     let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
         "SELECT first_seq, last_seq, entries FROM update_runs \
          WHERE doc_id = $1 AND first_seq <= $3 AND last_seq >= $2 AND first_seq >= COALESCE(( \
@@ -36,7 +36,7 @@ async fn fetch_runs(
     .bind(max_runs)
     .fetch_all(&mut *conn)
     .await
-    .map_err(StoreError::db(op))?;
+    .map_err(DatabaseError::during(op))?;
     Ok(rows
         .into_iter()
         .map(|(first, last, blob)| (to_u64(first), to_u64(last), blob))
@@ -44,12 +44,16 @@ async fn fetch_runs(
 }
 
 /// Decodes a stored run of `doc`; a run that does not decode is corrupt from its first entry.
-fn decode_run<'a>(doc: &DocId, run: &'a StoredRun) -> Result<Vec<RunEntry<'a>>, StoreError> {
+fn decode_run<'a>(doc: &DocId, run: &'a StoredRun) -> Result<Vec<RunEntry<'a>>, ReadError> {
     let (first, last, blob) = run;
-    runs::decode(*first, *last, blob).map_err(|reason| StoreError::CorruptDelta {
+    runs::decode(*first, *last, blob).map_err(|reason| ReadError::CorruptDelta {
         doc: doc.clone(),
         seq: *first,
-        reason: format!("the stored run of entries {first}..={last} does not decode: {reason}"),
+        damage: DeltaDamage::Run {
+            first: *first,
+            last: *last,
+            reason,
+        },
     })
 }
 
@@ -59,14 +63,14 @@ pub(super) async fn drop_runs_through(
     conn: &mut SqliteConnection,
     doc: &str,
     cut: u64,
-) -> Result<(), StoreError> {
+) -> Result<(), DatabaseError> {
     let op = "checkpoint";
     sqlx::query("DELETE FROM update_runs WHERE doc_id = $1 AND first_seq <= $2 AND last_seq <= $2")
         .bind(doc)
         .bind(to_i64(cut))
         .execute(&mut *conn)
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
     let straddling: Option<(i64, i64, Vec<u8>)> = sqlx::query_as(
         "SELECT first_seq, last_seq, entries FROM update_runs \
          WHERE doc_id = $1 AND first_seq <= $2 ORDER BY first_seq LIMIT 1",
@@ -75,7 +79,7 @@ pub(super) async fn drop_runs_through(
     .bind(to_i64(cut))
     .fetch_optional(&mut *conn)
     .await
-    .map_err(StoreError::db(op))?;
+    .map_err(DatabaseError::during(op))?;
     let Some((first, last, blob)) = straddling else {
         return Ok(());
     };
@@ -100,7 +104,7 @@ pub(super) async fn drop_runs_through(
     .bind(kept)
     .execute(&mut *conn)
     .await
-    .map_err(StoreError::db(op))?;
+    .map_err(DatabaseError::during(op))?;
     Ok(())
 }
 
@@ -113,7 +117,7 @@ pub(super) async fn read_tail(
     doc: &DocId,
     after: u64,
     upto: u64,
-) -> Result<Vec<TailEntry>, StoreError> {
+) -> Result<Vec<TailEntry>, ReadError> {
     let stored = fetch_runs(conn, doc.as_str(), after + 1, upto, i64::MAX, "load").await?;
     let mut tail = Vec::new();
     for run in &stored {
@@ -138,7 +142,7 @@ impl SqliteBackend {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         let op = "read_log";
         let mut tx = self.begin_read().await?;
         let mut log = Vec::new();
@@ -169,7 +173,7 @@ impl SqliteBackend {
                 _ => break,
             }
         }
-        tx.rollback().await.map_err(StoreError::db(op))?;
+        tx.rollback().await.map_err(DatabaseError::during(op))?;
         Ok(log)
     }
 }

@@ -6,7 +6,7 @@ use lattice_engine::DocId;
 use super::SqliteBackend;
 use super::writer_state::Pending;
 use crate::store::sql::SqlBackend;
-use crate::store::{DocMeta, LogEntry, Page, Parts, StoreError, TailEntry};
+use crate::store::{DatabaseError, DocMeta, LogEntry, Page, Parts, ReadError, TailEntry};
 
 impl SqliteBackend {
     /// A copy of `doc`'s journaled entries and counters, if it has any.
@@ -28,7 +28,7 @@ impl SqliteBackend {
         &self,
         doc: &DocId,
         upto: Option<u64>,
-    ) -> Result<Option<Parts>, StoreError> {
+    ) -> Result<Option<Parts>, ReadError> {
         // Memory first, database second (see the module comment).
         let pending = self.pending(doc);
         let floor = pending.as_ref().map_or(0, |p| p.head.head_seq);
@@ -59,7 +59,7 @@ impl SqliteBackend {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         let pending = self.pending(doc);
         let mut log = self.read_drained_log(doc, from_seq, limit).await?;
         if let Some(p) = pending {
@@ -77,7 +77,10 @@ impl SqliteBackend {
     }
 
     /// [`SqlBackend::stored_meta`] with the journaled entries counted.
-    pub(super) async fn doc_meta_merged(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    pub(super) async fn doc_meta_merged(
+        &self,
+        doc: &DocId,
+    ) -> Result<Option<DocMeta>, DatabaseError> {
         let pending = self.pending(doc);
         let mut meta = self.stored_meta(doc).await?;
         if let (Some(m), Some(p)) = (meta.as_mut(), pending) {
@@ -91,7 +94,7 @@ impl SqliteBackend {
         &self,
         prefix: &str,
         page: &Page,
-    ) -> Result<Vec<DocMeta>, StoreError> {
+    ) -> Result<Vec<DocMeta>, DatabaseError> {
         let mut metas = self.stored_list(prefix, page).await?;
         let st = self.state();
         for m in &mut metas {

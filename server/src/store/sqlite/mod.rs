@@ -61,7 +61,10 @@ use sqlx::{Connection as _, Sqlite};
 
 use super::backend::{Backend, BatchOutcome, JournalDrain as _};
 use super::sql::SqlBackend;
-use super::{DocMeta, LogEntry, NewEntry, Page, Parts, StoreConfig, StoreError, TailEntry};
+use super::{
+    AppendError, DatabaseError, DocMeta, LogEntry, NewEntry, OpenError, Page, Parts, ReadError,
+    StoreConfig, TailEntry,
+};
 
 mod append;
 mod drain;
@@ -120,10 +123,10 @@ pub(crate) struct SqliteBackend {
 const BEGIN_DERIVED: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
 impl SqliteBackend {
-    pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
-        let bad_url = |e: sqlx::Error| StoreError::BadUrl {
+    pub(crate) async fn open(url: &str, config: &StoreConfig) -> Result<Self, OpenError> {
+        let bad_url = |e: sqlx::Error| OpenError::BadUrl {
             url: super::redacted_url(url),
-            reason: e.to_string(),
+            source: Arc::new(e),
         };
         let synchronous = match config.sqlite_synchronous {
             SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
@@ -155,7 +158,7 @@ impl SqliteBackend {
         let writer = writer
             .connect_with(writer_options)
             .await
-            .map_err(StoreError::db("open"))?;
+            .map_err(DatabaseError::during("open"))?;
         migrate(&writer).await?;
         let reader = if in_memory {
             writer.clone()
@@ -165,7 +168,7 @@ impl SqliteBackend {
                 .acquire_timeout(config.busy_timeout)
                 .connect_with(options)
                 .await
-                .map_err(StoreError::db("open"))?
+                .map_err(DatabaseError::during("open"))?
         };
         let backend = Self {
             writer,
@@ -192,8 +195,11 @@ impl SqliteBackend {
     }
 
     /// The writer connection, for as long as the caller holds it (the pool has one).
-    async fn writer_connection(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
-        self.writer.acquire().await.map_err(StoreError::db("begin"))
+    async fn writer_connection(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, DatabaseError> {
+        self.writer
+            .acquire()
+            .await
+            .map_err(DatabaseError::during("begin"))
     }
 }
 
@@ -202,15 +208,15 @@ impl Backend for SqliteBackend {
         &self,
         requests: &[Vec<NewEntry>],
         now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<BatchOutcome, AppendError> {
         self.append_group(requests, now_ms).await
     }
 
-    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        self.doc_meta_merged(doc).await
+    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, ReadError> {
+        Ok(self.doc_meta_merged(doc).await?)
     }
 
-    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
+    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, ReadError> {
         self.parts_merged(doc, upto).await
     }
 
@@ -219,15 +225,15 @@ impl Backend for SqliteBackend {
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         self.read_log_merged(doc, from_seq, limit).await
     }
 
-    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
-        self.list_merged(prefix, page).await
+    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, ReadError> {
+        Ok(self.list_merged(prefix, page).await?)
     }
 
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
         self.mark_deleted(doc, at_ms).await
     }
 
@@ -237,7 +243,7 @@ impl Backend for SqliteBackend {
         snapshot: &[u8],
         now_ms: u64,
         config: &StoreConfig,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         self.store_checkpoint(meta, snapshot, now_ms, config).await
     }
 
@@ -262,29 +268,34 @@ impl SqlBackend for SqliteBackend {
         &self.reader
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, DatabaseError> {
         // IMMEDIATE takes the write lock up front, so a transaction never fails half-way on
         // SQLITE_BUSY when another process (an admin tool) holds the database.
         self.writer
             .begin_with(self.begin_durable)
             .await
-            .map_err(StoreError::db("begin"))
+            .map_err(DatabaseError::during("begin"))
     }
 
     /// A write transaction whose content can be derived again from what is already durable
     /// (a checkpoint, or a drain of the journal): committed with `synchronous = NORMAL`, so it
     /// costs no fsync of its own. A power loss may roll it back, never tear it, and the next
     /// durable commit's fsync makes it durable too (the WAL is written in order).
-    async fn begin_write_derived(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+    async fn begin_write_derived(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, DatabaseError> {
         self.writer
             .begin_with(BEGIN_DERIVED)
             .await
-            .map_err(StoreError::db("begin"))
+            .map_err(DatabaseError::during("begin"))
     }
 
-    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Sqlite>, DatabaseError> {
         // A deferred transaction reads one WAL snapshot from its first SELECT on.
-        self.reader.begin().await.map_err(StoreError::db("begin"))
+        self.reader
+            .begin()
+            .await
+            .map_err(DatabaseError::during("begin"))
     }
 
     fn forget_head(&self, doc: &DocId) {
@@ -300,7 +311,7 @@ impl SqlBackend for SqliteBackend {
         doc: &DocId,
         after: u64,
         upto: u64,
-    ) -> Result<Vec<TailEntry>, StoreError> {
+    ) -> Result<Vec<TailEntry>, ReadError> {
         log::read_tail(conn, doc, after, upto).await
     }
 
@@ -308,7 +319,7 @@ impl SqlBackend for SqliteBackend {
         conn: &mut SqliteConnection,
         doc: &DocId,
         cut: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), DatabaseError> {
         log::drop_runs_through(conn, doc.as_str(), cut).await
     }
 }
@@ -342,36 +353,36 @@ async fn begin_versioned<'c>(
     conn: &'c mut SqliteConnection,
     begin: &'static str,
     op: &'static str,
-) -> Result<(sqlx::Transaction<'c, Sqlite>, i64), StoreError> {
+) -> Result<(sqlx::Transaction<'c, Sqlite>, i64), DatabaseError> {
     let mut tx = conn
         .begin_with(begin)
         .await
-        .map_err(StoreError::db("begin"))?;
+        .map_err(DatabaseError::during("begin"))?;
     let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
         .fetch_one(&mut *tx)
         .await
-        .map_err(StoreError::db(op))?;
+        .map_err(DatabaseError::during(op))?;
     Ok((tx, version))
 }
 
 /// Refuses a schema newer than this build, then applies pending migrations.
-async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+async fn migrate(pool: &SqlitePool) -> Result<(), OpenError> {
     let exists: Option<(String,)> = sqlx::query_as(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
     .fetch_optional(pool)
     .await
-    .map_err(StoreError::db("migrate"))?;
+    .map_err(DatabaseError::during("migrate"))?;
     if exists.is_some() {
         let (found,): (Option<i64>,) =
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(pool)
                 .await
-                .map_err(StoreError::db("migrate"))?;
+                .map_err(DatabaseError::during("migrate"))?;
         super::check_schema_version(found, &MIGRATOR)?;
     }
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| StoreError::Migrate(Arc::new(e)))
+        .map_err(|e| OpenError::Migrate(Arc::new(e)))
 }
