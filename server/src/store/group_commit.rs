@@ -19,7 +19,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{AnyBackend, Backend as _, JournalDrain as _};
-use super::{AppendError, CheckpointQueue, NewEntry, StoreConfig, checkpoint_due, now_ms};
+use super::checkpoint::{CheckpointQueue, checkpoint_due};
+use super::{AppendError, NewEntry, StoreConfig, now_ms};
 
 pub(crate) enum Command {
     Append {

@@ -31,10 +31,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lattice_engine::{Delta, DocId, Document, ReplicaId, Source};
+use lattice_engine::{Delta, DocId, Document, ReplicaId};
 use tokio::sync::{mpsc, oneshot};
 
 mod backend;
+mod checkpoint;
 mod error;
 mod group_commit;
 mod journal;
@@ -48,6 +49,7 @@ pub use sqlite::SqliteSynchronous;
 
 use backend::{AnyBackend, Backend as _, JournalDrain as _};
 pub(crate) use backend::{DocCounters, Parts, TailEntry};
+use checkpoint::{CheckpointQueue, checkpointer, rebuild_blocking};
 
 /// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
 /// replay in `server/tests/fuzz_regressions.rs` only. Not an API: the formats are private to the
@@ -308,33 +310,6 @@ struct Shared {
     commits: mpsc::Sender<group_commit::Command>,
 }
 
-/// Documents waiting for a background checkpoint, deduplicated.
-#[derive(Debug)]
-pub(crate) struct CheckpointQueue {
-    tx: mpsc::Sender<DocId>,
-    pending: Mutex<HashSet<DocId>>,
-}
-
-impl CheckpointQueue {
-    pub(crate) fn trigger(&self, doc: &DocId) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        if pending.contains(doc) {
-            return;
-        }
-        if self.tx.try_send(doc.clone()).is_ok() {
-            pending.insert(doc.clone());
-        }
-    }
-
-    fn done(&self, doc: &DocId) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(doc);
-        }
-    }
-}
-
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -591,144 +566,13 @@ impl Store {
     /// retention. Returns the checkpoint's sequence number (`None` if the document is empty or
     /// does not exist).
     pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, ReadError> {
-        checkpoint(&self.shared.backend, &self.shared.config, doc, true).await
+        checkpoint::take(&self.shared.backend, &self.shared.config, doc, true).await
     }
 
     /// Waits for pending appends, then closes the connections. Later calls fail.
     pub async fn close(&self) {
         let _ = self.flush().await;
         self.shared.backend.close().await;
-    }
-}
-
-/// Rebuilds a document from a checkpoint and the log after it.
-/// [`rebuild`] on tokio's blocking pool: replaying a long tail is CPU work that must not hold
-/// an async worker (every other request and connection waits behind it). A panic inside goes on
-/// in the caller, as it would have without the pool.
-async fn rebuild_blocking(
-    doc: &DocId,
-    replica: ReplicaId,
-    parts: Parts,
-) -> Result<(Document, DocMeta), ReadError> {
-    let doc = doc.clone();
-    match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
-        Ok(rebuilt) => rebuilt,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only when the runtime shuts down.
-        Err(_) => Err(ReadError::Closed),
-    }
-}
-
-fn rebuild(
-    doc: &DocId,
-    replica: ReplicaId,
-    parts: Parts,
-) -> Result<(Document, DocMeta), ReadError> {
-    let (mut document, mut expected) = match &parts.checkpoint {
-        Some((seq, bytes)) => {
-            let document = Document::from_snapshot(replica, bytes).map_err(|e| {
-                ReadError::CorruptCheckpoint {
-                    doc: doc.clone(),
-                    seq: *seq,
-                    source: Arc::new(e),
-                }
-            })?;
-            (document, seq + 1)
-        }
-        None if parts.meta.log_start_seq > 0 => {
-            return Err(ReadError::LogInconsistent {
-                doc: doc.clone(),
-                seq: parts.meta.log_start_seq,
-                reason: "the checkpoint at the retention cut is missing".to_owned(),
-            });
-        }
-        None => (Document::new(replica), 1),
-    };
-    for entry in &parts.tail {
-        let seq = entry.seq;
-        if seq != expected {
-            return Err(ReadError::LogInconsistent {
-                doc: doc.clone(),
-                seq: expected,
-                reason: format!("the log jumps to {seq}"),
-            });
-        }
-        let delta = decode_delta(doc, seq, &entry.delta)?;
-        // The log's own entries are trusted (they passed a peer's checks when appended), and
-        // replaying them with their authors rebuilds who owns which client id.
-        document
-            .apply_from(&delta, Source::trusted(entry.author.as_deref()))
-            .map_err(|e| ReadError::CorruptDelta {
-                doc: doc.clone(),
-                seq,
-                damage: DeltaDamage::Apply(e),
-            })?;
-        expected += 1;
-    }
-    if expected != parts.upto + 1 {
-        return Err(ReadError::LogInconsistent {
-            doc: doc.clone(),
-            seq: expected,
-            reason: format!("the log ends before {}", parts.upto),
-        });
-    }
-    Ok((document, parts.meta))
-}
-
-/// Writes a checkpoint for `doc` if one is due (or `force`), then applies retention.
-async fn checkpoint(
-    backend: &AnyBackend,
-    config: &StoreConfig,
-    doc: &DocId,
-    force: bool,
-) -> Result<Option<u64>, ReadError> {
-    let Some(parts) = backend.parts(doc, None).await? else {
-        return Ok(None);
-    };
-    let meta = parts.meta.clone();
-    if meta.head_seq == 0 || meta.head_seq == meta.checkpoint_seq {
-        return Ok(None);
-    }
-    if !force
-        && !checkpoint_due(
-            config,
-            meta.head_seq - meta.checkpoint_seq,
-            meta.byte_count.saturating_sub(parts.checkpoint_byte_count),
-        )
-    {
-        return Ok(None);
-    }
-    // A dummy replica: the snapshot does not depend on which replica holds the document.
-    let (document, meta) = rebuild(doc, ReplicaId::from_random(1), parts)?;
-    let snapshot = document.snapshot();
-    backend
-        .write_checkpoint(&meta, &snapshot, now_ms(), config)
-        .await?;
-    Ok(Some(meta.head_seq))
-}
-
-pub(crate) fn checkpoint_due(config: &StoreConfig, updates_since: u64, bytes_since: u64) -> bool {
-    (config.checkpoint_every_updates > 0 && updates_since >= config.checkpoint_every_updates)
-        || (config.checkpoint_every_bytes > 0 && bytes_since >= config.checkpoint_every_bytes)
-}
-
-/// The background checkpointer: one document at a time, off the commit path.
-async fn checkpointer(
-    backend: Arc<AnyBackend>,
-    config: StoreConfig,
-    mut rx: mpsc::Receiver<DocId>,
-    queue: std::sync::Weak<CheckpointQueue>,
-) {
-    while let Some(doc) = rx.recv().await {
-        // Taken off the pending set first, so a commit during the checkpoint triggers again and
-        // the document ends within one interval of a checkpoint once writes stop.
-        match queue.upgrade() {
-            Some(q) => q.done(&doc),
-            None => break,
-        }
-        if let Err(e) = checkpoint(&backend, &config, &doc, false).await {
-            tracing::warn!(doc = %doc, error = %e, "checkpoint failed");
-        }
     }
 }
 
