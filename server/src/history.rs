@@ -15,7 +15,7 @@ use lattice_engine::{DocId, Document, NTP64, ReplicaId};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::DocPattern;
-use crate::store::{DocMeta, Page, Store, StoreError};
+use crate::store::{DeltaDamage, DocMeta, Page, ReadError, Store};
 
 /// Default and largest number of documents in one listing page.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -34,7 +34,7 @@ const MAX_LIST_SCAN_PAGES: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] ReadError),
     /// The document was never written.
     #[error("no such document")]
     NotFound,
@@ -399,13 +399,11 @@ pub async fn history(
         let mut out = Vec::with_capacity(log.len());
         for e in &log {
             let delta = e.delta(&doc)?;
-            state
-                .apply(&delta)
-                .map_err(|err| StoreError::CorruptDelta {
-                    doc: doc.clone(),
-                    seq: e.seq,
-                    reason: err.to_string(),
-                })?;
+            state.apply(&delta).map_err(|err| ReadError::CorruptDelta {
+                doc: doc.clone(),
+                seq: e.seq,
+                damage: DeltaDamage::Apply(err),
+            })?;
             let after = state.to_json();
             let changes = summarize(&before, &after);
             before = after;

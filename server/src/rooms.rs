@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::peer::{PeerHandle, PeerKind, SyncTicket};
 use crate::state::ServerState;
-use crate::store::{NewEntry, StoreError};
+use crate::store::{AppendError, NewEntry, ReadError};
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
@@ -96,13 +96,13 @@ pub(crate) struct RestoreDone {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RestoreFailed {
     #[error("the document cannot be loaded: {0}")]
-    Load(StoreError),
+    Load(ReadError),
     #[error("the restore delta could not be built: {0}")]
     Build(#[from] lattice_engine::RestoreError),
     #[error("the restore delta was refused: {0}")]
     Apply(#[from] lattice_engine::ApplyError),
     #[error("the commit failed: {0}")]
-    Commit(StoreError),
+    Commit(AppendError),
 }
 
 pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
@@ -228,7 +228,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 type CommitFuture =
-    Pin<Box<dyn Future<Output = (Vec<u64>, Result<Vec<u64>, StoreError>, Instant)> + Send>>;
+    Pin<Box<dyn Future<Output = (Vec<u64>, Result<Vec<u64>, AppendError>, Instant)> + Send>>;
 
 /// A restore waiting for its commit.
 struct RestoreWaiter {
@@ -250,7 +250,7 @@ struct RoomDriver {
     restores: Vec<RestoreWaiter>,
     /// Why the room has closed its peers and must stop: the document was deleted under it, or
     /// it could not be reloaded after a failed commit.
-    stopped: Option<StoreError>,
+    stopped: Option<ReadError>,
 }
 
 /// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
@@ -272,7 +272,7 @@ struct YjsOut {
     close: Option<CloseCode>,
 }
 
-async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, StoreError> {
+async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, ReadError> {
     Ok(match state.store.load(doc, state.replica).await? {
         Some(loaded) => loaded.document,
         None => Document::new(state.replica),
@@ -369,7 +369,7 @@ async fn room_task(
 }
 
 /// The document could not be loaded: every queued command gets an error, subscribers are closed.
-async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreError) {
+async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &ReadError) {
     rx.close();
     while let Some(cmd) = rx.recv().await {
         match cmd {
@@ -408,17 +408,17 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &StoreErro
 
 /// Whether `e` says the store is unavailable (it may come back), rather than that the document
 /// is damaged or deleted.
-fn is_unavailable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Database { .. } | StoreError::Closed)
+fn is_unavailable(e: &ReadError) -> bool {
+    matches!(e, ReadError::Database(_) | ReadError::Closed)
 }
 
 /// What a client may learn about a store failure: never internals.
-fn public_reason(e: &StoreError) -> &'static str {
+fn public_reason(e: &ReadError) -> &'static str {
     match e {
-        StoreError::DocumentDeleted { .. } => "the document is deleted",
-        StoreError::CorruptDelta { .. }
-        | StoreError::CorruptCheckpoint { .. }
-        | StoreError::LogInconsistent { .. } => {
+        ReadError::DocumentDeleted { .. } => "the document is deleted",
+        ReadError::CorruptDelta { .. }
+        | ReadError::CorruptCheckpoint { .. }
+        | ReadError::LogInconsistent { .. } => {
             "the stored document is damaged; an admin has been told"
         }
         _ => "storage is unavailable",
@@ -527,7 +527,7 @@ impl RoomDriver {
                 Effects::default()
             }
             RoomCmd::Deleted => {
-                self.stop(StoreError::DocumentDeleted {
+                self.stop(ReadError::DocumentDeleted {
                     doc: self.doc.clone(),
                 });
                 return;
@@ -582,7 +582,7 @@ impl RoomDriver {
 
     /// The room cannot go on with its document (`why`): close every peer so it resyncs (with
     /// a new room, which loads the document from the store, or is refused), then stop.
-    fn stop(&mut self, why: StoreError) {
+    fn stop(&mut self, why: ReadError) {
         for (_, handle) in self.peers.drain() {
             handle.closer.close(CloseCode::DocumentUnavailable);
         }
@@ -638,7 +638,7 @@ impl RoomDriver {
     async fn commit_done(
         &mut self,
         tokens: Vec<u64>,
-        result: Result<Vec<u64>, StoreError>,
+        result: Result<Vec<u64>, AppendError>,
         started: Instant,
     ) {
         let token = tokens.last().copied().unwrap_or(0);
@@ -750,7 +750,7 @@ impl RoomDriver {
     }
 
     /// Tells each restore in the batch its sequence number (or the commit's failure).
-    fn answer_restores(&mut self, tokens: &[u64], result: &Result<Vec<u64>, StoreError>) {
+    fn answer_restores(&mut self, tokens: &[u64], result: &Result<Vec<u64>, AppendError>) {
         if self.restores.is_empty() {
             return;
         }
@@ -859,7 +859,7 @@ impl RoomDriver {
                         let more = self.room.replace_document(doc);
                         self.apply(more).await;
                     }
-                    Err(e @ StoreError::DocumentDeleted { .. }) => self.stop(e),
+                    Err(e @ ReadError::DocumentDeleted { .. }) => self.stop(e),
                     // The document still holds what the store refused. Kept, it would be
                     // served to subscribers and built on by later deltas, whose commits would
                     // then depend on content the store never got (acknowledged, yet not

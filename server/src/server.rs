@@ -24,7 +24,7 @@ use crate::protocols::native::{Admission, serve_socket};
 use crate::protocols::yjs::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
 use crate::rooms::RoomCmd;
 use crate::state::ServerState;
-use crate::store::{Store, StoreError};
+use crate::store::{OpenError, Store};
 use crate::transport::listen::{self, HttpBounds};
 use crate::transport::slots::{Gauge, Slot};
 use crate::transport::upgrade::WsUpgrade;
@@ -33,7 +33,7 @@ use crate::transport::upgrade::WsUpgrade;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }

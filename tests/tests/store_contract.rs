@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use lattice_engine::{Document, ReplicaId};
-use lattice_server::store::{Page, Retention, StoreConfig, StoreError};
+use lattice_server::store::{AppendError, OpenError, Page, ReadError, Retention, StoreConfig};
 use lattice_tests::store_support::{
     Kind, TestDb, Writer, assert_loads, doc, manual_checkpoints, same_content,
 };
@@ -148,7 +148,7 @@ async fn read_log_ranges_and_metadata(kind: Kind) {
     assert_eq!(store.read_log(&id, 0, 100).await.expect("log").len(), 10);
     assert!(matches!(
         store.read_log(&doc("nope"), 1, 10).await,
-        Err(StoreError::NotFound { .. })
+        Err(ReadError::NotFound { .. })
     ));
     store.close().await;
     db.cleanup().await;
@@ -231,19 +231,19 @@ async fn corrupt_delta_is_a_typed_error(kind: Kind) {
     assert_eq!(db.corrupt_deltas("bad-yjs", 4..=4, &broken).await, 1);
 
     match store.load(&bad, SERVER).await {
-        Err(StoreError::CorruptDelta {
+        Err(ReadError::CorruptDelta {
             doc: d,
             seq,
-            reason,
+            damage,
         }) => {
             assert_eq!((d.as_str(), seq), ("bad", 3));
-            assert!(!reason.is_empty());
+            assert!(!damage.to_string().is_empty());
         }
         other => panic!("expected CorruptDelta for bad@3, got {other:?}"),
     }
     let err = store.load(&bad_yjs, SERVER).await.expect_err("corrupt");
     assert!(
-        matches!(&err, StoreError::CorruptDelta { doc: d, seq: 4, .. } if d.as_str() == "bad-yjs"),
+        matches!(&err, ReadError::CorruptDelta { doc: d, seq: 4, .. } if d.as_str() == "bad-yjs"),
         "{err:?}"
     );
     assert!(err.to_string().contains("bad-yjs") && err.to_string().contains('4'));
@@ -260,12 +260,12 @@ async fn corrupt_delta_is_a_typed_error(kind: Kind) {
         .expect("before the damage");
     assert!(matches!(
         store.state_at(&bad, 3, SERVER).await,
-        Err(StoreError::CorruptDelta { seq: 3, .. })
+        Err(ReadError::CorruptDelta { seq: 3, .. })
     ));
     // A checkpoint cannot be written past the damage either; the error says where.
     assert!(matches!(
         store.checkpoint_now(&bad).await,
-        Err(StoreError::CorruptDelta { seq: 3, .. })
+        Err(ReadError::CorruptDelta { seq: 3, .. })
     ));
     store.close().await;
     db.cleanup().await;
@@ -283,19 +283,19 @@ async fn soft_delete_and_undelete(kind: Kind) {
     assert!(!store.soft_delete(&doc("del/never")).await.expect("delete"));
     assert!(matches!(
         store.load(&gone, SERVER).await,
-        Err(StoreError::DocumentDeleted { .. })
+        Err(ReadError::DocumentDeleted { .. })
     ));
     // Appends to the deleted document fail; appends committed alongside them do not.
     let (r1, r2) = tokio::join!(
         store.append(w.entry(&gone, 1)),
         store.append(w.entry(&kept, 1))
     );
-    assert!(matches!(r1, Err(StoreError::DocumentDeleted { doc: d }) if d == gone));
+    assert!(matches!(r1, Err(AppendError::DocumentDeleted { doc: d }) if d == gone));
     assert_eq!(r2.expect("kept"), 2);
     let batch = store
         .append_batch(vec![w.entry(&kept, 2), w.entry(&gone, 2)])
         .await;
-    assert!(matches!(batch, Err(StoreError::DocumentDeleted { .. })));
+    assert!(matches!(batch, Err(AppendError::DocumentDeleted { .. })));
     assert_eq!(
         store
             .document(&kept)
@@ -409,7 +409,7 @@ async fn retention_keeps_a_checkpoint_at_the_cut(kind: Kind) {
     assert_eq!(meta.log_start_seq, 20);
     assert!(matches!(
         store.read_log(&id, 20, 10).await,
-        Err(StoreError::Truncated {
+        Err(ReadError::Truncated {
             log_start_seq: 20,
             ..
         })
@@ -426,7 +426,7 @@ async fn retention_keeps_a_checkpoint_at_the_cut(kind: Kind) {
         .expect("after the cut");
     assert!(matches!(
         store.state_at(&id, 19, SERVER).await,
-        Err(StoreError::Truncated { .. })
+        Err(ReadError::Truncated { .. })
     ));
     let loaded = store
         .load(&id, SERVER)
@@ -485,7 +485,7 @@ async fn history_checkpoints_are_thinned_per_span(kind: Kind) {
     assert!(
         matches!(
             store.state_at(&id, 16, SERVER).await,
-            Err(StoreError::CorruptDelta { seq: 11, .. })
+            Err(ReadError::CorruptDelta { seq: 11, .. })
         ),
         "checkpoint 15 was thinned away"
     );
@@ -505,7 +505,7 @@ async fn state_at_bounds(kind: Kind) {
     assert!(same_content(&empty, &Document::new(SERVER)));
     assert!(matches!(
         store.state_at(&id, 4, SERVER).await,
-        Err(StoreError::SeqOutOfRange {
+        Err(ReadError::SeqOutOfRange {
             seq: 4,
             head: 3,
             ..
@@ -513,14 +513,14 @@ async fn state_at_bounds(kind: Kind) {
     ));
     assert!(matches!(
         store.state_at(&doc("missing"), 1, SERVER).await,
-        Err(StoreError::NotFound { .. })
+        Err(ReadError::NotFound { .. })
     ));
     store.close().await;
     db.cleanup().await;
 }
 
 /// SQLite journals appends and drains them into the log in slices, between group commits (see
-/// `server/src/store/sqlite.rs`). With a tiny journal and tiny slices, drains run all the time
+/// `server/src/store/sqlite/`). With a tiny journal and tiny slices, drains run all the time
 /// while writers append and readers read: every read sees every append that was reported
 /// committed before it started, with no gap and nothing twice; a soft delete and a forced
 /// checkpoint of journaled documents change nothing of that; and it all survives a reopen. On
@@ -549,7 +549,7 @@ async fn reads_stay_whole_while_the_journal_drains(kind: Kind) {
                 let seq = match store.append(w.entry(&id, i)).await {
                     Ok(seq) => seq,
                     // Refused while the reader has the document soft-deleted: not in the log.
-                    Err(StoreError::DocumentDeleted { .. }) => continue,
+                    Err(AppendError::DocumentDeleted { .. }) => continue,
                     Err(e) => panic!("append: {e}"),
                 };
                 let mut c = committed.lock().expect("committed");
@@ -572,7 +572,7 @@ async fn reads_stay_whole_while_the_journal_drains(kind: Kind) {
                         .unwrap_or(0);
                     let log = match store.read_log(id, 1, u32::MAX).await {
                         Ok(log) => log,
-                        Err(StoreError::NotFound { .. }) if floor == 0 => continue,
+                        Err(ReadError::NotFound { .. }) if floor == 0 => continue,
                         Err(e) => panic!("read_log {id}: {e}"),
                     };
                     let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
@@ -693,7 +693,7 @@ async fn schema_too_new_is_refused(kind: Kind) {
     .await;
     match lattice_server::store::Store::open(&db.url, StoreConfig::default()).await {
         Err(
-            e @ StoreError::SchemaTooNew {
+            e @ OpenError::SchemaTooNew {
                 found: 9999,
                 known: 3,
             },

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use lattice_engine::ReplicaId;
-use lattice_server::store::{NewEntry, Retention, Store, StoreConfig, StoreError};
+use lattice_server::store::{NewEntry, ReadError, Retention, Store, StoreConfig};
 use lattice_tests::store_support::{
     Kind, RunCodec, TestDb, Writer, assert_loads, doc, manual_checkpoints, same_content,
 };
@@ -97,7 +97,7 @@ async fn a_drain_cuts_runs_and_retention_trims_them() {
     );
     assert!(matches!(
         store.read_log(&id, 1_000, 5).await,
-        Err(StoreError::Truncated { .. })
+        Err(ReadError::Truncated { .. })
     ));
     let log = store.read_log(&id, 1_001, 30).await.expect("read_log");
     assert!(log.iter().map(|e| e.seq).eq(1_001..1_031));
@@ -169,13 +169,13 @@ async fn a_garbled_run_names_its_first_entry() {
             .expect_err("log"),
     ] {
         match &err {
-            StoreError::CorruptDelta {
+            ReadError::CorruptDelta {
                 doc,
                 seq: 6,
-                reason,
+                damage,
             } => {
                 assert_eq!(doc.as_str(), "garbled");
-                assert!(reason.contains("6..=10"), "{reason}");
+                assert!(damage.to_string().contains("6..=10"), "{damage}");
             }
             other => panic!("expected CorruptDelta at 6, got {other:?}"),
         }

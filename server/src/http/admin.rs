@@ -27,7 +27,7 @@ use crate::auth::{Principal, Scope, authenticate_request};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
 use crate::state::ServerState;
-use crate::store::{DocMeta, StoreError};
+use crate::store::{DocMeta, ReadError};
 
 /// The admin UI: static HTML, CSS and JS, no secrets inside (it asks for a token).
 const ADMIN_PAGE: &str = include_str!("admin.html");
@@ -49,7 +49,7 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
 impl From<HistoryError> for ApiError {
     fn from(e: HistoryError) -> Self {
         match e {
-            HistoryError::Store(e) => ApiError::Store(e),
+            HistoryError::Store(e) => ApiError::Read(e),
             HistoryError::NotFound => ApiError::NotFound,
             HistoryError::BadVersion(message) => ApiError::BadRequest {
                 code: "bad_version",
@@ -391,11 +391,12 @@ async fn restore(
         .await
         .map_err(|_| ApiError::Internal("the document's room stopped".into()))?
         .map_err(|e| match e {
-            RestoreFailed::Load(StoreError::DocumentDeleted { .. }) => ApiError::Conflict {
+            RestoreFailed::Load(ReadError::DocumentDeleted { .. }) => ApiError::Conflict {
                 code: "document_deleted",
                 message: "the document is deleted; undelete it before restoring".into(),
             },
-            RestoreFailed::Load(e) | RestoreFailed::Commit(e) => ApiError::Store(e),
+            RestoreFailed::Load(e) => ApiError::Read(e),
+            RestoreFailed::Commit(e) => ApiError::Append(e),
             other => ApiError::Internal(other.to_string()),
         })?;
     tracing::info!(doc = %doc, to, seq = ?done.seq, author = ?author, "document restored");

@@ -25,7 +25,7 @@ use tracing::{debug, error};
 use crate::auth::{AuthError, Scope, authenticate_request};
 use crate::server::TokenQuery;
 use crate::state::ServerState;
-use crate::store::StoreError;
+use crate::store::{AppendError, DatabaseError, ReadError};
 
 mod web;
 
@@ -56,7 +56,11 @@ pub(crate) enum ApiError {
     #[error("no such document")]
     NotFound,
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Read(#[from] ReadError),
+    #[error("store: {0}")]
+    Append(#[from] AppendError),
+    #[error("store: {0}")]
+    Database(#[from] DatabaseError),
     /// The request is malformed: a query parameter, a body, a version out of range.
     #[error("{code}: {message}")]
     BadRequest { code: &'static str, message: String },
@@ -117,7 +121,9 @@ impl IntoResponse for ApiError {
                 "invalid_document_id",
                 e.to_string(),
             ),
-            ApiError::NotFound | ApiError::Store(StoreError::DocumentDeleted { .. }) => error_body(
+            ApiError::NotFound
+            | ApiError::Read(ReadError::DocumentDeleted { .. })
+            | ApiError::Append(AppendError::DocumentDeleted { .. }) => error_body(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such document".into(),
@@ -125,9 +131,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { code, message } => {
                 error_body(StatusCode::BAD_REQUEST, code, message)
             }
-            ApiError::Store(
-                e @ (StoreError::SeqOutOfRange { .. } | StoreError::Truncated { .. }),
-            ) => error_body(StatusCode::BAD_REQUEST, "bad_version", e.to_string()),
+            ApiError::Read(e @ (ReadError::SeqOutOfRange { .. } | ReadError::Truncated { .. })) => {
+                error_body(StatusCode::BAD_REQUEST, "bad_version", e.to_string())
+            }
             ApiError::Conflict { code, message } => error_body(StatusCode::CONFLICT, code, message),
             ApiError::Busy { retry_after } => {
                 let mut r = error_body(
@@ -149,10 +155,10 @@ impl IntoResponse for ApiError {
                     "internal error".into(),
                 )
             }
-            ApiError::Store(
-                e @ (StoreError::CorruptDelta { .. }
-                | StoreError::CorruptCheckpoint { .. }
-                | StoreError::LogInconsistent { .. }),
+            ApiError::Read(
+                e @ (ReadError::CorruptDelta { .. }
+                | ReadError::CorruptCheckpoint { .. }
+                | ReadError::LogInconsistent { .. }),
             ) => {
                 error!(error = %e, "damaged document answering an HTTP request");
                 error_body(
@@ -161,16 +167,21 @@ impl IntoResponse for ApiError {
                     "the stored document is damaged; see the server log".into(),
                 )
             }
-            ApiError::Store(e) => {
-                error!(error = %e, "store error answering an HTTP request");
-                error_body(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "storage is unavailable".into(),
-                )
-            }
+            ApiError::Read(e) => store_unavailable(&e),
+            ApiError::Append(e) => store_unavailable(&e),
+            ApiError::Database(e) => store_unavailable(&e),
         }
     }
+}
+
+/// A store failure the client can only retry: logged here, never shown.
+fn store_unavailable(e: &dyn std::error::Error) -> Response {
+    error!(error = %e, "store error answering an HTTP request");
+    error_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "storage is unavailable".into(),
+    )
 }
 
 /// Runs `read`, an HTTP read that rebuilds a document (checkpoint and replay, rendering,

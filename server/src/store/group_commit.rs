@@ -7,7 +7,7 @@
 //! writer gets one transaction per append, a thousand writers share a transaction (and its
 //! fsync). There is no timer: nothing waits for company.
 //!
-//! On SQLite the committer also drains the journal (see `sqlite.rs`): after each transaction
+//! On SQLite the committer also drains the journal (see `sqlite/drain.rs`): after each transaction
 //! it drains one slice of a drain cycle, if one is due or under way, and while idle it drains
 //! slices back to back.
 //!
@@ -18,12 +18,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, CheckpointQueue, NewEntry, StoreConfig, StoreError, checkpoint_due, now_ms};
+use super::backend::{AnyBackend, Backend as _, JournalDrain as _};
+use super::checkpoint::{CheckpointQueue, checkpoint_due};
+use super::{AppendError, NewEntry, StoreConfig, now_ms};
 
 pub(crate) enum Command {
     Append {
         entries: Vec<NewEntry>,
-        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
     },
     Flush {
         reply: oneshot::Sender<()>,
@@ -41,7 +43,7 @@ impl std::fmt::Debug for Command {
 
 /// Starts the group committer and returns the sending side of its queue.
 pub(crate) fn spawn(
-    backend: Arc<Backend>,
+    backend: Arc<AnyBackend>,
     config: StoreConfig,
     checkpoints: Arc<CheckpointQueue>,
 ) -> mpsc::Sender<Command> {
@@ -51,7 +53,7 @@ pub(crate) fn spawn(
 }
 
 async fn run(
-    backend: Arc<Backend>,
+    backend: Arc<AnyBackend>,
     config: StoreConfig,
     checkpoints: Arc<CheckpointQueue>,
     mut rx: mpsc::Receiver<Command>,
@@ -61,12 +63,15 @@ async fn run(
         let first = match next.take() {
             Some(cmd) => cmd,
             None => {
-                let received = match backend.journal_idle_wait() {
+                let idle_wait = backend.journal().and_then(|j| j.idle_wait());
+                let received = match idle_wait {
                     None => rx.recv().await,
                     Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
                         Ok(received) => received,
                         Err(_) => {
-                            backend.journal_step(true).await;
+                            if let Some(journal) = backend.journal() {
+                                journal.step(true).await;
+                            }
                             continue;
                         }
                     },
@@ -143,6 +148,8 @@ async fn run(
         for reply in flushes {
             let _ = reply.send(());
         }
-        backend.journal_step(false).await;
+        if let Some(journal) = backend.journal() {
+            journal.step(false).await;
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The binary format of one SQLite `journal` row: every entry of one group-commit transaction.
 //!
 //! The row is written once and read back when the store moves it into the log, `update_runs` (see
-//! `sqlite.rs`); nothing else reads it. The format is versioned by its first byte so a later
+//! `sqlite/drain.rs`); nothing else reads it. The format is versioned by its first byte so a later
 //! build can still drain rows an older one wrote. All integers are little-endian.
 //!
 //! ```text

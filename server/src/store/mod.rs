@@ -2,15 +2,16 @@
 //!
 //! A [`Store`] is opened from a URL (`sqlite://path.db`, created if missing, or `postgres://…`)
 //! and dispatches at run time to one of two backends, [SQLite](sqlite) or [Postgres](postgres),
-//! which share the same SQL (`$n` placeholders work in both) and pass one contract test suite
+//! which implement one contract (`backend.rs`: what each guarantees), share the same SQL
+//! (`sql.rs`: `$n` placeholders work in both) and pass one contract test suite
 //! (`tests/tests/store_contract.rs`). Migrations come from `migrations/{sqlite,postgres}/` and
 //! are applied when the store opens; a database whose schema is newer than this build is refused
-//! with [`StoreError::SchemaTooNew`].
+//! with [`OpenError::SchemaTooNew`].
 //!
 //! # Invariants
 //! - **Durable before acknowledged.** [`Store::append`] resolves only after the transaction
 //!   holding the entry has committed. Appends from many tasks are batched into few transactions
-//!   by the [group committer](group_commit); its queue is bounded
+//!   by the group committer (`group_commit.rs`); its queue is bounded
 //!   ([`StoreConfig::queue_capacity`]), so a writer that outruns the disk waits.
 //! - **Dense sequence numbers.** Every document's log is numbered 1, 2, 3, … with no gap; the
 //!   store assigns numbers inside the committing transaction. Appends submitted from one task
@@ -22,7 +23,7 @@
 //!   [`StoreConfig::checkpoint_every_updates`] updates or
 //!   [`StoreConfig::checkpoint_every_bytes`] bytes.
 //! - **Stored bytes never panic.** A delta or checkpoint that does not decode or apply is
-//!   reported as [`StoreError::CorruptDelta`] / [`StoreError::CorruptCheckpoint`] naming the
+//!   reported as [`ReadError::CorruptDelta`] / [`ReadError::CorruptCheckpoint`] naming the
 //!   document and sequence number; other documents are unaffected.
 
 use std::collections::HashSet;
@@ -30,9 +31,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lattice_engine::{Delta, DocId, Document, ReplicaId, Source};
+use lattice_engine::{Delta, DocId, Document, ReplicaId};
 use tokio::sync::{mpsc, oneshot};
 
+mod backend;
+mod checkpoint;
+mod error;
 mod group_commit;
 mod journal;
 pub mod postgres;
@@ -40,7 +44,12 @@ mod runs;
 mod sql;
 pub mod sqlite;
 
+pub use error::{AppendError, DatabaseError, DeltaDamage, OpenError, ReadError};
 pub use sqlite::SqliteSynchronous;
+
+use backend::{AnyBackend, Backend as _, JournalDrain as _};
+pub(crate) use backend::{DocCounters, Parts, TailEntry};
+use checkpoint::{CheckpointQueue, checkpointer, rebuild_blocking};
 
 /// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
 /// replay in `server/tests/fuzz_regressions.rs` only. Not an API: the formats are private to the
@@ -152,87 +161,6 @@ pub enum Retention {
     DropBeforeCheckpoint { keep_updates: u64 },
 }
 
-/// Why a storage operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// A stored delta does not decode or does not apply. The document cannot be loaded past
-    /// `seq`; other documents are unaffected.
-    #[error("document {doc}: log entry {seq} is corrupt: {reason}")]
-    CorruptDelta {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// A stored checkpoint does not decode.
-    #[error("document {doc}: checkpoint at {seq} is corrupt: {reason}")]
-    CorruptCheckpoint {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// The log of a document is missing an entry it should hold (or a stored row is invalid).
-    #[error("document {doc}: log entry {seq} is missing or invalid: {reason}")]
-    LogInconsistent {
-        doc: DocId,
-        seq: u64,
-        reason: String,
-    },
-    /// The document is soft-deleted: it cannot be loaded or appended to until undeleted.
-    #[error("document {doc} is deleted")]
-    DocumentDeleted { doc: DocId },
-    /// The requested sequence number is past the document's head.
-    #[error("document {doc}: sequence number {seq} is past the head ({head})")]
-    SeqOutOfRange { doc: DocId, seq: u64, head: u64 },
-    /// Retention dropped the requested part of the log.
-    #[error(
-        "document {doc}: entries up to {log_start_seq} were dropped by retention (asked for {seq})"
-    )]
-    Truncated {
-        doc: DocId,
-        seq: u64,
-        log_start_seq: u64,
-    },
-    /// A SQLite journal row (appends not yet moved into the log) does not decode. The store
-    /// refuses to go on rather than drop committed appends; the row is left as it is.
-    #[error("journal row {row} is corrupt: {reason}")]
-    CorruptJournal { row: i64, reason: String },
-    /// The document does not exist.
-    #[error("document {doc} does not exist")]
-    NotFound { doc: DocId },
-    /// The database holds a schema newer than this build knows; refuse rather than guess.
-    #[error(
-        "database schema version {found} is newer than this build of Lattice knows ({known}); \
-         upgrade Lattice or point it at another database"
-    )]
-    SchemaTooNew { found: i64, known: i64 },
-    /// The database URL is neither `sqlite:` nor `postgres:`/`postgresql:`, or does not parse.
-    /// `url` is [`redacted_url`]: no password.
-    #[error("unsupported database URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// Applying migrations failed.
-    #[error("migrating the database failed: {0}")]
-    Migrate(Arc<sqlx::migrate::MigrateError>),
-    /// The database failed (connection, IO, constraint). `op` names the store operation.
-    #[error("database error during {op}: {source}")]
-    Database {
-        op: &'static str,
-        #[source]
-        source: Arc<sqlx::Error>,
-    },
-    /// The store was closed (its group committer is gone).
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl StoreError {
-    pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |e| StoreError::Database {
-            op,
-            source: Arc::new(e),
-        }
-    }
-}
-
 /// One update to append: a delta and who sent it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewEntry {
@@ -316,16 +244,16 @@ impl fmt::Debug for LogEntry {
 
 impl LogEntry {
     /// Decodes the stored delta; `doc` names the document in the error.
-    pub fn delta(&self, doc: &DocId) -> Result<Delta, StoreError> {
+    pub fn delta(&self, doc: &DocId) -> Result<Delta, ReadError> {
         decode_delta(doc, self.seq, &self.delta_bytes)
     }
 }
 
-fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::CorruptDelta {
+fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, ReadError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ReadError::CorruptDelta {
         doc: doc.clone(),
         seq,
-        reason: e.to_string(),
+        damage: DeltaDamage::Decode(Arc::new(e)),
     })
 }
 
@@ -369,128 +297,6 @@ pub struct Page {
     pub limit: u32,
 }
 
-/// The stored parts a document is rebuilt from: a checkpoint and the log after it.
-pub(crate) struct Parts {
-    pub meta: DocMeta,
-    pub checkpoint: Option<(u64, Vec<u8>)>,
-    /// The document's byte count when its newest checkpoint was written.
-    pub checkpoint_byte_count: u64,
-    /// The log after the checkpoint, ascending.
-    pub tail: Vec<TailEntry>,
-    /// The sequence number the parts were read up to.
-    pub upto: u64,
-}
-
-/// One log entry of a load's tail: what a rebuild replays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TailEntry {
-    pub seq: u64,
-    /// Who sent it: the owner recorded for the client ids it introduced.
-    pub author: Option<String>,
-    pub delta: Vec<u8>,
-}
-
-/// One group-commit transaction's outcome for one document, used to trigger checkpoints.
-#[derive(Debug, Clone)]
-pub(crate) struct DocCounters {
-    pub doc: DocId,
-    pub head_seq: u64,
-    pub byte_count: u64,
-    pub checkpoint_seq: u64,
-    pub checkpoint_byte_count: u64,
-}
-
-/// The two backends behind a [`Store`].
-#[derive(Debug)]
-pub(crate) enum Backend {
-    Sqlite(Box<sqlite::SqliteBackend>),
-    Postgres(postgres::PostgresBackend),
-}
-
-macro_rules! dispatch {
-    ($backend:expr, $b:ident => $call:expr) => {
-        match $backend {
-            Backend::Sqlite($b) => $call,
-            Backend::Postgres($b) => $call,
-        }
-    };
-}
-
-impl Backend {
-    pub(crate) async fn append_batch(
-        &self,
-        requests: &[Vec<NewEntry>],
-        now_ms: u64,
-    ) -> Result<(Vec<Result<Vec<u64>, StoreError>>, Vec<DocCounters>), StoreError> {
-        dispatch!(self, b => b.append_batch(requests, now_ms).await)
-    }
-    // Reads on SQLite merge in the entries still in its journal.
-    async fn doc_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.doc_meta_merged(doc).await,
-            Backend::Postgres(b) => b.doc_meta(doc).await,
-        }
-    }
-    async fn parts(&self, doc: &DocId, upto: Option<u64>) -> Result<Option<Parts>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.parts_merged(doc, upto).await,
-            Backend::Postgres(b) => b.parts(doc, upto, 0).await,
-        }
-    }
-    async fn read_log(
-        &self,
-        doc: &DocId,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.read_log_merged(doc, from_seq, limit).await,
-            Backend::Postgres(b) => b.read_log(doc, from_seq, limit).await,
-        }
-    }
-    async fn list(&self, prefix: &str, page: &Page) -> Result<Vec<DocMeta>, StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.list_merged(prefix, page).await,
-            Backend::Postgres(b) => b.list(prefix, page).await,
-        }
-    }
-    /// SQLite: how long the group committer may wait for work before it calls
-    /// [`Self::journal_step`] idle (`None`: nothing journaled, wait as long as it takes).
-    pub(crate) fn journal_idle_wait(&self) -> Option<Duration> {
-        match self {
-            Backend::Sqlite(b) => b.journal_idle_wait(),
-            Backend::Postgres(_) => None,
-        }
-    }
-    /// SQLite: a step of draining the journal, between group commits.
-    pub(crate) async fn journal_step(&self, idle: bool) {
-        if let Backend::Sqlite(b) = self {
-            b.journal_step(idle).await;
-        }
-    }
-    pub(crate) async fn drain_journal(&self) -> Result<(), StoreError> {
-        match self {
-            Backend::Sqlite(b) => b.drain_journal().await,
-            Backend::Postgres(_) => Ok(()),
-        }
-    }
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.set_deleted(doc, at_ms).await)
-    }
-    async fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.write_checkpoint(meta, snapshot, now_ms, config).await)
-    }
-    async fn close(&self) {
-        dispatch!(self, b => b.close().await)
-    }
-}
-
 /// A handle to the store. Cheap to clone; every clone shares the same pools and group committer.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -499,36 +305,9 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Shared {
-    backend: Arc<Backend>,
+    backend: Arc<AnyBackend>,
     config: StoreConfig,
     commits: mpsc::Sender<group_commit::Command>,
-}
-
-/// Documents waiting for a background checkpoint, deduplicated.
-#[derive(Debug)]
-pub(crate) struct CheckpointQueue {
-    tx: mpsc::Sender<DocId>,
-    pending: Mutex<HashSet<DocId>>,
-}
-
-impl CheckpointQueue {
-    pub(crate) fn trigger(&self, doc: &DocId) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        if pending.contains(doc) {
-            return;
-        }
-        if self.tx.try_send(doc.clone()).is_ok() {
-            pending.insert(doc.clone());
-        }
-    }
-
-    fn done(&self, doc: &DocId) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(doc);
-        }
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -589,15 +368,14 @@ impl Store {
     /// Opens (and migrates) the store at `url`: `sqlite://path.db` (created if missing),
     /// `sqlite::memory:`, or `postgres://user:password@host/db`. Must be called inside a tokio
     /// runtime: it spawns the group committer and the checkpointer.
-    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
+    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, OpenError> {
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
+            AnyBackend::Sqlite(Box::new(sqlite::SqliteBackend::open(url, &config).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
+            AnyBackend::Postgres(postgres::PostgresBackend::open(url, &config).await?)
         } else {
-            return Err(StoreError::BadUrl {
+            return Err(OpenError::UnsupportedUrl {
                 url: redacted_url(url),
-                reason: "expected sqlite://… or postgres://…".to_owned(),
             });
         };
         let backend = Arc::new(backend);
@@ -630,22 +408,25 @@ impl Store {
 
     /// Which backend this store runs on: `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
-        match *self.shared.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
+        self.shared.backend.name()
     }
 
     /// Appends one entry and resolves to its sequence number once it is committed.
-    pub async fn append(&self, entry: NewEntry) -> Result<u64, StoreError> {
-        let seqs = self.append_batch(vec![entry]).await?;
-        seqs.first().copied().ok_or(StoreError::Closed)
+    pub async fn append(&self, entry: NewEntry) -> Result<u64, AppendError> {
+        let doc = entry.doc.clone();
+        match self.append_batch(vec![entry]).await?[..] {
+            [seq] => Ok(seq),
+            _ => Err(AppendError::Inconsistent {
+                doc: Some(doc),
+                reason: "the group committer did not answer one sequence number per entry",
+            }),
+        }
     }
 
     /// Appends entries for one or many documents atomically (one transaction) and resolves to
     /// their sequence numbers, in order, once committed. Entries for a soft-deleted document
-    /// fail the whole request with [`StoreError::DocumentDeleted`].
-    pub async fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<u64>, StoreError> {
+    /// fail the whole request with [`AppendError::DocumentDeleted`].
+    pub async fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<u64>, AppendError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -654,42 +435,45 @@ impl Store {
             .commits
             .send(group_commit::Command::Append { entries, reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
     }
 
     /// Resolves once every append submitted before it has committed (or failed).
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    pub async fn flush(&self) -> Result<(), AppendError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .commits
             .send(group_commit::Command::Flush { reply })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)
     }
 
     /// Moves every journaled append into the per-document log now (SQLite; nothing to do on
     /// Postgres). Reads through this store never need it: they merge the journal in. It is for
     /// tools and tests that read or edit the log tables (`update_runs`, `updates`) directly.
-    pub async fn drain_journal(&self) -> Result<(), StoreError> {
+    pub async fn drain_journal(&self) -> Result<(), AppendError> {
         self.flush().await?;
-        self.shared.backend.drain_journal().await
+        match self.shared.backend.journal() {
+            Some(journal) => Ok(journal.drain_all().await?),
+            None => Ok(()),
+        }
     }
 
     /// Loads a document as replica `replica`: the newest checkpoint plus the log after it.
-    /// `Ok(None)` if the document was never written; [`StoreError::DocumentDeleted`] if it is
+    /// `Ok(None)` if the document was never written; [`ReadError::DocumentDeleted`] if it is
     /// soft-deleted.
     pub async fn load(
         &self,
         doc: &DocId,
         replica: ReplicaId,
-    ) -> Result<Option<LoadedDoc>, StoreError> {
+    ) -> Result<Option<LoadedDoc>, ReadError> {
         let Some(parts) = self.shared.backend.parts(doc, None).await? else {
             return Ok(None);
         };
         if parts.meta.is_deleted() {
-            return Err(StoreError::DocumentDeleted { doc: doc.clone() });
+            return Err(ReadError::DocumentDeleted { doc: doc.clone() });
         }
         let head_seq = parts.upto;
         let (document, meta) = rebuild_blocking(doc, replica, parts).await?;
@@ -707,19 +491,19 @@ impl Store {
         doc: &DocId,
         seq: u64,
         replica: ReplicaId,
-    ) -> Result<Document, StoreError> {
+    ) -> Result<Document, ReadError> {
         let Some(parts) = self.shared.backend.parts(doc, Some(seq)).await? else {
-            return Err(StoreError::NotFound { doc: doc.clone() });
+            return Err(ReadError::NotFound { doc: doc.clone() });
         };
         if seq > parts.meta.head_seq {
-            return Err(StoreError::SeqOutOfRange {
+            return Err(ReadError::SeqOutOfRange {
                 doc: doc.clone(),
                 seq,
                 head: parts.meta.head_seq,
             });
         }
         if seq < parts.meta.log_start_seq {
-            return Err(StoreError::Truncated {
+            return Err(ReadError::Truncated {
                 doc: doc.clone(),
                 seq,
                 log_start_seq: parts.meta.log_start_seq,
@@ -731,19 +515,19 @@ impl Store {
     }
 
     /// Up to `limit` log entries with `seq >= from_seq`, ascending, for history and for
-    /// catching up a peer. [`StoreError::Truncated`] if retention dropped `from_seq`.
+    /// catching up a peer. [`ReadError::Truncated`] if retention dropped `from_seq`.
     pub async fn read_log(
         &self,
         doc: &DocId,
         from_seq: u64,
         limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<LogEntry>, ReadError> {
         let Some(meta) = self.shared.backend.doc_meta(doc).await? else {
-            return Err(StoreError::NotFound { doc: doc.clone() });
+            return Err(ReadError::NotFound { doc: doc.clone() });
         };
         let from_seq = from_seq.max(1);
         if from_seq <= meta.log_start_seq {
-            return Err(StoreError::Truncated {
+            return Err(ReadError::Truncated {
                 doc: doc.clone(),
                 seq: from_seq,
                 log_start_seq: meta.log_start_seq,
@@ -753,7 +537,7 @@ impl Store {
     }
 
     /// Metadata of one document, deleted or not; `None` if it was never written.
-    pub async fn document(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+    pub async fn document(&self, doc: &DocId) -> Result<Option<DocMeta>, ReadError> {
         self.shared.backend.doc_meta(doc).await
     }
 
@@ -763,26 +547,26 @@ impl Store {
         &self,
         prefix: &str,
         page: &Page,
-    ) -> Result<Vec<DocMeta>, StoreError> {
+    ) -> Result<Vec<DocMeta>, ReadError> {
         self.shared.backend.list(prefix, page).await
     }
 
     /// Marks a document deleted; its data stays. `false` if it does not exist or was already
     /// deleted.
-    pub async fn soft_delete(&self, doc: &DocId) -> Result<bool, StoreError> {
+    pub async fn soft_delete(&self, doc: &DocId) -> Result<bool, DatabaseError> {
         self.shared.backend.set_deleted(doc, Some(now_ms())).await
     }
 
     /// Reverses [`Store::soft_delete`]. `false` if it does not exist or was not deleted.
-    pub async fn undelete(&self, doc: &DocId) -> Result<bool, StoreError> {
+    pub async fn undelete(&self, doc: &DocId) -> Result<bool, DatabaseError> {
         self.shared.backend.set_deleted(doc, None).await
     }
 
     /// Writes a checkpoint at the document's head now, whatever the thresholds say, and applies
     /// retention. Returns the checkpoint's sequence number (`None` if the document is empty or
     /// does not exist).
-    pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, StoreError> {
-        checkpoint(&self.shared.backend, &self.shared.config, doc, true).await
+    pub async fn checkpoint_now(&self, doc: &DocId) -> Result<Option<u64>, ReadError> {
+        checkpoint::take(&self.shared.backend, &self.shared.config, doc, true).await
     }
 
     /// Waits for pending appends, then closes the connections. Later calls fail.
@@ -792,150 +576,19 @@ impl Store {
     }
 }
 
-/// Rebuilds a document from a checkpoint and the log after it.
-/// [`rebuild`] on tokio's blocking pool: replaying a long tail is CPU work that must not hold
-/// an async worker (every other request and connection waits behind it). A panic inside goes on
-/// in the caller, as it would have without the pool.
-async fn rebuild_blocking(
-    doc: &DocId,
-    replica: ReplicaId,
-    parts: Parts,
-) -> Result<(Document, DocMeta), StoreError> {
-    let doc = doc.clone();
-    match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
-        Ok(rebuilt) => rebuilt,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only when the runtime shuts down.
-        Err(_) => Err(StoreError::Closed),
-    }
-}
-
-fn rebuild(
-    doc: &DocId,
-    replica: ReplicaId,
-    parts: Parts,
-) -> Result<(Document, DocMeta), StoreError> {
-    let (mut document, mut expected) = match &parts.checkpoint {
-        Some((seq, bytes)) => {
-            let document = Document::from_snapshot(replica, bytes).map_err(|e| {
-                StoreError::CorruptCheckpoint {
-                    doc: doc.clone(),
-                    seq: *seq,
-                    reason: e.to_string(),
-                }
-            })?;
-            (document, seq + 1)
-        }
-        None if parts.meta.log_start_seq > 0 => {
-            return Err(StoreError::LogInconsistent {
-                doc: doc.clone(),
-                seq: parts.meta.log_start_seq,
-                reason: "the checkpoint at the retention cut is missing".to_owned(),
-            });
-        }
-        None => (Document::new(replica), 1),
-    };
-    for entry in &parts.tail {
-        let seq = entry.seq;
-        if seq != expected {
-            return Err(StoreError::LogInconsistent {
-                doc: doc.clone(),
-                seq: expected,
-                reason: format!("the log jumps to {seq}"),
-            });
-        }
-        let delta = decode_delta(doc, seq, &entry.delta)?;
-        // The log's own entries are trusted (they passed a peer's checks when appended), and
-        // replaying them with their authors rebuilds who owns which client id.
-        document
-            .apply_from(&delta, Source::trusted(entry.author.as_deref()))
-            .map_err(|e| StoreError::CorruptDelta {
-                doc: doc.clone(),
-                seq,
-                reason: e.to_string(),
-            })?;
-        expected += 1;
-    }
-    if expected != parts.upto + 1 {
-        return Err(StoreError::LogInconsistent {
-            doc: doc.clone(),
-            seq: expected,
-            reason: format!("the log ends before {}", parts.upto),
-        });
-    }
-    Ok((document, parts.meta))
-}
-
-/// Writes a checkpoint for `doc` if one is due (or `force`), then applies retention.
-async fn checkpoint(
-    backend: &Backend,
-    config: &StoreConfig,
-    doc: &DocId,
-    force: bool,
-) -> Result<Option<u64>, StoreError> {
-    let Some(parts) = backend.parts(doc, None).await? else {
-        return Ok(None);
-    };
-    let meta = parts.meta.clone();
-    if meta.head_seq == 0 || meta.head_seq == meta.checkpoint_seq {
-        return Ok(None);
-    }
-    if !force
-        && !checkpoint_due(
-            config,
-            meta.head_seq - meta.checkpoint_seq,
-            meta.byte_count.saturating_sub(parts.checkpoint_byte_count),
-        )
-    {
-        return Ok(None);
-    }
-    // A dummy replica: the snapshot does not depend on which replica holds the document.
-    let (document, meta) = rebuild(doc, ReplicaId::from_random(1), parts)?;
-    let snapshot = document.snapshot();
-    backend
-        .write_checkpoint(&meta, &snapshot, now_ms(), config)
-        .await?;
-    Ok(Some(meta.head_seq))
-}
-
-pub(crate) fn checkpoint_due(config: &StoreConfig, updates_since: u64, bytes_since: u64) -> bool {
-    (config.checkpoint_every_updates > 0 && updates_since >= config.checkpoint_every_updates)
-        || (config.checkpoint_every_bytes > 0 && bytes_since >= config.checkpoint_every_bytes)
-}
-
-/// The background checkpointer: one document at a time, off the commit path.
-async fn checkpointer(
-    backend: Arc<Backend>,
-    config: StoreConfig,
-    mut rx: mpsc::Receiver<DocId>,
-    queue: std::sync::Weak<CheckpointQueue>,
-) {
-    while let Some(doc) = rx.recv().await {
-        // Taken off the pending set first, so a commit during the checkpoint triggers again and
-        // the document ends within one interval of a checkpoint once writes stop.
-        match queue.upgrade() {
-            Some(q) => q.done(&doc),
-            None => break,
-        }
-        if let Err(e) = checkpoint(&backend, &config, &doc, false).await {
-            tracing::warn!(doc = %doc, error = %e, "checkpoint failed");
-        }
-    }
-}
-
 /// The newest migration this build knows.
 fn known_schema_version(migrator: &sqlx::migrate::Migrator) -> i64 {
     migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// [`StoreError::SchemaTooNew`] if the database was migrated past what this build knows.
+/// [`OpenError::SchemaTooNew`] if the database was migrated past what this build knows.
 pub(crate) fn check_schema_version(
     found: Option<i64>,
     migrator: &sqlx::migrate::Migrator,
-) -> Result<(), StoreError> {
+) -> Result<(), OpenError> {
     let known = known_schema_version(migrator);
     match found {
-        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        Some(found) if found > known => Err(OpenError::SchemaTooNew { found, known }),
         _ => Ok(()),
     }
 }

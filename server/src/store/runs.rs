@@ -1,7 +1,7 @@
 //! The binary format of one SQLite `update_runs` row: consecutive log entries of one document.
 //!
 //! The SQLite log stores a *run* of entries per row (`first_seq ..= last_seq`, dense), so a
-//! journal drain inserts one row per document instead of one per entry (see `sqlite.rs`). The
+//! journal drain inserts one row per document instead of one per entry (see `sqlite/drain.rs`). The
 //! row's `entries` blob is versioned by its first byte. Integers are **big-endian** here (the
 //! journal's are little-endian): migration 0003 builds one-entry runs from the old `updates`
 //! table in SQL, where `unhex(printf('%016x', n))` is the natural way to write an integer.
