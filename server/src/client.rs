@@ -11,18 +11,10 @@ use futures_util::{SinkExt, StreamExt};
 use lattice_engine::protocol::{ClientMsg, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
 use lattice_engine::{
-    ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, NTP64, ReplicaId, Value,
+    ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, ReplicaId, Value,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The wall clock the session's HLC reads (the engine reads none itself).
-fn system_clock() -> NTP64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    NTP64::from(since)
-}
 
 /// Capacity of the queue from the application to the socket task; `edit` waits when full.
 pub const CLIENT_OUTBOX: usize = 1_024;
@@ -96,7 +88,11 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts the client; it connects in the background and keeps reconnecting.
     pub fn start(options: ClientOptions) -> Client {
-        let hlc = ClockedHlc::new(options.replica, system_clock, DEFAULT_MAX_DRIFT);
+        let hlc = ClockedHlc::new(
+            options.replica,
+            crate::clock::system_clock,
+            DEFAULT_MAX_DRIFT,
+        );
         let mut session = Session::new(options.replica, hlc);
         session.set_token(options.token.clone());
         session.set_agent(Some(format!("lattice-native/{}", crate::VERSION)));

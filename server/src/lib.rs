@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod history;
 mod http;

@@ -23,6 +23,7 @@ use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, V
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use crate::clock::now_ms;
 use crate::peer::{PeerHandle, PeerKind, SyncTicket};
 use crate::state::ServerState;
 use crate::store::{AppendError, NewEntry, ReadError};
@@ -218,13 +219,6 @@ fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>
 fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
     let low = ((replica << 20) ^ peer.0) & ((1 << 52) - 1);
     (1 << 52) | low
-}
-
-pub(crate) fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 type CommitFuture =

@@ -69,9 +69,7 @@ impl Principal {
     /// durations since the epoch, so no `exp` can overflow it.
     pub fn time_left(&self) -> Option<Duration> {
         self.expires_at.map(|s| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO);
+            let now = crate::clock::since_epoch();
             Duration::from_secs(s.min(LATEST_EXPIRY_SECS)).saturating_sub(now)
         })
     }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -190,12 +190,6 @@ fn valid_kid(kid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl KeySet {
     /// Keys from `(kid, secret)` pairs; the first one signs.
     pub fn new(keys: Vec<(String, Vec<u8>)>) -> Result<KeySet, KeyError> {
@@ -282,7 +276,7 @@ impl KeySet {
         ttl: Duration,
         kid: Option<&str>,
     ) -> Result<String, MintError> {
-        let now = unix_now();
+        let now = crate::clock::now_secs();
         let claims = Claims {
             sub: subject.to_string(),
             docs: docs.to_vec(),
@@ -399,6 +393,7 @@ pub(super) mod tests {
 
     use super::*;
     use lattice_engine::sync::Access;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn doc(s: &str) -> DocId {
         DocId::new(s).unwrap()
@@ -514,7 +509,7 @@ pub(super) mod tests {
             sub: "a".into(),
             docs: vec!["x".into()],
             scope: Scope::Read,
-            exp: unix_now() - 1,
+            exp: crate::clock::now_secs() - 1,
             iat: None,
         };
         let t = ks.mint_claims(&claims, None).unwrap();

@@ -14,7 +14,8 @@ use lattice_engine::{DocId, Document, ReplicaId, Source};
 use tokio::sync::mpsc;
 
 use super::backend::{AnyBackend, Backend as _, Parts};
-use super::{DeltaDamage, DocMeta, ReadError, StoreConfig, decode_delta, now_ms};
+use super::{DeltaDamage, DocMeta, ReadError, StoreConfig, decode_delta};
+use crate::clock::now_ms;
 
 /// Documents waiting for a background checkpoint, deduplicated.
 #[derive(Debug)]

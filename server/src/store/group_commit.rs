@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{AnyBackend, Backend as _, JournalDrain as _};
 use super::checkpoint::{CheckpointQueue, checkpoint_due};
-use super::{AppendError, NewEntry, StoreConfig, now_ms};
+use super::{AppendError, NewEntry, StoreConfig};
+use crate::clock::now_ms;
 
 pub(crate) enum Command {
     Append {

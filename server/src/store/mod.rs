@@ -29,10 +29,12 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lattice_engine::{Delta, DocId, Document, ReplicaId};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::now_ms;
 
 mod backend;
 mod checkpoint;
@@ -308,12 +310,6 @@ struct Shared {
     backend: Arc<AnyBackend>,
     config: StoreConfig,
     commits: mpsc::Sender<group_commit::Command>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `url` fit to print: a password in the user info (`postgres://user:secret@host/db`) or in a
