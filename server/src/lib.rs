@@ -22,7 +22,6 @@ pub mod config;
 pub mod history;
 mod http;
 pub mod metrics;
-mod peer;
 mod protocols;
 mod rooms;
 mod server;

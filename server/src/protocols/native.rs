@@ -17,7 +17,7 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
-use crate::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
+use crate::rooms::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
 use crate::transport::close::{CloseCode, close_message};

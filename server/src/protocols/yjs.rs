@@ -33,8 +33,8 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::AuthError;
-use crate::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
 use crate::rooms::join_room;
+use crate::rooms::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;

@@ -163,7 +163,7 @@ pub(crate) fn peer_handle(
 pub(crate) async fn sync_ticket(
     state: &ServerState,
     peer: &PeerHandle,
-) -> Result<crate::peer::SyncTicket, Option<CloseCode>> {
+) -> Result<crate::rooms::peer::SyncTicket, Option<CloseCode>> {
     tokio::select! {
         (ticket, waited) = peer.budget.begin() => {
             if waited {

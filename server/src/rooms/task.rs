@@ -1,225 +1,37 @@
-//! Room tasks: one tokio task owns each live document, with a bounded inbox.
-//!
-//! The task carries out the engine `Room`'s effects: it commits persisted deltas in batches (a
-//! new batch starts as soon as the previous commit returns, so commits group naturally under
-//! load, and the store's group committer merges batches across rooms), then delivers acks and
-//! relays. Each frame is encoded once and cloned (`Bytes`) into every recipient's outbox; a full
-//! outbox closes that peer as a slow consumer. The room unloads itself after an idle TTL.
+//! The room task: it owns one document's engine `Room`, commits persisted deltas in batches
+//! and carries out the room's effects (acks, relays, closes, restores) once they are committed.
+
+mod awareness;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{
-    Access, Echo, Effects, PeerId, PendingDelta, Room, RoomConfig, SubscribeOptions,
+    Echo, Effects, PeerId, PendingDelta, Room, RoomConfig, SubscribeOptions,
 };
-use lattice_engine::{DEFAULT_MAX_DRIFT, Delta, DocId, DocState, Document, Hlc, Value};
+use lattice_engine::{DEFAULT_MAX_DRIFT, DocId, Document, Hlc, Value};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{debug, error, warn};
 
 use crate::clock::now_ms;
-use crate::peer::{PeerHandle, PeerKind, SyncTicket};
+use crate::rooms::peer::{PeerHandle, PeerKind};
 use crate::state::ServerState;
 use crate::store::{AppendError, NewEntry, ReadError};
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
+use super::{RestoreDone, RestoreFailed, RoomCmd};
+use awareness::{AwarenessMeta, YjsOut};
+
 /// How often a room expires presence and checks whether it is idle.
 const ROOM_TICK: Duration = Duration::from_millis(500);
-
-/// Where a presence entry came from, when it came from a Yjs client's awareness: its awareness
-/// client id and clock, kept so other Yjs clients see the same entry the client sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AwarenessOrigin {
-    pub client: u64,
-    pub clock: u32,
-}
-
-pub(crate) enum RoomCmd {
-    /// Also used to resync an existing subscriber from a new state (y-websocket sync step 1).
-    /// `ticket` is the peer's slot for a full-state computation; the room reports its cost.
-    Subscribe {
-        peer: PeerHandle,
-        access: Access,
-        state: DocState,
-        ticket: SyncTicket,
-    },
-    Unsubscribe {
-        peer: PeerId,
-    },
-    Delta {
-        peer: PeerId,
-        seq: u64,
-        delta: Delta,
-        author: Option<String>,
-    },
-    Presence {
-        peer: PeerId,
-        state: Value,
-        typing: bool,
-        awareness: Option<AwarenessOrigin>,
-    },
-    /// Send the peer everyone else's presence (y-websocket query awareness).
-    QueryPresence {
-        peer: PeerId,
-    },
-    /// Resolves once everything applied so far is committed and acknowledged.
-    Flush {
-        reply: oneshot::Sender<()>,
-    },
-    /// The document was soft-deleted: close every subscriber (4011; on reconnect their
-    /// subscription is refused because the document cannot be loaded) and stop the room.
-    Deleted,
-    /// An admin's restore: bring texts and registers back to `target` (an earlier version) with
-    /// one delta by `author`, committed and relayed like a client's.
-    Restore {
-        target: Box<Document>,
-        author: Option<String>,
-        reply: oneshot::Sender<Result<RestoreDone, RestoreFailed>>,
-    },
-}
-
-/// A restore that went through: the new update's sequence number (`None` if nothing
-/// differed) and what was and was not restored.
-#[derive(Debug)]
-pub(crate) struct RestoreDone {
-    pub seq: Option<u64>,
-    pub report: lattice_engine::RestoreReport,
-}
-
-/// Why a restore did not go through.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RestoreFailed {
-    #[error("the document cannot be loaded: {0}")]
-    Load(ReadError),
-    #[error("the restore delta could not be built: {0}")]
-    Build(#[from] lattice_engine::RestoreError),
-    #[error("the restore delta was refused: {0}")]
-    Apply(#[from] lattice_engine::ApplyError),
-    #[error("the commit failed: {0}")]
-    Commit(AppendError),
-}
-
-pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
-
-/// The registry of live rooms.
-#[derive(Debug, Default)]
-pub(crate) struct Rooms {
-    live: Mutex<HashMap<DocId, LiveRoom>>,
-}
-
-/// A live room as the registry keeps it: its inbox, and its subscriber count (written by the
-/// room task, read by the admin API).
-#[derive(Debug, Clone)]
-struct LiveRoom {
-    tx: RoomSender,
-    subscribers: Arc<AtomicUsize>,
-}
-
-impl Rooms {
-    /// The room for `doc`, started if it is not live.
-    pub(crate) fn get_or_start(&self, state: &Arc<ServerState>, doc: &DocId) -> RoomSender {
-        let mut live = self.registry();
-        if let Some(room) = live.get(doc)
-            && !room.tx.is_closed()
-        {
-            return room.tx.clone();
-        }
-        let subscribers = Arc::new(AtomicUsize::new(0));
-        let tx = spawn_room(state.clone(), doc.clone(), subscribers.clone());
-        live.insert(
-            doc.clone(),
-            LiveRoom {
-                tx: tx.clone(),
-                subscribers,
-            },
-        );
-        tx
-    }
-
-    /// The room of `doc` if it is live (never starts one).
-    pub(crate) fn live(&self, doc: &DocId) -> Option<RoomSender> {
-        self.registry()
-            .get(doc)
-            .map(|r| r.tx.clone())
-            .filter(|tx| !tx.is_closed())
-    }
-
-    /// Connections subscribed to `doc` right now (0 when its room is not live).
-    pub(crate) fn subscribers(&self, doc: &DocId) -> usize {
-        self.registry()
-            .get(doc)
-            .map_or(0, |r| r.subscribers.load(Relaxed))
-    }
-
-    /// Removes `doc` if `tx` is still its room and nothing is queued for it. Returns whether the
-    /// room may stop.
-    fn try_unload(&self, doc: &DocId, rx: &mpsc::Receiver<RoomCmd>) -> bool {
-        let mut live = self.registry();
-        if !rx.is_empty() {
-            return false;
-        }
-        live.remove(doc);
-        true
-    }
-
-    fn forget(&self, doc: &DocId) {
-        self.registry().remove(doc);
-    }
-
-    /// Every live room, for shutdown.
-    pub(crate) fn all(&self) -> Vec<RoomSender> {
-        self.registry().values().map(|r| r.tx.clone()).collect()
-    }
-
-    /// The registry, locked. A panic while it was held cannot have left it half-changed (each
-    /// critical section is one map operation), so a poisoned lock is taken as it is: a second,
-    /// unregistered room for a document would break the single writer.
-    fn registry(&self) -> MutexGuard<'_, HashMap<DocId, LiveRoom>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
-/// unloading at this very moment; a second room starts if so. `None` if neither accepted.
-pub(crate) async fn join_room(
-    state: &Arc<ServerState>,
-    doc: &DocId,
-    mut cmd: RoomCmd,
-) -> Option<RoomSender> {
-    let mut room = state.rooms.get_or_start(state, doc);
-    for _ in 0..2 {
-        match room.send(cmd).await {
-            Ok(()) => return Some(room),
-            Err(tokio::sync::mpsc::error::SendError(back)) => {
-                cmd = back;
-                room = state.rooms.get_or_start(state, doc);
-            }
-        }
-    }
-    None
-}
-
-fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {
-    let (tx, rx) = mpsc::channel(state.config.limits.room_inbox);
-    let span = info_span!("room", doc = %doc);
-    tokio::spawn(room_task(state, doc, rx, subscribers).instrument(span));
-    tx
-}
-
-/// A native peer's Yjs awareness client id: in `[2^52, 2^53)`, so it never collides with a Yjs
-/// document's 32-bit client ids, and mixed with this server's random replica id, so a peer id
-/// reused after a restart does not inherit an old entry's clock in long-lived Yjs clients.
-fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
-    let low = ((replica << 20) ^ peer.0) & ((1 << 52) - 1);
-    (1 << 52) | low
-}
 
 type CommitFuture =
     Pin<Box<dyn Future<Output = (Vec<u64>, Result<Vec<u64>, AppendError>, Instant)> + Send>>;
@@ -247,25 +59,6 @@ struct RoomDriver {
     stopped: Option<ReadError>,
 }
 
-/// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
-#[derive(Clone, Copy, Debug)]
-struct AwarenessMeta {
-    client: u64,
-    clock: u32,
-    /// The entry came from a Yjs client, whose own clock is used as is.
-    from_yjs: bool,
-    /// The Yjs client removed its own state with `clock`; the removal is relayed with it.
-    removed_by_client: bool,
-}
-
-/// What one message becomes for a Yjs peer.
-#[derive(Clone, Debug, Default)]
-struct YjsOut {
-    frames: Vec<Bytes>,
-    /// Close the peer after the frames (it sent something the room refused).
-    close: Option<CloseCode>,
-}
-
 async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, ReadError> {
     Ok(match state.store.load(doc, state.replica).await? {
         Some(loaded) => loaded.document,
@@ -273,7 +66,7 @@ async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, Rea
     })
 }
 
-async fn room_task(
+pub(super) async fn room_task(
     state: Arc<ServerState>,
     doc: DocId,
     mut rx: mpsc::Receiver<RoomCmd>,
@@ -554,26 +347,6 @@ impl RoomDriver {
         self.apply(fx).await;
     }
 
-    /// Whether `peer` may speak for awareness client `client`: yes unless another peer of this
-    /// room already does for another principal. A peer of the same principal (the same client
-    /// reconnecting before its old connection timed out) takes the id over.
-    fn claim_awareness_client(&mut self, peer: PeerId, client: u64) -> bool {
-        let author = |p: &PeerId| self.peers.get(p).and_then(|h| h.author.clone());
-        let holder = self
-            .awareness
-            .iter()
-            .find(|(p, m)| **p != peer && m.from_yjs && m.client == client)
-            .map(|(p, _)| *p);
-        let Some(holder) = holder else {
-            return true;
-        };
-        if author(&holder) != author(&peer) {
-            return false;
-        }
-        self.awareness.remove(&holder);
-        true
-    }
-
     /// The room cannot go on with its document (`why`): close every peer so it resyncs (with
     /// a new room, which loads the document from the store, or is refused), then stop.
     fn stop(&mut self, why: ReadError) {
@@ -661,86 +434,6 @@ impl RoomDriver {
             .metrics
             .fanout_seconds
             .observe(fanout.elapsed().as_secs_f64());
-    }
-
-    /// Translates one room message for y-websocket peers. Acks become nothing (the sender's
-    /// own update comes back as an echo instead), a refused write becomes "permission denied",
-    /// any other refusal closes the peer so it reconnects and resyncs.
-    fn yjs_frames(&mut self, msg: &ServerMsg) -> YjsOut {
-        use lattice_engine::protocol::ErrorCode;
-        use lattice_engine::yws;
-        let frames = match msg {
-            ServerMsg::Sync { delta, state, .. } => vec![
-                yws::encode_sync_step2(&delta.yjs),
-                yws::encode_sync_step1(&state.yjs),
-            ],
-            ServerMsg::Delta { delta, .. } if !delta.yjs.is_empty() => {
-                vec![yws::encode_update(&delta.yjs)]
-            }
-            ServerMsg::Presence { peer, state, .. } => {
-                vec![yws::encode_awareness(&[
-                    self.awareness_entry(PeerId(*peer), state)
-                ])]
-            }
-            ServerMsg::Error { code, message, .. } => {
-                return match code {
-                    ErrorCode::Forbidden => YjsOut {
-                        frames: vec![Bytes::from(yws::encode_permission_denied(message))],
-                        close: None,
-                    },
-                    ErrorCode::Internal => YjsOut {
-                        frames: Vec::new(),
-                        close: Some(CloseCode::DocumentUnavailable),
-                    },
-                    // The room follows with a sync; its sync step 1 makes the client send
-                    // everything the room lacks, what the update built on included.
-                    ErrorCode::MissingDependencies => YjsOut::default(),
-                    _ => YjsOut {
-                        frames: Vec::new(),
-                        close: Some(CloseCode::Protocol),
-                    },
-                };
-            }
-            _ => Vec::new(),
-        };
-        YjsOut {
-            frames: frames.into_iter().map(Bytes::from).collect(),
-            close: None,
-        }
-    }
-
-    /// The awareness entry for `peer`'s presence. Entries from Yjs clients keep their client id
-    /// and clock; native peers get a client id above the 32-bit range Yjs documents use, and a
-    /// clock bumped on every change. Removals the server makes (leave, expiry) bump the clock.
-    fn awareness_entry(
-        &mut self,
-        peer: PeerId,
-        state: &Value,
-    ) -> lattice_engine::yws::AwarenessEntry {
-        let replica = u64::from(self.state.replica.get());
-        let meta = self.awareness.entry(peer).or_insert_with(|| AwarenessMeta {
-            client: native_awareness_client(replica, peer),
-            clock: 0,
-            from_yjs: false,
-            removed_by_client: false,
-        });
-        let removal = *state == Value::Null;
-        if !meta.from_yjs || (removal && !meta.removed_by_client) {
-            meta.clock = meta.clock.saturating_add(1);
-        }
-        if removal {
-            meta.removed_by_client = true;
-        }
-        let state_json = if removal {
-            "null".to_owned()
-        } else {
-            serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned())
-        };
-        lattice_engine::yws::AwarenessEntry {
-            client: meta.client,
-            clock: meta.clock,
-            state_json,
-        }
     }
 
     /// Tells each restore in the batch its sequence number (or the commit's failure).
@@ -866,39 +559,5 @@ impl RoomDriver {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn a_poisoned_registry_still_finds_the_live_room() {
-        let rooms = Arc::new(Rooms::default());
-        let doc = DocId::new("d").unwrap();
-        let (tx, _rx) = mpsc::channel(1);
-        rooms.registry().insert(
-            doc.clone(),
-            LiveRoom {
-                tx: tx.clone(),
-                subscribers: Arc::default(),
-            },
-        );
-        let poisoner = rooms.clone();
-        let panicked = std::thread::spawn(move || {
-            let _held = poisoner.live.lock().unwrap();
-            panic!("a panic while the registry is held");
-        })
-        .join();
-        assert!(panicked.is_err());
-        assert!(rooms.live.is_poisoned());
-        // The same room, not a second one: get_or_start reads the registry the same way.
-        assert!(rooms.live(&doc).unwrap().same_channel(&tx));
-        assert_eq!(rooms.all().len(), 1);
-        rooms.forget(&doc);
-        assert!(rooms.live(&doc).is_none());
     }
 }

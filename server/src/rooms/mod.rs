@@ -1,0 +1,240 @@
+//! Room tasks: one tokio task owns each live document, with a bounded inbox.
+//!
+//! The task carries out the engine `Room`'s effects: it commits persisted deltas in batches (a
+//! new batch starts as soon as the previous commit returns, so commits group naturally under
+//! load, and the store's group committer merges batches across rooms), then delivers acks and
+//! relays. Each frame is encoded once and cloned (`Bytes`) into every recipient's outbox; a full
+//! outbox closes that peer as a slow consumer. The room unloads itself after an idle TTL.
+
+pub(crate) mod peer;
+mod task;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use lattice_engine::sync::{Access, PeerId};
+use lattice_engine::{Delta, DocId, DocState, Document, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info_span};
+
+use crate::rooms::peer::{PeerHandle, SyncTicket};
+use crate::state::ServerState;
+use crate::store::{AppendError, ReadError};
+
+use task::room_task;
+
+/// Where a presence entry came from, when it came from a Yjs client's awareness: its awareness
+/// client id and clock, kept so other Yjs clients see the same entry the client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AwarenessOrigin {
+    pub client: u64,
+    pub clock: u32,
+}
+
+pub(crate) enum RoomCmd {
+    /// Also used to resync an existing subscriber from a new state (y-websocket sync step 1).
+    /// `ticket` is the peer's slot for a full-state computation; the room reports its cost.
+    Subscribe {
+        peer: PeerHandle,
+        access: Access,
+        state: DocState,
+        ticket: SyncTicket,
+    },
+    Unsubscribe {
+        peer: PeerId,
+    },
+    Delta {
+        peer: PeerId,
+        seq: u64,
+        delta: Delta,
+        author: Option<String>,
+    },
+    Presence {
+        peer: PeerId,
+        state: Value,
+        typing: bool,
+        awareness: Option<AwarenessOrigin>,
+    },
+    /// Send the peer everyone else's presence (y-websocket query awareness).
+    QueryPresence {
+        peer: PeerId,
+    },
+    /// Resolves once everything applied so far is committed and acknowledged.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    /// The document was soft-deleted: close every subscriber (4011; on reconnect their
+    /// subscription is refused because the document cannot be loaded) and stop the room.
+    Deleted,
+    /// An admin's restore: bring texts and registers back to `target` (an earlier version) with
+    /// one delta by `author`, committed and relayed like a client's.
+    Restore {
+        target: Box<Document>,
+        author: Option<String>,
+        reply: oneshot::Sender<Result<RestoreDone, RestoreFailed>>,
+    },
+}
+
+/// A restore that went through: the new update's sequence number (`None` if nothing
+/// differed) and what was and was not restored.
+#[derive(Debug)]
+pub(crate) struct RestoreDone {
+    pub seq: Option<u64>,
+    pub report: lattice_engine::RestoreReport,
+}
+
+/// Why a restore did not go through.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RestoreFailed {
+    #[error("the document cannot be loaded: {0}")]
+    Load(ReadError),
+    #[error("the restore delta could not be built: {0}")]
+    Build(#[from] lattice_engine::RestoreError),
+    #[error("the restore delta was refused: {0}")]
+    Apply(#[from] lattice_engine::ApplyError),
+    #[error("the commit failed: {0}")]
+    Commit(AppendError),
+}
+
+pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
+
+/// The registry of live rooms.
+#[derive(Debug, Default)]
+pub(crate) struct Rooms {
+    live: Mutex<HashMap<DocId, LiveRoom>>,
+}
+
+/// A live room as the registry keeps it: its inbox, and its subscriber count (written by the
+/// room task, read by the admin API).
+#[derive(Debug, Clone)]
+struct LiveRoom {
+    tx: RoomSender,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Rooms {
+    /// The room for `doc`, started if it is not live.
+    pub(crate) fn get_or_start(&self, state: &Arc<ServerState>, doc: &DocId) -> RoomSender {
+        let mut live = self.registry();
+        if let Some(room) = live.get(doc)
+            && !room.tx.is_closed()
+        {
+            return room.tx.clone();
+        }
+        let subscribers = Arc::new(AtomicUsize::new(0));
+        let tx = spawn_room(state.clone(), doc.clone(), subscribers.clone());
+        live.insert(
+            doc.clone(),
+            LiveRoom {
+                tx: tx.clone(),
+                subscribers,
+            },
+        );
+        tx
+    }
+
+    /// The room of `doc` if it is live (never starts one).
+    pub(crate) fn live(&self, doc: &DocId) -> Option<RoomSender> {
+        self.registry()
+            .get(doc)
+            .map(|r| r.tx.clone())
+            .filter(|tx| !tx.is_closed())
+    }
+
+    /// Connections subscribed to `doc` right now (0 when its room is not live).
+    pub(crate) fn subscribers(&self, doc: &DocId) -> usize {
+        self.registry()
+            .get(doc)
+            .map_or(0, |r| r.subscribers.load(Relaxed))
+    }
+
+    /// Removes `doc` if `tx` is still its room and nothing is queued for it. Returns whether the
+    /// room may stop.
+    fn try_unload(&self, doc: &DocId, rx: &mpsc::Receiver<RoomCmd>) -> bool {
+        let mut live = self.registry();
+        if !rx.is_empty() {
+            return false;
+        }
+        live.remove(doc);
+        true
+    }
+
+    fn forget(&self, doc: &DocId) {
+        self.registry().remove(doc);
+    }
+
+    /// Every live room, for shutdown.
+    pub(crate) fn all(&self) -> Vec<RoomSender> {
+        self.registry().values().map(|r| r.tx.clone()).collect()
+    }
+
+    /// The registry, locked. A panic while it was held cannot have left it half-changed (each
+    /// critical section is one map operation), so a poisoned lock is taken as it is: a second,
+    /// unregistered room for a document would break the single writer.
+    fn registry(&self) -> MutexGuard<'_, HashMap<DocId, LiveRoom>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
+/// unloading at this very moment; a second room starts if so. `None` if neither accepted.
+pub(crate) async fn join_room(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    mut cmd: RoomCmd,
+) -> Option<RoomSender> {
+    let mut room = state.rooms.get_or_start(state, doc);
+    for _ in 0..2 {
+        match room.send(cmd).await {
+            Ok(()) => return Some(room),
+            Err(tokio::sync::mpsc::error::SendError(back)) => {
+                cmd = back;
+                room = state.rooms.get_or_start(state, doc);
+            }
+        }
+    }
+    None
+}
+
+fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {
+    let (tx, rx) = mpsc::channel(state.config.limits.room_inbox);
+    let span = info_span!("room", doc = %doc);
+    tokio::spawn(room_task(state, doc, rx, subscribers).instrument(span));
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_poisoned_registry_still_finds_the_live_room() {
+        let rooms = Arc::new(Rooms::default());
+        let doc = DocId::new("d").unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        rooms.registry().insert(
+            doc.clone(),
+            LiveRoom {
+                tx: tx.clone(),
+                subscribers: Arc::default(),
+            },
+        );
+        let poisoner = rooms.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.live.lock().unwrap();
+            panic!("a panic while the registry is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(rooms.live.is_poisoned());
+        // The same room, not a second one: get_or_start reads the registry the same way.
+        assert!(rooms.live(&doc).unwrap().same_channel(&tx));
+        assert_eq!(rooms.all().len(), 1);
+        rooms.forget(&doc);
+        assert!(rooms.live(&doc).is_none());
+    }
+}
