@@ -43,7 +43,7 @@ pub enum HistoryError {
     BadVersion(String),
     /// The blocking task running the computation failed.
     #[error("history computation failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// RFC 3339 (UTC, milliseconds) for a Unix time in milliseconds.
@@ -363,7 +363,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, HistoryError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| HistoryError::Task(e.to_string()))?
+        .map_err(HistoryError::Task)?
 }
 
 /// A page of `doc`'s history, described entry by entry, with sessions.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ApiError, no_store, with_rebuild_slot};
+use super::{ApiError, Internal, no_store, with_rebuild_slot};
 use crate::auth::{Principal, Scope, authenticate_request};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
@@ -55,7 +55,11 @@ impl From<HistoryError> for ApiError {
                 code: "bad_version",
                 message,
             },
-            HistoryError::Task(message) => ApiError::Internal(message),
+            HistoryError::Task(source) => Internal::Task {
+                what: "a history computation",
+                source,
+            }
+            .into(),
         }
     }
 }
@@ -138,7 +142,7 @@ where
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr)
-            .ok_or_else(|| ApiError::Internal("no peer address on the request".into()))?;
+            .ok_or(Internal::NoPeerAddress)?;
         let Path(doc) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::BadRequest {
@@ -386,10 +390,10 @@ async fn restore(
         reply,
     })
     .await
-    .map_err(|_| ApiError::Internal("the document's room stopped".into()))?;
+    .map_err(|_| Internal::RoomStopped)?;
     let done = rx
         .await
-        .map_err(|_| ApiError::Internal("the document's room stopped".into()))?
+        .map_err(|_| Internal::RoomStopped)?
         .map_err(|e| match e {
             RestoreFailed::Load(ReadError::DocumentDeleted { .. }) => ApiError::Conflict {
                 code: "document_deleted",
@@ -397,7 +401,7 @@ async fn restore(
             },
             RestoreFailed::Load(e) => ApiError::Read(e),
             RestoreFailed::Commit(e) => ApiError::Append(e),
-            other => ApiError::Internal(other.to_string()),
+            other => Internal::Restore(other).into(),
         })?;
     tracing::info!(doc = %doc, to, seq = ?done.seq, author = ?author, "document restored");
     Ok(no_store(

@@ -72,7 +72,32 @@ pub(crate) enum ApiError {
     Busy { retry_after: Duration },
     /// Something failed inside the server; logged, never shown.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[from] Internal),
+}
+
+/// What failed inside the server, with its source; [`ApiError::Internal`] logs it and answers
+/// 500 without it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Internal {
+    /// A task running part of the request (a rebuild, a rendering) panicked or was cancelled.
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The rebuild slots' semaphore was closed (the server is stopping).
+    #[error("the rebuild slots are closed")]
+    SlotsClosed(#[source] tokio::sync::AcquireError),
+    /// The request carried no peer address (the server was not started with connect info).
+    #[error("no peer address on the request")]
+    NoPeerAddress,
+    /// The document's room stopped before it answered.
+    #[error("the document's room stopped")]
+    RoomStopped,
+    /// A restore failed for a reason the caller cannot act on.
+    #[error(transparent)]
+    Restore(#[from] crate::rooms::RestoreFailed),
 }
 
 fn error_body(status: StatusCode, code: &str, message: String) -> Response {
@@ -203,7 +228,7 @@ where
     let wait = state.config.limits.rebuild_wait;
     let permit = match tokio::time::timeout(wait, state.rebuilds.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
-        Ok(Err(_)) => return Err(ApiError::Internal("the rebuild slots are closed".into())),
+        Ok(Err(e)) => return Err(Internal::SlotsClosed(e).into()),
         Err(_) => {
             state.metrics.rebuilds_busy.fetch_add(1, Relaxed);
             debug!(?wait, "read refused: no rebuild slot");
@@ -216,7 +241,10 @@ where
         read.await
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("the read task failed: {e}")))?
+    .map_err(|source| Internal::Task {
+        what: "the read task",
+        source,
+    })?
 }
 
 /// A taken rebuild slot, counted in the `lattice_rebuilds_in_flight` gauge until dropped.
@@ -301,7 +329,13 @@ async fn document_json(
         let loaded = store.load(&doc, replica).await?.ok_or(ApiError::NotFound)?;
         tokio::task::spawn_blocking(move || loaded.document.to_json())
             .await
-            .map_err(|e| ApiError::Internal(format!("rendering failed: {e}")))
+            .map_err(|source| {
+                Internal::Task {
+                    what: "rendering",
+                    source,
+                }
+                .into()
+            })
     })
     .await?;
     Ok(no_store(Json(view).into_response()))
