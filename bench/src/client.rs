@@ -16,18 +16,18 @@ use yrs::updates::decoder::Decode;
 
 use crate::wire::{YEvent, YFraming};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How often a listening connection sends [`Codec::keepalive`].
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long a connection may take to open and sync before the bench fails.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The wire protocol a target speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// Lattice's MessagePack protocol (docs/protocol.md).
     Native,
     /// y-websocket: one lib0 message per frame, the document in the URL path.
@@ -38,7 +38,7 @@ pub enum Protocol {
 
 /// Where a running server takes connections.
 #[derive(Clone, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub protocol: Protocol,
     pub addr: SocketAddr,
     /// Path before the document for y-websocket (`/yjs` on Lattice, empty on the reference
@@ -58,7 +58,7 @@ impl Endpoint {
 
 /// What a server frame means to a bench client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A Yjs update (a relay, an echo, or what we lacked at subscription).
     Update(Vec<u8>),
     /// Native: every delta with `seq` ≤ this is durable.
@@ -70,14 +70,14 @@ pub enum Event {
 
 /// Encodes and decodes frames for one document on one protocol.
 #[derive(Clone, Debug)]
-pub struct Codec {
+pub(crate) struct Codec {
     protocol: Protocol,
     doc: DocId,
     framing: YFraming,
 }
 
 impl Codec {
-    pub fn new(protocol: Protocol, doc: &str) -> Result<Self> {
+    pub(crate) fn new(protocol: Protocol, doc: &str) -> Result<Self> {
         Ok(Self {
             protocol,
             doc: DocId::new(doc).with_context(|| format!("bad document id {doc:?}"))?,
@@ -91,7 +91,7 @@ impl Codec {
     }
 
     /// One Yjs update as a frame; `seq` numbers native deltas (from 1).
-    pub fn update(&self, seq: u64, yjs: &[u8]) -> Message {
+    pub(crate) fn update(&self, seq: u64, yjs: &[u8]) -> Message {
         let bytes = match self.protocol {
             Protocol::Native => ClientMsg::Delta {
                 doc: self.doc.clone(),
@@ -109,7 +109,7 @@ impl Codec {
 
     /// A frame to send now and then on a connection that otherwise only listens, for servers
     /// that close silent connections (Hocuspocus); `None` where pings suffice.
-    pub fn keepalive(&self) -> Option<Message> {
+    pub(crate) fn keepalive(&self) -> Option<Message> {
         match self.protocol {
             Protocol::Native => None,
             _ => self.framing.keepalive().map(|f| Message::Binary(f.into())),
@@ -137,7 +137,7 @@ impl Codec {
     }
 
     /// Decodes one server message; a refusal from the server is an error.
-    pub fn decode(&self, msg: &Message) -> Result<Vec<Event>> {
+    pub(crate) fn decode(&self, msg: &Message) -> Result<Vec<Event>> {
         let bytes = match msg {
             Message::Binary(b) => b,
             Message::Close(c) => bail!("the server closed the connection: {c:?}"),
@@ -208,7 +208,7 @@ impl Codec {
 
 /// Options for opening many connections.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ConnectOptions {
+pub(crate) struct ConnectOptions {
     /// Small client-side buffers, for the idle scenario's thousands of sockets (the server's
     /// memory is what is measured, but the bench must fit beside it).
     pub small_buffers: bool,
@@ -216,14 +216,18 @@ pub struct ConnectOptions {
 
 /// Opens a connection to `doc` and returns it synced (the document was empty or the
 /// subscription answered), with its codec.
-pub async fn connect(endpoint: &Endpoint, doc: &str, opts: ConnectOptions) -> Result<(Ws, Codec)> {
+pub(crate) async fn connect(
+    endpoint: &Endpoint,
+    doc: &str,
+    opts: ConnectOptions,
+) -> Result<(Ws, Codec)> {
     let (ws, codec, _) = connect_keeping(endpoint, doc, opts).await?;
     Ok((ws, codec))
 }
 
 /// [`connect`], also returning the frames the server sent until the client was synced (they
 /// hold the document's state), undecoded: the caller decides whether decoding them is timed.
-pub async fn connect_keeping(
+pub(crate) async fn connect_keeping(
     endpoint: &Endpoint,
     doc: &str,
     opts: ConnectOptions,
@@ -266,7 +270,7 @@ pub async fn connect_keeping(
 /// The clock `client` reached in a Yjs update (0 if it has nothing of `client`): for a writer
 /// that types one character per update, the number of its updates the update covers. Decoding
 /// the update is enough; it is not integrated anywhere.
-pub fn clock_of(update: &[u8], client: u64) -> Result<u32> {
+pub(crate) fn clock_of(update: &[u8], client: u64) -> Result<u32> {
     let update = yrs::Update::decode_v1(update).context("undecodable Yjs update")?;
     // Not `Update::state_vector`, which counts only blocks starting at clock 0.
     let client = yrs::block::ClientID::new(client);
@@ -281,7 +285,7 @@ pub fn clock_of(update: &[u8], client: u64) -> Result<u32> {
 
 /// `n` keystrokes by Yjs client `client`: one character appended per update, each encoded on
 /// its own (what an editor sends per key press).
-pub fn keystrokes(n: usize, client: u64) -> Vec<Vec<u8>> {
+pub(crate) fn keystrokes(n: usize, client: u64) -> Vec<Vec<u8>> {
     use yrs::{GetString as _, Text as _, Transact as _};
     let doc = yrs::Doc::with_options(yrs::Options {
         client_id: yrs::block::ClientID::new(client),

@@ -17,7 +17,7 @@ use crate::client::{Endpoint, Protocol};
 
 /// Per-connection rate limits Lattice is started with: its defaults (500 messages/s, burst
 /// 2,000; 4 MiB/s) are for untrusted clients and would throttle a bench writer.
-pub const LATTICE_RATE_FLAGS: &[&str] = &[
+pub(crate) const LATTICE_RATE_FLAGS: &[&str] = &[
     "--messages-per-second",
     "1000000000",
     "--message-burst",
@@ -32,7 +32,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_LINES: usize = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKind {
+pub(crate) enum ServerKind {
     Lattice,
     Hocuspocus,
     YWebsocket,
@@ -40,7 +40,7 @@ pub enum ServerKind {
 
 /// One column of the results: a server and the protocol the bench speaks to it.
 #[derive(Clone, Copy, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// Stable id used in JSON and on the command line (`--targets`).
     pub id: &'static str,
     pub label: &'static str,
@@ -50,12 +50,12 @@ pub struct Target {
 
 impl Target {
     /// Whether this is a peer (a server Lattice is compared with).
-    pub fn is_peer(&self) -> bool {
+    pub(crate) fn is_peer(&self) -> bool {
         self.server != ServerKind::Lattice
     }
 }
 
-pub const TARGETS: &[Target] = &[
+pub(crate) const TARGETS: &[Target] = &[
     Target {
         id: "lattice",
         label: "Lattice (native)",
@@ -84,7 +84,7 @@ pub const TARGETS: &[Target] = &[
 
 /// Where the programs under test are.
 #[derive(Clone, Debug)]
-pub struct Tools {
+pub(crate) struct Tools {
     pub lattice_bin: PathBuf,
     /// Holds the launchers and their `node_modules`.
     pub peers_dir: PathBuf,
@@ -92,7 +92,7 @@ pub struct Tools {
 
 /// A server process started for one scenario on one target; killed when dropped.
 #[derive(Debug)]
-pub struct RunningServer {
+pub(crate) struct RunningServer {
     child: Child,
     pub target: Target,
     tools: Tools,
@@ -107,7 +107,7 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// A fresh server: Lattice on a new SQLite file, the peers in memory.
-    pub async fn start(target: &Target, tools: &Tools) -> Result<Self> {
+    pub(crate) async fn start(target: &Target, tools: &Tools) -> Result<Self> {
         Self::start_with(target, tools, None).await
     }
 
@@ -115,7 +115,7 @@ impl RunningServer {
     /// outlives the process): Lattice's SQLite file, Hocuspocus with its SQLite extension, the
     /// y-websocket server with its LevelDB persistence (`YPERSISTENCE`). The scenarios that
     /// restart a server (`cold`) use this; the others measure the peers in memory.
-    pub async fn start_persistent(&self, storage: &Path) -> Result<Self> {
+    pub(crate) async fn start_persistent(&self, storage: &Path) -> Result<Self> {
         Self::start_with(&self.target, &self.tools, Some(storage)).await
     }
 
@@ -236,7 +236,7 @@ impl RunningServer {
     }
 
     /// The server's resident memory (`VmRSS` of /proc/PID/status), in bytes.
-    pub fn rss_bytes(&self) -> Result<u64> {
+    pub(crate) fn rss_bytes(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .context("cannot read the server's /proc status")?;
         let kb: u64 = status
@@ -249,7 +249,7 @@ impl RunningServer {
     }
 
     /// Fails if the server exited (crashed) since it started, with its last output.
-    pub fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("the server exited with {status}:\n{}", tail(&self.log));
         }
@@ -257,13 +257,13 @@ impl RunningServer {
     }
 
     /// The last lines the server printed.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         tail(&self.log)
     }
 
     /// Stops the server the way an operator would (SIGTERM) and waits until it has exited, so
     /// that what it persists on shutdown is on disk. Fails if it does not exit cleanly.
-    pub async fn terminate(mut self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn terminate(mut self, timeout: Duration) -> Result<()> {
         self.check_alive()?;
         let pid = rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?;
         rustix::process::kill_process(pid, rustix::process::Signal::TERM)
@@ -286,7 +286,7 @@ impl RunningServer {
         Ok(())
     }
 
-    pub async fn stop(mut self) -> Result<()> {
+    pub(crate) async fn stop(mut self) -> Result<()> {
         self.check_alive()?;
         self.child.kill().await?;
         Ok(())

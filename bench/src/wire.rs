@@ -32,7 +32,7 @@ const AUTH_AUTHENTICATED: u64 = 2;
 
 /// What a server frame (y-websocket or Hocuspocus) says, as far as the bench cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum YEvent {
+pub(crate) enum YEvent {
     /// The server's own state vector (sync step 1): the handshake went through.
     SyncStep1,
     /// What we lacked at subscription (sync step 2): the connection is synced.
@@ -49,7 +49,7 @@ pub enum YEvent {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
+pub(crate) enum WireError {
     #[error("frame holds no message")]
     Empty,
     #[error("truncated {what} at byte {at}")]
@@ -65,21 +65,21 @@ pub enum WireError {
 }
 
 /// A lib0 reader over one frame.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
-    pub fn var_uint(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub(crate) fn var_uint(&mut self, what: &'static str) -> Result<u64, WireError> {
         let at = self.pos;
         let mut value = 0u64;
         let mut shift = 0u32;
@@ -100,7 +100,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn var_bytes(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub(crate) fn var_bytes(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
         let at = self.pos;
         let len = self.var_uint(what)?;
         let end = usize::try_from(len)
@@ -113,12 +113,12 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    pub fn var_string(&mut self, what: &'static str) -> Result<&'a str, WireError> {
+    pub(crate) fn var_string(&mut self, what: &'static str) -> Result<&'a str, WireError> {
         std::str::from_utf8(self.var_bytes(what)?).map_err(|_| WireError::NotUtf8 { what })
     }
 }
 
-pub fn write_var_uint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn write_var_uint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
         value >>= 7;
@@ -126,17 +126,17 @@ pub fn write_var_uint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-pub fn write_var_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_var_string(out: &mut Vec<u8>, s: &str) {
     write_var_uint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
 /// The encoding of an empty state vector: "I hold nothing".
-pub const EMPTY_STATE_VECTOR: [u8; 1] = [0];
+pub(crate) const EMPTY_STATE_VECTOR: [u8; 1] = [0];
 
 /// How y-websocket messages travel: bare, or behind Hocuspocus's document prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum YFraming {
+pub(crate) enum YFraming {
     Plain,
     Hocuspocus { doc: String },
 }
@@ -156,7 +156,7 @@ impl YFraming {
 
     /// The frames a fresh client sends first: (Hocuspocus: auth with `token`), sync step 1 of
     /// an empty document.
-    pub fn handshake(&self, token: &str) -> Vec<Vec<u8>> {
+    pub(crate) fn handshake(&self, token: &str) -> Vec<Vec<u8>> {
         let step1 = self.frame(&yws::encode_sync_step1(&EMPTY_STATE_VECTOR));
         match self {
             Self::Plain => vec![step1],
@@ -173,7 +173,7 @@ impl YFraming {
     /// A message that changes nothing, sent now and then so that Hocuspocus does not close a
     /// connection that only listens (it closes with 4408 after `timeout`, 60 s, without a
     /// message; real providers renew their awareness every 15 s). An awareness query.
-    pub fn keepalive(&self) -> Option<Vec<u8>> {
+    pub(crate) fn keepalive(&self) -> Option<Vec<u8>> {
         match self {
             Self::Plain => None,
             Self::Hocuspocus { .. } => Some(self.frame(&yws::encode_query_awareness())),
@@ -181,13 +181,13 @@ impl YFraming {
     }
 
     /// One Yjs update as a y-websocket `update` message.
-    pub fn update(&self, update: &[u8]) -> Vec<u8> {
+    pub(crate) fn update(&self, update: &[u8]) -> Vec<u8> {
         self.frame(&yws::encode_update(update))
     }
 
     /// Decodes a server frame. y-websocket frames may hold several messages (the reference
     /// server sends one each); a Hocuspocus frame is one message for one document.
-    pub fn decode(&self, frame: &[u8]) -> Result<Vec<YEvent>, WireError> {
+    pub(crate) fn decode(&self, frame: &[u8]) -> Result<Vec<YEvent>, WireError> {
         let mut r = Reader::new(frame);
         if let Self::Hocuspocus { doc } = self {
             let got = r.var_string("document name")?;

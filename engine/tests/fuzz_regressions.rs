@@ -3,7 +3,8 @@
 //! crasher once found stays fixed in the normal test run, without nightly or libFuzzer. Also
 //! checks that the generated part of the committed corpus is current.
 
-#[allow(dead_code, clippy::unwrap_used)]
+// Its items are `pub` for the fuzz targets; in this test nothing else reaches them.
+#[allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz;
 

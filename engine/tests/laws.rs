@@ -50,16 +50,16 @@ mod strategies {
     use super::*;
     use proptest::collection::{btree_map, btree_set, vec};
 
-    pub const TEXTS: [&str; 2] = ["title", "body"];
-    pub const COUNTERS: [&str; 2] = ["likes", "views"];
-    pub const REGISTERS: [&str; 2] = ["color", "size"];
+    pub(crate) const TEXTS: [&str; 2] = ["title", "body"];
+    pub(crate) const COUNTERS: [&str; 2] = ["likes", "views"];
+    pub(crate) const REGISTERS: [&str; 2] = ["color", "size"];
 
     /// Few distinct ids, so that counters and registers from different sources collide.
-    pub fn small_replica() -> impl Strategy<Value = ReplicaId> {
+    pub(crate) fn small_replica() -> impl Strategy<Value = ReplicaId> {
         (1u32..=4).prop_map(ReplicaId::from_random)
     }
 
-    pub fn replica() -> impl Strategy<Value = ReplicaId> {
+    pub(crate) fn replica() -> impl Strategy<Value = ReplicaId> {
         prop_oneof![
             small_replica(),
             any::<u32>().prop_map(ReplicaId::from_random),
@@ -72,7 +72,7 @@ mod strategies {
         prop_oneof![4 => 0u64..20, 1 => any::<u64>(), 1 => Just(u64::MAX)]
     }
 
-    pub fn gcounter() -> impl Strategy<Value = GCounter> {
+    pub(crate) fn gcounter() -> impl Strategy<Value = GCounter> {
         btree_map(small_replica(), count(), 0..5).prop_map(|counts| {
             let mut c = GCounter::new();
             for (r, n) in counts {
@@ -82,7 +82,7 @@ mod strategies {
         })
     }
 
-    pub fn pn_counter() -> impl Strategy<Value = PnCounter> {
+    pub(crate) fn pn_counter() -> impl Strategy<Value = PnCounter> {
         (
             btree_map(small_replica(), count(), 0..4),
             btree_map(small_replica(), count(), 0..4),
@@ -100,14 +100,14 @@ mod strategies {
     }
 
     /// Stamps from a tiny range of times and replicas, so ties are common.
-    pub fn stamp() -> impl Strategy<Value = HlcTimestamp> {
+    pub(crate) fn stamp() -> impl Strategy<Value = HlcTimestamp> {
         prop_oneof![
             4 => (0u64..4, small_replica()).prop_map(|(t, r)| HlcTimestamp::new(t, r)),
             1 => (any::<u64>(), replica()).prop_map(|(t, r)| HlcTimestamp::new(t, r)),
         ]
     }
 
-    pub fn register() -> impl Strategy<Value = LwwRegister<Value>> {
+    pub(crate) fn register() -> impl Strategy<Value = LwwRegister<Value>> {
         (value(), stamp()).prop_map(|(v, s)| LwwRegister::new(v, s))
     }
 
@@ -142,7 +142,7 @@ mod strategies {
         ]
     }
 
-    pub fn value() -> impl Strategy<Value = Value> {
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -162,7 +162,7 @@ mod strategies {
     /// One step of a three-replica scenario. Positions are raw and reduced modulo the current
     /// text length when the step runs, so every generated step is a valid edit.
     #[derive(Clone, Debug)]
-    pub enum Op {
+    pub(crate) enum Op {
         Insert {
             replica: usize,
             text: usize,
@@ -191,7 +191,7 @@ mod strategies {
         Sync { from: usize, to: usize },
     }
 
-    pub fn op() -> impl Strategy<Value = Op> {
+    pub(crate) fn op() -> impl Strategy<Value = Op> {
         let r = 0usize..3;
         prop_oneof![
             4 => (r.clone(), 0..TEXTS.len(), any::<u32>(), "[a-zé€😀 ]{1,4}").prop_map(
@@ -213,12 +213,12 @@ mod strategies {
 
     /// Three distinct replica ids and a list of steps.
     #[derive(Clone, Debug)]
-    pub struct Script {
+    pub(crate) struct Script {
         pub ids: Vec<ReplicaId>,
         pub ops: Vec<Op>,
     }
 
-    pub fn script() -> impl Strategy<Value = Script> {
+    pub(crate) fn script() -> impl Strategy<Value = Script> {
         (
             btree_set(1u32..=u32::MAX, 3)
                 .prop_map(|ids| {
@@ -234,12 +234,12 @@ mod strategies {
 
     /// A delivery order: a permutation of every delta plus some duplicates.
     #[derive(Clone, Debug)]
-    pub struct Delivery {
+    pub(crate) struct Delivery {
         pub keys: Vec<u64>,
         pub duplicates: Vec<(Index, Index)>,
     }
 
-    pub fn delivery() -> impl Strategy<Value = Delivery> {
+    pub(crate) fn delivery() -> impl Strategy<Value = Delivery> {
         (
             vec(any::<u64>(), 64),
             vec((any::<Index>(), any::<Index>()), 0..8),
@@ -249,7 +249,7 @@ mod strategies {
 
     impl Delivery {
         /// Indices into a list of `n` deltas: each at least once, some twice or more.
-        pub fn order(&self, n: usize) -> Vec<usize> {
+        pub(crate) fn order(&self, n: usize) -> Vec<usize> {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by_key(|i| (self.keys[i % self.keys.len()], *i));
             if n > 0 {
@@ -264,7 +264,7 @@ mod strategies {
 
     /// A byte-level edit of a valid encoding.
     #[derive(Clone, Debug)]
-    pub enum Mutation {
+    pub(crate) enum Mutation {
         Flip(Index, u8),
         Set(Index, u8),
         Insert(Index, u8),
@@ -274,7 +274,7 @@ mod strategies {
         Bomb(Index),
     }
 
-    pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    pub(crate) fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
         let one = prop_oneof![
             (any::<Index>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
             (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
@@ -286,7 +286,7 @@ mod strategies {
         vec(one, 1..4)
     }
 
-    pub fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+    pub(crate) fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
         let mut out = bytes.to_vec();
         for m in mutations {
             let len = out.len();
@@ -312,13 +312,13 @@ mod strategies {
         out
     }
 
-    pub fn doc_id() -> impl Strategy<Value = lattice_engine::DocId> {
+    pub(crate) fn doc_id() -> impl Strategy<Value = lattice_engine::DocId> {
         "[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}(/[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}){0,2}"
             .prop_map(|s| lattice_engine::DocId::new(s).expect("strategy builds valid ids"))
     }
 
     /// A document with real Yjs content, counters and registers, built from a few edits.
-    pub fn document() -> impl Strategy<Value = DocumentSeed> {
+    pub(crate) fn document() -> impl Strategy<Value = DocumentSeed> {
         (
             replica(),
             vec("\\PC{1,6}", 0..3),
@@ -338,7 +338,7 @@ mod strategies {
     }
 
     #[derive(Clone, Debug)]
-    pub struct DocumentSeed {
+    pub(crate) struct DocumentSeed {
         replica: ReplicaId,
         chunks: Vec<String>,
         counters: BTreeMap<usize, u64>,
@@ -347,7 +347,7 @@ mod strategies {
     }
 
     impl DocumentSeed {
-        pub fn build(&self) -> Document {
+        pub(crate) fn build(&self) -> Document {
             let mut doc = Document::new(self.replica);
             for chunk in &self.chunks {
                 doc.text_insert(TEXTS[1], 0, chunk).expect("insert at 0");
@@ -365,7 +365,7 @@ mod strategies {
         }
     }
 
-    pub fn delta() -> impl Strategy<Value = Delta> {
+    pub(crate) fn delta() -> impl Strategy<Value = Delta> {
         (
             document(),
             btree_map("[a-z]{1,6}", gcounter(), 0..3),
@@ -382,7 +382,7 @@ mod strategies {
             })
     }
 
-    pub fn doc_state() -> impl Strategy<Value = DocState> {
+    pub(crate) fn doc_state() -> impl Strategy<Value = DocState> {
         (document(), btree_map("[a-z]{1,6}", stamp(), 0..3)).prop_map(|(seed, stamps)| {
             let mut state = seed.build().state();
             state.registers.extend(stamps);
@@ -390,7 +390,7 @@ mod strategies {
         })
     }
 
-    pub fn client_msg() -> impl Strategy<Value = ClientMsg> {
+    pub(crate) fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
             (
                 proptest::option::of("\\PC{0,12}"),
@@ -416,14 +416,14 @@ mod strategies {
         ]
     }
 
-    pub fn error_code() -> impl Strategy<Value = lattice_engine::protocol::ErrorCode> {
+    pub(crate) fn error_code() -> impl Strategy<Value = lattice_engine::protocol::ErrorCode> {
         use lattice_engine::protocol::ErrorCode;
         let mut codes = ErrorCode::KNOWN.to_vec();
         codes.push(ErrorCode::Unknown);
         proptest::sample::select(codes)
     }
 
-    pub fn server_msg() -> impl Strategy<Value = ServerMsg> {
+    pub(crate) fn server_msg() -> impl Strategy<Value = ServerMsg> {
         prop_oneof![
             (any::<u32>(), "\\PC{0,12}")
                 .prop_map(|(protocol, server)| ServerMsg::Welcome { protocol, server }),

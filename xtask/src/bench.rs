@@ -24,7 +24,7 @@ const PEER_FILES: &[&str] = &[
 /// Where the traces are looked for when `--traces` is not given.
 const DEFAULT_TRACES: &str = "../shared/traces";
 
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     if !setup::has_program("node") || !setup::has_program("npm") {
         setup::apt(&["nodejs", "npm"])?;
     }

@@ -24,7 +24,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--seed", true),
 ];
 
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match FLAGS.iter().find(|(f, _)| f == a) {
@@ -56,13 +56,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// The release server (what the scenarios measure) and the chaos program (a client: its
 /// speed is not measured, so the warm debug build does).
-pub fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     build_server()?;
     cmd("cargo", &["build", "-p", "lattice-tests", "--bin", "chaos"])
 }
 
 /// The release `lattice` binary, in the workspace's target directory.
-pub fn build_server() -> Result<()> {
+pub(crate) fn build_server() -> Result<()> {
     cmd(
         "cargo",
         &[

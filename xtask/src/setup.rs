@@ -36,7 +36,7 @@ fn export(key: &str, value: String) {
 }
 
 /// Everything the tests need.
-pub fn all() -> Result<()> {
+pub(crate) fn all() -> Result<()> {
     rust_targets()?;
     apt(TEST_APT_PACKAGES)?;
     let url = postgres()?;
@@ -51,7 +51,7 @@ pub(crate) const WEB_TOOLS_DIR: &str = "client-wasm/js";
 
 /// What building the browser client needs: the wasm32 target, `wasm-bindgen` of exactly the
 /// version in Cargo.lock, and the locked npm tools that check its TypeScript types.
-pub fn web_tools() -> Result<()> {
+pub(crate) fn web_tools() -> Result<()> {
     rust_targets()?;
     wasm_bindgen_cli()?;
     if !has_program("node") || !has_program("npm") {
@@ -99,7 +99,7 @@ fn wasm_bindgen_cli() -> Result<()> {
 
 /// What `cargo xtask fuzz` needs: a nightly toolchain (cargo-fuzz builds with `-Z` flags and
 /// sanitizers) and `cargo-fuzz` itself, installed from crates.io when missing.
-pub fn fuzz_tools() -> Result<()> {
+pub(crate) fn fuzz_tools() -> Result<()> {
     if output("rustup", &["run", "nightly", "rustc", "--version"]).is_err() {
         eprintln!("no nightly toolchain; installing one (cargo fuzz needs it)");
         cmd(
@@ -159,7 +159,7 @@ fn node_packages() -> Result<()> {
 
 /// What `cargo xtask chaos` needs: PostgreSQL (the shared cluster for the kill scenario, and
 /// its binaries for the private cluster the restart scenario runs), exported as for the tests.
-pub fn for_chaos() -> Result<()> {
+pub(crate) fn for_chaos() -> Result<()> {
     apt(&["postgresql"])?;
     let url = postgres()?;
     export("LATTICE_TEST_POSTGRES_URL", url);
@@ -167,7 +167,7 @@ pub fn for_chaos() -> Result<()> {
 }
 
 /// What running the product needs: nothing beyond the Rust toolchain yet (SQLite is embedded).
-pub fn for_run() -> Result<()> {
+pub(crate) fn for_run() -> Result<()> {
     Ok(())
 }
 

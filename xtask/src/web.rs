@@ -53,7 +53,7 @@ fn client_version() -> Result<String> {
 
 /// Builds the wasm package into `target/web/pkg`, writes its `package.json`, and checks the
 /// generated TypeScript declarations with `tsc`.
-pub fn build() -> Result<PathBuf> {
+pub(crate) fn build() -> Result<PathBuf> {
     setup::web_tools()?;
     let want = setup::locked_wasm_bindgen_version()?;
     let have = output("wasm-bindgen", &["--version"])?;
@@ -258,7 +258,7 @@ fn report_size(wasm: &Path, js: &Path) -> Result<()> {
 
 /// Runs `client-wasm/tests/web.rs` with wasm-bindgen-test in headless Chromium. A missing
 /// browser or driver fails the step.
-pub fn browser_tests() -> Result<()> {
+pub(crate) fn browser_tests() -> Result<()> {
     let chromedriver = which("chromedriver").context(
         "chromedriver is not installed (Debian package chromium-driver; `cargo xtask setup`)",
     )?;

@@ -37,7 +37,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the first client may wait for the whole document after a restart.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub struct Cold;
+pub(super) struct Cold;
 
 struct Plan {
     path: PathBuf,

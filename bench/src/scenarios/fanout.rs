@@ -28,7 +28,7 @@ const CONNECT_CONCURRENCY: usize = 20;
 /// Time allowed after the last send for every delivery to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub struct Fanout;
+pub(super) struct Fanout;
 
 struct Plan {
     readers: usize,

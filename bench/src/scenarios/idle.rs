@@ -22,7 +22,7 @@ const CONNECT_CONCURRENCY: usize = 64;
 /// Time left for the server to settle (allocations, timers) before it is measured.
 const SETTLE: Duration = Duration::from_secs(2);
 
-pub struct Idle;
+pub(super) struct Idle;
 
 struct Plan {
     connections: usize,

@@ -38,7 +38,7 @@ const FIRST_CLIENT: u64 = 0x4e00_0000;
 /// How long after the end a writer may take to notice it and stop.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-pub struct Ingest;
+pub(super) struct Ingest;
 
 struct Plan {
     docs: usize,
@@ -117,7 +117,7 @@ fn var(out: &mut Vec<u8>, mut v: u64) {
 /// The Yjs v1 update of client `client` typing one ASCII character `ch` after its own previous
 /// one (clock `clock - 1`), or as the first item of the root text `"text"` when `clock` is 0:
 /// exactly what yrs encodes for that transaction (see the test).
-pub fn keystroke(client: u64, clock: u64, ch: u8) -> Vec<u8> {
+pub(super) fn keystroke(client: u64, clock: u64, ch: u8) -> Vec<u8> {
     let mut b = Vec::with_capacity(24);
     var(&mut b, 1); // clients
     var(&mut b, 1); // structs of this client

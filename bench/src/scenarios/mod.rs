@@ -10,11 +10,11 @@ use crate::report::{Medians, Sample};
 use crate::target::{RunningServer, Target};
 
 /// A future a scenario returns from [`Prepared::run`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A benchmark scenario, as registered: its name, its own command-line flags, and how to prepare
 /// it from them.
-pub trait Scenario: Sync {
+pub(crate) trait Scenario: Sync {
     /// The name on the command line (`cargo xtask bench NAME`) and in the report.
     fn name(&self) -> &'static str;
     /// One line for `--help`.
@@ -30,7 +30,7 @@ pub trait Scenario: Sync {
 }
 
 /// A scenario ready to run.
-pub trait Prepared: Send + Sync {
+pub(crate) trait Prepared: Send + Sync {
     /// What is measured and how, for the report (Markdown, one paragraph or a short list).
     fn describe(&self) -> String;
     /// Measured once per run in this process, not against a server (a floor such as raw `yrs`);
@@ -60,7 +60,7 @@ macro_rules! scenarios {
     ($($module:ident => $ty:ident,)*) => {
         $(mod $module;)*
         /// Every scenario, in the order they run.
-        pub fn all() -> Vec<&'static dyn Scenario> {
+        pub(crate) fn all() -> Vec<&'static dyn Scenario> {
             vec![$(&$module::$ty),*]
         }
     };

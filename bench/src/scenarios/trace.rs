@@ -37,7 +37,7 @@ const TEXT: &str = "text";
 /// The case that sums all traces.
 const ALL: &str = "all traces";
 
-pub struct Trace;
+pub(super) struct Trace;
 
 #[derive(Deserialize)]
 struct TraceFile {

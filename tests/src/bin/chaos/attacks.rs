@@ -139,7 +139,7 @@ const ATTACKS: &[(&str, &str, AttackFn)] = &[
     ),
 ];
 
-pub async fn run(ctx: &Ctx) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut out = Outcome::new("attacks");
     // The database lives in memory-backed /dev/shm: the bystander's latency is to show what the
     // attacks do to the server, not how long an fsync waits on a disk shared with compilers

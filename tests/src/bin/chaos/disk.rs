@@ -22,7 +22,7 @@ const AFTER_MIB: u64 = 256;
 /// Free space left when the filler is written, for the writers to fill.
 const HEADROOM_BYTES: u64 = 3 * 1024 * 1024;
 
-pub async fn run(ctx: &Ctx) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut out = Outcome::new("disk-full");
     let mount = Tmpfs::mount(&ctx.dir.join("tmpfs"), TMPFS_MIB)?;
     let spec = Spec {

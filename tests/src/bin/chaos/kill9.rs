@@ -15,7 +15,7 @@ use crate::ledger::{self, Crew, Pace};
 use crate::report::Outcome;
 
 #[derive(Clone, Copy, Debug)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -25,7 +25,7 @@ const DOCS: u32 = 4;
 /// How long to wait for the first acknowledgement after a (re)start.
 const PROGRESS: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: &Ctx, backend: Backend) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &Ctx, backend: Backend) -> Result<Outcome> {
     let (name, kind) = match backend {
         Backend::Sqlite => ("kill9-sqlite", Kind::Sqlite),
         Backend::Postgres => ("kill9-postgres", Kind::Postgres),

@@ -46,7 +46,7 @@ impl Keys {
 
 /// How to start a server; kept so it can be started again on the same database and port.
 #[derive(Clone, Debug)]
-pub struct Spec {
+pub(crate) struct Spec {
     pub binary: PathBuf,
     pub database_url: String,
     /// `127.0.0.1:PORT`; the same port on every restart, so clients reconnect on their own.
@@ -59,13 +59,13 @@ pub struct Spec {
 
 /// A running `lattice serve`.
 #[derive(Debug)]
-pub struct Lattice {
+pub(crate) struct Lattice {
     pub addr: SocketAddr,
     child: Child,
 }
 
 impl Lattice {
-    pub async fn start(spec: &Spec) -> Result<Lattice> {
+    pub(crate) async fn start(spec: &Spec) -> Result<Lattice> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,24 +122,24 @@ impl Lattice {
         Ok(Lattice { addr, child })
     }
 
-    pub fn pid(&self) -> Result<u32> {
+    pub(crate) fn pid(&self) -> Result<u32> {
         self.child.id().context("the server has exited")
     }
 
     /// Whether the process is still running (it did not exit, crash or abort).
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: no flush, no goodbye.
-    pub async fn kill9(mut self) -> Result<()> {
+    pub(crate) async fn kill9(mut self) -> Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;
         Ok(())
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub async fn terminate(mut self) -> Result<()> {
+    pub(crate) async fn terminate(mut self) -> Result<()> {
         let pid = self.pid()?;
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -159,7 +159,7 @@ impl Lattice {
 
 /// A port outside the ephemeral range (so no outgoing connection takes it while the server is
 /// down between a kill and its restart) that is free now.
-pub fn reserve_port() -> Result<SocketAddr> {
+pub(crate) fn reserve_port() -> Result<SocketAddr> {
     for _ in 0..200 {
         let port = 20_000 + rand::random::<u16>() % 10_000;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -171,7 +171,7 @@ pub fn reserve_port() -> Result<SocketAddr> {
 }
 
 /// `VmRSS` of `pid` in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -183,16 +183,16 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 /// Samples a process's RSS every few milliseconds on its own thread and keeps the peak since
 /// the last [`RssSampler::take_peak`].
 #[derive(Debug)]
-pub struct RssSampler {
+pub(crate) struct RssSampler {
     peak_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RssSampler {
-    pub const INTERVAL: Duration = Duration::from_millis(10);
+    pub(crate) const INTERVAL: Duration = Duration::from_millis(10);
 
-    pub fn start(pid: u32) -> RssSampler {
+    pub(crate) fn start(pid: u32) -> RssSampler {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -214,7 +214,7 @@ impl RssSampler {
     }
 
     /// The highest RSS seen since the last call (or the start), and starts over.
-    pub fn take_peak(&self) -> u64 {
+    pub(crate) fn take_peak(&self) -> u64 {
         self.peak_kib.swap(0, Ordering::Relaxed)
     }
 }
@@ -229,7 +229,7 @@ impl Drop for RssSampler {
 }
 
 /// The server log, for the checks that the right error was logged.
-pub fn log_text(path: &Path) -> String {
+pub(crate) fn log_text(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()

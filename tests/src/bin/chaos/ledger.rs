@@ -34,7 +34,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(1_000);
 
 /// What a writer does.
 #[derive(Clone, Debug)]
-pub struct WriterSpec {
+pub(crate) struct WriterSpec {
     /// Index, for reports; also names its text (`w{index}`).
     pub index: u32,
     pub doc: DocId,
@@ -49,14 +49,14 @@ pub struct WriterSpec {
 }
 
 impl WriterSpec {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!("w{}", self.index)
     }
 }
 
 /// What the writers are told to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Write,
     /// No new edits; stay connected until every edit is acknowledged.
     Drain,
@@ -65,14 +65,14 @@ pub enum Phase {
 
 /// One acknowledgement, as the writer saw it.
 #[derive(Clone, Copy, Debug)]
-pub struct AckEvent {
+pub(crate) struct AckEvent {
     pub at: Instant,
     pub edits: usize,
 }
 
 /// The books of a group of writers.
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     inner: Mutex<Books>,
 }
 
@@ -96,7 +96,7 @@ struct Books {
 
 /// A copy of the books.
 #[derive(Clone, Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub made: u64,
     pub acked: u64,
     pub held_unacked: u64,
@@ -146,7 +146,7 @@ impl Ledger {
         *self.books().made.entry(writer).or_default() += 1;
     }
 
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let b = self.books();
         Summary {
             made: b.made.values().sum(),
@@ -161,7 +161,7 @@ impl Ledger {
     }
 
     /// Acknowledgements received in `[from, to)`.
-    pub fn acks_between(&self, from: Instant, to: Instant) -> Vec<AckEvent> {
+    pub(crate) fn acks_between(&self, from: Instant, to: Instant) -> Vec<AckEvent> {
         self.books()
             .acks
             .iter()
@@ -171,7 +171,7 @@ impl Ledger {
     }
 
     /// The first acknowledgement at or after `from`.
-    pub fn first_ack_after(&self, from: Instant) -> Option<Instant> {
+    pub(crate) fn first_ack_after(&self, from: Instant) -> Option<Instant> {
         self.books()
             .acks
             .iter()
@@ -181,7 +181,7 @@ impl Ledger {
     }
 
     /// Latencies of the acknowledged edits made in `[from, to)`.
-    pub fn latencies_of_edits_made(&self, from: Instant, to: Instant) -> Vec<Duration> {
+    pub(crate) fn latencies_of_edits_made(&self, from: Instant, to: Instant) -> Vec<Duration> {
         self.books()
             .latencies
             .iter()
@@ -205,14 +205,14 @@ struct Edit {
 
 /// A running writer.
 #[derive(Debug)]
-pub struct Writer {
+pub(crate) struct Writer {
     thread: std::thread::JoinHandle<Result<()>>,
 }
 
 impl Writer {
     /// Starts `spec` against `addr` on a thread of its own (its own runtime, so the timing of
     /// its edits does not depend on what else the chaos program is doing).
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         spec: WriterSpec,
         ledger: Arc<Ledger>,
@@ -228,11 +228,11 @@ impl Writer {
         Writer { thread }
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.thread.is_finished()
     }
 
-    pub fn join(self) -> Result<()> {
+    pub(crate) fn join(self) -> Result<()> {
         match self.thread.join() {
             Ok(r) => r,
             Err(_) => bail!("a writer thread panicked"),
@@ -499,7 +499,7 @@ impl State {
 
 /// What [`verify`] found.
 #[derive(Clone, Debug, Default)]
-pub struct Verified {
+pub(crate) struct Verified {
     pub acked: u64,
     /// Acknowledged edits missing from the stored documents: `(writer, edit)`.
     pub lost: Vec<(u32, u64)>,
@@ -511,7 +511,7 @@ pub struct Verified {
 
 /// Reads every writer's document from the store over HTTP and checks that it holds every
 /// acknowledged edit, each once.
-pub async fn verify(
+pub(crate) async fn verify(
     addr: SocketAddr,
     read_token: &str,
     writers: &[WriterSpec],
@@ -553,7 +553,7 @@ pub async fn verify(
 }
 
 /// Waits until every writer is done (they stop once drained or told to stop).
-pub fn join_all(writers: Vec<Writer>) -> Result<()> {
+pub(crate) fn join_all(writers: Vec<Writer>) -> Result<()> {
     for w in writers {
         w.join().context("writer")?;
     }
@@ -562,7 +562,7 @@ pub fn join_all(writers: Vec<Writer>) -> Result<()> {
 
 /// A group of writers against one server address, with their books.
 #[derive(Debug)]
-pub struct Crew {
+pub(crate) struct Crew {
     pub specs: Vec<WriterSpec>,
     pub ledger: Arc<Ledger>,
     phase: watch::Sender<Phase>,
@@ -572,7 +572,7 @@ pub struct Crew {
 impl Crew {
     /// `count` writers spread over `docs` documents named `{prefix}/d{i}`, each with a write
     /// token of its own subject.
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         keys: &crate::lattice::Keys,
         prefix: &str,
@@ -601,7 +601,7 @@ impl Crew {
         Ok(Crew::start_specs(addr, specs))
     }
 
-    pub fn start_specs(addr: SocketAddr, specs: Vec<WriterSpec>) -> Crew {
+    pub(crate) fn start_specs(addr: SocketAddr, specs: Vec<WriterSpec>) -> Crew {
         let ledger = Arc::new(Ledger::default());
         let (phase, rx) = watch::channel(Phase::Write);
         let writers = specs
@@ -618,7 +618,7 @@ impl Crew {
 
     /// Waits for an acknowledgement received at or after `since`; its time, or `None` after
     /// `within`.
-    pub async fn ack_after(&self, since: Instant, within: Duration) -> Option<Instant> {
+    pub(crate) async fn ack_after(&self, since: Instant, within: Duration) -> Option<Instant> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(at) = self.ledger.first_ack_after(since) {
@@ -633,7 +633,7 @@ impl Crew {
 
     /// Stops new edits, gives the writers `within` to get their last edits acknowledged, then
     /// stops them. Whether every writer drained in time.
-    pub async fn finish(self, within: Duration) -> Result<bool> {
+    pub(crate) async fn finish(self, within: Duration) -> Result<bool> {
         let _ = self.phase.send(Phase::Drain);
         let deadline = Instant::now() + within;
         while !self.writers.iter().all(Writer::is_finished) && Instant::now() < deadline {
@@ -649,14 +649,14 @@ impl Crew {
 
 /// How fast writers write.
 #[derive(Clone, Copy, Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     pub edit_every: Duration,
     pub window: usize,
     pub padding: usize,
 }
 
 /// A random replica id (non-zero, 32-bit).
-pub fn random_replica() -> ReplicaId {
+pub(crate) fn random_replica() -> ReplicaId {
     loop {
         if let Some(r) = ReplicaId::new(rand::random::<u32>()) {
             return r;
@@ -666,7 +666,7 @@ pub fn random_replica() -> ReplicaId {
 
 /// Checks the stored documents against the books and reports both: acknowledged, lost (a
 /// failure), stored without an ack, how connections ended.
-pub async fn account(
+pub(crate) async fn account(
     out: &mut crate::report::Outcome,
     addr: SocketAddr,
     read_token: &str,

@@ -35,7 +35,7 @@ struct Outage {
     down: Duration,
 }
 
-pub async fn run(ctx: &Ctx) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut out = Outcome::new("pg-restart");
     let pg = PrivateCluster::create(&ctx.dir)?;
     pg.start()?;
@@ -208,7 +208,7 @@ fn diff(before: &ledger::Summary, after: &ledger::Summary) -> String {
 }
 
 /// A log line without its timestamp and ANSI colours, cut to a readable length.
-pub fn short_log_line(line: &str) -> String {
+pub(crate) fn short_log_line(line: &str) -> String {
     let mut clean = String::new();
     let mut in_escape = false;
     for c in line.chars() {
@@ -378,7 +378,7 @@ fn newest_postgres_bin() -> Result<PathBuf> {
     Ok(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

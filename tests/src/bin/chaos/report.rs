@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// One scenario's result.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub scenario: String,
     /// `figure: value` lines for the summary.
     pub figures: Vec<(String, String)>,
@@ -18,25 +18,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn new(scenario: &str) -> Outcome {
+    pub(crate) fn new(scenario: &str) -> Outcome {
         Outcome {
             scenario: scenario.to_owned(),
             ..Outcome::default()
         }
     }
 
-    pub fn failed(scenario: &str, why: String) -> Outcome {
+    pub(crate) fn failed(scenario: &str, why: String) -> Outcome {
         let mut o = Outcome::new(scenario);
         o.failures.push(why);
         o
     }
 
-    pub fn figure(&mut self, name: &str, value: impl std::fmt::Display) {
+    pub(crate) fn figure(&mut self, name: &str, value: impl std::fmt::Display) {
         self.figures.push((name.to_owned(), value.to_string()));
     }
 
     /// Records a failure unless `ok`.
-    pub fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if !ok {
             let why = what();
             eprintln!("  FAILED: {why}");
@@ -45,16 +45,16 @@ impl Outcome {
     }
 }
 
-pub fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-pub fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.0} MiB", kib as f64 / 1024.0)
 }
 
 /// The `q` quantile (0..=1) of `values`, nearest rank; `None` when empty.
-pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
+pub(crate) fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
     if values.is_empty() {
         return None;
     }
@@ -65,7 +65,7 @@ pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
 }
 
 /// Thousands separators, for counts in the tables.
-pub fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -77,7 +77,7 @@ pub fn count(n: u64) -> String {
     out
 }
 
-pub fn render(outcomes: &[Outcome], header: &str) -> String {
+pub(crate) fn render(outcomes: &[Outcome], header: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## chaos summary\n\n{header}\n");
     let _ = writeln!(out, "| scenario | result | time | figures |");

@@ -15,14 +15,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Bound on connecting and on each HTTP exchange.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What came off a socket.
 #[derive(Debug)]
-pub enum Frame {
+pub(crate) enum Frame {
     Native(ServerMsg),
     Yjs(Vec<YMessage>),
     /// The close code, if the server sent a close frame; `None` for a reset or EOF.
@@ -30,7 +30,7 @@ pub enum Frame {
 }
 
 /// Opens a WebSocket to `url`, with `Authorization: Bearer token` on the upgrade if given.
-pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws> {
+pub(crate) async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws> {
     let mut request = url.into_client_request()?;
     if let Some(token) = bearer {
         request
@@ -43,7 +43,7 @@ pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws> {
     Ok(ws)
 }
 
-pub fn hello(token: Option<&str>, replica: Option<u32>) -> ClientMsg {
+pub(crate) fn hello(token: Option<&str>, replica: Option<u32>) -> ClientMsg {
     ClientMsg::Hello {
         protocol: PROTOCOL_VERSION,
         token: token.map(str::to_owned),
@@ -52,18 +52,18 @@ pub fn hello(token: Option<&str>, replica: Option<u32>) -> ClientMsg {
     }
 }
 
-pub async fn send(ws: &mut Ws, msg: &ClientMsg) -> Result<()> {
+pub(crate) async fn send(ws: &mut Ws, msg: &ClientMsg) -> Result<()> {
     ws.send(Message::Binary(msg.encode().into())).await?;
     Ok(())
 }
 
-pub async fn send_bytes(ws: &mut Ws, bytes: Vec<u8>) -> Result<()> {
+pub(crate) async fn send_bytes(ws: &mut Ws, bytes: Vec<u8>) -> Result<()> {
     ws.send(Message::Binary(bytes.into())).await?;
     Ok(())
 }
 
 /// The next native message or close, skipping pings (tungstenite answers them).
-pub async fn read_native(ws: &mut Ws) -> Frame {
+pub(crate) async fn read_native(ws: &mut Ws) -> Frame {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => match ServerMsg::decode(&b, usize::MAX) {
@@ -78,7 +78,7 @@ pub async fn read_native(ws: &mut Ws) -> Frame {
 }
 
 /// The next y-websocket frame's messages or the close.
-pub async fn read_yjs(ws: &mut Ws) -> Frame {
+pub(crate) async fn read_yjs(ws: &mut Ws) -> Frame {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => match yws::decode_frame(&b, usize::MAX) {
@@ -93,7 +93,7 @@ pub async fn read_yjs(ws: &mut Ws) -> Frame {
 }
 
 /// Reads until the server closes the connection (or `within` passes); the close code.
-pub async fn closed_within(ws: &mut Ws, within: Duration) -> Option<Option<u16>> {
+pub(crate) async fn closed_within(ws: &mut Ws, within: Duration) -> Option<Option<u16>> {
     tokio::time::timeout(within, async {
         loop {
             match ws.next().await {
@@ -108,7 +108,11 @@ pub async fn closed_within(ws: &mut Ws, within: Duration) -> Option<Option<u16>>
 }
 
 /// Connects to `/v1/sync` with the token on the upgrade and completes the hello.
-pub async fn native_session(addr: SocketAddr, token: &str, replica: Option<u32>) -> Result<Ws> {
+pub(crate) async fn native_session(
+    addr: SocketAddr,
+    token: &str,
+    replica: Option<u32>,
+) -> Result<Ws> {
     let mut ws = connect(&format!("ws://{addr}/v1/sync"), Some(token)).await?;
     send(&mut ws, &hello(Some(token), replica)).await?;
     match tokio::time::timeout(IO_TIMEOUT, read_native(&mut ws)).await {
@@ -119,25 +123,29 @@ pub async fn native_session(addr: SocketAddr, token: &str, replica: Option<u32>)
 }
 
 /// Connects to `/yjs/{doc}?token=…`.
-pub async fn yjs_session(addr: SocketAddr, doc: &str, token: &str) -> Result<Ws> {
+pub(crate) async fn yjs_session(addr: SocketAddr, doc: &str, token: &str) -> Result<Ws> {
     connect(&format!("ws://{addr}/yjs/{doc}?token={token}"), None).await
 }
 
 /// One HTTP response.
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: String,
 }
 
 impl Response {
-    pub fn json(&self) -> Result<serde_json::Value> {
+    pub(crate) fn json(&self) -> Result<serde_json::Value> {
         serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
     }
 }
 
 /// `GET path` over a fresh HTTP/1.1 connection, with an optional bearer token.
-pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<Response> {
+pub(crate) async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<Response> {
     tokio::time::timeout(IO_TIMEOUT, async {
         let mut s = TcpStream::connect(addr).await?;
         let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -187,7 +195,7 @@ fn dechunk(mut rest: &str) -> Result<String> {
 }
 
 /// Waits until `GET /healthz` answers 200, or fails after `within`.
-pub async fn wait_healthy(addr: SocketAddr, within: Duration) -> Result<()> {
+pub(crate) async fn wait_healthy(addr: SocketAddr, within: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Ok(r) = http_get(addr, "/healthz", None).await
@@ -203,7 +211,7 @@ pub async fn wait_healthy(addr: SocketAddr, within: Duration) -> Result<()> {
 }
 
 /// The value of metric `name` (exactly as written, labels included) in `/metrics`.
-pub async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
+pub(crate) async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
     let text = http_get(addr, "/metrics", None).await?.body;
     text.lines()
         .filter(|l| !l.starts_with('#'))
