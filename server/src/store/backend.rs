@@ -16,6 +16,7 @@ use lattice_engine::DocId;
 
 use super::error::DrainError;
 use super::postgres::PostgresBackend;
+use super::sql::SqlBackend;
 use super::sqlite::SqliteBackend;
 use super::{
     AppendError, DatabaseError, DocMeta, LogEntry, NewEntry, Page, ReadError, StoreConfig,
@@ -77,26 +78,6 @@ pub(crate) trait Backend: Send + Sync {
         page: &Page,
     ) -> impl Future<Output = Result<Vec<DocMeta>, ReadError>> + Send;
 
-    /// Soft-deletes (`Some(at_ms)`) or undeletes (`None`) a document, durably; whether it
-    /// changed. Appends committed after it see the new state.
-    fn set_deleted(
-        &self,
-        doc: &DocId,
-        at_ms: Option<u64>,
-    ) -> impl Future<Output = Result<bool, DatabaseError>> + Send;
-
-    /// Stores `snapshot` as the checkpoint at `meta.head_seq`, then applies retention and
-    /// thins old checkpoints (`config`), in one transaction. The checkpoint at the retention
-    /// cut is always kept. May commit without an fsync of its own: its content can be derived
-    /// again from the log.
-    fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> impl Future<Output = Result<(), DatabaseError>> + Send;
-
     /// Closes the connections, after whatever the backend must finish (SQLite drains its
     /// journal). Later calls fail.
     fn close(&self) -> impl Future<Output = ()> + Send;
@@ -135,6 +116,37 @@ impl AnyBackend {
     }
 
     /// The journal to drain between group commits; `None` on a backend without one.
+    /// Soft-deletes (`Some(at_ms)`) or undeletes (`None`) a document, durably; whether it
+    /// changed. Appends committed after it see the new state. The same SQL on both backends
+    /// ([`SqlBackend::mark_deleted`]).
+    pub(crate) async fn set_deleted(
+        &self,
+        doc: &DocId,
+        at_ms: Option<u64>,
+    ) -> Result<bool, DatabaseError> {
+        match self {
+            AnyBackend::Sqlite(b) => b.mark_deleted(doc, at_ms).await,
+            AnyBackend::Postgres(b) => b.mark_deleted(doc, at_ms).await,
+        }
+    }
+
+    /// Stores `snapshot` as the checkpoint at `meta.head_seq`, then applies retention and
+    /// thins old checkpoints (`config`), in one transaction. The checkpoint at the retention
+    /// cut is always kept. May commit without an fsync of its own: its content can be derived
+    /// again from the log. The same SQL on both backends ([`SqlBackend::store_checkpoint`]).
+    pub(crate) async fn write_checkpoint(
+        &self,
+        meta: &DocMeta,
+        snapshot: &[u8],
+        now_ms: u64,
+        config: &StoreConfig,
+    ) -> Result<(), DatabaseError> {
+        match self {
+            AnyBackend::Sqlite(b) => b.store_checkpoint(meta, snapshot, now_ms, config).await,
+            AnyBackend::Postgres(b) => b.store_checkpoint(meta, snapshot, now_ms, config).await,
+        }
+    }
+
     pub(crate) fn journal(&self) -> Option<&impl JournalDrain> {
         match self {
             AnyBackend::Sqlite(b) => Some(&**b),
@@ -185,26 +197,6 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Sqlite(b) => b.list(prefix, page).await,
             AnyBackend::Postgres(b) => b.list(prefix, page).await,
-        }
-    }
-
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
-        match self {
-            AnyBackend::Sqlite(b) => b.set_deleted(doc, at_ms).await,
-            AnyBackend::Postgres(b) => b.set_deleted(doc, at_ms).await,
-        }
-    }
-
-    async fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> Result<(), DatabaseError> {
-        match self {
-            AnyBackend::Sqlite(b) => b.write_checkpoint(meta, snapshot, now_ms, config).await,
-            AnyBackend::Postgres(b) => b.write_checkpoint(meta, snapshot, now_ms, config).await,
         }
     }
 

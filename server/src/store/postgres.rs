@@ -314,20 +314,6 @@ impl Backend for PostgresBackend {
         Ok(self.stored_list(prefix, page).await?)
     }
 
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
-        self.mark_deleted(doc, at_ms).await
-    }
-
-    async fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> Result<(), DatabaseError> {
-        self.store_checkpoint(meta, snapshot, now_ms, config).await
-    }
-
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -233,20 +233,6 @@ impl Backend for SqliteBackend {
         Ok(self.list_merged(prefix, page).await?)
     }
 
-    async fn set_deleted(&self, doc: &DocId, at_ms: Option<u64>) -> Result<bool, DatabaseError> {
-        self.mark_deleted(doc, at_ms).await
-    }
-
-    async fn write_checkpoint(
-        &self,
-        meta: &DocMeta,
-        snapshot: &[u8],
-        now_ms: u64,
-        config: &StoreConfig,
-    ) -> Result<(), DatabaseError> {
-        self.store_checkpoint(meta, snapshot, now_ms, config).await
-    }
-
     /// Drains the journal (so a clean shutdown leaves it empty), then closes the connections.
     async fn close(&self) {
         if let Err(e) = self.drain_all().await {
