@@ -388,3 +388,27 @@ impl RunCodec {
         out
     }
 }
+
+/// Declares, for each `async fn name(db: TestDb)` listed, a test `sqlite::name` and a test
+/// `postgres::name` that run it against a fresh database of that backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Sqlite).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Postgres).await).await;
+                }
+            )*
+        }
+    };
+}

@@ -13,6 +13,7 @@ use lattice_engine::{DocId, DocState, Document, ReplicaId, Value};
 use lattice_server::auth::{KeySet, Scope};
 use lattice_server::client::Client;
 use lattice_server::config::{AuthConfig, Config};
+use lattice_tests::on_both_backends;
 use lattice_tests::server_support::{
     RawPeer, Read, TestServer, WAIT, client_with_token, config, doc, http_get, http_post,
     lattice_binary, settled,
@@ -20,27 +21,6 @@ use lattice_tests::server_support::{
 use lattice_tests::store_support::TestDb;
 use serde_json::{Value as Json, json};
 use tokio_tungstenite::tungstenite::Message;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Sqlite).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Postgres).await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     two_authors_history_restore_and_soft_delete,

@@ -5,32 +5,11 @@ use std::time::Duration;
 
 use lattice_engine::protocol::{ClientMsg, ErrorCode, ServerMsg};
 use lattice_engine::{Delta, DocState, Value};
+use lattice_tests::on_both_backends;
 use lattice_tests::server_support::{
     ChildServer, RawPeer, Read, TestServer, WAIT, client, config, doc, settled,
 };
 use lattice_tests::store_support::{Kind, TestDb};
-
-/// Runs each scenario against SQLite and against PostgreSQL.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Sqlite).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(lattice_tests::store_support::TestDb::new(lattice_tests::store_support::Kind::Postgres).await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     three_clients_converge_and_survive_restart,
