@@ -18,6 +18,7 @@ pub struct GCounter {
 }
 
 impl GCounter {
+    /// A counter with no entries; its value is 0.
     pub fn new() -> Self {
         Self::default()
     }
@@ -85,6 +86,7 @@ impl GCounter {
         self.counts.iter().map(|(r, c)| (*r, *c))
     }
 
+    /// Whether no replica has an entry (an entry at zero counts as one).
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
@@ -107,14 +109,17 @@ pub struct PnCounter {
 }
 
 impl PnCounter {
+    /// A counter with no entries; its value is 0.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds `by` to `replica`'s increments (saturating at `u64::MAX`).
     pub fn increment(&mut self, replica: ReplicaId, by: u64) {
         self.increments.increment(replica, by);
     }
 
+    /// Adds `by` to `replica`'s decrements (saturating at `u64::MAX`).
     pub fn decrement(&mut self, replica: ReplicaId, by: u64) {
         self.decrements.increment(replica, by);
     }
@@ -124,6 +129,7 @@ impl PnCounter {
         i128::from(self.increments.value()) - i128::from(self.decrements.value())
     }
 
+    /// Merges both halves pointwise by maximum. Returns whether anything changed.
     pub fn merge(&mut self, other: &PnCounter) -> bool {
         let p = self.increments.merge(&other.increments);
         let n = self.decrements.merge(&other.decrements);

@@ -24,15 +24,20 @@ pub const MAX_EDIT_DISTANCE: usize = 1_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiffOp {
+    /// The run is in both versions.
     Equal,
+    /// The run is only in the new version.
     Insert,
+    /// The run is only in the old version.
     Delete,
 }
 
 /// A run of text that is equal in both versions, inserted, or deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextEdit {
+    /// Whether the run is kept, inserted or deleted.
     pub op: DiffOp,
+    /// The run's text, never empty.
     pub text: String,
 }
 
@@ -248,22 +253,30 @@ pub struct TextChange {
 /// A counter's value before and after.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterChange {
+    /// The value in the first view (0 when the counter is not in it).
     pub from: u64,
+    /// The value in the second view (0 when the counter is not in it). Lower than `from` only
+    /// when comparing back in time: a grow-only counter never goes down.
     pub to: u64,
 }
 
 /// A register's value before and after (`null` when it did not exist).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterChange {
+    /// The value in the first view, as JSON.
     pub from: Json,
+    /// The value in the second view, as JSON.
     pub to: Json,
 }
 
 /// What one change (or a range of changes) did to a document, by name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChangeSummary {
+    /// Per text whose content differs: characters inserted and deleted.
     pub texts: BTreeMap<String, TextChange>,
+    /// Per counter whose value differs: the value before and after.
     pub counters: BTreeMap<String, CounterChange>,
+    /// Per register whose value differs: the value before and after.
     pub registers: BTreeMap<String, RegisterChange>,
     /// Maps, arrays and XML roots whose content changed (named `maps/<name>` and so on).
     pub other: Vec<String>,
@@ -352,6 +365,7 @@ fn short_json(v: &Json) -> String {
 }
 
 impl ChangeSummary {
+    /// Whether nothing differs (texts, counters, registers and other roots alike).
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
             && self.counters.is_empty()
@@ -402,7 +416,9 @@ impl ChangeSummary {
 pub struct VersionDiff {
     /// Per text that differs: the edit script from the first version to the second.
     pub texts: BTreeMap<String, Vec<TextEdit>>,
+    /// Per counter whose value differs: its value in each version.
     pub counters: BTreeMap<String, CounterChange>,
+    /// Per register whose value differs: its value in each version.
     pub registers: BTreeMap<String, RegisterChange>,
     /// Maps, arrays and XML roots whose content differs.
     pub other: Vec<String>,

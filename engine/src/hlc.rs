@@ -37,10 +37,12 @@ pub struct HlcTimestamp {
     /// 64-bit NTP-format time since the Unix epoch (upper 32 bits seconds, lower 32 bits
     /// fraction); the lowest bits carry the logical counter.
     pub time: u64,
+    /// The replica that stamped it; breaks ties between equal times.
     pub replica: ReplicaId,
 }
 
 impl HlcTimestamp {
+    /// A stamp at NTP64 time `time` (see [`HlcTimestamp::time`]) by `replica`.
     pub const fn new(time: u64, replica: ReplicaId) -> Self {
         Self { time, replica }
     }
@@ -75,8 +77,11 @@ impl fmt::Debug for HlcTimestamp {
     "timestamp from replica {replica} is {ahead_ms} ms ahead of the local clock (limit {max_drift_ms} ms)"
 )]
 pub struct ClockDriftError {
+    /// The replica that stamped the refused timestamp.
     pub replica: ReplicaId,
+    /// How far the timestamp is ahead of the local clock, in milliseconds.
     pub ahead_ms: u64,
+    /// The drift bound the clock was built with, in milliseconds.
     pub max_drift_ms: u64,
 }
 
@@ -104,6 +109,7 @@ impl Hlc {
         }
     }
 
+    /// The replica whose stamps this clock makes.
     pub fn replica(&self) -> ReplicaId {
         self.replica
     }
@@ -190,6 +196,7 @@ impl ClockedHlc {
         }
     }
 
+    /// The replica whose stamps this clock makes.
     pub fn replica(&self) -> ReplicaId {
         self.hlc.replica
     }

@@ -39,6 +39,7 @@ impl ReplicaId {
         }
     }
 
+    /// The id as a number, never zero.
     pub const fn get(self) -> u32 {
         self.0.get()
     }
@@ -84,17 +85,29 @@ pub struct DocId(String);
 /// Why a string is not a valid [`DocId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocIdError {
+    /// The string is empty.
     #[error("document id is empty")]
     Empty,
+    /// The string is longer than [`MAX_DOC_ID_BYTES`].
     #[error("document id is {len} bytes, the limit is {MAX_DOC_ID_BYTES}")]
-    TooLong { len: usize },
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The string holds a character outside `[A-Za-z0-9._~/-]`.
     #[error("document id contains {ch:?}; allowed are letters, digits, '.', '_', '~', '-' and '/'")]
-    BadChar { ch: char },
+    BadChar {
+        /// The first such character.
+        ch: char,
+    },
+    /// A `/`-separated segment is empty (a leading, trailing or doubled `/`), `.` or `..`.
     #[error("document id has an empty, '.' or '..' path segment")]
     BadSegment,
 }
 
 impl DocId {
+    /// Checks `id` against the rules above; the errors are checked in the order of
+    /// [`DocIdError`]'s variants, so an id that breaks several rules reports the first.
     pub fn new(id: impl Into<String>) -> Result<Self, DocIdError> {
         let id = id.into();
         if id.is_empty() {
@@ -118,6 +131,7 @@ impl DocId {
         Ok(Self(id))
     }
 
+    /// The id as it was given (and as it travels on the wire).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -34,6 +34,8 @@
 //!   [`yjs::check_update_v1`] before `yrs` allocates anything, then planned; typed
 //!   [`ApplyError`]) and [`yws::decode_frame`] (typed [`YDecodeError`](yws::YDecodeError)).
 
+#![warn(missing_docs)]
+
 mod counter;
 mod document;
 pub mod history;

@@ -36,8 +36,11 @@ pub const MAX_NESTING: usize = 64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    /// First message on a connection.
+    /// First message on a connection; the server answers [`ServerMsg::Welcome`]. A second
+    /// `hello` is refused (`malformed_message`) and the connection stays open.
     Hello {
+        /// The protocol version the client speaks; [`ClientMsg::decode`] refuses any other than
+        /// [`PROTOCOL_VERSION`] ([`DecodeError::UnsupportedVersion`]).
         protocol: u32,
         /// Access token, for clients that cannot set headers or query parameters.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,32 +55,45 @@ pub enum ClientMsg {
     /// Start receiving a document. `state` is what the client holds; the server answers with a
     /// `sync` carrying what the client lacks and the server's own state.
     Subscribe {
+        /// The document to receive.
         doc: DocId,
+        /// What the client already holds; omitted (the default) means nothing.
         #[serde(default)]
         state: DocState,
     },
+    /// Stop receiving a document; the connection's presence on it is removed.
     Unsubscribe {
+        /// The document to stop receiving.
         doc: DocId,
     },
-    /// A change made by this client. `seq` increases by one per delta per connection and document;
-    /// the server acknowledges it once the delta is durable.
+    /// A change made by this client. The server acknowledges it ([`ServerMsg::Ack`]) once the
+    /// delta is durable, or refuses it with a [`ServerMsg::Error`] carrying its `seq`.
     Delta {
+        /// The document changed; the connection must be subscribed to it.
         doc: DocId,
+        /// The client's sequence number of this delta, greater than the last one the server took
+        /// on this connection for `doc` (gaps are fine; a refused delta does not count as taken).
         seq: u64,
+        /// The change itself.
         delta: Delta,
     },
     /// Ephemeral state of this client on `doc` (name, colour, cursor…), never persisted.
     /// A `null` state leaves. Renew it within the presence TTL (30 s by default) or it expires;
     /// `typing` expires after a few seconds unless renewed.
     Presence {
+        /// The document the presence is about; the connection must be subscribed to it.
         doc: DocId,
+        /// The client's presence state; [`Value::Null`] (or omitted) leaves.
         #[serde(default)]
         state: Value,
+        /// Whether the client is typing; expires unless renewed.
         #[serde(default)]
         typing: bool,
     },
-    /// Application-level heartbeat (browsers cannot see WebSocket pings).
+    /// Application-level heartbeat (browsers cannot see WebSocket pings); the server answers
+    /// [`ServerMsg::Pong`].
     Ping {
+        /// Any number; the `pong` echoes it.
         nonce: u64,
     },
 }
@@ -88,46 +104,71 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     /// Answer to `hello`.
     Welcome {
+        /// The protocol version the server speaks on this connection ([`PROTOCOL_VERSION`]).
         protocol: u32,
         /// Server name and version.
         server: String,
     },
     /// Answer to `subscribe`: what the client lacks, and what the server holds so the client can
-    /// send back what the server lacks.
+    /// send back what the server lacks. Also sent on its own, with an empty `delta`, after a
+    /// [`ErrorCode::MissingDependencies`] refusal to ask for a resync. Holds only committed
+    /// content.
     Sync {
+        /// The document synced.
         doc: DocId,
+        /// What the server holds that the client's `subscribe` state lacks; empty in a resync
+        /// request.
         delta: Delta,
+        /// The server's state; the client answers with a `delta` of what this state lacks
+        /// ([`Document::diff_since`](crate::Document::diff_since)), if anything.
         state: DocState,
     },
     /// A change from another replica, already durable.
     Delta {
+        /// The document changed.
         doc: DocId,
+        /// The change; deltas of one sender committed together may arrive merged into one.
         delta: Delta,
     },
-    /// Every delta this client sent for `doc` with a sequence number up to `seq` is durable.
+    /// Every delta this client sent for `doc` with a sequence number up to `seq` is durable,
+    /// except those that were refused: a refused delta is never acknowledged.
     Ack {
+        /// The document the acknowledged deltas changed.
         doc: DocId,
+        /// The highest sequence number acknowledged; acks are cumulative and in commit order.
         seq: u64,
     },
+    /// A refusal. Whether the connection stays open depends on the code (docs/protocol.md,
+    /// *Errors and closes*); a refused delta was neither stored nor relayed.
     Error {
+        /// What went wrong; stable, for programs.
         code: ErrorCode,
+        /// What went wrong, for people.
         message: String,
+        /// The document concerned, when there is one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         doc: Option<DocId>,
+        /// The `seq` of the refused delta, when a delta was refused.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
     /// Another connection's presence on `doc` joined or changed (`state` set) or left
     /// (`state` is `null`). `peer` identifies the connection for as long as it lives.
     Presence {
+        /// The document the presence is about.
         doc: DocId,
+        /// The server's number for the other connection; not its replica id.
         peer: u64,
+        /// The peer's presence state; [`Value::Null`] (or omitted) means it left.
         #[serde(default)]
         state: Value,
+        /// Whether the peer is typing.
         #[serde(default)]
         typing: bool,
     },
+    /// Answer to [`ClientMsg::Ping`].
     Pong {
+        /// The `ping`'s nonce.
         nonce: u64,
     },
 }
@@ -136,16 +177,31 @@ pub enum ServerMsg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// `hello` with a protocol version the server does not speak (close 4001): upgrade.
     UnsupportedVersion,
+    /// A frame over the frame limit (close 1009): split the change.
     FrameTooLarge,
+    /// A frame that does not decode, an invalid `DocId`, a text frame, or a second `hello`.
+    /// Close 4000 (a text frame: 1003); a second `hello` leaves the connection open.
     MalformedMessage,
+    /// A message kind the receiver does not know; the connection stays open.
     UnknownMessage,
+    /// A delta that can never be taken: its body does not decode, its Yjs update fails the
+    /// checks, or a stamp is too far ahead of the server's clock. Nothing was stored; report it.
     InvalidDelta,
+    /// A `delta` or `presence` for a document the connection is not subscribed to.
     NotSubscribed,
+    /// Over a rate limit, or the server has no room for another connection (close 4029 or
+    /// 1013): reconnect with backoff.
     RateLimited,
+    /// A `subscribe` over the per-connection document limit; the connection stays open.
     TooManyDocuments,
+    /// No token, one that does not verify, or one that expired (close 4401): get a fresh token.
     Unauthorized,
+    /// The token does not cover the document, or is read-only and a delta was sent.
     Forbidden,
+    /// The server failed: it cannot load the document, or could not commit a delta (nothing
+    /// of it was stored). Reconnect with backoff and resync.
     Internal,
     /// A delta's Yjs update builds on content the server does not hold (or deletes such
     /// content). Nothing was stored; the server follows with a `sync` carrying its state, and
@@ -217,26 +273,56 @@ impl ErrorCode {
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The frame is over the limit given to the decoder; nothing of it was read.
     #[error("frame is {len} bytes, the limit is {max}")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The frame's length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The frame has no bytes.
     #[error("frame is empty")]
     Empty,
+    /// The frame's first byte is not a MessagePack map marker.
     #[error("frame is not a MessagePack map")]
     NotAMap,
+    /// The map has no `type` key.
     #[error("message has no \"type\" field")]
     MissingKind,
+    /// The `type` names a kind this build does not know; a server answers `unknown_message`
+    /// and carries on.
     #[error("unknown message type {kind:?}")]
-    UnknownKind { kind: String },
+    UnknownKind {
+        /// The kind as received, cut to its first 64 characters.
+        kind: String,
+    },
+    /// A `hello` with a protocol version other than [`PROTOCOL_VERSION`].
     #[error("protocol version {got} is not supported (this build speaks {supported})")]
-    UnsupportedVersion { got: u32, supported: u32 },
+    UnsupportedVersion {
+        /// The version the peer asked for.
+        got: u32,
+        /// The version this build speaks.
+        supported: u32,
+    },
+    /// The map is not a valid message: a missing or mistyped field, nesting deeper than
+    /// [`MAX_NESTING`], truncated MessagePack or bytes after the message.
     #[error("malformed {kind:?} message: {reason}")]
-    Malformed { kind: String, reason: String },
+    Malformed {
+        /// The message kind, empty when the envelope itself did not read.
+        kind: String,
+        /// What the MessagePack decoder reported.
+        reason: String,
+    },
     /// A `delta` message whose `doc` and `seq` read fine but whose `delta` does not (a counter
     /// keyed by a string, a register without a stamp…): only that delta is refused.
     #[error("delta {seq} for {doc} is malformed: {reason}")]
     InvalidDelta {
+        /// The delta's document.
         doc: DocId,
+        /// The delta's sequence number, to name it in the refusal.
         seq: u64,
+        /// What the MessagePack decoder reported.
         reason: String,
     },
 }
@@ -371,6 +457,7 @@ impl ClientMsg {
         Ok(msg)
     }
 
+    /// Encodes the message as one frame: a MessagePack map with named fields.
     pub fn encode(&self) -> Vec<u8> {
         encode_frame(self)
     }
@@ -389,10 +476,14 @@ impl ClientMsg {
 }
 
 impl ServerMsg {
+    /// Decodes one frame, refusing frames over `max_frame_bytes` before reading them. Unlike
+    /// [`ClientMsg::decode`], it checks no protocol version: a `welcome` decodes whatever its
+    /// `protocol`.
     pub fn decode(bytes: &[u8], max_frame_bytes: usize) -> Result<Self, DecodeError> {
         decode_frame(bytes, max_frame_bytes, SERVER_KINDS)
     }
 
+    /// Encodes the message as one frame: a MessagePack map with named fields.
     pub fn encode(&self) -> Vec<u8> {
         encode_frame(self)
     }

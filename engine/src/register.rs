@@ -17,14 +17,17 @@ pub struct LwwRegister<V> {
 }
 
 impl<V: Ord + Clone> LwwRegister<V> {
+    /// A register holding `value`, written at `stamp`.
     pub fn new(value: V, stamp: HlcTimestamp) -> Self {
         Self { value, stamp }
     }
 
+    /// The value of the winning write.
     pub fn value(&self) -> &V {
         &self.value
     }
 
+    /// The stamp of the winning write.
     pub fn stamp(&self) -> HlcTimestamp {
         self.stamp
     }

@@ -20,14 +20,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// value can break a tie deterministically.
 #[derive(Clone, Debug, Default)]
 pub enum Value {
+    /// No value: MessagePack `nil`, JSON `null`. The default; as a presence state, "left".
     #[default]
     Null,
+    /// A boolean.
     Bool(bool),
+    /// A signed 64-bit integer. Unsigned integers above `i64::MAX` are refused when read.
+    /// Never equal to a [`Value::Float`] of the same number.
     Int(i64),
+    /// A 64-bit float, NaN and infinities included (JSON: the `$float` form).
     Float(f64),
+    /// A UTF-8 string.
     String(String),
+    /// Raw bytes: MessagePack `bin`, JSON `{"$bytes": "<hex>"}`.
     Bytes(Vec<u8>),
+    /// An ordered list of values (MessagePack and JSON arrays).
     List(Vec<Value>),
+    /// A map with string keys, in key order.
     Map(BTreeMap<String, Value>),
 }
 

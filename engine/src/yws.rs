@@ -26,10 +26,13 @@ use yrs::updates::encoder::Encode;
 
 use crate::yjs::{UpdateCheckError, check_state_vector_v1, check_update_v1};
 
-/// Message type tags of the y-websocket protocol.
+/// Message type tag of sync messages (step 1, step 2, update), followed by a sub-type.
 pub const MSG_SYNC: u64 = 0;
+/// Message type tag of awareness updates.
 pub const MSG_AWARENESS: u64 = 1;
+/// Message type tag of auth messages (the server's "permission denied").
 pub const MSG_AUTH: u64 = 2;
+/// Message type tag of a query for everyone's awareness; it has no body.
 pub const MSG_QUERY_AWARENESS: u64 = 3;
 
 /// An empty Yjs v1 update: no structs, no deletions. Sent as sync step 2 when the client lacks
@@ -44,31 +47,45 @@ pub const MAX_AWARENESS_CLIENT: u64 = (1 << 53) - 1;
 pub enum YMessage {
     /// "Here is my state vector; send me what I lack." Checked v1 state vector bytes.
     SyncStep1 {
+        /// The client's state vector, v1 encoding, checked by [`check_state_vector_v1`].
         state_vector: Vec<u8>,
     },
     /// "Here is what you lack." A checked v1 update.
     SyncStep2 {
+        /// The update, v1 encoding, checked by [`check_update_v1`] (structure only: it has not
+        /// been planned against a document yet).
         update: Vec<u8>,
     },
     /// A change. A checked v1 update.
     Update {
+        /// The update, v1 encoding, checked by [`check_update_v1`] (structure only: it has not
+        /// been planned against a document yet).
         update: Vec<u8>,
     },
+    /// An awareness update: the states of one or more Yjs clients.
     Awareness {
+        /// The entries in the order received; client ids at most [`MAX_AWARENESS_CLIENT`].
         entries: Vec<AwarenessEntry>,
     },
     /// Clients do not normally send auth messages; decoded so they can be ignored.
     Auth {
+        /// The reason of a "permission denied"; `None` for any other auth sub-type.
         denied: Option<String>,
     },
+    /// A request for everyone's current awareness.
     QueryAwareness,
 }
 
 /// One client's awareness state: `state_json` is the JSON text, `"null"` when the client left.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AwarenessEntry {
+    /// The awareness client id, at most [`MAX_AWARENESS_CLIENT`]: a Yjs client's own id, or
+    /// one the server gives a native peer. Encoding keeps only its low 53 bits.
     pub client: u64,
+    /// The entry's clock: the client increments it on every change, and a receiver keeps the
+    /// state with the highest clock.
     pub clock: u32,
+    /// The state as JSON text; not checked to be valid JSON by [`decode_frame`].
     pub state_json: String,
 }
 
@@ -82,28 +99,75 @@ impl AwarenessEntry {
 /// Why a y-websocket frame was refused. The frame changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum YDecodeError {
+    /// The frame has no bytes.
     #[error("empty frame")]
     Empty,
+    /// The frame is over the limit given to [`decode_frame`]; nothing of it was read.
     #[error("frame is {len} bytes, the limit is {max}")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The frame's length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A varint or a length-prefixed field runs past the end of the frame (or of the
+    /// awareness body).
     #[error("truncated {what} at byte {at}")]
-    Truncated { what: &'static str, at: usize },
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// The offset where the field starts, in the frame or in the awareness body.
+        at: usize,
+    },
+    /// A varint does not fit in 64 bits.
     #[error("varint longer than 64 bits at byte {at}")]
-    VarintOverflow { at: usize },
+    VarintOverflow {
+        /// The offset where the varint starts.
+        at: usize,
+    },
+    /// A message type other than 0–3.
     #[error("unknown message type {kind}")]
-    UnknownMessageType { kind: u64 },
+    UnknownMessageType {
+        /// The type received.
+        kind: u64,
+    },
+    /// A sync sub-type other than 0 (step 1), 1 (step 2) and 2 (update).
     #[error("unknown sync message type {kind}")]
-    UnknownSyncType { kind: u64 },
+    UnknownSyncType {
+        /// The sub-type received.
+        kind: u64,
+    },
+    /// A string (an awareness state, an auth reason) is not valid UTF-8.
     #[error("{what} is not UTF-8")]
-    NotUtf8 { what: &'static str },
+    NotUtf8 {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// An awareness client id above [`MAX_AWARENESS_CLIENT`].
     #[error("awareness client id {client} is wider than 53 bits")]
-    AwarenessClientTooWide { client: u64 },
+    AwarenessClientTooWide {
+        /// The id received.
+        client: u64,
+    },
+    /// An awareness clock that does not fit in a `u32`.
     #[error("awareness clock {clock} is wider than 32 bits")]
-    AwarenessClockTooWide { clock: u64 },
+    AwarenessClockTooWide {
+        /// The clock received.
+        clock: u64,
+    },
+    /// An awareness update declares more entries than its bytes can hold (each takes at
+    /// least three), refused before anything is allocated.
     #[error("awareness update claims {count} entries in {left} bytes")]
-    TooManyEntries { count: u64, left: usize },
+    TooManyEntries {
+        /// The entry count declared.
+        count: u64,
+        /// The bytes left in the awareness body after the count.
+        left: usize,
+    },
+    /// A sync step 2 or update whose Yjs update fails [`check_update_v1`].
     #[error("bad Yjs update: {0}")]
     Update(UpdateCheckError),
+    /// A sync step 1 whose state vector fails [`check_state_vector_v1`].
     #[error("bad state vector: {0}")]
     StateVector(UpdateCheckError),
 }

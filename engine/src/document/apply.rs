@@ -30,6 +30,8 @@ pub struct Source<'a> {
     /// (Yjs client, counter replica, register stamp replica) the delta is the first to use;
     /// `None` (no authentication, or a local edit) records and checks nothing.
     pub author: Option<&'a str>,
+    /// How strictly the delta is checked, and what happens to a Yjs update that builds on
+    /// clocks the document lacks.
     pub trust: Trust,
 }
 

@@ -35,10 +35,13 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// delivered in any order, more than once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
+    /// One Yjs update, v1 encoding; empty when the delta changes no Yjs content.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
     pub yjs: Vec<u8>,
+    /// Counter name (at most [`MAX_NAME_BYTES`]) → the replicas' absolute counts announced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, GCounter>,
+    /// Register name (at most [`MAX_NAME_BYTES`]) → the stamped write announced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registers: BTreeMap<String, LwwRegister<Value>>,
 }
@@ -50,10 +53,14 @@ pub struct Delta {
 /// - `registers`: the stamp of the write it holds for each register.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocState {
+    /// The Yjs state vector, v1 encoding; empty means no Yjs content. Deletions do not show in
+    /// it, so a diff against it carries the whole delete set.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
     pub yjs: Vec<u8>,
+    /// Counter name → the per-replica counts held.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, GCounter>,
+    /// Register name → the stamp of the write held.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registers: BTreeMap<String, HlcTimestamp>,
 }
@@ -62,46 +69,101 @@ pub struct DocState {
 /// for [`ApplyError::Integrate`], after which the document is poisoned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// The Yjs bytes (update or state vector) fail the structural check,
+    /// [`check_update_v1`](crate::yjs::check_update_v1) or
+    /// [`check_state_vector_v1`](crate::yjs::check_state_vector_v1).
     #[error("invalid Yjs bytes: {0}")]
     Check(#[from] UpdateCheckError),
+    /// The Yjs bytes pass the check but yrs cannot decode or merge them, or the update is
+    /// inconsistent (an item whose parent is not a shared type, a client listed twice).
     #[error("Yjs bytes do not decode: {reason}")]
-    Decode { reason: String },
+    Decode {
+        /// What yrs or the plan reported.
+        reason: String,
+    },
+    /// A counter or register name longer than [`MAX_NAME_BYTES`].
     #[error("{what} name is {len} bytes, the limit is {MAX_NAME_BYTES}")]
-    NameTooLong { what: &'static str, len: usize },
+    NameTooLong {
+        /// `"counter"` or `"register"`.
+        what: &'static str,
+        /// The name's length in bytes.
+        len: usize,
+    },
     /// yrs failed (or panicked) half-way through integrating an update. The document may hold
     /// part of it, so it refuses all further work; the owner reloads it from the store.
     #[error("Yjs update could not be integrated ({reason}); the document must be reloaded")]
-    Integrate { reason: String },
+    Integrate {
+        /// What yrs reported, or the panic message.
+        reason: String,
+    },
+    /// An earlier [`ApplyError::Integrate`] poisoned the document; it refuses everything until
+    /// it is reloaded (from a snapshot or the store).
     #[error("the document was poisoned by an earlier failure and must be reloaded")]
     Poisoned,
+    /// A trusted delta would be held back for missing clocks, but the held updates already
+    /// reach [`MAX_HELD_BYTES`].
     #[error("more than {limit} bytes of updates wait for missing history; refusing more")]
-    TooMuchHeld { limit: usize },
+    TooMuchHeld {
+        /// The limit in bytes ([`MAX_HELD_BYTES`]).
+        limit: usize,
+    },
     /// The Yjs update builds on (or deletes) clock `clock` of client `client`, which the
     /// document does not hold. A peer's update must be integrable whole when it arrives
     /// ([`Trust::Peer`]); the peer should resync, which sends what it builds on along with it.
     #[error(
         "the update builds on client {client} clock {clock}, which the document does not hold; resync"
     )]
-    MissingDependencies { client: u32, clock: u32 },
+    MissingDependencies {
+        /// The client whose clock is missing.
+        client: u32,
+        /// The first missing clock.
+        clock: u32,
+    },
     /// A shared type would be nested deeper than [`crate::yjs::MAX_TYPE_DEPTH`].
     #[error(
         "shared types nested {depth} deep at client {client} clock {clock}; the limit is {}",
         crate::yjs::MAX_TYPE_DEPTH
     )]
-    TooDeep { client: u32, clock: u32, depth: u32 },
+    TooDeep {
+        /// The client of the struct that would land too deep.
+        client: u32,
+        /// Its clock.
+        clock: u32,
+        /// The depth it would land at (a root type is depth 1).
+        depth: u32,
+    },
     /// The delta adds content under a client id (or a counter or register replica id) that
     /// another principal introduced in this document ([`Trust::Peer`]).
     #[error("client id {client} belongs to another user of this document")]
-    ClientIdTaken { client: u32 },
+    ClientIdTaken {
+        /// The client id (or replica id) claimed.
+        client: u32,
+    },
 }
 
 /// A local edit that cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
+    /// A text offset past the end of the text; nothing was changed.
     #[error("position {index} is past the end of text {name:?} (length {len} UTF-16 units)")]
-    OutOfRange { name: String, index: u32, len: u32 },
+    OutOfRange {
+        /// The text's name.
+        name: String,
+        /// The offending offset in UTF-16 code units: the insert position, or the end of the
+        /// range to delete (saturated at `u32::MAX`).
+        index: u32,
+        /// The text's length in UTF-16 code units.
+        len: u32,
+    },
+    /// A text, counter or register name longer than [`MAX_NAME_BYTES`].
     #[error("{what} name is {len} bytes, the limit is {MAX_NAME_BYTES}")]
-    NameTooLong { what: &'static str, len: usize },
+    NameTooLong {
+        /// `"text"`, `"counter"` or `"register"`.
+        what: &'static str,
+        /// The name's length in bytes.
+        len: usize,
+    },
+    /// An earlier failure poisoned the document ([`ApplyError::Integrate`]); reload it.
     #[error("the document was poisoned by an earlier failure and must be reloaded")]
     Poisoned,
     /// A Yjs update made by a bound Yjs document (see [`Document::yjs_local_update`]) was refused.
@@ -112,10 +174,17 @@ pub enum EditError {
 /// A snapshot that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The bytes are not a MessagePack snapshot.
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// The snapshot was written in a layout other than [`SNAPSHOT_FORMAT`].
     #[error("snapshot format {found} is not supported (this build reads {SNAPSHOT_FORMAT})")]
-    UnsupportedFormat { found: u32 },
+    UnsupportedFormat {
+        /// The format the snapshot declares.
+        found: u32,
+    },
+    /// The snapshot decodes, but its content does not apply (bad Yjs bytes, a name too
+    /// long…).
     #[error("snapshot content is invalid: {0}")]
     Apply(#[from] ApplyError),
 }
@@ -287,6 +356,7 @@ impl Document {
         }
     }
 
+    /// The replica id this document's own edits are made under (its Yjs client id).
     pub fn replica(&self) -> ReplicaId {
         self.replica
     }
@@ -298,6 +368,8 @@ impl Document {
         &self.ydoc
     }
 
+    /// Whether a failure half-way through integrating an update ([`ApplyError::Integrate`])
+    /// left the document unusable; it then refuses every change and diff until reloaded.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }

@@ -12,10 +12,15 @@ use crate::{HlcTimestamp, LwwRegister, Value};
 /// Why a restore delta could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// This document or the target is poisoned ([`Document::is_poisoned`]); reload it and try
+    /// again.
     #[error("the document was poisoned by an earlier failure and must be reloaded")]
     Poisoned,
+    /// The working copy of this document the restore edits could not be made from its
+    /// snapshot.
     #[error("the document could not be copied: {0}")]
     Copy(#[from] SnapshotError),
+    /// A text is too long for a 32-bit UTF-16 offset.
     #[error("a text is longer than 2^32 UTF-16 units")]
     TooLarge,
 }
@@ -36,7 +41,9 @@ pub struct RestoreReport {
 /// A counter restore left alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterNotRestored {
+    /// The counter's value now, which it keeps.
     pub current: u64,
+    /// Its value at the version restored (0 if it did not exist then).
     pub at_version: u64,
 }
 

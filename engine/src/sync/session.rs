@@ -13,31 +13,48 @@ pub enum SessionEvent {
     Online,
     /// A document finished its initial exchange: the client holds everything the server had.
     Synced {
+        /// The document synced. Also reported after a resync the server asked for.
         doc: DocId,
     },
     /// A change from another replica was applied: a relayed delta, or a `sync` that brought
     /// something the client lacked.
     Remote {
+        /// The document changed.
         doc: DocId,
     },
     /// Local deltas up to `seq` are durable on the server.
     Acked {
+        /// The document the acknowledged deltas changed.
         doc: DocId,
+        /// The highest sequence number acknowledged.
         seq: u64,
     },
+    /// Another connection's presence on a document joined, changed or left.
     Presence {
+        /// The document the presence is about.
         doc: DocId,
+        /// The server's number for the other connection.
         peer: u64,
         /// `Value::Null` when the peer left.
         state: Value,
+        /// Whether the peer is typing.
         typing: bool,
     },
+    /// The server refused something, or the session could not take what the server sent
+    /// (reported as `invalid_delta` for a delta it cannot apply, `malformed_message` for a
+    /// state it cannot read). A refused local delta stays pending and goes out with the next
+    /// resync.
     Error {
+        /// What went wrong.
         code: ErrorCode,
+        /// What went wrong, for people.
         message: String,
+        /// The document concerned, when there is one.
         doc: Option<DocId>,
     },
+    /// The server answered a `ping`.
     Pong {
+        /// The `ping`'s nonce.
         nonce: u64,
     },
 }
@@ -45,7 +62,10 @@ pub enum SessionEvent {
 /// What the driver must send and report after one input.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SessionOutput {
+    /// Messages to send to the server, in order. Drop them if the socket is closed: the next
+    /// connection's resync covers them.
     pub send: Vec<ClientMsg>,
+    /// Events for the application, in order.
     pub events: Vec<SessionEvent>,
 }
 
@@ -109,22 +129,29 @@ impl Session {
         self.token = token;
     }
 
+    /// The free-form client name and version sent in `hello`, for the server's logs.
     pub fn set_agent(&mut self, agent: Option<String>) {
         self.agent = agent;
     }
 
+    /// This client's replica id, sent in `hello` and used for its edits.
     pub fn replica(&self) -> ReplicaId {
         self.replica
     }
 
+    /// Whether the driver reported the socket open ([`Session::connected`]) and not closed
+    /// since ([`Session::disconnected`]).
     pub fn is_connected(&self) -> bool {
         self.connected
     }
 
+    /// The local replica of `doc`, if it is open. Change it only through [`Session::edit`].
     pub fn document(&self, doc: &DocId) -> Option<&Document> {
         self.docs.get(doc).map(|d| &d.doc)
     }
 
+    /// Whether `doc` finished its exchange with the server on this connection: the client then
+    /// holds everything the server had, and local edits go out at once.
     pub fn is_synced(&self, doc: &DocId) -> bool {
         self.docs.get(doc).is_some_and(|d| d.synced)
     }

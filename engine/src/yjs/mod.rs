@@ -42,44 +42,89 @@ pub const MAX_TYPE_DEPTH: u8 = 64;
 /// Why an update was refused before decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateCheckError {
+    /// The input ends in the middle of a field.
     #[error("update ends early at byte {at}")]
-    Truncated { at: usize },
+    Truncated {
+        /// The offset where the input ran out (for a fixed-size field, the input's length).
+        at: usize,
+    },
+    /// A variable-length integer runs past 64 bits (or, signed, past ten bytes).
     #[error("variable-length integer too long at byte {at}")]
-    VarIntOverflow { at: usize },
+    VarIntOverflow {
+        /// The offset where the integer starts.
+        at: usize,
+    },
+    /// A count (of clients, structs, ranges, bytes, values…) larger than the bytes that remain,
+    /// when each counted element takes at least one: the input lies about its size.
     #[error("count {count} at byte {at} exceeds the {remaining} bytes that remain")]
     CountTooLarge {
+        /// The count declared.
         count: u64,
+        /// The bytes left after the count.
         remaining: usize,
+        /// The offset where the count starts.
         at: usize,
     },
+    /// A client id that does not fit in 32 bits.
     #[error("client id {client} is wider than 32 bits; Yjs clients before v14 cannot read it")]
-    ClientIdTooWide { client: u64 },
+    ClientIdTooWide {
+        /// The id declared.
+        client: u64,
+    },
+    /// A clock, a clock range's end, or another 32-bit number of the format (a length) that
+    /// does not fit in 32 bits.
     #[error("clock {clock} does not fit in 32 bits")]
-    ClockTooLarge { clock: u64 },
+    ClockTooLarge {
+        /// The value declared, or the end of the range.
+        clock: u64,
+    },
+    /// A tag Yjs does not define.
     #[error("unknown {what} tag {tag} at byte {at}")]
     UnknownTag {
+        /// Which tag: `"content"`, `"type"` or `"any"`.
         what: &'static str,
+        /// The tag read.
         tag: u8,
+        /// The offset of the tag.
         at: usize,
     },
+    /// A string that is not UTF-8.
     #[error("string at byte {at} is not UTF-8")]
-    NotUtf8 { at: usize },
+    NotUtf8 {
+        /// The offset where the string (its length) starts.
+        at: usize,
+    },
+    /// `Any` arrays and maps nested deeper than [`MAX_ANY_DEPTH`].
     #[error("values nested deeper than {MAX_ANY_DEPTH} at byte {at}")]
-    TooDeep { at: usize },
+    TooDeep {
+        /// The offset of the value past the limit.
+        at: usize,
+    },
     /// Subdocuments are not synced by Lattice, and yrs 0.28.1 leaks every subdocument it
     /// decodes (a reference cycle through the parent store), so a peer could grow the server's
     /// memory at will by sending them.
     #[error("subdocument content at byte {at} is not supported")]
-    Subdocument { at: usize },
+    Subdocument {
+        /// The offset of the subdocument content.
+        at: usize,
+    },
     /// The update (or state vector) ends at byte `at`, but the input is `len` bytes long.
     #[error("{trailing} bytes after the end of the update at byte {at}", trailing = .len - .at)]
-    TrailingBytes { at: usize, len: usize },
+    TrailingBytes {
+        /// Where the update ends.
+        at: usize,
+        /// The input's length.
+        len: usize,
+    },
 }
 
 /// A Yjs struct id: a client and a clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct YId {
+    /// The Yjs client id of the replica that created the struct.
     pub client: u32,
+    /// The struct's position in that client's sequence: each client numbers its content from
+    /// 0, one clock per unit of content (a UTF-16 code unit of text, an array element…).
     pub clock: u32,
 }
 
@@ -436,6 +481,7 @@ pub(crate) fn walk_update_v1(
 /// The clocks one client's structs in an update cover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpan {
+    /// The client whose structs these are.
     pub client: u32,
     /// Clock of the client's first struct in the update.
     pub start: u32,

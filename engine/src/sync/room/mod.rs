@@ -25,13 +25,17 @@ pub const SERVER_PEER: PeerId = PeerId(0);
 pub enum Access {
     /// Receives changes and may publish presence; every write is refused.
     Read,
+    /// Receives changes, may publish presence and send deltas.
     Write,
 }
 
 /// How a peer subscribes ([`Room::subscribe`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscribeOptions {
+    /// Whether the subscriber may write; a read-only subscriber's deltas are refused
+    /// (`forbidden`).
     pub access: Access,
+    /// Whether its own committed deltas are relayed back to it.
     pub echo: Echo,
 }
 
@@ -78,7 +82,9 @@ pub enum CloseReason {
 /// One message for a set of peers; the driver encodes it once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
+    /// The peers to send it to, never empty.
     pub to: Vec<PeerId>,
+    /// The message.
     pub msg: ServerMsg,
 }
 
@@ -86,19 +92,29 @@ pub struct Outgoing {
 /// order and reports back with [`Room::committed`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PendingDelta {
+    /// The room's number for this commit, increasing in the order deltas were applied (with
+    /// gaps: a delta that changed nothing takes a token but is not persisted). Report it to
+    /// [`Room::committed`] once the delta (and every one before it) is durable.
     pub token: u64,
+    /// The sender, or [`SERVER_PEER`] for the server's own changes.
     pub peer: PeerId,
+    /// The delta as applied, to store.
     pub delta: Delta,
     /// Latest HLC time in the delta (its newest register stamp), or the room's clock.
     pub hlc: u64,
+    /// The principal that sent it (a token's subject), to record in history; `None` without
+    /// authentication.
     pub author: Option<String>,
 }
 
 /// What the driver must do after one input.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Effects {
+    /// Messages to send, in order.
     pub send: Vec<Outgoing>,
+    /// Deltas to commit to the store, in token order.
     pub persist: Vec<PendingDelta>,
+    /// Connections to close, and why.
     pub close: Vec<(PeerId, CloseReason)>,
     /// The in-memory document can no longer be trusted (yrs failed half-way, or a commit
     /// failed); the driver reloads it from the store and resubscribes nobody: peers resync.
@@ -113,6 +129,7 @@ impl Effects {
         });
     }
 
+    /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.send.is_empty() && self.persist.is_empty() && self.close.is_empty() && !self.reload
     }
@@ -189,18 +206,22 @@ impl Room {
         }
     }
 
+    /// The document's id.
     pub fn doc_id(&self) -> &DocId {
         &self.doc_id
     }
 
+    /// The live document: everything applied, including deltas still waiting for their commit.
     pub fn document(&self) -> &Document {
         &self.doc
     }
 
+    /// Number of subscribed peers.
     pub fn subscriber_count(&self) -> usize {
         self.subscribers.len()
     }
 
+    /// Whether `peer` is subscribed.
     pub fn is_subscribed(&self, peer: PeerId) -> bool {
         self.subscribers.contains_key(&peer)
     }
