@@ -347,8 +347,9 @@ impl Room {
     /// A delta from a subscriber, sent by `author` (its token's subject). Checked as a peer's
     /// ([`crate::Trust::Peer`]): applied at once and whole (so later subscribers see it),
     /// persisted by the driver, acknowledged and relayed on [`Room::committed`]. A refused
-    /// delta changes nothing and gets an error with its `seq`, never an ack; its `seq` must
-    /// still be greater than every `seq` the peer sent before. Its newest register stamp may
+    /// delta changes nothing and gets an error with its `seq`, never an ack, and does not count
+    /// as taken: a later delta's `seq` must be greater than the last one *taken*. Its newest
+    /// register stamp may
     /// run at most the clock's drift bound ahead of `now_ms`.
     pub fn client_delta(
         &mut self,
