@@ -349,8 +349,7 @@ impl Room {
     /// persisted by the driver, acknowledged and relayed on [`Room::committed`]. A refused
     /// delta changes nothing and gets an error with its `seq`, never an ack, and does not count
     /// as taken: a later delta's `seq` must be greater than the last one *taken*. Its newest
-    /// register stamp may
-    /// run at most the clock's drift bound ahead of `now_ms`.
+    /// register stamp may run at most the clock's drift bound ahead of `now_ms`.
     pub fn client_delta(
         &mut self,
         peer: PeerId,
