@@ -3,9 +3,10 @@
 //! `run(config, listener, shutdown)` serves `/v1/sync` (the native protocol), the
 //! authenticated HTTP surface (`/`, `/v1/docs/{doc}`, `/v1/admin/docs/{doc}`, the admin history
 //! API `/api/admin/…` and its UI `/admin`), `/healthz`, `/readyz` and `/metrics`. [`history`]
-//! holds what the history API and `lattice admin` share. One task owns each live document (`rooms`), one task each
-//! connection (`connection`); the store (`store`) commits deltas in groups. [`auth`] checks
-//! tokens for every endpoint. [`client`] is the native Rust client used by tests and benchmarks.
+//! holds what the history API and `lattice admin` share. One task owns each live document
+//! (`rooms/`), one task each connection (`protocols/`, on the shared mechanics of
+//! `transport/`); the store ([`store`]) commits deltas in groups. [`auth`] checks tokens for
+//! every endpoint. [`client`] is the native Rust client used by tests and benchmarks.
 //!
 //! # Invariants
 //! - A client's delta is acknowledged only after its transaction committed.

@@ -56,7 +56,7 @@ pub(crate) struct YjsGrant {
     pub expires_in: Option<Duration>,
 }
 
-/// Awareness client ids from here up (to 2^53) name native peers' presence (see `rooms.rs`).
+/// Awareness client ids from here up (to 2^53) name native peers' presence (see `rooms/task/awareness.rs`).
 pub(crate) const NATIVE_AWARENESS_CLIENTS: u64 = 1 << 52;
 
 struct YjsConn {
