@@ -332,15 +332,7 @@ impl Room {
     pub fn unsubscribe(&mut self, peer: PeerId) -> Effects {
         let mut fx = Effects::default();
         self.subscribers.remove(&peer);
-        if self.presence.remove(&peer).is_some() {
-            let to = self.others(peer);
-            if !to.is_empty() {
-                fx.send.push(Outgoing {
-                    to,
-                    msg: self.presence_msg(peer, None),
-                });
-            }
-        }
+        self.drop_presence(peer, &mut fx);
         fx
     }
 
@@ -432,17 +424,7 @@ impl Room {
         if let Some(sub) = self.subscribers.get_mut(&peer) {
             sub.last_seq = seq;
         }
-        let hlc = match delta.max_stamp() {
-            Some(stamp) => {
-                // The drift check passed at the same time, so observing cannot fail; the clock
-                // now orders any write the server makes itself (restore) after this one.
-                let _ = self.hlc.observe(now_ms, stamp);
-                stamp.time
-            }
-            None => self.hlc.tick(now_ms).time,
-        };
-        let token = self.next_token;
-        self.next_token += 1;
+        let (hlc, token) = self.stamp_and_token(&delta, now_ms);
         if applied.changed {
             fx.persist.push(PendingDelta {
                 token,
@@ -473,6 +455,22 @@ impl Room {
         fx
     }
 
+    /// The HLC time a delta is logged under (its newest register stamp, observed so the clock
+    /// orders the server's own later writes after it; else a fresh tick) and its commit token.
+    /// A client's delta passed the drift check at the same `now_ms`, so observing cannot fail.
+    fn stamp_and_token(&mut self, delta: &Delta, now_ms: u64) -> (u64, u64) {
+        let hlc = match delta.max_stamp() {
+            Some(stamp) => {
+                let _ = self.hlc.observe(now_ms, stamp);
+                stamp.time
+            }
+            None => self.hlc.tick(now_ms).time,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        (hlc, token)
+    }
+
     /// A change the server makes itself (an admin's restore), attributed to `author`. It goes
     /// the way of a client's delta, as if from [`SERVER_PEER`]: applied, persisted (the
     /// returned [`PendingDelta`] carries its token), and relayed to every subscriber once
@@ -488,15 +486,7 @@ impl Room {
         let applied = self
             .doc
             .apply_from(&delta, Source::trusted(author.as_deref()))?;
-        let hlc = match delta.max_stamp() {
-            Some(stamp) => {
-                let _ = self.hlc.observe(now_ms, stamp);
-                stamp.time
-            }
-            None => self.hlc.tick(now_ms).time,
-        };
-        let token = self.next_token;
-        self.next_token += 1;
+        let (hlc, token) = self.stamp_and_token(&delta, now_ms);
         if applied.changed {
             fx.persist.push(PendingDelta {
                 token,

@@ -14,6 +14,19 @@ pub(super) struct Presence {
 }
 
 impl Room {
+    /// Removes `peer`'s presence, if it had one, and tells the others it left.
+    pub(super) fn drop_presence(&mut self, peer: PeerId, fx: &mut Effects) {
+        if self.presence.remove(&peer).is_some() {
+            let to = self.others(peer);
+            if !to.is_empty() {
+                fx.send.push(Outgoing {
+                    to,
+                    msg: self.presence_msg(peer, None),
+                });
+            }
+        }
+    }
+
     /// The presence of `peer` as the others see it (`None`: it left, `Value::Null`).
     pub(super) fn presence_msg(&self, peer: PeerId, p: Option<&Presence>) -> ServerMsg {
         ServerMsg::Presence {
@@ -41,15 +54,7 @@ impl Room {
         }
         match state {
             Value::Null => {
-                if self.presence.remove(&peer).is_some() {
-                    let to = self.others(peer);
-                    if !to.is_empty() {
-                        fx.send.push(Outgoing {
-                            to,
-                            msg: self.presence_msg(peer, None),
-                        });
-                    }
-                }
+                self.drop_presence(peer, &mut fx);
             }
             state => {
                 let entry = Presence {
