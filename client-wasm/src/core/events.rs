@@ -122,13 +122,11 @@ mod tests {
     use lattice_engine::{Document, ReplicaId};
 
     use super::*;
-    use crate::core::testing::{core, doc, online, server};
+    use crate::core::testing::{online_client, server};
 
     #[test]
     fn remote_changes_are_reported_with_their_origin() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         c.take_events();
         let mut other = Document::new(ReplicaId::from_random(9));
         let delta = other.text_insert("body", 0, "hi").expect("insert");

@@ -641,7 +641,7 @@ mod tests {
     use super::*;
     use lattice_engine::DocState;
 
-    use super::testing::{core, doc, online, sent, server, statuses};
+    use super::testing::{core, doc, online, online_client, sent, server, statuses};
 
     #[test]
     fn handshake_says_hello_with_token_and_replica_then_subscribes() {
@@ -683,9 +683,7 @@ mod tests {
 
     #[test]
     fn local_edits_are_sent_recorded_and_deleted_once_acked() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         sent(&mut c);
         c.take_events();
         c.text_insert(&d, "body", 0, "hello").expect("insert");
@@ -763,9 +761,7 @@ mod tests {
 
     #[test]
     fn pings_while_online_and_drops_an_idle_connection() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, _d) = online_client();
         sent(&mut c);
         let ping = c.options.ping_interval_ms;
         c.tick(ping - 1);
@@ -779,9 +775,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_drops_the_connection_and_the_resync_covers_it() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         sent(&mut c);
         for i in 0..=OUTBOX_CAPACITY {
             c.counter_increment(&d, "n", 1)

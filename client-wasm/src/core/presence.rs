@@ -111,14 +111,12 @@ mod tests {
     use lattice_engine::protocol::{ClientMsg, ServerMsg};
 
     use super::*;
-    use crate::core::testing::{core, doc, online, sent, server, statuses};
+    use crate::core::testing::{core, doc, online, online_client, sent, server, statuses};
     use crate::core::{ClientEvent, Status};
 
     #[test]
     fn presence_of_others_is_tracked_and_forgotten_on_disconnect() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         c.take_events();
         let alice = Value::String("alice".into());
         server(

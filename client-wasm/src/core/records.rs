@@ -158,7 +158,7 @@ mod tests {
     use lattice_engine::{Document, ReplicaId};
 
     use super::*;
-    use crate::core::testing::{core, doc, online, sent, server};
+    use crate::core::testing::{core, doc, online_client, sent, server};
     use crate::core::{ClientEvent, Status};
 
     #[test]
@@ -267,9 +267,7 @@ mod tests {
 
     #[test]
     fn a_saved_copy_shows_acknowledged_content_offline_and_is_not_pending() {
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         c.text_insert(&d, "body", 0, "acked").expect("insert");
         c.counter_increment(&d, "n", 2).expect("increment");
         let seq = match sent(&mut c).last() {

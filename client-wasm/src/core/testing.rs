@@ -31,6 +31,14 @@ pub(super) fn server(core: &mut ClientCore, msg: ServerMsg) {
     core.receive(&msg.encode(), 1_000);
 }
 
+/// A client (replica 7) with the document `notes` open, online after the handshake.
+pub(super) fn online_client() -> (ClientCore, DocId) {
+    let d = doc("notes");
+    let mut c = core(7);
+    online(&mut c, &d);
+    (c, d)
+}
+
 /// Opens `d`, connects and completes the handshake with an empty server.
 pub(super) fn online(core: &mut ClientCore, d: &DocId) {
     core.open(d.clone(), Vec::new()).expect("open");

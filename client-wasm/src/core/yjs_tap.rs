@@ -153,7 +153,7 @@ mod tests {
     use lattice_engine::{Delta, ReplicaId};
 
     use super::*;
-    use crate::core::testing::{core, doc, online, sent, server};
+    use crate::core::testing::{doc, online_client, sent, server};
     use crate::core::{ClientEvent, Origin};
 
     /// A stand-in for the JavaScript `Y.Doc` of an editor binding: a plain yrs document.
@@ -187,9 +187,7 @@ mod tests {
         use yrs::updates::decoder::Decode;
         use yrs::updates::encoder::Encode;
         use yrs::{ReadTxn, StateVector, Text, Transact};
-        let d = doc("notes");
-        let mut c = core(7);
-        online(&mut c, &d);
+        let (mut c, d) = online_client();
         c.text_insert(&d, "body", 0, "hello").expect("insert");
         sent(&mut c);
         c.take_events();
