@@ -169,7 +169,7 @@ impl Auth {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::token::tests::keys;
+    use super::token::tests::{keys, minted};
     use super::*;
 
     #[test]
@@ -179,15 +179,7 @@ mod tests {
         config.failed_attempts_per_minute = 2;
         let auth = Auth::new(&config);
         let ip: IpAddr = [10, 0, 0, 9].into();
-        let good = ks
-            .mint(
-                "a",
-                &["d".into()],
-                Scope::Read,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
+        let good = minted(&ks, "a", "d", Scope::Read);
         for _ in 0..2 {
             assert!(matches!(
                 auth.authenticate(Some("garbage"), ip),

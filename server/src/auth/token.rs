@@ -395,6 +395,12 @@ pub(super) mod tests {
     use lattice_engine::sync::Access;
     use std::time::{SystemTime, UNIX_EPOCH};
 
+    /// A token from `ks` for `sub` on the one pattern `doc`, valid for a minute.
+    pub(in crate::auth) fn minted(ks: &KeySet, sub: &str, doc: &str, scope: Scope) -> String {
+        ks.mint(sub, &[doc.into()], scope, Duration::from_secs(60), None)
+            .unwrap()
+    }
+
     fn doc(s: &str) -> DocId {
         DocId::new(s).unwrap()
     }
@@ -431,30 +437,14 @@ pub(super) mod tests {
     #[test]
     fn higher_scopes_include_lower_ones() {
         assert!(Scope::Admin > Scope::Write && Scope::Write > Scope::Read);
-        let t = keys()
-            .mint(
-                "a",
-                &["d".into()],
-                Scope::Admin,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
+        let t = minted(&keys(), "a", "d", Scope::Admin);
         let p = keys().verify(&t).unwrap();
         for s in [Scope::Read, Scope::Write, Scope::Admin] {
             assert!(p.require(&doc("d"), s).is_ok());
         }
         assert_eq!(p.access(&doc("d")), Some(Access::Write));
         assert_eq!(p.access(&doc("e")), None);
-        let t = keys()
-            .mint(
-                "r",
-                &["d".into()],
-                Scope::Read,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
+        let t = minted(&keys(), "r", "d", Scope::Read);
         let p = keys().verify(&t).unwrap();
         assert_eq!(p.access(&doc("d")), Some(Access::Read));
         assert!(p.require(&doc("d"), Scope::Write).is_err());
@@ -463,15 +453,7 @@ pub(super) mod tests {
     #[test]
     fn verify_refuses_what_it_must() {
         let ks = keys();
-        let good = ks
-            .mint(
-                "alice",
-                &["x".into()],
-                Scope::Write,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
+        let good = minted(&ks, "alice", "x", Scope::Write);
         let p = ks.verify(&good).unwrap();
         assert_eq!(p.subject(), Some("alice"));
         // Every key verifies; the first one signs.
@@ -494,15 +476,7 @@ pub(super) mod tests {
         ));
         // Same kid, other secret: bad signature.
         let forged = KeySet::parse(&["k2:another-secret-that-is-long-enough!!"]).unwrap();
-        let t = forged
-            .mint(
-                "eve",
-                &["*".into()],
-                Scope::Admin,
-                Duration::from_secs(60),
-                None,
-            )
-            .unwrap();
+        let t = minted(&forged, "eve", "*", Scope::Admin);
         assert_eq!(ks.verify(&t), Err(AuthError::BadSignature));
         // Expired.
         let claims = Claims {
