@@ -2,6 +2,7 @@
 //! and the banner a starting server prints.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -73,7 +74,7 @@ pub(crate) struct ServeArgs {
     /// HTTP reads that rebuild a document (`GET /v1/docs/…`, admin history, content, diff,
     /// export) running at once; further ones wait. Default: the number of CPUs.
     #[arg(long, env = "LATTICE_MAX_CONCURRENT_REBUILDS")]
-    max_concurrent_rebuilds: Option<std::num::NonZeroUsize>,
+    max_concurrent_rebuilds: Option<NonZeroUsize>,
     /// Seconds a read waits for a rebuild slot before it is answered 503 `busy`.
     #[arg(long, env = "LATTICE_REBUILD_WAIT_SECS")]
     rebuild_wait_secs: Option<u64>,
@@ -144,70 +145,55 @@ impl ServeArgs {
         } else {
             AuthConfig::required(KeySet::generate())
         };
-        if let Some(v) = self.failed_auth_per_minute {
-            c.auth.failed_attempts_per_minute = v;
-        }
+        set(
+            &mut c.auth.failed_attempts_per_minute,
+            self.failed_auth_per_minute,
+        );
         let l = &mut c.limits;
-        if let Some(v) = self.max_frame_bytes {
-            l.max_frame_bytes = v;
-        }
-        if let Some(v) = self.max_docs_per_connection {
-            l.max_docs_per_connection = v;
-        }
-        if let Some(v) = self.max_connections {
-            l.max_connections = v;
-        }
-        if let Some(v) = self.messages_per_second {
-            l.messages_per_second = v;
-        }
-        if let Some(v) = self.message_burst {
-            l.message_burst = v;
-        }
-        if let Some(v) = self.bytes_per_second {
-            l.bytes_per_second = v;
-        }
-        if let Some(v) = self.outbox_frames {
-            l.outbox_frames = v;
-        }
-        if let Some(v) = self.outbox_bytes {
-            l.outbox_bytes = v;
-        }
-        if let Some(v) = self.max_unauthenticated {
-            l.max_unauthenticated = v;
-        }
-        if let Some(v) = self.max_http_connections {
-            l.max_http_connections = v;
-        }
-        if let Some(v) = self.header_read_timeout_secs {
-            l.header_read_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = self.sync_bytes_per_second {
-            l.sync_bytes_per_second = v;
-        }
-        if let Some(v) = self.sync_byte_burst {
-            l.sync_byte_burst = v;
-        }
-        if let Some(v) = self.max_concurrent_rebuilds {
-            l.max_concurrent_rebuilds = v.get();
-        }
-        if let Some(v) = self.rebuild_wait_secs {
-            l.rebuild_wait = Duration::from_secs(v);
-        }
-        if let Some(v) = self.ping_interval_secs {
-            c.heartbeat.ping_interval = Duration::from_secs(v);
-        }
-        if let Some(v) = self.idle_timeout_secs {
-            c.heartbeat.idle_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = self.presence_ttl_secs {
-            c.rooms.presence_ttl = Duration::from_secs(v);
-        }
-        if let Some(v) = self.room_idle_ttl_secs {
-            c.rooms.idle_ttl = Duration::from_secs(v);
-        }
-        if let Some(v) = self.shutdown_deadline_secs {
-            c.shutdown_deadline = Duration::from_secs(v);
-        }
+        set(&mut l.max_frame_bytes, self.max_frame_bytes);
+        set(&mut l.max_docs_per_connection, self.max_docs_per_connection);
+        set(&mut l.max_connections, self.max_connections);
+        set(&mut l.messages_per_second, self.messages_per_second);
+        set(&mut l.message_burst, self.message_burst);
+        set(&mut l.bytes_per_second, self.bytes_per_second);
+        set(&mut l.outbox_frames, self.outbox_frames);
+        set(&mut l.outbox_bytes, self.outbox_bytes);
+        set(&mut l.max_unauthenticated, self.max_unauthenticated);
+        set(&mut l.max_http_connections, self.max_http_connections);
+        set(
+            &mut l.header_read_timeout,
+            self.header_read_timeout_secs.map(Duration::from_secs),
+        );
+        set(&mut l.sync_bytes_per_second, self.sync_bytes_per_second);
+        set(&mut l.sync_byte_burst, self.sync_byte_burst);
+        set(
+            &mut l.max_concurrent_rebuilds,
+            self.max_concurrent_rebuilds.map(NonZeroUsize::get),
+        );
+        set(
+            &mut l.rebuild_wait,
+            self.rebuild_wait_secs.map(Duration::from_secs),
+        );
+        set(
+            &mut c.heartbeat.ping_interval,
+            self.ping_interval_secs.map(Duration::from_secs),
+        );
+        set(
+            &mut c.heartbeat.idle_timeout,
+            self.idle_timeout_secs.map(Duration::from_secs),
+        );
+        set(
+            &mut c.rooms.presence_ttl,
+            self.presence_ttl_secs.map(Duration::from_secs),
+        );
+        set(
+            &mut c.rooms.idle_ttl,
+            self.room_idle_ttl_secs.map(Duration::from_secs),
+        );
+        set(
+            &mut c.shutdown_deadline,
+            self.shutdown_deadline_secs.map(Duration::from_secs),
+        );
         Ok((c, generated))
     }
 }
@@ -277,4 +263,11 @@ fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Resu
         }
     }
     Ok(())
+}
+
+/// Overrides a configured value with a flag's, when the flag was given.
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
+    }
 }
