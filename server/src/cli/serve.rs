@@ -162,7 +162,7 @@ impl ServeArgs {
         set(&mut l.max_http_connections, self.max_http_connections);
         set(
             &mut l.header_read_timeout,
-            self.header_read_timeout_secs.map(Duration::from_secs),
+            secs(self.header_read_timeout_secs),
         );
         set(&mut l.sync_bytes_per_second, self.sync_bytes_per_second);
         set(&mut l.sync_byte_burst, self.sync_byte_burst);
@@ -170,30 +170,15 @@ impl ServeArgs {
             &mut l.max_concurrent_rebuilds,
             self.max_concurrent_rebuilds.map(NonZeroUsize::get),
         );
-        set(
-            &mut l.rebuild_wait,
-            self.rebuild_wait_secs.map(Duration::from_secs),
-        );
+        set(&mut l.rebuild_wait, secs(self.rebuild_wait_secs));
         set(
             &mut c.heartbeat.ping_interval,
-            self.ping_interval_secs.map(Duration::from_secs),
+            secs(self.ping_interval_secs),
         );
-        set(
-            &mut c.heartbeat.idle_timeout,
-            self.idle_timeout_secs.map(Duration::from_secs),
-        );
-        set(
-            &mut c.rooms.presence_ttl,
-            self.presence_ttl_secs.map(Duration::from_secs),
-        );
-        set(
-            &mut c.rooms.idle_ttl,
-            self.room_idle_ttl_secs.map(Duration::from_secs),
-        );
-        set(
-            &mut c.shutdown_deadline,
-            self.shutdown_deadline_secs.map(Duration::from_secs),
-        );
+        set(&mut c.heartbeat.idle_timeout, secs(self.idle_timeout_secs));
+        set(&mut c.rooms.presence_ttl, secs(self.presence_ttl_secs));
+        set(&mut c.rooms.idle_ttl, secs(self.room_idle_ttl_secs));
+        set(&mut c.shutdown_deadline, secs(self.shutdown_deadline_secs));
         Ok((c, generated))
     }
 }
@@ -270,4 +255,9 @@ fn set<T>(slot: &mut T, flag: Option<T>) {
     if let Some(v) = flag {
         *slot = v;
     }
+}
+
+/// A flag in seconds as a duration.
+fn secs(flag: Option<u64>) -> Option<Duration> {
+    flag.map(Duration::from_secs)
 }
