@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::trace::{Encoded, Replica, encode, replay};
-use super::{BoxFuture, Prepared, Scenario};
+use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event};
 use crate::report::{Better, Medians, Sample};
 use crate::target::{RunningServer, Target};
@@ -58,15 +58,8 @@ impl Scenario for Cold {
 
     fn args(&self) -> Vec<Arg> {
         vec![
-            Arg::new("cold-trace")
-                .long("cold-trace")
-                .help("cold: the trace whose patches make the history (default: TRACES/sequential_traces/automerge-paper.json.gz, TRACES from --traces)")
-                .value_parser(value_parser!(PathBuf)),
-            Arg::new("cold-fill-timeout-secs")
-                .long("cold-fill-timeout-secs")
-                .help("cold: time allowed to type the history into one server")
-                .value_parser(value_parser!(u64))
-                .default_value("900"),
+            flag("cold-trace", "cold: the trace whose patches make the history (default: TRACES/sequential_traces/automerge-paper.json.gz, TRACES from --traces)", value_parser!(PathBuf), None),
+            flag("cold-fill-timeout-secs", "cold: time allowed to type the history into one server", value_parser!(u64), Some("900")),
         ]
     }
 
@@ -90,11 +83,7 @@ impl Scenario for Cold {
         Ok(Box::new(Plan {
             path,
             trace,
-            fill_timeout: Duration::from_secs(
-                args.get_one::<u64>("cold-fill-timeout-secs")
-                    .copied()
-                    .unwrap_or(900),
-            ),
+            fill_timeout: Duration::from_secs(positive(args, "cold-fill-timeout-secs")?),
             storage: Mutex::new(HashMap::new()),
         }))
     }

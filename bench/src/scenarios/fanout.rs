@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Arg, ArgMatches, value_parser};
 use futures_util::{SinkExt, StreamExt, stream};
 
-use super::{BoxFuture, Prepared, Scenario};
+use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event};
 use crate::report::{Better, Medians, Sample, quantile};
 use crate::target::{RunningServer, Target};
@@ -48,39 +48,23 @@ impl Scenario for Fanout {
 
     fn args(&self) -> Vec<Arg> {
         vec![
-            Arg::new("fanout-readers")
-                .long("fanout-readers")
-                .help("fanout: readers on the document")
-                .value_parser(value_parser!(usize))
-                .default_value("100"),
-            Arg::new("fanout-updates")
-                .long("fanout-updates")
-                .help("fanout: updates sent in the burst")
-                .value_parser(value_parser!(usize))
-                .default_value("5000"),
-            Arg::new("paced-updates")
-                .long("paced-updates")
-                .help("fanout: updates sent paced (0 skips the paced case)")
-                .value_parser(value_parser!(usize))
-                .default_value("1000"),
-            Arg::new("paced-rate")
-                .long("paced-rate")
-                .help("fanout: paced updates per second")
-                .value_parser(value_parser!(u32))
-                .default_value("100"),
+            flag("fanout-readers", "fanout: readers on the document", value_parser!(usize), Some("100")),
+            flag("fanout-updates", "fanout: updates sent in the burst", value_parser!(usize), Some("5000")),
+            flag("paced-updates", "fanout: updates sent paced (0 skips the paced case)", value_parser!(usize), Some("1000")),
+            flag("paced-rate", "fanout: paced updates per second", value_parser!(u32), Some("100")),
         ]
     }
 
     fn prepare(&self, args: &ArgMatches) -> Result<Box<dyn Prepared>> {
-        let get = |name: &str| args.get_one::<usize>(name).copied().unwrap_or_default();
         let rate = args.get_one::<u32>("paced-rate").copied().unwrap_or(100);
         if rate == 0 {
             bail!("--paced-rate must be positive");
         }
+        let paced = args.get_one::<usize>("paced-updates").copied().unwrap_or_default();
         Ok(Box::new(Plan {
-            readers: get("fanout-readers").max(1),
-            burst: client::keystrokes(get("fanout-updates").max(1), WRITER),
-            paced: client::keystrokes(get("paced-updates"), WRITER),
+            readers: positive(args, "fanout-readers")?,
+            burst: client::keystrokes(positive(args, "fanout-updates")?, WRITER),
+            paced: client::keystrokes(paced, WRITER),
             rate,
         }))
     }

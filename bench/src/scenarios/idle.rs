@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Arg, ArgMatches, value_parser};
 use futures_util::{StreamExt, stream};
 
-use super::{BoxFuture, Prepared, Scenario};
+use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions};
 use crate::report::{Better, Medians, Sample};
 use crate::target::{RunningServer, Target};
@@ -40,23 +40,15 @@ impl Scenario for Idle {
 
     fn args(&self) -> Vec<Arg> {
         vec![
-            Arg::new("idle-connections")
-                .long("idle-connections")
-                .help("idle: connections held open")
-                .value_parser(value_parser!(usize))
-                .default_value("10000"),
-            Arg::new("idle-docs")
-                .long("idle-docs")
-                .help("idle: documents the connections are spread over")
-                .value_parser(value_parser!(usize))
-                .default_value("100"),
+            flag("idle-connections", "idle: connections held open", value_parser!(usize), Some("10000")),
+            flag("idle-docs", "idle: documents the connections are spread over", value_parser!(usize), Some("100")),
         ]
     }
 
     fn prepare(&self, args: &ArgMatches) -> Result<Box<dyn Prepared>> {
         Ok(Box::new(Plan {
-            connections: args.get_one::<usize>("idle-connections").copied().unwrap_or(10_000).max(1),
-            docs: args.get_one::<usize>("idle-docs").copied().unwrap_or(100).max(1),
+            connections: positive(args, "idle-connections")?,
+            docs: positive(args, "idle-docs")?,
         }))
     }
 }

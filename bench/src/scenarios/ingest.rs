@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt, stream};
 use tokio::sync::Notify;
 use yrs::updates::decoder::Decode;
 
-use super::{BoxFuture, Prepared, Scenario};
+use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event, Protocol};
 use crate::report::{Better, Medians, Sample};
 use crate::target::{RunningServer, Target};
@@ -58,49 +58,19 @@ impl Scenario for Ingest {
 
     fn args(&self) -> Vec<Arg> {
         vec![
-            Arg::new("ingest-docs")
-                .long("ingest-docs")
-                .help("ingest: documents")
-                .value_parser(value_parser!(usize))
-                .default_value("1000"),
-            Arg::new("ingest-writers")
-                .long("ingest-writers")
-                .help("ingest: writers per document")
-                .value_parser(value_parser!(usize))
-                .default_value("10"),
-            Arg::new("ingest-secs")
-                .long("ingest-secs")
-                .help("ingest: seconds of writing measured")
-                .value_parser(value_parser!(u64))
-                .default_value("10"),
-            Arg::new("ingest-window")
-                .long("ingest-window")
-                .help("ingest: unconfirmed updates a writer may have in flight")
-                .value_parser(value_parser!(u64))
-                .default_value("16"),
+            flag("ingest-docs", "ingest: documents", value_parser!(usize), Some("1000")),
+            flag("ingest-writers", "ingest: writers per document", value_parser!(usize), Some("10")),
+            flag("ingest-secs", "ingest: seconds of writing measured", value_parser!(u64), Some("10")),
+            flag("ingest-window", "ingest: unconfirmed updates a writer may have in flight", value_parser!(u64), Some("16")),
         ]
     }
 
     fn prepare(&self, args: &ArgMatches) -> Result<Box<dyn Prepared>> {
-        let get = |name: &str, default: usize| {
-            args.get_one::<usize>(name)
-                .copied()
-                .unwrap_or(default)
-                .max(1)
-        };
         Ok(Box::new(Plan {
-            docs: get("ingest-docs", 1000),
-            writers: get("ingest-writers", 10),
-            secs: args
-                .get_one::<u64>("ingest-secs")
-                .copied()
-                .unwrap_or(10)
-                .max(1),
-            window: args
-                .get_one::<u64>("ingest-window")
-                .copied()
-                .unwrap_or(16)
-                .max(1),
+            docs: positive(args, "ingest-docs")?,
+            writers: positive(args, "ingest-writers")?,
+            secs: positive(args, "ingest-secs")?,
+            window: positive(args, "ingest-window")?,
         }))
     }
 }

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::builder::{IntoResettable, ValueParser};
+use clap::{Arg, ArgMatches};
 
 use crate::report::{Medians, Sample};
 use crate::target::{RunningServer, Target};
@@ -53,6 +55,32 @@ pub(crate) trait Prepared: Send + Sync {
     fn verdicts(&self, _medians: &Medians) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// A scenario's `--name VALUE` flag: its help line, how the value parses
+/// (`clap::value_parser!(u64)`) and its default, if any.
+pub(crate) fn flag(
+    name: &'static str,
+    help: &'static str,
+    parser: impl IntoResettable<ValueParser>,
+    default: Option<&'static str>,
+) -> Arg {
+    Arg::new(name)
+        .long(name)
+        .help(help)
+        .value_parser(parser)
+        .default_value(default)
+}
+
+/// The value of a flag declared with a default by [`flag`], at least 1.
+pub(crate) fn positive<T>(args: &ArgMatches, name: &str) -> Result<T>
+where
+    T: Copy + Ord + From<u8> + Send + Sync + 'static,
+{
+    let value = *args
+        .get_one::<T>(name)
+        .with_context(|| format!("--{name} has no value"))?;
+    Ok(value.max(T::from(1)))
 }
 
 /// Declares the scenario modules and the registry: one `module => Type,` line per scenario.

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use yrs::updates::decoder::Decode;
 use yrs::{GetString as _, ReadTxn as _, Text as _, Transact as _};
 
-use super::{BoxFuture, Prepared, Scenario};
+use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event, Protocol};
 use crate::report::{Better, FLOOR, Medians, Sample};
 use crate::target::{RunningServer, Target};
@@ -80,19 +80,9 @@ impl Scenario for Trace {
 
     fn args(&self) -> Vec<Arg> {
         vec![
-            Arg::new("traces")
-                .long("traces")
-                .help("trace: the folder holding sequential_traces/*.json.gz (default ../shared/traces from the project root, if present)")
-                .value_parser(value_parser!(PathBuf)),
-            Arg::new("trace-filter")
-                .long("trace-filter")
-                .help("trace: only the traces whose file name contains this")
-                .value_parser(value_parser!(String)),
-            Arg::new("trace-timeout-secs")
-                .long("trace-timeout-secs")
-                .help("trace: time allowed per trace before the bench fails")
-                .value_parser(value_parser!(u64))
-                .default_value("300"),
+            flag("traces", "trace: the folder holding sequential_traces/*.json.gz (default ../shared/traces from the project root, if present)", value_parser!(PathBuf), None),
+            flag("trace-filter", "trace: only the traces whose file name contains this", value_parser!(String), None),
+            flag("trace-timeout-secs", "trace: time allowed per trace before the bench fails", value_parser!(u64), Some("300")),
         ]
     }
 
@@ -124,7 +114,7 @@ impl Scenario for Trace {
         Ok(Box::new(Plan {
             dir,
             traces,
-            timeout: Duration::from_secs(args.get_one::<u64>("trace-timeout-secs").copied().unwrap_or(300)),
+            timeout: Duration::from_secs(positive(args, "trace-timeout-secs")?),
         }))
     }
 }
