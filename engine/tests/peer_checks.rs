@@ -8,6 +8,7 @@ use lattice_engine::yjs::MAX_TYPE_DEPTH;
 use lattice_engine::{
     ApplyError, Delta, Document, GCounter, ReplicaId, SnapshotError, Source, Trust,
 };
+use yrs::encoding::write::Write;
 use yrs::types::ToJson;
 use yrs::{Array, ArrayPrelim, ArrayRef, Doc, ReadTxn, StateVector, Transact};
 
@@ -219,7 +220,7 @@ fn content_under_a_client_id_another_principal_introduced_is_refused() {
     // Mallory claims the clocks Alice has not used yet with a GC range under her id: were it
     // taken, Alice's next edit would be "already known", acknowledged and never appear.
     let mut gc = vec![1, 1];
-    gc.extend(leb(0x00A1_1CE0));
+    gc.write_var(0x00A1_1CE0_u32);
     gc.extend([5, 0, 100, 0]);
     let err = server
         .apply_from(&yjs(gc), peer("mallory"))
@@ -306,18 +307,4 @@ fn held_updates_are_planned_again_only_when_what_they_wait_for_arrives() {
     // Each held update waited for the level before it: each was planned once more.
     assert_eq!(doc.held_replans(), 39);
     assert_eq!(doc.text("t").len(), 200);
-}
-
-/// lib0 varint of `v`.
-fn leb(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
 }

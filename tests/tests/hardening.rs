@@ -11,6 +11,7 @@ use lattice_engine::{Delta, DocId, DocState, Document, ReplicaId};
 use lattice_server::auth::{Claims, KeySet, Scope};
 use lattice_server::config::{AuthConfig, Config};
 use lattice_server::store::{NewEntry, StoreConfig};
+use lattice_tests::hostile::{gc_range, nested_arrays, text_after_gap, yjs_delta};
 use lattice_tests::server_support::{
     ChildServer, RawPeer, Read, TestServer, WAIT, YjsPeer, YjsRead, config, doc, http_get,
     lattice_release_binary, metric,
@@ -41,46 +42,6 @@ fn auth_config(db: &TestDb) -> Config {
     let mut c = config(db);
     c.auth = AuthConfig::required(keys());
     c
-}
-
-/// lib0 varint.
-fn var(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// One Yjs update from `client`: `levels` arrays, each inside the one before, under root "a".
-fn nested_arrays(client: u32, levels: u64) -> Vec<u8> {
-    let mut u = vec![1];
-    u.extend(var(levels));
-    u.extend(var(u64::from(client)));
-    u.push(0);
-    // Level 0: a type item (info 7) whose parent is the root type "a"; type ref 0 = array.
-    u.extend([7, 1, 1, b'a', 0]);
-    for level in 1..levels {
-        // A type item whose parent is the item one clock before it.
-        u.extend([7, 0]);
-        u.extend(var(u64::from(client)));
-        u.extend(var(level - 1));
-        u.push(0);
-    }
-    u.push(0);
-    u
-}
-
-fn yjs_delta(bytes: Vec<u8>) -> Delta {
-    Delta {
-        yjs: bytes,
-        ..Delta::default()
-    }
 }
 
 async fn subscribed(peer: &mut RawPeer, d: &DocId) {
@@ -324,9 +285,7 @@ async fn an_update_with_missing_history_is_refused_not_acked_not_stored() {
     let mut peer = RawPeer::hello_with_token(&server.ws_url(), Some(&admin)).await;
     subscribed(&mut peer, &d).await;
     // Client 4242's text starting at clock 5: clocks 0..5 were never sent.
-    let mut gap = vec![1, 1];
-    gap.extend(var(4242));
-    gap.extend([5, 4, 1, 1, b't', 1, b'z', 0]);
+    let gap = text_after_gap(4242);
     let answer = send_delta(&mut peer, &d, 1, yjs_delta(gap.clone())).await;
     assert_error(&answer, ErrorCode::MissingDependencies, 1);
     match peer.read().await {
@@ -385,11 +344,7 @@ async fn a_writer_cannot_claim_the_clocks_of_another_writers_client_id() {
 
     let mut mallory = RawPeer::hello_with_token(&server.ws_url(), Some(&mallory_token)).await;
     subscribed(&mut mallory, &d).await;
-    let mut gc = vec![1, 1];
-    gc.extend(var(u64::from(replica)));
-    gc.extend([5, 0]);
-    gc.extend(var(1_000));
-    gc.push(0);
+    let gc = gc_range(replica, 5, 1_000);
     let answer = send_delta(&mut mallory, &d, 1, yjs_delta(gc)).await;
     assert_error(&answer, ErrorCode::InvalidDelta, 1);
 
@@ -407,11 +362,7 @@ async fn a_writer_cannot_claim_the_clocks_of_another_writers_client_id() {
     let server = TestServer::start(auth_config(&db)).await;
     let mut mallory = RawPeer::hello_with_token(&server.ws_url(), Some(&mallory_token)).await;
     subscribed(&mut mallory, &d).await;
-    let mut gc = vec![1, 1];
-    gc.extend(var(u64::from(replica)));
-    gc.extend([11, 0]);
-    gc.extend(var(1_000));
-    gc.push(0);
+    let gc = gc_range(replica, 11, 1_000);
     let answer = send_delta(&mut mallory, &d, 1, yjs_delta(gc)).await;
     assert_error(&answer, ErrorCode::InvalidDelta, 1);
     server.shutdown().await;

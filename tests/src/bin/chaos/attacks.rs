@@ -24,8 +24,10 @@ use lattice_server::auth::Scope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use lattice_tests::hostile::{gc_range, nested_arrays, text_after_gap, yjs_delta};
+
 use crate::Ctx;
-use crate::lattice::{Lattice, RssSampler, Spec, reserve_port, rss_kib};
+use crate::lattice::{Lattice, RssSampler, Spec, rss_kib};
 use crate::ledger::{self, Crew, WriterSpec, random_replica};
 use crate::report::{Outcome, count, mib, ms, quantile};
 use crate::wire::{self, Frame};
@@ -148,14 +150,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
         .prefix("lattice-chaos-attacks-")
         .tempdir_in("/dev/shm")
         .context("a directory in /dev/shm")?;
-    let spec = Spec {
-        binary: ctx.binary.clone(),
-        database_url: format!("sqlite://{}", shm.path().join("attacks.db").display()),
-        bind: reserve_port()?,
-        secret: ctx.keys.secret.clone(),
-        extra: Vec::new(),
-        log: ctx.dir.join("attacks.log"),
-    };
+    let url = format!("sqlite://{}", shm.path().join("attacks.db").display());
+    let spec = Spec::new(ctx, url, "attacks.log")?;
     let mut server = Lattice::start(&spec).await?;
     let pid = server.pid()?;
     let sampler = RssSampler::start(pid);
@@ -459,44 +455,6 @@ fn tried(t: &Tally, what: &str) -> String {
         .map(|(k, n)| format!("{k} ×{}", count(*n)))
         .collect();
     format!("{what}: {}", parts.join(", "))
-}
-
-/// lib0 varint.
-fn var(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// One Yjs update from `client`: `levels` arrays, each inside the one before, under root "a".
-fn nested_arrays(client: u32, levels: u64) -> Vec<u8> {
-    let mut u = vec![1];
-    u.extend(var(levels));
-    u.extend(var(u64::from(client)));
-    u.push(0);
-    u.extend([7, 1, 1, b'a', 0]);
-    for level in 1..levels {
-        u.extend([7, 0]);
-        u.extend(var(u64::from(client)));
-        u.extend(var(level - 1));
-        u.push(0);
-    }
-    u.push(0);
-    u
-}
-
-fn yjs_delta(bytes: Vec<u8>) -> Delta {
-    Delta {
-        yjs: bytes,
-        ..Delta::default()
-    }
 }
 
 // --- class 1 ----------------------------------------------------------------------------------
@@ -991,9 +949,7 @@ async fn missing_dependencies(env: Arc<Env>, until: Instant) -> Result<Verdict> 
                     }
                     for seq in 1.. {
                         // A text insert at clock 5 of a client whose clocks 0..5 never came.
-                        let mut gap = vec![1, 1];
-                        gap.extend(var(u64::from(random_replica().get())));
-                        gap.extend([5, 4, 1, 1, b't', 1, b'z', 0]);
+                        let gap = text_after_gap(random_replica().get());
                         match send_delta(&mut ws, &doc, seq, yjs_delta(gap)).await {
                             Ok(msg) => t.add(answer(&msg)),
                             Err(_) => {
@@ -1077,12 +1033,7 @@ async fn gc_claims(env: Arc<Env>, until: Instant) -> Result<Verdict> {
                             t.add("unreadable state vector");
                             break;
                         };
-                        let mut gc = vec![1, 1];
-                        gc.extend(var(u64::from(env.bystander_replica)));
-                        gc.extend(var(clock));
-                        gc.push(0);
-                        gc.extend(var(1_000));
-                        gc.push(0);
+                        let gc = gc_range(env.bystander_replica, clock, 1_000);
                         seq += 1;
                         match send_delta(&mut ws, &env.bystander_doc, seq, yjs_delta(gc)).await {
                             Ok(msg) => t.add(answer(&msg)),

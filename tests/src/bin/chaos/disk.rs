@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use lattice_server::auth::Scope;
 
 use crate::Ctx;
-use crate::lattice::{self, Lattice, Spec, reserve_port};
+use crate::lattice::{self, Lattice, Spec};
 use crate::ledger::{self, Crew, Pace};
 use crate::pg::{is_root, short_log_line};
 use crate::report::{Outcome, count, ms};
@@ -25,15 +25,9 @@ const HEADROOM_BYTES: u64 = 3 * 1024 * 1024;
 pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut out = Outcome::new("disk-full");
     let mount = Tmpfs::mount(&ctx.dir.join("tmpfs"), TMPFS_MIB)?;
-    let spec = Spec {
-        binary: ctx.binary.clone(),
-        database_url: format!("sqlite://{}", mount.path.join("lattice.db").display()),
-        bind: reserve_port()?,
-        secret: ctx.keys.secret.clone(),
-        extra: Vec::new(),
-        // The log stays off the full disk, or the clear error could not be written.
-        log: ctx.dir.join("disk-full.log"),
-    };
+    let url = format!("sqlite://{}", mount.path.join("lattice.db").display());
+    // The log stays off the full disk, or the clear error could not be written.
+    let spec = Spec::new(ctx, url, "disk-full.log")?;
     let mut server = Lattice::start(&spec).await?;
     let pid = server.pid()?;
     let filler = mount.path.join("filler");

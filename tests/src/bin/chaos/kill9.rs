@@ -10,7 +10,7 @@ use lattice_server::auth::Scope;
 use lattice_tests::store_support::{Kind, POSTGRES_URL_VAR, TestDb};
 
 use crate::Ctx;
-use crate::lattice::{Lattice, Spec, reserve_port};
+use crate::lattice::{Lattice, Spec};
 use crate::ledger::{self, Crew, Pace};
 use crate::report::Outcome;
 
@@ -43,14 +43,7 @@ pub(crate) async fn run(ctx: &Ctx, backend: Backend) -> Result<Outcome> {
 
 async fn rounds(ctx: &Ctx, name: &str, database_url: &str) -> Result<Outcome> {
     let mut out = Outcome::new(name);
-    let spec = Spec {
-        binary: ctx.binary.clone(),
-        database_url: database_url.to_owned(),
-        bind: reserve_port()?,
-        secret: ctx.keys.secret.clone(),
-        extra: Vec::new(),
-        log: ctx.dir.join(format!("{name}.log")),
-    };
+    let spec = Spec::new(ctx, database_url.to_owned(), &format!("{name}.log"))?;
     let mut server = Lattice::start(&spec).await?;
     let crew = Crew::start(
         server.addr,

@@ -13,7 +13,7 @@ use lattice_server::auth::{KeySet, Scope};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::wire;
+use crate::{Ctx, wire};
 
 /// How long a server may take to print its address and answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,9 +52,22 @@ pub(crate) struct Spec {
     /// `127.0.0.1:PORT`; the same port on every restart, so clients reconnect on their own.
     pub bind: SocketAddr,
     pub secret: String,
-    pub extra: Vec<String>,
     /// What every start of this server printed (its log), appended.
     pub log: PathBuf,
+}
+
+impl Spec {
+    /// A server of this run's binary and secret on `database_url`, on a free port, logging to
+    /// `log_name` in the run's scratch folder.
+    pub(crate) fn new(ctx: &Ctx, database_url: String, log_name: &str) -> Result<Self> {
+        Ok(Self {
+            binary: ctx.binary.clone(),
+            database_url,
+            bind: reserve_port()?,
+            secret: ctx.keys.secret.clone(),
+            log: ctx.dir.join(log_name),
+        })
+    }
 }
 
 /// A running `lattice serve`.
@@ -77,7 +90,6 @@ impl Lattice {
             .arg(spec.bind.to_string())
             .arg("--database-url")
             .arg(&spec.database_url)
-            .args(&spec.extra)
             .env("LATTICE_AUTH_SECRET", &spec.secret)
             .env_remove("LATTICE_NO_AUTH")
             .env(

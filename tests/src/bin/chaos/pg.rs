@@ -39,14 +39,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut out = Outcome::new("pg-restart");
     let pg = PrivateCluster::create(&ctx.dir)?;
     pg.start()?;
-    let spec = Spec {
-        binary: ctx.binary.clone(),
-        database_url: pg.url(),
-        bind: reserve_port()?,
-        secret: ctx.keys.secret.clone(),
-        extra: Vec::new(),
-        log: ctx.dir.join("pg-restart.log"),
-    };
+    let spec = Spec::new(ctx, pg.url(), "pg-restart.log")?;
     let mut server = Lattice::start(&spec).await?;
     let pid = server.pid()?;
     let crew = Crew::start(
