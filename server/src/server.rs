@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::bearer_token;
+use crate::auth::{TokenQuery, bearer_token};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocols::native::{Admission, serve_socket};
@@ -144,12 +144,6 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(hard_limit))
 }
 
-/// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket).
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct TokenQuery {
-    pub token: Option<String>,
-}
-
 /// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the
 /// connection authenticates at `hello` and refuses with an error message and a close code.
 ///
@@ -218,20 +212,24 @@ async fn yjs_socket(
 ) -> Response {
     // Authenticate first, so a refusal reads the same whether or not the document (or even
     // the id) is valid.
-    let grant =
-        crate::auth::authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())
-            .map_err(|e| YjsRefusal::from_auth(&e))
-            .and_then(|principal| {
-                // An id that cannot exist is refused like one the token does not cover.
-                let doc = DocId::new(&doc).map_err(|_| YjsRefusal::forbidden())?;
-                let access = principal.access(&doc).ok_or_else(YjsRefusal::forbidden)?;
-                Ok(YjsGrant {
-                    doc,
-                    access,
-                    author: principal.subject().map(str::to_owned),
-                    expires_in: principal.time_left(),
-                })
-            });
+    let grant = crate::auth::authenticate_request(
+        &state.auth,
+        &headers,
+        query.token.as_deref(),
+        remote.ip(),
+    )
+    .map_err(|e| YjsRefusal::from_auth(&e))
+    .and_then(|principal| {
+        // An id that cannot exist is refused like one the token does not cover.
+        let doc = DocId::new(&doc).map_err(|_| YjsRefusal::forbidden())?;
+        let access = principal.access(&doc).ok_or_else(YjsRefusal::forbidden)?;
+        Ok(YjsGrant {
+            doc,
+            access,
+            author: principal.subject().map(str::to_owned),
+            expires_in: principal.time_left(),
+        })
+    });
     let config = ws_config(&state.config);
     match grant {
         Ok(grant) => {

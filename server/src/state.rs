@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rooms::Rooms;
+use crate::rooms::{RoomEnv, Rooms};
 use crate::store::Store;
 
 /// Shared by every task of one server.
@@ -41,6 +41,17 @@ pub(crate) struct ServerState {
 impl ServerState {
     /// The state of a server that has opened `store` and serves `config`.
     pub(crate) fn new(config: Config, store: Store) -> ServerState {
+        let metrics = Arc::<Metrics>::default();
+        let shutdown = CancellationToken::new();
+        let replica = random_replica();
+        let rooms = Rooms::new(RoomEnv {
+            settings: config.rooms.clone(),
+            limits: config.limits.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            replica,
+            shutdown: shutdown.clone(),
+        });
         ServerState {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
@@ -48,11 +59,11 @@ impl ServerState {
             auth: Auth::new(&config.auth),
             config,
             store,
-            rooms: Rooms::default(),
-            metrics: Arc::default(),
-            shutdown: CancellationToken::new(),
+            rooms,
+            metrics,
+            shutdown,
             next_peer: AtomicU64::new(1),
-            replica: random_replica(),
+            replica,
         }
     }
 }

@@ -130,3 +130,78 @@ fn the_code_map_names_every_file_and_only_files_that_exist() {
         problems.join("\n  ")
     );
 }
+
+/// The top-level modules of `server/src` (a file `x.rs` or a folder `x/`) and the other
+/// top-level modules each one's code names as `crate::y` (comments left out).
+fn server_imports() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let src = root().join("server").join("src");
+    let mut files = BTreeSet::new();
+    tree(&src, "", &mut files);
+    let mut graph = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+    for file in files.iter().filter(|f| f.ends_with(".rs")) {
+        let top = file
+            .split('/')
+            .next()
+            .unwrap_or(file)
+            .trim_end_matches(".rs")
+            .to_owned();
+        if top == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(src.join(file)).expect("a source file");
+        let deps = graph.entry(top.clone()).or_default();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let name: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != top {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// The folders read as layers: no two top-level modules of the server import each other, even
+/// through others. A cycle is named with its path.
+#[test]
+fn the_server_modules_import_each_other_without_cycles() {
+    let graph = server_imports();
+    assert!(
+        graph.get("rooms").is_some_and(|d| d.contains("store")),
+        "the import scan found nothing: {graph:?}"
+    );
+    // Depth-first search from each module; a module met again on the current path closes a
+    // cycle.
+    fn visit(
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        cycles: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            cycles.push(cycle.join(" → "));
+            return;
+        }
+        if !done.insert(node.to_owned()) {
+            return;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(graph, next, path, done, cycles);
+        }
+        path.pop();
+    }
+    let mut cycles = Vec::new();
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        visit(&graph, node, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    assert!(cycles.is_empty(), "import cycles in server/src: {cycles:?}");
+}

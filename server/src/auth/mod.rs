@@ -40,7 +40,7 @@ use std::time::Duration;
 use lattice_engine::DocId;
 
 pub use principal::Principal;
-pub(crate) use request::{authenticate_request, bearer_token};
+pub(crate) use request::{TokenQuery, authenticate_request, bearer_token};
 use throttle::FailureLimiter;
 pub use token::{
     Claims, DEFAULT_KID, DocPattern, KeyError, KeySet, LATEST_EXPIRY_SECS, MAX_KID_BYTES,

@@ -4,7 +4,14 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, header};
 
-use super::{AuthError, Principal};
+use super::{Auth, AuthError, Principal};
+
+/// The `?token=` query parameter, for clients that cannot set headers (browsers' WebSocket,
+/// `EventSource`).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct TokenQuery {
+    pub token: Option<String>,
+}
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -20,11 +27,11 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// wins over the `?token=` query parameter. It only authenticates: endpoints then check the document with
 /// [`Principal::access`] or [`Principal::require`].
 pub(crate) fn authenticate_request(
-    state: &crate::state::ServerState,
+    auth: &Auth,
     headers: &HeaderMap,
     query_token: Option<&str>,
     ip: IpAddr,
 ) -> Result<Principal, AuthError> {
     let token = bearer_token(headers).or(query_token);
-    state.auth.authenticate(token, ip)
+    auth.authenticate(token, ip)
 }

@@ -149,7 +149,8 @@ where
                 code: "bad_path",
                 message: e.body_text(),
             })?;
-        let principal = authenticate_request(state, &parts.headers, params.token(), remote.ip())?;
+        let principal =
+            authenticate_request(&state.auth, &parts.headers, params.token(), remote.ip())?;
         let doc = DocId::new(doc)?;
         principal.require(&doc, Scope::Admin)?;
         Ok(AdminDoc {
@@ -186,7 +187,7 @@ async fn list(
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    let principal = authenticate_request(&state, &headers, q.token.as_deref(), remote.ip())?;
+    let principal = authenticate_request(&state.auth, &headers, q.token.as_deref(), remote.ip())?;
     principal.require_scope(Scope::Admin)?;
     let after = q
         .after
@@ -383,7 +384,7 @@ async fn restore(
     .await?;
     let author = principal.subject().map(str::to_owned);
     let (reply, rx) = tokio::sync::oneshot::channel();
-    let room = state.rooms.get_or_start(&state, &doc);
+    let room = state.rooms.get_or_start(&doc);
     room.send(RoomCmd::Restore {
         target: Box::new(target),
         author: author.clone(),

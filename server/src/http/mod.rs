@@ -22,8 +22,8 @@ use lattice_engine::{DocId, DocIdError};
 use serde_json::json;
 use tracing::{debug, error};
 
+use crate::auth::TokenQuery;
 use crate::auth::{AuthError, Scope, authenticate_request};
-use crate::server::TokenQuery;
 use crate::state::ServerState;
 use crate::store::{AppendError, DatabaseError, ReadError};
 
@@ -287,7 +287,7 @@ async fn demo_page(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
+    authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
     let mut response = match &state.config.web_dir {
         Some(dir) => web::serve_file(dir, "index.html").await,
         None => (
@@ -321,7 +321,8 @@ async fn document_json(
     Query(query): Query<TokenQuery>,
     Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let principal =
+        authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, Scope::Read)?;
     let (store, replica) = (state.store.clone(), state.replica);
@@ -350,7 +351,8 @@ async fn admin_document(
     Query(query): Query<TokenQuery>,
     Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate_request(&state, &headers, query.token.as_deref(), remote.ip())?;
+    let principal =
+        authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, Scope::Admin)?;
     let meta = state

@@ -104,7 +104,7 @@ pub(crate) async fn serve_socket(
             Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
         };
         let mut conn = Conn {
-            peer: peer_handle(&state, id, PeerKind::Native, None, &outbound),
+            peer: peer_handle(&state.config.limits, id, PeerKind::Native, None, &outbound),
             subs: HashMap::new(),
             principal: Principal::open(),
             ip,
@@ -483,7 +483,7 @@ impl Conn {
             );
             return None;
         }
-        let ticket = match sync_ticket(&self.state, &self.peer).await {
+        let ticket = match sync_ticket(self.state.rooms.env(), &self.peer).await {
             Ok(ticket) => ticket,
             Err(None) => return Some(Exit::Shutdown),
             Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
@@ -494,7 +494,7 @@ impl Conn {
             state,
             ticket,
         };
-        if let Some(room) = join_room(&self.state, &doc, cmd).await {
+        if let Some(room) = join_room(&self.state.rooms, &doc, cmd).await {
             self.subs.insert(doc, Sub { room, access });
             return None;
         }

@@ -101,7 +101,7 @@ pub(crate) async fn serve_yjs_socket(
         let closer = outbound.closer.clone();
         let mut conn = YjsConn {
             peer: peer_handle(
-                &state,
+                &state.config.limits,
                 id,
                 PeerKind::Yjs,
                 grant.author.as_deref(),
@@ -228,7 +228,7 @@ impl YjsConn {
     /// Joins (or resyncs with) the room from the client's state vector, once this connection's
     /// budget of full-state syncs allows.
     async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = match sync_ticket(&self.state, &self.peer).await {
+        let ticket = match sync_ticket(self.state.rooms.env(), &self.peer).await {
             Ok(ticket) => ticket,
             Err(None) => return Some(Exit::Shutdown),
             Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
@@ -248,7 +248,7 @@ impl YjsConn {
                     return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                 }
             }
-            None => match join_room(&self.state, &self.doc, cmd).await {
+            None => match join_room(&self.state.rooms, &self.doc, cmd).await {
                 Some(room) => self.room = Some(room),
                 None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
             },

@@ -14,14 +14,17 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use lattice_engine::ReplicaId;
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{Delta, DocId, DocState, Document, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
+use crate::config::{Limits, RoomSettings};
+use crate::metrics::Metrics;
 use crate::rooms::peer::{PeerHandle, SyncTicket};
-use crate::state::ServerState;
-use crate::store::{AppendError, ReadError};
+use crate::store::{AppendError, ReadError, Store};
 
 use task::room_task;
 
@@ -100,9 +103,29 @@ pub(crate) enum RestoreFailed {
 
 pub(crate) type RoomSender = mpsc::Sender<RoomCmd>;
 
-/// The registry of live rooms.
-#[derive(Debug, Default)]
+/// What rooms need from the server they run in. Rooms see only this, never the server's
+/// whole state, so the layer below the protocols does not depend on the one that wires them.
+#[derive(Debug)]
+pub(crate) struct RoomEnv {
+    pub settings: RoomSettings,
+    pub limits: Limits,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// The server's replica id: the Yjs client id of the documents it creates.
+    pub replica: ReplicaId,
+    pub shutdown: CancellationToken,
+}
+
+/// The registry of live rooms, and the environment they run in. Cloning shares it: each room
+/// task holds a clone, to leave the registry when it stops.
+#[derive(Debug, Clone)]
 pub(crate) struct Rooms {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    env: RoomEnv,
     live: Mutex<HashMap<DocId, LiveRoom>>,
 }
 
@@ -115,8 +138,23 @@ struct LiveRoom {
 }
 
 impl Rooms {
+    /// An empty registry whose rooms run in `env`.
+    pub(crate) fn new(env: RoomEnv) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                env,
+                live: Mutex::default(),
+            }),
+        }
+    }
+
+    /// What the rooms run in.
+    pub(crate) fn env(&self) -> &RoomEnv {
+        &self.shared.env
+    }
+
     /// The room for `doc`, started if it is not live.
-    pub(crate) fn get_or_start(&self, state: &Arc<ServerState>, doc: &DocId) -> RoomSender {
+    pub(crate) fn get_or_start(&self, doc: &DocId) -> RoomSender {
         let mut live = self.registry();
         if let Some(room) = live.get(doc)
             && !room.tx.is_closed()
@@ -124,7 +162,7 @@ impl Rooms {
             return room.tx.clone();
         }
         let subscribers = Arc::new(AtomicUsize::new(0));
-        let tx = spawn_room(state.clone(), doc.clone(), subscribers.clone());
+        let tx = self.spawn_room(doc.clone(), subscribers.clone());
         live.insert(
             doc.clone(),
             LiveRoom {
@@ -174,35 +212,34 @@ impl Rooms {
     /// critical section is one map operation), so a poisoned lock is taken as it is: a second,
     /// unregistered room for a document would break the single writer.
     fn registry(&self) -> MutexGuard<'_, HashMap<DocId, LiveRoom>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn_room(&self, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {
+        let (tx, rx) = mpsc::channel(self.env().limits.room_inbox);
+        let span = info_span!("room", doc = %doc);
+        tokio::spawn(room_task(self.clone(), doc, rx, subscribers).instrument(span));
+        tx
     }
 }
 
 /// Subscribes `cmd`'s peer to `doc`'s room, starting the room if needed. A room may be
 /// unloading at this very moment; a second room starts if so. `None` if neither accepted.
-pub(crate) async fn join_room(
-    state: &Arc<ServerState>,
-    doc: &DocId,
-    mut cmd: RoomCmd,
-) -> Option<RoomSender> {
-    let mut room = state.rooms.get_or_start(state, doc);
+pub(crate) async fn join_room(rooms: &Rooms, doc: &DocId, mut cmd: RoomCmd) -> Option<RoomSender> {
+    let mut room = rooms.get_or_start(doc);
     for _ in 0..2 {
         match room.send(cmd).await {
             Ok(()) => return Some(room),
             Err(tokio::sync::mpsc::error::SendError(back)) => {
                 cmd = back;
-                room = state.rooms.get_or_start(state, doc);
+                room = rooms.get_or_start(doc);
             }
         }
     }
     None
-}
-
-fn spawn_room(state: Arc<ServerState>, doc: DocId, subscribers: Arc<AtomicUsize>) -> RoomSender {
-    let (tx, rx) = mpsc::channel(state.config.limits.room_inbox);
-    let span = info_span!("room", doc = %doc);
-    tokio::spawn(room_task(state, doc, rx, subscribers).instrument(span));
-    tx
 }
 
 #[cfg(test)]
@@ -211,9 +248,21 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_poisoned_registry_still_finds_the_live_room() {
-        let rooms = Arc::new(Rooms::default());
+    #[tokio::test]
+    async fn a_poisoned_registry_still_finds_the_live_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("rooms.db").display());
+        let store = Store::open(&url, crate::store::StoreConfig::default())
+            .await
+            .unwrap();
+        let rooms = Rooms::new(RoomEnv {
+            settings: crate::config::Config::default().rooms,
+            limits: Limits::default(),
+            store,
+            metrics: Arc::default(),
+            replica: ReplicaId::from_random(7),
+            shutdown: CancellationToken::new(),
+        });
         let doc = DocId::new("d").unwrap();
         let (tx, _rx) = mpsc::channel(1);
         rooms.registry().insert(
@@ -225,12 +274,12 @@ mod tests {
         );
         let poisoner = rooms.clone();
         let panicked = std::thread::spawn(move || {
-            let _held = poisoner.live.lock().unwrap();
+            let _held = poisoner.shared.live.lock().unwrap();
             panic!("a panic while the registry is held");
         })
         .join();
         assert!(panicked.is_err());
-        assert!(rooms.live.is_poisoned());
+        assert!(rooms.shared.live.is_poisoned());
         // The same room, not a second one: get_or_start reads the registry the same way.
         assert!(rooms.live(&doc).unwrap().same_channel(&tx));
         assert_eq!(rooms.all().len(), 1);

@@ -9,7 +9,8 @@ use lattice_engine::sync::PeerId;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::state::ServerState;
+use crate::config::Limits;
+use crate::rooms::RoomEnv;
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::Outbox;
 use crate::transport::writer::{Closer, Outbound};
@@ -140,13 +141,12 @@ impl Drop for SyncTicket {
 
 /// A new connection's peer handle, speaking `kind` for `author`.
 pub(crate) fn peer_handle(
-    state: &ServerState,
+    limits: &Limits,
     id: PeerId,
     kind: PeerKind,
     author: Option<&str>,
     outbound: &Outbound,
 ) -> PeerHandle {
-    let limits = &state.config.limits;
     PeerHandle {
         id,
         replica: None,
@@ -161,18 +161,18 @@ pub(crate) fn peer_handle(
 /// Waits until `peer`'s budget allows a full-state sync and takes the slot. `Err` when the
 /// wait ends otherwise: the closer fired (its code) or the server shuts down (`None`).
 pub(crate) async fn sync_ticket(
-    state: &ServerState,
+    env: &RoomEnv,
     peer: &PeerHandle,
 ) -> Result<crate::rooms::peer::SyncTicket, Option<CloseCode>> {
     tokio::select! {
         (ticket, waited) = peer.budget.begin() => {
             if waited {
-                state.metrics.sync_budget_waits.fetch_add(1, Relaxed);
+                env.metrics.sync_budget_waits.fetch_add(1, Relaxed);
             }
             Ok(ticket)
         }
         code = peer.closer.closed() => Err(Some(code)),
-        _ = state.shutdown.cancelled() => Err(None),
+        _ = env.shutdown.cancelled() => Err(None),
     }
 }
 

@@ -22,12 +22,11 @@ use tracing::{debug, error, warn};
 
 use crate::clock::now_ms;
 use crate::rooms::peer::{PeerHandle, PeerKind};
-use crate::state::ServerState;
 use crate::store::{AppendError, NewEntry, ReadError};
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
-use super::{RestoreDone, RestoreFailed, RoomCmd};
+use super::{RestoreDone, RestoreFailed, RoomCmd, RoomEnv, Rooms};
 use awareness::{AwarenessMeta, YjsOut};
 
 /// How often a room expires presence and checks whether it is idle.
@@ -44,7 +43,7 @@ struct RestoreWaiter {
 }
 
 struct RoomDriver {
-    state: Arc<ServerState>,
+    rooms: Rooms,
     doc: DocId,
     room: Room,
     peers: HashMap<PeerId, PeerHandle>,
@@ -59,38 +58,39 @@ struct RoomDriver {
     stopped: Option<ReadError>,
 }
 
-async fn load_document(state: &ServerState, doc: &DocId) -> Result<Document, ReadError> {
-    Ok(match state.store.load(doc, state.replica).await? {
+async fn load_document(env: &RoomEnv, doc: &DocId) -> Result<Document, ReadError> {
+    Ok(match env.store.load(doc, env.replica).await? {
         Some(loaded) => loaded.document,
-        None => Document::new(state.replica),
+        None => Document::new(env.replica),
     })
 }
 
 pub(super) async fn room_task(
-    state: Arc<ServerState>,
+    rooms: Rooms,
     doc: DocId,
     mut rx: mpsc::Receiver<RoomCmd>,
     subscribers: Arc<AtomicUsize>,
 ) {
-    let document = match load_document(&state, &doc).await {
+    let env = rooms.env();
+    let document = match load_document(env, &doc).await {
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "cannot load document");
-            state.rooms.forget(&doc);
+            rooms.forget(&doc);
             refuse_all(&mut rx, &doc, &e).await;
             return;
         }
     };
-    state.metrics.live_documents.fetch_add(1, Relaxed);
+    env.metrics.live_documents.fetch_add(1, Relaxed);
     let config = RoomConfig {
-        presence_ttl_ms: duration_ms(state.config.rooms.presence_ttl),
-        typing_ttl_ms: duration_ms(state.config.rooms.typing_ttl),
-        max_relay_bytes: state.config.rooms.max_relay_bytes,
+        presence_ttl_ms: duration_ms(env.settings.presence_ttl),
+        typing_ttl_ms: duration_ms(env.settings.typing_ttl),
+        max_relay_bytes: env.settings.max_relay_bytes,
     };
-    let hlc = Hlc::new(state.replica, DEFAULT_MAX_DRIFT);
+    let hlc = Hlc::new(env.replica, DEFAULT_MAX_DRIFT);
     let mut driver = RoomDriver {
         room: Room::new(doc.clone(), document, hlc, config),
-        state: state.clone(),
+        rooms: rooms.clone(),
         doc: doc.clone(),
         peers: HashMap::new(),
         pending: Vec::new(),
@@ -128,7 +128,7 @@ pub(super) async fn room_task(
             }
         }
         if let Some(why) = driver.stopped.take() {
-            state.rooms.forget(&doc);
+            rooms.forget(&doc);
             for w in driver.restores.drain(..) {
                 let _ = w.reply.send(Err(RestoreFailed::Load(why.clone())));
             }
@@ -143,7 +143,7 @@ pub(super) async fn room_task(
         subscribers.store(driver.room.subscriber_count(), Relaxed);
         if driver.room.is_idle() && driver.pending.is_empty() && driver.in_flight.is_none() {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= state.config.rooms.idle_ttl && state.rooms.try_unload(&doc, &rx) {
+            if since.elapsed() >= env.settings.idle_ttl && rooms.try_unload(&doc, &rx) {
                 debug!("room unloaded after idle TTL");
                 break;
             }
@@ -152,7 +152,7 @@ pub(super) async fn room_task(
         }
     }
     subscribers.store(0, Relaxed);
-    state.metrics.live_documents.fetch_sub(1, Relaxed);
+    env.metrics.live_documents.fetch_sub(1, Relaxed);
 }
 
 /// The document could not be loaded: every queued command gets an error, subscribers are closed.
@@ -276,7 +276,7 @@ impl RoomDriver {
                 delta,
                 author,
             } => {
-                self.state.metrics.deltas_in.fetch_add(1, Relaxed);
+                self.rooms.env().metrics.deltas_in.fetch_add(1, Relaxed);
                 self.room.client_delta(peer, seq, delta, author, now_ms())
             }
             RoomCmd::Presence {
@@ -378,7 +378,7 @@ impl RoomDriver {
         let take = self
             .pending
             .len()
-            .min(self.state.config.rooms.max_commit_batch);
+            .min(self.rooms.env().settings.max_commit_batch);
         let batch: Vec<PendingDelta> = self.pending.drain(..take).collect();
         let tokens: Vec<u64> = batch.iter().map(|p| p.token).collect();
         let entries: Vec<NewEntry> = batch
@@ -388,13 +388,17 @@ impl RoomDriver {
                     .peers
                     .get(&p.peer)
                     .and_then(|h| h.replica)
-                    .unwrap_or(self.state.replica);
+                    .unwrap_or(self.rooms.env().replica);
                 NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
             })
             .collect();
-        let store = self.state.store.clone();
+        let store = self.rooms.env().store.clone();
         let size = entries.len();
-        self.state.metrics.commit_batch_size.observe(size as f64);
+        self.rooms
+            .env()
+            .metrics
+            .commit_batch_size
+            .observe(size as f64);
         self.in_flight = Some(Box::pin(async move {
             let started = Instant::now();
             let result = store.append_batch(entries).await;
@@ -409,11 +413,16 @@ impl RoomDriver {
         started: Instant,
     ) {
         let token = tokens.last().copied().unwrap_or(0);
-        self.state
+        self.rooms
+            .env()
             .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.state.metrics.commit_batches.fetch_add(1, Relaxed);
+        self.rooms
+            .env()
+            .metrics
+            .commit_batches
+            .fetch_add(1, Relaxed);
         let fx = match &result {
             Ok(_) => self.room.committed(token),
             Err(e) => {
@@ -430,7 +439,8 @@ impl RoomDriver {
         // After the relay is queued: when an admin's restore returns, every connected client
         // has it in its outbox.
         self.answer_restores(&tokens, &result);
-        self.state
+        self.rooms
+            .env()
             .metrics
             .fanout_seconds
             .observe(fanout.elapsed().as_secs_f64());
@@ -504,7 +514,7 @@ impl RoomDriver {
                         match handle.outbox.try_send(Message::Binary(frame)) {
                             Ok(()) => {
                                 if is_delta {
-                                    self.state.metrics.deltas_out.fetch_add(1, Relaxed);
+                                    self.rooms.env().metrics.deltas_out.fetch_add(1, Relaxed);
                                 }
                             }
                             Err(SendError::Full) => {
@@ -541,7 +551,7 @@ impl RoomDriver {
                 }
             }
             if fx.reload {
-                match load_document(&self.state, &self.doc).await {
+                match load_document(self.rooms.env(), &self.doc).await {
                     Ok(doc) => {
                         let more = self.room.replace_document(doc);
                         self.apply(more).await;

@@ -112,7 +112,7 @@ impl RoomDriver {
         peer: PeerId,
         state: &Value,
     ) -> lattice_engine::yws::AwarenessEntry {
-        let replica = u64::from(self.state.replica.get());
+        let replica = u64::from(self.rooms.env().replica.get());
         let meta = self.awareness.entry(peer).or_insert_with(|| AwarenessMeta {
             client: native_awareness_client(replica, peer),
             clock: 0,
