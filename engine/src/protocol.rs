@@ -409,6 +409,55 @@ fn decode_frame<T: DeserializeOwned>(
     Ok(msg)
 }
 
+/// One MessagePack value of type `T` that must fill `bytes` exactly, under the same bounds as
+/// a frame (size, nesting).
+fn decode_exact<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+    kind: &str,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::FrameTooLarge {
+            len: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    if !is_map_marker(*bytes.first().ok_or(DecodeError::Empty)?) {
+        return Err(DecodeError::NotAMap);
+    }
+    let malformed = |reason: String| DecodeError::Malformed {
+        kind: kind.to_owned(),
+        reason,
+    };
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_NESTING);
+    let value = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
+    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if used != bytes.len() {
+        return Err(malformed(format!(
+            "{} trailing bytes after the {kind}",
+            bytes.len().saturating_sub(used)
+        )));
+    }
+    Ok(value)
+}
+
+impl Delta {
+    /// A MessagePack `Delta` on its own (the body of an HTTP write), bounded like a frame:
+    /// at most `max_bytes`, nesting at most the protocol's limit, nothing after it.
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Delta, DecodeError> {
+        decode_exact(bytes, max_bytes, "delta")
+    }
+}
+
+impl DocState {
+    /// A MessagePack `DocState` on its own (an HTTP reader's `?state=`), bounded like
+    /// [`Delta::decode`].
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<DocState, DecodeError> {
+        decode_exact(bytes, max_bytes, "state")
+    }
+}
+
 /// The `doc` and `seq` of a `delta` message whose `delta` field did not decode.
 fn delta_envelope(bytes: &[u8]) -> Option<(DocId, u64)> {
     #[derive(Deserialize)]

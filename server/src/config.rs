@@ -14,6 +14,7 @@ pub struct Config {
     pub limits: Limits,
     pub heartbeat: Heartbeat,
     pub rooms: RoomSettings,
+    pub streams: Streams,
     pub store: StoreConfig,
     /// Who may do what. The default is [`AuthMode::Disabled`] (library and test use);
     /// `lattice serve` always requires tokens unless given `--no-auth`.
@@ -32,6 +33,7 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
             rooms: RoomSettings::default(),
+            streams: Streams::default(),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             shutdown_deadline: Duration::from_secs(10),
@@ -138,6 +140,37 @@ impl Default for Heartbeat {
         Self {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// The HTTP transports: Server-Sent Events and long polling (docs/http-api.md).
+#[derive(Clone, Debug)]
+pub struct Streams {
+    /// An SSE stream ends (with a `close` event, reason `lifetime`) after this long, so that
+    /// proxies do not hold it forever; the client resumes with `Last-Event-ID`.
+    pub sse_lifetime: Duration,
+    /// An SSE comment is sent when the stream has been quiet this long.
+    pub keep_alive: Duration,
+    /// The longest a long poll waits (`wait_ms` is capped to it; its default).
+    pub max_poll_wait: Duration,
+    /// Log entries one long-poll answer or one replay page carries at most.
+    pub max_entries_per_read: u32,
+    /// `Idempotency-Key`s of HTTP writes remembered (the oldest are forgotten first).
+    pub idempotency_keys: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            sse_lifetime: Duration::from_secs(300),
+            keep_alive: Duration::from_secs(15),
+            max_poll_wait: Duration::from_secs(25),
+            max_entries_per_read: 1_000,
+            idempotency_keys: 100_000,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

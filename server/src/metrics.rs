@@ -92,6 +92,12 @@ pub struct Metrics {
     pub unauthenticated_connections: AtomicU64,
     /// TCP connections closed at once because too many were in their HTTP phase.
     pub http_connections_refused: AtomicU64,
+    /// Open HTTP readers (SSE streams and waiting long polls); they hold connection slots.
+    pub http_readers: AtomicU64,
+    /// HTTP writes committed (`POST /v1/updates`), and those answered from the idempotency
+    /// cache.
+    pub http_writes: AtomicU64,
+    pub http_writes_replayed: AtomicU64,
     /// Times a connection waited for its budget of full-state syncs.
     pub sync_budget_waits: AtomicU64,
     pub live_documents: AtomicU64,
@@ -139,6 +145,27 @@ impl Metrics {
             "WebSocket connections that have not authenticated yet.",
             self.unauthenticated_connections.load(Relaxed),
             "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_http_readers",
+            "Open HTTP readers: SSE streams and waiting long polls.",
+            self.http_readers.load(Relaxed),
+            "gauge",
+        );
+        gauge(
+            &mut out,
+            "lattice_http_writes_total",
+            "HTTP writes committed.",
+            self.http_writes.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            &mut out,
+            "lattice_http_writes_replayed_total",
+            "HTTP writes answered from the idempotency cache instead of applied again.",
+            self.http_writes_replayed.load(Relaxed),
+            "counter",
         );
         gauge(
             &mut out,

@@ -114,6 +114,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::http::routes())
+        .merge(crate::protocols::http_routes())
         .with_state(state)
 }
 

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomEnv, Rooms};
 use crate::store::Store;
+use crate::transport::idempotency::Idempotency;
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub(crate) struct ServerState {
     /// Slots for HTTP reads that rebuild a document (`Limits::max_concurrent_rebuilds`).
     pub rebuilds: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// HTTP writes' answers by `Idempotency-Key`.
+    pub idempotency: Idempotency,
     pub next_peer: AtomicU64,
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
     /// changes it makes itself.
@@ -44,6 +47,10 @@ impl ServerState {
         let metrics = Arc::<Metrics>::default();
         let shutdown = CancellationToken::new();
         let replica = random_replica();
+        let idempotency = Idempotency::new(
+            config.streams.idempotency_keys,
+            config.streams.idempotency_ttl,
+        );
         let rooms = Rooms::new(RoomEnv {
             settings: config.rooms.clone(),
             limits: config.limits.clone(),
@@ -62,6 +69,7 @@ impl ServerState {
             rooms,
             metrics,
             shutdown,
+            idempotency,
             next_peer: AtomicU64::new(1),
             replica,
         }

@@ -67,6 +67,22 @@ pub(crate) enum ApiError {
     /// The request cannot be done in the document's state (restore of a deleted document).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// The request is well-formed but its content was refused (a delta the room would refuse on
+    /// a WebSocket too).
+    #[error("{code}: {message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// Something the request names does not exist, with a code saying what.
+    #[error("{code}: {message}")]
+    NotFoundCode { code: &'static str, message: String },
+    /// What the request names is gone for good (a log range retention dropped).
+    #[error("{code}: {message}")]
+    Gone { code: &'static str, message: String },
+    /// The request body is larger than the limit.
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The request body's content type is not one the endpoint reads.
+    #[error("unsupported content type {0:?}")]
+    UnsupportedType(String),
     /// Every rebuild slot stayed taken for `Limits::rebuild_wait`; retry after that long.
     #[error("busy: too many documents are being rebuilt")]
     Busy { retry_after: Duration },
@@ -160,6 +176,23 @@ impl IntoResponse for ApiError {
                 error_body(StatusCode::BAD_REQUEST, "bad_version", e.to_string())
             }
             ApiError::Conflict { code, message } => error_body(StatusCode::CONFLICT, code, message),
+            ApiError::Gone { code, message } => error_body(StatusCode::GONE, code, message),
+            ApiError::Unprocessable { code, message } => {
+                error_body(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            ApiError::NotFoundCode { code, message } => {
+                error_body(StatusCode::NOT_FOUND, code, message)
+            }
+            e @ ApiError::TooLarge { .. } => {
+                error_body(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            e @ ApiError::UnsupportedType(_) => error_body(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+                format!(
+                    "{e}; send application/msgpack (a Lattice Delta) or application/octet-stream (a Yjs v1 update)"
+                ),
+            ),
             ApiError::Busy { retry_after } => {
                 let mut r = error_body(
                     StatusCode::SERVICE_UNAVAILABLE,

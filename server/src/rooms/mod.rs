@@ -60,6 +60,34 @@ pub(crate) enum RoomCmd {
         typing: bool,
         awareness: Option<AwarenessOrigin>,
     },
+    /// An HTTP reader (`peer`, of kind `Feed`) starts following the log: from now on it gets
+    /// one `delta` event per committed entry whose seq is above the head the room answers on
+    /// `reply` (everything up to it is in the store), and, with `presence`, the others'
+    /// presence as a subscriber does (its own presence then goes through
+    /// [`RoomCmd::Presence`] like any peer's).
+    Follow {
+        peer: PeerHandle,
+        presence: bool,
+        reply: oneshot::Sender<Result<u64, ReadError>>,
+    },
+    /// An HTTP write: `delta`, checked as a peer's with `access` and sent by `author`, is
+    /// committed; `reply` gets its log seq, or why it was refused.
+    Write {
+        peer: PeerId,
+        access: Access,
+        author: Option<String>,
+        delta: Delta,
+        reply: oneshot::Sender<Result<Written, WriteRefused>>,
+    },
+    /// Presence from HTTP for the SSE reader `peer`, if it is one of this room's readers and
+    /// belongs to `author`; `reply` says whether it was.
+    HttpPresence {
+        peer: PeerId,
+        author: Option<String>,
+        state: Value,
+        typing: bool,
+        reply: oneshot::Sender<bool>,
+    },
     /// Send the peer everyone else's presence (y-websocket query awareness).
     QueryPresence {
         peer: PeerId,
@@ -86,6 +114,33 @@ pub(crate) enum RoomCmd {
 pub(crate) struct RestoreDone {
     pub seq: Option<u64>,
     pub report: lattice_engine::RestoreReport,
+}
+
+/// A write that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// The log seq of the write's entry; when it changed nothing, the head of the log once
+    /// everything the document held when it arrived was committed.
+    pub seq: u64,
+    /// Whether the write changed the document (and took a seq of its own).
+    pub changed: bool,
+}
+
+/// Why a write was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WriteRefused {
+    /// The delta was refused, as it would be on a WebSocket (`code` is the protocol's).
+    #[error("{message}")]
+    Delta {
+        code: lattice_engine::protocol::ErrorCode,
+        message: String,
+    },
+    /// The document cannot be loaded.
+    #[error("the document cannot be loaded: {0}")]
+    Load(ReadError),
+    /// The commit failed; nothing was stored.
+    #[error("the commit failed: {0}")]
+    Commit(AppendError),
 }
 
 /// Why a restore did not go through.

@@ -22,6 +22,9 @@ pub(crate) enum PeerKind {
     Native,
     /// The y-websocket protocol of stock Yjs clients (`/yjs/{doc}`).
     Yjs,
+    /// An HTTP reader (SSE, long polling): it gets the log's committed entries with their
+    /// seqs, and presence, as JSON events (`transport::events`); nothing else the room sends.
+    Feed,
 }
 
 /// A connection as rooms see it: where to put its frames, and how to close it.

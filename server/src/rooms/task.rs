@@ -2,6 +2,7 @@
 //! and carries out the room's effects (acks, relays, closes, restores) once they are committed.
 
 mod awareness;
+mod feed;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,8 +27,10 @@ use crate::store::{AppendError, NewEntry, ReadError};
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
-use super::{RestoreDone, RestoreFailed, RoomCmd, RoomEnv, Rooms};
+use super::{RestoreDone, RestoreFailed, RoomCmd, RoomEnv, Rooms, WriteRefused};
+use crate::transport::events::Event;
 use awareness::{AwarenessMeta, YjsOut};
+use feed::{Committing, WriteWaiter};
 
 /// How often a room expires presence and checks whether it is idle.
 const ROOM_TICK: Duration = Duration::from_millis(500);
@@ -53,15 +56,24 @@ struct RoomDriver {
     /// Awareness identity of each peer with presence, for Yjs recipients.
     awareness: HashMap<PeerId, AwarenessMeta>,
     restores: Vec<RestoreWaiter>,
+    /// The seq of the last log entry committed (through this room, or loaded).
+    head_seq: u64,
+    /// HTTP readers following the log, with the seq of the last entry each was given.
+    feeds: HashMap<PeerId, u64>,
+    /// The entries of the commit in flight, kept to give HTTP readers once they have seqs.
+    committing: Vec<Committing>,
+    /// HTTP writes waiting for their commit.
+    writes: Vec<WriteWaiter>,
     /// Why the room has closed its peers and must stop: the document was deleted under it, or
     /// it could not be reloaded after a failed commit.
     stopped: Option<ReadError>,
 }
 
-async fn load_document(env: &RoomEnv, doc: &DocId) -> Result<Document, ReadError> {
+/// The stored document and the seq of its last entry (a new document: empty, 0).
+async fn load_document(env: &RoomEnv, doc: &DocId) -> Result<(Document, u64), ReadError> {
     Ok(match env.store.load(doc, env.replica).await? {
-        Some(loaded) => loaded.document,
-        None => Document::new(env.replica),
+        Some(loaded) => (loaded.document, loaded.head_seq),
+        None => (Document::new(env.replica), 0),
     })
 }
 
@@ -72,7 +84,7 @@ pub(super) async fn room_task(
     subscribers: Arc<AtomicUsize>,
 ) {
     let env = rooms.env();
-    let document = match load_document(env, &doc).await {
+    let (document, head_seq) = match load_document(env, &doc).await {
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "cannot load document");
@@ -98,6 +110,10 @@ pub(super) async fn room_task(
         flush_waiters: Vec::new(),
         awareness: HashMap::new(),
         restores: Vec::new(),
+        head_seq,
+        feeds: HashMap::new(),
+        committing: Vec::new(),
+        writes: Vec::new(),
         stopped: None,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
@@ -132,6 +148,9 @@ pub(super) async fn room_task(
             for w in driver.restores.drain(..) {
                 let _ = w.reply.send(Err(RestoreFailed::Load(why.clone())));
             }
+            for w in driver.writes.drain(..) {
+                let _ = w.reply.send(Err(WriteRefused::Load(why.clone())));
+            }
             for reply in driver.flush_waiters.drain(..) {
                 let _ = reply.send(());
             }
@@ -140,8 +159,14 @@ pub(super) async fn room_task(
         }
         driver.start_commit();
         driver.answer_flushes();
+        driver.answer_unchanged_writes();
         subscribers.store(driver.room.subscriber_count(), Relaxed);
-        if driver.room.is_idle() && driver.pending.is_empty() && driver.in_flight.is_none() {
+        if driver.room.is_idle()
+            && driver.peers.is_empty()
+            && driver.writes.is_empty()
+            && driver.pending.is_empty()
+            && driver.in_flight.is_none()
+        {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= env.settings.idle_ttl && rooms.try_unload(&doc, &rx) {
                 debug!("room unloaded after idle TTL");
@@ -178,10 +203,20 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &ReadError
                         peer.closer.close(CloseCode::DocumentUnavailable);
                     }
                 }
-                // A y-websocket peer cannot read a MessagePack error; its one document is
-                // gone, so the close says it all.
-                PeerKind::Yjs => peer.closer.close(CloseCode::DocumentUnavailable),
+                // A y-websocket peer cannot read a MessagePack error, nor an HTTP reader;
+                // its one document is gone, so the close says it all.
+                PeerKind::Yjs | PeerKind::Feed => peer.closer.close(CloseCode::DocumentUnavailable),
             },
+            RoomCmd::Follow { peer, reply, .. } => {
+                peer.closer.close(CloseCode::DocumentUnavailable);
+                let _ = reply.send(Err(e.clone()));
+            }
+            RoomCmd::Write { reply, .. } => {
+                let _ = reply.send(Err(WriteRefused::Load(e.clone())));
+            }
+            RoomCmd::HttpPresence { reply, .. } => {
+                let _ = reply.send(false);
+            }
             RoomCmd::Flush { reply } => {
                 let _ = reply.send(());
             }
@@ -252,7 +287,7 @@ impl RoomDriver {
                 // y-websocket clients count the echo of their update as "saved".
                 let echo = match peer.kind {
                     PeerKind::Yjs => Echo::OwnDeltas,
-                    PeerKind::Native => Echo::None,
+                    PeerKind::Native | PeerKind::Feed => Echo::None,
                 };
                 self.peers.insert(id, peer);
                 let fx = self
@@ -265,6 +300,7 @@ impl RoomDriver {
             }
             RoomCmd::Unsubscribe { peer } => {
                 self.peers.remove(&peer);
+                self.feeds.remove(&peer);
                 let fx = self.room.unsubscribe(peer);
                 self.apply(fx).await;
                 self.awareness.remove(&peer);
@@ -305,6 +341,38 @@ impl RoomDriver {
                             removed_by_client: state == Value::Null,
                         },
                     );
+                }
+                self.room.presence(peer, state, typing, now_ms())
+            }
+            RoomCmd::Follow {
+                peer,
+                presence,
+                reply,
+            } => self.follow(peer, presence, reply),
+            RoomCmd::Write {
+                peer,
+                access,
+                author,
+                delta,
+                reply,
+            } => {
+                self.rooms.env().metrics.deltas_in.fetch_add(1, Relaxed);
+                self.write(peer, access, author, delta, reply).await;
+                return;
+            }
+            RoomCmd::HttpPresence {
+                peer,
+                author,
+                state,
+                typing,
+                reply,
+            } => {
+                let reader = self.peers.get(&peer).is_some_and(|h| {
+                    h.kind == PeerKind::Feed && h.author.as_deref() == author.as_deref()
+                }) && self.room.is_subscribed(peer);
+                let _ = reply.send(reader);
+                if !reader {
+                    return;
                 }
                 self.room.presence(peer, state, typing, now_ms())
             }
@@ -353,6 +421,7 @@ impl RoomDriver {
         for (_, handle) in self.peers.drain() {
             handle.closer.close(CloseCode::DocumentUnavailable);
         }
+        self.feeds.clear();
         self.pending.clear();
         self.stopped = Some(why);
     }
@@ -392,6 +461,11 @@ impl RoomDriver {
                 NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
             })
             .collect();
+        self.committing = entries
+            .iter()
+            .zip(&batch)
+            .map(|(e, p)| Committing::of(e, p))
+            .collect();
         let store = self.rooms.env().store.clone();
         let size = entries.len();
         self.rooms
@@ -423,6 +497,7 @@ impl RoomDriver {
             .metrics
             .commit_batches
             .fetch_add(1, Relaxed);
+        let committing = std::mem::take(&mut self.committing);
         let fx = match &result {
             Ok(_) => self.room.committed(token),
             Err(e) => {
@@ -431,10 +506,18 @@ impl RoomDriver {
                 for w in self.restores.drain(..) {
                     let _ = w.reply.send(Err(RestoreFailed::Commit(e.clone())));
                 }
+                for w in self.writes.drain(..) {
+                    let _ = w.reply.send(Err(WriteRefused::Commit(e.clone())));
+                }
                 self.room.commit_failed()
             }
         };
         let fanout = Instant::now();
+        if let Ok(seqs) = &result {
+            self.head_seq = seqs.iter().copied().fold(self.head_seq, u64::max);
+            self.answer_writes(&tokens, seqs);
+            self.feed_committed(&committing, seqs).await;
+        }
         self.apply(fx).await;
         // After the relay is queued: when an admin's restore returns, every connected client
         // has it in its outbox.
@@ -486,6 +569,7 @@ impl RoomDriver {
                 // Encoded at most once per protocol, on first use.
                 let mut native: Option<Bytes> = None;
                 let mut yjs: Option<YjsOut> = None;
+                let mut feed: Option<Option<Bytes>> = None;
                 for peer in out.to {
                     let Some(kind) = self.peers.get(&peer).map(|h| h.kind) else {
                         continue;
@@ -506,6 +590,23 @@ impl RoomDriver {
                             let y = yjs.as_ref().map(|y| (y.frames.clone(), y.close));
                             y.unwrap_or_default()
                         }
+                        // Only presence: deltas reach HTTP readers with their seqs, from the
+                        // commit (`feed_committed`), and they subscribe with no state to sync.
+                        PeerKind::Feed => (
+                            feed.get_or_insert_with(|| match &out.msg {
+                                ServerMsg::Presence {
+                                    peer,
+                                    state,
+                                    typing,
+                                    ..
+                                } => Some(Event::presence(*peer, state, *typing).frame().clone()),
+                                _ => None,
+                            })
+                            .iter()
+                            .cloned()
+                            .collect(),
+                            None,
+                        ),
                     };
                     let Some(handle) = self.peers.get(&peer) else {
                         continue;
@@ -538,6 +639,7 @@ impl RoomDriver {
                 }
             }
             for (peer, code) in dropped {
+                self.feeds.remove(&peer);
                 if let Some(handle) = self.peers.remove(&peer) {
                     if code == CloseCode::SlowConsumer {
                         warn!(peer = peer.0, "outbox full: closing slow consumer");
@@ -552,7 +654,8 @@ impl RoomDriver {
             }
             if fx.reload {
                 match load_document(self.rooms.env(), &self.doc).await {
-                    Ok(doc) => {
+                    Ok((doc, head_seq)) => {
+                        self.head_seq = head_seq;
                         let more = self.room.replace_document(doc);
                         self.apply(more).await;
                     }

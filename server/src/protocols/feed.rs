@@ -1,0 +1,540 @@
+//! The HTTP readers of a document (docs/http-api.md): Server-Sent Events
+//! (`GET /v1/events/{doc}`) and long polling (`GET /v1/updates/{doc}`).
+//!
+//! Both follow the log by seq. A reader joins the room first (`RoomCmd::Follow`), which
+//! answers the head it holds and from then on queues every later committed entry in the
+//! reader's outbox; what the reader lacks up to that head comes from the store (a `sync` of
+//! the document, or the log entries after the reader's seq). Entries at or below the reader's
+//! seq are skipped, so each arrives exactly once. The outbox is bounded: a reader that falls
+//! behind is ended with a `close` event and resumes from its last seq.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use lattice_engine::sync::PeerId;
+use lattice_engine::{DocId, DocState};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::auth::{Principal, Scope, authenticate_request};
+use crate::http::{ApiError, Internal, with_rebuild_slot};
+use crate::rooms::peer::{PeerHandle, PeerKind, SyncBudget};
+use crate::rooms::{RoomCmd, RoomSender, join_room};
+use crate::state::ServerState;
+use crate::store::{ReadError, encode_delta};
+use crate::transport::close::CloseCode;
+use crate::transport::events::{Event, KEEP_ALIVE};
+use crate::transport::outbox::{Message, OutboxReceiver, outbox};
+use crate::transport::slots::{Gauge, Slot};
+use crate::transport::writer::Closer;
+
+/// Frames an SSE response may have queued towards the client before the pump waits.
+const SSE_CHANNEL: usize = 64;
+
+/// The query of both readers.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct FeedQuery {
+    token: Option<String>,
+    /// Resume after this seq (SSE: like `Last-Event-ID`; long polling: required to wait).
+    after: Option<String>,
+    /// What the reader holds, as base64 MessagePack `DocState`: the `sync` carries only the rest.
+    state: Option<String>,
+    /// What the reader holds, as a base64 Yjs state vector (for Yjs-only readers).
+    sv: Option<String>,
+    /// Long polling: how long to wait for an entry, in milliseconds.
+    wait_ms: Option<u64>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        code,
+        message: message.into(),
+    }
+}
+
+impl FeedQuery {
+    /// The `?token=` parameter.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// What the reader holds, from `state` or `sv`.
+    pub(crate) fn known(&self) -> Result<DocState, ApiError> {
+        if let Some(state) = &self.state {
+            let bytes = STANDARD
+                .decode(state)
+                .map_err(|e| bad("bad_state", format!("state is not base64: {e}")))?;
+            return DocState::decode(&bytes, bytes.len())
+                .map_err(|e| bad("bad_state", format!("state is not a DocState: {e}")));
+        }
+        if let Some(sv) = &self.sv {
+            let yjs = STANDARD
+                .decode(sv)
+                .map_err(|e| bad("bad_state", format!("sv is not base64: {e}")))?;
+            return Ok(DocState {
+                yjs,
+                ..DocState::default()
+            });
+        }
+        Ok(DocState::default())
+    }
+}
+
+/// A seq from a header or the query: a decimal number.
+fn parse_seq(what: &str, text: &str) -> Result<u64, ApiError> {
+    text.trim().parse().map_err(|_| {
+        bad(
+            "bad_seq",
+            format!("{what} must be a log seq (a number), not {text:?}"),
+        )
+    })
+}
+
+/// Authenticates the request and checks `scope` on the document.
+pub(crate) fn principal_for(
+    state: &ServerState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    remote: SocketAddr,
+    doc: String,
+    scope: Scope,
+) -> Result<(Principal, DocId), ApiError> {
+    let principal = authenticate_request(&state.auth, headers, token, remote.ip())?;
+    let doc = DocId::new(doc)?;
+    principal.require(&doc, scope)?;
+    Ok((principal, doc))
+}
+
+/// The head of the document's log as the store has it, refusing a `after` beyond it and a
+/// deleted document.
+async fn check_after(state: &ServerState, doc: &DocId, after: u64) -> Result<(), ApiError> {
+    let meta = state.store.document(doc).await?;
+    if meta.as_ref().is_some_and(|m| m.deleted_at_ms.is_some()) {
+        return Err(ApiError::NotFound);
+    }
+    let head = meta.map_or(0, |m| m.head_seq);
+    if after > head {
+        return Err(bad(
+            "after_beyond_head",
+            format!("after = {after} but the document's log ends at {head}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A reader in a room: its outbox, its closer, and how to leave.
+struct Follower {
+    id: PeerId,
+    room: RoomSender,
+    rx: OutboxReceiver,
+    closer: Arc<Closer>,
+    /// The room's head when the reader joined: every later entry comes through `rx`.
+    head: u64,
+    _slot: Slot,
+}
+
+impl Follower {
+    async fn join(
+        state: &Arc<ServerState>,
+        principal: &Principal,
+        doc: &DocId,
+        presence: bool,
+    ) -> Result<Follower, ApiError> {
+        if state.shutdown.is_cancelled() {
+            return Err(ApiError::Busy {
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        // HTTP readers hold a connection slot, like WebSockets.
+        let permit = state
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Busy {
+                retry_after: Duration::from_secs(1),
+            })?;
+        let slot = Slot::new(permit, Gauge::up(&state.metrics, |m| &m.http_readers));
+        let limits = &state.config.limits;
+        let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
+        let closer = Arc::new(Closer::default());
+        let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
+        let peer = PeerHandle {
+            id,
+            replica: None,
+            kind: PeerKind::Feed,
+            author: principal.subject().map(Arc::from),
+            outbox: tx,
+            closer: closer.clone(),
+            budget: SyncBudget::new(limits.sync_bytes_per_second, limits.sync_byte_burst),
+        };
+        let (reply, head) = oneshot::channel();
+        let cmd = RoomCmd::Follow {
+            peer,
+            presence,
+            reply,
+        };
+        let room = join_room(&state.rooms, doc, cmd)
+            .await
+            .ok_or(Internal::RoomStopped)?;
+        let head = head.await.map_err(|_| Internal::RoomStopped)??;
+        Ok(Follower {
+            id,
+            room,
+            rx,
+            closer,
+            head,
+            _slot: slot,
+        })
+    }
+
+    async fn leave(self) {
+        let _ = self.room.send(RoomCmd::Unsubscribe { peer: self.id }).await;
+    }
+}
+
+/// The `sync` event: what a reader holding `known` lacks, as of the store's head.
+async fn sync_event(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    known: DocState,
+    peer: Option<u64>,
+) -> Result<(Event, u64), ApiError> {
+    let (store, replica, doc) = (state.store.clone(), state.replica, doc.clone());
+    with_rebuild_slot(state, async move {
+        let loaded = store.load(&doc, replica).await?;
+        tokio::task::spawn_blocking(move || {
+            let (document, seq) = match loaded {
+                Some(l) => (l.document, l.head_seq),
+                None => {
+                    return Ok((
+                        Event::sync(&doc, 0, &encode_delta(&Default::default()), &[], &[], peer),
+                        0,
+                    ));
+                }
+            };
+            let delta = document
+                .diff_since(&known)
+                .map_err(|e| bad("bad_state", format!("state cannot be compared: {e}")))?;
+            let state = rmp_serde::to_vec_named(&document.state()).unwrap_or_default();
+            let event = Event::sync(&doc, seq, &encode_delta(&delta), &delta.yjs, &state, peer);
+            Ok((event, seq))
+        })
+        .await
+        .map_err(|source| {
+            ApiError::from(Internal::Task {
+                what: "the sync",
+                source,
+            })
+        })?
+    })
+    .await
+}
+
+/// The log entries after `after` up to `until`, as `delta` events, at most `limit`.
+/// `Ok(None)` when retention dropped some of them (the reader needs a `sync`).
+async fn log_events(
+    state: &ServerState,
+    doc: &DocId,
+    after: u64,
+    until: u64,
+    limit: u32,
+) -> Result<Option<Vec<Event>>, ApiError> {
+    if after >= until {
+        return Ok(Some(Vec::new()));
+    }
+    let want = u32::try_from(until - after).unwrap_or(u32::MAX).min(limit);
+    let entries = match state.store.read_log(doc, after + 1, want).await {
+        Ok(entries) => entries,
+        Err(ReadError::Truncated { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries.into_iter().filter(|e| e.seq <= until) {
+        let delta = entry.delta(doc)?;
+        events.push(Event::delta(entry.seq, &entry.delta_bytes, &delta.yjs));
+    }
+    Ok(Some(events))
+}
+
+/// `GET /v1/events/{doc}`: the document as Server-Sent Events.
+pub(crate) async fn events(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+    Path(doc): Path<String>,
+) -> Result<Response, ApiError> {
+    let (principal, doc) = principal_for(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        remote,
+        doc,
+        Scope::Read,
+    )?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let after = match (last_event_id, query.after.as_deref()) {
+        (Some(id), _) => Some(parse_seq("Last-Event-ID", id)?),
+        (None, Some(after)) => Some(parse_seq("after", after)?),
+        (None, None) => None,
+    };
+    let known = query.known()?;
+    if let Some(after) = after {
+        check_after(&state, &doc, after).await?;
+    }
+    let follower = Follower::join(&state, &principal, &doc, true).await?;
+    let (tx, rx) = mpsc::channel::<Bytes>(SSE_CHANNEL);
+    tokio::spawn(pump(state.clone(), doc, follower, after, known, tx));
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }));
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Writes one SSE stream: the catch-up (a `sync`, or the log after `after`), then live
+/// events, keep-alives, and a `close` event when it ends.
+async fn pump(
+    state: Arc<ServerState>,
+    doc: DocId,
+    mut follower: Follower,
+    after: Option<u64>,
+    known: DocState,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let end = pump_events(&state, &doc, &mut follower, after, known, &tx).await;
+    if let Some(close) = end {
+        let _ = tx.send(close.frame().clone()).await;
+    }
+    follower.leave().await;
+}
+
+/// The stream's body; returns the `close` event to end with (`None`: the client left).
+async fn pump_events(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    follower: &mut Follower,
+    after: Option<u64>,
+    known: DocState,
+    tx: &mpsc::Sender<Bytes>,
+) -> Option<Event> {
+    let streams = &state.config.streams;
+    let peer = Some(follower.id.0);
+    let mut cursor = match after {
+        None => match sync_event(state, doc, known, peer).await {
+            Ok((event, seq)) => {
+                tx.send(event.frame().clone()).await.ok()?;
+                seq
+            }
+            Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+        },
+        Some(after) => {
+            let mut cursor = after;
+            while cursor < follower.head {
+                match log_events(
+                    state,
+                    doc,
+                    cursor,
+                    follower.head,
+                    streams.max_entries_per_read,
+                )
+                .await
+                {
+                    Ok(Some(events)) if !events.is_empty() => {
+                        for e in events {
+                            cursor = e.seq().unwrap_or(cursor);
+                            tx.send(e.frame().clone()).await.ok()?;
+                        }
+                    }
+                    Ok(Some(_)) => break,
+                    // Retention dropped what the reader lacks: a full sync instead.
+                    Ok(None) => match sync_event(state, doc, DocState::default(), peer).await {
+                        Ok((event, seq)) => {
+                            tx.send(event.frame().clone()).await.ok()?;
+                            cursor = seq;
+                        }
+                        Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+                    },
+                    Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+                }
+            }
+            cursor.max(after)
+        }
+    };
+    let deadline = Instant::now() + streams.sse_lifetime;
+    loop {
+        let quiet = tokio::time::sleep(streams.keep_alive);
+        tokio::select! {
+            msg = follower.rx.recv() => {
+                let Some(Message::Binary(frame)) = msg else { continue };
+                let event = Event::from_frame(frame);
+                if let Some(seq) = event.seq() {
+                    if seq <= cursor {
+                        continue;
+                    }
+                    cursor = seq;
+                }
+                tx.send(event.frame().clone()).await.ok()?;
+            }
+            () = quiet => {
+                tx.send(Bytes::from_static(KEEP_ALIVE)).await.ok()?;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Some(Event::close("lifetime", "the stream's lifetime is over; reconnect with Last-Event-ID"));
+            }
+            code = follower.closer.closed() => {
+                return Some(match code {
+                    CloseCode::SlowConsumer => Event::close("slow_consumer", "the stream fell behind; reconnect with Last-Event-ID"),
+                    _ => Event::close("document_unavailable", "the document is unavailable (deleted, or the store failed); reconnect to find out"),
+                });
+            }
+            () = state.shutdown.cancelled() => {
+                return Some(Event::close("shutdown", "the server is restarting; reconnect with Last-Event-ID"));
+            }
+        }
+    }
+}
+
+/// `GET /v1/updates/{doc}?after=<seq>&wait_ms=<n>`: long polling. Answers at once with the
+/// entries after `after` if there are any, else waits for one up to `wait_ms` (capped) and
+/// answers 204. Without `after`, answers a `sync` event.
+pub(crate) async fn updates(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+    Path(doc): Path<String>,
+) -> Result<Response, ApiError> {
+    let (principal, doc) = principal_for(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        remote,
+        doc,
+        Scope::Read,
+    )?;
+    let streams = &state.config.streams;
+    let wait = query
+        .wait_ms
+        .map_or(streams.max_poll_wait, Duration::from_millis)
+        .min(streams.max_poll_wait);
+    let known = query.known()?;
+    let Some(after) = query.after.as_deref() else {
+        let (event, seq) = sync_event(&state, &doc, known, None).await?;
+        return Ok(poll_answer(&[event], seq));
+    };
+    let after = parse_seq("after", after)?;
+    check_after(&state, &doc, after).await?;
+    let limit = streams.max_entries_per_read;
+    let follower = Follower::join(&state, &principal, &doc, false).await?;
+    poll(&state, &doc, follower, after, wait, limit).await
+}
+
+async fn poll(
+    state: &Arc<ServerState>,
+    doc: &DocId,
+    mut follower: Follower,
+    after: u64,
+    wait: Duration,
+    limit: u32,
+) -> Result<Response, ApiError> {
+    let head = follower.head;
+    let result = async {
+        if head > after {
+            return match log_events(state, doc, after, head, limit).await? {
+                Some(events) => {
+                    let next = events.last().and_then(Event::seq).unwrap_or(after);
+                    Ok(poll_answer(&events, next))
+                }
+                None => Err(ApiError::Gone {
+                    code: "resync",
+                    message: format!(
+                        "the log no longer holds the entries after {after}; poll without after for a sync"
+                    ),
+                }),
+            };
+        }
+        let deadline = Instant::now() + wait;
+        let mut events = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                msg = follower.rx.recv() => msg,
+                () = tokio::time::sleep_until(deadline) => None,
+                _ = follower.closer.closed() => None,
+                () = state.shutdown.cancelled() => None,
+            };
+            let Some(Message::Binary(frame)) = msg else { break };
+            let event = Event::from_frame(frame);
+            if event.seq().is_some_and(|s| s > after) {
+                events.push(event);
+                // Take what else is already queued, then answer.
+                while let Some(Message::Binary(frame)) = follower.rx.try_recv() {
+                    if events.len() >= limit as usize {
+                        break;
+                    }
+                    events.push(Event::from_frame(frame));
+                }
+                break;
+            }
+        }
+        Ok(match events.last().and_then(Event::seq) {
+            Some(next) => poll_answer(&events, next),
+            None => {
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                r.headers_mut()
+                    .insert("lattice-next-after", HeaderValue::from(after));
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+        })
+    }
+    .await;
+    follower.leave().await;
+    result
+}
+
+/// A long poll's answer: `{"events": [...], "next_after": seq}`.
+fn poll_answer(events: &[Event], next_after: u64) -> Response {
+    let mut body =
+        Vec::with_capacity(64 + events.iter().map(|e| e.data().len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e.data());
+    }
+    body.extend_from_slice(format!("],\"next_after\":{next_after}}}").as_bytes());
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("lattice-next-after", HeaderValue::from(next_after));
+    r
+}

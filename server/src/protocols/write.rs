@@ -1,0 +1,362 @@
+//! The HTTP writes and reads of a document for services (docs/http-api.md):
+//! `POST /v1/updates/{doc}` (a delta, answered with its seq after commit, retry-safe with an
+//! `Idempotency-Key`), `GET /v1/state/{doc}` (the document, or what a state lacks, as one Yjs
+//! update) and `POST /v1/presence/{doc}` (an SSE reader's presence).
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lattice_engine::protocol::ErrorCode;
+use lattice_engine::sync::{Access, PeerId};
+use lattice_engine::{Delta, DocId, Value};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::auth::{Principal, Scope, TokenQuery};
+use crate::http::{ApiError, Internal, with_rebuild_slot};
+use crate::protocols::feed::{FeedQuery, principal_for};
+use crate::rooms::{RoomCmd, WriteRefused, Written, join_room};
+use crate::state::ServerState;
+use crate::store::encode_delta;
+use crate::transport::idempotency::WriteAnswer;
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 255;
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        code,
+        message: message.into(),
+    }
+}
+
+/// How the body of a write is encoded, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyKind {
+    /// A MessagePack Lattice `Delta`.
+    Lattice,
+    /// A raw Yjs v1 update.
+    Yjs,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?"))
+        .unwrap_or("");
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+            Ok(BodyKind::Lattice)
+        }
+        "application/octet-stream" => Ok(BodyKind::Yjs),
+        _ => Err(ApiError::UnsupportedType(value.chars().take(100).collect())),
+    }
+}
+
+/// The body, at most `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit })?;
+    if bytes.is_empty() {
+        return Err(bad("empty_body", "the body is empty; send a delta"));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// The key a write is remembered by: the principal, the document and the client's key.
+fn scoped_key(principal: &Principal, doc: &DocId, key: &str) -> String {
+    format!(
+        "{}\u{0}{}\u{0}{key}",
+        principal.subject().unwrap_or(""),
+        doc.as_str()
+    )
+}
+
+fn digest(kind: BodyKind, body: &[u8]) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x1a77_1ce5).build_hasher();
+    // Stable within one process, which is as long as keys are remembered.
+    h.write_u8(kind as u8);
+    h.write(body);
+    h.finish()
+}
+
+/// `POST /v1/updates/{doc}`: one delta, answered `{"seq": N, "changed": bool}` once committed.
+pub(crate) async fn post_update(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(doc): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (principal, doc) = principal_for(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        remote,
+        doc,
+        Scope::Write,
+    )?;
+    let kind = body_kind(&headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
+            Some(key.ok_or_else(|| {
+                bad(
+                    "bad_idempotency_key",
+                    format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+                )
+            })?)
+        }
+    };
+    let limit = state.config.limits.max_frame_bytes;
+    let body = read_body(&headers, body, limit).await?;
+    let digest = digest(kind, &body);
+    let delta = match kind {
+        BodyKind::Lattice => Delta::decode(&body, limit).map_err(|e| {
+            bad(
+                "malformed_delta",
+                format!("the body is not a Lattice delta: {e}"),
+            )
+        })?,
+        BodyKind::Yjs => Delta {
+            yjs: body,
+            ..Delta::default()
+        },
+    };
+    let write = || write_delta(&state, &principal, &doc, delta.clone(), digest);
+    let (answer, replayed) = match key {
+        None => (write().await?, false),
+        Some(key) => {
+            let cell = state.idempotency.cell(scoped_key(&principal, &doc, key));
+            let mut ran = false;
+            let answer = *cell
+                .get_or_try_init(|| {
+                    ran = true;
+                    write()
+                })
+                .await?;
+            (answer, !ran)
+        }
+    };
+    if answer.digest != digest {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was used for another body".into(),
+        });
+    }
+    if replayed {
+        state.metrics.http_writes_replayed.fetch_add(1, Relaxed);
+    }
+    let mut response =
+        Json(json!({ "seq": answer.seq, "changed": answer.changed })).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Sends the delta through the document's room and waits for its commit.
+async fn write_delta(
+    state: &Arc<ServerState>,
+    principal: &Principal,
+    doc: &DocId,
+    delta: Delta,
+    digest: u64,
+) -> Result<WriteAnswer, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let cmd = RoomCmd::Write {
+        peer: PeerId(state.next_peer.fetch_add(1, Relaxed)),
+        access: Access::Write,
+        author: principal.subject().map(str::to_owned),
+        delta,
+        reply,
+    };
+    join_room(&state.rooms, doc, cmd)
+        .await
+        .ok_or(Internal::RoomStopped)?;
+    let Written { seq, changed } = match answer.await.map_err(|_| Internal::RoomStopped)? {
+        Ok(written) => written,
+        Err(WriteRefused::Delta { code, message }) => {
+            state.metrics.deltas_refused.fetch_add(1, Relaxed);
+            return Err(refused(code, message));
+        }
+        Err(WriteRefused::Load(e)) => return Err(e.into()),
+        Err(WriteRefused::Commit(e)) => return Err(e.into()),
+    };
+    if changed {
+        state.metrics.http_writes.fetch_add(1, Relaxed);
+    }
+    Ok(WriteAnswer {
+        seq,
+        changed,
+        digest,
+    })
+}
+
+/// A delta the room refused: 422 with the protocol's code (409 when it builds on content the
+/// server does not have yet: send that first).
+fn refused(code: ErrorCode, message: String) -> ApiError {
+    match code {
+        ErrorCode::MissingDependencies => ApiError::Conflict {
+            code: code.as_str(),
+            message,
+        },
+        _ => ApiError::Unprocessable {
+            code: code.as_str(),
+            message,
+        },
+    }
+}
+
+/// `GET /v1/state/{doc}[?state=…|?sv=…]`: the document, or what the given state lacks, as one
+/// Yjs v1 update (`application/octet-stream`), or as a MessagePack Lattice `Delta` with
+/// `Accept: application/msgpack`. `Lattice-Seq` names the log seq it is as of.
+pub(crate) async fn get_state(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+    Path(doc): Path<String>,
+) -> Result<Response, ApiError> {
+    let token = query.token();
+    let (_, doc) = principal_for(&state, &headers, token, remote, doc, Scope::Read)?;
+    let known = query.known()?;
+    let lattice = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/msgpack"));
+    let (store, replica) = (state.store.clone(), state.replica);
+    let (bytes, seq) = with_rebuild_slot(&state, async move {
+        let loaded = store.load(&doc, replica).await?.ok_or(ApiError::NotFound)?;
+        tokio::task::spawn_blocking(move || {
+            let delta = loaded
+                .document
+                .diff_since(&known)
+                .map_err(|e| bad("bad_state", format!("state cannot be compared: {e}")))?;
+            let bytes = if lattice {
+                encode_delta(&delta)
+            } else {
+                delta.yjs
+            };
+            Ok((bytes, loaded.head_seq))
+        })
+        .await
+        .map_err(|source| {
+            ApiError::from(Internal::Task {
+                what: "the state",
+                source,
+            })
+        })?
+    })
+    .await?;
+    let content_type = if lattice {
+        "application/msgpack"
+    } else {
+        "application/octet-stream"
+    };
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("lattice-seq", HeaderValue::from(seq));
+    Ok(response)
+}
+
+/// The body of `POST /v1/presence/{doc}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PresenceBody {
+    /// The SSE stream's `peer` (from its `sync` event).
+    peer: u64,
+    /// The presence state; `null` leaves.
+    #[serde(default)]
+    state: Value,
+    #[serde(default)]
+    typing: bool,
+}
+
+/// `POST /v1/presence/{doc}`: sets the presence of the caller's SSE stream on the document,
+/// with the same TTLs as a WebSocket peer's (renew it before `presence_ttl`).
+pub(crate) async fn post_presence(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(doc): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (principal, doc) = principal_for(
+        &state,
+        &headers,
+        query.token.as_deref(),
+        remote,
+        doc,
+        Scope::Read,
+    )?;
+    let limit = state.config.limits.max_frame_bytes;
+    let bytes = read_body(&headers, body, limit).await?;
+    let body: PresenceBody = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(
+            "malformed_presence",
+            format!("the body is not presence JSON: {e}"),
+        )
+    })?;
+    let Some(room) = state.rooms.live(&doc) else {
+        return Err(unknown_peer());
+    };
+    let (reply, done) = oneshot::channel();
+    let cmd = RoomCmd::HttpPresence {
+        peer: PeerId(body.peer),
+        author: principal.subject().map(str::to_owned),
+        state: body.state,
+        typing: body.typing,
+        reply,
+    };
+    room.send(cmd).await.map_err(|_| unknown_peer())?;
+    if !done.await.unwrap_or(false) {
+        return Err(unknown_peer());
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "no-store")],
+    )
+        .into_response())
+}
+
+fn unknown_peer() -> ApiError {
+    ApiError::NotFoundCode {
+        code: "unknown_peer",
+        message: "no SSE stream of yours with that peer is open on this document".into(),
+    }
+}

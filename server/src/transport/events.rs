@@ -1,0 +1,146 @@
+//! The event format of the HTTP transports (docs/http-api.md): each event is one JSON object
+//! with a `type`, written once as a Server-Sent Events frame (`event:`, `id:` = the last log
+//! seq it covers, `data:`). Long polling answers the same objects in a JSON array, cut out of
+//! the same frames ([`Event::data`]), so both transports carry identical payloads and a room
+//! encodes each event once for all its HTTP readers.
+//!
+//! Bytes travel as standard base64: `update` is the Yjs v1 update (for Yjs-only consumers),
+//! `delta` the MessagePack Lattice `Delta` (what WebSocket clients receive, with counters and
+//! registers), `state` a MessagePack `DocState`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use lattice_engine::{DocId, Value};
+use serde_json::json;
+
+/// One encoded event: an SSE frame whose `data:` line is the event's JSON object.
+#[derive(Clone, Debug)]
+pub(crate) struct Event {
+    frame: Bytes,
+}
+
+impl Event {
+    fn new(kind: &str, id: Option<u64>, data: &serde_json::Value) -> Event {
+        let mut frame = format!("event: {kind}\n");
+        if let Some(id) = id {
+            frame.push_str(&format!("id: {id}\n"));
+        }
+        frame.push_str("data: ");
+        frame.push_str(&data.to_string());
+        frame.push_str("\n\n");
+        Event {
+            frame: Bytes::from(frame),
+        }
+    }
+
+    /// An event already encoded as an SSE frame by [`Event::frame`].
+    pub(crate) fn from_frame(frame: Bytes) -> Event {
+        Event { frame }
+    }
+
+    /// `sync`: what the reader lacks (`delta`/`update`), the server's `state`, as of log `seq`.
+    /// `peer` is the reader's number in the room, for `POST /v1/presence` (SSE only).
+    pub(crate) fn sync(
+        doc: &DocId,
+        seq: u64,
+        delta: &[u8],
+        update: &[u8],
+        state: &[u8],
+        peer: Option<u64>,
+    ) -> Event {
+        let mut data = json!({
+            "type": "sync",
+            "doc": doc.as_str(),
+            "seq": seq,
+            "update": STANDARD.encode(update),
+            "delta": STANDARD.encode(delta),
+            "state": STANDARD.encode(state),
+        });
+        if let Some(peer) = peer {
+            data["peer"] = json!(peer);
+        }
+        Event::new("sync", Some(seq), &data)
+    }
+
+    /// `delta`: the committed log entry `seq` (its MessagePack delta and its Yjs update).
+    pub(crate) fn delta(seq: u64, delta: &[u8], update: &[u8]) -> Event {
+        let data = json!({
+            "type": "delta",
+            "seq": seq,
+            "update": STANDARD.encode(update),
+            "delta": STANDARD.encode(delta),
+        });
+        Event::new("delta", Some(seq), &data)
+    }
+
+    /// `presence`: another connection's presence joined or changed, or left (`state` null).
+    pub(crate) fn presence(peer: u64, state: &Value, typing: bool) -> Event {
+        let data = json!({
+            "type": "presence",
+            "peer": peer,
+            "state": state,
+            "typing": typing,
+        });
+        Event::new("presence", None, &data)
+    }
+
+    /// `close`: the stream ends; `reason` says why and whether to come back
+    /// (docs/http-api.md): resume with `Last-Event-ID` unless the reason says otherwise.
+    pub(crate) fn close(reason: &str, message: &str) -> Event {
+        let data = json!({ "type": "close", "reason": reason, "message": message });
+        Event::new("close", None, &data)
+    }
+
+    /// The SSE frame.
+    pub(crate) fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The event's JSON object (the `data:` line), for long polling.
+    pub(crate) fn data(&self) -> &[u8] {
+        let text = &self.frame[..];
+        let start = text
+            .windows(6)
+            .position(|w| w == b"data: ")
+            .map_or(0, |at| at + 6);
+        let end = text.len().saturating_sub(2).max(start);
+        &text[start..end]
+    }
+
+    /// The log seq the event covers (`id:`), if it has one.
+    pub(crate) fn seq(&self) -> Option<u64> {
+        let text = std::str::from_utf8(&self.frame).ok()?;
+        let line = text.lines().find(|l| l.starts_with("id: "))?;
+        line[4..].parse().ok()
+    }
+}
+
+/// An SSE comment line: keeps proxies from timing the stream out; clients ignore it.
+pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_delta_event_is_one_sse_frame_whose_data_is_its_json() {
+        let e = Event::delta(42, b"\x80", b"\x00\x00");
+        let frame = std::str::from_utf8(e.frame()).unwrap();
+        assert_eq!(
+            frame,
+            "event: delta\nid: 42\ndata: {\"delta\":\"gA==\",\"seq\":42,\"type\":\"delta\",\"update\":\"AAA=\"}\n\n"
+        );
+        let data: serde_json::Value = serde_json::from_slice(e.data()).unwrap();
+        assert_eq!(data["seq"], 42);
+        assert_eq!(e.seq(), Some(42));
+        let p = Event::presence(3, &Value::Null, false);
+        assert_eq!(p.seq(), None);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(p.data()).unwrap()["state"],
+            serde_json::Value::Null
+        );
+    }
+}

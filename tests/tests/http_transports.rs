@@ -1,0 +1,527 @@
+//! The HTTP transports (docs/http-api.md) against a real server and SQLite file: SSE readers
+//! get a `sync` then each committed entry once, and resume by `Last-Event-ID` with exactly
+//! what they missed; long polls wake on a commit; HTTP writes are answered after commit and
+//! are retry-safe by `Idempotency-Key`; bad input gets a clear 4xx and stores nothing.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use lattice_engine::{Delta, Document, ReplicaId};
+use lattice_server::auth::{KeySet, Scope};
+use lattice_server::config::{AuthConfig, Config};
+use lattice_server::store::encode_delta;
+use lattice_tests::http_support::{Answer, Sse, send};
+use lattice_tests::server_support::{TestServer, config};
+use lattice_tests::store_support::{Kind, TestDb};
+
+const SECRET: &str = "k1:http-transports-secret-0123456789abcdef";
+
+fn keys() -> KeySet {
+    KeySet::parse(&[SECRET]).expect("keys")
+}
+
+fn token(sub: &str, scope: Scope) -> String {
+    keys()
+        .mint(
+            sub,
+            &["*".to_owned()],
+            scope,
+            Duration::from_secs(3_600),
+            None,
+        )
+        .expect("mint")
+}
+
+fn auth_config(db: &TestDb) -> Config {
+    let mut c = config(db);
+    c.auth = AuthConfig::required(keys());
+    c
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// POSTs `delta` as MessagePack, with an optional idempotency key.
+async fn post_delta(
+    server: &TestServer,
+    doc: &str,
+    tok: &str,
+    delta: &Delta,
+    key: Option<&str>,
+) -> Answer {
+    let auth = bearer(tok);
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/msgpack"),
+    ];
+    if let Some(key) = key {
+        headers.push(("Idempotency-Key", key));
+    }
+    send(
+        server.addr,
+        "POST",
+        &format!("/v1/updates/{doc}"),
+        &headers,
+        &encode_delta(delta),
+    )
+    .await
+}
+
+async fn head_seq(server: &TestServer, doc: &str) -> u64 {
+    let admin = token("admin", Scope::Admin);
+    let auth = bearer(&admin);
+    let a = send(
+        server.addr,
+        "GET",
+        &format!("/v1/admin/docs/{doc}"),
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    if a.status == 404 {
+        return 0;
+    }
+    a.json()["head_seq"].as_u64().expect("head_seq")
+}
+
+fn writer() -> Document {
+    Document::new(ReplicaId::new(0x5e5e).expect("replica"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_gives_a_sync_then_each_entry_once_and_resumes_exactly_after_last_event_id() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = TestServer::start(auth_config(&db)).await;
+    let (reader, write) = (token("reader", Scope::Read), token("writer", Scope::Write));
+    let mut author = writer();
+    // Two entries before the reader comes: they arrive in its sync.
+    for i in 0..2 {
+        let d = author.text_insert("t", i, "a").expect("edit");
+        assert_eq!(
+            post_delta(&server, "sse", &write, &d, None).await.status,
+            200
+        );
+    }
+    let path = format!("/v1/events/sse?token={reader}");
+    let mut sse = Sse::open(server.addr, &path, &[]).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    assert_eq!(sse.header("x-accel-buffering"), Some("no"));
+    let sync = sse.next().await;
+    assert_eq!(sync.event, "sync");
+    assert_eq!(sync.id, Some(2));
+    let mut mirror = Document::new(ReplicaId::new(0x77).expect("replica"));
+    let apply = |mirror: &mut Document, data: &serde_json::Value| {
+        let bytes = STANDARD
+            .decode(data["delta"].as_str().expect("delta"))
+            .expect("base64");
+        let delta = Delta::decode(&bytes, usize::MAX).expect("a Lattice delta");
+        mirror.apply(&delta).expect("applies");
+    };
+    apply(&mut mirror, &sync.data);
+    assert_eq!(mirror.text("t"), "aa");
+    // Live entries, one event each, ids = their seqs.
+    for i in 2..5 {
+        let d = author.text_insert("t", i, "b").expect("edit");
+        let answer = post_delta(&server, "sse", &write, &d, None).await;
+        assert_eq!(answer.json()["seq"], u64::from(i) + 1);
+        let e = sse.next().await;
+        assert_eq!((e.event.as_str(), e.id), ("delta", Some(u64::from(i) + 1)));
+        assert!(e.data["update"].as_str().is_some_and(|u| !u.is_empty()));
+        apply(&mut mirror, &e.data);
+    }
+    assert_eq!(mirror.text("t"), "aabbb");
+    drop(sse);
+    // Missed while away: seqs 6..=8.
+    for i in 5..8 {
+        let d = author.text_insert("t", i, "c").expect("edit");
+        assert_eq!(
+            post_delta(&server, "sse", &write, &d, None).await.status,
+            200
+        );
+    }
+    let mut sse = Sse::open(server.addr, &path, &[("Last-Event-ID", "5")]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let e = sse.next().await;
+        assert_eq!(e.event, "delta", "a resume sends no sync: {e:?}");
+        ids.push(e.id.expect("id"));
+        apply(&mut mirror, &e.data);
+    }
+    assert_eq!(ids, vec![6, 7, 8]);
+    // Then live, and nothing twice.
+    let d = author.text_insert("t", 8, "d").expect("edit");
+    assert_eq!(
+        post_delta(&server, "sse", &write, &d, None).await.status,
+        200
+    );
+    let live = sse.next().await;
+    assert_eq!(live.id, Some(9));
+    apply(&mut mirror, &live.data);
+    assert!(sse.next_within(Duration::from_millis(300)).await.is_none());
+    assert_eq!(mirror.text("t"), "aabbbcccd");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_readers_see_each_others_presence_posted_over_http() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = TestServer::start(auth_config(&db)).await;
+    let (ann, bob) = (token("ann", Scope::Read), token("bob", Scope::Read));
+    let mut a = Sse::open(server.addr, &format!("/v1/events/p?token={ann}"), &[]).await;
+    let a_peer = a.next().await.data["peer"].as_u64().expect("peer");
+    let mut b = Sse::open(server.addr, &format!("/v1/events/p?token={bob}"), &[]).await;
+    assert_eq!(b.next().await.event, "sync");
+    let body = format!(r#"{{"peer":{a_peer},"state":{{"name":"Ann"}}}}"#);
+    let auth = bearer(&ann);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let posted = send(
+        server.addr,
+        "POST",
+        "/v1/presence/p",
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        posted.status,
+        204,
+        "{:?}",
+        String::from_utf8_lossy(&posted.body)
+    );
+    let e = b.next().await;
+    assert_eq!(e.event, "presence");
+    assert_eq!(e.data["state"]["name"], "Ann");
+    assert_eq!(e.data["peer"], a_peer);
+    // Bob cannot speak for Ann's stream.
+    let auth = bearer(&bob);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let forged = send(
+        server.addr,
+        "POST",
+        "/v1/presence/p",
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(forged.status, 404);
+    assert_eq!(forged.json()["error"], "unknown_peer");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_at_once_when_behind_and_wakes_on_a_commit() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = TestServer::start(auth_config(&db)).await;
+    let (reader, write) = (token("reader", Scope::Read), token("writer", Scope::Write));
+    let mut author = writer();
+    let d = author.text_insert("t", 0, "x").expect("edit");
+    assert_eq!(
+        post_delta(&server, "lp", &write, &d, None).await.status,
+        200
+    );
+    // Without `after`: a sync.
+    let first = send(
+        server.addr,
+        "GET",
+        &format!("/v1/updates/lp?token={reader}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let body = first.json();
+    assert_eq!(body["events"][0]["type"], "sync");
+    assert_eq!(body["next_after"], 1);
+    // Nothing after 1: waits, then 204 naming the same seq.
+    let idle = send(
+        server.addr,
+        "GET",
+        &format!("/v1/updates/lp?after=1&wait_ms=200&token={reader}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(idle.status, 204);
+    assert_eq!(idle.header("lattice-next-after"), Some("1"));
+    // A waiting poll wakes on a commit.
+    let addr = server.addr;
+    let path = format!("/v1/updates/lp?after=1&wait_ms=10000&token={reader}");
+    let poll = tokio::spawn(async move {
+        let answer = send(addr, "GET", &path, &[], b"").await;
+        (answer, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = author.text_insert("t", 1, "y").expect("edit");
+    let committed = post_delta(&server, "lp", &write, &d, None).await;
+    let acked_at = Instant::now();
+    assert_eq!(committed.status, 200);
+    let (answer, woke_at) = poll.await.expect("poll");
+    assert_eq!(answer.status, 200);
+    let body = answer.json();
+    assert_eq!(body["events"][0]["type"], "delta");
+    assert_eq!(body["events"][0]["seq"], 2);
+    assert_eq!(body["next_after"], 2);
+    let lag = woke_at.saturating_duration_since(acked_at);
+    eprintln!("long poll answered {lag:?} after the writer's ack");
+    assert!(lag < Duration::from_secs(2), "{lag:?}");
+    // Behind: at once.
+    let behind = send(
+        server.addr,
+        "GET",
+        &format!("/v1/updates/lp?after=0&token={reader}"),
+        &[],
+        b"",
+    )
+    .await;
+    let seqs: Vec<u64> = behind.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_answered_after_commit_and_a_retry_with_its_key_is_not_applied_twice() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = TestServer::start(auth_config(&db)).await;
+    let write = token("writer", Scope::Write);
+    let mut author = writer();
+    let bump = author.counter_increment("clicks", 5).expect("increment");
+    let first = post_delta(&server, "idem", &write, &bump, Some("k-1")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json()["seq"], 1);
+    assert_eq!(first.json()["changed"], true);
+    let again = post_delta(&server, "idem", &write, &bump, Some("k-1")).await;
+    assert_eq!(again.json(), first.json());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(head_seq(&server, "idem").await, 1, "the retry took no seq");
+    // The key with another body is refused.
+    let other = author.counter_increment("clicks", 1).expect("increment");
+    let reused = post_delta(&server, "idem", &write, &other, Some("k-1")).await;
+    assert_eq!(reused.status, 409);
+    assert_eq!(reused.json()["error"], "idempotency_key_reused");
+    // A raw Yjs update is a write too.
+    let text = author.text_insert("t", 0, "hi").expect("edit");
+    let auth = bearer(&write);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let yjs = send(server.addr, "POST", "/v1/updates/idem", &headers, &text.yjs).await;
+    assert_eq!(yjs.json()["seq"], 2);
+    let view = send(
+        server.addr,
+        "GET",
+        "/v1/docs/idem",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(view.json()["counters"]["clicks"], 5);
+    assert_eq!(view.json()["texts"]["t"], "hi");
+    // The state as one Yjs update, and as what a state vector lacks (nothing).
+    let state = send(
+        server.addr,
+        "GET",
+        "/v1/state/idem",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        state.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(state.header("lattice-seq"), Some("2"));
+    let mut fresh = Document::new(ReplicaId::new(0x99).expect("replica"));
+    fresh
+        .apply(&Delta {
+            yjs: state.body.clone(),
+            ..Delta::default()
+        })
+        .expect("a Yjs update");
+    assert_eq!(fresh.text("t"), "hi");
+    let sv = STANDARD.encode(fresh.state().yjs);
+    let lacks = send(
+        server.addr,
+        "GET",
+        &format!("/v1/state/idem?sv={sv}"),
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert!(
+        lacks.body.len() < state.body.len(),
+        "only what the state lacks"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_input_gets_a_clear_4xx_and_stores_nothing() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.max_frame_bytes = 64 * 1024;
+    let server = TestServer::start(cfg).await;
+    let (reader, write) = (token("reader", Scope::Read), token("writer", Scope::Write));
+    let mut author = writer();
+    let d = author.text_insert("t", 0, "ok").expect("edit");
+    assert_eq!(
+        post_delta(&server, "bad", &write, &d, None).await.status,
+        200
+    );
+    let w = bearer(&write);
+    let r = bearer(&reader);
+    let post = |ct: &'static str, body: Vec<u8>, auth: String| {
+        let addr = server.addr;
+        async move {
+            let headers = [("Authorization", auth.as_str()), ("Content-Type", ct)];
+            send(addr, "POST", "/v1/updates/bad", &headers, &body).await
+        }
+    };
+    let cases: Vec<(&str, Answer, u16, &str)> = vec![
+        (
+            "wrong content type",
+            post("text/plain", b"hello".to_vec(), w.clone()).await,
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "malformed MessagePack",
+            post("application/msgpack", vec![0x81, 0xa3], w.clone()).await,
+            400,
+            "malformed_delta",
+        ),
+        (
+            "not a map",
+            post("application/msgpack", vec![0x01], w.clone()).await,
+            400,
+            "malformed_delta",
+        ),
+        (
+            "empty body",
+            post("application/msgpack", Vec::new(), w.clone()).await,
+            400,
+            "empty_body",
+        ),
+        (
+            "oversize body",
+            post("application/octet-stream", vec![0; 65 * 1024], w.clone()).await,
+            413,
+            "too_large",
+        ),
+        (
+            "garbage Yjs",
+            post("application/octet-stream", vec![0xff; 16], w.clone()).await,
+            422,
+            "invalid_delta",
+        ),
+        (
+            "missing history",
+            post(
+                "application/octet-stream",
+                lattice_tests::hostile::text_after_gap(4242),
+                w.clone(),
+            )
+            .await,
+            409,
+            "missing_dependencies",
+        ),
+        (
+            "read-only token",
+            post("application/msgpack", encode_delta(&d), r.clone()).await,
+            403,
+            "forbidden",
+        ),
+    ];
+    for (what, answer, status, code) in &cases {
+        assert_eq!(
+            answer.status,
+            *status,
+            "{what}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["error"], *code, "{what}");
+    }
+    let get = |path: String, headers: Vec<(&'static str, String)>| {
+        let addr = server.addr;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            send(addr, "GET", &path, &h, b"").await
+        }
+    };
+    let reads = vec![
+        (
+            "bad Last-Event-ID",
+            get(
+                "/v1/events/bad".into(),
+                vec![
+                    ("Authorization", r.clone()),
+                    ("Last-Event-ID", "abc".into()),
+                ],
+            )
+            .await,
+            400,
+            "bad_seq",
+        ),
+        (
+            "after beyond the head",
+            get(
+                "/v1/events/bad?after=99".into(),
+                vec![("Authorization", r.clone())],
+            )
+            .await,
+            400,
+            "after_beyond_head",
+        ),
+        (
+            "poll beyond the head",
+            get(
+                "/v1/updates/bad?after=99".into(),
+                vec![("Authorization", r.clone())],
+            )
+            .await,
+            400,
+            "after_beyond_head",
+        ),
+        (
+            "bad state",
+            get(
+                "/v1/events/bad?state=%21%21".into(),
+                vec![("Authorization", r.clone())],
+            )
+            .await,
+            400,
+            "bad_state",
+        ),
+        (
+            "no token",
+            get("/v1/events/bad".into(), vec![]).await,
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (what, answer, status, code) in &reads {
+        assert_eq!(
+            answer.status,
+            *status,
+            "{what}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["error"], *code, "{what}");
+    }
+    assert_eq!(head_seq(&server, "bad").await, 1, "nothing was stored");
+    server.shutdown().await;
+}
