@@ -52,9 +52,11 @@ async function main() {
   $("doc-id").textContent = docId;
   $("replica").textContent = client.replicaId.toString(16).padStart(8, "0");
 
-  client.onStatus(({ status, pending }) => {
+  client.onStatus(({ status, pending, transport }) => {
     $("status").textContent = status;
     $("status").dataset.status = status;
+    $("transport").textContent = transport;
+    $("transport").dataset.transport = transport;
     $("pending").textContent = `${pending} pending`;
     $("pending").classList.toggle("has", pending > 0);
   });

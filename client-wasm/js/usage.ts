@@ -9,6 +9,7 @@ import init, {
   type LatticePeer,
   type LatticeStatus,
   type LatticeStatusEvent,
+  type LatticeTransport,
   type LatticeValue,
 } from "../../target/web/pkg/lattice_client.js";
 import { bindYDoc, type YjsBinding } from "../../target/web/pkg/yjs.js";
@@ -20,14 +21,22 @@ export async function example(): Promise<void> {
     url: "wss://example.invalid/v1/sync",
     token: "secret",
     backoffMaxMs: 10_000,
+    transport: "auto",
   });
+  const sseOnly = new LatticeClient({ url: "wss://example.invalid/v1/sync", transport: "sse" });
+  const inUse: LatticeTransport = sseOnly.transport;
+  console.log(inUse);
+  sseOnly.free();
+  // @ts-expect-error: not a transport
+  new LatticeClient({ url: "wss://example.invalid/v1/sync", transport: "carrier-pigeon" });
   const memoryOnly = new LatticeClient({ url: "ws://127.0.0.1:8080/v1/sync", dbName: null });
   memoryOnly.free();
 
   client.onStatus((event: LatticeStatusEvent) => {
     const status: LatticeStatus = event.status;
     const pending: number = event.pending;
-    console.log(status, pending);
+    const transport: LatticeTransport = event.transport;
+    console.log(status, pending, transport);
   });
   client.onChange((doc: string, origin: LatticeOrigin) => {
     if (origin === "remote") console.log("changed by someone else", doc);

@@ -1,5 +1,12 @@
 //! The browser driver of [`ClientCore`]: `LatticeClient` and its document handles for
-//! JavaScript, one WebSocket, two timers (reconnect, tick) and the IndexedDB pending store.
+//! JavaScript, one link to the server (a WebSocket, or the HTTP transports: `http_link.rs`),
+//! two timers (reconnect, tick) and the IndexedDB pending store.
+//!
+//! **Transport.** With `transport: "auto"` (the default) the client uses a WebSocket; when
+//! two in a row end before the server's `welcome` (an upgrade a proxy refuses, a socket that
+//! dies at once) it falls back to Server-Sent Events with `POST`, and from those to long
+//! polling when a stream delivers nothing for 10 s (a buffering proxy). While on a fallback it
+//! tries a WebSocket in the background every 30 s and moves back when one is welcomed.
 //!
 //! After every input (a call from JavaScript, a socket event, a timer) the driver takes the
 //! core's effects out at once ([`Shared::flush`]): frames go to the socket, store operations to
@@ -17,6 +24,7 @@
 mod client;
 mod convert;
 mod document;
+mod http_link;
 mod idb;
 
 use std::cell::{Cell, RefCell};
@@ -34,6 +42,7 @@ pub use document::{LatticeCounter, LatticeDocument, LatticeRegister, LatticeText
 pub use idb::{PendingStore, STORE_NAME};
 
 use crate::core::{ClientCore, ClientError, ClientEvent, Frames, StoreOp};
+use http_link::{HttpLink, Reading, http_base};
 
 /// How often the core's timer input runs (pings, presence renewal, idle check).
 const TICK_INTERVAL_MS: i32 = 1_000;
@@ -95,13 +104,72 @@ impl Drop for Socket {
 /// A running `setInterval` and the closure it calls.
 type Interval = (JsValue, Closure<dyn FnMut()>);
 
+/// How the client reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    Sse,
+    LongPoll,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "long-poll",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Transport> {
+        [Transport::WebSocket, Transport::Sse, Transport::LongPoll]
+            .into_iter()
+            .find(|t| t.as_str() == name)
+    }
+}
+
+/// WebSockets in a row that end before `welcome` before `auto` falls back to SSE.
+const WS_MISSES_BEFORE_FALLBACK: u32 = 2;
+/// An SSE link that hears nothing for this long falls back to long polling (`auto`).
+const SSE_SILENCE_MS: i32 = 10_000;
+/// While on a fallback, how often `auto` tries a WebSocket in the background.
+const WS_PROBE_INTERVAL_MS: u64 = 30_000;
+
+/// The connection to the server.
+enum Link {
+    Ws(Socket),
+    Http(std::rc::Rc<HttpLink>),
+}
+
+impl Link {
+    fn close(self) {
+        match self {
+            Link::Ws(socket) => drop(socket),
+            Link::Http(link) => link.close(),
+        }
+    }
+}
+
+/// A background WebSocket that checks whether WebSockets work again.
+struct Probe {
+    _socket: Socket,
+}
+
 struct Shared {
     me: Weak<Shared>,
     core: RefCell<ClientCore>,
     url: String,
+    token: Option<String>,
     db_name: Option<String>,
     store: RefCell<Option<PendingStore>>,
-    socket: RefCell<Option<Socket>>,
+    link: RefCell<Option<Link>>,
+    /// `None` for `auto`: fall back and come back by itself.
+    fixed_transport: Option<Transport>,
+    transport: Cell<Transport>,
+    /// WebSockets in a row that ended before `welcome`.
+    ws_misses: Cell<u32>,
+    probe: RefCell<Option<Probe>>,
+    last_probe_ms: Cell<u64>,
     /// Counts sockets, so that events of a replaced socket are ignored.
     generation: Cell<u64>,
     want_online: Cell<bool>,
@@ -138,6 +206,28 @@ impl Drop for Shared {
 impl Shared {
     /// Takes the core's effects out and carries them out.
     fn flush(&self) {
+        let http = match self.link.borrow().as_ref() {
+            Some(Link::Http(link)) => Some(link.clone()),
+            _ => None,
+        };
+        if let Some(link) = http {
+            // The HTTP link takes messages, not frames, and may call back into the client.
+            let (messages, ops) = {
+                let mut core = self.core.borrow_mut();
+                (core.take_messages(), core.take_store_ops())
+            };
+            if messages.drop_connection.is_some() {
+                self.reconnect_now();
+            } else {
+                for msg in messages.messages {
+                    link.send(msg);
+                }
+            }
+            self.persist(&ops);
+            self.deliver_yjs_updates();
+            self.dispatch_events();
+            return;
+        }
         let (frames, ops) = {
             let mut core = self.core.borrow_mut();
             (core.take_frames(), core.take_store_ops())
@@ -172,7 +262,7 @@ impl Shared {
             return;
         }
         let mut failed = false;
-        if let Some(socket) = self.socket.borrow().as_ref() {
+        if let Some(Link::Ws(socket)) = self.link.borrow().as_ref() {
             for frame in &frames.frames {
                 failed |= socket.ws.send_with_u8_array(frame).is_err();
             }
@@ -222,6 +312,11 @@ impl Shared {
                 let _ = Reflect::set(&info, &"status".into(), &status.as_str().into());
                 #[allow(clippy::cast_precision_loss)]
                 let _ = Reflect::set(&info, &"pending".into(), &(pending as f64).into());
+                let _ = Reflect::set(
+                    &info,
+                    &"transport".into(),
+                    &self.transport.get().as_str().into(),
+                );
                 (callbacks.status.clone(), vec![info.into()])
             }
             ClientEvent::Change { doc, origin } => (
@@ -257,17 +352,113 @@ impl Shared {
     }
 
     fn open_socket(&self) {
-        if self.socket.borrow().is_some() || !self.want_online.get() {
+        if self.link.borrow().is_some() || !self.want_online.get() {
             return;
         }
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         self.core.borrow_mut().connecting();
+        let reading = match self.transport.get() {
+            Transport::WebSocket => return self.open_websocket(generation),
+            Transport::Sse => Reading::Sse,
+            Transport::LongPoll => Reading::LongPoll,
+        };
+        let replica = self.core.borrow().replica().get();
+        let link = HttpLink::new(
+            self.me.clone(),
+            generation,
+            reading,
+            http_base(&self.url),
+            self.token.clone(),
+            replica,
+        );
+        link.open();
+        if reading == Reading::Sse && self.fixed_transport.is_none() {
+            self.watch_silence(generation, &link);
+        }
+        *self.link.borrow_mut() = Some(Link::Http(link));
+    }
+
+    /// `auto`: an SSE link that hears nothing for a while is behind a buffering proxy; use
+    /// long polling instead.
+    fn watch_silence(&self, generation: u64, link: &std::rc::Rc<HttpLink>) {
+        let (me, link) = (self.me.clone(), std::rc::Rc::downgrade(link));
+        let check = Closure::once_into_js(move || {
+            let (Some(shared), Some(link)) = (me.upgrade(), link.upgrade()) else {
+                return;
+            };
+            if shared.generation.get() == generation
+                && !link.heard()
+                && link.reading() == Reading::Sse
+                && shared.core.borrow().has_open_docs()
+            {
+                web_sys::console::warn_1(
+                    &"lattice: Server-Sent Events deliver nothing; using long polling".into(),
+                );
+                shared.switch_transport(Transport::LongPoll);
+            }
+        });
+        let _ = set_timeout(check.unchecked_ref(), SSE_SILENCE_MS);
+    }
+
+    /// Moves to `transport` at once (the current link closes; the core resyncs on the new one).
+    fn switch_transport(&self, transport: Transport) {
+        if self.transport.replace(transport) != transport {
+            self.core.borrow_mut().announce_status();
+        }
+        self.close_socket();
+        self.cancel_reconnect();
+        self.open_socket();
+        self.flush();
+    }
+
+    /// The HTTP link cannot go on: as a socket closing.
+    fn link_failed(&self) {
+        let closed = self.link.borrow_mut().take();
+        // `auto`: event streams that fail before a single event (refused, cut by a proxy)
+        // are as good as silent: long polling instead.
+        if let Some(Link::Http(link)) = &closed
+            && link.reading() == Reading::Sse
+            && !link.heard()
+            && self.fixed_transport.is_none()
+            && self.core.borrow().has_open_docs()
+        {
+            web_sys::console::warn_1(
+                &"lattice: Server-Sent Events do not get through; using long polling".into(),
+            );
+            self.transport.set(Transport::LongPoll);
+            self.core.borrow_mut().announce_status();
+        }
+        self.generation.set(self.generation.get() + 1);
+        self.core.borrow_mut().socket_closed();
+        self.schedule_reconnect();
+        self.flush();
+        if let Some(link) = closed {
+            link.close();
+        }
+    }
+
+    /// A WebSocket that ended before `welcome`: after enough in a row, `auto` falls back.
+    fn websocket_missed(&self) {
+        let misses = self.ws_misses.get() + 1;
+        self.ws_misses.set(misses);
+        if self.fixed_transport.is_none() && misses >= WS_MISSES_BEFORE_FALLBACK {
+            web_sys::console::warn_1(
+                &"lattice: WebSockets do not get through; using Server-Sent Events".into(),
+            );
+            self.transport.set(Transport::Sse);
+            self.last_probe_ms.set(now_ms());
+            self.core.borrow_mut().announce_status();
+        }
+    }
+
+    fn open_websocket(&self, generation: u64) {
         let ws = match WebSocket::new(&self.url) {
             Ok(ws) => ws,
             Err(e) => {
                 web_sys::console::warn_2(&"lattice: cannot open a WebSocket".into(), &e);
                 self.core.borrow_mut().socket_closed();
+                self.websocket_missed();
                 self.schedule_reconnect();
                 self.flush();
                 return;
@@ -290,6 +481,9 @@ impl Shared {
             if let Some(buffer) = data.dyn_ref::<ArrayBuffer>() {
                 let bytes = Uint8Array::new(buffer).to_vec();
                 shared.core.borrow_mut().receive(&bytes, now_ms());
+                if shared.core.borrow().welcomed() {
+                    shared.ws_misses.set(0);
+                }
             } else {
                 shared.core.borrow_mut().report_error(
                     "malformed_message",
@@ -302,29 +496,101 @@ impl Shared {
         let me = self.me.clone();
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
             if let Some(shared) = me.upgrade().filter(|s| s.generation.get() == generation) {
-                let closed = shared.socket.borrow_mut().take();
+                let closed = shared.link.borrow_mut().take();
+                if !shared.core.borrow().welcomed() {
+                    shared.websocket_missed();
+                }
                 shared.core.borrow_mut().socket_closed();
                 shared.schedule_reconnect();
                 shared.flush();
-                drop(closed);
+                if let Some(link) = closed {
+                    link.close();
+                }
             }
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        *self.socket.borrow_mut() = Some(Socket {
+        *self.link.borrow_mut() = Some(Link::Ws(Socket {
             ws,
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
+        }));
+    }
+
+    /// `auto` on a fallback: every `WS_PROBE_INTERVAL_MS`, a WebSocket that says `hello`; a
+    /// `welcome` on it moves the client back to WebSockets.
+    fn probe_websocket(&self) {
+        if self.fixed_transport.is_some()
+            || self.transport.get() == Transport::WebSocket
+            || self.probe.borrow().is_some()
+            || now_ms().saturating_sub(self.last_probe_ms.get()) < WS_PROBE_INTERVAL_MS
+        {
+            return;
+        }
+        self.last_probe_ms.set(now_ms());
+        let Ok(ws) = WebSocket::new(&self.url) else {
+            return;
+        };
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let hello = lattice_engine::protocol::ClientMsg::Hello {
+            protocol: lattice_engine::protocol::PROTOCOL_VERSION,
+            token: self.token.clone(),
+            agent: Some("lattice-client probe".into()),
+            replica: None,
+        }
+        .encode();
+        let socket = ws.clone();
+        let on_open = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+            let _ = socket.send_with_u8_array(&hello);
+        });
+        let me = self.me.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            let Some(shared) = me.upgrade() else { return };
+            let welcomed = event.data().dyn_ref::<ArrayBuffer>().is_some_and(|b| {
+                matches!(
+                    lattice_engine::protocol::ServerMsg::decode(
+                        &Uint8Array::new(b).to_vec(),
+                        usize::MAX
+                    ),
+                    Ok(lattice_engine::protocol::ServerMsg::Welcome { .. })
+                )
+            });
+            let probe = shared.probe.borrow_mut().take();
+            if welcomed && shared.transport.get() != Transport::WebSocket {
+                shared.ws_misses.set(0);
+                shared.switch_transport(Transport::WebSocket);
+            }
+            drop(probe);
+        });
+        let me = self.me.clone();
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
+            if let Some(shared) = me.upgrade() {
+                let probe = shared.probe.borrow_mut().take();
+                drop(probe);
+            }
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        *self.probe.borrow_mut() = Some(Probe {
+            _socket: Socket {
+                ws,
+                _on_open: on_open,
+                _on_message: on_message,
+                _on_close: on_close,
+            },
         });
     }
 
     /// Closes the current socket at once (its close event is ignored) and reports offline.
     fn close_socket(&self) {
         self.generation.set(self.generation.get() + 1);
-        let closed = self.socket.borrow_mut().take();
-        drop(closed);
+        let closed = self.link.borrow_mut().take();
+        if let Some(link) = closed {
+            link.close();
+        }
         self.core.borrow_mut().socket_closed();
     }
 
@@ -369,6 +635,7 @@ impl Shared {
         let tick = Closure::<dyn FnMut()>::new(move || {
             if let Some(shared) = me.upgrade() {
                 shared.core.borrow_mut().tick(now_ms());
+                shared.probe_websocket();
                 shared.flush();
             }
         });

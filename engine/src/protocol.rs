@@ -245,7 +245,12 @@ impl ErrorCode {
         ErrorCode::IdleTimeout,
     ];
 
-    /// The code as it appears on the wire (`snake_case`).
+    /// The code named `name` ([`ErrorCode::as_str`]), if this build knows it.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::KNOWN.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The code's name on the wire (`"invalid_delta"`).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::UnsupportedVersion => "unsupported_version",
@@ -443,6 +448,12 @@ fn decode_exact<T: DeserializeOwned>(
 }
 
 impl Delta {
+    /// The delta on its own as MessagePack (the body of an HTTP write), as [`Delta::decode`]
+    /// reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+
     /// A MessagePack `Delta` on its own (the body of an HTTP write), bounded like a frame:
     /// at most `max_bytes`, nesting at most the protocol's limit, nothing after it.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Delta, DecodeError> {
@@ -451,6 +462,11 @@ impl Delta {
 }
 
 impl DocState {
+    /// The state on its own as MessagePack, as [`DocState::decode`] reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+
     /// A MessagePack `DocState` on its own (an HTTP reader's `?state=`), bounded like
     /// [`Delta::decode`].
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<DocState, DecodeError> {

@@ -25,6 +25,7 @@ class Browser {
     this.name = name
     this.profile = mkdtempSync(path.join(tmpdir(), `lattice-chromium-${name}-`))
     this.blocked = false
+    this.blockedHttp = null
     this.sockets = []
     this.logs = []
   }
@@ -46,6 +47,13 @@ class Browser {
       const server = ws.connectToServer()
       this.sockets.push({ ws, server })
     })
+    // The HTTP transports likewise: `blockedHttp` is a pattern of the paths refused.
+    await this.context.route(/\/v1\/(events|updates|presence)\//, (route) => {
+      if (this.blockedHttp?.test(new URL(route.request().url()).pathname)) {
+        return route.abort('connectionrefused')
+      }
+      return route.continue()
+    })
     this.page = this.context.pages()[0] ?? await this.context.newPage()
     this.page.on('console', (m) => this.logs.push(`[${m.type()}] ${m.text()}`))
     this.page.on('pageerror', (e) => this.logs.push(`[pageerror] ${e.message}`))
@@ -61,7 +69,14 @@ class Browser {
     await this.page.waitForSelector('body[data-ready="true"]', { state: 'attached', timeout: 30000 })
   }
 
+  /** Cuts the page off: WebSockets and the HTTP transports (the page itself still loads). */
   async block () {
+    this.blockedHttp = /^\/v1\/(events|updates|presence)\//
+    await this.blockWebSockets()
+  }
+
+  /** Refuses WebSockets only (a proxy that does not upgrade). */
+  async blockWebSockets () {
     this.blocked = true
     for (const { ws, server } of this.sockets.splice(0)) {
       await server.close().catch(() => {})
@@ -69,9 +84,13 @@ class Browser {
     }
   }
 
-  unblock () { this.blocked = false }
+  unblock () {
+    this.blocked = false
+    this.blockedHttp = null
+  }
 
   status () { return this.page.textContent('[data-testid=status]') }
+  transport () { return this.page.textContent('[data-testid=transport]') }
   /** The editor's text (CodeMirror's document) and the wasm document's text, which must agree. */
   async texts () {
     return this.page.evaluate(() => ({
@@ -216,6 +235,53 @@ describe('demo page in Chromium', () => {
       }
       assert.equal(await a.text(), await b.text())
       await waitFor(async () => (await a.pending()) === 0 && (await a.status()) === 'synced', 'A to be synced with nothing pending')
+    } finally {
+      await a.close()
+      await b.close()
+    }
+  })
+
+  test('without WebSockets the page syncs over SSE, then over long polling', async () => {
+    const doc = `demo/${RUN}-fallback`
+    const a = await new Browser('A').start()
+    const b = await new Browser('B').start()
+    try {
+      await a.blockWebSockets()
+      await a.open(url(doc))
+      await b.open(url(doc))
+      await synced(b)
+      await waitFor(async () => (await a.transport()) === 'sse' && (await a.status()) === 'synced',
+        'A to sync over Server-Sent Events', 40000,
+        async () => `(transport ${await a.transport()}, status ${await a.status()})${a.explain()}`)
+      await a.typeAtEnd('A over SSE. ')
+      await waitFor(async () => (await b.text()) === 'A over SSE. ', 'B (WebSocket) to see A\'s text', 20000, () => b.explain())
+      await b.typeAtEnd('B over WebSocket. ')
+      await b.applaud(2)
+      await waitFor(async () => (await a.text()) === 'A over SSE. B over WebSocket. ' && (await a.counter()) === '2',
+        'A to see B\'s edits over SSE', 20000, () => a.explain())
+      await waitFor(async () => (await a.pending()) === 0, 'A\'s edits to be acknowledged over POST')
+
+      // Event streams refused too (a buffering or strict proxy): long polling.
+      a.blockedHttp = /^\/v1\/events\//
+      await a.page.reload()
+      await a.ready()
+      await waitFor(async () => (await a.transport()) === 'long-poll' && (await a.status()) === 'synced',
+        'A to sync over long polling', 60000,
+        async () => `(transport ${await a.transport()}, status ${await a.status()})${a.explain()}`)
+      // One after the other, so the text is known: B's edit reaches A's poll, then A's POST
+      // reaches B.
+      await b.typeAtEnd('B again. ')
+      await waitFor(async () => (await a.text()).endsWith('B again. '), 'A (long polling) to see B\'s edit', 20000, () => a.explain())
+      await a.typeAtEnd('A polls.')
+      await a.applaud(1)
+      const want = 'A over SSE. B over WebSocket. B again. A polls.'
+      for (const p of [a, b]) {
+        await waitFor(async () => (await p.text()) === want && (await p.counter()) === '3',
+          `${p.name} to converge with A on long polling`, 30000,
+          async () => `(text ${JSON.stringify(await p.text())}, counter ${await p.counter()})${p.explain()}`)
+      }
+      await waitFor(async () => (await a.pending()) === 0, 'A\'s edits to be acknowledged')
+      await a.page.screenshot({ path: path.join(artifacts, 'demo-long-poll.png'), fullPage: true })
     } finally {
       await a.close()
       await b.close()

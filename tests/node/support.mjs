@@ -1,11 +1,13 @@
 // Shared helpers of the Node interop tests: a real `lattice` server in a child process, native
-// Lattice clients (the `native_editor` binary) and stock Yjs clients (`yjs` + `y-websocket`).
+// Lattice clients (the `native_editor` binary), stock Yjs clients (`yjs` + `y-websocket`) and the
+// HTTP transports (`fetch`, and `eventsource` for Server-Sent Events).
 import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { EventSource } from 'eventsource'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -92,18 +94,24 @@ export class LatticeServer {
 
   get yjsUrl () { return `ws://${this.addr}/yjs` }
   get syncUrl () { return `ws://${this.addr}/v1/sync` }
+  get httpUrl () { return `http://${this.addr}` }
 
   /** SIGTERM (graceful: flushes and acknowledges everything) and wait for the exit. */
-  async stop () {
-    if (!this.child || this.child.exitCode !== null) return
+  async stop () { await this.kill('SIGTERM') }
+
+  /** Sends `signal` and waits for the exit; SIGKILL gives the server no chance to flush. */
+  async kill (signal = 'SIGKILL') {
+    // A child ended by a signal keeps `exitCode` null and sets `signalCode`.
+    if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return
     const exited = new Promise((resolve) => this.child.once('exit', resolve))
-    this.child.kill('SIGTERM')
+    this.child.kill(signal)
     await exited
   }
 
-  async restart () {
+  /** Stops the server with `signal` and starts it again on the same data and port. */
+  async restart (signal = 'SIGTERM') {
     const addr = this.addr
-    await this.stop()
+    await this.kill(signal)
     // The same port, so connected clients find the server again.
     for (let i = 0; ; i++) {
       try {
@@ -200,4 +208,78 @@ export async function rawYjs (server, doc, { token = server.token({ doc }) } = {
   ws.on('message', (data) => frames.push(new Uint8Array(data)))
   await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject) })
   return { ws, frames, closed }
+}
+
+/** `Authorization` for `token`. */
+export const bearer = (token) => ({ Authorization: `Bearer ${token}` })
+
+/**
+ * `POST /v1/updates/{doc}` with `bytes` (a raw Yjs update unless `headers` say otherwise):
+ * the status, the response headers and the JSON body.
+ */
+export async function postUpdate (server, doc, token, bytes, headers = {}) {
+  const res = await fetch(`${server.httpUrl}/v1/updates/${doc}`, {
+    method: 'POST',
+    headers: { ...bearer(token), 'Content-Type': 'application/octet-stream', ...headers },
+    body: bytes
+  })
+  return { status: res.status, headers: res.headers, json: await res.json() }
+}
+
+/** The document's log head as the store has it (`GET /v1/admin/docs/{doc}`, admin token). */
+export async function headSeq (server, doc) {
+  const admin = server.token({ doc, scope: 'admin', sub: 'node-admin' })
+  const res = await fetch(`${server.httpUrl}/v1/admin/docs/${doc}`, { headers: bearer(admin) })
+  if (res.status === 404) return 0
+  if (res.status !== 200) throw new Error(`admin summary: ${res.status} ${await res.text()}`)
+  return (await res.json()).head_seq
+}
+
+/**
+ * A Server-Sent Events reader on `/v1/events/{doc}` with the stock `eventsource` client, the
+ * token in `?token=` as browsers pass it. `lastEventId` resumes after that seq with a
+ * `Last-Event-ID` header, as a browser's `EventSource` does when it reconnects. Every event
+ * lands in `events` as `{ type, id, data }`; `sync` and `delta` updates are applied to `ydoc`.
+ * Nothing is recorded after `close()`.
+ */
+export function sseReader (server, doc, {
+  token = server.token({ doc, scope: 'read', sub: 'sse-reader' }),
+  lastEventId = null,
+  ydoc = new Y.Doc()
+} = {}) {
+  const url = `${server.httpUrl}/v1/events/${doc}?token=${encodeURIComponent(token)}`
+  const source = new EventSource(url, {
+    // On its own reconnects EventSource sends the id it saw last; ours only starts it off.
+    fetch: (input, init) => fetch(input, {
+      ...init,
+      headers: lastEventId === null ? init.headers : { 'Last-Event-ID': String(lastEventId), ...init.headers }
+    })
+  })
+  const reader = {
+    source,
+    ydoc,
+    events: [],
+    errors: [],
+    closed: false,
+    get text () { return ydoc.getText('text').toString() },
+    /** The seqs of the `delta` events, in arrival order. */
+    get deltaSeqs () { return this.events.filter((e) => e.type === 'delta').map((e) => e.data.seq) },
+    close () {
+      this.closed = true
+      source.close()
+    }
+  }
+  for (const type of ['sync', 'delta', 'presence', 'close', 'message']) {
+    source.addEventListener(type, (e) => {
+      if (reader.closed) return
+      const data = JSON.parse(e.data)
+      reader.events.push({ type, id: e.lastEventId, data })
+      // Every sync and delta carries a valid Yjs update (`AAA=` when it has no Yjs content).
+      if (type === 'sync' || type === 'delta') {
+        Y.applyUpdate(ydoc, Buffer.from(data.update, 'base64'), 'sse')
+      }
+    })
+  }
+  source.addEventListener('error', (e) => { reader.errors.push(`${e.code ?? ''} ${e.message ?? ''}`) })
+  return reader
 }

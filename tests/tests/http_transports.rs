@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use lattice_engine::protocol::ServerMsg;
 use lattice_engine::{Delta, Document, ReplicaId};
 use lattice_server::auth::{KeySet, Scope};
 use lattice_server::config::{AuthConfig, Config};
@@ -115,9 +116,12 @@ async fn sse_gives_a_sync_then_each_entry_once_and_resumes_exactly_after_last_ev
     let mut mirror = Document::new(ReplicaId::new(0x77).expect("replica"));
     let apply = |mirror: &mut Document, data: &serde_json::Value| {
         let bytes = STANDARD
-            .decode(data["delta"].as_str().expect("delta"))
+            .decode(data["frame"].as_str().expect("frame"))
             .expect("base64");
-        let delta = Delta::decode(&bytes, usize::MAX).expect("a Lattice delta");
+        let delta = match ServerMsg::decode(&bytes, usize::MAX).expect("a protocol message") {
+            ServerMsg::Sync { delta, .. } | ServerMsg::Delta { delta, .. } => delta,
+            other => panic!("not a sync or delta: {other:?}"),
+        };
         mirror.apply(&delta).expect("applies");
     };
     apply(&mut mirror, &sync.data);

@@ -100,6 +100,13 @@ pub struct Frames {
     pub drop_connection: Option<DropReason>,
 }
 
+/// What to send, as messages: for a driver that does not send frames (the HTTP transports).
+#[derive(Debug, Default)]
+pub struct Messages {
+    pub messages: Vec<ClientMsg>,
+    pub drop_connection: Option<DropReason>,
+}
+
 /// A call the client cannot carry out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -144,7 +151,7 @@ pub struct ClientCore {
     backoff: Backoff,
     /// Next local sequence number of this replica's records, per document.
     next_record: BTreeMap<DocId, u64>,
-    outbox: VecDeque<Vec<u8>>,
+    outbox: VecDeque<ClientMsg>,
     drop_connection: Option<DropReason>,
     store_ops: Vec<StoreOp>,
     events: EventQueue,
@@ -271,18 +278,27 @@ impl ClientCore {
 
     /// Handles one binary frame from the server.
     pub fn receive(&mut self, bytes: &[u8], now_ms: u64) {
-        self.last_received_ms = now_ms;
         match ServerMsg::decode(bytes, DEFAULT_MAX_FRAME_BYTES) {
-            Ok(msg) => {
-                let out = self.session.handle(msg);
-                self.dispatch_at(out, now_ms);
+            Ok(msg) => self.receive_msg(msg, now_ms),
+            Err(e) => {
+                self.last_received_ms = now_ms;
+                self.events.push(ClientEvent::Error {
+                    code: e.code().as_str(),
+                    message: format!("undecodable frame from the server: {e}"),
+                    doc: None,
+                });
+                self.reconcile_records();
+                self.save_due_copies(now_ms);
+                self.report_status();
             }
-            Err(e) => self.events.push(ClientEvent::Error {
-                code: e.code().as_str(),
-                message: format!("undecodable frame from the server: {e}"),
-                doc: None,
-            }),
         }
+    }
+
+    /// Handles one message from the server that did not come as a frame (the HTTP transports).
+    pub fn receive_msg(&mut self, msg: ServerMsg, now_ms: u64) {
+        self.last_received_ms = now_ms;
+        let out = self.session.handle(msg);
+        self.dispatch_at(out, now_ms);
         self.reconcile_records();
         self.save_due_copies(now_ms);
         self.report_status();
@@ -524,7 +540,15 @@ impl ClientCore {
     /// Frames to send, oldest first, or the instruction to drop the connection.
     pub fn take_frames(&mut self) -> Frames {
         Frames {
-            frames: self.outbox.drain(..).collect(),
+            frames: self.outbox.drain(..).map(|m| m.encode()).collect(),
+            drop_connection: self.drop_connection.take(),
+        }
+    }
+
+    /// What to send, as messages (instead of [`ClientCore::take_frames`]).
+    pub fn take_messages(&mut self) -> Messages {
+        Messages {
+            messages: self.outbox.drain(..).collect(),
             drop_connection: self.drop_connection.take(),
         }
     }
@@ -555,7 +579,7 @@ impl ClientCore {
             self.drop_connection = Some(DropReason::OutboxFull);
             return;
         }
-        self.outbox.push_back(msg.encode());
+        self.outbox.push_back(msg.clone());
     }
 
     fn dispatch(&mut self, out: SessionOutput) {
@@ -619,6 +643,22 @@ impl ClientCore {
                 }
             }
         }
+    }
+
+    /// Whether any document is open.
+    pub fn has_open_docs(&self) -> bool {
+        !self.docs.is_empty()
+    }
+
+    /// Whether the server answered `hello` on the current connection.
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// Reports the status again even if it did not change (the driver changed transport).
+    pub fn announce_status(&mut self) {
+        self.reported = None;
+        self.report_status();
     }
 
     fn report_status(&mut self) {

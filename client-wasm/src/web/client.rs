@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 use web_sys::Event;
 
-use super::{Callbacks, LatticeDocument, Shared, js_error, now_ms};
+use super::{Callbacks, LatticeDocument, Shared, Transport, js_error, now_ms};
 use crate::core::{ClientCore, ClientEvent, ClientOptions};
 
 /// The IndexedDB database used when the options name none.
@@ -34,7 +34,19 @@ export interface LatticeClientOptions {
   backoffMaxMs?: number;
   /** Application ping interval in ms (default 10000). */
   pingIntervalMs?: number;
+  /**
+   * How to reach the server (default `"auto"`): a WebSocket, falling back by itself to
+   * Server-Sent Events + POST when WebSockets do not get through, and to long polling when
+   * events do not arrive (a buffering proxy); it comes back to WebSockets when they work again.
+   */
+  transport?: LatticeTransportChoice;
 }
+
+/** The transport in use. */
+export type LatticeTransport = "websocket" | "sse" | "long-poll";
+
+/** The `transport` option. */
+export type LatticeTransportChoice = "auto" | LatticeTransport;
 
 /** The connection: `synced` means online and every open document has caught up with the server. */
 export type LatticeStatus = "connecting" | "online" | "synced" | "offline";
@@ -46,6 +58,8 @@ export interface LatticeStatusEvent {
   status: LatticeStatus;
   /** Local edits the server has not acknowledged yet, over all open documents. */
   pending: number;
+  /** The transport in use (or being tried). */
+  transport: LatticeTransport;
 }
 
 /** What registers and presence hold. Integers beyond 2^53 come back as `bigint`. */
@@ -132,6 +146,14 @@ impl LatticeClient {
             .as_string()
             .ok_or_else(|| JsError::new("options.url must be the server's WebSocket URL"))?;
         let token = option(&options, "token").as_string();
+        let fixed_transport = match option(&options, "transport").as_string().as_deref() {
+            None | Some("auto") => None,
+            Some(name) => Some(Transport::parse(name).ok_or_else(|| {
+                JsError::new(
+                    "options.transport must be \"auto\", \"websocket\", \"sse\" or \"long-poll\"",
+                )
+            })?),
+        };
         let db_name = match option(&options, "dbName") {
             v if v.is_undefined() => Some(DEFAULT_DB_NAME.to_owned()),
             v if v.is_null() => None,
@@ -153,16 +175,22 @@ impl LatticeClient {
                 .max(core_options.ping_interval_ms.saturating_mul(3)),
             ..core_options
         };
-        let core = ClientCore::new(random_replica(), browser_clock, token, core_options);
+        let core = ClientCore::new(random_replica(), browser_clock, token.clone(), core_options);
         let shared = Rc::new_cyclic(|me: &Weak<Shared>| {
             let on_abort_me = me.clone();
             Shared {
                 me: me.clone(),
                 core: RefCell::new(core),
                 url,
+                token,
                 db_name,
                 store: RefCell::new(None),
-                socket: RefCell::new(None),
+                link: RefCell::new(None),
+                fixed_transport,
+                transport: Cell::new(fixed_transport.unwrap_or(Transport::WebSocket)),
+                ws_misses: Cell::new(0),
+                probe: RefCell::new(None),
+                last_probe_ms: Cell::new(0),
                 generation: Cell::new(0),
                 want_online: Cell::new(false),
                 reconnect_timer: RefCell::new(None),
@@ -199,6 +227,12 @@ impl LatticeClient {
         self.shared.core.borrow().status().as_str().to_owned()
     }
 
+    /// The transport in use (or being tried): `"websocket"`, `"sse"` or `"long-poll"`.
+    #[wasm_bindgen(getter, unchecked_return_type = "LatticeTransport")]
+    pub fn transport(&self) -> String {
+        self.shared.transport.get().as_str().to_owned()
+    }
+
     /// Local edits the server has not acknowledged yet, over all open documents.
     #[wasm_bindgen(getter, js_name = pendingCount)]
     pub fn pending_count(&self) -> u32 {
@@ -221,9 +255,10 @@ impl LatticeClient {
         self.shared.want_online.set(false);
         self.shared.cancel_reconnect();
         self.shared.stop_tick();
-        if self.shared.socket.borrow().is_some() {
+        if self.shared.link.borrow().is_some() {
             self.shared.close_socket();
         }
+        self.shared.probe.borrow_mut().take();
         self.shared.flush();
     }
 

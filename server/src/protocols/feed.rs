@@ -20,8 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::PeerId;
-use lattice_engine::{DocId, DocState};
+use lattice_engine::{Delta, DocId, DocState};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -31,7 +32,7 @@ use crate::http::{ApiError, Internal, with_rebuild_slot};
 use crate::rooms::peer::{PeerHandle, PeerKind, SyncBudget};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
-use crate::store::{ReadError, encode_delta};
+use crate::store::ReadError;
 use crate::transport::close::CloseCode;
 use crate::transport::events::{Event, KEEP_ALIVE};
 use crate::transport::outbox::{Message, OutboxReceiver, outbox};
@@ -213,21 +214,24 @@ async fn sync_event(
     with_rebuild_slot(state, async move {
         let loaded = store.load(&doc, replica).await?;
         tokio::task::spawn_blocking(move || {
-            let (document, seq) = match loaded {
-                Some(l) => (l.document, l.head_seq),
-                None => {
-                    return Ok((
-                        Event::sync(&doc, 0, &encode_delta(&Default::default()), &[], &[], peer),
-                        0,
-                    ));
+            let (delta, state, seq) = match loaded {
+                Some(l) => {
+                    let delta = l
+                        .document
+                        .diff_since(&known)
+                        .map_err(|e| bad("bad_state", format!("state cannot be compared: {e}")))?;
+                    (delta, l.document.state(), l.head_seq)
                 }
+                None => (Delta::default(), DocState::default(), 0),
             };
-            let delta = document
-                .diff_since(&known)
-                .map_err(|e| bad("bad_state", format!("state cannot be compared: {e}")))?;
-            let state = rmp_serde::to_vec_named(&document.state()).unwrap_or_default();
-            let event = Event::sync(&doc, seq, &encode_delta(&delta), &delta.yjs, &state, peer);
-            Ok((event, seq))
+            let update = delta.yjs.clone();
+            let frame = ServerMsg::Sync {
+                doc: doc.clone(),
+                delta,
+                state,
+            }
+            .encode();
+            Ok((Event::sync(&doc, seq, &frame, &update, peer), seq))
         })
         .await
         .map_err(|source| {
@@ -261,7 +265,13 @@ async fn log_events(
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries.into_iter().filter(|e| e.seq <= until) {
         let delta = entry.delta(doc)?;
-        events.push(Event::delta(entry.seq, &entry.delta_bytes, &delta.yjs));
+        let update = delta.yjs.clone();
+        let frame = ServerMsg::Delta {
+            doc: doc.clone(),
+            delta,
+        }
+        .encode();
+        events.push(Event::delta(entry.seq, &frame, &update));
     }
     Ok(Some(events))
 }

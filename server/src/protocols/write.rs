@@ -265,10 +265,11 @@ pub(crate) async fn get_state(
                 .document
                 .diff_since(&known)
                 .map_err(|e| bad("bad_state", format!("state cannot be compared: {e}")))?;
-            let bytes = if lattice {
-                encode_delta(&delta)
-            } else {
-                delta.yjs
+            let bytes = match (lattice, delta.yjs.is_empty()) {
+                (true, _) => encode_delta(&delta),
+                // Nothing lacking is still a valid update: the empty one.
+                (false, true) => vec![0, 0],
+                (false, false) => delta.yjs,
             };
             Ok((bytes, loaded.head_seq))
         })

@@ -461,11 +461,7 @@ impl RoomDriver {
                 NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
             })
             .collect();
-        self.committing = entries
-            .iter()
-            .zip(&batch)
-            .map(|(e, p)| Committing::of(e, p))
-            .collect();
+        self.committing = batch.iter().map(|p| Committing::of(&self.doc, p)).collect();
         let store = self.rooms.env().store.clone();
         let size = entries.len();
         self.rooms

@@ -4,15 +4,28 @@
 //! the same frames ([`Event::data`]), so both transports carry identical payloads and a room
 //! encodes each event once for all its HTTP readers.
 //!
-//! Bytes travel as standard base64: `update` is the Yjs v1 update (for Yjs-only consumers),
-//! `delta` the MessagePack Lattice `Delta` (what WebSocket clients receive, with counters and
-//! registers), `state` a MessagePack `DocState`.
+//! Bytes travel as standard base64: `update` is the Yjs v1 update (for Yjs-only consumers;
+//! never empty: an event without Yjs content carries the empty update `[0, 0]`), `frame` the
+//! native protocol's message of the event (`sync` or `delta` of docs/protocol.md, MessagePack:
+//! what a WebSocket client would receive, counters and registers included).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use lattice_engine::{DocId, Value};
 use serde_json::json;
+
+/// The Yjs v1 update that changes nothing.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// `update` as it is sent: the empty update when there is no Yjs content.
+fn update_field(update: &[u8]) -> String {
+    STANDARD.encode(if update.is_empty() {
+        EMPTY_UPDATE
+    } else {
+        update
+    })
+}
 
 /// One encoded event: an SSE frame whose `data:` line is the event's JSON object.
 #[derive(Clone, Debug)]
@@ -39,23 +52,22 @@ impl Event {
         Event { frame }
     }
 
-    /// `sync`: what the reader lacks (`delta`/`update`), the server's `state`, as of log `seq`.
-    /// `peer` is the reader's number in the room, for `POST /v1/presence` (SSE only).
+    /// `sync`: what the reader lacks as of log `seq` (`update`; `frame` a protocol `sync`
+    /// message, with the server's state). `peer` is the reader's number in the room, for
+    /// `POST /v1/presence` (SSE only).
     pub(crate) fn sync(
         doc: &DocId,
         seq: u64,
-        delta: &[u8],
+        frame: &[u8],
         update: &[u8],
-        state: &[u8],
         peer: Option<u64>,
     ) -> Event {
         let mut data = json!({
             "type": "sync",
             "doc": doc.as_str(),
             "seq": seq,
-            "update": STANDARD.encode(update),
-            "delta": STANDARD.encode(delta),
-            "state": STANDARD.encode(state),
+            "update": update_field(update),
+            "frame": STANDARD.encode(frame),
         });
         if let Some(peer) = peer {
             data["peer"] = json!(peer);
@@ -63,13 +75,13 @@ impl Event {
         Event::new("sync", Some(seq), &data)
     }
 
-    /// `delta`: the committed log entry `seq` (its MessagePack delta and its Yjs update).
-    pub(crate) fn delta(seq: u64, delta: &[u8], update: &[u8]) -> Event {
+    /// `delta`: the committed log entry `seq` (its Yjs update, and a protocol `delta` message).
+    pub(crate) fn delta(seq: u64, frame: &[u8], update: &[u8]) -> Event {
         let data = json!({
             "type": "delta",
             "seq": seq,
-            "update": STANDARD.encode(update),
-            "delta": STANDARD.encode(delta),
+            "update": update_field(update),
+            "frame": STANDARD.encode(frame),
         });
         Event::new("delta", Some(seq), &data)
     }
@@ -127,11 +139,11 @@ mod tests {
 
     #[test]
     fn a_delta_event_is_one_sse_frame_whose_data_is_its_json() {
-        let e = Event::delta(42, b"\x80", b"\x00\x00");
+        let e = Event::delta(42, b"\x80", b"");
         let frame = std::str::from_utf8(e.frame()).unwrap();
         assert_eq!(
             frame,
-            "event: delta\nid: 42\ndata: {\"delta\":\"gA==\",\"seq\":42,\"type\":\"delta\",\"update\":\"AAA=\"}\n\n"
+            "event: delta\nid: 42\ndata: {\"frame\":\"gA==\",\"seq\":42,\"type\":\"delta\",\"update\":\"AAA=\"}\n\n"
         );
         let data: serde_json::Value = serde_json::from_slice(e.data()).unwrap();
         assert_eq!(data["seq"], 42);

@@ -9,34 +9,38 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use lattice_engine::Delta;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{Access, Echo, PeerId, PendingDelta, SubscribeOptions};
+use lattice_engine::{Delta, DocId};
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::clock::now_ms;
 use crate::rooms::peer::PeerHandle;
 use crate::rooms::{WriteRefused, Written};
-use crate::store::{NewEntry, ReadError};
+use crate::store::ReadError;
 use crate::transport::close::CloseCode;
 use crate::transport::events::Event;
 use crate::transport::outbox::{Message, SendError};
 
 use super::RoomDriver;
 
-/// One entry of the commit in flight, as HTTP readers get it: the MessagePack delta and the
-/// Yjs update.
+/// One entry of the commit in flight, as HTTP readers get it: the protocol's `delta` message
+/// and the Yjs update.
 #[derive(Debug)]
 pub(super) struct Committing {
-    delta: Bytes,
+    frame: Bytes,
     update: Bytes,
 }
 
 impl Committing {
-    pub(super) fn of(entry: &NewEntry, pending: &PendingDelta) -> Committing {
+    pub(super) fn of(doc: &DocId, pending: &PendingDelta) -> Committing {
+        let msg = ServerMsg::Delta {
+            doc: doc.clone(),
+            delta: pending.delta.clone(),
+        };
         Committing {
-            delta: Bytes::copy_from_slice(entry.delta_bytes()),
+            frame: Bytes::from(msg.encode()),
             update: Bytes::copy_from_slice(&pending.delta.yjs),
         }
     }
@@ -167,7 +171,7 @@ impl RoomDriver {
         }
         let mut dropped: HashSet<PeerId> = HashSet::new();
         for (entry, seq) in entries.iter().zip(seqs) {
-            let event = Event::delta(*seq, &entry.delta, &entry.update);
+            let event = Event::delta(*seq, &entry.frame, &entry.update);
             for (peer, cursor) in &mut self.feeds {
                 if *cursor >= *seq || dropped.contains(peer) {
                     continue;
