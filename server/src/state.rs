@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::rooms::{RoomEnv, Rooms};
 use crate::store::Store;
 use crate::transport::idempotency::Idempotency;
+use crate::transport::rate::HttpRate;
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub(crate) struct ServerState {
     pub shutdown: CancellationToken,
     /// HTTP writes' answers by `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// The HTTP transports' rate limits, per principal.
+    pub http_rate: HttpRate,
     pub next_peer: AtomicU64,
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
     /// changes it makes itself.
@@ -51,6 +54,7 @@ impl ServerState {
             config.streams.idempotency_keys,
             config.streams.idempotency_ttl,
         );
+        let http_rate = HttpRate::new(&config.limits);
         let rooms = Rooms::new(RoomEnv {
             settings: config.rooms.clone(),
             limits: config.limits.clone(),
@@ -70,6 +74,7 @@ impl ServerState {
             metrics,
             shutdown,
             idempotency,
+            http_rate,
             next_peer: AtomicU64::new(1),
             replica,
         }

@@ -529,3 +529,41 @@ async fn bad_http_input_gets_a_clear_4xx_and_stores_nothing() {
     assert_eq!(head_seq(&server, "bad").await, 1, "nothing was stored");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_share_the_principals_rate_limits() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.messages_per_second = 1;
+    cfg.limits.message_burst = 3;
+    let server = TestServer::start(cfg).await;
+    let (ann, bob) = (token("ann", Scope::Write), token("bob", Scope::Write));
+    let mut author = writer();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let d = author.text_insert("t", i, "x").expect("edit");
+        statuses.push(post_delta(&server, "rate", &ann, &d, None).await.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let limited = send(
+        server.addr,
+        "GET",
+        &format!("/v1/updates/rate?after=0&token={ann}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["error"], "rate_limited");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    // Another principal has its own budget.
+    // (A document of Bob's own: the refused fourth edit never reached the server.)
+    let mut bobs = Document::new(ReplicaId::new(0x6b6b).expect("replica"));
+    let d = bobs.text_insert("b", 0, "y").expect("edit");
+    assert_eq!(
+        post_delta(&server, "rate", &bob, &d, None).await.status,
+        200
+    );
+    assert_eq!(head_seq(&server, "rate").await, 4);
+    server.shutdown().await;
+}

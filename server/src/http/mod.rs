@@ -74,6 +74,10 @@ pub(crate) enum ApiError {
     /// Something the request names does not exist, with a code saying what.
     #[error("{code}: {message}")]
     NotFoundCode { code: &'static str, message: String },
+    /// The principal's HTTP requests exceed the rate limits (`Limits::messages_per_second`,
+    /// `Limits::bytes_per_second`); retry after a second.
+    #[error("rate limited")]
+    RateLimited,
     /// What the request names is gone for good (a log range retention dropped).
     #[error("{code}: {message}")]
     Gone { code: &'static str, message: String },
@@ -177,6 +181,16 @@ impl IntoResponse for ApiError {
             }
             ApiError::Conflict { code, message } => error_body(StatusCode::CONFLICT, code, message),
             ApiError::Gone { code, message } => error_body(StatusCode::GONE, code, message),
+            ApiError::RateLimited => {
+                let mut r = error_body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests or bytes for this token; retry later".into(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
             ApiError::Unprocessable { code, message } => {
                 error_body(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }

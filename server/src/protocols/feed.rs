@@ -113,7 +113,18 @@ pub(crate) fn principal_for(
     let principal = authenticate_request(&state.auth, headers, token, remote.ip())?;
     let doc = DocId::new(doc)?;
     principal.require(&doc, scope)?;
+    if !state.http_rate.request(&rate_key(&principal, remote)) {
+        return Err(ApiError::RateLimited);
+    }
     Ok((principal, doc))
+}
+
+/// Whose budget an HTTP request spends: the token's subject, or the address without one.
+pub(crate) fn rate_key(principal: &Principal, remote: SocketAddr) -> String {
+    match principal.subject() {
+        Some(subject) => format!("sub:{subject}"),
+        None => format!("ip:{}", remote.ip()),
+    }
 }
 
 /// The head of the document's log as the store has it, refusing a `after` beyond it and a

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{Principal, Scope, TokenQuery};
 use crate::http::{ApiError, Internal, with_rebuild_slot};
-use crate::protocols::feed::{FeedQuery, principal_for};
+use crate::protocols::feed::{FeedQuery, principal_for, rate_key};
 use crate::rooms::{RoomCmd, WriteRefused, Written, join_room};
 use crate::state::ServerState;
 use crate::store::encode_delta;
@@ -137,6 +137,12 @@ pub(crate) async fn post_update(
     };
     let limit = state.config.limits.max_frame_bytes;
     let body = read_body(&headers, body, limit).await?;
+    if !state
+        .http_rate
+        .bytes(&rate_key(&principal, remote), body.len())
+    {
+        return Err(ApiError::RateLimited);
+    }
     let digest = digest(kind, &body);
     let delta = match kind {
         BodyKind::Lattice => Delta::decode(&body, limit).map_err(|e| {

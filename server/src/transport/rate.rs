@@ -1,5 +1,6 @@
-//! Per-connection rate limits: token buckets over messages and bytes, checked per frame with
-//! the number of messages the frame carries.
+//! Rate limits: token buckets over messages and bytes, per connection for WebSockets (checked
+//! per frame with the number of messages the frame carries) and per principal for the HTTP
+//! transports ([`HttpRate`]).
 
 use std::num::NonZeroU32;
 
@@ -41,4 +42,72 @@ pub(crate) fn within_rate(
     let bytes_ok = byte_rate.check_n(len).is_ok_and(|r| r.is_ok());
     let messages_ok = message_rate.check_n(n).is_ok_and(|r| r.is_ok());
     bytes_ok && messages_ok
+}
+
+/// Keys a per-principal limiter remembers before it forgets those whose buckets are full again.
+const MAX_HTTP_KEYS: usize = 10_000;
+
+/// The same two rates for the HTTP transports, per principal (the token's subject, or the
+/// address without authentication) instead of per connection: every request counts as one
+/// message, and a write's body as its bytes. Memory is bounded: past `MAX_HTTP_KEYS` keys, the
+/// keys whose buckets have refilled are forgotten (they would pass anyway).
+#[derive(Debug)]
+pub(crate) struct HttpRate {
+    messages: governor::DefaultKeyedRateLimiter<String>,
+    bytes: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl HttpRate {
+    pub(crate) fn new(limits: &Limits) -> HttpRate {
+        let burst = limits
+            .byte_burst
+            .max(u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX));
+        HttpRate {
+            messages: RateLimiter::keyed(
+                Quota::per_second(nz(limits.messages_per_second))
+                    .allow_burst(nz(limits.message_burst)),
+            ),
+            bytes: RateLimiter::keyed(
+                Quota::per_second(nz(limits.bytes_per_second)).allow_burst(nz(burst)),
+            ),
+        }
+    }
+
+    /// Whether `key` may make one more request now.
+    pub(crate) fn request(&self, key: &str) -> bool {
+        if self.messages.len() > MAX_HTTP_KEYS {
+            self.messages.retain_recent();
+            self.bytes.retain_recent();
+        }
+        self.messages.check_key(&key.to_owned()).is_ok()
+    }
+
+    /// Whether `key` may send a body of `len` bytes now.
+    pub(crate) fn bytes(&self, key: &str, len: usize) -> bool {
+        let len = nz(u32::try_from(len.max(1)).unwrap_or(u32::MAX));
+        self.bytes
+            .check_key_n(&key.to_owned(), len)
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_requests_of_one_principal_share_one_budget() {
+        let limits = Limits {
+            messages_per_second: 1,
+            message_burst: 3,
+            ..Limits::default()
+        };
+        let rate = HttpRate::new(&limits);
+        assert!((0..3).all(|_| rate.request("ann")));
+        assert!(!rate.request("ann"), "the burst is spent");
+        assert!(rate.request("bob"), "another principal has its own");
+        let burst = limits.byte_burst as usize;
+        assert!(rate.bytes("bob", burst), "one burst of bytes passes");
+        assert!(!rate.bytes("bob", 1_000), "then the bytes are spent");
+    }
 }
