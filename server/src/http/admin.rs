@@ -12,18 +12,17 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lattice_engine::DocId;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::extract::{DocCall, NeedsAdmin};
 use super::{ApiError, Internal, no_store, with_rebuild_slot};
-use crate::auth::{Principal, Scope, authenticate_request};
+use crate::auth::{Scope, authenticate_request};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
 use crate::state::ServerState;
@@ -95,22 +94,7 @@ async fn admin_page() -> Response {
     no_store(response)
 }
 
-/// Query parameters that carry the token (accepted on every admin endpoint like elsewhere).
-trait TokenParam {
-    fn token(&self) -> Option<&str>;
-}
-
-macro_rules! token_param {
-    ($($t:ty),*) => {
-        $(impl TokenParam for $t {
-            fn token(&self) -> Option<&str> {
-                self.token.as_deref()
-            }
-        })*
-    };
-}
-
-token_param!(Common, HistoryParams, AtParams, DiffParams, RestoreParams);
+crate::token_param!(Common, HistoryParams, AtParams, DiffParams, RestoreParams);
 
 /// Only the token.
 #[derive(Debug, Deserialize)]
@@ -118,48 +102,8 @@ struct Common {
     token: Option<String>,
 }
 
-/// The prologue of every per-document admin endpoint, as an extractor: parses the query,
-/// authenticates, parses the document id from the path and requires `admin` on it, in that
-/// order, so a refusal never depends on whether the document exists.
-struct AdminDoc<P> {
-    principal: Principal,
-    doc: DocId,
-    params: P,
-}
-
-impl<P> FromRequestParts<Arc<ServerState>> for AdminDoc<P>
-where
-    P: DeserializeOwned + TokenParam + Send,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<ServerState>,
-    ) -> Result<Self, ApiError> {
-        let Query(params) = Query::<P>::from_request_parts(parts, state).await?;
-        let remote = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| *addr)
-            .ok_or(Internal::NoPeerAddress)?;
-        let Path(doc) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                code: "bad_path",
-                message: e.body_text(),
-            })?;
-        let principal =
-            authenticate_request(&state.auth, &parts.headers, params.token(), remote.ip())?;
-        let doc = DocId::new(doc)?;
-        principal.require(&doc, Scope::Admin)?;
-        Ok(AdminDoc {
-            principal,
-            doc,
-            params,
-        })
-    }
-}
+/// The prologue of every per-document admin endpoint (see [`DocCall`]), `admin` required.
+type AdminDoc<P> = DocCall<P, NeedsAdmin>;
 
 /// The document's metadata, or 404.
 async fn existing(state: &ServerState, doc: &DocId) -> Result<DocMeta, ApiError> {
@@ -355,6 +299,7 @@ async fn restore(
         principal,
         doc,
         params: q,
+        ..
     }: AdminDoc<RestoreParams>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {

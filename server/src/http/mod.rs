@@ -18,15 +18,17 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lattice_engine::{DocId, DocIdError};
+use lattice_engine::DocIdError;
 use serde_json::json;
 use tracing::{debug, error};
 
 use crate::auth::TokenQuery;
-use crate::auth::{AuthError, Scope, authenticate_request};
+use crate::auth::{AuthError, authenticate_request};
 use crate::state::ServerState;
 use crate::store::{AppendError, DatabaseError, ReadError};
+use extract::{DocCall, NeedsAdmin, NeedsRead};
 
+pub(crate) mod extract;
 mod web;
 
 /// The page behind the demo URL when the server has no web build (`Config::web_dir`): it says
@@ -363,15 +365,8 @@ async fn demo_file(State(state): State<Arc<ServerState>>, Path(file): Path<Strin
 /// `GET /v1/docs/{doc}`: the document's JSON view; needs `read` on it.
 async fn document_json(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-    Path(doc): Path<String>,
+    DocCall { doc, .. }: DocCall<TokenQuery, NeedsRead>,
 ) -> Result<Response, ApiError> {
-    let principal =
-        authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
-    let doc = DocId::new(doc)?;
-    principal.require(&doc, Scope::Read)?;
     let (store, replica) = (state.store.clone(), state.replica);
     let view = with_rebuild_slot(&state, async move {
         let loaded = store.load(&doc, replica).await?.ok_or(ApiError::NotFound)?;
@@ -393,15 +388,8 @@ async fn document_json(
 /// needs `admin` on it.
 async fn admin_document(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-    Path(doc): Path<String>,
+    DocCall { doc, .. }: DocCall<TokenQuery, NeedsAdmin>,
 ) -> Result<Response, ApiError> {
-    let principal =
-        authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
-    let doc = DocId::new(doc)?;
-    principal.require(&doc, Scope::Admin)?;
     let meta = state
         .store
         .document(&doc)

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -27,7 +27,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::auth::{Principal, Scope, authenticate_request};
+use crate::auth::Principal;
+use crate::http::extract::{DocCall, NeedsRead};
 use crate::http::{ApiError, Internal, with_rebuild_slot};
 use crate::rooms::peer::{PeerHandle, PeerKind, SyncBudget};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
@@ -64,11 +65,6 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 impl FeedQuery {
-    /// The `?token=` parameter.
-    pub(crate) fn token(&self) -> Option<&str> {
-        self.token.as_deref()
-    }
-
     /// What the reader holds, from `state` or `sv`.
     pub(crate) fn known(&self) -> Result<DocState, ApiError> {
         if let Some(state) = &self.state {
@@ -101,25 +97,22 @@ fn parse_seq(what: &str, text: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// Authenticates the request and checks `scope` on the document.
-pub(crate) fn principal_for(
-    state: &ServerState,
-    headers: &HeaderMap,
-    token: Option<&str>,
-    remote: SocketAddr,
-    doc: String,
-    scope: Scope,
-) -> Result<(Principal, DocId), ApiError> {
-    let principal = authenticate_request(&state.auth, headers, token, remote.ip())?;
-    let doc = DocId::new(doc)?;
-    principal.require(&doc, scope)?;
-    if !state.http_rate.request(&rate_key(&principal, remote)) {
-        return Err(ApiError::RateLimited);
+crate::token_param!(FeedQuery);
+
+/// Counts a request against its principal's rate limits (the token's subject, or the address
+/// without authentication).
+pub(crate) fn within_rate<P, N>(state: &ServerState, call: &DocCall<P, N>) -> Result<(), ApiError> {
+    if state
+        .http_rate
+        .request(&rate_key(&call.principal, call.remote))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::RateLimited)
     }
-    Ok((principal, doc))
 }
 
-/// Whose budget an HTTP request spends: the token's subject, or the address without one.
+/// Whose budget an HTTP request spends.
 pub(crate) fn rate_key(principal: &Principal, remote: SocketAddr) -> String {
     match principal.subject() {
         Some(subject) => format!("sub:{subject}"),
@@ -290,19 +283,16 @@ async fn log_events(
 /// `GET /v1/events/{doc}`: the document as Server-Sent Events.
 pub(crate) async fn events(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    call: DocCall<FeedQuery, NeedsRead>,
     headers: HeaderMap,
-    Query(query): Query<FeedQuery>,
-    Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (principal, doc) = principal_for(
-        &state,
-        &headers,
-        query.token.as_deref(),
-        remote,
+    within_rate(&state, &call)?;
+    let DocCall {
+        principal,
         doc,
-        Scope::Read,
-    )?;
+        params: query,
+        ..
+    } = call;
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
@@ -443,19 +433,15 @@ async fn pump_events(
 /// answers 204. Without `after`, answers a `sync` event.
 pub(crate) async fn updates(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<FeedQuery>,
-    Path(doc): Path<String>,
+    call: DocCall<FeedQuery, NeedsRead>,
 ) -> Result<Response, ApiError> {
-    let (principal, doc) = principal_for(
-        &state,
-        &headers,
-        query.token.as_deref(),
-        remote,
+    within_rate(&state, &call)?;
+    let DocCall {
+        principal,
         doc,
-        Scope::Read,
-    )?;
+        params: query,
+        ..
+    } = call;
     let streams = &state.config.streams;
     let wait = query
         .wait_ms

@@ -2,7 +2,8 @@
 //! `transport/`: [`native`] is `/v1/sync` (the MessagePack protocol of docs/protocol.md),
 //! [`yjs`] is `/yjs/{doc}` (the y-websocket protocol of stock Yjs clients), [`feed`] the HTTP
 //! readers (SSE, long polling) and [`write`] the HTTP writes and state reads
-//! (docs/http-api.md). All reach documents only through rooms (`rooms::join_room`,
+//! (docs/http-api.md); [`lifecycle`] is how every WebSocket connection ends. All reach
+//! documents only through rooms (`rooms::join_room`,
 //! `RoomCmd`).
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use crate::state::ServerState;
 
 pub(crate) mod feed;
+pub(crate) mod lifecycle;
 pub(crate) mod native;
 pub(crate) mod write;
 pub(crate) mod yjs;

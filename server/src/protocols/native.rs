@@ -2,6 +2,7 @@
 //! subscriptions, deltas, presence), on the shared mechanics of `transport/`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,7 +13,6 @@ use governor::DefaultDirectRateLimiter;
 use lattice_engine::protocol::{ClientMsg, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{DocId, ReplicaId};
-use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -20,13 +20,15 @@ use crate::auth::{AuthError, Principal};
 use crate::rooms::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
-use crate::transport::close::{CloseCode, close_message};
+use crate::transport::close::CloseCode;
 use crate::transport::first_message::Tripped;
 use crate::transport::outbox::{Message, SendError};
 use crate::transport::rate::{byte_limiter, message_limiter, within_rate};
 use crate::transport::slots::{Gauge, Slot};
-use crate::transport::upgrade::Socket;
+use crate::transport::upgrade::WsSocket;
 use crate::transport::writer::{Outbound, Stream};
+
+use super::lifecycle::{self, Exit, Protocol};
 
 /// One subscription: the document's room and what this connection may do there.
 struct Sub {
@@ -57,19 +59,6 @@ struct Conn {
     bytes: DefaultDirectRateLimiter,
 }
 
-/// How the main loop ended.
-enum Exit {
-    /// This connection decided to end: send a close frame with the code.
-    SendClose(CloseCode),
-    /// Another part already fired the closer (a room closing a slow consumer, a stopped
-    /// room, a full outbox): the writer sends that close frame.
-    ClosedElsewhere(CloseCode),
-    /// The server is shutting down: flush the rooms, then close with 1001.
-    Shutdown,
-    /// The peer closed or the socket broke: nothing more to send.
-    PeerGone,
-}
-
 /// How a `/v1/sync` connection was admitted.
 pub(crate) enum Admission {
     /// The upgrade request carried no token, or one that did not verify (the error is
@@ -85,9 +74,9 @@ pub(crate) enum Admission {
 }
 
 /// `/v1/sync`: runs one connection.
-pub(crate) async fn serve_socket(
+pub(crate) async fn serve_socket<S: WsSocket>(
     state: Arc<ServerState>,
-    socket: Socket,
+    socket: S,
     tripped: Tripped,
     admission: Admission,
     ip: IpAddr,
@@ -96,14 +85,13 @@ pub(crate) async fn serve_socket(
     let span = info_span!("conn", peer = id.0);
     async move {
         let limits = &state.config.limits;
-        let (sink, mut stream) = socket.split();
+        let (sink, stream) = socket.split();
         let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
-        let closer = outbound.closer.clone();
         let (slot, upgrade_auth, slot_authenticated) = match admission {
             Admission::Unauthenticated { slot, upgrade_auth } => (slot, upgrade_auth, false),
             Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
         };
-        let mut conn = Conn {
+        let conn = Conn {
             peer: peer_handle(&state.config.limits, id, PeerKind::Native, None, &outbound),
             subs: HashMap::new(),
             principal: Principal::open(),
@@ -116,31 +104,28 @@ pub(crate) async fn serve_socket(
             bytes: byte_limiter(limits),
             state: state.clone(),
         };
-        let exit = conn.run(&mut stream).await;
-        let code = match exit {
-            Exit::SendClose(code) => {
-                conn.send_close(code).await;
-                code
-            }
-            Exit::ClosedElsewhere(code) => code,
-            Exit::Shutdown => {
-                conn.flush_rooms().await;
-                conn.send_close(CloseCode::GoingAway).await;
-                CloseCode::GoingAway
-            }
-            Exit::PeerGone => {
-                closer.close(CloseCode::Normal);
-                CloseCode::Normal
-            }
-        };
-        conn.leave_all().await;
-        let slot = conn.slot.take();
-        drop(conn);
-        outbound.finish(code, stream).await;
-        drop(slot);
+        lifecycle::serve(conn, stream, outbound, state.config.shutdown_deadline).await;
     }
     .instrument(span)
     .await;
+}
+
+impl Protocol for Conn {
+    fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> impl Future<Output = Exit> + Send {
+        self.read_loop(stream)
+    }
+
+    fn peer(&self) -> &PeerHandle {
+        &self.peer
+    }
+
+    fn rooms(&self) -> Vec<RoomSender> {
+        self.subs.values().map(|sub| sub.room.clone()).collect()
+    }
+
+    fn take_slot(&mut self) -> Option<Slot> {
+        self.slot.take()
+    }
 }
 
 impl Conn {
@@ -168,19 +153,8 @@ impl Conn {
     }
 
     /// Queues a close frame behind everything already queued, so errors and acks go first.
-    async fn send_close(&self, code: CloseCode) {
-        let queued = timeout(
-            self.state.config.shutdown_deadline,
-            self.peer.outbox.send(close_message(code)),
-        )
-        .await;
-        if !matches!(queued, Ok(Ok(()))) {
-            self.peer.closer.close(code);
-        }
-    }
-
     /// The first frame: a `hello` that authenticates, within the deadline and the size limit.
-    async fn handshake(&mut self, stream: &mut Stream) -> Option<Exit> {
+    async fn handshake<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Option<Exit> {
         let limits = self.state.config.limits.clone();
         let first = tokio::select! {
             r = timeout(limits.hello_timeout, stream.next()) => r,
@@ -279,7 +253,7 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, stream: &mut Stream) -> Exit {
+    async fn read_loop<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
         if let Some(exit) = self.handshake(stream).await {
             return exit;
         }
@@ -507,32 +481,6 @@ impl Conn {
         None
     }
 
-    /// Waits (within the shutdown deadline) until every subscribed room has committed and
-    /// acknowledged what it holds, so the client gets its acks before the close.
-    async fn flush_rooms(&self) {
-        let mut waits = Vec::new();
-        for sub in self.subs.values() {
-            let (reply, rx) = oneshot::channel();
-            if sub.room.send(RoomCmd::Flush { reply }).await.is_ok() {
-                waits.push(rx);
-            }
-        }
-        let _ = timeout(
-            self.state.config.shutdown_deadline,
-            futures_util::future::join_all(waits),
-        )
-        .await;
-    }
-
-    async fn leave_all(&mut self) {
-        for (_, sub) in self.subs.drain() {
-            let _ = sub
-                .room
-                .send(RoomCmd::Unsubscribe { peer: self.peer.id })
-                .await;
-        }
-    }
-
     /// A hello that did not authenticate: an error message, then a close.
     fn refuse(&self, e: &AuthError) -> Exit {
         match e {
@@ -551,5 +499,108 @@ impl Conn {
                 Exit::SendClose(CloseCode::Unauthorized)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures_util::SinkExt;
+    use lattice_engine::Document;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    type Client = WebSocketStream<tokio::io::DuplexStream>;
+
+    async fn next(client: &mut Client) -> ServerMsg {
+        loop {
+            match timeout(std::time::Duration::from_secs(10), client.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    return ServerMsg::decode(&b, usize::MAX).unwrap();
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no message: {other:?}"),
+            }
+        }
+    }
+
+    async fn send(client: &mut Client, msg: ClientMsg) {
+        client
+            .send(Message::Binary(msg.encode().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The handler runs over any socket: here an in-memory pipe, no TCP, no HTTP.
+    #[tokio::test]
+    async fn a_connection_says_hello_subscribes_and_is_acked_over_an_in_memory_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("native.db").display());
+        let config = Config {
+            database_url: url.clone(),
+            ..Config::default()
+        };
+        let store = Store::open(&url, config.store.clone()).await.unwrap();
+        let state = Arc::new(ServerState::new(config, store));
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let socket = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let permit = state.connections.clone().try_acquire_owned().unwrap();
+        let slot = Slot::new(permit, Gauge::up(&state.metrics, |m| &m.connections));
+        let admission = Admission::Authenticated {
+            slot,
+            principal: Principal::open(),
+        };
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let conn = tokio::spawn(serve_socket(
+            state.clone(),
+            socket,
+            Tripped::default(),
+            admission,
+            ip,
+        ));
+
+        let hello = ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            token: None,
+            agent: None,
+            replica: Some(7),
+        };
+        send(&mut client, hello).await;
+        assert!(matches!(next(&mut client).await, ServerMsg::Welcome { .. }));
+        let doc = DocId::new("pipe").unwrap();
+        let subscribe = ClientMsg::Subscribe {
+            doc: doc.clone(),
+            state: Default::default(),
+        };
+        send(&mut client, subscribe).await;
+        assert!(matches!(next(&mut client).await, ServerMsg::Sync { .. }));
+        let mut mine = Document::new(ReplicaId::new(7).unwrap());
+        let delta = mine.text_insert("t", 0, "hi").unwrap();
+        send(&mut client, ClientMsg::Delta { doc, seq: 1, delta }).await;
+        assert!(matches!(
+            next(&mut client).await,
+            ServerMsg::Ack { seq: 1, .. }
+        ));
+        assert_eq!(
+            state
+                .store
+                .document(&DocId::new("pipe").unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .head_seq,
+            1
+        );
+        drop(client);
+        timeout(std::time::Duration::from_secs(10), conn)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

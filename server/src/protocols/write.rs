@@ -4,13 +4,12 @@
 //! update) and `POST /v1/presence/{doc}` (an SSE reader's presence).
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lattice_engine::protocol::ErrorCode;
@@ -20,9 +19,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::auth::{Principal, Scope, TokenQuery};
+use crate::auth::{Principal, TokenQuery};
+use crate::http::extract::{DocCall, NeedsRead, NeedsWrite};
 use crate::http::{ApiError, Internal, with_rebuild_slot};
-use crate::protocols::feed::{FeedQuery, principal_for, rate_key};
+use crate::protocols::feed::{FeedQuery, rate_key, within_rate};
 use crate::rooms::{RoomCmd, WriteRefused, Written, join_room};
 use crate::state::ServerState;
 use crate::store::encode_delta;
@@ -105,20 +105,17 @@ fn digest(kind: BodyKind, body: &[u8]) -> u64 {
 /// `POST /v1/updates/{doc}`: one delta, answered `{"seq": N, "changed": bool}` once committed.
 pub(crate) async fn post_update(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    call: DocCall<TokenQuery, NeedsWrite>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-    Path(doc): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (principal, doc) = principal_for(
-        &state,
-        &headers,
-        query.token.as_deref(),
-        remote,
+    within_rate(&state, &call)?;
+    let DocCall {
+        principal,
         doc,
-        Scope::Write,
-    )?;
+        remote,
+        ..
+    } = call;
     let kind = body_kind(&headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -251,14 +248,12 @@ fn refused(code: ErrorCode, message: String) -> ApiError {
 /// `Accept: application/msgpack`. `Lattice-Seq` names the log seq it is as of.
 pub(crate) async fn get_state(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    call: DocCall<FeedQuery, NeedsRead>,
     headers: HeaderMap,
-    Query(query): Query<FeedQuery>,
-    Path(doc): Path<String>,
 ) -> Result<Response, ApiError> {
-    let token = query.token();
-    let (_, doc) = principal_for(&state, &headers, token, remote, doc, Scope::Read)?;
-    let known = query.known()?;
+    within_rate(&state, &call)?;
+    let known = call.params.known()?;
+    let doc = call.doc;
     let lattice = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -317,20 +312,12 @@ pub(crate) struct PresenceBody {
 /// with the same TTLs as a WebSocket peer's (renew it before `presence_ttl`).
 pub(crate) async fn post_presence(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    call: DocCall<TokenQuery, NeedsRead>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
-    Path(doc): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (principal, doc) = principal_for(
-        &state,
-        &headers,
-        query.token.as_deref(),
-        remote,
-        doc,
-        Scope::Read,
-    )?;
+    within_rate(&state, &call)?;
+    let DocCall { principal, doc, .. } = call;
     let limit = state.config.limits.max_frame_bytes;
     let bytes = read_body(&headers, body, limit).await?;
     let body: PresenceBody = serde_json::from_slice(&bytes).map_err(|e| {

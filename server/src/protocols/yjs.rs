@@ -42,8 +42,10 @@ use crate::transport::close::{close_kind, close_message};
 use crate::transport::outbox::{Message, SendError};
 use crate::transport::rate::{byte_limiter, message_limiter, within_rate};
 use crate::transport::slots::Slot;
-use crate::transport::upgrade::Socket;
+use crate::transport::upgrade::WsSocket;
 use crate::transport::writer::{Outbound, Stream};
+
+use super::lifecycle::{self, Exit, Protocol};
 
 /// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]
@@ -72,23 +74,10 @@ struct YjsConn {
     bytes: DefaultDirectRateLimiter,
 }
 
-/// How the main loop ended.
-enum Exit {
-    /// This connection decided to end: send a close frame with the code.
-    SendClose(CloseCode),
-    /// Another part already fired the closer (a room closing a slow consumer, a stopped
-    /// room, a full outbox): the writer sends that close frame.
-    ClosedElsewhere(CloseCode),
-    /// The server is shutting down: flush the rooms, then close with 1001.
-    Shutdown,
-    /// The peer closed or the socket broke: nothing more to send.
-    PeerGone,
-}
-
 /// `/yjs/{doc}`: runs one connection that `grant` lets in, in the authenticated `slot`.
-pub(crate) async fn serve_yjs_socket(
+pub(crate) async fn serve_yjs_socket<S: WsSocket>(
     state: Arc<ServerState>,
-    socket: Socket,
+    socket: S,
     slot: Slot,
     grant: YjsGrant,
 ) {
@@ -96,10 +85,9 @@ pub(crate) async fn serve_yjs_socket(
     let span = info_span!("yjs", peer = id.0, doc = %grant.doc);
     async move {
         let limits = state.config.limits.clone();
-        let (sink, mut stream) = socket.split();
+        let (sink, stream) = socket.split();
         let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
-        let closer = outbound.closer.clone();
-        let mut conn = YjsConn {
+        let conn = YjsConn {
             peer: peer_handle(
                 &state.config.limits,
                 id,
@@ -116,28 +104,7 @@ pub(crate) async fn serve_yjs_socket(
             messages: message_limiter(&limits),
             bytes: byte_limiter(&limits),
         };
-        let exit = conn.run(&mut stream).await;
-        let code = match exit {
-            Exit::SendClose(code) => {
-                conn.send_close(code).await;
-                code
-            }
-            Exit::ClosedElsewhere(code) => code,
-            Exit::Shutdown => {
-                conn.flush().await;
-                conn.send_close(CloseCode::GoingAway).await;
-                CloseCode::GoingAway
-            }
-            Exit::PeerGone => {
-                closer.close(CloseCode::Normal);
-                CloseCode::Normal
-            }
-        };
-        if let Some(room) = conn.room.take() {
-            let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
-        }
-        drop(conn);
-        outbound.finish(code, stream).await;
+        lifecycle::serve(conn, stream, outbound, state.config.shutdown_deadline).await;
         drop(slot);
     }
     .instrument(span)
@@ -178,9 +145,9 @@ impl YjsRefusal {
 /// A connection whose token was refused: a permission-denied message (stock clients log its
 /// reason), then the close. 4401 and 4403 are in the 4400–4499 range on which y-websocket
 /// clients stop reconnecting; 4029 (throttled) lets them retry with backoff.
-pub(crate) async fn refuse(
+pub(crate) async fn refuse<S: WsSocket>(
     state: Arc<ServerState>,
-    mut socket: Socket,
+    mut socket: S,
     slot: Slot,
     refusal: YjsRefusal,
 ) {
@@ -194,6 +161,20 @@ pub(crate) async fn refuse(
     drop(slot);
 }
 
+impl Protocol for YjsConn {
+    fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> impl Future<Output = Exit> + Send {
+        self.read_loop(stream)
+    }
+
+    fn peer(&self) -> &PeerHandle {
+        &self.peer
+    }
+
+    fn rooms(&self) -> Vec<RoomSender> {
+        self.room.iter().cloned().collect()
+    }
+}
+
 impl YjsConn {
     fn send(&self, frame: Vec<u8>) {
         if let Err(SendError::Full) = self
@@ -202,26 +183,6 @@ impl YjsConn {
             .try_send(Message::Binary(Bytes::from(frame)))
         {
             self.peer.closer.close(CloseCode::SlowConsumer);
-        }
-    }
-
-    async fn send_close(&self, code: CloseCode) {
-        let queued = timeout(
-            self.state.config.shutdown_deadline,
-            self.peer.outbox.send(close_message(code)),
-        )
-        .await;
-        if !matches!(queued, Ok(Ok(()))) {
-            self.peer.closer.close(code);
-        }
-    }
-
-    async fn flush(&self) {
-        if let Some(room) = &self.room {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            if room.send(RoomCmd::Flush { reply }).await.is_ok() {
-                let _ = timeout(self.state.config.shutdown_deadline, rx).await;
-            }
         }
     }
 
@@ -256,7 +217,7 @@ impl YjsConn {
         None
     }
 
-    async fn run(&mut self, stream: &mut Stream) -> Exit {
+    async fn read_loop<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
         let limits = self.state.config.limits.clone();
         let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
         keepalive.reset();

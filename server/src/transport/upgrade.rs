@@ -12,16 +12,34 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, Stream};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::first_message::{FirstMessageLimit, Tripped};
 
 /// A server-side WebSocket over the upgraded connection.
 pub(crate) type Socket = WebSocketStream<FirstMessageLimit<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// What the protocols need of a WebSocket: messages in and out. The server's sockets are
+/// [`Socket`]s; tests drive a handler over any other (an in-memory pipe).
+pub(crate) trait WsSocket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin + 'static
+{
+}
+
+impl<T> WsSocket for T where
+    T: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Send
+        + Unpin
+        + 'static
+{
+}
 
 /// An HTTP/1.1 request to upgrade to a WebSocket.
 #[derive(Debug)]

@@ -15,15 +15,17 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::transport::close::{CloseCode, close_kind, close_message};
 use crate::transport::outbox::{Message, Outbox, OutboxReceiver, outbox};
-use crate::transport::upgrade::Socket;
+use crate::transport::upgrade::WsSocket;
 
-pub(crate) type Sink = SplitSink<Socket, Message>;
-pub(crate) type Stream = SplitStream<Socket>;
+/// The sending half of a socket.
+pub(crate) type Sink<S> = SplitSink<S, Message>;
+/// The receiving half of a socket.
+pub(crate) type Stream<S> = SplitStream<S>;
 
 /// Drains the outbox into the socket, one flush per batch of queued frames, and sends
 /// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
-pub(crate) async fn writer(
-    mut sink: Sink,
+pub(crate) async fn writer<S: WsSocket>(
+    mut sink: Sink<S>,
     mut rx: OutboxReceiver,
     closer: Arc<Closer>,
     ping_interval: std::time::Duration,
@@ -118,7 +120,11 @@ pub(crate) struct Outbound {
 impl Outbound {
     /// Starts the writer of a connection served under `config`; its close is counted in
     /// `metrics`.
-    pub(crate) fn start(config: &Config, metrics: Arc<Metrics>, sink: Sink) -> Outbound {
+    pub(crate) fn start<S: WsSocket>(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        sink: Sink<S>,
+    ) -> Outbound {
         let limits = &config.limits;
         let (outbox, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
         let closer = Arc::new(Closer::default());
@@ -141,7 +147,7 @@ impl Outbound {
     /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
     /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
     /// before the peer reads them. The socket closes only when `stream` is dropped here.
-    pub(crate) async fn finish(self, code: CloseCode, mut stream: Stream) {
+    pub(crate) async fn finish<S: WsSocket>(self, code: CloseCode, mut stream: Stream<S>) {
         self.metrics.closed(close_kind(code));
         drop(self.outbox);
         let _ = timeout(self.deadline, self.writer).await;
