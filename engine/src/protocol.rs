@@ -397,21 +397,27 @@ fn decode_frame<T: DeserializeOwned>(
             kind: kind.chars().take(64).collect(),
         });
     }
+    read_whole(bytes, &kind, "message")
+}
+
+/// `bytes` as one `T` (a `kind` of message, for errors), nesting bounded, nothing after it
+/// (`what` names it in the error).
+fn read_whole<T: DeserializeOwned>(bytes: &[u8], kind: &str, what: &str) -> Result<T, DecodeError> {
     let malformed = |reason: String| DecodeError::Malformed {
-        kind: kind.to_string(),
+        kind: kind.to_owned(),
         reason,
     };
     let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
     de.set_max_depth(MAX_NESTING);
-    let msg = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
+    let value = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
     let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
     if used != bytes.len() {
         return Err(malformed(format!(
-            "{} trailing bytes after the message",
+            "{} trailing bytes after the {what}",
             bytes.len().saturating_sub(used)
         )));
     }
-    Ok(msg)
+    Ok(value)
 }
 
 /// One MessagePack value of type `T` that must fill `bytes` exactly, under the same bounds as
@@ -430,21 +436,7 @@ fn decode_exact<T: DeserializeOwned>(
     if !is_map_marker(*bytes.first().ok_or(DecodeError::Empty)?) {
         return Err(DecodeError::NotAMap);
     }
-    let malformed = |reason: String| DecodeError::Malformed {
-        kind: kind.to_owned(),
-        reason,
-    };
-    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
-    de.set_max_depth(MAX_NESTING);
-    let value = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
-    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
-    if used != bytes.len() {
-        return Err(malformed(format!(
-            "{} trailing bytes after the {kind}",
-            bytes.len().saturating_sub(used)
-        )));
-    }
-    Ok(value)
+    read_whole(bytes, kind, kind)
 }
 
 impl Delta {

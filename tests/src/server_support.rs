@@ -360,63 +360,21 @@ pub async fn http_request(
     bearer: Option<&str>,
     json_body: Option<&str>,
 ) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let body = json_body.unwrap_or("");
-    let content = if json_body.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    let request = format!(
-        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    if json_body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let body = json_body.unwrap_or("").as_bytes();
+    let answer = crate::http_support::send(addr, method, path_and_query, &headers, body).await;
     HttpResponse {
-        status,
-        headers,
-        body,
+        status: answer.status,
+        headers: answer.headers,
+        body: String::from_utf8_lossy(&answer.body).into_owned(),
     }
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        if n == 0 {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Waits until `client` holds `doc` synced with nothing pending.
@@ -612,4 +570,31 @@ pub async fn metric(addr: SocketAddr, name_and_labels: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == name_and_labels).then(|| value.parse().ok())?
     })
+}
+
+/// Defines `keys()`, `token(sub, scope)` and `auth_config(db)` in the calling test file: a key
+/// set of the one `secret`, a token of `sub` with `scope` on every document (valid for an
+/// hour), and [`config`] with tokens required.
+#[macro_export]
+macro_rules! auth_helpers {
+    ($secret:expr) => {
+        fn keys() -> lattice_server::auth::KeySet {
+            lattice_server::auth::KeySet::parse(&[$secret]).expect("keys")
+        }
+
+        fn token(sub: &str, scope: lattice_server::auth::Scope) -> String {
+            let hour = std::time::Duration::from_secs(3_600);
+            keys()
+                .mint(sub, &["*".to_owned()], scope, hour, None)
+                .expect("mint")
+        }
+
+        fn auth_config(
+            db: &lattice_tests::store_support::TestDb,
+        ) -> lattice_server::config::Config {
+            let mut c = lattice_tests::server_support::config(db);
+            c.auth = lattice_server::config::AuthConfig::required(keys());
+            c
+        }
+    };
 }

@@ -8,8 +8,7 @@ use futures_util::SinkExt;
 use lattice_engine::protocol::{ClientMsg, ErrorCode, ServerMsg};
 use lattice_engine::yws::{self, AwarenessEntry, YMessage};
 use lattice_engine::{Delta, DocId, DocState, Document, ReplicaId};
-use lattice_server::auth::{Claims, KeySet, Scope};
-use lattice_server::config::{AuthConfig, Config};
+use lattice_server::auth::{Claims, Scope};
 use lattice_server::store::{NewEntry, StoreConfig};
 use lattice_tests::hostile::{gc_range, nested_arrays, text_after_gap, yjs_delta};
 use lattice_tests::server_support::{
@@ -20,29 +19,7 @@ use lattice_tests::store_support::{Kind, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "k1:hardening-secret-0123456789abcdef-0123";
-
-fn keys() -> KeySet {
-    KeySet::parse(&[SECRET]).expect("keys")
-}
-
-fn token(sub: &str, scope: Scope) -> String {
-    keys()
-        .mint(
-            sub,
-            &["*".to_owned()],
-            scope,
-            Duration::from_secs(3_600),
-            None,
-        )
-        .expect("mint")
-}
-
-fn auth_config(db: &TestDb) -> Config {
-    let mut c = config(db);
-    c.auth = AuthConfig::required(keys());
-    c
-}
+lattice_tests::auth_helpers!("k1:hardening-secret-0123456789abcdef-0123");
 
 async fn subscribed(peer: &mut RawPeer, d: &DocId) {
     let _ = peer

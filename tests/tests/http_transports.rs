@@ -9,36 +9,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::{Delta, Document, ReplicaId};
-use lattice_server::auth::{KeySet, Scope};
-use lattice_server::config::{AuthConfig, Config};
+use lattice_server::auth::Scope;
 use lattice_server::store::encode_delta;
 use lattice_tests::http_support::{Answer, Sse, send};
-use lattice_tests::server_support::{TestServer, config};
+use lattice_tests::server_support::TestServer;
 use lattice_tests::store_support::{Kind, TestDb};
 
-const SECRET: &str = "k1:http-transports-secret-0123456789abcdef";
-
-fn keys() -> KeySet {
-    KeySet::parse(&[SECRET]).expect("keys")
-}
-
-fn token(sub: &str, scope: Scope) -> String {
-    keys()
-        .mint(
-            sub,
-            &["*".to_owned()],
-            scope,
-            Duration::from_secs(3_600),
-            None,
-        )
-        .expect("mint")
-}
-
-fn auth_config(db: &TestDb) -> Config {
-    let mut c = config(db);
-    c.auth = AuthConfig::required(keys());
-    c
-}
+lattice_tests::auth_helpers!("k1:http-transports-secret-0123456789abcdef");
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -179,43 +156,26 @@ async fn sse_readers_see_each_others_presence_posted_over_http() {
     let mut b = Sse::open(server.addr, &format!("/v1/events/p?token={bob}"), &[]).await;
     assert_eq!(b.next().await.event, "sync");
     let body = format!(r#"{{"peer":{a_peer},"state":{{"name":"Ann"}}}}"#);
-    let auth = bearer(&ann);
-    let headers = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-    ];
-    let posted = send(
-        server.addr,
-        "POST",
-        "/v1/presence/p",
-        &headers,
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(
-        posted.status,
-        204,
-        "{:?}",
-        String::from_utf8_lossy(&posted.body)
-    );
+    let presence = |tok: String| {
+        let (addr, body) = (server.addr, body.clone());
+        async move {
+            let auth = bearer(&tok);
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            send(addr, "POST", "/v1/presence/p", &headers, body.as_bytes()).await
+        }
+    };
+    let posted = presence(ann.clone()).await;
+    let text = String::from_utf8_lossy(&posted.body).into_owned();
+    assert_eq!(posted.status, 204, "{text}");
     let e = b.next().await;
     assert_eq!(e.event, "presence");
     assert_eq!(e.data["state"]["name"], "Ann");
     assert_eq!(e.data["peer"], a_peer);
     // Bob cannot speak for Ann's stream.
-    let auth = bearer(&bob);
-    let headers = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-    ];
-    let forged = send(
-        server.addr,
-        "POST",
-        "/v1/presence/p",
-        &headers,
-        body.as_bytes(),
-    )
-    .await;
+    let forged = presence(bob.clone()).await;
     assert_eq!(forged.status, 404);
     assert_eq!(forged.json()["error"], "unknown_peer");
     server.shutdown().await;
@@ -373,6 +333,39 @@ async fn a_write_is_answered_after_commit_and_a_retry_with_its_key_is_not_applie
     server.shutdown().await;
 }
 
+/// One request that must be refused: what it is, its method, path, headers (`W`/`R` stand
+/// for the writer's and the reader's bearer token), body, and the status and error expected.
+struct Refused {
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: Vec<u8>,
+    status: u16,
+    error: &'static str,
+}
+
+const W: &str = "W";
+const R: &str = "R";
+
+fn refused(
+    what: &'static str,
+    (method, path): (&'static str, &'static str),
+    headers: &'static [(&'static str, &'static str)],
+    body: Vec<u8>,
+    (status, error): (u16, &'static str),
+) -> Refused {
+    Refused {
+        what,
+        method,
+        path,
+        headers,
+        body,
+        status,
+        error,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_input_gets_a_clear_4xx_and_stores_nothing() {
     let db = TestDb::new(Kind::Sqlite).await;
@@ -382,149 +375,125 @@ async fn bad_http_input_gets_a_clear_4xx_and_stores_nothing() {
     let (reader, write) = (token("reader", Scope::Read), token("writer", Scope::Write));
     let mut author = writer();
     let d = author.text_insert("t", 0, "ok").expect("edit");
-    assert_eq!(
-        post_delta(&server, "bad", &write, &d, None).await.status,
-        200
-    );
-    let w = bearer(&write);
-    let r = bearer(&reader);
-    let post = |ct: &'static str, body: Vec<u8>, auth: String| {
-        let addr = server.addr;
-        async move {
-            let headers = [("Authorization", auth.as_str()), ("Content-Type", ct)];
-            send(addr, "POST", "/v1/updates/bad", &headers, &body).await
-        }
-    };
-    let cases: Vec<(&str, Answer, u16, &str)> = vec![
-        (
+    let stored = post_delta(&server, "bad", &write, &d, None).await;
+    assert_eq!(stored.status, 200);
+    const POST: (&str, &str) = ("POST", "/v1/updates/bad");
+    const MSGPACK: &[(&str, &str)] = &[
+        ("Authorization", W),
+        ("Content-Type", "application/msgpack"),
+    ];
+    const YJS: &[(&str, &str)] = &[
+        ("Authorization", W),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    const AS_READER: &[(&str, &str)] = &[
+        ("Authorization", R),
+        ("Content-Type", "application/msgpack"),
+    ];
+    const READER: &[(&str, &str)] = &[("Authorization", R)];
+    let gap = lattice_tests::hostile::text_after_gap(4242);
+    let cases = [
+        refused(
             "wrong content type",
-            post("text/plain", b"hello".to_vec(), w.clone()).await,
-            415,
-            "unsupported_content_type",
+            POST,
+            &[("Authorization", W), ("Content-Type", "text/plain")],
+            b"hi".to_vec(),
+            (415, "unsupported_content_type"),
         ),
-        (
+        refused(
             "malformed MessagePack",
-            post("application/msgpack", vec![0x81, 0xa3], w.clone()).await,
-            400,
-            "malformed_delta",
+            POST,
+            MSGPACK,
+            vec![0x81, 0xa3],
+            (400, "malformed_delta"),
         ),
-        (
+        refused(
             "not a map",
-            post("application/msgpack", vec![0x01], w.clone()).await,
-            400,
-            "malformed_delta",
+            POST,
+            MSGPACK,
+            vec![0x01],
+            (400, "malformed_delta"),
         ),
-        (
-            "empty body",
-            post("application/msgpack", Vec::new(), w.clone()).await,
-            400,
-            "empty_body",
-        ),
-        (
+        refused("empty body", POST, MSGPACK, Vec::new(), (400, "empty_body")),
+        refused(
             "oversize body",
-            post("application/octet-stream", vec![0; 65 * 1024], w.clone()).await,
-            413,
-            "too_large",
+            POST,
+            YJS,
+            vec![0; 65 * 1024],
+            (413, "too_large"),
         ),
-        (
+        refused(
             "garbage Yjs",
-            post("application/octet-stream", vec![0xff; 16], w.clone()).await,
-            422,
-            "invalid_delta",
+            POST,
+            YJS,
+            vec![0xff; 16],
+            (422, "invalid_delta"),
         ),
-        (
+        refused(
             "missing history",
-            post(
-                "application/octet-stream",
-                lattice_tests::hostile::text_after_gap(4242),
-                w.clone(),
-            )
-            .await,
-            409,
-            "missing_dependencies",
+            POST,
+            YJS,
+            gap,
+            (409, "missing_dependencies"),
         ),
-        (
+        refused(
             "read-only token",
-            post("application/msgpack", encode_delta(&d), r.clone()).await,
-            403,
-            "forbidden",
+            POST,
+            AS_READER,
+            encode_delta(&d),
+            (403, "forbidden"),
         ),
-    ];
-    for (what, answer, status, code) in &cases {
-        assert_eq!(
-            answer.status,
-            *status,
-            "{what}: {}",
-            String::from_utf8_lossy(&answer.body)
-        );
-        assert_eq!(answer.json()["error"], *code, "{what}");
-    }
-    let get = |path: String, headers: Vec<(&'static str, String)>| {
-        let addr = server.addr;
-        async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            send(addr, "GET", &path, &h, b"").await
-        }
-    };
-    let reads = vec![
-        (
+        refused(
             "bad Last-Event-ID",
-            get(
-                "/v1/events/bad".into(),
-                vec![
-                    ("Authorization", r.clone()),
-                    ("Last-Event-ID", "abc".into()),
-                ],
-            )
-            .await,
-            400,
-            "bad_seq",
+            ("GET", "/v1/events/bad"),
+            &[("Authorization", R), ("Last-Event-ID", "abc")],
+            Vec::new(),
+            (400, "bad_seq"),
         ),
-        (
+        refused(
             "after beyond the head",
-            get(
-                "/v1/events/bad?after=99".into(),
-                vec![("Authorization", r.clone())],
-            )
-            .await,
-            400,
-            "after_beyond_head",
+            ("GET", "/v1/events/bad?after=99"),
+            READER,
+            Vec::new(),
+            (400, "after_beyond_head"),
         ),
-        (
+        refused(
             "poll beyond the head",
-            get(
-                "/v1/updates/bad?after=99".into(),
-                vec![("Authorization", r.clone())],
-            )
-            .await,
-            400,
-            "after_beyond_head",
+            ("GET", "/v1/updates/bad?after=99"),
+            READER,
+            Vec::new(),
+            (400, "after_beyond_head"),
         ),
-        (
+        refused(
             "bad state",
-            get(
-                "/v1/events/bad?state=%21%21".into(),
-                vec![("Authorization", r.clone())],
-            )
-            .await,
-            400,
-            "bad_state",
+            ("GET", "/v1/events/bad?state=%21%21"),
+            READER,
+            Vec::new(),
+            (400, "bad_state"),
         ),
-        (
+        refused(
             "no token",
-            get("/v1/events/bad".into(), vec![]).await,
-            401,
-            "unauthorized",
+            ("GET", "/v1/events/bad"),
+            &[],
+            Vec::new(),
+            (401, "unauthorized"),
         ),
     ];
-    for (what, answer, status, code) in &reads {
-        assert_eq!(
-            answer.status,
-            *status,
-            "{what}: {}",
-            String::from_utf8_lossy(&answer.body)
-        );
-        assert_eq!(answer.json()["error"], *code, "{what}");
+    let (w, r) = (bearer(&write), bearer(&reader));
+    for case in &cases {
+        let headers: Vec<(&str, &str)> = case
+            .headers
+            .iter()
+            .map(|(name, value)| match *value {
+                W => (*name, w.as_str()),
+                R => (*name, r.as_str()),
+                v => (*name, v),
+            })
+            .collect();
+        let answer = send(server.addr, case.method, case.path, &headers, &case.body).await;
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, case.status, "{}: {body}", case.what);
+        assert_eq!(answer.json()["error"], case.error, "{}", case.what);
     }
     assert_eq!(head_seq(&server, "bad").await, 1, "nothing was stored");
     server.shutdown().await;

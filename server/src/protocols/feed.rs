@@ -287,12 +287,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     within_rate(&state, &call)?;
-    let DocCall {
-        principal,
-        doc,
-        params: query,
-        ..
-    } = call;
+    let (principal, doc, query) = (call.principal, call.doc, call.params);
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
@@ -436,12 +431,7 @@ pub(crate) async fn updates(
     call: DocCall<FeedQuery, NeedsRead>,
 ) -> Result<Response, ApiError> {
     within_rate(&state, &call)?;
-    let DocCall {
-        principal,
-        doc,
-        params: query,
-        ..
-    } = call;
+    let (principal, doc, query) = (call.principal, call.doc, call.params);
     let streams = &state.config.streams;
     let wait = query
         .wait_ms
