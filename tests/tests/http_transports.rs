@@ -536,3 +536,84 @@ async fn http_requests_share_the_principals_rate_limits() {
     assert_eq!(head_seq(&server, "rate").await, 4);
     server.shutdown().await;
 }
+
+/// An SSE reader that stops reading while a writer floods the document: its bounded queue fills,
+/// the stream ends with `close` / `slow_consumer` (not an ever-growing buffer), and a resume
+/// from its last id gets every entry it missed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_reader_that_falls_behind_is_ended_and_resumes_without_a_gap() {
+    use lattice_engine::protocol::ClientMsg;
+    use lattice_tests::server_support::{RawPeer, Read};
+
+    let db = TestDb::new(Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.limits.outbox_frames = 8;
+    cfg.limits.outbox_bytes = 256 * 1024;
+    cfg.limits.bytes_per_second = 256 * 1024 * 1024;
+    cfg.limits.byte_burst = 256 * 1024 * 1024;
+    let server = TestServer::start(cfg).await;
+    let (reader, write) = (token("reader", Scope::Read), token("writer", Scope::Write));
+    let path = format!("/v1/events/flood?token={reader}");
+    let mut sse = Sse::open(server.addr, &path, &[]).await;
+    assert_eq!(sse.next().await.event, "sync");
+    // The reader stops reading; the writer sends 200 deltas of 40 KB (≈ 20 MB of events).
+    let mut peer = RawPeer::hello_with_token(&server.ws_url(), Some(&write)).await;
+    let doc = lattice_engine::DocId::new("flood").expect("doc");
+    let _ = peer
+        .send(&ClientMsg::Subscribe {
+            doc: doc.clone(),
+            state: Default::default(),
+        })
+        .await;
+    let mut author = writer();
+    let chunk = "x".repeat(40 * 1024);
+    let n = 200u64;
+    for seq in 1..=n {
+        let at = u32::try_from((seq - 1) * 40 * 1024).expect("offset");
+        let delta = author.text_insert("t", at, &chunk).expect("edit");
+        let _ = peer
+            .send(&ClientMsg::Delta {
+                doc: doc.clone(),
+                seq,
+                delta,
+            })
+            .await;
+    }
+    loop {
+        match peer.read().await {
+            Read::Msg(ServerMsg::Ack { seq, .. }) if seq == n => break,
+            Read::Msg(_) => continue,
+            Read::Closed(code) => panic!("the writer was closed: {code:?}"),
+        }
+    }
+    // Now read: entries, then the end.
+    let mut seen = Vec::new();
+    let reason = loop {
+        let e = sse.next().await;
+        match e.event.as_str() {
+            "delta" => seen.push(e.id.expect("id")),
+            "close" => break e.data["reason"].as_str().expect("reason").to_owned(),
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert_eq!(reason, "slow_consumer");
+    assert!(
+        (seen.len() as u64) < n,
+        "it fell behind: {} of {n}",
+        seen.len()
+    );
+    let last = seen.last().copied().unwrap_or(0);
+    let resumed = last.to_string();
+    let mut sse = Sse::open(server.addr, &path, &[("Last-Event-ID", resumed.as_str())]).await;
+    while seen.last().copied().unwrap_or(0) < n {
+        let e = sse.next().await;
+        assert_eq!(e.event, "delta");
+        seen.push(e.id.expect("id"));
+    }
+    assert_eq!(
+        seen,
+        (1..=n).collect::<Vec<_>>(),
+        "every entry once, in order"
+    );
+    server.shutdown().await;
+}
