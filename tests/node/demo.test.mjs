@@ -281,6 +281,13 @@ describe('demo page in Chromium', () => {
           async () => `(text ${JSON.stringify(await p.text())}, counter ${await p.counter()})${p.explain()}`)
       }
       await waitFor(async () => (await a.pending()) === 0, 'A\'s edits to be acknowledged')
+      // Presence both ways: A publishes a session, and polls the others'.
+      await a.page.fill('[data-testid=my-name]', 'Polly')
+      await a.page.keyboard.press('Enter')
+      await b.page.locator('[data-testid=presence-peer]', { hasText: 'Polly' }).waitFor({ timeout: 20000 })
+      await b.page.fill('[data-testid=my-name]', 'Webby')
+      await b.page.keyboard.press('Enter')
+      await a.page.locator('[data-testid=presence-peer]', { hasText: 'Webby' }).waitFor({ timeout: 20000 })
       await a.page.screenshot({ path: path.join(artifacts, 'demo-long-poll.png'), fullPage: true })
     } finally {
       await a.close()

@@ -169,7 +169,7 @@ async fn sse_readers_see_each_others_presence_posted_over_http() {
     };
     let posted = presence(ann.clone()).await;
     let text = String::from_utf8_lossy(&posted.body).into_owned();
-    assert_eq!(posted.status, 204, "{text}");
+    assert_eq!(posted.status, 200, "{text}");
     let e = b.next().await;
     assert_eq!(e.event, "presence");
     assert_eq!(e.data["state"]["name"], "Ann");
@@ -614,6 +614,79 @@ async fn an_sse_reader_that_falls_behind_is_ended_and_resumes_without_a_gap() {
         seen,
         (1..=n).collect::<Vec<_>>(),
         "every entry once, in order"
+    );
+    server.shutdown().await;
+}
+
+/// A client without a stream (long polling) publishes presence as a named session: readers see
+/// it, `GET /v1/presence` lists it, and it leaves when it stops renewing (the presence TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_clients_presence_session_is_seen_listed_and_expires() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let mut cfg = auth_config(&db);
+    cfg.rooms.presence_ttl = Duration::from_secs(1);
+    let server = TestServer::start(cfg).await;
+    let (ann, bob) = (token("ann", Scope::Read), token("bob", Scope::Read));
+    let mut b = Sse::open(server.addr, &format!("/v1/events/s?token={bob}"), &[]).await;
+    assert_eq!(b.next().await.event, "sync");
+    let auth = bearer(&ann);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let body = br#"{"session":"tab-1","state":{"name":"Ann"},"typing":true}"#;
+    let posted = send(server.addr, "POST", "/v1/presence/s", &headers, body).await;
+    let text = String::from_utf8_lossy(&posted.body).into_owned();
+    assert_eq!(posted.status, 200, "{text}");
+    let session_peer = posted.json()["peer"].clone();
+    let joined = b.next().await;
+    assert_eq!(joined.event, "presence");
+    assert_eq!(joined.data["state"]["name"], "Ann");
+    assert_eq!(joined.data["typing"], true);
+    assert_eq!(joined.data["peer"], session_peer);
+    let listed = send(
+        server.addr,
+        "GET",
+        "/v1/presence/s",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    let peers = listed.json()["peers"].clone();
+    assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
+    assert_eq!(peers[0]["peer"], joined.data["peer"]);
+    // Not renewed: it leaves within the TTL (and the tick).
+    let left = loop {
+        let e = b
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("the session leaves");
+        if e.event == "presence" && e.data["state"].is_null() {
+            break e;
+        }
+    };
+    assert_eq!(left.data["peer"], joined.data["peer"]);
+    let listed = send(
+        server.addr,
+        "GET",
+        "/v1/presence/s",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(listed.json()["peers"], serde_json::json!([]));
+    // Naming neither a stream nor a session is refused.
+    let bad = send(
+        server.addr,
+        "POST",
+        "/v1/presence/s",
+        &headers,
+        br#"{"state":{}}"#,
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.json()["error"].clone()),
+        (400, "malformed_presence".into())
     );
     server.shutdown().await;
 }

@@ -55,6 +55,19 @@ pub(super) enum Reading {
 /// How long a long poll waits at the server.
 const POLL_WAIT_MS: u32 = 25_000;
 
+/// How often a long-polling client asks for the others' presence.
+const PRESENCE_POLL_MS: i32 = 2_000;
+
+/// Resolves after `ms` milliseconds.
+async fn sleep_ms(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
 /// Stream restarts in a row without an event before the link fails.
 const MAX_SILENT_RESTARTS: u32 = 3;
 
@@ -294,7 +307,10 @@ impl HttpLink {
         }
         match self.reading {
             Reading::Sse => self.open_stream(&doc),
-            Reading::LongPoll => self.start_polling(doc),
+            Reading::LongPoll => {
+                self.start_presence_polling(doc.clone());
+                self.start_polling(doc);
+            }
         }
     }
 
@@ -557,14 +573,20 @@ impl HttpLink {
         });
     }
 
+    /// Publishes this client's presence: for its SSE stream, or (long polling) as a session
+    /// named by the replica id, which the server keeps while it is renewed.
     fn presence(&self, doc: &DocId, state: &Value, typing: bool) {
-        let Some(peer) = self.docs.borrow().get(doc).and_then(|d| d.peer) else {
-            // Long-poll readers have no stream to attach presence to.
-            return;
-        };
         let body = Object::new();
-        #[allow(clippy::cast_precision_loss)]
-        let _ = Reflect::set(&body, &"peer".into(), &(peer as f64).into());
+        match self.docs.borrow().get(doc).and_then(|d| d.peer) {
+            #[allow(clippy::cast_precision_loss)]
+            Some(peer) if self.reading == Reading::Sse => {
+                let _ = Reflect::set(&body, &"peer".into(), &(peer as f64).into());
+            }
+            _ => {
+                let session = self.replica.to_string();
+                let _ = Reflect::set(&body, &"session".into(), &session.into());
+            }
+        }
         let _ = Reflect::set(&body, &"state".into(), &value_to_js(state));
         let _ = Reflect::set(&body, &"typing".into(), &typing.into());
         let Ok(json) = JSON::stringify(&body) else {
@@ -578,8 +600,71 @@ impl HttpLink {
             Some(json.as_bytes()),
             &[("Content-Type", "application/json")],
         );
+        let (me, doc) = (self.me.clone(), doc.clone());
         spawn_local(async move {
-            let _ = answer.await;
+            let Ok((200, body)) = answer.await else {
+                return;
+            };
+            let Some(link) = me.upgrade() else { return };
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let peer = JSON::parse(&text).ok().and_then(|o| u64_field(&o, "peer"));
+            if link.reading == Reading::LongPoll
+                && let Some(d) = link.docs.borrow_mut().get_mut(&doc)
+            {
+                d.peer = peer;
+            }
+        });
+    }
+
+    /// Long polling: the others' presence, polled every `PRESENCE_POLL_MS` and handed to the
+    /// core as the joins, changes and leaves since the last poll.
+    fn start_presence_polling(&self, doc: DocId) {
+        let me = self.me.clone();
+        spawn_local(async move {
+            let mut known: BTreeMap<u64, String> = BTreeMap::new();
+            loop {
+                let Some(link) = me.upgrade() else { return };
+                let Some(stopped) = link.docs.borrow().get(&doc).map(|d| d.stopped.clone()) else {
+                    return;
+                };
+                if stopped.get() || link.live().is_none() {
+                    return;
+                }
+                let url = format!("{}?{}", link.path("presence", &doc), link.token_query());
+                let answer = link.request("GET", &url, None, &[]);
+                drop(link);
+                if let Ok((200, body)) = answer.await
+                    && let Some(link) = me.upgrade()
+                    && !stopped.get()
+                {
+                    let mine = link.docs.borrow().get(&doc).and_then(|d| d.peer);
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let peers = JSON::parse(&text)
+                        .map(|o| field(&o, "peers"))
+                        .unwrap_or(JsValue::NULL);
+                    let mut now: BTreeMap<u64, String> = BTreeMap::new();
+                    for p in js_sys::Array::from(&peers).iter() {
+                        let Some(peer) = u64_field(&p, "peer").filter(|peer| Some(*peer) != mine)
+                        else {
+                            continue;
+                        };
+                        let seen = JSON::stringify(&p).map(String::from).unwrap_or_default();
+                        if known.get(&peer) != Some(&seen) {
+                            link.on_event(&doc, "presence", &p);
+                        }
+                        now.insert(peer, seen);
+                    }
+                    for gone in known.keys().filter(|peer| !now.contains_key(peer)) {
+                        let left = Object::new();
+                        #[allow(clippy::cast_precision_loss)]
+                        let _ = Reflect::set(&left, &"peer".into(), &(*gone as f64).into());
+                        let _ = Reflect::set(&left, &"state".into(), &JsValue::NULL);
+                        link.on_event(&doc, "presence", &left);
+                    }
+                    known = now;
+                }
+                sleep_ms(PRESENCE_POLL_MS).await;
+            }
         });
     }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::state::ServerState;
 
@@ -28,5 +28,8 @@ pub(crate) fn http_routes() -> Router<Arc<ServerState>> {
             get(feed::updates).post(write::post_update),
         )
         .route("/v1/state/{*doc}", get(write::get_state))
-        .route("/v1/presence/{*doc}", post(write::post_presence))
+        .route(
+            "/v1/presence/{*doc}",
+            get(write::get_presence).post(write::post_presence),
+        )
 }

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use lattice_engine::protocol::ErrorCode;
+use lattice_engine::protocol::{ErrorCode, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{Delta, DocId, Value};
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::auth::{Principal, TokenQuery};
 use crate::http::extract::{DocCall, NeedsRead, NeedsWrite};
 use crate::http::{ApiError, Internal, with_rebuild_slot};
 use crate::protocols::feed::{FeedQuery, rate_key, within_rate};
-use crate::rooms::{RoomCmd, WriteRefused, Written, join_room};
+use crate::rooms::{PresenceOf, RoomCmd, WriteRefused, Written, join_room};
 use crate::state::ServerState;
 use crate::store::encode_delta;
 use crate::transport::idempotency::WriteAnswer;
@@ -296,11 +296,14 @@ pub(crate) async fn get_state(
     Ok(response)
 }
 
-/// The body of `POST /v1/presence/{doc}`.
+/// The body of `POST /v1/presence/{doc}`: whose presence (`peer` or `session`) and what.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PresenceBody {
     /// The SSE stream's `peer` (from its `sync` event).
-    peer: u64,
+    peer: Option<u64>,
+    /// For a client without a stream (long polling): a name it chose, 1 to 128 characters.
+    session: Option<String>,
     /// The presence state; `null` leaves.
     #[serde(default)]
     state: Value,
@@ -308,8 +311,13 @@ pub(crate) struct PresenceBody {
     typing: bool,
 }
 
-/// `POST /v1/presence/{doc}`: sets the presence of the caller's SSE stream on the document,
-/// with the same TTLs as a WebSocket peer's (renew it before `presence_ttl`).
+/// The longest presence session name.
+const MAX_SESSION_LEN: usize = 128;
+
+/// `POST /v1/presence/{doc}`: sets the presence of the caller's SSE stream (`peer`) or of a
+/// session of the caller's (`session`, for long polling), with the same TTLs as a WebSocket
+/// peer's: renew it before `presence_ttl`. A session leaves when its presence expires.
+/// Answers `{"peer": N}`, the number the others see it under.
 pub(crate) async fn post_presence(
     State(state): State<Arc<ServerState>>,
     call: DocCall<TokenQuery, NeedsRead>,
@@ -326,26 +334,74 @@ pub(crate) async fn post_presence(
             format!("the body is not presence JSON: {e}"),
         )
     })?;
-    let Some(room) = state.rooms.live(&doc) else {
-        return Err(unknown_peer());
+    let of = match (body.peer, body.session) {
+        (Some(peer), None) => PresenceOf::Stream(PeerId(peer)),
+        (None, Some(name)) if (1..=MAX_SESSION_LEN).contains(&name.chars().count()) => {
+            PresenceOf::Session {
+                name,
+                new_peer: PeerId(state.next_peer.fetch_add(1, Relaxed)),
+            }
+        }
+        _ => {
+            return Err(bad(
+                "malformed_presence",
+                format!(
+                    "name either your stream's peer or a session of 1 to {MAX_SESSION_LEN} characters"
+                ),
+            ));
+        }
+    };
+    let room = match of {
+        // A stream's room is live while the stream is open.
+        PresenceOf::Stream(_) => state.rooms.live(&doc).ok_or_else(unknown_peer)?,
+        PresenceOf::Session { .. } => state.rooms.get_or_start(&doc),
     };
     let (reply, done) = oneshot::channel();
     let cmd = RoomCmd::HttpPresence {
-        peer: PeerId(body.peer),
+        of,
         author: principal.subject().map(str::to_owned),
         state: body.state,
         typing: body.typing,
         reply,
     };
-    room.send(cmd).await.map_err(|_| unknown_peer())?;
-    if !done.await.unwrap_or(false) {
-        return Err(unknown_peer());
+    room.send(cmd).await.map_err(|_| Internal::RoomStopped)?;
+    let peer = done.await.ok().flatten().ok_or_else(unknown_peer)?;
+    let mut response = Json(json!({ "peer": peer.0 })).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /v1/presence/{doc}`: everyone's current presence on the document, for clients that
+/// poll: `{"peers": [{"peer", "state", "typing"}]}` (empty when no one is there).
+pub(crate) async fn get_presence(
+    State(state): State<Arc<ServerState>>,
+    call: DocCall<TokenQuery, NeedsRead>,
+) -> Result<Response, ApiError> {
+    within_rate(&state, &call)?;
+    let mut peers = Vec::new();
+    if let Some(room) = state.rooms.live(&call.doc) {
+        let (reply, snapshot) = oneshot::channel();
+        if room.send(RoomCmd::PresenceSnapshot { reply }).await.is_ok() {
+            for msg in snapshot.await.unwrap_or_default() {
+                if let ServerMsg::Presence {
+                    peer,
+                    state,
+                    typing,
+                    ..
+                } = msg
+                {
+                    peers.push(json!({ "peer": peer, "state": state, "typing": typing }));
+                }
+            }
+        }
     }
-    Ok((
-        StatusCode::NO_CONTENT,
-        [(header::CACHE_CONTROL, "no-store")],
-    )
-        .into_response())
+    let mut response = Json(json!({ "peers": peers })).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 fn unknown_peer() -> ApiError {

@@ -79,14 +79,18 @@ pub(crate) enum RoomCmd {
         delta: Delta,
         reply: oneshot::Sender<Result<Written, WriteRefused>>,
     },
-    /// Presence from HTTP for the SSE reader `peer`, if it is one of this room's readers and
-    /// belongs to `author`; `reply` says whether it was.
+    /// Presence from HTTP, for `of` (an SSE reader of `author`'s, or a session of `author`'s
+    /// that polls); `reply` gets its peer number, or `None` if it was not taken.
     HttpPresence {
-        peer: PeerId,
+        of: PresenceOf,
         author: Option<String>,
         state: Value,
         typing: bool,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Option<PeerId>>,
+    },
+    /// Everyone's current presence, as `presence` messages.
+    PresenceSnapshot {
+        reply: oneshot::Sender<Vec<lattice_engine::protocol::ServerMsg>>,
     },
     /// Send the peer everyone else's presence (y-websocket query awareness).
     QueryPresence {
@@ -114,6 +118,17 @@ pub(crate) enum RoomCmd {
 pub(crate) struct RestoreDone {
     pub seq: Option<u64>,
     pub report: lattice_engine::RestoreReport,
+}
+
+/// Whose presence an HTTP client sets.
+#[derive(Debug)]
+pub(crate) enum PresenceOf {
+    /// The SSE stream with this peer number (from its `sync` event).
+    Stream(PeerId),
+    /// A client without a stream (long polling), by a name it chose: it is in the room while
+    /// it renews its presence, and leaves when its presence expires. `new_peer` is its number
+    /// if it is new.
+    Session { name: String, new_peer: PeerId },
 }
 
 /// A write that went through.

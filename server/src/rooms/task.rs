@@ -64,6 +64,8 @@ struct RoomDriver {
     committing: Vec<Committing>,
     /// HTTP writes waiting for their commit.
     writes: Vec<WriteWaiter>,
+    /// HTTP clients without a stream that publish presence, by (principal, name).
+    sessions: HashMap<(Option<String>, String), PeerId>,
     /// Why the room has closed its peers and must stop: the document was deleted under it, or
     /// it could not be reloaded after a failed commit.
     stopped: Option<ReadError>,
@@ -114,6 +116,7 @@ pub(super) async fn room_task(
         feeds: HashMap::new(),
         committing: Vec::new(),
         writes: Vec::new(),
+        sessions: HashMap::new(),
         stopped: None,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
@@ -141,6 +144,7 @@ pub(super) async fn room_task(
             _ = tick.tick() => {
                 let fx = driver.room.tick(now_ms());
                 driver.apply(fx).await;
+                driver.end_expired_sessions().await;
             }
         }
         if let Some(why) = driver.stopped.take() {
@@ -215,7 +219,10 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &ReadError
                 let _ = reply.send(Err(WriteRefused::Load(e.clone())));
             }
             RoomCmd::HttpPresence { reply, .. } => {
-                let _ = reply.send(false);
+                let _ = reply.send(None);
+            }
+            RoomCmd::PresenceSnapshot { reply } => {
+                let _ = reply.send(Vec::new());
             }
             RoomCmd::Flush { reply } => {
                 let _ = reply.send(());
@@ -361,20 +368,19 @@ impl RoomDriver {
                 return;
             }
             RoomCmd::HttpPresence {
-                peer,
+                of,
                 author,
                 state,
                 typing,
                 reply,
             } => {
-                let reader = self.peers.get(&peer).is_some_and(|h| {
-                    h.kind == PeerKind::Feed && h.author.as_deref() == author.as_deref()
-                }) && self.room.is_subscribed(peer);
-                let _ = reply.send(reader);
-                if !reader {
-                    return;
-                }
-                self.room.presence(peer, state, typing, now_ms())
+                let taken = self.http_presence(of, author, state, typing);
+                let _ = reply.send(taken.as_ref().map(|(peer, _)| *peer));
+                taken.map(|(_, fx)| fx).unwrap_or_default()
+            }
+            RoomCmd::PresenceSnapshot { reply } => {
+                let _ = reply.send(self.room.presence_snapshot());
+                return;
             }
             RoomCmd::QueryPresence { peer } => self.room.query_presence(peer),
             RoomCmd::Flush { reply } => {

@@ -37,6 +37,19 @@ impl Room {
         }
     }
 
+    /// Everyone's current presence, as `presence` messages (for a reader that polls for it).
+    pub fn presence_snapshot(&self) -> Vec<ServerMsg> {
+        self.presence
+            .iter()
+            .map(|(peer, p)| self.presence_msg(*peer, Some(p)))
+            .collect()
+    }
+
+    /// Whether `peer` has a presence entry (it expires after the presence TTL).
+    pub fn has_presence(&self, peer: PeerId) -> bool {
+        self.presence.contains_key(&peer)
+    }
+
     /// A peer publishes its presence (any subscriber, read-only included). `Value::Null`
     /// leaves.
     pub fn presence(&mut self, peer: PeerId, state: Value, typing: bool, now_ms: u64) -> Effects {

@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{Access, Echo, PeerId, PendingDelta, SubscribeOptions};
-use lattice_engine::{Delta, DocId};
+use lattice_engine::{Delta, DocId, Value};
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::clock::now_ms;
-use crate::rooms::peer::PeerHandle;
-use crate::rooms::{WriteRefused, Written};
+use crate::rooms::peer::{PeerHandle, PeerKind};
+use crate::rooms::{PresenceOf, WriteRefused, Written};
 use crate::store::ReadError;
 use crate::transport::close::CloseCode;
 use crate::transport::events::Event;
@@ -123,6 +123,66 @@ impl RoomDriver {
         // Its relay and ack stay queued in the room; the ack goes to no one.
         let left = self.room.unsubscribe(peer);
         self.apply(left).await;
+    }
+
+    /// Presence from HTTP: for an SSE reader of `author`'s, or for a session of `author`'s
+    /// (which joins the room, without a connection, on its first presence): its peer number
+    /// and the effects. `None` if `of` is not `author`'s reader.
+    pub(super) fn http_presence(
+        &mut self,
+        of: PresenceOf,
+        author: Option<String>,
+        state: Value,
+        typing: bool,
+    ) -> Option<(PeerId, lattice_engine::sync::Effects)> {
+        let peer = match of {
+            PresenceOf::Stream(peer) => {
+                let reader = self.peers.get(&peer).is_some_and(|h| {
+                    h.kind == PeerKind::Feed && h.author.as_deref() == author.as_deref()
+                }) && self.room.is_subscribed(peer);
+                if !reader {
+                    return None;
+                }
+                peer
+            }
+            PresenceOf::Session { name, new_peer } => {
+                let key = (author, name);
+                match self.sessions.get(&key) {
+                    Some(peer) => *peer,
+                    None => {
+                        if state == Value::Null {
+                            return Some((new_peer, lattice_engine::sync::Effects::default()));
+                        }
+                        // Subscribed with everything the room holds: it only joins presence;
+                        // what the room sends it goes nowhere (it is not one of `self.peers`).
+                        let known = self.room.document().state();
+                        let options = SubscribeOptions {
+                            access: Access::Read,
+                            echo: Echo::None,
+                        };
+                        let _ = self.room.subscribe(new_peer, options, &known);
+                        self.sessions.insert(key, new_peer);
+                        new_peer
+                    }
+                }
+            }
+        };
+        Some((peer, self.room.presence(peer, state, typing, now_ms())))
+    }
+
+    /// Sessions whose presence expired (or that left) leave the room.
+    pub(super) async fn end_expired_sessions(&mut self) {
+        let gone: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|(_, peer)| !self.room.has_presence(**peer))
+            .map(|(key, peer)| (key.clone(), *peer))
+            .collect();
+        for (key, peer) in gone {
+            self.sessions.remove(&key);
+            let fx = self.room.unsubscribe(peer);
+            self.apply(fx).await;
+        }
     }
 
     /// Answers the writes whose entries are among `tokens`, committed as `seqs`.
