@@ -27,6 +27,7 @@
 //! The driver, the servers, the report and the JSON need no change.
 
 mod client;
+mod http;
 mod report;
 mod scenarios;
 mod target;

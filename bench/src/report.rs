@@ -258,7 +258,8 @@ pub(crate) fn write_json(results: &Results, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn fmt_value(v: f64, unit: &str) -> String {
+/// A value as the report prints it: thousands grouped, digits by magnitude and unit.
+pub(crate) fn fmt_value(v: f64, unit: &str) -> String {
     if v.is_nan() {
         return "—".into();
     }

@@ -8,25 +8,27 @@
 //! the reader stays cheap. Latency is from an update's send to its arrival at a reader, over
 //! every (update, reader) pair; deliveries/s is updates × readers ÷ (last arrival − first send).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Arg, ArgMatches, value_parser};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt, stream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{BoxFuture, Prepared, Scenario, flag, positive};
-use crate::client::{self, ConnectOptions, Event};
+use crate::client::{self, Codec, ConnectOptions, Endpoint, Event, Ws};
 use crate::report::{Better, Medians, Sample, quantile};
 use crate::target::{RunningServer, Target};
 
 /// The writer's Yjs client id (32-bit, as Lattice requires).
-const WRITER: u64 = 0x4641_4e31;
+pub(super) const WRITER: u64 = 0x4641_4e31;
 /// Readers connecting at once.
-const CONNECT_CONCURRENCY: usize = 20;
+pub(super) const CONNECT_CONCURRENCY: usize = 20;
 /// Time allowed after the last send for every delivery to arrive.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(super) struct Fanout;
 
@@ -154,19 +156,245 @@ impl Prepared for Plan {
     }
 }
 
-struct CaseResult {
-    deliveries_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    frames_per_reader: f64,
+/// The figures of one case for one kind of reader.
+pub(super) struct CaseResult {
+    pub(super) deliveries_per_s: f64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) max_ms: f64,
+    pub(super) frames_per_reader: f64,
 }
 
-struct ReaderOutcome {
-    arrivals: Vec<Instant>,
-    have: usize,
-    frames: u64,
-    error: Option<anyhow::Error>,
+/// What one reader received: when each of the writer's updates arrived (index = update number
+/// − 1), in how many frames, and why it stopped early, if it did.
+pub(super) struct ReaderOutcome {
+    pub(super) arrivals: Vec<Instant>,
+    pub(super) frames: u64,
+    pub(super) error: Option<anyhow::Error>,
+}
+
+impl ReaderOutcome {
+    pub(super) fn new(n: usize) -> Self {
+        Self {
+            arrivals: Vec::with_capacity(n),
+            frames: 0,
+            error: None,
+        }
+    }
+
+    /// Counts the writer's updates that `update`, arrived at `now`, brings: its clock of the
+    /// writer says how many of the `n` updates have now arrived.
+    pub(super) fn record(&mut self, update: &[u8], now: Instant, n: usize) {
+        match client::clock_of(update, WRITER) {
+            Ok(clock) => {
+                let upto = (clock as usize).min(n);
+                while self.arrivals.len() < upto {
+                    self.arrivals.push(now);
+                }
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// When the readers give up waiting: generous while the writer sends, then [`DRAIN_TIMEOUT`]
+/// after its last send.
+#[derive(Clone)]
+pub(super) struct Deadline(Arc<Mutex<tokio::time::Instant>>);
+
+impl Deadline {
+    /// A deadline for a case that sends `n` updates, paced or not.
+    pub(super) fn for_case(n: usize, pace: Option<Duration>) -> Self {
+        let wait = DRAIN_TIMEOUT + pace.map_or(Duration::ZERO, |p| p * n as u32);
+        Self(Arc::new(Mutex::new(tokio::time::Instant::now() + wait)))
+    }
+
+    pub(super) fn get(&self) -> tokio::time::Instant {
+        self.0
+            .lock()
+            .map(|d| *d)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
+    /// The writer is done: every delivery must arrive within [`DRAIN_TIMEOUT`].
+    pub(super) fn writer_done(&self) {
+        if let Ok(mut d) = self.0.lock() {
+            *d = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        }
+    }
+}
+
+/// The one writer of a case, over a WebSocket.
+pub(super) struct Writer {
+    sink: SplitSink<Ws, Message>,
+    codec: Codec,
+    drain: JoinHandle<Result<()>>,
+}
+
+/// When the writer sent: the first send and each update's.
+pub(super) struct Sent {
+    first: Instant,
+    at: Vec<Instant>,
+}
+
+impl Writer {
+    pub(super) async fn connect(endpoint: &Endpoint, doc: &str) -> Result<Self> {
+        let (writer, codec) = client::connect(endpoint, doc, ConnectOptions::default())
+            .await
+            .context("connecting the writer")?;
+        let (sink, mut source) = writer.split();
+        // The writer's own inbound frames (acks, echoes, sync status) are drained meanwhile so
+        // that its outbox on the server never fills; a refusal there fails the case.
+        let drain_codec = codec.clone();
+        let drain = tokio::spawn(async move {
+            while let Some(msg) = source.next().await {
+                drain_codec.decode(&msg?)?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        Ok(Self { sink, codec, drain })
+    }
+
+    /// Sends `updates`, one per `pace` or as fast as the connection takes them.
+    pub(super) async fn send(&mut self, updates: &[Vec<u8>], pace: Option<Duration>) -> Result<Sent> {
+        let sink = &mut self.sink;
+        let mut sent_at = Vec::with_capacity(updates.len());
+        let first = Instant::now();
+        let start = tokio::time::Instant::now();
+        for (i, u) in updates.iter().enumerate() {
+            let frame = self.codec.update(i as u64 + 1, u);
+            match pace {
+                Some(period) => {
+                    tokio::time::sleep_until(start + period * i as u32).await;
+                    sent_at.push(Instant::now());
+                    sink.send(frame).await.context("sending")?;
+                }
+                None => {
+                    sent_at.push(Instant::now());
+                    sink.feed(frame).await.context("sending")?;
+                    if i % 64 == 63 {
+                        sink.flush().await.context("sending")?;
+                    }
+                }
+            }
+        }
+        sink.flush().await.context("sending")?;
+        Ok(Sent { first, at: sent_at })
+    }
+
+    /// Once the readers are done: fails if the writer's connection failed meanwhile.
+    pub(super) async fn finish(self) -> Result<()> {
+        if self.drain.is_finished() {
+            self.drain.await?.context("the writer's connection")?;
+        } else {
+            self.drain.abort();
+        }
+        Ok(())
+    }
+}
+
+/// `readers` WebSocket readers of `doc`, connected and synced.
+pub(super) async fn connect_websocket_readers(
+    endpoint: &Endpoint,
+    doc: &str,
+    readers: usize,
+) -> Result<Vec<(Ws, Codec)>> {
+    stream::iter(0..readers)
+        .map(|_| client::connect(endpoint, doc, ConnectOptions::default()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()
+        .context("connecting the readers")
+}
+
+/// A WebSocket reader: counts the writer's updates in every frame until it has `n` of them,
+/// the connection fails or `deadline` passes.
+pub(super) fn spawn_websocket_reader(
+    mut ws: Ws,
+    codec: Codec,
+    n: usize,
+    deadline: Deadline,
+) -> JoinHandle<ReaderOutcome> {
+    tokio::spawn(async move {
+        let mut out = ReaderOutcome::new(n);
+        while out.arrivals.len() < n {
+            let msg = match tokio::time::timeout_at(deadline.get(), ws.next()).await {
+                Err(_) => break,
+                Ok(None) => {
+                    out.error = Some(anyhow::anyhow!("the connection ended"));
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    out.error = Some(e.into());
+                    break;
+                }
+                Ok(Some(Ok(msg))) => msg,
+            };
+            let now = Instant::now();
+            let events = match codec.decode(&msg) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            };
+            for ev in events {
+                if let Event::Update(u) = ev {
+                    out.frames += 1;
+                    out.record(&u, now, n);
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Waits for the reader tasks.
+pub(super) async fn join_readers(tasks: Vec<JoinHandle<ReaderOutcome>>) -> Result<Vec<ReaderOutcome>> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await.context("a reader task panicked")?);
+    }
+    Ok(outcomes)
+}
+
+/// Latency over every (update, reader) pair and deliveries/s; fails if a delivery is missing,
+/// saying how many and why.
+pub(super) fn summarize(outcomes: &[ReaderOutcome], sent: &Sent) -> Result<CaseResult> {
+    let n = sent.at.len();
+    let readers = outcomes.len();
+    let missing: usize = outcomes.iter().map(|o| n - o.arrivals.len()).sum();
+    if missing > 0 {
+        let incomplete = outcomes.iter().filter(|o| o.arrivals.len() < n).count();
+        let why = outcomes
+            .iter()
+            .find_map(|o| o.error.as_ref())
+            .map_or_else(|| format!("timed out {DRAIN_TIMEOUT:?} after the last send"), |e| format!("{e:#}"));
+        bail!(
+            "{missing} of {} deliveries missing ({incomplete} of {readers} readers incomplete): {why}",
+            n * readers
+        );
+    }
+    let mut latencies = Vec::with_capacity(n * readers);
+    let mut last = sent.first;
+    let mut frames = 0;
+    for o in outcomes {
+        frames += o.frames;
+        for (i, at) in o.arrivals.iter().enumerate() {
+            last = last.max(*at);
+            latencies.push(at.saturating_duration_since(sent.at[i]).as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(CaseResult {
+        deliveries_per_s: (n * readers) as f64 / last.duration_since(sent.first).as_secs_f64(),
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        frames_per_reader: frames as f64 / readers as f64,
+    })
 }
 
 async fn one_case(
@@ -178,146 +406,18 @@ async fn one_case(
 ) -> Result<CaseResult> {
     let n = updates.len();
     let endpoint = server.endpoint.clone();
-    let conns: Vec<_> = stream::iter(0..readers)
-        .map(|_| client::connect(&endpoint, doc, ConnectOptions::default()))
-        .buffer_unordered(CONNECT_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
+    let conns = connect_websocket_readers(&endpoint, doc, readers).await?;
+    let deadline = Deadline::for_case(n, pace);
+    let tasks = conns
         .into_iter()
-        .collect::<Result<_>>()
-        .context("connecting the readers")?;
-    // Deadline for readers: set once the writer is done; until then, generous.
-    let deadline = Arc::new(std::sync::Mutex::new(
-        tokio::time::Instant::now() + DRAIN_TIMEOUT + pace.map_or(Duration::ZERO, |p| p * n as u32),
-    ));
-    let progress: Arc<Vec<AtomicUsize>> = Arc::new((0..readers).map(|_| AtomicUsize::new(0)).collect());
-    let mut tasks = Vec::with_capacity(readers);
-    for (i, (mut ws, codec)) in conns.into_iter().enumerate() {
-        let progress = progress.clone();
-        let deadline = deadline.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut arrivals = Vec::with_capacity(n);
-            let mut frames = 0u64;
-            let mut error = None;
-            while arrivals.len() < n {
-                let until = deadline.lock().map(|d| *d).unwrap_or_else(|_| tokio::time::Instant::now());
-                let msg = match tokio::time::timeout_at(until, ws.next()).await {
-                    Err(_) => break,
-                    Ok(None) => {
-                        error = Some(anyhow::anyhow!("the connection ended"));
-                        break;
-                    }
-                    Ok(Some(Err(e))) => {
-                        error = Some(e.into());
-                        break;
-                    }
-                    Ok(Some(Ok(msg))) => msg,
-                };
-                let now = Instant::now();
-                let events = match codec.decode(&msg) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                };
-                for ev in events {
-                    if let Event::Update(u) = ev {
-                        frames += 1;
-                        match client::clock_of(&u, WRITER) {
-                            Ok(clock) => {
-                                let upto = (clock as usize).min(n);
-                                while arrivals.len() < upto {
-                                    arrivals.push(now);
-                                }
-                            }
-                            Err(e) => error = Some(e),
-                        }
-                    }
-                }
-                progress[i].store(arrivals.len(), Ordering::Relaxed);
-            }
-            let have = arrivals.len();
-            ReaderOutcome { arrivals, have, frames, error }
-        }));
-    }
-
-    let (writer, wcodec) = client::connect(&endpoint, doc, ConnectOptions::default())
-        .await
-        .context("connecting the writer")?;
-    let (mut sink, mut source) = writer.split();
-    // The writer's own inbound frames (acks, echoes, sync status) are drained meanwhile so that
-    // its outbox on the server never fills; a refusal there fails the case.
-    let drain_codec = wcodec.clone();
-    let drain = tokio::spawn(async move {
-        while let Some(msg) = source.next().await {
-            drain_codec.decode(&msg?)?;
-        }
-        Ok::<_, anyhow::Error>(())
-    });
-    let mut sent_at = Vec::with_capacity(n);
-    let first = Instant::now();
-    let start = tokio::time::Instant::now();
-    for (i, u) in updates.iter().enumerate() {
-        let frame = wcodec.update(i as u64 + 1, u);
-        match pace {
-            Some(period) => {
-                tokio::time::sleep_until(start + period * i as u32).await;
-                sent_at.push(Instant::now());
-                sink.send(frame).await.context("sending")?;
-            }
-            None => {
-                sent_at.push(Instant::now());
-                sink.feed(frame).await.context("sending")?;
-                if i % 64 == 63 {
-                    sink.flush().await.context("sending")?;
-                }
-            }
-        }
-    }
-    sink.flush().await.context("sending")?;
-    if let Ok(mut d) = deadline.lock() {
-        *d = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    }
-    let mut outcomes = Vec::with_capacity(readers);
-    for t in tasks {
-        outcomes.push(t.await.context("a reader task panicked")?);
-    }
-    if drain.is_finished() {
-        drain.await?.context("the writer's connection")?;
-    } else {
-        drain.abort();
-    }
-    drop(sink);
-    let missing: usize = outcomes.iter().map(|o| n - o.have).sum();
-    if missing > 0 {
-        let incomplete = outcomes.iter().filter(|o| o.have < n).count();
-        let why = outcomes
-            .iter()
-            .find_map(|o| o.error.as_ref())
-            .map_or_else(|| format!("timed out {DRAIN_TIMEOUT:?} after the last send"), |e| format!("{e:#}"));
-        bail!(
-            "{missing} of {} deliveries missing ({incomplete} of {readers} readers incomplete): {why}",
-            n * readers
-        );
-    }
-    let mut latencies = Vec::with_capacity(n * readers);
-    let mut last = first;
-    let mut frames = 0;
-    for o in &outcomes {
-        frames += o.frames;
-        for (i, at) in o.arrivals.iter().enumerate() {
-            last = last.max(*at);
-            latencies.push(at.saturating_duration_since(sent_at[i]).as_secs_f64() * 1e3);
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
+        .map(|(ws, codec)| spawn_websocket_reader(ws, codec, n, deadline.clone()))
+        .collect();
+    let mut writer = Writer::connect(&endpoint, doc).await?;
+    let sent = writer.send(updates, pace).await?;
+    deadline.writer_done();
+    let outcomes = join_readers(tasks).await?;
+    writer.finish().await?;
+    let result = summarize(&outcomes, &sent)?;
     server.check_alive()?;
-    Ok(CaseResult {
-        deliveries_per_s: (n * readers) as f64 / last.duration_since(first).as_secs_f64(),
-        p50_ms: quantile(&latencies, 0.5),
-        p99_ms: quantile(&latencies, 0.99),
-        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
-        frames_per_reader: frames as f64 / readers as f64,
-    })
+    Ok(result)
 }

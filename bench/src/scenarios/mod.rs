@@ -40,7 +40,7 @@ pub(crate) trait Prepared: Send + Sync {
     fn baseline(&self) -> Result<Vec<Sample>> {
         Ok(Vec::new())
     }
-    /// Whether the scenario applies to `target` (all do today).
+    /// Whether the scenario applies to `target` (`http-fanout`: Lattice's native target only).
     fn supports(&self, _target: &Target) -> bool {
         true
     }
@@ -96,6 +96,7 @@ macro_rules! scenarios {
 
 scenarios! {
     fanout => Fanout,
+    http_fanout => HttpFanout,
     trace => Trace,
     idle => Idle,
     ingest => Ingest,
