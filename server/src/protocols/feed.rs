@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::auth::Principal;
 use crate::http::extract::{DocCall, NeedsRead};
 use crate::http::{ApiError, Internal, with_rebuild_slot};
-use crate::rooms::peer::{PeerHandle, PeerKind, SyncBudget};
+use crate::rooms::peer::{AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, SyncBudget};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
 use crate::store::ReadError;
@@ -137,6 +137,35 @@ async fn check_after(state: &ServerState, doc: &DocId, after: u64) -> Result<(),
     Ok(())
 }
 
+/// The HTTP readers' encoding of room messages: presence as a `presence` event, committed
+/// entries (with their seqs) as `delta` events; nothing else (their catch-up comes from the
+/// store, and they send nothing the room could refuse).
+#[derive(Debug)]
+pub(crate) struct FeedEncoder;
+
+impl Encoder for FeedEncoder {
+    fn encode(&self, msg: &ServerMsg, _awareness: Option<AwarenessId>) -> Encoded {
+        match msg {
+            ServerMsg::Presence {
+                peer,
+                state,
+                typing,
+                ..
+            } => Encoded::frames(vec![Event::presence(*peer, state, *typing).frame().clone()]),
+            _ => Encoded::default(),
+        }
+    }
+
+    fn encode_entry(&self, doc: &DocId, seq: u64, delta: &Delta) -> Option<Bytes> {
+        let frame = ServerMsg::Delta {
+            doc: doc.clone(),
+            delta: delta.clone(),
+        }
+        .encode();
+        Some(Event::delta(seq, &frame, &delta.yjs).frame().clone())
+    }
+}
+
 /// A reader in a room: its outbox, its closer, and how to leave.
 struct Follower {
     id: PeerId,
@@ -177,6 +206,7 @@ impl Follower {
             id,
             replica: None,
             kind: PeerKind::Feed,
+            encoder: &FeedEncoder,
             author: principal.subject().map(Arc::from),
             outbox: tx,
             closer: closer.clone(),

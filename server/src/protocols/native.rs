@@ -17,7 +17,9 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
-use crate::rooms::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
+use crate::rooms::peer::{
+    AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle, sync_ticket,
+};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
@@ -92,7 +94,13 @@ pub(crate) async fn serve_socket<S: WsSocket>(
             Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
         };
         let conn = Conn {
-            peer: peer_handle(&state.config.limits, id, PeerKind::Native, None, &outbound),
+            peer: peer_handle(
+                &state.config.limits,
+                id,
+                (PeerKind::Native, &NativeEncoder),
+                None,
+                &outbound,
+            ),
             subs: HashMap::new(),
             principal: Principal::open(),
             ip,
@@ -108,6 +116,16 @@ pub(crate) async fn serve_socket<S: WsSocket>(
     }
     .instrument(span)
     .await;
+}
+
+/// The native protocol's encoding of room messages: each one a MessagePack frame.
+#[derive(Debug)]
+pub(crate) struct NativeEncoder;
+
+impl Encoder for NativeEncoder {
+    fn encode(&self, msg: &ServerMsg, _awareness: Option<AwarenessId>) -> Encoded {
+        Encoded::frames(vec![Bytes::from(msg.encode())])
+    }
 }
 
 impl Protocol for Conn {

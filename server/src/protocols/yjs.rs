@@ -26,15 +26,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
+use lattice_engine::protocol::{ErrorCode, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
-use lattice_engine::yws::{self, YDecodeError, YMessage};
+use lattice_engine::yws::{self, AwarenessEntry, YDecodeError, YMessage};
 use lattice_engine::{Delta, DocId, DocState, Value};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::AuthError;
 use crate::rooms::join_room;
-use crate::rooms::peer::{PeerHandle, PeerKind, peer_handle, sync_ticket};
+use crate::rooms::peer::{
+    AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle, sync_ticket,
+};
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
@@ -91,7 +94,7 @@ pub(crate) async fn serve_yjs_socket<S: WsSocket>(
             peer: peer_handle(
                 &state.config.limits,
                 id,
-                PeerKind::Yjs,
+                (PeerKind::Yjs, &YjsEncoder),
                 grant.author.as_deref(),
                 &outbound,
             ),
@@ -159,6 +162,61 @@ pub(crate) async fn refuse<S: WsSocket>(
     .await;
     state.metrics.closed(close_kind(refusal.code));
     drop(slot);
+}
+
+/// The y-websocket encoding of room messages. Acks become nothing (the sender's own update
+/// comes back as an echo instead), a refused write becomes "permission denied", any other
+/// refusal closes the peer so it reconnects and resyncs; presence becomes an awareness update
+/// under the identity the room keeps for the peer.
+#[derive(Debug)]
+pub(crate) struct YjsEncoder;
+
+impl Encoder for YjsEncoder {
+    fn encode(&self, msg: &ServerMsg, awareness: Option<AwarenessId>) -> Encoded {
+        let frames = match msg {
+            ServerMsg::Sync { delta, state, .. } => vec![
+                yws::encode_sync_step2(&delta.yjs),
+                yws::encode_sync_step1(&state.yjs),
+            ],
+            ServerMsg::Delta { delta, .. } if !delta.yjs.is_empty() => {
+                vec![yws::encode_update(&delta.yjs)]
+            }
+            ServerMsg::Presence { state, .. } => {
+                let Some(AwarenessId { client, clock }) = awareness else {
+                    return Encoded::default();
+                };
+                let state_json = match state {
+                    Value::Null => "null".to_owned(),
+                    state => serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned()),
+                };
+                vec![yws::encode_awareness(&[AwarenessEntry {
+                    client,
+                    clock,
+                    state_json,
+                }])]
+            }
+            ServerMsg::Error { code, message, .. } => {
+                return match code {
+                    ErrorCode::Forbidden => {
+                        Encoded::frames(vec![Bytes::from(yws::encode_permission_denied(message))])
+                    }
+                    ErrorCode::Internal => Encoded {
+                        frames: Vec::new(),
+                        close: Some(CloseCode::DocumentUnavailable),
+                    },
+                    // The room follows with a sync; its sync step 1 makes the client send
+                    // everything the room lacks, what the update built on included.
+                    ErrorCode::MissingDependencies => Encoded::default(),
+                    _ => Encoded {
+                        frames: Vec::new(),
+                        close: Some(CloseCode::Protocol),
+                    },
+                };
+            }
+            _ => Vec::new(),
+        };
+        Encoded::frames(frames.into_iter().map(Bytes::from).collect())
+    }
 }
 
 impl Protocol for YjsConn {

@@ -1,11 +1,14 @@
 //! A connection as rooms see it ([`PeerHandle`]): where its frames go, how to close it, who it
-//! is, and its budget of full-state syncs ([`SyncBudget`]).
+//! is, how to write to it ([`Encoder`], one per protocol) and its budget of full-state syncs
+//! ([`SyncBudget`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
-use lattice_engine::ReplicaId;
+use bytes::Bytes;
+use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::PeerId;
+use lattice_engine::{Delta, DocId, ReplicaId};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
@@ -15,7 +18,46 @@ use crate::transport::close::CloseCode;
 use crate::transport::outbox::Outbox;
 use crate::transport::writer::{Closer, Outbound};
 
-/// Which wire protocol a connection speaks; the room encodes each frame once per protocol.
+/// How a protocol writes what a room sends: each protocol has one (`protocols/`), and the room
+/// encodes each message once per encoder and knows no wire format.
+pub(crate) trait Encoder: Send + Sync + std::fmt::Debug {
+    /// What `msg` becomes on this protocol's wire. `awareness` is, for a `presence` message,
+    /// the Yjs awareness identity the room keeps for that peer.
+    fn encode(&self, msg: &ServerMsg, awareness: Option<AwarenessId>) -> Encoded;
+
+    /// A committed log entry (`seq`, its delta) for readers that follow the log by seq; `None`
+    /// for protocols that get deltas as the room relays them.
+    fn encode_entry(&self, _doc: &DocId, _seq: u64, _delta: &Delta) -> Option<Bytes> {
+        None
+    }
+}
+
+/// What one message becomes for one protocol.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Encoded {
+    pub frames: Vec<Bytes>,
+    /// Close the peer after the frames (it sent something the room refused).
+    pub close: Option<CloseCode>,
+}
+
+impl Encoded {
+    /// Just these frames.
+    pub(crate) fn frames(frames: Vec<Bytes>) -> Encoded {
+        Encoded {
+            frames,
+            close: None,
+        }
+    }
+}
+
+/// A peer's presence as Yjs awareness sees it: a client id and a clock that only grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AwarenessId {
+    pub client: u64,
+    pub clock: u32,
+}
+
+/// Which wire protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PeerKind {
     /// Lattice's MessagePack protocol (`/v1/sync`).
@@ -33,6 +75,8 @@ pub(crate) struct PeerHandle {
     pub id: PeerId,
     pub replica: Option<ReplicaId>,
     pub kind: PeerKind,
+    /// How the room writes to it.
+    pub encoder: &'static dyn Encoder,
     /// The token's subject (`None` without authentication): the principal it speaks for.
     pub author: Option<Arc<str>>,
     pub outbox: Outbox,
@@ -146,7 +190,7 @@ impl Drop for SyncTicket {
 pub(crate) fn peer_handle(
     limits: &Limits,
     id: PeerId,
-    kind: PeerKind,
+    (kind, encoder): (PeerKind, &'static dyn Encoder),
     author: Option<&str>,
     outbound: &Outbound,
 ) -> PeerHandle {
@@ -154,6 +198,7 @@ pub(crate) fn peer_handle(
         id,
         replica: None,
         kind,
+        encoder,
         author: author.map(Arc::from),
         outbox: outbound.outbox.clone(),
         closer: outbound.closer.clone(),

@@ -12,7 +12,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{
     Echo, Effects, PeerId, PendingDelta, Room, RoomConfig, SubscribeOptions,
@@ -22,14 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::clock::now_ms;
-use crate::rooms::peer::{PeerHandle, PeerKind};
+use crate::rooms::peer::{Encoded, PeerHandle, PeerKind};
 use crate::store::{AppendError, NewEntry, ReadError};
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
 
 use super::{RestoreDone, RestoreFailed, RoomCmd, RoomEnv, Rooms, WriteRefused};
-use crate::transport::events::Event;
-use awareness::{AwarenessMeta, YjsOut};
+use awareness::AwarenessMeta;
 use feed::{Committing, WriteWaiter};
 
 /// How often a room expires presence and checks whether it is idle.
@@ -189,28 +187,25 @@ async fn refuse_all(rx: &mut mpsc::Receiver<RoomCmd>, doc: &DocId, e: &ReadError
     rx.close();
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            RoomCmd::Subscribe { peer, .. } => match peer.kind {
-                PeerKind::Native => {
-                    let msg = ServerMsg::Error {
-                        code: lattice_engine::protocol::ErrorCode::Internal,
-                        message: format!("document cannot be loaded: {}", public_reason(e)),
-                        doc: Some(doc.clone()),
-                        seq: None,
-                    };
-                    let _ = peer
-                        .outbox
-                        .try_send(Message::Binary(Bytes::from(msg.encode())));
-                    // A store that is down comes back: close (4011), so that the client
-                    // reconnects with backoff and subscribes again. A damaged or deleted
-                    // document does not: the connection stays open for its other documents.
-                    if is_unavailable(e) {
-                        peer.closer.close(CloseCode::DocumentUnavailable);
-                    }
+            RoomCmd::Subscribe { peer, .. } => {
+                let msg = ServerMsg::Error {
+                    code: lattice_engine::protocol::ErrorCode::Internal,
+                    message: format!("document cannot be loaded: {}", public_reason(e)),
+                    doc: Some(doc.clone()),
+                    seq: None,
+                };
+                let Encoded { frames, close } = peer.encoder.encode(&msg, None);
+                for frame in &frames {
+                    let _ = peer.outbox.try_send(Message::Binary(frame.clone()));
                 }
-                // A y-websocket peer cannot read a MessagePack error, nor an HTTP reader;
-                // its one document is gone, so the close says it all.
-                PeerKind::Yjs | PeerKind::Feed => peer.closer.close(CloseCode::DocumentUnavailable),
-            },
+                // A store that is down comes back: close (4011), so that the client
+                // reconnects with backoff and subscribes again. A damaged or deleted document
+                // does not: a connection that can read the error stays open for its other
+                // documents; one that cannot (one document per connection) is closed.
+                if is_unavailable(e) || close.is_some() || frames.is_empty() {
+                    peer.closer.close(CloseCode::DocumentUnavailable);
+                }
+            }
             RoomCmd::Follow { peer, reply, .. } => {
                 peer.closer.close(CloseCode::DocumentUnavailable);
                 let _ = reply.send(Err(e.clone()));
@@ -467,7 +462,7 @@ impl RoomDriver {
                 NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
             })
             .collect();
-        self.committing = batch.iter().map(|p| Committing::of(&self.doc, p)).collect();
+        self.committing = batch.iter().map(Committing::of).collect();
         let store = self.rooms.env().store.clone();
         let size = entries.len();
         self.rooms
@@ -568,48 +563,29 @@ impl RoomDriver {
             let mut dropped: Vec<(PeerId, CloseCode)> = Vec::new();
             for out in fx.send {
                 let is_delta = matches!(out.msg, ServerMsg::Delta { .. });
-                // Encoded at most once per protocol, on first use.
-                let mut native: Option<Bytes> = None;
-                let mut yjs: Option<YjsOut> = None;
-                let mut feed: Option<Option<Bytes>> = None;
+                let awareness = match &out.msg {
+                    ServerMsg::Presence { peer, state, .. } => {
+                        Some(self.awareness_id(PeerId(*peer), state))
+                    }
+                    _ => None,
+                };
+                // Encoded at most once per protocol (one encoder each), on first use. Keyed by
+                // the kind, not the encoder's address: encoders are zero-sized, and distinct
+                // zero-sized statics may share an address.
+                let mut encoded: Vec<(PeerKind, Encoded)> = Vec::new();
                 for peer in out.to {
-                    let Some(kind) = self.peers.get(&peer).map(|h| h.kind) else {
+                    let Some((kind, encoder)) = self.peers.get(&peer).map(|h| (h.kind, h.encoder))
+                    else {
                         continue;
                     };
-                    let (frames, close) = match kind {
-                        PeerKind::Native => (
-                            vec![
-                                native
-                                    .get_or_insert_with(|| Bytes::from(out.msg.encode()))
-                                    .clone(),
-                            ],
-                            None,
-                        ),
-                        PeerKind::Yjs => {
-                            if yjs.is_none() {
-                                yjs = Some(self.yjs_frames(&out.msg));
-                            }
-                            let y = yjs.as_ref().map(|y| (y.frames.clone(), y.close));
-                            y.unwrap_or_default()
+                    let at = match encoded.iter().position(|(k, _)| *k == kind) {
+                        Some(at) => at,
+                        None => {
+                            encoded.push((kind, encoder.encode(&out.msg, awareness)));
+                            encoded.len() - 1
                         }
-                        // Only presence: deltas reach HTTP readers with their seqs, from the
-                        // commit (`feed_committed`), and they subscribe with no state to sync.
-                        PeerKind::Feed => (
-                            feed.get_or_insert_with(|| match &out.msg {
-                                ServerMsg::Presence {
-                                    peer,
-                                    state,
-                                    typing,
-                                    ..
-                                } => Some(Event::presence(*peer, state, *typing).frame().clone()),
-                                _ => None,
-                            })
-                            .iter()
-                            .cloned()
-                            .collect(),
-                            None,
-                        ),
                     };
+                    let Encoded { frames, close } = encoded[at].1.clone();
                     let Some(handle) = self.peers.get(&peer) else {
                         continue;
                     };

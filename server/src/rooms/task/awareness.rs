@@ -1,12 +1,11 @@
-//! What the room adds for y-websocket peers: each room message translated once into their
-//! frames, and the awareness identities (client id and clock) of every peer's presence.
+//! The awareness identities (client id and clock) of every peer's presence, which Yjs
+//! clients need to see one entry per peer whatever protocol it speaks; the y-websocket
+//! encoding itself is the Yjs protocol's (`protocols/yjs.rs`).
 
-use bytes::Bytes;
 use lattice_engine::Value;
-use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::PeerId;
 
-use crate::transport::close::CloseCode;
+use crate::rooms::peer::AwarenessId;
 
 use super::RoomDriver;
 
@@ -27,14 +26,6 @@ pub(super) struct AwarenessMeta {
     pub(super) from_yjs: bool,
     /// The Yjs client removed its own state with `clock`; the removal is relayed with it.
     pub(super) removed_by_client: bool,
-}
-
-/// What one message becomes for a Yjs peer.
-#[derive(Clone, Debug, Default)]
-pub(super) struct YjsOut {
-    pub(super) frames: Vec<Bytes>,
-    /// Close the peer after the frames (it sent something the room refused).
-    pub(super) close: Option<CloseCode>,
 }
 
 impl RoomDriver {
@@ -58,60 +49,11 @@ impl RoomDriver {
         true
     }
 
-    /// Translates one room message for y-websocket peers. Acks become nothing (the sender's
-    /// own update comes back as an echo instead), a refused write becomes "permission denied",
-    /// any other refusal closes the peer so it reconnects and resyncs.
-    pub(super) fn yjs_frames(&mut self, msg: &ServerMsg) -> YjsOut {
-        use lattice_engine::protocol::ErrorCode;
-        use lattice_engine::yws;
-        let frames = match msg {
-            ServerMsg::Sync { delta, state, .. } => vec![
-                yws::encode_sync_step2(&delta.yjs),
-                yws::encode_sync_step1(&state.yjs),
-            ],
-            ServerMsg::Delta { delta, .. } if !delta.yjs.is_empty() => {
-                vec![yws::encode_update(&delta.yjs)]
-            }
-            ServerMsg::Presence { peer, state, .. } => {
-                vec![yws::encode_awareness(&[
-                    self.awareness_entry(PeerId(*peer), state)
-                ])]
-            }
-            ServerMsg::Error { code, message, .. } => {
-                return match code {
-                    ErrorCode::Forbidden => YjsOut {
-                        frames: vec![Bytes::from(yws::encode_permission_denied(message))],
-                        close: None,
-                    },
-                    ErrorCode::Internal => YjsOut {
-                        frames: Vec::new(),
-                        close: Some(CloseCode::DocumentUnavailable),
-                    },
-                    // The room follows with a sync; its sync step 1 makes the client send
-                    // everything the room lacks, what the update built on included.
-                    ErrorCode::MissingDependencies => YjsOut::default(),
-                    _ => YjsOut {
-                        frames: Vec::new(),
-                        close: Some(CloseCode::Protocol),
-                    },
-                };
-            }
-            _ => Vec::new(),
-        };
-        YjsOut {
-            frames: frames.into_iter().map(Bytes::from).collect(),
-            close: None,
-        }
-    }
-
-    /// The awareness entry for `peer`'s presence. Entries from Yjs clients keep their client id
-    /// and clock; native peers get a client id above the 32-bit range Yjs documents use, and a
-    /// clock bumped on every change. Removals the server makes (leave, expiry) bump the clock.
-    fn awareness_entry(
-        &mut self,
-        peer: PeerId,
-        state: &Value,
-    ) -> lattice_engine::yws::AwarenessEntry {
+    /// The awareness identity of `peer`'s presence, for a `presence` message about it (`state`
+    /// `null`: it left). Entries from Yjs clients keep their client id and clock; native peers
+    /// get a client id above the 32-bit range Yjs documents use, and a clock bumped on every
+    /// change. Removals the server makes (leave, expiry) bump the clock.
+    pub(super) fn awareness_id(&mut self, peer: PeerId, state: &Value) -> AwarenessId {
         let replica = u64::from(self.rooms.env().replica.get());
         let meta = self.awareness.entry(peer).or_insert_with(|| AwarenessMeta {
             client: native_awareness_client(replica, peer),
@@ -126,15 +68,9 @@ impl RoomDriver {
         if removal {
             meta.removed_by_client = true;
         }
-        let state_json = if removal {
-            "null".to_owned()
-        } else {
-            serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned())
-        };
-        lattice_engine::yws::AwarenessEntry {
+        AwarenessId {
             client: meta.client,
             clock: meta.clock,
-            state_json,
         }
     }
 }

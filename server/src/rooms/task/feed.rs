@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
 use lattice_engine::sync::{Access, Echo, PeerId, PendingDelta, SubscribeOptions};
-use lattice_engine::{Delta, DocId, Value};
+use lattice_engine::{Delta, Value};
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -20,28 +20,21 @@ use crate::rooms::peer::{PeerHandle, PeerKind};
 use crate::rooms::{PresenceOf, WriteRefused, Written};
 use crate::store::ReadError;
 use crate::transport::close::CloseCode;
-use crate::transport::events::Event;
 use crate::transport::outbox::{Message, SendError};
 
 use super::RoomDriver;
 
-/// One entry of the commit in flight, as HTTP readers get it: the protocol's `delta` message
-/// and the Yjs update.
+/// One entry of the commit in flight, kept to give readers that follow the log once it has
+/// its seq.
 #[derive(Debug)]
 pub(super) struct Committing {
-    frame: Bytes,
-    update: Bytes,
+    delta: Delta,
 }
 
 impl Committing {
-    pub(super) fn of(doc: &DocId, pending: &PendingDelta) -> Committing {
-        let msg = ServerMsg::Delta {
-            doc: doc.clone(),
-            delta: pending.delta.clone(),
-        };
+    pub(super) fn of(pending: &PendingDelta) -> Committing {
         Committing {
-            frame: Bytes::from(msg.encode()),
-            update: Bytes::copy_from_slice(&pending.delta.yjs),
+            delta: pending.delta.clone(),
         }
     }
 }
@@ -231,7 +224,8 @@ impl RoomDriver {
         }
         let mut dropped: HashSet<PeerId> = HashSet::new();
         for (entry, seq) in entries.iter().zip(seqs) {
-            let event = Event::delta(*seq, &entry.frame, &entry.update);
+            // Encoded at most once per protocol (see `apply`).
+            let mut encoded: Vec<(PeerKind, Option<Bytes>)> = Vec::new();
             for (peer, cursor) in &mut self.feeds {
                 if *cursor >= *seq || dropped.contains(peer) {
                     continue;
@@ -240,10 +234,18 @@ impl RoomDriver {
                     dropped.insert(*peer);
                     continue;
                 };
-                match handle
-                    .outbox
-                    .try_send(Message::Binary(event.frame().clone()))
-                {
+                let at = match encoded.iter().position(|(k, _)| *k == handle.kind) {
+                    Some(at) => at,
+                    None => {
+                        let frame = handle.encoder.encode_entry(&self.doc, *seq, &entry.delta);
+                        encoded.push((handle.kind, frame));
+                        encoded.len() - 1
+                    }
+                };
+                let Some(frame) = encoded[at].1.clone() else {
+                    continue;
+                };
+                match handle.outbox.try_send(Message::Binary(frame)) {
                     Ok(()) => *cursor = *seq,
                     Err(SendError::Full) => {
                         warn!(peer = peer.0, "HTTP reader's queue full: closing it");
