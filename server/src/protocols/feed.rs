@@ -40,8 +40,11 @@ use crate::transport::outbox::{Message, OutboxReceiver, outbox};
 use crate::transport::slots::{Gauge, Slot};
 use crate::transport::writer::Closer;
 
-/// Frames an SSE response may have queued towards the client before the pump waits.
+/// Chunks an SSE response may have queued towards the client before the pump waits.
 const SSE_CHANNEL: usize = 64;
+
+/// An SSE chunk is cut after this many bytes of events.
+const SSE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The query of both readers.
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +177,8 @@ struct Follower {
     closer: Arc<Closer>,
     /// The room's head when the reader joined: every later entry comes through `rx`.
     head: u64,
+    /// The entries after the reader's `after` up to `head`, if the room still held them.
+    recent: Option<Vec<Bytes>>,
     _slot: Slot,
 }
 
@@ -183,6 +188,7 @@ impl Follower {
         principal: &Principal,
         doc: &DocId,
         presence: bool,
+        after: Option<u64>,
     ) -> Result<Follower, ApiError> {
         if state.shutdown.is_cancelled() {
             return Err(ApiError::Busy {
@@ -212,22 +218,24 @@ impl Follower {
             closer: closer.clone(),
             budget: SyncBudget::new(limits.sync_bytes_per_second, limits.sync_byte_burst),
         };
-        let (reply, head) = oneshot::channel();
+        let (reply, following) = oneshot::channel();
         let cmd = RoomCmd::Follow {
             peer,
             presence,
+            after,
             reply,
         };
         let room = join_room(&state.rooms, doc, cmd)
             .await
             .ok_or(Internal::RoomStopped)?;
-        let head = head.await.map_err(|_| Internal::RoomStopped)??;
+        let following = following.await.map_err(|_| Internal::RoomStopped)??;
         Ok(Follower {
             id,
             room,
             rx,
             closer,
-            head,
+            head: following.head,
+            recent: following.recent,
             _slot: slot,
         })
     }
@@ -330,7 +338,7 @@ pub(crate) async fn events(
     if let Some(after) = after {
         check_after(&state, &doc, after).await?;
     }
-    let follower = Follower::join(&state, &principal, &doc, true).await?;
+    let follower = Follower::join(&state, &principal, &doc, true, after).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(SSE_CHANNEL);
     tokio::spawn(pump(state.clone(), doc, follower, after, known, tx));
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
@@ -386,6 +394,14 @@ async fn pump_events(
             }
             Err(e) => return Some(Event::close("unavailable", &e.to_string())),
         },
+        // The room still held what the reader missed: as it was encoded for everyone.
+        Some(after) if follower.recent.is_some() => {
+            let recent = follower.recent.take().unwrap_or_default();
+            for chunk in recent.chunks(64) {
+                tx.send(Bytes::from(chunk.concat())).await.ok()?;
+            }
+            follower.head.max(after)
+        }
         Some(after) => {
             let mut cursor = after;
             while cursor < follower.head {
@@ -420,22 +436,40 @@ async fn pump_events(
         }
     };
     let deadline = Instant::now() + streams.sse_lifetime;
+    let quiet = tokio::time::sleep(streams.keep_alive);
+    tokio::pin!(quiet);
     loop {
-        let quiet = tokio::time::sleep(streams.keep_alive);
         tokio::select! {
             msg = follower.rx.recv() => {
-                let Some(Message::Binary(frame)) = msg else { continue };
-                let event = Event::from_frame(frame);
-                if let Some(seq) = event.seq() {
-                    if seq <= cursor {
-                        continue;
+                let Some(first) = msg else {
+                    return Some(Event::close("document_unavailable", "the room stopped; reconnect with Last-Event-ID"));
+                };
+                // Everything queued goes out as one chunk (one write for many events).
+                let mut chunk = Vec::new();
+                let mut next = Some(first);
+                while let Some(Message::Binary(frame)) = next {
+                    let event = Event::from_frame(frame);
+                    match event.seq() {
+                        Some(seq) if seq <= cursor => {}
+                        Some(seq) => {
+                            cursor = seq;
+                            chunk.extend_from_slice(event.frame());
+                        }
+                        None => chunk.extend_from_slice(event.frame()),
                     }
-                    cursor = seq;
+                    if chunk.len() >= SSE_CHUNK_BYTES {
+                        break;
+                    }
+                    next = follower.rx.try_recv();
                 }
-                tx.send(event.frame().clone()).await.ok()?;
+                if !chunk.is_empty() {
+                    tx.send(Bytes::from(chunk)).await.ok()?;
+                    quiet.as_mut().reset(Instant::now() + streams.keep_alive);
+                }
             }
-            () = quiet => {
+            () = &mut quiet => {
                 tx.send(Bytes::from_static(KEEP_ALIVE)).await.ok()?;
+                quiet.as_mut().reset(Instant::now() + streams.keep_alive);
             }
             () = tokio::time::sleep_until(deadline) => {
                 return Some(Event::close("lifetime", "the stream's lifetime is over; reconnect with Last-Event-ID"));
@@ -475,7 +509,7 @@ pub(crate) async fn updates(
     let after = parse_seq("after", after)?;
     check_after(&state, &doc, after).await?;
     let limit = streams.max_entries_per_read;
-    let follower = Follower::join(&state, &principal, &doc, false).await?;
+    let follower = Follower::join(&state, &principal, &doc, false, Some(after)).await?;
     poll(&state, &doc, follower, after, wait, limit).await
 }
 
@@ -490,6 +524,16 @@ async fn poll(
     let head = follower.head;
     let result = async {
         if head > after {
+            // From the room's window, as encoded once for every reader, when it holds them.
+            if let Some(recent) = follower.recent.take() {
+                let events: Vec<Event> = recent
+                    .into_iter()
+                    .take(limit as usize)
+                    .map(Event::from_frame)
+                    .collect();
+                let next = events.last().and_then(Event::seq).unwrap_or(after);
+                return Ok(poll_answer(&events, next));
+            }
             return match log_events(state, doc, after, head, limit).await? {
                 Some(events) => {
                     let next = events.last().and_then(Event::seq).unwrap_or(after);

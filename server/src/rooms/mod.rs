@@ -63,12 +63,13 @@ pub(crate) enum RoomCmd {
     /// An HTTP reader (`peer`, of kind `Feed`) starts following the log: from now on it gets
     /// one `delta` event per committed entry whose seq is above the head the room answers on
     /// `reply` (everything up to it is in the store), and, with `presence`, the others'
-    /// presence as a subscriber does (its own presence then goes through
-    /// [`RoomCmd::Presence`] like any peer's).
+    /// presence as a subscriber does. With `after`, the answer also carries the encoded entries
+    /// after it, if the room still holds them all ([`Following::recent`]).
     Follow {
         peer: PeerHandle,
         presence: bool,
-        reply: oneshot::Sender<Result<u64, ReadError>>,
+        after: Option<u64>,
+        reply: oneshot::Sender<Result<Following, ReadError>>,
     },
     /// An HTTP write: `delta`, checked as a peer's with `access` and sent by `author`, is
     /// committed; `reply` gets its log seq, or why it was refused.
@@ -118,6 +119,16 @@ pub(crate) enum RoomCmd {
 pub(crate) struct RestoreDone {
     pub seq: Option<u64>,
     pub report: lattice_engine::RestoreReport,
+}
+
+/// What a reader that starts following the log is told.
+#[derive(Debug)]
+pub(crate) struct Following {
+    /// The seq of the last committed entry; later ones come through the reader's outbox.
+    pub head: u64,
+    /// The entries after the reader's `after` up to `head`, encoded for it, when the room's
+    /// window of recent entries holds them all (`None`: read them from the store).
+    pub recent: Option<Vec<bytes::Bytes>>,
 }
 
 /// Whose presence an HTTP client sets.

@@ -62,6 +62,8 @@ struct RoomDriver {
     committing: Vec<Committing>,
     /// HTTP writes waiting for their commit.
     writes: Vec<WriteWaiter>,
+    /// The last committed entries as HTTP readers get them, while readers come by.
+    recent: feed::Recent,
     /// HTTP clients without a stream that publish presence, by (principal, name).
     sessions: HashMap<(Option<String>, String), PeerId>,
     /// Why the room has closed its peers and must stop: the document was deleted under it, or
@@ -115,6 +117,7 @@ pub(super) async fn room_task(
         committing: Vec::new(),
         writes: Vec::new(),
         sessions: HashMap::new(),
+        recent: feed::Recent::default(),
         stopped: None,
     };
     let mut tick = tokio::time::interval(ROOM_TICK);
@@ -349,8 +352,9 @@ impl RoomDriver {
             RoomCmd::Follow {
                 peer,
                 presence,
+                after,
                 reply,
-            } => self.follow(peer, presence, reply),
+            } => self.follow(peer, presence, after, reply),
             RoomCmd::Write {
                 peer,
                 access,

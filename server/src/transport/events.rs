@@ -122,7 +122,13 @@ impl Event {
 
     /// The log seq the event covers (`id:`), if it has one.
     pub(crate) fn seq(&self) -> Option<u64> {
-        let text = std::str::from_utf8(&self.frame).ok()?;
+        // The `id:` line, if any, is the second: look only at the head of the frame.
+        let head = &self.frame[..self.frame.len().min(64)];
+        let data = head
+            .windows(6)
+            .position(|w| w == b"data: ")
+            .unwrap_or(head.len());
+        let text = std::str::from_utf8(&head[..data]).ok()?;
         let line = text.lines().find(|l| l.starts_with("id: "))?;
         line[4..].parse().ok()
     }

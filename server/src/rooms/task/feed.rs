@@ -7,6 +7,7 @@
 //! the room together give every entry exactly once.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_engine::protocol::ServerMsg;
@@ -16,8 +17,9 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::clock::now_ms;
+use crate::rooms::peer::Encoder;
 use crate::rooms::peer::{PeerHandle, PeerKind};
-use crate::rooms::{PresenceOf, WriteRefused, Written};
+use crate::rooms::{Following, PresenceOf, WriteRefused, Written};
 use crate::store::ReadError;
 use crate::transport::close::CloseCode;
 use crate::transport::outbox::{Message, SendError};
@@ -48,20 +50,27 @@ pub(super) struct WriteWaiter {
 }
 
 impl RoomDriver {
-    /// Starts giving `peer` the entries committed after the current head, which it is told.
+    /// Starts giving `peer` the entries committed after the current head, which it is told
+    /// (with the recent entries after `after`, when the window holds them).
     pub(super) fn follow(
         &mut self,
         peer: PeerHandle,
         presence: bool,
-        reply: oneshot::Sender<Result<u64, ReadError>>,
+        after: Option<u64>,
+        reply: oneshot::Sender<Result<Following, ReadError>>,
     ) -> lattice_engine::sync::Effects {
         if peer.closer.is_closed() {
             return lattice_engine::sync::Effects::default();
         }
         let id = peer.id;
+        self.recent.keep_for(peer.kind, peer.encoder);
+        let recent = after.and_then(|after| self.recent.after(after, self.head_seq));
         self.peers.insert(id, peer);
         self.feeds.insert(id, self.head_seq);
-        let _ = reply.send(Ok(self.head_seq));
+        let _ = reply.send(Ok(Following {
+            head: self.head_seq,
+            recent,
+        }));
         if !presence {
             return lattice_engine::sync::Effects::default();
         }
@@ -219,6 +228,13 @@ impl RoomDriver {
     /// Gives every HTTP reader the committed entries it has not had, each encoded once. A
     /// reader whose outbox is full is closed as a slow consumer; it resumes from its last seq.
     pub(super) async fn feed_committed(&mut self, entries: &[Committing], seqs: &[u64]) {
+        if let Some((kind, encoder)) = self.recent.wanted() {
+            for (entry, seq) in entries.iter().zip(seqs) {
+                if let Some(frame) = encoder.encode_entry(&self.doc, *seq, &entry.delta) {
+                    self.recent.push(kind, *seq, frame);
+                }
+            }
+        }
         if self.feeds.is_empty() {
             return;
         }
@@ -237,7 +253,11 @@ impl RoomDriver {
                 let at = match encoded.iter().position(|(k, _)| *k == handle.kind) {
                     Some(at) => at,
                     None => {
-                        let frame = handle.encoder.encode_entry(&self.doc, *seq, &entry.delta);
+                        // The window may have encoded it already.
+                        let frame = match self.recent.get(handle.kind, *seq) {
+                            Some(frame) => Some(frame),
+                            None => handle.encoder.encode_entry(&self.doc, *seq, &entry.delta),
+                        };
                         encoded.push((handle.kind, frame));
                         encoded.len() - 1
                     }
@@ -264,5 +284,161 @@ impl RoomDriver {
             let more = self.room.unsubscribe(peer);
             self.apply(more).await;
         }
+    }
+}
+
+/// The most entries the window keeps.
+const RECENT_ENTRIES: usize = 4_096;
+/// The most bytes of encoded entries the window keeps.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+/// How long the window is kept up after the last reader came by.
+const RECENT_FOR: Duration = Duration::from_secs(120);
+
+/// The last committed entries, encoded for HTTP readers, so that a long poll or an SSE resume
+/// that is only a little behind gets them from memory (encoded once) instead of from the
+/// store (encoded again for each reader). Kept only while readers come by (`RECENT_FOR`), and
+/// bounded in entries and bytes; contiguous, so it either holds all of a range or says so.
+#[derive(Default)]
+pub(super) struct Recent {
+    entries: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    /// The readers' protocol and encoder, and until when to keep encoding for them.
+    wanted: Option<(PeerKind, &'static dyn Encoder, Instant)>,
+    /// The protocol the entries are encoded for.
+    kind: Option<PeerKind>,
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recent")
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recent {
+    /// A reader of `kind` came by: keep encoding entries for it a while.
+    pub(super) fn keep_for(&mut self, kind: PeerKind, encoder: &'static dyn Encoder) {
+        self.wanted = Some((kind, encoder, Instant::now() + RECENT_FOR));
+    }
+
+    /// The encoder to fill the window with, while readers come by; the window is dropped
+    /// once they stopped.
+    pub(super) fn wanted(&mut self) -> Option<(PeerKind, &'static dyn Encoder)> {
+        match self.wanted {
+            Some((kind, encoder, until)) if Instant::now() < until => Some((kind, encoder)),
+            Some(_) => {
+                *self = Recent::default();
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(super) fn push(&mut self, kind: PeerKind, seq: u64, frame: Bytes) {
+        // Contiguous and of one protocol: a gap (a commit made while no one wanted the
+        // window) starts it anew.
+        if self.kind != Some(kind)
+            || self
+                .entries
+                .back()
+                .is_some_and(|(last, _)| *last + 1 != seq)
+        {
+            self.entries.clear();
+            self.bytes = 0;
+            self.kind = Some(kind);
+        }
+        self.bytes += frame.len();
+        self.entries.push_back((seq, frame));
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            if let Some((_, old)) = self.entries.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// The entries in `(after, head]`, if the window holds them all.
+    pub(super) fn after(&self, after: u64, head: u64) -> Option<Vec<Bytes>> {
+        if after >= head {
+            return Some(Vec::new());
+        }
+        let (first, _) = self.entries.front()?;
+        let (last, _) = self.entries.back()?;
+        if *first > after + 1 || *last < head {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        let take = usize::try_from(head - after).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take(take)
+                .map(|(_, f)| f.clone())
+                .collect(),
+        )
+    }
+
+    /// `seq`'s encoding for `kind`, if the window holds it.
+    pub(super) fn get(&self, kind: PeerKind, seq: u64) -> Option<Bytes> {
+        if self.kind != Some(kind) {
+            return None;
+        }
+        let (first, _) = self.entries.front()?;
+        let at = usize::try_from(seq.checked_sub(*first)?).ok()?;
+        self.entries.get(at).map(|(_, frame)| frame.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Plain;
+
+    impl Encoder for Plain {
+        fn encode(
+            &self,
+            _msg: &ServerMsg,
+            _awareness: Option<crate::rooms::peer::AwarenessId>,
+        ) -> crate::rooms::peer::Encoded {
+            crate::rooms::peer::Encoded::default()
+        }
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(format!("e{seq}"))
+    }
+
+    #[test]
+    fn the_window_answers_only_ranges_it_holds_whole() {
+        let mut recent = Recent::default();
+        assert!(
+            recent.wanted().is_none(),
+            "no reader came by: nothing is kept"
+        );
+        recent.keep_for(PeerKind::Feed, &Plain);
+        assert!(recent.wanted().is_some());
+        for seq in 5..=9 {
+            recent.push(PeerKind::Feed, seq, frame(seq));
+        }
+        assert_eq!(recent.after(6, 9), Some(vec![frame(7), frame(8), frame(9)]));
+        assert_eq!(recent.after(4, 9).map(|v| v.len()), Some(5));
+        assert_eq!(recent.after(9, 9), Some(Vec::new()));
+        assert_eq!(recent.after(3, 9), None, "seq 4 is not held");
+        assert_eq!(recent.after(6, 10), None, "seq 10 is not held");
+        assert_eq!(recent.get(PeerKind::Feed, 8), Some(frame(8)));
+        assert_eq!(recent.get(PeerKind::Native, 8), None);
+        // A gap starts the window anew: it stays contiguous.
+        recent.push(PeerKind::Feed, 12, frame(12));
+        assert_eq!(recent.after(9, 12), None);
+        assert_eq!(recent.after(11, 12), Some(vec![frame(12)]));
+        // Bounded in entries.
+        for seq in 13..13 + RECENT_ENTRIES as u64 {
+            recent.push(PeerKind::Feed, seq, frame(seq));
+        }
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
     }
 }
