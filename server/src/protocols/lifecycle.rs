@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-use crate::rooms::peer::PeerHandle;
-use crate::rooms::{RoomCmd, RoomSender};
+use crate::rooms::peer::{PeerHandle, SyncTicket, sync_ticket};
+use crate::rooms::{RoomCmd, RoomEnv, RoomSender};
 use crate::transport::close::{CloseCode, close_message};
 use crate::transport::slots::Slot;
 use crate::transport::upgrade::WsSocket;
@@ -33,8 +33,6 @@ pub(crate) enum Exit {
 pub(crate) trait Protocol: Send {
     /// Reads and handles messages until the connection ends, and says how.
     fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> impl Future<Output = Exit> + Send;
-    /// The connection as rooms see it.
-    fn peer(&self) -> &PeerHandle;
     /// The rooms it joined.
     fn rooms(&self) -> Vec<RoomSender>;
     /// The connection slot it holds, if it holds its own (given back after the last frame).
@@ -43,10 +41,11 @@ pub(crate) trait Protocol: Send {
     }
 }
 
-/// Runs `conn` to its end: its loop, the close its exit calls for, leaving its rooms, then the
-/// writer's finish (close frame and last acks out, the peer's close read) within `deadline`.
+/// Runs `conn` (`peer` in rooms) to its end: its loop, the close its exit calls for, leaving
+/// its rooms, then the writer's finish (close frame and last acks out, the peer's close read) within `deadline`.
 pub(crate) async fn serve<P: Protocol, S: WsSocket>(
     mut conn: P,
+    peer: PeerHandle,
     mut stream: Stream<S>,
     outbound: Outbound,
     deadline: Duration,
@@ -54,28 +53,47 @@ pub(crate) async fn serve<P: Protocol, S: WsSocket>(
     let exit = conn.run(&mut stream).await;
     let code = match exit {
         Exit::SendClose(code) => {
-            send_close(conn.peer(), code, deadline).await;
+            send_close(&peer, code, deadline).await;
             code
         }
         Exit::ClosedElsewhere(code) => code,
         Exit::Shutdown => {
             flush(&conn.rooms(), deadline).await;
-            send_close(conn.peer(), CloseCode::GoingAway, deadline).await;
+            send_close(&peer, CloseCode::GoingAway, deadline).await;
             CloseCode::GoingAway
         }
         Exit::PeerGone => {
-            conn.peer().closer.close(CloseCode::Normal);
+            peer.closer.close(CloseCode::Normal);
             CloseCode::Normal
         }
     };
-    let id = conn.peer().id;
     for room in conn.rooms() {
-        let _ = room.send(RoomCmd::Unsubscribe { peer: id }).await;
+        let _ = room.send(RoomCmd::Unsubscribe { peer: peer.id }).await;
     }
     let slot = conn.take_slot();
+    // Its outbox sender goes with it: the writer ends once every sender is gone.
+    drop(peer);
     drop(conn);
     outbound.finish(code, stream).await;
     drop(slot);
+}
+
+/// Waits for the connection's turn at a full-state sync (its `SyncBudget`); the exit instead
+/// when the connection is closed meanwhile or the server shuts down.
+pub(crate) async fn sync_slot(env: &RoomEnv, peer: &PeerHandle) -> Result<SyncTicket, Exit> {
+    sync_ticket(env, peer).await.map_err(|e| match e {
+        Some(code) => Exit::ClosedElsewhere(code),
+        None => Exit::Shutdown,
+    })
+}
+
+/// Resolves when a token with `time_left` expires (never for a token without expiry): a
+/// connection's session ends with its token, not only its handshake.
+pub(crate) async fn token_expiry(time_left: Option<Duration>) {
+    match time_left {
+        Some(left) => tokio::time::sleep(left).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Queues the close frame behind what is queued (waiting for a free slot, within `deadline`);

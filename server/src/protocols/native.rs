@@ -2,7 +2,6 @@
 //! subscriptions, deltas, presence), on the shared mechanics of `transport/`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,9 +16,7 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
-use crate::rooms::peer::{
-    AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle, sync_ticket,
-};
+use crate::rooms::peer::{AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle};
 use crate::rooms::{RoomCmd, RoomSender, join_room};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
@@ -112,7 +109,8 @@ pub(crate) async fn serve_socket<S: WsSocket>(
             bytes: byte_limiter(limits),
             state: state.clone(),
         };
-        lifecycle::serve(conn, stream, outbound, state.config.shutdown_deadline).await;
+        let peer = conn.peer.clone();
+        lifecycle::serve(conn, peer, stream, outbound, state.config.shutdown_deadline).await;
     }
     .instrument(span)
     .await;
@@ -129,12 +127,92 @@ impl Encoder for NativeEncoder {
 }
 
 impl Protocol for Conn {
-    fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> impl Future<Output = Exit> + Send {
-        self.read_loop(stream)
-    }
-
-    fn peer(&self) -> &PeerHandle {
-        &self.peer
+    async fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
+        if let Some(exit) = self.handshake(stream).await {
+            return exit;
+        }
+        let limits = self.state.config.limits.clone();
+        // The token's expiry is enforced during the session, not only at the handshake.
+        let expiry = lifecycle::token_expiry(self.principal.time_left());
+        tokio::pin!(expiry);
+        loop {
+            let next = tokio::select! {
+                biased;
+                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
+                _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
+                () = &mut expiry => {
+                    debug!("token expired during the session");
+                    self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
+                    return Exit::SendClose(CloseCode::TokenExpired);
+                }
+                r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
+            };
+            let frame = match next {
+                Err(_) => {
+                    self.error(ErrorCode::IdleTimeout, "idle timeout", None, None);
+                    return Exit::SendClose(CloseCode::IdleTimeout);
+                }
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                    return Exit::PeerGone;
+                }
+                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+                    if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
+                        return self.rate_limited();
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
+                    self.error(
+                        ErrorCode::MalformedMessage,
+                        "binary MessagePack frames only",
+                        None,
+                        None,
+                    );
+                    return Exit::SendClose(CloseCode::UnsupportedData);
+                }
+                Ok(Some(Ok(Message::Binary(b)))) => b,
+            };
+            if frame.len() > limits.max_frame_bytes {
+                self.error(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame is {} bytes, the limit is {}",
+                        frame.len(),
+                        limits.max_frame_bytes
+                    ),
+                    None,
+                    None,
+                );
+                return Exit::SendClose(CloseCode::FrameTooLarge);
+            }
+            if !within_rate(&self.messages, &self.bytes, 1, frame.len()) {
+                return self.rate_limited();
+            }
+            match ClientMsg::decode(&frame, limits.max_frame_bytes) {
+                Ok(msg) => {
+                    if let Some(exit) = self.handle(msg).await {
+                        return exit;
+                    }
+                }
+                Err(e @ DecodeError::UnknownKind { .. }) => {
+                    // Forward compatibility: a newer client's message is refused, not fatal.
+                    self.error(e.code(), e.to_string(), None, None);
+                }
+                Err(DecodeError::InvalidDelta { doc, seq, reason }) => {
+                    // One delta whose body does not read: refuse it alone, as if it had
+                    // decoded and failed to apply.
+                    self.error(ErrorCode::InvalidDelta, reason, Some(doc), Some(seq));
+                }
+                Err(e) => {
+                    warn!(error = %e, "malformed frame");
+                    self.error(e.code(), e.to_string(), None, None);
+                    return Exit::SendClose(match e {
+                        DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
+                        _ => CloseCode::Protocol,
+                    });
+                }
+            }
+        }
     }
 
     fn rooms(&self) -> Vec<RoomSender> {
@@ -271,100 +349,6 @@ impl Conn {
         }
     }
 
-    async fn read_loop<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
-        if let Some(exit) = self.handshake(stream).await {
-            return exit;
-        }
-        let limits = self.state.config.limits.clone();
-        // The token's expiry is enforced during the session, not only at the handshake.
-        let time_left = self.principal.time_left();
-        let expiry = async move {
-            match time_left {
-                Some(left) => tokio::time::sleep(left).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
-        loop {
-            let next = tokio::select! {
-                biased;
-                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
-                _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
-                () = &mut expiry => {
-                    debug!("token expired during the session");
-                    self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
-                    return Exit::SendClose(CloseCode::TokenExpired);
-                }
-                r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
-            };
-            let frame = match next {
-                Err(_) => {
-                    self.error(ErrorCode::IdleTimeout, "idle timeout", None, None);
-                    return Exit::SendClose(CloseCode::IdleTimeout);
-                }
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                    return Exit::PeerGone;
-                }
-                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
-                    if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
-                        return self.rate_limited();
-                    }
-                    continue;
-                }
-                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
-                    self.error(
-                        ErrorCode::MalformedMessage,
-                        "binary MessagePack frames only",
-                        None,
-                        None,
-                    );
-                    return Exit::SendClose(CloseCode::UnsupportedData);
-                }
-                Ok(Some(Ok(Message::Binary(b)))) => b,
-            };
-            if frame.len() > limits.max_frame_bytes {
-                self.error(
-                    ErrorCode::FrameTooLarge,
-                    format!(
-                        "frame is {} bytes, the limit is {}",
-                        frame.len(),
-                        limits.max_frame_bytes
-                    ),
-                    None,
-                    None,
-                );
-                return Exit::SendClose(CloseCode::FrameTooLarge);
-            }
-            if !within_rate(&self.messages, &self.bytes, 1, frame.len()) {
-                return self.rate_limited();
-            }
-            match ClientMsg::decode(&frame, limits.max_frame_bytes) {
-                Ok(msg) => {
-                    if let Some(exit) = self.handle(msg).await {
-                        return exit;
-                    }
-                }
-                Err(e @ DecodeError::UnknownKind { .. }) => {
-                    // Forward compatibility: a newer client's message is refused, not fatal.
-                    self.error(e.code(), e.to_string(), None, None);
-                }
-                Err(DecodeError::InvalidDelta { doc, seq, reason }) => {
-                    // One delta whose body does not read: refuse it alone, as if it had
-                    // decoded and failed to apply.
-                    self.error(ErrorCode::InvalidDelta, reason, Some(doc), Some(seq));
-                }
-                Err(e) => {
-                    warn!(error = %e, "malformed frame");
-                    self.error(e.code(), e.to_string(), None, None);
-                    return Exit::SendClose(match e {
-                        DecodeError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
-                        _ => CloseCode::Protocol,
-                    });
-                }
-            }
-        }
-    }
-
     fn rate_limited(&self) -> Exit {
         self.error(
             ErrorCode::RateLimited,
@@ -475,10 +459,9 @@ impl Conn {
             );
             return None;
         }
-        let ticket = match sync_ticket(self.state.rooms.env(), &self.peer).await {
+        let ticket = match lifecycle::sync_slot(self.state.rooms.env(), &self.peer).await {
             Ok(ticket) => ticket,
-            Err(None) => return Some(Exit::Shutdown),
-            Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
+            Err(exit) => return Some(exit),
         };
         let cmd = RoomCmd::Subscribe {
             peer: self.peer.clone(),

@@ -35,9 +35,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::AuthError;
 use crate::rooms::join_room;
-use crate::rooms::peer::{
-    AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle, sync_ticket,
-};
+use crate::rooms::peer::{AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle};
 use crate::rooms::{AwarenessOrigin, RoomCmd, RoomSender};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
@@ -107,7 +105,8 @@ pub(crate) async fn serve_yjs_socket<S: WsSocket>(
             messages: message_limiter(&limits),
             bytes: byte_limiter(&limits),
         };
-        lifecycle::serve(conn, stream, outbound, state.config.shutdown_deadline).await;
+        let peer = conn.peer.clone();
+        lifecycle::serve(conn, peer, stream, outbound, state.config.shutdown_deadline).await;
         drop(slot);
     }
     .instrument(span)
@@ -220,73 +219,12 @@ impl Encoder for YjsEncoder {
 }
 
 impl Protocol for YjsConn {
-    fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> impl Future<Output = Exit> + Send {
-        self.read_loop(stream)
-    }
-
-    fn peer(&self) -> &PeerHandle {
-        &self.peer
-    }
-
-    fn rooms(&self) -> Vec<RoomSender> {
-        self.room.iter().cloned().collect()
-    }
-}
-
-impl YjsConn {
-    fn send(&self, frame: Vec<u8>) {
-        if let Err(SendError::Full) = self
-            .peer
-            .outbox
-            .try_send(Message::Binary(Bytes::from(frame)))
-        {
-            self.peer.closer.close(CloseCode::SlowConsumer);
-        }
-    }
-
-    /// Joins (or resyncs with) the room from the client's state vector, once this connection's
-    /// budget of full-state syncs allows.
-    async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = match sync_ticket(self.state.rooms.env(), &self.peer).await {
-            Ok(ticket) => ticket,
-            Err(None) => return Some(Exit::Shutdown),
-            Err(Some(code)) => return Some(Exit::ClosedElsewhere(code)),
-        };
-        let cmd = RoomCmd::Subscribe {
-            peer: self.peer.clone(),
-            access: self.grant.access,
-            state: DocState {
-                yjs: state_vector,
-                ..DocState::default()
-            },
-            ticket,
-        };
-        match &self.room {
-            Some(room) => {
-                if room.send(cmd).await.is_err() {
-                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
-                }
-            }
-            None => match join_room(&self.state.rooms, &self.doc, cmd).await {
-                Some(room) => self.room = Some(room),
-                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
-            },
-        }
-        None
-    }
-
-    async fn read_loop<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
+    async fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
         let limits = self.state.config.limits.clone();
         let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
         keepalive.reset();
         // The token's expiry is enforced during the session, not only at the upgrade.
-        let expires_in = self.grant.expires_in;
-        let expiry = async move {
-            match expires_in {
-                Some(left) => tokio::time::sleep(left).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expiry = lifecycle::token_expiry(self.grant.expires_in);
         tokio::pin!(expiry);
         loop {
             // Until the client's sync step 1 arrives, it gets the hello deadline; a client that
@@ -363,6 +301,52 @@ impl YjsConn {
                 }
             }
         }
+    }
+
+    fn rooms(&self) -> Vec<RoomSender> {
+        self.room.iter().cloned().collect()
+    }
+}
+
+impl YjsConn {
+    fn send(&self, frame: Vec<u8>) {
+        if let Err(SendError::Full) = self
+            .peer
+            .outbox
+            .try_send(Message::Binary(Bytes::from(frame)))
+        {
+            self.peer.closer.close(CloseCode::SlowConsumer);
+        }
+    }
+
+    /// Joins (or resyncs with) the room from the client's state vector, once this connection's
+    /// budget of full-state syncs allows.
+    async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
+        let ticket = match lifecycle::sync_slot(self.state.rooms.env(), &self.peer).await {
+            Ok(ticket) => ticket,
+            Err(exit) => return Some(exit),
+        };
+        let cmd = RoomCmd::Subscribe {
+            peer: self.peer.clone(),
+            access: self.grant.access,
+            state: DocState {
+                yjs: state_vector,
+                ..DocState::default()
+            },
+            ticket,
+        };
+        match &self.room {
+            Some(room) => {
+                if room.send(cmd).await.is_err() {
+                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
+                }
+            }
+            None => match join_room(&self.state.rooms, &self.doc, cmd).await {
+                Some(room) => self.room = Some(room),
+                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
+            },
+        }
+        None
     }
 
     async fn handle(&mut self, msg: YMessage) -> Option<Exit> {
