@@ -646,6 +646,78 @@ async fn awareness_cannot_be_published_under_another_users_client_id() {
     db.cleanup().await;
 }
 
+/// Before: the moment a Yjs client left, anyone could take its awareness client id (an
+/// impostor racing a user's reconnect, or its last message). Now the id stays its principal's
+/// for a presence TTL after it leaves, and that principal takes it back on reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_users_awareness_id_stays_theirs_for_a_presence_ttl() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = TestServer::start(auth_config(&db)).await;
+    let alice_token = token("alice", Scope::Write);
+    let mallory_token = token("mallory", Scope::Write);
+    let observer_token = token("observer", Scope::Read);
+    let mut observer = YjsPeer::connect(server.addr, "left", Some(&observer_token)).await;
+    assert!(observer.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    let entry = |name: &str, clock: u32| AwarenessEntry {
+        client: 777,
+        clock,
+        state_json: format!("{{\"name\":\"{name}\"}}"),
+    };
+    let mut alice = YjsPeer::connect(server.addr, "left", Some(&alice_token)).await;
+    assert!(alice.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    assert!(
+        alice
+            .send_frame(&[yws::encode_awareness(&[entry("alice", 1)])])
+            .await
+    );
+    assert!(alice.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    handled(&mut alice, 2).await;
+    drop(alice);
+    // Mallory tries the id Alice just left.
+    let mut mallory = YjsPeer::connect(server.addr, "left", Some(&mallory_token)).await;
+    assert!(mallory.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    assert!(
+        mallory
+            .send_frame(&[yws::encode_awareness(&[entry("mallory", 9)])])
+            .await
+    );
+    assert!(mallory.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    handled(&mut mallory, 2).await;
+    // Alice comes back and takes her id again.
+    let mut alice = YjsPeer::connect(server.addr, "left", Some(&alice_token)).await;
+    assert!(alice.send_frame(&[yws::encode_sync_step1(&[])]).await);
+    assert!(
+        alice
+            .send_frame(&[yws::encode_awareness(&[entry("alice-back", 10)])])
+            .await
+    );
+    let mut names = Vec::new();
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if let YjsRead::Messages(messages) = observer.read().await {
+                for m in messages {
+                    if let YMessage::Awareness { entries } = m {
+                        for e in entries.into_iter().filter(|e| e.client == 777) {
+                            names.push(e.state_json.clone());
+                            if e.state_json.contains("alice-back") {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "alice did not get her id back: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.contains("mallory")),
+        "mallory took alice's id as she left: {names:?}"
+    );
+    server.shutdown().await;
+    db.cleanup().await;
+}
+
 /// Before: a connection task that panicked (a token with `exp` near `u64::MAX` made it
 /// overflow a time computation) never decremented the connections gauge. Now the gauges go
 /// down when a connection ends, however it ends.

@@ -146,6 +146,7 @@ pub(super) async fn room_task(
                 let fx = driver.room.tick(now_ms());
                 driver.apply(fx).await;
                 driver.end_expired_sessions().await;
+                driver.expire_left_awareness(duration_ms(env.settings.presence_ttl));
             }
         }
         if let Some(why) = driver.stopped.take() {
@@ -308,7 +309,7 @@ impl RoomDriver {
                 self.feeds.remove(&peer);
                 let fx = self.room.unsubscribe(peer);
                 self.apply(fx).await;
-                self.awareness.remove(&peer);
+                self.awareness_left(peer);
                 return;
             }
             RoomCmd::Delta {
@@ -337,6 +338,7 @@ impl RoomDriver {
                         );
                         return;
                     }
+                    let author = self.peers.get(&peer).and_then(|h| h.author.clone());
                     self.awareness.insert(
                         peer,
                         AwarenessMeta {
@@ -344,6 +346,8 @@ impl RoomDriver {
                             clock: origin.clock,
                             from_yjs: true,
                             removed_by_client: state == Value::Null,
+                            author,
+                            left_at_ms: None,
                         },
                     );
                 }
@@ -631,7 +635,7 @@ impl RoomDriver {
                     }
                     let more = self.room.unsubscribe(peer);
                     self.apply(more).await;
-                    self.awareness.remove(&peer);
+                    self.awareness_left(peer);
                 }
             }
             if fx.reload {

@@ -2,8 +2,12 @@
 //! clients need to see one entry per peer whatever protocol it speaks; the y-websocket
 //! encoding itself is the Yjs protocol's (`protocols/yjs.rs`).
 
+use std::sync::Arc;
+
 use lattice_engine::Value;
 use lattice_engine::sync::PeerId;
+
+use crate::clock::now_ms;
 
 use crate::rooms::peer::AwarenessId;
 
@@ -18,7 +22,7 @@ fn native_awareness_client(replica: u64, peer: PeerId) -> u64 {
 }
 
 /// How a peer's presence appears in Yjs awareness: a client id and a clock that only grows.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct AwarenessMeta {
     pub(super) client: u64,
     pub(super) clock: u32,
@@ -26,27 +30,53 @@ pub(super) struct AwarenessMeta {
     pub(super) from_yjs: bool,
     /// The Yjs client removed its own state with `clock`; the removal is relayed with it.
     pub(super) removed_by_client: bool,
+    /// The principal that speaks for this client id.
+    pub(super) author: Option<Arc<str>>,
+    /// When the peer left: its client id stays reserved for its principal for a presence TTL,
+    /// so that no one else takes it as it leaves or while it reconnects.
+    pub(super) left_at_ms: Option<u64>,
 }
 
 impl RoomDriver {
-    /// Whether `peer` may speak for awareness client `client`: yes unless another peer of this
-    /// room already does for another principal. A peer of the same principal (the same client
-    /// reconnecting before its old connection timed out) takes the id over.
+    /// Whether `peer` may speak for awareness client `client`: yes unless another principal
+    /// does, or did until less than a presence TTL ago. A peer of the same principal (the same
+    /// client reconnecting, before or after its old connection timed out) takes the id over.
     pub(super) fn claim_awareness_client(&mut self, peer: PeerId, client: u64) -> bool {
-        let author = |p: &PeerId| self.peers.get(p).and_then(|h| h.author.clone());
+        let author = self.peers.get(&peer).and_then(|h| h.author.clone());
         let holder = self
             .awareness
             .iter()
             .find(|(p, m)| **p != peer && m.from_yjs && m.client == client)
-            .map(|(p, _)| *p);
-        let Some(holder) = holder else {
+            .map(|(p, m)| (*p, m.author.clone()));
+        let Some((holder, holder_author)) = holder else {
             return true;
         };
-        if author(&holder) != author(&peer) {
+        if holder_author != author {
             return false;
         }
         self.awareness.remove(&holder);
         true
+    }
+
+    /// `peer` left: a Yjs client's id stays reserved for its principal a while
+    /// ([`AwarenessMeta::left_at_ms`]); a native peer's entry goes.
+    pub(super) fn awareness_left(&mut self, peer: PeerId) {
+        match self.awareness.get_mut(&peer) {
+            Some(meta) if meta.from_yjs => meta.left_at_ms = Some(now_ms()),
+            Some(_) => {
+                self.awareness.remove(&peer);
+            }
+            None => {}
+        }
+    }
+
+    /// Frees the ids of Yjs clients that left more than `ttl_ms` ago.
+    pub(super) fn expire_left_awareness(&mut self, ttl_ms: u64) {
+        let now = now_ms();
+        self.awareness.retain(|_, m| {
+            m.left_at_ms
+                .is_none_or(|at| now.saturating_sub(at) < ttl_ms)
+        });
     }
 
     /// The awareness identity of `peer`'s presence, for a `presence` message about it (`state`
@@ -55,11 +85,14 @@ impl RoomDriver {
     /// change. Removals the server makes (leave, expiry) bump the clock.
     pub(super) fn awareness_id(&mut self, peer: PeerId, state: &Value) -> AwarenessId {
         let replica = u64::from(self.rooms.env().replica.get());
+        let author = self.peers.get(&peer).and_then(|h| h.author.clone());
         let meta = self.awareness.entry(peer).or_insert_with(|| AwarenessMeta {
             client: native_awareness_client(replica, peer),
             clock: 0,
             from_yjs: false,
             removed_by_client: false,
+            author,
+            left_at_ms: None,
         });
         let removal = *state == Value::Null;
         if !meta.from_yjs || (removal && !meta.removed_by_client) {
