@@ -574,6 +574,31 @@ async fn handled(peer: &mut YjsPeer, step1s: usize) {
     assert!(done.is_ok(), "a sync step 1 was never answered");
 }
 
+/// The awareness states `observer` sees under `client`, until one contains `marker`; and
+/// whether it came within the wait.
+async fn states_of(observer: &mut YjsPeer, client: u64, marker: &str) -> (Vec<String>, bool) {
+    let mut names = Vec::new();
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if let YjsRead::Messages(messages) = observer.read().await {
+                for m in messages {
+                    if let YMessage::Awareness { entries } = m {
+                        for e in entries.into_iter().filter(|e| e.client == client) {
+                            let done = e.state_json.contains(marker);
+                            names.push(e.state_json);
+                            if done {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (names, seen.is_ok())
+}
+
 /// Before: a Yjs peer could publish awareness under another user's awareness client id, and
 /// every other client then showed its state as that user's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,26 +641,9 @@ async fn awareness_cannot_be_published_under_another_users_client_id() {
             .send_frame(&[yws::encode_awareness(&[entry("alice-2", 2)])])
             .await
     );
-    let mut names = Vec::new();
-    let seen = tokio::time::timeout(WAIT, async {
-        loop {
-            if let YjsRead::Messages(messages) = observer.read().await {
-                for m in messages {
-                    if let YMessage::Awareness { entries } = m {
-                        for e in entries.into_iter().filter(|e| e.client == 777) {
-                            names.push(e.state_json.clone());
-                            if e.state_json.contains("alice-2") {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
+    let (names, seen) = states_of(&mut observer, 777, "alice-2").await;
     assert!(
-        seen.is_ok(),
+        seen,
         "the observer never saw alice's second state: {names:?}"
     );
     assert!(
@@ -691,25 +699,8 @@ async fn a_leaving_users_awareness_id_stays_theirs_for_a_presence_ttl() {
             .send_frame(&[yws::encode_awareness(&[entry("alice-back", 10)])])
             .await
     );
-    let mut names = Vec::new();
-    let seen = tokio::time::timeout(WAIT, async {
-        loop {
-            if let YjsRead::Messages(messages) = observer.read().await {
-                for m in messages {
-                    if let YMessage::Awareness { entries } = m {
-                        for e in entries.into_iter().filter(|e| e.client == 777) {
-                            names.push(e.state_json.clone());
-                            if e.state_json.contains("alice-back") {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "alice did not get her id back: {names:?}");
+    let (names, seen) = states_of(&mut observer, 777, "alice-back").await;
+    assert!(seen, "alice did not get her id back: {names:?}");
     assert!(
         names.iter().all(|n| !n.contains("mallory")),
         "mallory took alice's id as she left: {names:?}"

@@ -50,18 +50,16 @@ async fn post_delta(
 async fn head_seq(server: &TestServer, doc: &str) -> u64 {
     let admin = token("admin", Scope::Admin);
     let auth = bearer(&admin);
-    let a = send(
-        server.addr,
-        "GET",
-        &format!("/v1/admin/docs/{doc}"),
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let a = get(server, &format!("/v1/admin/docs/{doc}"), &auth).await;
     if a.status == 404 {
         return 0;
     }
     a.json()["head_seq"].as_u64().expect("head_seq")
+}
+
+/// `GET path` with `auth` as the `Authorization` header.
+async fn get(server: &TestServer, path: &str, auth: &str) -> Answer {
+    send(server.addr, "GET", path, &[("Authorization", auth)], b"").await
 }
 
 fn writer() -> Document {
@@ -285,25 +283,11 @@ async fn a_write_is_answered_after_commit_and_a_retry_with_its_key_is_not_applie
     ];
     let yjs = send(server.addr, "POST", "/v1/updates/idem", &headers, &text.yjs).await;
     assert_eq!(yjs.json()["seq"], 2);
-    let view = send(
-        server.addr,
-        "GET",
-        "/v1/docs/idem",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let view = get(&server, "/v1/docs/idem", &auth).await;
     assert_eq!(view.json()["counters"]["clicks"], 5);
     assert_eq!(view.json()["texts"]["t"], "hi");
     // The state as one Yjs update, and as what a state vector lacks (nothing).
-    let state = send(
-        server.addr,
-        "GET",
-        "/v1/state/idem",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let state = get(&server, "/v1/state/idem", &auth).await;
     assert_eq!(
         state.header("content-type"),
         Some("application/octet-stream")
@@ -318,14 +302,7 @@ async fn a_write_is_answered_after_commit_and_a_retry_with_its_key_is_not_applie
         .expect("a Yjs update");
     assert_eq!(fresh.text("t"), "hi");
     let sv = STANDARD.encode(fresh.state().yjs);
-    let lacks = send(
-        server.addr,
-        "GET",
-        &format!("/v1/state/idem?sv={sv}"),
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let lacks = get(&server, &format!("/v1/state/idem?sv={sv}"), &auth).await;
     assert!(
         lacks.body.len() < state.body.len(),
         "only what the state lacks"
@@ -644,14 +621,7 @@ async fn a_polling_clients_presence_session_is_seen_listed_and_expires() {
     assert_eq!(joined.data["state"]["name"], "Ann");
     assert_eq!(joined.data["typing"], true);
     assert_eq!(joined.data["peer"], session_peer);
-    let listed = send(
-        server.addr,
-        "GET",
-        "/v1/presence/s",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let listed = get(&server, "/v1/presence/s", &auth).await;
     let peers = listed.json()["peers"].clone();
     assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
     assert_eq!(peers[0]["peer"], joined.data["peer"]);
@@ -666,14 +636,7 @@ async fn a_polling_clients_presence_session_is_seen_listed_and_expires() {
         }
     };
     assert_eq!(left.data["peer"], joined.data["peer"]);
-    let listed = send(
-        server.addr,
-        "GET",
-        "/v1/presence/s",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let listed = get(&server, "/v1/presence/s", &auth).await;
     assert_eq!(listed.json()["peers"], serde_json::json!([]));
     // Naming neither a stream nor a session is refused.
     let bad = send(
