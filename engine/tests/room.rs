@@ -142,6 +142,35 @@ fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_o
     assert!(fx.persist.is_empty());
 }
 
+#[test]
+fn another_nodes_delta_is_relayed_to_everyone_after_the_local_ones_before_it_and_never_persisted() {
+    let mut room = room();
+    let (writer_peer, yjs) = (PeerId(1), PeerId(2));
+    room.subscribe(writer_peer, writer(), &DocState::default());
+    room.subscribe(yjs, echoing(), &DocState::default());
+    // A local delta waits for its commit; the remote one, durable already, waits behind it.
+    let local = room.client_delta(writer_peer, 1, edit(7, "local "), None, NOW_MS);
+    let fx = room
+        .remote_delta(edit(8, "remote"), Some("bob"), NOW_MS)
+        .expect("applies");
+    assert!(fx.persist.is_empty(), "committed elsewhere: not persisted again");
+    assert!(fx.send.is_empty(), "relays keep the order of application");
+    let fx = room.committed(local.persist[0].token);
+    assert_eq!(deltas_to(&fx, writer_peer), 1, "the remote delta only");
+    assert_eq!(deltas_to(&fx, yjs), 2, "the local delta, then the remote one");
+    assert!(room.document().text("text").contains("remote"));
+    // With nothing waiting, it goes at once; content the room holds goes nowhere.
+    let fx = room
+        .remote_delta(edit(9, "more"), None, NOW_MS)
+        .expect("applies");
+    assert_eq!(deltas_to(&fx, writer_peer), 1);
+    let fx = room
+        .remote_delta(edit(9, "more"), None, NOW_MS)
+        .expect("applies");
+    assert!(fx.send.is_empty() && fx.persist.is_empty());
+    assert!(!room.has_pending());
+}
+
 fn errors_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<(ErrorCode, Option<u64>)> {
     fx.send
         .iter()

@@ -1,6 +1,7 @@
 //! Server configuration: one struct of named, documented fields. The CLI (`lattice serve`) maps
 //! flags and `LATTICE_*` environment variables onto it; tests build it directly.
 
+pub use crate::cluster::ClusterConfig;
 use std::time::Duration;
 
 pub use crate::auth::{AuthConfig, AuthMode};
@@ -24,6 +25,9 @@ pub struct Config {
     /// The demo's web build (`cargo xtask build-web` writes it to `target/web/demo`), served at
     /// `/` and `/demo/…`. `None` serves a page that says how to build it.
     pub web_dir: Option<std::path::PathBuf>,
+    /// Join a cluster of nodes on the same PostgreSQL database, fanning out through Redis
+    /// (docs/cluster.md). `None`: a single server.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -38,6 +42,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             shutdown_deadline: Duration::from_secs(10),
             web_dir: None,
+            cluster: None,
         }
     }
 }

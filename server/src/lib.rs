@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod client;
 mod clock;
+pub mod cluster;
 pub mod config;
 pub mod history;
 mod http;

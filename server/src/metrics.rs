@@ -113,7 +113,37 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_batch_size: Histogram,
     pub fanout_seconds: Histogram,
+    /// Cross-node fan-out (`cluster/`); all zero on a single node.
+    pub cluster: ClusterMetrics,
     closes: [AtomicU64; 9],
+}
+
+/// What a cluster node counts about its fan-out through Redis and its catch-up from the
+/// database (`cluster/`, docs/cluster.md).
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// 1 while this node's Redis connections work, 0 while it falls back to polling.
+    pub redis_up: AtomicU64,
+    /// Entries of other nodes received through a stream and applied.
+    pub stream_entries: AtomicU64,
+    /// Reads of missing entries from the database (a gap, a trimmed stream, a reconnect, a
+    /// position check, or polling while Redis is down).
+    pub catchup_reads: AtomicU64,
+    /// Entries applied from those reads.
+    pub catchup_entries: AtomicU64,
+    /// Committed entries that could not be added to their stream (Redis down or too slow);
+    /// other nodes read them from the database.
+    pub publish_failures: AtomicU64,
+    /// Entries not added to their stream because a later seq was there first (another node
+    /// committed after it and published before it); readers fill the gap from the database.
+    pub publish_out_of_order: AtomicU64,
+    /// Redis connection failures (each followed by a reconnect).
+    pub redis_errors: AtomicU64,
+    /// Presence messages received from other nodes.
+    pub presence_in: AtomicU64,
+    /// Stream entries a room could not take at once (its inbox full); it reads them from the
+    /// database instead.
+    pub room_inbox_full: AtomicU64,
 }
 
 impl Metrics {
@@ -252,6 +282,65 @@ impl Metrics {
             "lattice_fanout_seconds",
             "Time from commit to the last subscriber's outbox.",
         );
+        let c = &self.cluster;
+        for (name, help, v, kind) in [
+            (
+                "lattice_cluster_redis_up",
+                "1 while this node's Redis connections work; 0 while it polls the database instead.",
+                &c.redis_up,
+                "gauge",
+            ),
+            (
+                "lattice_cluster_stream_entries_total",
+                "Entries of other nodes received through Redis and applied.",
+                &c.stream_entries,
+                "counter",
+            ),
+            (
+                "lattice_cluster_catchup_reads_total",
+                "Reads of missing entries from the database (gap, trimmed stream, reconnect, position check, polling).",
+                &c.catchup_reads,
+                "counter",
+            ),
+            (
+                "lattice_cluster_catchup_entries_total",
+                "Entries applied from catch-up reads.",
+                &c.catchup_entries,
+                "counter",
+            ),
+            (
+                "lattice_cluster_publish_failures_total",
+                "Committed entries not added to their stream (Redis unavailable or too slow); other nodes read them from the database.",
+                &c.publish_failures,
+                "counter",
+            ),
+            (
+                "lattice_cluster_publish_out_of_order_total",
+                "Committed entries not added to their stream because a later seq was there first.",
+                &c.publish_out_of_order,
+                "counter",
+            ),
+            (
+                "lattice_cluster_redis_errors_total",
+                "Redis connection failures.",
+                &c.redis_errors,
+                "counter",
+            ),
+            (
+                "lattice_cluster_presence_in_total",
+                "Presence messages received from other nodes.",
+                &c.presence_in,
+                "counter",
+            ),
+            (
+                "lattice_cluster_room_inbox_full_total",
+                "Stream entries a busy room left to its catch-up from the database.",
+                &c.room_inbox_full,
+                "counter",
+            ),
+        ] {
+            gauge(&mut out, name, help, v.load(Relaxed), kind);
+        }
         let _ = writeln!(
             out,
             "# HELP lattice_closes_total Connections closed, by reason.\n# TYPE lattice_closes_total counter"

@@ -36,6 +36,8 @@ pub enum ServerError {
     Store(#[from] OpenError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Runs a server on `listener` until `shutdown` resolves, then stops accepting, flushes every
@@ -46,9 +48,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
-    let state = Arc::new(ServerState::new(config, store));
+    let state = Arc::new(ServerState::new(config, store)?);
     let addr = listener.local_addr()?;
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
+    if let Some(cluster) = &state.rooms.env().cluster {
+        info!(node = %cluster.node_name(), "cluster node: fan-out through Redis");
+    }
     if !state.auth.is_required() {
         warn!(
             "AUTHENTICATION IS DISABLED: anyone who can reach {addr} can read, change and \
@@ -275,7 +280,15 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         Err(()) => Ok(Ok(())),
     };
     match answered {
-        Ok(Ok(())) => "ready".into_response(),
+        Ok(Ok(())) => match &state.rooms.env().cluster {
+            // Still serving and acknowledging: PostgreSQL is the truth, and other nodes' entries
+            // come from polling it. A load balancer keeps the node; an operator sees why.
+            Some(cluster) if !cluster.redis_up() => {
+                "degraded: Redis unavailable; cross-node delivery is polling the database"
+                    .into_response()
+            }
+            _ => "ready".into_response(),
+        },
         Ok(Err(e)) => {
             warn!(error = %e, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomEnv, Rooms};
@@ -46,9 +47,18 @@ pub(crate) struct ServerState {
 
 impl ServerState {
     /// The state of a server that has opened `store` and serves `config`.
-    pub(crate) fn new(config: Config, store: Store) -> ServerState {
+    pub(crate) fn new(config: Config, store: Store) -> Result<ServerState, ClusterError> {
         let metrics = Arc::<Metrics>::default();
         let shutdown = CancellationToken::new();
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::start(
+                c.clone(),
+                store.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )?),
+            None => None,
+        };
         let replica = random_replica();
         let idempotency = Idempotency::new(
             config.streams.idempotency_keys,
@@ -62,8 +72,9 @@ impl ServerState {
             metrics: metrics.clone(),
             replica,
             shutdown: shutdown.clone(),
+            cluster,
         });
-        ServerState {
+        Ok(ServerState {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
             rebuilds: Arc::new(Semaphore::new(config.limits.max_concurrent_rebuilds.max(1))),
@@ -77,7 +88,7 @@ impl ServerState {
             http_rate,
             next_peer: AtomicU64::new(1),
             replica,
-        }
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lattice_server::auth::{KeySet, Scope};
-use lattice_server::config::{AuthConfig, AuthMode, Config};
+use lattice_server::config::{AuthConfig, AuthMode, ClusterConfig, Config};
 use tokio::net::TcpListener;
 
 /// How long the tokens printed by a run without a configured secret stay valid. The secret
@@ -111,6 +111,17 @@ pub(crate) struct ServeArgs {
     /// Failed authentication attempts allowed per IP address per minute.
     #[arg(long, env = "LATTICE_FAILED_AUTH_PER_MINUTE")]
     failed_auth_per_minute: Option<u32>,
+    /// Join a cluster: `redis://host:port`. Every node on the same PostgreSQL database and
+    /// Redis serves every document (docs/cluster.md). Needs a `postgres://` database.
+    #[arg(long, env = "LATTICE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Milliseconds between a cluster node's checks of its live documents' heads against the
+    /// database while Redis works.
+    #[arg(long, env = "LATTICE_CLUSTER_CHECK_INTERVAL_MS")]
+    cluster_check_interval_ms: Option<u64>,
+    /// The same while Redis is down, when polling the database is the only cross-node path.
+    #[arg(long, env = "LATTICE_CLUSTER_FALLBACK_INTERVAL_MS")]
+    cluster_fallback_interval_ms: Option<u64>,
     /// Folder of the demo's web build (`cargo xtask build-web` writes `target/web/demo`),
     /// served at `/` and `/demo/…`.
     #[arg(long, env = "LATTICE_WEB_DIR")]
@@ -132,6 +143,26 @@ impl ServeArgs {
                 "--web-dir {}: no index.html there (build it with `cargo xtask build-web`)",
                 dir.display()
             );
+        }
+        if let Some(redis_url) = &self.redis_url {
+            if !c.database_url.starts_with("postgres://")
+                && !c.database_url.starts_with("postgresql://")
+            {
+                bail!(
+                    "--redis-url needs a PostgreSQL database (--database-url postgres://…): \
+                     the nodes of a cluster share one database, and SQLite lives on one host"
+                );
+            }
+            let mut cluster = ClusterConfig::new(redis_url.clone());
+            set(
+                &mut cluster.check_interval,
+                self.cluster_check_interval_ms.map(Duration::from_millis),
+            );
+            set(
+                &mut cluster.fallback_interval,
+                self.cluster_fallback_interval_ms.map(Duration::from_millis),
+            );
+            c.cluster = Some(cluster);
         }
         let has_secret = self.auth_secret.iter().any(|s| !s.trim().is_empty());
         let generated = !self.no_auth && !has_secret;
@@ -200,6 +231,12 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
         "  database:      {}",
         lattice_server::store::redacted_url(&config.database_url)
     );
+    if let Some(cluster) = &config.cluster {
+        println!(
+            "  cluster:       fan-out through {} (every node on this database serves every document)",
+            lattice_server::store::redacted_url(&cluster.redis_url)
+        );
+    }
     print_auth_banner(&config, generated, addr)?;
     lattice_server::run(config, listener, crate::shutdown_signal()).await?;
     Ok(())

@@ -390,6 +390,9 @@ async fn set_deleted(
         if let Some(room) = state.rooms.live(doc) {
             let _ = room.send(RoomCmd::Deleted).await;
         }
+        if changed && let Some(cluster) = &state.rooms.env().cluster {
+            cluster.publish_deleted(doc);
+        }
         changed
     } else {
         state.store.undelete(doc).await?

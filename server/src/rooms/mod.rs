@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
+use crate::cluster::Cluster;
 use crate::config::{Limits, RoomSettings};
 use crate::metrics::Metrics;
 use crate::rooms::peer::{PeerHandle, SyncTicket};
@@ -195,6 +196,8 @@ pub(crate) struct RoomEnv {
     /// The server's replica id: the Yjs client id of the documents it creates.
     pub replica: ReplicaId,
     pub shutdown: CancellationToken,
+    /// This node's part in a cluster (`None`: a single server).
+    pub cluster: Option<Cluster>,
 }
 
 /// The registry of live rooms, and the environment they run in. Cloning shares it: each room
@@ -343,6 +346,7 @@ mod tests {
             metrics: Arc::default(),
             replica: ReplicaId::from_random(7),
             shutdown: CancellationToken::new(),
+            cluster: None,
         });
         let doc = DocId::new("d").unwrap();
         let (tx, _rx) = mpsc::channel(1);

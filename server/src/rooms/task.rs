@@ -2,6 +2,7 @@
 //! and carries out the room's effects (acks, relays, closes, restores) once they are committed.
 
 mod awareness;
+mod cluster;
 mod feed;
 
 use std::collections::HashMap;
@@ -54,8 +55,11 @@ struct RoomDriver {
     /// Awareness identity of each peer with presence, for Yjs recipients.
     awareness: HashMap<PeerId, AwarenessMeta>,
     restores: Vec<RestoreWaiter>,
-    /// The seq of the last log entry committed (through this room, or loaded).
+    /// The seq up to which the room holds every log entry (committed through this room, by
+    /// another node, or loaded); readers get entries in this order.
     head_seq: u64,
+    /// Entries above the head, the cluster link and cross-node presence (`cluster.rs`).
+    order: cluster::Order,
     /// HTTP readers following the log, with the seq of the last entry each was given.
     feeds: HashMap<PeerId, u64>,
     /// The entries of the commit in flight, kept to give HTTP readers once they have seqs.
@@ -113,6 +117,7 @@ pub(super) async fn room_task(
         awareness: HashMap::new(),
         restores: Vec::new(),
         head_seq,
+        order: cluster::Order::new(env.cluster.as_ref(), &doc, head_seq),
         feeds: HashMap::new(),
         committing: Vec::new(),
         writes: Vec::new(),
@@ -142,10 +147,23 @@ pub(super) async fn room_task(
                 driver.in_flight = None;
                 driver.commit_done(tokens, result, started).await;
             }
+            event = driver.order.next() => match event {
+                cluster::OrderEvent::Inbound(what) => {
+                    driver.inbound(what).await;
+                    while let Some(what) = driver.order.try_inbound() {
+                        driver.inbound(what).await;
+                    }
+                }
+                cluster::OrderEvent::CaughtUp(read) => driver.caught_up(read).await,
+            },
             _ = tick.tick() => {
                 let fx = driver.room.tick(now_ms());
                 driver.apply(fx).await;
                 driver.end_expired_sessions().await;
+                driver.expire_remote_peers().await;
+                if driver.catch_up_due() {
+                    driver.start_catch_up();
+                }
                 driver.expire_left_awareness(duration_ms(env.settings.presence_ttl));
             }
         }
@@ -163,11 +181,16 @@ pub(super) async fn room_task(
             refuse_all(&mut rx, &doc, &why).await;
             break;
         }
+        driver.start_catch_up();
         driver.start_commit();
         driver.answer_flushes();
         driver.answer_unchanged_writes();
-        subscribers.store(driver.room.subscriber_count(), Relaxed);
-        if driver.room.is_idle()
+        // Other nodes' peers (their presence) are subscribers without a connection here: they
+        // neither count nor keep the room loaded.
+        let local = driver.room.subscriber_count() - driver.order.remote_peer_count();
+        subscribers.store(local, Relaxed);
+        if local == 0
+            && !driver.room.has_pending()
             && driver.peers.is_empty()
             && driver.writes.is_empty()
             && driver.pending.is_empty()
@@ -351,7 +374,14 @@ impl RoomDriver {
                         },
                     );
                 }
-                self.room.presence(peer, state, typing, now_ms())
+                let copy = self.order.is_linked().then(|| state.clone());
+                let fx = self.room.presence(peer, state, typing, now_ms());
+                if let Some(state) = copy
+                    && (self.room.has_presence(peer) || state == Value::Null)
+                {
+                    self.publish_presence(peer, state, typing);
+                }
+                fx
             }
             RoomCmd::Follow {
                 peer,
@@ -377,8 +407,12 @@ impl RoomDriver {
                 typing,
                 reply,
             } => {
+                let copy = self.order.is_linked().then(|| state.clone());
                 let taken = self.http_presence(of, author, state, typing);
                 let _ = reply.send(taken.as_ref().map(|(peer, _)| *peer));
+                if let (Some(state), Some((peer, _))) = (copy, &taken) {
+                    self.publish_presence(*peer, state, typing);
+                }
                 taken.map(|(_, fx)| fx).unwrap_or_default()
             }
             RoomCmd::PresenceSnapshot { reply } => {
@@ -470,7 +504,12 @@ impl RoomDriver {
                 NewEntry::new(self.doc.clone(), &p.delta, p.hlc, replica, p.author.clone())
             })
             .collect();
-        self.committing = batch.iter().map(Committing::of).collect();
+        let clustered = self.rooms.env().cluster.is_some();
+        self.committing = batch
+            .iter()
+            .zip(&entries)
+            .map(|(p, e)| Committing::of(p, clustered.then(|| e.delta_bytes().to_vec())))
+            .collect();
         let store = self.rooms.env().store.clone();
         let size = entries.len();
         self.rooms
@@ -519,9 +558,8 @@ impl RoomDriver {
         };
         let fanout = Instant::now();
         if let Ok(seqs) = &result {
-            self.head_seq = seqs.iter().copied().fold(self.head_seq, u64::max);
             self.answer_writes(&tokens, seqs);
-            self.feed_committed(&committing, seqs).await;
+            self.local_committed(committing, seqs).await;
         }
         self.apply(fx).await;
         // After the relay is queued: when an admin's restore returns, every connected client
@@ -641,7 +679,7 @@ impl RoomDriver {
             if fx.reload {
                 match load_document(self.rooms.env(), &self.doc).await {
                     Ok((doc, head_seq)) => {
-                        self.head_seq = head_seq;
+                        self.reloaded(head_seq);
                         let more = self.room.replace_document(doc);
                         self.apply(more).await;
                     }

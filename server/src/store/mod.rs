@@ -68,6 +68,14 @@ pub mod fuzzing {
     }
 }
 
+/// Where a document's log ends ([`Store::heads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocHead {
+    pub doc: DocId,
+    pub head_seq: u64,
+    pub deleted: bool,
+}
+
 /// Default capacity of the group-commit queue, in append requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 /// Default upper bound on log entries committed in one transaction.
@@ -251,7 +259,7 @@ impl LogEntry {
     }
 }
 
-fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, ReadError> {
+pub(crate) fn decode_delta(doc: &DocId, seq: u64, bytes: &[u8]) -> Result<Delta, ReadError> {
     rmp_serde::from_slice(bytes).map_err(|e| ReadError::CorruptDelta {
         doc: doc.clone(),
         seq,
@@ -530,6 +538,37 @@ impl Store {
             });
         }
         self.shared.backend.read_log(doc, from_seq, limit).await
+    }
+
+    /// The head seq of each of `docs` that was ever written, and whether it is soft-deleted
+    /// (absent documents are left out). One query on PostgreSQL; on SQLite, one metadata read
+    /// per document.
+    pub async fn heads(&self, docs: &[DocId]) -> Result<Vec<DocHead>, ReadError> {
+        if let AnyBackend::Postgres(pg) = &*self.shared.backend {
+            let ids: Vec<&str> = docs.iter().map(DocId::as_str).collect();
+            let rows = pg.heads(&ids).await?;
+            return Ok(rows
+                .into_iter()
+                .filter_map(|(id, head_seq, deleted)| {
+                    Some(DocHead {
+                        doc: DocId::new(&id).ok()?,
+                        head_seq,
+                        deleted,
+                    })
+                })
+                .collect());
+        }
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in docs {
+            if let Some(meta) = self.shared.backend.doc_meta(doc).await? {
+                out.push(DocHead {
+                    doc: doc.clone(),
+                    head_seq: meta.head_seq,
+                    deleted: meta.is_deleted(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Metadata of one document, deleted or not; `None` if it was never written.

@@ -84,6 +84,28 @@ impl PostgresBackend {
             .map_err(DatabaseError::during(op))
     }
 
+    /// The head seq of each of `docs` that exists, and whether it is soft-deleted: one query
+    /// for all (a cluster node's position check, `cluster/`).
+    pub(crate) async fn heads(
+        &self,
+        docs: &[&str],
+    ) -> Result<Vec<(String, u64, bool)>, DatabaseError> {
+        const OP: &str = "read document heads";
+        let rows = sqlx::query::<Postgres>(
+            "SELECT id, head_seq, deleted_at_ms IS NOT NULL FROM documents WHERE id = ANY($1)",
+        )
+        .bind(docs)
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(DatabaseError::during(OP))?;
+        rows.iter()
+            .map(|r| -> Result<(String, u64, bool), sqlx::Error> {
+                Ok((r.try_get(0)?, to_u64(r.try_get(1)?), r.try_get(2)?))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DatabaseError::during(OP))
+    }
+
     /// One group-commit transaction, in phases: count each document's entries, reserve their
     /// sequence numbers (an upsert on `documents` that returns the new heads; the row lock it
     /// takes serialises server processes writing the same document), assign them to the

@@ -154,6 +154,9 @@ struct Slot {
     seq: u64,
     relay: Option<Delta>,
     sync: Option<Box<ServerMsg>>,
+    /// Already durable (committed elsewhere: [`Room::remote_delta`]); waits only for the slots
+    /// before it.
+    durable: bool,
 }
 
 /// The single owner of a live document on the server.
@@ -224,6 +227,11 @@ impl Room {
     /// Whether `peer` is subscribed.
     pub fn is_subscribed(&self, peer: PeerId) -> bool {
         self.subscribers.contains_key(&peer)
+    }
+
+    /// Whether anything waits for a commit (a delta's ack and relay, or a `sync` answer).
+    pub fn has_pending(&self) -> bool {
+        !self.slots.is_empty()
     }
 
     /// No subscribers and nothing waiting for a commit: the room may be unloaded.
@@ -316,6 +324,7 @@ impl Room {
                 seq: 0,
                 relay: None,
                 sync: Some(Box::new(sync)),
+                durable: false,
             });
         } else {
             fx.to(peer, sync);
@@ -439,6 +448,7 @@ impl Room {
                 seq,
                 relay: Some(delta),
                 sync: None,
+                durable: false,
             });
         } else {
             // Nothing new, but what it duplicates may still be uncommitted: acknowledge it in
@@ -449,6 +459,7 @@ impl Room {
                 seq,
                 relay: None,
                 sync: None,
+                durable: false,
             });
             self.release(&mut fx);
         }
@@ -501,8 +512,38 @@ impl Room {
                 seq: 0,
                 relay: Some(delta),
                 sync: None,
+                durable: false,
             });
         }
+        Ok(fx)
+    }
+
+    /// A delta another server committed to the shared log (a cluster's other node), applied
+    /// as the store's own content ([`crate::Trust::Trusted`], owners recorded for `author`)
+    /// and relayed to every subscriber, after the relays of the deltas applied before it. It
+    /// is not persisted again: it is durable already. `changed` is false (and nothing is
+    /// relayed) when the document held it all.
+    pub fn remote_delta(
+        &mut self,
+        delta: Delta,
+        author: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Effects, ApplyError> {
+        let mut fx = Effects::default();
+        let applied = self.doc.apply_from(&delta, Source::trusted(author))?;
+        if !applied.changed {
+            return Ok(fx);
+        }
+        let (_, token) = self.stamp_and_token(&delta, now_ms);
+        self.slots.push_back(Slot {
+            token,
+            peer: SERVER_PEER,
+            seq: 0,
+            relay: Some(delta),
+            sync: None,
+            durable: true,
+        });
+        self.release(&mut fx);
         Ok(fx)
     }
 
@@ -521,7 +562,7 @@ impl Room {
         // Runs of relays from one sender, merged into one delta each.
         let mut runs: Vec<(PeerId, Vec<Delta>, usize)> = Vec::new();
         while let Some(front) = self.slots.front() {
-            if front.relay.is_some() && front.token > self.committed_token {
+            if front.relay.is_some() && !front.durable && front.token > self.committed_token {
                 break;
             }
             let Some(slot) = self.slots.pop_front() else {

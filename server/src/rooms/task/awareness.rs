@@ -61,6 +61,7 @@ impl RoomDriver {
     /// `peer` left: a Yjs client's id stays reserved for its principal a while
     /// ([`AwarenessMeta::left_at_ms`]); a native peer's entry goes.
     pub(super) fn awareness_left(&mut self, peer: PeerId) {
+        self.publish_left(peer);
         match self.awareness.get_mut(&peer) {
             Some(meta) if meta.from_yjs => meta.left_at_ms = Some(now_ms()),
             Some(_) => {

@@ -26,17 +26,22 @@ use crate::transport::outbox::{Message, SendError};
 
 use super::RoomDriver;
 
-/// One entry of the commit in flight, kept to give readers that follow the log once it has
-/// its seq.
+/// One entry of the commit in flight, kept to give readers that follow the log (and, in a
+/// cluster, the other nodes) once it has its seq.
 #[derive(Debug)]
 pub(super) struct Committing {
-    delta: Delta,
+    pub(super) delta: Delta,
+    pub(super) author: Option<String>,
+    /// The entry as stored, for the other nodes of a cluster (`None` on a single server).
+    pub(super) stored: Option<Vec<u8>>,
 }
 
 impl Committing {
-    pub(super) fn of(pending: &PendingDelta) -> Committing {
+    pub(super) fn of(pending: &PendingDelta, stored: Option<Vec<u8>>) -> Committing {
         Committing {
             delta: pending.delta.clone(),
+            author: pending.author.clone(),
+            stored,
         }
     }
 }
@@ -227,10 +232,11 @@ impl RoomDriver {
 
     /// Gives every HTTP reader the committed entries it has not had, each encoded once. A
     /// reader whose outbox is full is closed as a slow consumer; it resumes from its last seq.
-    pub(super) async fn feed_committed(&mut self, entries: &[Committing], seqs: &[u64]) {
+    /// `entries` follow the head in order (`seq`, delta).
+    pub(super) async fn feed_in_order(&mut self, entries: &[(u64, &Delta)]) {
         if let Some((kind, encoder)) = self.recent.wanted() {
-            for (entry, seq) in entries.iter().zip(seqs) {
-                if let Some(frame) = encoder.encode_entry(&self.doc, *seq, &entry.delta) {
+            for (seq, delta) in entries {
+                if let Some(frame) = encoder.encode_entry(&self.doc, *seq, delta) {
                     self.recent.push(kind, *seq, frame);
                 }
             }
@@ -239,7 +245,7 @@ impl RoomDriver {
             return;
         }
         let mut dropped: HashSet<PeerId> = HashSet::new();
-        for (entry, seq) in entries.iter().zip(seqs) {
+        for (seq, delta) in entries {
             // Encoded at most once per protocol (see `apply`).
             let mut encoded: Vec<(PeerKind, Option<Bytes>)> = Vec::new();
             for (peer, cursor) in &mut self.feeds {
@@ -256,7 +262,7 @@ impl RoomDriver {
                         // The window may have encoded it already.
                         let frame = match self.recent.get(handle.kind, *seq) {
                             Some(frame) => Some(frame),
-                            None => handle.encoder.encode_entry(&self.doc, *seq, &entry.delta),
+                            None => handle.encoder.encode_entry(&self.doc, *seq, delta),
                         };
                         encoded.push((handle.kind, frame));
                         encoded.len() - 1
