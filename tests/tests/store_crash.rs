@@ -148,3 +148,76 @@ fn sqlite_survives_sigkill() {
 fn postgres_survives_sigkill() {
     crash_rounds(Kind::Postgres);
 }
+
+/// Two server processes append to the same four documents of one PostgreSQL database at once
+/// (a cluster's nodes): the head-row lock of each commit must give every document a dense log
+/// with each seq committed by exactly one process, whichever commits it.
+#[test]
+fn two_processes_appending_to_one_postgres_document_get_dense_unique_seqs() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = rt.block_on(TestDb::new(Kind::Postgres));
+    let url = db.url.clone();
+    let first = std::thread::spawn({
+        let url = url.clone();
+        let mut rng = Rng(rng.below(u64::MAX) | 1);
+        move || run_and_kill(&url, &mut rng)
+    });
+    let second = run_and_kill(&url, &mut rng);
+    let first = first.join().expect("first writer");
+    let mut owner: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for (process, lines) in [&first, &second].into_iter().enumerate() {
+        for line in lines {
+            let (id, seq) = line.split_once(' ').expect("`doc seq` line");
+            let seq: u64 = seq.parse().expect("seq");
+            if let Some(other) = owner.insert((id.to_owned(), seq), process) {
+                panic!(
+                    "{id} seq {seq} reported committed by writer {other} and by writer {process}"
+                );
+            }
+        }
+    }
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "both processes appended"
+    );
+    rt.block_on(async {
+        let store = Store::open(&url, StoreConfig::default())
+            .await
+            .expect("reopen");
+        for d in 0..4 {
+            let id = doc(&format!("crash/{d}"));
+            let Some(meta) = store.document(&id).await.expect("meta") else {
+                continue;
+            };
+            let seqs: Vec<u64> = store
+                .read_log(&id, 1, u32::MAX)
+                .await
+                .expect("read_log")
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(
+                seqs,
+                (1..=meta.head_seq).collect::<Vec<_>>(),
+                "{id}: not dense"
+            );
+            let reported = owner.keys().filter(|(doc, _)| *doc == id.as_str()).count();
+            assert!(
+                reported as u64 <= meta.head_seq,
+                "{id}: more reports than entries"
+            );
+        }
+        store.close().await;
+    });
+    eprintln!(
+        "two writers: {} and {} acknowledged appends, no seq given twice",
+        first.len(),
+        second.len()
+    );
+    rt.block_on(db.cleanup());
+}

@@ -313,6 +313,10 @@ impl RoomDriver {
                     return;
                 }
                 let id = peer.id;
+                // In a cluster, the peer may come from another node (which died, say) with
+                // entries this room has not had yet: take them first, so the answer covers
+                // them and the peer's resync carries only its own changes.
+                self.catch_up_now().await;
                 // y-websocket clients count the echo of their update as "saved".
                 let echo = match peer.kind {
                     PeerKind::Yjs => Echo::OwnDeltas,

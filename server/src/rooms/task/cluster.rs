@@ -267,6 +267,57 @@ impl RoomDriver {
         ));
     }
 
+    /// Brings the room up to the database's head now, before it answers a subscriber: a
+    /// client that reconnects from another node holds what that node relayed, and must not
+    /// send it back as its own (it is another author's). A read error leaves it to the
+    /// background catch-up.
+    pub(super) async fn catch_up_now(&mut self) {
+        if !self.order.is_linked() {
+            return;
+        }
+        let store = self.rooms.env().store.clone();
+        match store.heads(std::slice::from_ref(&self.doc)).await {
+            Ok(heads) => {
+                if let Some(h) = heads.first() {
+                    self.order.known = self.order.known.max(h.head_seq);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not read the document's head before a subscription");
+                return;
+            }
+        }
+        // Bounded: each round reads up to CATCH_UP_BATCH entries, and a few rounds cover what
+        // a node can fall behind in the time a reconnect takes; the rest comes in the
+        // background.
+        for _ in 0..8 {
+            if self.order.known <= self.head_seq || self.stopped.is_some() {
+                return;
+            }
+            let from = self.head_seq + 1;
+            let limit = u32::try_from(self.order.known - self.head_seq)
+                .unwrap_or(u32::MAX)
+                .min(CATCH_UP_BATCH);
+            self.rooms
+                .env()
+                .metrics
+                .cluster
+                .catchup_reads
+                .fetch_add(1, Relaxed);
+            let read = store.read_log(&self.doc, from, limit).await;
+            let progressed = read.as_ref().is_ok_and(|e| !e.is_empty());
+            // Whatever read is under way in the background covers the same range.
+            let background = self.order.catch_up.take();
+            self.caught_up(read).await;
+            if self.order.catch_up.is_none() {
+                self.order.catch_up = background;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
     /// A catch-up read came back.
     pub(super) async fn caught_up(&mut self, read: Result<Vec<LogEntry>, ReadError>) {
         self.order.catch_up = None;
