@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Cluster, Inbound};
 
@@ -12,6 +12,8 @@ const CHUNK: usize = 1_000;
 
 pub(super) async fn position_check(cluster: Cluster) {
     let inner = &cluster.inner;
+    // Said once per outage, not at every check.
+    let mut failing = false;
     loop {
         let every = if cluster.redis_up() {
             inner.config.check_interval
@@ -27,9 +29,16 @@ pub(super) async fn position_check(cluster: Cluster) {
         for chunk in live.chunks(CHUNK) {
             let docs: Vec<_> = chunk.iter().map(|(doc, _, _)| doc.clone()).collect();
             let heads = match inner.store.heads(&docs).await {
-                Ok(heads) => heads,
+                Ok(heads) => {
+                    if std::mem::take(&mut failing) {
+                        info!("position check: the database answers again");
+                    }
+                    heads
+                }
                 Err(e) => {
-                    warn!(error = %e, "position check: the database did not answer");
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "position check: the database did not answer");
+                    }
                     break;
                 }
             };
