@@ -3,6 +3,7 @@
 // HTTP transports (`fetch`, and `eventsource` for Server-Sent Events).
 import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
@@ -282,4 +283,143 @@ export function sseReader (server, doc, {
   }
   source.addEventListener('error', (e) => { reader.errors.push(`${e.code ?? ''} ${e.message ?? ''}`) })
   return reader
+}
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve) })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+/** Whether Redis on `port` answers an inline `PING` with `+PONG`. */
+function redisPing (port) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port })
+    let reply = ''
+    const done = (ok) => { socket.destroy(); resolve(ok) }
+    socket.setTimeout(1000, () => done(false))
+    socket.on('error', () => done(false))
+    socket.on('connect', () => socket.write('PING\r\n'))
+    socket.on('data', (d) => {
+      reply += d.toString()
+      if (reply.includes('\r\n')) done(reply.startsWith('+PONG'))
+    })
+  })
+}
+
+/**
+ * A `redis-server` child on a free port, without persistence: `LATTICE_TEST_REDIS_SERVER`
+ * (`cargo xtask test` exports it), else `redis-server` from PATH. A missing binary fails the
+ * test; it never skips. `restart()` keeps the port.
+ */
+export class RedisServer {
+  constructor () {
+    this.bin = process.env.LATTICE_TEST_REDIS_SERVER || 'redis-server'
+    this.port = null
+    this.child = null
+    this.output = []
+  }
+
+  get url () { return `redis://127.0.0.1:${this.port}` }
+
+  async start (port = null) {
+    this.port = port ?? await freePort()
+    const child = spawn(this.bin, [
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'
+    ], { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = child
+    child.stdout.on('data', (d) => this.output.push(d.toString()))
+    child.stderr.on('data', (d) => this.output.push(d.toString()))
+    let failed = null
+    child.once('error', (e) => {
+      failed = e.code === 'ENOENT'
+        ? new Error(`${this.bin} not found: install Redis (\`cargo xtask setup\`) or set LATTICE_TEST_REDIS_SERVER`)
+        : e
+    })
+    child.once('exit', (code, signal) => {
+      failed ??= new Error(`redis-server exited (${code ?? signal}): ${this.output.join('')}`)
+    })
+    const deadline = Date.now() + 15000
+    while (!(await redisPing(this.port))) {
+      if (failed) throw failed
+      if (Date.now() > deadline) throw new Error(`redis-server did not answer PING: ${this.output.join('')}`)
+      await sleep(50)
+    }
+    return this
+  }
+
+  /** Sends `signal` and waits for the exit. */
+  async stop (signal = 'SIGTERM') {
+    if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return
+    const exited = new Promise((resolve) => this.child.once('exit', resolve))
+    this.child.kill(signal)
+    await exited
+  }
+
+  /** Stops Redis with `signal` (its data goes: nothing is persisted) and starts it on the same port. */
+  async restart (signal = 'SIGTERM') {
+    await this.stop(signal)
+    for (let i = 0; ; i++) {
+      try {
+        return await this.start(this.port)
+      } catch (e) {
+        if (i >= 20) throw e
+        await sleep(100)
+      }
+    }
+  }
+}
+
+/** Runs one SQL statement with `psql` against `url`. */
+function psql (url, sql) {
+  try {
+    execFileSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', url, '-c', sql], { stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (e) {
+    if (e.code === 'ENOENT') throw new Error('psql not found: install PostgreSQL (`cargo xtask setup`)')
+    throw new Error(`psql: ${sql}: ${e.stderr?.toString() ?? e.message}`)
+  }
+}
+
+/** `url` with its database name replaced by `db`. */
+function withDatabase (url, db) {
+  const [base, query] = url.split(/\?(.*)/s)
+  const slash = base.indexOf('/', base.indexOf('://') + 3)
+  const host = slash < 0 ? base : base.slice(0, slash)
+  return `${host}/${db}${query ? `?${query}` : ''}`
+}
+
+let databases = 0
+
+/**
+ * A new, empty PostgreSQL database next to `LATTICE_TEST_POSTGRES_URL`'s (its role has
+ * CREATEDB), as the Rust store tests make theirs: `{ url, name, drop() }`.
+ */
+export function freshPostgresDatabase () {
+  const admin = process.env.LATTICE_TEST_POSTGRES_URL
+  if (!admin) throw new Error('LATTICE_TEST_POSTGRES_URL is not set: run the tests with `cargo xtask test`')
+  const name = `lattice_n_${process.pid}_${Date.now().toString(36)}_${databases++}`
+  psql(admin, `CREATE DATABASE ${name}`)
+  return {
+    url: withDatabase(admin, name),
+    name,
+    drop () { psql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
+  }
+}
+
+/**
+ * The value of `name` on `server`'s `/metrics` (summed over its label sets), or `undefined`
+ * when the server does not report it.
+ */
+export async function metric (server, name) {
+  const res = await fetch(`${server.httpUrl}/metrics`)
+  if (res.status !== 200) throw new Error(`/metrics: ${res.status}`)
+  let sum
+  for (const line of (await res.text()).split('\n')) {
+    const m = line.match(/^(\w+)(\{[^}]*\})?\s+(\S+)/)
+    if (m && m[1] === name) sum = (sum ?? 0) + Number(m[3])
+  }
+  return sum
 }

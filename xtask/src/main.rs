@@ -6,6 +6,8 @@
 //! - `cargo xtask build-web` — build the browser client package into `target/web/pkg`.
 //! - `cargo xtask bench [SCENARIO…]` — Lattice against Hocuspocus and y-websocket (`bench/`).
 //! - `cargo xtask chaos [--quick] […]` — the server under faults and attacks (`chaos.rs`).
+//! - `cargo xtask cluster [--nodes N] [--port P]` — a local cluster: N nodes on one PostgreSQL
+//!   database and one Redis, until Ctrl-C (`cluster.rs`).
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]` — run the cargo-fuzz targets (`fuzz.rs`).
 //!
 //! Set-up installs what a fresh machine lacks (apt packages, the wasm32 target) and starts the
@@ -14,6 +16,7 @@
 
 mod bench;
 mod chaos;
+mod cluster;
 mod fuzz;
 mod setup;
 mod web;
@@ -39,10 +42,12 @@ fn main() -> Result<()> {
         Some("build-web") => web::build().map(|pkg| eprintln!("package: {}", pkg.display())),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
+        Some(cluster::SUPERVISE_COMMAND) => cluster::supervise(&args[1..]),
         Some("fuzz") => fuzz::command(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  check-engine-deps  fail if the engine depends on IO crates"
+                "usage: cargo xtask <command>\n\n  run      set up, then run the server with its demo\n  test     set up, then run every check and test\n  setup    install and start what tests need\n  build-web  build the browser client package into target/web/pkg\n  bench [SCENARIO…]  Lattice against Hocuspocus and y-websocket (fanout, trace, idle; --help for flags)\n  chaos [--quick] [--rounds N] [--attack-seconds S] [--backend sqlite|postgres|both]  kill -9, PostgreSQL restarts, a full disk and every attack class, with checks\n  fuzz [--seconds N] [TARGET…]  run the fuzz targets, N seconds each (default 60)\n  cluster [--nodes N] [--port P]  N nodes (default 3) on 127.0.0.1:P… (default 8081) sharing one PostgreSQL database and a Redis on port 6380, each with the demo, until Ctrl-C\n  check-engine-deps  fail if the engine depends on IO crates"
             );
             bail!("unknown or missing command")
         }
@@ -84,7 +89,7 @@ pub(crate) fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("\n==> {name}");
     let start = Instant::now();
     let out = f().with_context(|| format!("step failed: {name}"))?;

@@ -2,8 +2,10 @@
 //!
 //! Every step checks first and acts only when something is missing, so running it twice costs a
 //! few process starts. Services it starts (PostgreSQL) keep running after xtask exits, as a
-//! developer expects between test runs.
+//! developer expects between test runs. Redis is only installed: the tests start (and restart)
+//! their own `redis-server` processes, so they need the binary, not a running service.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,14 +13,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, output};
 
-/// Debian packages the test suite needs: PostgreSQL, and Chromium with its WebDriver for the
-/// browser tests of the wasm client.
-const TEST_APT_PACKAGES: &[&str] = &["postgresql", "chromium", "chromium-driver"];
+/// Debian packages the test suite needs: PostgreSQL, Redis (the cluster tests; `redis-server`
+/// brings `redis-cli` with `redis-tools`), and Chromium with its WebDriver for the browser
+/// tests of the wasm client.
+const TEST_APT_PACKAGES: &[&str] = &["postgresql", "redis-server", "chromium", "chromium-driver"];
 
 /// Role, password and database the tests use on the local PostgreSQL cluster.
 const PG_ROLE: &str = "lattice";
 const PG_PASSWORD: &str = "lattice";
 const PG_DATABASE: &str = "lattice_test";
+/// The database `cargo xtask cluster` runs on; it is kept between runs, as `lattice.db` is by
+/// `cargo xtask run`.
+const PG_CLUSTER_DATABASE: &str = "lattice_cluster";
 
 /// Environment variables the set-up exports to every command xtask runs afterwards.
 static EXPORTED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
@@ -41,6 +47,11 @@ pub(crate) fn all() -> Result<()> {
     apt(TEST_APT_PACKAGES)?;
     let url = postgres()?;
     export("LATTICE_TEST_POSTGRES_URL", url);
+    let redis = redis_server()?;
+    export(
+        "LATTICE_TEST_REDIS_SERVER",
+        redis.to_string_lossy().into_owned(),
+    );
     node_packages()?;
     web_tools()?;
     Ok(())
@@ -166,6 +177,37 @@ pub(crate) fn for_chaos() -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask cluster` needs: PostgreSQL running with the cluster's database (its URL)
+/// and the `redis-server` binary (its absolute path).
+pub(crate) fn for_cluster() -> Result<(String, PathBuf)> {
+    apt(&["postgresql", "redis-server"])?;
+    let url = postgres_database(PG_CLUSTER_DATABASE)?;
+    Ok((url, redis_server()?))
+}
+
+/// Checks that `redis-server` and `redis-cli` run and returns the absolute path of
+/// `redis-server`, which tests start themselves.
+fn redis_server() -> Result<PathBuf> {
+    for program in ["redis-server", "redis-cli"] {
+        let version = output(program, &["--version"]).with_context(|| {
+            format!(
+                "`{program} --version` failed: Redis is missing (Debian package redis-server; \
+                 `cargo xtask setup` installs it)"
+            )
+        })?;
+        eprintln!("{}", version.trim());
+    }
+    which("redis-server").context("redis-server runs but is not found on PATH")
+}
+
+/// The first `program` on PATH, as an absolute path.
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .and_then(|path| std::path::absolute(path).ok())
+}
+
 /// What running the product needs: nothing beyond the Rust toolchain yet (SQLite is embedded).
 pub(crate) fn for_run() -> Result<()> {
     Ok(())
@@ -281,6 +323,12 @@ fn psql_superuser(port: &str, sql: &str) -> Result<String> {
 
 /// Makes sure a local cluster runs with the test role and database; returns the URL.
 fn postgres() -> Result<String> {
+    postgres_database(PG_DATABASE)
+}
+
+/// Makes sure a local cluster runs with the test role and a database `database` it owns;
+/// returns the URL.
+fn postgres_database(database: &str) -> Result<String> {
     let version = newest_postgres_version()?;
     let existing = clusters()?;
     let cluster = match existing.into_iter().find(|c| c.version == version) {
@@ -320,16 +368,16 @@ fn postgres() -> Result<String> {
     }
     let has_db = psql_superuser(
         &cluster.port,
-        &format!("SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"),
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{database}'"),
     )?;
     if has_db.trim() != "1" {
         psql_superuser(
             &cluster.port,
-            &format!("CREATE DATABASE {PG_DATABASE} OWNER {PG_ROLE}"),
+            &format!("CREATE DATABASE {database} OWNER {PG_ROLE}"),
         )?;
     }
     let url = format!(
-        "postgres://{PG_ROLE}:{PG_PASSWORD}@127.0.0.1:{}/{PG_DATABASE}",
+        "postgres://{PG_ROLE}:{PG_PASSWORD}@127.0.0.1:{}/{database}",
         cluster.port
     );
     // Prove the URL works over TCP with password authentication, as the tests will use it.

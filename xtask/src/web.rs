@@ -259,10 +259,10 @@ fn report_size(wasm: &Path, js: &Path) -> Result<()> {
 /// Runs `client-wasm/tests/web.rs` with wasm-bindgen-test in headless Chromium. A missing
 /// browser or driver fails the step.
 pub(crate) fn browser_tests() -> Result<()> {
-    let chromedriver = which("chromedriver").context(
+    let chromedriver = setup::which("chromedriver").context(
         "chromedriver is not installed (Debian package chromium-driver; `cargo xtask setup`)",
     )?;
-    which("chromium").context("chromium is not installed (`cargo xtask setup`)")?;
+    setup::which("chromium").context("chromium is not installed (`cargo xtask setup`)")?;
     let root = std::env::current_dir()?;
     let webdriver_json = root.join("client-wasm").join("webdriver.json");
     eprintln!(
@@ -285,10 +285,4 @@ pub(crate) fn browser_tests() -> Result<()> {
         bail!("the browser tests failed ({status})");
     }
     Ok(())
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
 }
