@@ -153,11 +153,18 @@ fn another_nodes_delta_is_relayed_to_everyone_after_the_local_ones_before_it_and
     let fx = room
         .remote_delta(edit(8, "remote"), Some("bob"), NOW_MS)
         .expect("applies");
-    assert!(fx.persist.is_empty(), "committed elsewhere: not persisted again");
+    assert!(
+        fx.persist.is_empty(),
+        "committed elsewhere: not persisted again"
+    );
     assert!(fx.send.is_empty(), "relays keep the order of application");
     let fx = room.committed(local.persist[0].token);
     assert_eq!(deltas_to(&fx, writer_peer), 1, "the remote delta only");
-    assert_eq!(deltas_to(&fx, yjs), 2, "the local delta, then the remote one");
+    assert_eq!(
+        deltas_to(&fx, yjs),
+        2,
+        "the local delta, then the remote one"
+    );
     assert!(room.document().text("text").contains("remote"));
     // With nothing waiting, it goes at once; content the room holds goes nowhere.
     let fx = room

@@ -42,6 +42,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     setup::npm_ci(&peers.to_string_lossy())?;
+    // The cluster scenario starts nodes on PostgreSQL and Redis (idempotent when installed).
+    setup::for_bench_cluster()?;
     cmd(
         "cargo",
         &[

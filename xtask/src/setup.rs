@@ -177,6 +177,17 @@ pub(crate) fn for_chaos() -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench cluster` needs: PostgreSQL and Redis, exported as for the tests.
+pub(crate) fn for_bench_cluster() -> Result<()> {
+    apt(&["postgresql", "redis-server"])?;
+    export("LATTICE_TEST_POSTGRES_URL", postgres()?);
+    export(
+        "LATTICE_TEST_REDIS_SERVER",
+        redis_server()?.to_string_lossy().into_owned(),
+    );
+    Ok(())
+}
+
 /// What `cargo xtask cluster` needs: PostgreSQL running with the cluster's database (its URL)
 /// and the `redis-server` binary (its absolute path).
 pub(crate) fn for_cluster() -> Result<(String, PathBuf)> {

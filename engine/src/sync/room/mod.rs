@@ -529,22 +529,46 @@ impl Room {
         author: Option<&str>,
         now_ms: u64,
     ) -> Result<Effects, ApplyError> {
+        let (fx, applied) = self.remote_deltas([(delta, author.map(str::to_owned))], now_ms);
+        applied.map(|()| fx)
+    }
+
+    /// [`Room::remote_delta`] for consecutive entries (`delta`, `author`), applied in order:
+    /// their relays go out together, so consecutive ones are merged (up to
+    /// [`RoomConfig::max_relay_bytes`]) as a burst of one sender's are. Stops at the first
+    /// that does not apply and returns its error with the effects of the ones before it.
+    pub fn remote_deltas(
+        &mut self,
+        deltas: impl IntoIterator<Item = (Delta, Option<String>)>,
+        now_ms: u64,
+    ) -> (Effects, Result<(), ApplyError>) {
         let mut fx = Effects::default();
-        let applied = self.doc.apply_from(&delta, Source::trusted(author))?;
-        if !applied.changed {
-            return Ok(fx);
+        let mut result = Ok(());
+        for (delta, author) in deltas {
+            match self
+                .doc
+                .apply_from(&delta, Source::trusted(author.as_deref()))
+            {
+                Ok(applied) if applied.changed => {
+                    let (_, token) = self.stamp_and_token(&delta, now_ms);
+                    self.slots.push_back(Slot {
+                        token,
+                        peer: SERVER_PEER,
+                        seq: 0,
+                        relay: Some(delta),
+                        sync: None,
+                        durable: true,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        let (_, token) = self.stamp_and_token(&delta, now_ms);
-        self.slots.push_back(Slot {
-            token,
-            peer: SERVER_PEER,
-            seq: 0,
-            relay: Some(delta),
-            sync: None,
-            durable: true,
-        });
         self.release(&mut fx);
-        Ok(fx)
+        (fx, result)
     }
 
     /// Every [`PendingDelta`] with a token up to `token` is committed.

@@ -190,55 +190,50 @@ impl RoomDriver {
     /// there is one.
     pub(super) async fn advance(&mut self) {
         let start = self.head_seq;
-        let mut ready: Vec<(u64, Delta)> = Vec::new();
+        // (seq, delta, and for another node's entry its author).
+        let mut ready: Vec<(u64, Delta, Option<Option<String>>)> = Vec::new();
+        let mut undecodable = None;
         while let Some(entry) = self.order.ahead.remove(&(self.head_seq + 1)) {
             let seq = self.head_seq + 1;
-            let delta = match entry {
-                Ahead::Local(delta) => delta,
-                Ahead::Remote(entry) => match self.apply_remote(seq, &entry).await {
-                    Some(delta) => delta,
-                    // Not applied: the room reloads from the store instead.
-                    None => return,
-                },
-            };
+            match entry {
+                Ahead::Local(delta) => ready.push((seq, delta, None)),
+                Ahead::Remote(entry) => {
+                    match crate::store::decode_delta(&self.doc, seq, &entry.delta_bytes) {
+                        Ok(delta) => ready.push((seq, delta, Some(entry.author))),
+                        Err(e) => {
+                            undecodable = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
             self.head_seq = seq;
-            ready.push((seq, delta));
         }
         if self.head_seq != start {
             if let Some(m) = self.order.membership() {
                 m.advanced(self.head_seq);
             }
-            let refs: Vec<(u64, &Delta)> = ready.iter().map(|(s, d)| (*s, d)).collect();
+            // Readers follow the log: they get each entry as committed, in order.
+            let refs: Vec<(u64, &Delta)> = ready.iter().map(|(s, d, _)| (*s, d)).collect();
             self.feed_in_order(&refs).await;
+            // Other nodes' entries are applied together, so their relays merge.
+            let remote = ready
+                .into_iter()
+                .filter_map(|(_, delta, author)| author.map(|a| (delta, a)));
+            let (fx, applied) = self.room.remote_deltas(remote, now_ms());
+            self.apply(fx).await;
+            if let Err(e) = applied {
+                error!(error = %e, "another node's entry does not apply; reloading");
+                self.reload_after_gap().await;
+                return;
+            }
+        }
+        if let Some(e) = undecodable {
+            error!(error = %e, "another node's entry does not decode; reloading");
+            self.reload_after_gap().await;
+            return;
         }
         self.start_catch_up();
-    }
-
-    /// Applies another node's entry and relays it; `None` if it could not be (the room then
-    /// reloads the document from the store).
-    async fn apply_remote(&mut self, seq: u64, entry: &RemoteEntry) -> Option<Delta> {
-        let delta = match crate::store::decode_delta(&self.doc, seq, &entry.delta_bytes) {
-            Ok(delta) => delta,
-            Err(e) => {
-                error!(error = %e, seq, "another node's entry does not decode; reloading");
-                self.reload_after_gap().await;
-                return None;
-            }
-        };
-        match self
-            .room
-            .remote_delta(delta.clone(), entry.author.as_deref(), now_ms())
-        {
-            Ok(fx) => {
-                self.apply(fx).await;
-                Some(delta)
-            }
-            Err(e) => {
-                error!(error = %e, seq, "another node's entry does not apply; reloading");
-                self.reload_after_gap().await;
-                None
-            }
-        }
     }
 
     /// Starts reading the entries between the head and the highest known seq, unless a read
