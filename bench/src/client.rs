@@ -283,6 +283,21 @@ pub(crate) fn clock_of(update: &[u8], client: u64) -> Result<u32> {
         .unwrap_or(0))
 }
 
+/// The clocks of `client` a Yjs update inserts, as ranges (empty if it has nothing of
+/// `client`): for a writer that types one character per update, its update number k (from 1)
+/// is the clock range k−1..k, so the ranges say exactly which updates a relay carries, merged
+/// or not, and a repeated or skipped one shows.
+pub(crate) fn clock_ranges(update: &[u8], client: u64) -> Result<Vec<std::ops::Range<u32>>> {
+    let update = yrs::Update::decode_v1(update).context("undecodable Yjs update")?;
+    let client = yrs::block::ClientID::new(client);
+    Ok(update
+        .insertions(true)
+        .iter()
+        .filter(|(c, _)| **c == client)
+        .flat_map(|(_, ranges)| ranges.iter().cloned().collect::<Vec<_>>())
+        .collect())
+}
+
 /// `n` keystrokes by Yjs client `client`: one character appended per update, each encoded on
 /// its own (what an editor sends per key press).
 pub(crate) fn keystrokes(n: usize, client: u64) -> Vec<Vec<u8>> {
@@ -318,6 +333,14 @@ mod tests {
         let merged = yrs::merge_updates_v1(&ups[3..7]).expect("merge");
         assert_eq!(clock_of(&merged, 77).expect("clock"), 7);
         assert_eq!(clock_of(&ups[0], 78).expect("clock"), 0);
+        assert_eq!(clock_ranges(&ups[4], 77).expect("ranges"), vec![4..5]);
+        let covered: Vec<u32> = clock_ranges(&merged, 77)
+            .expect("ranges")
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(covered, vec![3, 4, 5, 6]);
+        assert!(clock_ranges(&ups[0], 78).expect("ranges").is_empty());
     }
 
     #[test]

@@ -24,12 +24,18 @@
 //!    [`report::Sample`]s.
 //! 2. Add one line `NAME => Type,` to the `scenarios!` list in `src/scenarios/mod.rs`.
 //!
-//! The driver, the servers, the report and the JSON need no change.
+//! The driver, the servers, the report and the JSON need no change. A scenario that needs
+//! servers the driver does not start (`cluster`: several Lattice nodes on one PostgreSQL
+//! database and a Redis, from [`services`]) starts them itself in
+//! [`scenarios::Prepared::run_own`]; one that is no comparison with the peers names a section
+//! of its own with [`scenarios::Prepared::own_section`], so that running it leaves the peers'
+//! figures in docs/BENCHMARKS.md as they are.
 
 mod client;
 mod http;
 mod report;
 mod scenarios;
+mod services;
 mod target;
 mod wire;
 
@@ -174,6 +180,9 @@ fn main() -> Result<()> {
                 }
                 let samples = runtime
                     .block_on(async {
+                        if let Some(own) = p.run_own(&tools, target) {
+                            return own.await;
+                        }
                         let mut server = RunningServer::start(target, &tools).await?;
                         env.servers
                             .entry(target.id.to_owned())
@@ -218,6 +227,10 @@ fn main() -> Result<()> {
             .iter()
             .map(|(s, p)| (s.name(), p.describe()))
             .collect(),
+        own_sections: prepared
+            .iter()
+            .filter_map(|(s, p)| p.own_section().map(|h| (s.name(), h)))
+            .collect(),
         verdicts: prepared
             .iter()
             .map(|(s, p)| (s.name(), p.verdicts(&medians)))
@@ -227,11 +240,12 @@ fn main() -> Result<()> {
     };
     report::write_json(&results, &cli.json)?;
     eprintln!("results: {}", cli.json.display());
-    let md = report::markdown(&results);
-    println!("{md}");
+    for section in report::sections(&results) {
+        println!("{}", section.text);
+    }
     if cli.report != "-" {
         report::write_markdown(&results, std::path::Path::new(&cli.report))?;
-        eprintln!("report: {} (generated section)", cli.report);
+        eprintln!("report: {} (generated sections)", cli.report);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The servers under test: Lattice (release binary, fresh SQLite file per start) and the peers
 //! (Node launchers in `bench/peers/`, installed by xtask into `target/bench/peers`). Each start
-//! is a fresh process, so no scenario sees another's documents or memory.
+//! is a fresh process, so no scenario sees another's documents or memory. The `cluster`
+//! scenario's nodes are Lattice on a database it creates ([`RunningServer::start_lattice_on`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -121,7 +122,7 @@ impl RunningServer {
 
     async fn start_with(target: &Target, tools: &Tools, storage: Option<&Path>) -> Result<Self> {
         let mut dir = None;
-        let mut cmd = match target.server {
+        let cmd = match target.server {
             ServerKind::Lattice => {
                 let db_dir = match storage {
                     Some(s) => s.to_path_buf(),
@@ -164,6 +165,42 @@ impl RunningServer {
                 c
             }
         };
+        Self::spawn(cmd, target, tools, dir).await
+    }
+
+    /// A Lattice node (the native target) on `database_url` with `extra` flags after the
+    /// usual ones: the `cluster` scenario's nodes, sharing one PostgreSQL database and Redis.
+    pub(crate) async fn start_lattice_on(
+        tools: &Tools,
+        database_url: &str,
+        extra: &[String],
+    ) -> Result<Self> {
+        let target = TARGETS
+            .iter()
+            .find(|t| t.server == ServerKind::Lattice && t.protocol == Protocol::Native)
+            .context("no native Lattice target")?;
+        let mut cmd = Command::new(&tools.lattice_bin);
+        cmd.args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--no-auth",
+        ])
+        .args(LATTICE_RATE_FLAGS)
+        .args(extra)
+        .env("RUST_LOG", "warn");
+        Self::spawn(cmd, target, tools, None).await
+    }
+
+    /// Starts `cmd` and waits for its ready line.
+    async fn spawn(
+        mut cmd: Command,
+        target: &Target,
+        tools: &Tools,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -233,8 +233,8 @@ pub(super) struct Writer {
 
 /// When the writer sent: the first send and each update's.
 pub(super) struct Sent {
-    first: Instant,
-    at: Vec<Instant>,
+    pub(super) first: Instant,
+    pub(super) at: Vec<Instant>,
 }
 
 impl Writer {

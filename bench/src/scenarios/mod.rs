@@ -9,7 +9,7 @@ use clap::builder::{IntoResettable, ValueParser};
 use clap::{Arg, ArgMatches};
 
 use crate::report::{Medians, Sample};
-use crate::target::{RunningServer, Target};
+use crate::target::{RunningServer, Target, Tools};
 
 /// A future a scenario returns from [`Prepared::run`].
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,6 +51,23 @@ pub(crate) trait Prepared: Send + Sync {
         server: &'a mut RunningServer,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<Vec<Sample>>>;
+    /// A scenario that starts its own servers (`cluster`: Lattice nodes sharing PostgreSQL and
+    /// Redis) returns its measurement against `target` here; the driver then starts no server
+    /// for it and does not call [`Prepared::run`]. The same rules hold: every wait has a
+    /// timeout, every process it starts is gone when the future ends.
+    fn run_own<'a>(
+        &'a self,
+        _tools: &'a Tools,
+        _target: &'a Target,
+    ) -> Option<BoxFuture<'a, Result<Vec<Sample>>>> {
+        None
+    }
+    /// A scenario that is no comparison with the peers gets a generated section of its own in
+    /// docs/BENCHMARKS.md, under this heading, rewritten only by runs that include it (the
+    /// peers' section is then left as it is).
+    fn own_section(&self) -> Option<&'static str> {
+        None
+    }
     /// Lines on the targets (met or not, by how much), from the medians.
     fn verdicts(&self, _medians: &Medians) -> Vec<String> {
         Vec::new()
@@ -101,4 +118,5 @@ scenarios! {
     idle => Idle,
     ingest => Ingest,
     cold => Cold,
+    cluster => Cluster,
 }
