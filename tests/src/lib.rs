@@ -2,6 +2,7 @@
 //! [`store_support`] gives each test a fresh database on either backend; [`server_support`]
 //! runs servers and peers against it; [`hostile`] builds the malformed Yjs updates attacks send; [`http_support`] speaks raw HTTP and reads Server-Sent Events.
 
+pub mod cluster_support;
 pub mod hostile;
 pub mod http_support;
 pub mod server_support;

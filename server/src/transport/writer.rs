@@ -85,7 +85,9 @@ impl Closer {
         {
             *slot = Some(code);
         }
-        self.notify.notify_one();
+        // Every task waiting on it wakes (the writer and the connection's read loop both
+        // do): with only one woken, the writer could end without the close code.
+        self.notify.notify_waiters();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -94,10 +96,15 @@ impl Closer {
 
     pub(crate) async fn closed(&self) -> CloseCode {
         loop {
+            // Registered before the code is read, so a close between the two is not missed
+            // (`notify_waiters` keeps no permit for later waiters).
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
                 return code;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }
