@@ -442,7 +442,12 @@ async fn pump_events(
         tokio::select! {
             msg = follower.rx.recv() => {
                 let Some(first) = msg else {
-                    return Some(Event::close("document_unavailable", "the room stopped; reconnect with Last-Event-ID"));
+                    // The room dropped this reader: say why, if it said (a slow consumer's
+                    // outbox goes with it, so both can be seen at once).
+                    return Some(match follower.closer.code() {
+                        Some(code) => closed_event(code),
+                        None => Event::close("document_unavailable", "the room stopped; reconnect with Last-Event-ID"),
+                    });
                 };
                 // Everything queued goes out as one chunk (one write for many events).
                 let mut chunk = Vec::new();
@@ -474,16 +479,25 @@ async fn pump_events(
             () = tokio::time::sleep_until(deadline) => {
                 return Some(Event::close("lifetime", "the stream's lifetime is over; reconnect with Last-Event-ID"));
             }
-            code = follower.closer.closed() => {
-                return Some(match code {
-                    CloseCode::SlowConsumer => Event::close("slow_consumer", "the stream fell behind; reconnect with Last-Event-ID"),
-                    _ => Event::close("document_unavailable", "the document is unavailable (deleted, or the store failed); reconnect to find out"),
-                });
-            }
+            code = follower.closer.closed() => return Some(closed_event(code)),
             () = state.shutdown.cancelled() => {
                 return Some(Event::close("shutdown", "the server is restarting; reconnect with Last-Event-ID"));
             }
         }
+    }
+}
+
+/// The last event of a stream its room closed with `code`.
+fn closed_event(code: CloseCode) -> Event {
+    match code {
+        CloseCode::SlowConsumer => Event::close(
+            "slow_consumer",
+            "the stream fell behind; reconnect with Last-Event-ID",
+        ),
+        _ => Event::close(
+            "document_unavailable",
+            "the document is unavailable (deleted, or the store failed); reconnect to find out",
+        ),
     }
 }
 

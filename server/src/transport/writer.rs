@@ -90,6 +90,11 @@ impl Closer {
         self.notify.notify_waiters();
     }
 
+    /// The code it was closed with, if it was.
+    pub(crate) fn code(&self) -> Option<CloseCode> {
+        self.code.lock().ok().and_then(|c| *c)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.code.lock().map_or(true, |c| c.is_some())
     }
