@@ -632,18 +632,7 @@ enum RedisTrouble {
 async fn readers_see_every_entry_once(trouble: RedisTrouble) {
     let mut cluster = Cluster::start().await;
     let d = doc("stream");
-    let pace = Duration::from_millis(10);
-    let mut writers = Vec::new();
-    for (i, tag) in ["w0", "w1", "w2"].iter().enumerate() {
-        writers.push(Writer::start(&cluster.ws_url(i), 300 + i as u32, tag, &d, pace).await);
-    }
-    for w in &writers {
-        assert!(
-            w.progressed(0, 5, WAIT).await,
-            "writer {} gets no acks",
-            w.tag
-        );
-    }
+    let mut writers = writer_per_node(&cluster, &d, ["w0", "w1", "w2"], 300, 5).await;
     let mut readers = Vec::new();
     for i in 0..3 {
         readers.push(SeqReader::sse(cluster.addr(i), "stream"));
@@ -909,18 +898,7 @@ async fn a_database_outage_under_a_cluster_acknowledges_nothing_and_loses_nothin
     })
     .await;
     let d = doc("outage");
-    let pace = Duration::from_millis(10);
-    let mut writers = Vec::new();
-    for (i, tag) in ["p0", "p1", "p2"].iter().enumerate() {
-        writers.push(Writer::start(&cluster.ws_url(i), 400 + i as u32, tag, &d, pace).await);
-    }
-    for w in &writers {
-        assert!(
-            w.progressed(0, 10, WAIT).await,
-            "writer {} gets no acks",
-            w.tag
-        );
-    }
+    let mut writers = writer_per_node(&cluster, &d, ["p0", "p1", "p2"], 400, 10).await;
 
     cluster.database.as_ref().expect("proxy").down();
     let made_at_cut: Vec<u64> = writers.iter().map(Writer::made).collect();
@@ -1011,6 +989,30 @@ async fn a_database_outage_under_a_cluster_acknowledges_nothing_and_loses_nothin
         w.client.stop();
     }
     cluster.shutdown().await;
+}
+
+/// A writer on each node (replicas from `replica`), each acknowledged `acks` times already.
+async fn writer_per_node(
+    cluster: &Cluster,
+    d: &DocId,
+    tags: [&str; 3],
+    replica: u32,
+    acks: u64,
+) -> Vec<Writer> {
+    let mut writers = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let url = cluster.ws_url(i);
+        let pace = Duration::from_millis(10);
+        writers.push(Writer::start(&url, replica + i as u32, tag, d, pace).await);
+    }
+    for w in &writers {
+        assert!(
+            w.progressed(0, acks, WAIT).await,
+            "writer {} gets no acks",
+            w.tag
+        );
+    }
+    writers
 }
 
 /// A document whose subscribers are all on node 0 is loaded there only, also while they write.

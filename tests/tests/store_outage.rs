@@ -8,82 +8,11 @@
 //! connection (and every open one cut), as when PostgreSQL stops, and "up" is the same address
 //! answering again.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lattice_tests::cluster_support::{TcpProxy as Proxy, through};
 use lattice_tests::server_support::{TestServer, client, config, doc, http_get, settled};
 use lattice_tests::store_support::{Kind, TestDb};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
-
-/// A proxy to `upstream` on a fixed local address that can refuse connections for a while.
-struct Proxy {
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    /// The accept loop and every proxied connection, aborted by `down`.
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let proxy = Proxy {
-            addr: listener.local_addr().expect("addr"),
-            upstream,
-            tasks: Arc::default(),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (upstream, tasks) = (self.upstream, self.tasks.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tasks.lock().expect("tasks").push(conn.abort_handle());
-            }
-        });
-        self.tasks
-            .lock()
-            .expect("tasks")
-            .push(accept.abort_handle());
-    }
-
-    /// Stops listening and cuts every connection: the database is gone.
-    fn down(&self) {
-        for task in self.tasks.lock().expect("tasks").drain(..) {
-            task.abort();
-        }
-    }
-
-    /// Answers on the same address again.
-    async fn up(&self) {
-        let listener = TcpListener::bind(self.addr).await.expect("bind again");
-        self.serve(listener);
-    }
-}
-
-/// `url` (`postgres://user:pw@host:port/db`) with its host and port replaced by `addr`, and
-/// the address it named.
-fn through(url: &str, addr: SocketAddr) -> (String, SocketAddr) {
-    let at = url.find('@').expect("user in the URL") + 1;
-    let slash = at + url[at..].find('/').expect("database in the URL");
-    let upstream = url[at..slash]
-        .parse::<SocketAddr>()
-        .or_else(|_| {
-            url[at..slash]
-                .replace("localhost", "127.0.0.1")
-                .parse::<SocketAddr>()
-        })
-        .expect("host:port of the test database");
-    (format!("{}{addr}{}", &url[..at], &url[slash..]), upstream)
-}
 
 /// Before: a room whose commit failed reloaded its document from the store; when that failed
 /// too (the database still down), it carried on with the document holding the refused delta,
