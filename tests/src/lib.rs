@@ -5,5 +5,7 @@
 pub mod cluster_support;
 pub mod hostile;
 pub mod http_support;
+pub mod proxy;
+pub mod seq_reader;
 pub mod server_support;
 pub mod store_support;

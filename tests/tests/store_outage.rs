@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use lattice_tests::cluster_support::{TcpProxy as Proxy, through};
+use lattice_tests::proxy::{TcpProxy as Proxy, through};
 use lattice_tests::server_support::{TestServer, client, config, doc, http_get, settled};
 use lattice_tests::store_support::{Kind, TestDb};
 
