@@ -6,41 +6,13 @@ import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import {
   LatticeServer, NativeEditor, RUN, RedisServer, freshPostgresDatabase, headSeq, metric, sleep,
-  synced, waitFor, yjsClient
+  synced, waitFor, yjsClient,
+  converged, count, nativeType, typeInto
 } from './support.mjs'
 
 /** The nodes' `--presence-ttl-secs`: short, so that expiry after a kill is quick to see. */
 const PRESENCE_TTL_SECS = 3
 const NODES = 3
-
-/** Inserts `n` single characters at random positions, yielding between them. */
-async function typeInto (client, n, tag) {
-  for (let i = 0; i < n; i++) {
-    const at = Math.floor(Math.random() * (client.text.length + 1))
-    client.text.insert(at, tag)
-    if (i % 5 === 0) await sleep(1)
-  }
-}
-
-async function nativeType (native, n, tag) {
-  for (let i = 0; i < n; i++) {
-    const len = (await native.text()).length
-    await native.insert(Math.floor(Math.random() * (len + 1)), tag)
-  }
-}
-
-function count (s, ch) { return [...s].filter((c) => c === ch).length }
-
-async function converged (yjsClients, native, what) {
-  let last = ''
-  await waitFor(async () => {
-    const texts = yjsClients.map((c) => c.content)
-    const nat = await native.text()
-    last = JSON.stringify({ yjs: texts, native: nat })
-    return texts.every((t) => t === texts[0]) && nat === texts[0]
-  }, what, 30000, () => last)
-  return yjsClients[0].content
-}
 
 /** The awareness state `client` holds for Yjs client id `id`, if any. */
 const stateOf = (client, id) => client.provider.awareness.getStates().get(id)

@@ -423,3 +423,34 @@ export async function metric (server, name) {
   }
   return sum
 }
+
+/** Typing and convergence, shared by the interop tests: `converged` waits until every Yjs
+ * client (and the native editor, if any) holds the same text, and returns it. */
+/** Inserts `n` single characters at random positions, yielding between them. */
+export async function typeInto (client, n, tag) {
+  for (let i = 0; i < n; i++) {
+    const at = Math.floor(Math.random() * (client.text.length + 1))
+    client.text.insert(at, tag)
+    if (i % 5 === 0) await sleep(1)
+  }
+}
+
+export async function nativeType (native, n, tag) {
+  for (let i = 0; i < n; i++) {
+    const len = (await native.text()).length
+    await native.insert(Math.floor(Math.random() * (len + 1)), tag)
+  }
+}
+
+export function count (s, ch) { return [...s].filter((c) => c === ch).length }
+
+export async function converged (yjsClients, native, what) {
+  let last = ''
+  await waitFor(async () => {
+    const texts = yjsClients.map((c) => c.content)
+    const nat = native ? await native.text() : texts[0]
+    last = JSON.stringify({ yjs: texts, native: nat })
+    return texts.every((t) => t === texts[0]) && nat === texts[0]
+  }, what, 30000, () => last)
+  return yjsClients[0].content
+}

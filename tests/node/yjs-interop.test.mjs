@@ -7,37 +7,9 @@ import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import * as syncProtocol from 'y-protocols/sync'
 import {
-  BACKENDS, LatticeServer, NativeEditor, RUN, rawYjs, sleep, synced, waitFor, yjsClient
+  BACKENDS, LatticeServer, NativeEditor, RUN, rawYjs, sleep, synced, waitFor, yjsClient,
+  converged, count, nativeType, typeInto
 } from './support.mjs'
-
-/** Inserts `n` single characters at random positions, yielding between them. */
-async function typeInto (client, n, tag) {
-  for (let i = 0; i < n; i++) {
-    const at = Math.floor(Math.random() * (client.text.length + 1))
-    client.text.insert(at, tag)
-    if (i % 5 === 0) await sleep(1)
-  }
-}
-
-async function nativeType (native, n, tag) {
-  for (let i = 0; i < n; i++) {
-    const len = (await native.text()).length
-    await native.insert(Math.floor(Math.random() * (len + 1)), tag)
-  }
-}
-
-function count (s, ch) { return [...s].filter((c) => c === ch).length }
-
-async function converged (yjsClients, native, what) {
-  let last = ''
-  await waitFor(async () => {
-    const texts = yjsClients.map((c) => c.content)
-    const nat = native ? await native.text() : texts[0]
-    last = JSON.stringify({ yjs: texts, native: nat })
-    return texts.every((t) => t === texts[0]) && nat === texts[0]
-  }, what, 30000, () => last)
-  return yjsClients[0].content
-}
 
 /** One frame, decoded: exactly one y-websocket message, nothing left over. */
 function decodeOne (frame) {
