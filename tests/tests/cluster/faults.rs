@@ -124,10 +124,7 @@ async fn readers_see_every_entry_once(trouble: RedisTrouble) {
             cluster.logs()
         );
     }
-    stop_and_settle(&cluster, &mut writers).await;
-    let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
-    let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
-    assert_converge(&cluster, &clients, &d, &markers).await;
+    settle_and_converge(&cluster, &mut writers, &d).await;
 
     let head = cluster
         .store()
@@ -356,10 +353,7 @@ async fn a_database_outage_under_a_cluster_acknowledges_nothing_and_loses_nothin
             cluster.logs()
         );
     }
-    stop_and_settle(&cluster, &mut writers).await;
-    let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
-    let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
-    assert_converge(&cluster, &clients, &d, &markers).await;
+    let markers = settle_and_converge(&cluster, &mut writers, &d).await;
     let stored = cluster
         .store()
         .await

@@ -227,10 +227,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_edit_and_logs_none_twice
             cluster.logs()
         );
     }
-    stop_and_settle(&cluster, &mut writers).await;
-    let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
-    let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
-    assert_converge(&cluster, &clients, &d, &markers).await;
+    let markers = settle_and_converge(&cluster, &mut writers, &d).await;
 
     let entries = whole_log(&store, &d).await;
     let head = store
@@ -345,10 +342,7 @@ async fn a_document_is_loaded_only_on_the_nodes_of_its_subscribers() {
             w.acked()
         );
     }
-    stop_and_settle(&cluster, &mut writers).await;
-    let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
-    let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
-    assert_converge(&cluster, &clients, &d, &markers).await;
+    settle_and_converge(&cluster, &mut writers, &d).await;
     assert_eq!(cluster.metric_of(1, live).await, 0.0);
     assert_eq!(cluster.metric_of(2, live).await, 0.0);
     for w in &writers {

@@ -216,3 +216,17 @@ pub(crate) fn not_exactly_once<'a>(text: &str, markers: &'a [String]) -> Vec<(&'
         .filter(|(_, n)| *n != 1)
         .collect()
 }
+
+/// Stops the writers, waits until each has every edit acknowledged, and checks that they
+/// converge with every marker exactly once; returns the markers.
+pub(crate) async fn settle_and_converge(
+    cluster: &Cluster,
+    writers: &mut [Writer],
+    d: &DocId,
+) -> Vec<String> {
+    stop_and_settle(cluster, writers).await;
+    let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
+    let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
+    assert_converge(cluster, &clients, d, &markers).await;
+    markers
+}
