@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import {
   LatticeServer, NativeEditor, RUN, RedisServer, freshPostgresDatabase, headSeq, metric, sleep,
   synced, waitFor, yjsClient,
-  converged, count, nativeType, typeInto
+  converged, count, nativeType, typeFourWaysAndConverge, typeInto
 } from './support.mjs'
 
 /** The nodes' `--presence-ttl-secs`: short, so that expiry after a kill is quick to see. */
@@ -75,18 +75,7 @@ describe('a cluster of three nodes on one PostgreSQL database and one Redis', ()
     const clients = nodes.map((node) => yjsClient(node, doc))
     const native = new NativeEditor(nodes[2], doc, 4242)
     try {
-      await Promise.all(clients.map((c) => synced(c)))
-      await native.settle()
-      await Promise.all([
-        typeInto(clients[0], 40, 'a'),
-        typeInto(clients[1], 40, 'b'),
-        typeInto(clients[2], 40, 'c'),
-        nativeType(native, 40, 'n')
-      ])
-      await native.settle()
-      const text = await converged(clients, native, 'every client on every node to hold the same text')
-      assert.equal(text.length, 160)
-      for (const ch of 'abcn') assert.equal(count(text, ch), 40, `40 × ${ch} in ${text}`)
+      const text = await typeFourWaysAndConverge(clients, native, 'every client on every node to hold the same text')
 
       // A client that arrives later on another node reads the same text.
       const late = yjsClient(nodes[1], doc)

@@ -454,3 +454,23 @@ export async function converged (yjsClients, native, what) {
   }, what, 30000, () => last)
   return yjsClients[0].content
 }
+
+/** Three Yjs clients and a native editor each type 40 characters (`a`, `b`, `c`, `n`) at once;
+ * checks that they converge on all 160 and returns the text. */
+export async function typeFourWaysAndConverge (clients, native, what) {
+  await Promise.all(clients.map((c) => synced(c)))
+  await native.settle()
+  await Promise.all([
+    typeInto(clients[0], 40, 'a'),
+    typeInto(clients[1], 40, 'b'),
+    typeInto(clients[2], 40, 'c'),
+    nativeType(native, 40, 'n')
+  ])
+  await native.settle()
+  const text = await converged(clients, native, what)
+  if (text.length !== 160) throw new Error(`${what}: ${text.length} characters, not 160: ${text}`)
+  for (const ch of 'abcn') {
+    if (count(text, ch) !== 40) throw new Error(`${what}: not 40 × ${ch} in ${text}`)
+  }
+  return text
+}

@@ -8,7 +8,7 @@ import * as decoding from 'lib0/decoding'
 import * as syncProtocol from 'y-protocols/sync'
 import {
   BACKENDS, LatticeServer, NativeEditor, RUN, rawYjs, sleep, synced, waitFor, yjsClient,
-  converged, count, nativeType, typeInto
+  converged, count, nativeType, typeFourWaysAndConverge, typeInto
 } from './support.mjs'
 
 /** One frame, decoded: exactly one y-websocket message, nothing left over. */
@@ -41,18 +41,7 @@ for (const backend of BACKENDS) {
       const clients = [yjsClient(server, doc), yjsClient(server, doc), yjsClient(server, doc)]
       const native = new NativeEditor(server, doc, 4242)
       try {
-        await Promise.all(clients.map((c) => synced(c)))
-        await native.settle()
-        await Promise.all([
-          typeInto(clients[0], 40, 'a'),
-          typeInto(clients[1], 40, 'b'),
-          typeInto(clients[2], 40, 'c'),
-          nativeType(native, 40, 'n')
-        ])
-        await native.settle()
-        const text = await converged(clients, native, 'every client to hold the same text')
-        assert.equal(text.length, 160)
-        for (const ch of 'abcn') assert.equal(count(text, ch), 40, `40 × ${ch} in ${text}`)
+        const text = await typeFourWaysAndConverge(clients, native, 'every client to hold the same text')
 
         // Restart on the same port: a new client reads the stored text, the old ones reconnect and
         // keep editing.
