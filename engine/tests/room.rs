@@ -2,7 +2,9 @@
 //! queries.
 
 use lattice_engine::protocol::{ErrorCode, ServerMsg};
-use lattice_engine::sync::{Access, Echo, PeerId, Room, RoomConfig, SubscribeOptions};
+use std::sync::Arc;
+
+use lattice_engine::sync::{Access, Echo, PeerId, RelayOrder, Room, RoomConfig, SubscribeOptions};
 use lattice_engine::{
     DEFAULT_MAX_DRIFT, DocId, DocState, Document, Hlc, HlcTimestamp, ReplicaId, Value,
     ntp64_from_unix_ms,
@@ -12,19 +14,35 @@ use lattice_engine::{
 const NOW_MS: u64 = 1_700_000_000_000;
 
 fn room() -> Room {
+    room_relaying(RelayOrder::default())
+}
+
+fn room_relaying(relay: RelayOrder) -> Room {
     let server = ReplicaId::new(1).expect("replica");
     Room::new(
         DocId::new("room/test").expect("doc"),
         Document::new(server),
         Hlc::new(server, DEFAULT_MAX_DRIFT),
-        RoomConfig::default(),
+        RoomConfig {
+            relay,
+            ..RoomConfig::default()
+        },
     )
+}
+
+/// A writer acting for `principal`.
+fn writer_of(principal: &str) -> SubscribeOptions {
+    SubscribeOptions {
+        author: Some(Arc::from(principal)),
+        ..writer()
+    }
 }
 
 fn writer() -> SubscribeOptions {
     SubscribeOptions {
         access: Access::Write,
         echo: Echo::None,
+        author: None,
     }
 }
 
@@ -32,6 +50,7 @@ fn reader() -> SubscribeOptions {
     SubscribeOptions {
         access: Access::Read,
         echo: Echo::None,
+        author: None,
     }
 }
 
@@ -40,6 +59,7 @@ fn echoing() -> SubscribeOptions {
     SubscribeOptions {
         access: Access::Write,
         echo: Echo::OwnDeltas,
+        author: None,
     }
 }
 
@@ -144,7 +164,7 @@ fn a_server_delta_reaches_every_subscriber_after_its_commit_and_is_acked_to_no_o
 
 #[test]
 fn another_nodes_delta_is_relayed_to_everyone_after_the_local_ones_before_it_and_never_persisted() {
-    let mut room = room();
+    let mut room = room_relaying(RelayOrder::AfterCommit);
     let (writer_peer, yjs) = (PeerId(1), PeerId(2));
     room.subscribe(writer_peer, writer(), &DocState::default());
     room.subscribe(yjs, echoing(), &DocState::default());
@@ -334,4 +354,135 @@ fn a_waiting_sync_is_dropped_with_a_failed_commit() {
     assert_eq!(closed, vec![alice, bob]);
     assert!(syncs_to(&fx, bob).is_empty());
     assert!(!room.is_subscribed(bob));
+}
+
+fn acks_to(fx: &lattice_engine::sync::Effects, peer: PeerId) -> Vec<u64> {
+    fx.send
+        .iter()
+        .filter(|o| o.to.contains(&peer))
+        .filter_map(|o| match o.msg {
+            ServerMsg::Ack { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_delta_reaches_its_principals_subscribers_when_applied_and_others_when_committed() {
+    let mut room = room();
+    let (tab1, tab2, yjs_tab, bob) = (PeerId(1), PeerId(2), PeerId(3), PeerId(4));
+    room.subscribe(tab1, writer_of("alice"), &DocState::default());
+    room.subscribe(tab2, writer_of("alice"), &DocState::default());
+    room.subscribe(
+        yjs_tab,
+        SubscribeOptions {
+            author: Some(Arc::from("alice")),
+            ..echoing()
+        },
+        &DocState::default(),
+    );
+    room.subscribe(bob, writer_of("bob"), &DocState::default());
+
+    // A burst the driver handles in one batch: nothing leaves until it flushes, then one
+    // merged frame per reader of the same principal; bob waits for the commit.
+    let mut tokens = Vec::new();
+    let mut typing = Document::new(ReplicaId::new(7).expect("replica"));
+    for (seq, text) in [(1, "a"), (2, "b"), (3, "c")] {
+        let delta = typing.text_insert("text", 0, text).expect("insert");
+        let fx = room.client_delta(tab1, seq, delta, Some("alice".into()), NOW_MS);
+        assert!(fx.send.is_empty(), "relays wait for the end of the batch");
+        tokens.push(fx.persist[0].token);
+    }
+    let fx = room.flush_relays();
+    assert_eq!(deltas_to(&fx, tab2), 1, "one merged frame");
+    assert_eq!(deltas_to(&fx, yjs_tab), 1);
+    assert_eq!(
+        deltas_to(&fx, bob),
+        0,
+        "another principal waits for the commit"
+    );
+    assert_eq!(deltas_to(&fx, tab1), 0);
+    assert!(
+        acks_to(&fx, tab1).is_empty(),
+        "an ack never precedes the commit"
+    );
+    assert!(room.flush_relays().is_empty());
+
+    let fx = room.committed(*tokens.last().expect("tokens"));
+    assert_eq!(acks_to(&fx, tab1), vec![3]);
+    assert_eq!(deltas_to(&fx, bob), 1);
+    assert_eq!(deltas_to(&fx, tab2), 0, "got it already");
+    assert_eq!(deltas_to(&fx, yjs_tab), 0);
+
+    // A y-websocket sender's echo (its "saved") waits for the commit.
+    let fx = room.client_delta(yjs_tab, 1, edit(8, "y"), Some("alice".into()), NOW_MS);
+    let token = fx.persist[0].token;
+    let fx = room.flush_relays();
+    assert_eq!(deltas_to(&fx, yjs_tab), 0);
+    assert_eq!(deltas_to(&fx, tab1), 1);
+    let fx = room.committed(token);
+    assert_eq!(deltas_to(&fx, yjs_tab), 1, "the echo");
+    assert_eq!(deltas_to(&fx, bob), 1);
+    assert_eq!(deltas_to(&fx, tab1), 0);
+}
+
+#[test]
+fn without_authentication_everyone_gets_a_delta_when_applied() {
+    let mut room = room();
+    let (a, b) = (PeerId(1), PeerId(2));
+    room.subscribe(a, writer(), &DocState::default());
+    room.subscribe(b, reader(), &DocState::default());
+    let fx = room.client_delta(a, 1, edit(7, "x"), None, NOW_MS);
+    let token = fx.persist[0].token;
+    assert_eq!(deltas_to(&room.flush_relays(), b), 1);
+    let fx = room.committed(token);
+    assert_eq!(deltas_to(&fx, b), 0);
+    assert_eq!(acks_to(&fx, a), vec![1]);
+}
+
+#[test]
+fn a_sync_waits_only_for_other_principals_uncommitted_deltas() {
+    let mut room = room();
+    let (alice, alice2, bob) = (PeerId(1), PeerId(2), PeerId(3));
+    room.subscribe(alice, writer_of("alice"), &DocState::default());
+    let fx = room.client_delta(alice, 1, edit(7, "mine"), Some("alice".into()), NOW_MS);
+    let token = fx.persist[0].token;
+    // Alice's second tab could give her uncommitted delta back: its answer leaves now.
+    let fx = room.subscribe(alice2, writer_of("alice"), &DocState::default());
+    let syncs = syncs_to(&fx, alice2);
+    assert_eq!(syncs.len(), 1);
+    assert!(!syncs[0].is_empty());
+    // Bob could not (alice's client id is hers): his waits for the commit.
+    let fx = room.subscribe(bob, writer_of("bob"), &DocState::default());
+    assert!(syncs_to(&fx, bob).is_empty());
+    let fx = room.committed(token);
+    assert_eq!(syncs_to(&fx, bob).len(), 1);
+    assert_eq!(deltas_to(&fx, bob), 0, "the sync holds it");
+    assert_eq!(deltas_to(&fx, alice2), 0, "the sync held it");
+}
+
+#[test]
+fn a_failed_commit_after_an_early_relay_asks_every_subscriber_to_resync() {
+    let mut room = room();
+    let (alice, reader_peer) = (PeerId(1), PeerId(2));
+    room.subscribe(alice, writer(), &DocState::default());
+    room.subscribe(reader_peer, reader(), &DocState::default());
+    room.client_delta(alice, 1, edit(7, "lost"), None, NOW_MS);
+    assert_eq!(deltas_to(&room.flush_relays(), reader_peer), 1);
+    let fx = room.commit_failed();
+    assert!(fx.reload);
+    assert!(fx.lost_relays, "the reader holds what the store refused");
+    assert_eq!(
+        fx.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![alice]
+    );
+    assert!(acks_to(&fx, alice).is_empty());
+
+    // Relaying after commit, nobody else holds it.
+    let mut room = room_relaying(RelayOrder::AfterCommit);
+    room.subscribe(alice, writer(), &DocState::default());
+    room.subscribe(reader_peer, reader(), &DocState::default());
+    room.client_delta(alice, 1, edit(7, "lost"), None, NOW_MS);
+    assert!(room.flush_relays().is_empty());
+    assert!(!room.commit_failed().lost_relays);
 }

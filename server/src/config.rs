@@ -4,6 +4,8 @@
 pub use crate::cluster::ClusterConfig;
 use std::time::Duration;
 
+pub use lattice_engine::sync::RelayOrder;
+
 pub use crate::auth::{AuthConfig, AuthMode};
 use crate::store::StoreConfig;
 
@@ -194,6 +196,10 @@ pub struct RoomSettings {
     /// Consecutive deltas of one sender released by one commit are relayed merged, up to this
     /// many Yjs bytes per frame.
     pub max_relay_bytes: usize,
+    /// When a delta is relayed: once applied to the subscribers of its sender's principal
+    /// (the default), or only once committed (`--relay-after-commit`). Acks always wait for
+    /// the commit (docs/protocol.md, "Relay and acknowledgement").
+    pub relay: RelayOrder,
 }
 
 impl Default for RoomSettings {
@@ -204,6 +210,7 @@ impl Default for RoomSettings {
             typing_ttl: Duration::from_secs(5),
             max_commit_batch: 1_024,
             max_relay_bytes: 256 * 1024,
+            relay: RelayOrder::AfterApply,
         }
     }
 }

@@ -5,18 +5,22 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 /// A TCP proxy on a fixed local address to a switchable upstream. `down` refuses connections
 /// and cuts the open ones (as when the upstream stops), `up` answers on the same address again,
-/// and `retarget` sends new connections elsewhere.
+/// `stall` holds every byte in flight without closing anything (a hung upstream) until
+/// `unstall`, and `retarget` sends new connections elsewhere.
 #[derive(Debug)]
 pub struct TcpProxy {
     pub addr: SocketAddr,
     upstream: Arc<Mutex<SocketAddr>>,
     /// The accept loop and every proxied connection, aborted by `down`.
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    stalled: watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -26,6 +30,7 @@ impl TcpProxy {
             addr: listener.local_addr().expect("addr"),
             upstream: Arc::new(Mutex::new(upstream)),
             tasks: Arc::default(),
+            stalled: watch::Sender::new(false),
         };
         proxy.serve(listener);
         proxy
@@ -33,12 +38,20 @@ impl TcpProxy {
 
     fn serve(&self, listener: TcpListener) {
         let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
+        let stalled = self.stalled.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let target = *upstream.lock().expect("upstream");
+                let stalled = stalled.subscribe();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        // Either side's end ends both directions.
+                        tokio::select! {
+                            _ = pump(in_read, out_write, stalled.clone()) => {}
+                            _ = pump(out_read, in_write, stalled) => {}
+                        }
                     }
                 });
                 tasks.lock().expect("tasks").push(conn.abort_handle());
@@ -57,15 +70,58 @@ impl TcpProxy {
         }
     }
 
+    /// Holds every byte in flight, both ways, until `unstall`: the connections stay open.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards again what `stall` held.
+    pub fn unstall(&self) {
+        self.stalled.send_replace(false);
+    }
+
     /// Answers on the same address again.
     pub async fn up(&self) {
-        let listener = TcpListener::bind(self.addr).await.expect("bind again");
+        // The aborted accept task lets go of the old listener when it is next polled.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind again: {e}"),
+            }
+        };
         self.serve(listener);
     }
 
     /// New connections go to `upstream` from now on; open ones stay where they are.
     pub fn retarget(&self, upstream: SocketAddr) {
         *self.upstream.lock().expect("upstream") = upstream;
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `stalled`; returns at the end of either.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut stalled: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -37,7 +37,7 @@
 //!                     continue;
 //!                 }
 //!                 ClientMsg::Subscribe { state, .. } => {
-//!                     let options = SubscribeOptions { access: Access::Write, echo: Echo::None };
+//!                     let options = SubscribeOptions { access: Access::Write, echo: Echo::None, author: None };
 //!                     room.subscribe(peer, options, &state)
 //!                 }
 //!                 ClientMsg::Delta { seq, delta, .. } => {
@@ -110,7 +110,7 @@ mod room;
 mod session;
 
 pub use room::{
-    Access, CloseReason, Echo, Effects, Outgoing, PeerId, PendingDelta, Room, RoomConfig,
-    SERVER_PEER, SubscribeOptions,
+    Access, CloseReason, Echo, Effects, Outgoing, PeerId, PendingDelta, RelayOrder, Room,
+    RoomConfig, SERVER_PEER, SubscribeOptions,
 };
 pub use session::{Session, SessionEvent, SessionOutput};

@@ -90,6 +90,12 @@ pub(crate) struct ServeArgs {
     /// Seconds an idle room stays loaded.
     #[arg(long, env = "LATTICE_ROOM_IDLE_TTL_SECS")]
     room_idle_ttl_secs: Option<u64>,
+    /// Relay every delta only once it is committed. By default a delta reaches the
+    /// connections of its sender's principal (everyone, without authentication) as soon as
+    /// it is applied, and the others once committed; acknowledgements always wait for the
+    /// commit.
+    #[arg(long, env = "LATTICE_RELAY_AFTER_COMMIT")]
+    relay_after_commit: bool,
     /// Seconds a graceful shutdown may take.
     #[arg(long, env = "LATTICE_SHUTDOWN_DEADLINE_SECS")]
     shutdown_deadline_secs: Option<u64>,
@@ -209,6 +215,9 @@ impl ServeArgs {
         set(&mut c.heartbeat.idle_timeout, secs(self.idle_timeout_secs));
         set(&mut c.rooms.presence_ttl, secs(self.presence_ttl_secs));
         set(&mut c.rooms.idle_ttl, secs(self.room_idle_ttl_secs));
+        if self.relay_after_commit {
+            c.rooms.relay = lattice_server::config::RelayOrder::AfterCommit;
+        }
         set(&mut c.shutdown_deadline, secs(self.shutdown_deadline_secs));
         Ok((c, generated))
     }

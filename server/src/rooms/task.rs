@@ -104,6 +104,7 @@ pub(super) async fn room_task(
         presence_ttl_ms: duration_ms(env.settings.presence_ttl),
         typing_ttl_ms: duration_ms(env.settings.typing_ttl),
         max_relay_bytes: env.settings.max_relay_bytes,
+        relay: env.settings.relay,
     };
     let hlc = Hlc::new(env.replica, DEFAULT_MAX_DRIFT);
     let mut driver = RoomDriver {
@@ -181,6 +182,9 @@ pub(super) async fn room_task(
             refuse_all(&mut rx, &doc, &why).await;
             break;
         }
+        // The relays of what this turn applied, merged per sender, before it waits again.
+        let fx = driver.room.flush_relays();
+        driver.apply(fx).await;
         driver.start_catch_up();
         driver.start_commit();
         driver.answer_flushes();
@@ -322,10 +326,14 @@ impl RoomDriver {
                     PeerKind::Yjs => Echo::OwnDeltas,
                     PeerKind::Native | PeerKind::Feed => Echo::None,
                 };
+                let author = peer.author.clone();
                 self.peers.insert(id, peer);
-                let fx = self
-                    .room
-                    .subscribe(id, SubscribeOptions { access, echo }, &state);
+                let options = SubscribeOptions {
+                    access,
+                    echo,
+                    author,
+                };
+                let fx = self.room.subscribe(id, options, &state);
                 // The answer is in `fx`, or waits in the room for commits (it is computed now).
                 let queued = self.room.queued_sync(id).map_or(0, sync_msg_cost);
                 ticket.spent(sync_cost(&fx) + queued);
@@ -664,6 +672,24 @@ impl RoomDriver {
             for (peer, _) in &fx.close {
                 if let Some(handle) = self.peers.remove(peer) {
                     handle.closer.close(CloseCode::DocumentUnavailable);
+                }
+            }
+            if fx.lost_relays {
+                // Relayed before a commit that failed: any connection may hold it, so every
+                // one resyncs (HTTP readers get only committed entries).
+                let streams: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, h)| h.kind != PeerKind::Feed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for peer in streams {
+                    if let Some(handle) = self.peers.remove(&peer) {
+                        handle.closer.close(CloseCode::DocumentUnavailable);
+                    }
+                    let more = self.room.unsubscribe(peer);
+                    self.apply(more).await;
+                    self.awareness_left(peer);
                 }
             }
             for (peer, code) in dropped {

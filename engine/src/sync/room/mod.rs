@@ -1,6 +1,7 @@
 //! The server side of one document.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use crate::protocol::{ErrorCode, ServerMsg};
 use crate::{
@@ -30,13 +31,17 @@ pub enum Access {
 }
 
 /// How a peer subscribes ([`Room::subscribe`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscribeOptions {
     /// Whether the subscriber may write; a read-only subscriber's deltas are refused
     /// (`forbidden`).
     pub access: Access,
     /// Whether its own committed deltas are relayed back to it.
     pub echo: Echo,
+    /// The principal it acts for (a token's subject; `None` without authentication). Deltas of
+    /// the same principal reach it before their commit ([`RelayOrder::AfterApply`]), others'
+    /// after.
+    pub author: Option<Arc<str>>,
 }
 
 /// Whether a subscriber gets its own deltas back.
@@ -60,6 +65,32 @@ pub struct RoomConfig {
     /// Consecutive deltas from one sender released by the same commit are relayed as one
     /// merged delta of at most this many Yjs bytes, so a burst costs readers few frames.
     pub max_relay_bytes: usize,
+    /// When a subscriber's delta is relayed to the others: once applied (the default) or once
+    /// committed. Acknowledgements always wait for the commit.
+    pub relay: RelayOrder,
+}
+
+/// When the room relays a subscriber's delta to the other subscribers.
+///
+/// Either way an acknowledgement means durable, and a y-websocket sender's echo of its own
+/// update (its "saved" signal) waits for the commit too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayOrder {
+    /// To the subscribers of the sender's own principal (everyone, without authentication)
+    /// as soon as the room has applied it, merged with the rest of the driver's batch
+    /// ([`Room::flush_relays`]); to other principals' subscribers once committed. A reader
+    /// may then hold a delta the store has not committed yet; if the server dies before the
+    /// commit, the sender still holds it (pending until acknowledged) and so does every reader
+    /// that got it: both give it back when they resync, and, being of the same principal, a
+    /// reader may (a peer's delta adds content only under its own principal's client ids, see
+    /// [`crate::Trust::Peer`]: another principal's reader could never give it back, and its
+    /// resync would be refused for as long as it held it). If a commit fails, every
+    /// subscriber is closed so that it resyncs ([`Effects::lost_relays`]).
+    #[default]
+    AfterApply,
+    /// Only once it (and every delta applied before it) is committed: readers never hold
+    /// anything the store may lose; relays wait for the fsync.
+    AfterCommit,
 }
 
 impl Default for RoomConfig {
@@ -68,6 +99,7 @@ impl Default for RoomConfig {
             presence_ttl_ms: 30_000,
             typing_ttl_ms: 5_000,
             max_relay_bytes: 256 * 1024,
+            relay: RelayOrder::AfterApply,
         }
     }
 }
@@ -119,6 +151,10 @@ pub struct Effects {
     /// The in-memory document can no longer be trusted (yrs failed half-way, or a commit
     /// failed); the driver reloads it from the store and resubscribes nobody: peers resync.
     pub reload: bool,
+    /// Deltas relayed before their commit ([`RelayOrder::AfterApply`]) will never be committed
+    /// (the commit failed, or the document is replaced): any subscriber may hold them, so the
+    /// driver closes every connection on the room, which resyncs. The senders are in `close`.
+    pub lost_relays: bool,
 }
 
 impl Effects {
@@ -131,13 +167,18 @@ impl Effects {
 
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.send.is_empty() && self.persist.is_empty() && self.close.is_empty() && !self.reload
+        self.send.is_empty()
+            && self.persist.is_empty()
+            && self.close.is_empty()
+            && !self.reload
+            && !self.lost_relays
     }
 }
 
 struct Subscriber {
     access: Access,
     echo: Echo,
+    author: Option<Arc<str>>,
     /// The highest `seq` of a delta it sent that the room took (0: none yet).
     last_seq: u64,
     /// Its `sync` answer waits in the slots for the commits before it (see
@@ -152,11 +193,40 @@ struct Slot {
     token: u64,
     peer: PeerId,
     seq: u64,
+    /// What to relay once released: to the others, or, when `relayed`, to those of other
+    /// principals and the sender's echo.
     relay: Option<Delta>,
+    /// Relayed to the sender's principal's subscribers already, when applied
+    /// ([`RelayOrder::AfterApply`]).
+    relayed: bool,
+    /// The sender's principal.
+    author: Option<Arc<str>>,
     sync: Option<Box<ServerMsg>>,
-    /// Already durable (committed elsewhere: [`Room::remote_delta`]); waits only for the slots
-    /// before it.
-    durable: bool,
+    /// Changed the document and is not durable yet: released only once committed. A remote
+    /// delta (committed elsewhere, [`Room::remote_delta`]) or one that changed nothing waits
+    /// only for the slots before it.
+    awaits_commit: bool,
+}
+
+/// Relays of one sender's deltas, merged into one delta (at most
+/// [`RoomConfig::max_relay_bytes`]).
+struct Run {
+    sender: PeerId,
+    author: Option<Arc<str>>,
+    deltas: Vec<Delta>,
+    bytes: usize,
+    audience: Audience,
+}
+
+/// Who a run of relays goes to (besides the sender's echo, for release-time runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    /// When applied: the other subscribers of the sender's principal.
+    SamePrincipal,
+    /// When committed, after an early relay: the subscribers of other principals.
+    OtherPrincipals,
+    /// When committed: every other subscriber.
+    Everyone,
 }
 
 /// The single owner of a live document on the server.
@@ -166,8 +236,9 @@ struct Slot {
 /// the drift check of incoming register writes, the stamps of the server's own writes and the
 /// expiry of presence all follow the one time the driver passes.
 ///
-/// **Invariants:** a delta is acknowledged to its sender and relayed to the others only after it
-/// (and every delta applied before it) is committed, and a `sync` answer leaves only once
+/// **Invariants:** a delta is acknowledged to its sender only after it (and every delta applied
+/// before it) is committed; it is relayed to the others once applied or once committed
+/// ([`RelayOrder`]), and with [`RelayOrder::AfterCommit`] a `sync` answer leaves only once
 /// everything it holds is committed; a refused delta changes nothing; presence is never
 /// persisted.
 pub struct Room {
@@ -178,6 +249,9 @@ pub struct Room {
     subscribers: BTreeMap<PeerId, Subscriber>,
     presence: BTreeMap<PeerId, Presence>,
     slots: VecDeque<Slot>,
+    /// Relays applied but not sent yet ([`RelayOrder::AfterApply`]), until
+    /// [`Room::flush_relays`].
+    early: Vec<Run>,
     next_token: u64,
     committed_token: u64,
 }
@@ -204,6 +278,7 @@ impl Room {
             subscribers: BTreeMap::new(),
             presence: BTreeMap::new(),
             slots: VecDeque::new(),
+            early: Vec::new(),
             next_token: 1,
             committed_token: 0,
         }
@@ -229,14 +304,15 @@ impl Room {
         self.subscribers.contains_key(&peer)
     }
 
-    /// Whether anything waits for a commit (a delta's ack and relay, or a `sync` answer).
+    /// Whether anything waits for a commit (a delta's ack and relay, or a `sync` answer) or
+    /// for [`Room::flush_relays`].
     pub fn has_pending(&self) -> bool {
-        !self.slots.is_empty()
+        !self.slots.is_empty() || !self.early.is_empty()
     }
 
     /// No subscribers and nothing waiting for a commit: the room may be unloaded.
     pub fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.slots.is_empty()
+        self.subscribers.is_empty() && !self.has_pending()
     }
 
     fn error(&self, code: ErrorCode, message: String, seq: Option<u64>) -> ServerMsg {
@@ -248,12 +324,33 @@ impl Room {
         }
     }
 
-    /// The subscribers other than `peer` that relays go to (not those whose `sync` is still
-    /// waiting: it holds what the relays carry).
+    /// The subscribers other than `peer` that presence goes to (not those whose `sync` is
+    /// still waiting).
     fn others(&self, peer: PeerId) -> Vec<PeerId> {
+        self.audience(peer, None, Audience::Everyone)
+    }
+
+    /// The subscribers other than `sender` that a run goes to. Release-time runs skip those
+    /// whose `sync` is still waiting: it holds what they carry. Early relays do not: a waiting
+    /// `sync` was computed before them.
+    fn audience(
+        &self,
+        sender: PeerId,
+        author: Option<&Arc<str>>,
+        audience: Audience,
+    ) -> Vec<PeerId> {
         self.subscribers
             .iter()
-            .filter(|(p, s)| **p != peer && !s.awaiting_sync)
+            .filter(|(p, s)| {
+                **p != sender
+                    && match audience {
+                        Audience::SamePrincipal => s.author.as_ref() == author,
+                        Audience::OtherPrincipals => {
+                            !s.awaiting_sync && s.author.as_ref() != author
+                        }
+                        Audience::Everyone => !s.awaiting_sync,
+                    }
+            })
             .map(|(p, _)| *p)
             .collect()
     }
@@ -284,8 +381,14 @@ impl Room {
         options: SubscribeOptions,
         known: &DocState,
     ) -> Effects {
-        let SubscribeOptions { access, echo } = options;
+        let SubscribeOptions {
+            access,
+            echo,
+            author,
+        } = options;
         let mut fx = Effects::default();
+        // Relays of what the answer holds go to the others first, not to this peer.
+        self.flush_early(&mut fx);
         let delta = match self.doc.diff_since(known) {
             Ok(d) => d,
             Err(e) => {
@@ -307,12 +410,19 @@ impl Room {
             delta,
             state: self.doc.state(),
         };
-        let uncommitted = self.slots.iter().any(|s| s.relay.is_some());
+        // Relays that will reach this peer only once committed carry what the answer holds:
+        // it waits behind them. Deltas of its own principal already relayed when applied do
+        // not hold it back (this peer could give them back if they were lost).
+        let uncommitted = self
+            .slots
+            .iter()
+            .any(|s| s.relay.is_some() && !(s.relayed && s.author == author));
         self.subscribers.insert(
             peer,
             Subscriber {
                 access,
                 echo,
+                author,
                 last_seq,
                 awaiting_sync: uncommitted,
             },
@@ -323,8 +433,10 @@ impl Room {
                 peer,
                 seq: 0,
                 relay: None,
+                relayed: false,
+                author: None,
                 sync: Some(Box::new(sync)),
-                durable: false,
+                awaits_commit: false,
             });
         } else {
             fx.to(peer, sync);
@@ -435,6 +547,13 @@ impl Room {
         }
         let (hlc, token) = self.stamp_and_token(&delta, now_ms);
         if applied.changed {
+            let early = self.config.relay == RelayOrder::AfterApply;
+            let principal: Option<Arc<str>> = author.as_deref().map(Arc::from);
+            // Early, its principal's subscribers get it with the rest of the batch; the others
+            // and the sender's echo (if it wants one) wait for the commit.
+            if early {
+                self.push_early(peer, principal.clone(), delta.clone());
+            }
             fx.persist.push(PendingDelta {
                 token,
                 peer,
@@ -447,8 +566,10 @@ impl Room {
                 peer,
                 seq,
                 relay: Some(delta),
+                relayed: early,
+                author: principal,
                 sync: None,
-                durable: false,
+                awaits_commit: true,
             });
         } else {
             // Nothing new, but what it duplicates may still be uncommitted: acknowledge it in
@@ -458,12 +579,51 @@ impl Room {
                 peer,
                 seq,
                 relay: None,
+                relayed: false,
+                author: None,
                 sync: None,
-                durable: false,
+                awaits_commit: false,
             });
             self.release(&mut fx);
         }
         fx
+    }
+
+    /// Queues an applied delta's relay to the others until [`Room::flush_relays`], merged
+    /// into the sender's run when it follows it.
+    fn push_early(&mut self, sender: PeerId, author: Option<Arc<str>>, delta: Delta) {
+        let size = delta.yjs.len();
+        match self.early.last_mut() {
+            Some(run)
+                if run.sender == sender && run.bytes + size <= self.config.max_relay_bytes =>
+            {
+                run.deltas.push(delta);
+                run.bytes += size;
+            }
+            _ => self.early.push(Run {
+                sender,
+                author,
+                deltas: vec![delta],
+                bytes: size,
+                audience: Audience::SamePrincipal,
+            }),
+        }
+    }
+
+    /// Sends the relays of deltas applied since the last call ([`RelayOrder::AfterApply`]):
+    /// the driver calls it once it has handled what was queued, so a burst of one sender's
+    /// deltas goes out as few merged frames. Nothing to do with [`RelayOrder::AfterCommit`].
+    pub fn flush_relays(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        self.flush_early(&mut fx);
+        fx
+    }
+
+    fn flush_early(&mut self, fx: &mut Effects) {
+        if !self.early.is_empty() {
+            let runs = std::mem::take(&mut self.early);
+            self.send_runs(runs, fx);
+        }
     }
 
     /// The HLC time a delta is logged under (its newest register stamp, observed so the clock
@@ -511,8 +671,10 @@ impl Room {
                 peer: SERVER_PEER,
                 seq: 0,
                 relay: Some(delta),
+                relayed: false,
+                author: None,
                 sync: None,
-                durable: false,
+                awaits_commit: true,
             });
         }
         Ok(fx)
@@ -556,8 +718,10 @@ impl Room {
                         peer: SERVER_PEER,
                         seq: 0,
                         relay: Some(delta),
+                        relayed: false,
+                        author: None,
                         sync: None,
-                        durable: true,
+                        awaits_commit: false,
                     });
                 }
                 Ok(_) => {}
@@ -582,11 +746,13 @@ impl Room {
     /// Acknowledges and relays every slot whose commit (and every earlier commit) is done, and
     /// sends the `sync` answers waiting behind them.
     fn release(&mut self, fx: &mut Effects) {
+        // Relays sent when applied go before anything released after them.
+        self.flush_early(fx);
         let mut acks: BTreeMap<PeerId, u64> = BTreeMap::new();
         // Runs of relays from one sender, merged into one delta each.
-        let mut runs: Vec<(PeerId, Vec<Delta>, usize)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         while let Some(front) = self.slots.front() {
-            if front.relay.is_some() && !front.durable && front.token > self.committed_token {
+            if front.awaits_commit && front.token > self.committed_token {
                 break;
             }
             let Some(slot) = self.slots.pop_front() else {
@@ -605,14 +771,27 @@ impl Room {
             *seq = (*seq).max(slot.seq);
             if let Some(delta) = slot.relay {
                 let size = delta.yjs.len();
+                let audience = if slot.relayed {
+                    Audience::OtherPrincipals
+                } else {
+                    Audience::Everyone
+                };
                 match runs.last_mut() {
-                    Some((peer, deltas, bytes))
-                        if *peer == slot.peer && *bytes + size <= self.config.max_relay_bytes =>
+                    Some(run)
+                        if run.sender == slot.peer
+                            && run.audience == audience
+                            && run.bytes + size <= self.config.max_relay_bytes =>
                     {
-                        deltas.push(delta);
-                        *bytes += size;
+                        run.deltas.push(delta);
+                        run.bytes += size;
                     }
-                    _ => runs.push((slot.peer, vec![delta], size)),
+                    _ => runs.push(Run {
+                        sender: slot.peer,
+                        author: slot.author,
+                        deltas: vec![delta],
+                        bytes: size,
+                        audience,
+                    }),
                 }
             }
         }
@@ -630,14 +809,22 @@ impl Room {
         }
     }
 
-    /// Relays runs of one sender's committed deltas, each run merged into one delta.
-    fn send_runs(&self, runs: Vec<(PeerId, Vec<Delta>, usize)>, fx: &mut Effects) {
-        for (sender, deltas, _) in runs {
-            let mut to = self.others(sender);
-            if self
-                .subscribers
-                .get(&sender)
-                .is_some_and(|s| s.echo == Echo::OwnDeltas && !s.awaiting_sync)
+    /// Relays runs of one sender's deltas, each run merged into one delta.
+    fn send_runs(&self, runs: Vec<Run>, fx: &mut Effects) {
+        for Run {
+            sender,
+            author,
+            deltas,
+            audience,
+            ..
+        } in runs
+        {
+            let mut to = self.audience(sender, author.as_ref(), audience);
+            if audience != Audience::SamePrincipal
+                && self
+                    .subscribers
+                    .get(&sender)
+                    .is_some_and(|s| s.echo == Echo::OwnDeltas && !s.awaiting_sync)
             {
                 to.push(sender);
             }
@@ -668,6 +855,8 @@ impl Room {
     /// The store refused the batch holding tokens up to `token`. The document now holds changes
     /// the store does not, so it must be reloaded; the senders are closed so they resync (their
     /// edits are still in their replicas and come back through the resync).
+    /// With [`RelayOrder::AfterApply`], the others may hold what was lost too
+    /// ([`Effects::lost_relays`]).
     pub fn commit_failed(&mut self) -> Effects {
         let mut fx = self.close_waiting();
         fx.reload = true;
@@ -675,9 +864,15 @@ impl Room {
     }
 
     /// Closes every peer with a slot (a delta waiting for its commit or its ack, or a `sync`
-    /// waiting for commits) and drops the slots.
+    /// waiting for commits) and drops the slots. When a delta still waiting for its commit
+    /// was relayed already, every subscriber may hold it: `lost_relays` tells the driver.
     fn close_waiting(&mut self) -> Effects {
-        let mut fx = Effects::default();
+        let mut fx = Effects {
+            lost_relays: self.slots.iter().any(|s| s.relayed && s.awaits_commit),
+            ..Effects::default()
+        };
+        // Not sent yet, so nobody holds them.
+        self.early.clear();
         let mut peers: Vec<PeerId> = self.slots.iter().map(|s| s.peer).collect();
         peers.sort_unstable();
         peers.dedup();

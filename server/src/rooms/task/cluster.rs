@@ -433,6 +433,7 @@ impl RoomDriver {
                 let options = SubscribeOptions {
                     access: Access::Read,
                     echo: Echo::None,
+                    author: None,
                 };
                 // What the room sends it goes nowhere: it is not one of `self.peers`.
                 let _ = self.room.subscribe(peer, options, &known);

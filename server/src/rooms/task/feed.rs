@@ -7,6 +7,7 @@
 //! the room together give every entry exactly once.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -85,6 +86,7 @@ impl RoomDriver {
         let options = SubscribeOptions {
             access: Access::Read,
             echo: Echo::None,
+            author: None,
         };
         self.room.subscribe(id, options, &known)
     }
@@ -103,6 +105,7 @@ impl RoomDriver {
         let options = SubscribeOptions {
             access,
             echo: Echo::None,
+            author: author.as_deref().map(Arc::from),
         };
         // The subscription's answers go nowhere: `peer` is not one of `self.peers`.
         let joined = self.room.subscribe(peer, options, &known);
@@ -166,6 +169,7 @@ impl RoomDriver {
                         let options = SubscribeOptions {
                             access: Access::Read,
                             echo: Echo::None,
+                            author: None,
                         };
                         let _ = self.room.subscribe(new_peer, options, &known);
                         self.sessions.insert(key, new_peer);
