@@ -236,7 +236,14 @@ fn node_tests() -> Result<()> {
     let bin_dir = web::target_dir()?.join("debug");
     eprintln!("$ (cd {} && node --test)", setup::NODE_TESTS_DIR);
     let status = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+        // `--test-force-exit`: a failed test can leave a client reconnecting to a server that
+        // is gone, which would keep its file's process (and this step) alive until CI's limit.
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-force-exit",
+            "--test-reporter=spec",
+        ])
         .current_dir(setup::NODE_TESTS_DIR)
         .env("LATTICE_BIN_DIR", &bin_dir)
         .env("LATTICE_WEB_DIR", web::demo_dir()?)

@@ -45,7 +45,9 @@ fn export(key: &str, value: String) {
 pub(crate) fn all() -> Result<()> {
     rust_targets()?;
     apt(TEST_APT_PACKAGES)?;
-    let url = postgres()?;
+    // Every test run starts on an empty database: one left behind by another build (a newer
+    // schema, say, which this build rightly refuses to open) must not fail this run.
+    let url = postgres_database_fresh(PG_DATABASE)?;
     export("LATTICE_TEST_POSTGRES_URL", url);
     let redis = redis_server()?;
     export(
@@ -340,6 +342,15 @@ fn postgres() -> Result<String> {
 /// Makes sure a local cluster runs with the test role and a database `database` it owns;
 /// returns the URL.
 fn postgres_database(database: &str) -> Result<String> {
+    postgres_database_with(database, false)
+}
+
+/// As [`postgres_database`], but drops `database` first if it exists, ending its sessions.
+fn postgres_database_fresh(database: &str) -> Result<String> {
+    postgres_database_with(database, true)
+}
+
+fn postgres_database_with(database: &str, fresh: bool) -> Result<String> {
     let version = newest_postgres_version()?;
     let existing = clusters()?;
     let cluster = match existing.into_iter().find(|c| c.version == version) {
@@ -376,6 +387,26 @@ fn postgres_database(database: &str) -> Result<String> {
             &cluster.port,
             &format!("CREATE ROLE {PG_ROLE} LOGIN PASSWORD '{PG_PASSWORD}' CREATEDB"),
         )?;
+    }
+    if fresh {
+        // The per-test databases (`lattice_t_*` from Rust, `lattice_n_*` from Node) of runs
+        // that were killed before they could drop theirs go too.
+        let leftovers = psql_superuser(
+            &cluster.port,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'lattice\\_t\\_%' \
+             OR datname LIKE 'lattice\\_n\\_%'",
+        )?;
+        let leftovers: Vec<&str> = leftovers.split_whitespace().collect();
+        eprintln!(
+            "dropping the test database {database} and {} per-test databases left by earlier runs",
+            leftovers.len()
+        );
+        for name in std::iter::once(database).chain(leftovers) {
+            psql_superuser(
+                &cluster.port,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )?;
+        }
     }
     let has_db = psql_superuser(
         &cluster.port,
