@@ -10,7 +10,13 @@
 //! cargo bench -p lattice-server --bench store -- [--traces /work/shared/traces] \
 //!     [--postgres postgres://lattice:lattice@127.0.0.1:5432/lattice_test] [--seconds 2] \
 //!     [--docs N] [--writers N] [--journal N] [--slice N] [--skip-load]
+//! cargo bench -p lattice-server --bench store -- --disk [--traces DIR] [--postgres URL] \
+//!     [--batch 64] [--samples 200] [--disk-dir DIR]
 //! ```
+//!
+//! `--disk` measures only the trace document: its size on disk with the whole history (and,
+//! on SQLite, where the bytes go), its cold load and `state_at` at random versions
+//! (`store_disk/disk.rs`).
 //!
 //! `--writers N` measures only that writer count (for profiling one configuration);
 //! `--journal N` and `--slice N` set `StoreConfig::journal_max_entries` and
@@ -36,6 +42,9 @@ const SYNTHETIC_UPDATES: usize = 260_000;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[path = "store_disk/disk.rs"]
+mod disk;
+
 #[derive(Debug)]
 struct Args {
     traces: Option<PathBuf>,
@@ -50,6 +59,14 @@ struct Args {
     journal: Option<usize>,
     /// `StoreConfig::journal_slice_entries` (SQLite); `None` = the default.
     slice: Option<usize>,
+    /// Only the trace document's footprint and load times (`disk.rs`).
+    disk: bool,
+    /// `--disk`: entries per group commit of the import.
+    batch: usize,
+    /// `--disk`: random versions loaded.
+    samples: usize,
+    /// `--disk`: the folder for the SQLite file, kept for inspection (default: a temporary one).
+    disk_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -64,6 +81,10 @@ fn parse_args() -> Result<Args, BoxError> {
         skip_load: false,
         journal: None,
         slice: None,
+        disk: false,
+        batch: 64,
+        samples: 200,
+        disk_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -76,6 +97,10 @@ fn parse_args() -> Result<Args, BoxError> {
             "--writers" => args.writers = Some(it.next().ok_or("--writers N")?.parse()?),
             "--journal" => args.journal = Some(it.next().ok_or("--journal N")?.parse()?),
             "--slice" => args.slice = Some(it.next().ok_or("--slice N")?.parse()?),
+            "--disk" => args.disk = true,
+            "--disk-dir" => args.disk_dir = it.next().map(PathBuf::from),
+            "--batch" => args.batch = it.next().ok_or("--batch N")?.parse()?,
+            "--samples" => args.samples = it.next().ok_or("--samples N")?.parse()?,
             // `cargo bench` passes `--bench`; ignore it and anything else unknown.
             _ => {}
         }
@@ -279,6 +304,33 @@ async fn cold_load(
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    if args.disk {
+        let (source, deltas) = trace_deltas(args.traces.as_deref())?;
+        println!("{} updates from the {source}", deltas.len());
+        let temp = tempfile::tempdir()?;
+        let dir = match &args.disk_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                let _ = std::fs::remove_file(d.join("disk.db"));
+                d.clone()
+            }
+            None => temp.path().to_owned(),
+        };
+        let url = format!("sqlite://{}", dir.join("disk.db").display());
+        disk::run(
+            "sqlite",
+            &url,
+            Some(&dir),
+            &deltas,
+            args.batch,
+            args.samples,
+        )
+        .await?;
+        if let Some(pg) = &args.postgres {
+            disk::run("postgres", pg, None, &deltas, args.batch, args.samples).await?;
+        }
+        return Ok(());
+    }
     let mut targets = vec![
         Target {
             name: "sqlite (synchronous=FULL)",

@@ -315,7 +315,8 @@ pub fn same_content(a: &Document, b: &Document) -> bool {
 
 /// One entry of an SQLite log run, as docs/storage.md describes the `update_runs.entries`
 /// blob: version byte 1, then per entry (big-endian) u64 hlc, u32 replica, u64 commit time in
-/// ms, u8 author flag [u32 length, UTF-8], u32 length, delta bytes.
+/// ms, u8 author flag [u32 length, UTF-8], u32 length, delta bytes; or version byte 2, a u32
+/// length and a zstd frame holding exactly that many bytes of the same entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunCodec {
     pub hlc: u64,
@@ -341,7 +342,17 @@ impl RunCodec {
             u64::from_be_bytes(take(b, 8).try_into().expect("8 bytes"))
         }
         let mut b = blob;
-        assert_eq!(take(&mut b, 1), [1], "run format version");
+        let unpacked;
+        match take(&mut b, 1)[0] {
+            1 => {}
+            2 => {
+                let n = u32_of(&mut b) as usize;
+                unpacked = zstd::bulk::decompress(b, n).expect("a zstd frame");
+                assert_eq!(unpacked.len(), n, "compressed run length");
+                b = &unpacked;
+            }
+            v => panic!("run format version {v}"),
+        }
         let mut out = Vec::new();
         while !b.is_empty() {
             let hlc = u64_of(&mut b);

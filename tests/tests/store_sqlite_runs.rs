@@ -296,3 +296,169 @@ async fn schema_2_log_moves_into_runs() {
     assert_loads(&store, &id, 5, &w.document).await;
     store.close().await;
 }
+
+/// A schema-3 database (uncompressed runs and checkpoints) opens with migration 0004 and reads
+/// as before; what the store writes from then on is compressed: runs in format 2, checkpoints
+/// with `encoding` 1, both read back. A new database returns its free pages when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_3_blobs_read_and_new_ones_are_compressed() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let old = tempfile::tempdir().expect("temporary directory");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    for name in [
+        "0001_update_log.sql",
+        "0002_journal.sql",
+        "0003_update_runs.sql",
+    ] {
+        std::fs::copy(source.join(name), old.path().join(name)).expect("copy migration");
+    }
+    let options = db
+        .url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("connect");
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .expect("migrator")
+        .run(&mut conn)
+        .await
+        .expect("schema 3");
+    // 300 entries in one format-1 run, and a raw checkpoint at 200.
+    let id = doc("old");
+    let mut w = Writer::new(5);
+    let mut entries = Vec::new();
+    let mut at_200 = Vec::new();
+    for i in 0..300u32 {
+        let delta = w.next_delta(i);
+        entries.push(RunCodec {
+            hlc: 1_000 + u64::from(i),
+            replica: w.document.replica().get(),
+            committed_at_ms: 1_700_000_000_000,
+            author: None,
+            delta: rmp_serde::to_vec_named(&delta).expect("encode"),
+        });
+        if i == 199 {
+            at_200 = w.document.snapshot();
+        }
+    }
+    let bytes: i64 = entries.iter().map(|e| e.delta.len() as i64).sum();
+    sqlx::query(
+        "INSERT INTO documents (id, created_at_ms, updated_at_ms, head_seq, byte_count, \
+         checkpoint_seq) VALUES ('old', 1700000000000, 1700000000000, 300, $1, 200)",
+    )
+    .bind(bytes)
+    .execute(&mut conn)
+    .await
+    .expect("insert document");
+    sqlx::query(
+        "INSERT INTO update_runs (doc_id, first_seq, last_seq, entries) VALUES ('old', 1, 300, $1)",
+    )
+    .bind(RunCodec::encode(&entries))
+    .execute(&mut conn)
+    .await
+    .expect("insert run");
+    sqlx::query(
+        "INSERT INTO checkpoints (doc_id, seq, created_at_ms, byte_size, snapshot) \
+         VALUES ('old', 200, 0, $1, $2)",
+    )
+    .bind(at_200.len() as i64)
+    .bind(&at_200)
+    .execute(&mut conn)
+    .await
+    .expect("insert checkpoint");
+    let _ = conn.close().await;
+
+    let store = db.open(manual_checkpoints()).await;
+    assert_loads(&store, &id, 300, &w.document).await;
+    let log = store.read_log(&id, 1, 1_000).await.expect("read_log");
+    assert!(log.iter().map(|e| e.seq).eq(1..=300));
+    assert!(
+        log.iter()
+            .zip(&entries)
+            .all(|(got, want)| got.delta_bytes == want.delta && got.hlc == want.hlc)
+    );
+    let at = store.state_at(&id, 250, SERVER).await.expect("state_at");
+    let mut want = lattice_engine::Document::from_snapshot(SERVER, &at_200).expect("snapshot");
+    for e in &log[200..250] {
+        want.apply(&rmp_serde::from_slice(&e.delta_bytes).expect("delta"))
+            .expect("apply");
+    }
+    assert!(same_content(&at, &want));
+
+    // New entries drain into a compressed run; a new checkpoint is compressed.
+    let more: Vec<NewEntry> = (0..300u32).map(|i| w.entry(&id, i)).collect();
+    store.append_batch(more).await.expect("append");
+    store.drain_journal().await.expect("drain");
+    assert_eq!(store.checkpoint_now(&id).await.expect("cp"), Some(600));
+    let runs = runs_of(&db, "old").await;
+    assert_eq!(ranges(&runs), [(1, 300), (301, 600)]);
+    assert_eq!((runs[0].2[0], runs[1].2[0]), (1, 2), "run formats");
+    check_runs(&runs);
+    let mut conn = sqlx::SqliteConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let checkpoints: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT seq, encoding, byte_size, length(snapshot) FROM checkpoints \
+         WHERE doc_id = 'old' ORDER BY seq",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("checkpoints");
+    let _ = conn.close().await;
+    assert_eq!(checkpoints.len(), 2);
+    assert_eq!((checkpoints[0].0, checkpoints[0].1), (200, 0));
+    let (seq, encoding, raw, stored) = checkpoints[1];
+    assert_eq!((seq, encoding), (600, 1));
+    assert!(
+        stored < raw,
+        "a compressed checkpoint of {raw} bytes stored in {stored}"
+    );
+    store.close().await;
+    let store = Store::open(&db.url, StoreConfig::default())
+        .await
+        .expect("reopen");
+    assert_loads(&store, &id, 600, &w.document).await;
+    let at = store.state_at(&id, 250, SERVER).await.expect("state_at");
+    assert!(same_content(&at, &want));
+    store.close().await;
+}
+
+/// A database the store creates vacuums incrementally: the pages the drained journal left
+/// free go back to the file system when the store closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_keeps_no_free_pages() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let store = db.open(manual_checkpoints()).await;
+    let mut w = Writer::new(6);
+    let id = doc("big");
+    for _ in 0..4 {
+        let batch: Vec<NewEntry> = (0..2_000u32).map(|i| w.entry(&id, i)).collect();
+        store.append_batch(batch).await.expect("append");
+    }
+    store.close().await;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
+        .fetch_one(&mut conn)
+        .await
+        .expect("auto_vacuum");
+    let (free,): (i64,) = sqlx::query_as("PRAGMA freelist_count")
+        .fetch_one(&mut conn)
+        .await
+        .expect("freelist");
+    let _ = conn.close().await;
+    assert_eq!(
+        (mode, free),
+        (2, 0),
+        "auto_vacuum = INCREMENTAL, no free page"
+    );
+    let store = Store::open(&db.url, StoreConfig::default())
+        .await
+        .expect("reopen");
+    assert_loads(&store, &id, 8_000, &w.document).await;
+    store.close().await;
+}

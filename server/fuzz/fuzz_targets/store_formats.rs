@@ -1,6 +1,6 @@
 //! The SQLite journal and log-run codecs: see `lattice_server_fuzz::store_formats`. This binary
 //! also counts the heap: the most bytes held at once during one call must stay within
-//! `allocation_bound(input length)`, so a decoder that trusts a stored count or length is a
+//! `allocation_bound(input)`, so a decoder that trusts a stored count or length is a
 //! finding even when the allocation would succeed.
 #![no_main]
 
@@ -44,7 +44,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     PEAK.store(base, Ordering::Relaxed);
     lattice_server_fuzz::store_formats(bytes);
     let held = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    let bound = lattice_server_fuzz::allocation_bound(bytes.len());
+    let bound = lattice_server_fuzz::allocation_bound(bytes);
     assert!(
         held <= bound,
         "decoding {} bytes held {held} heap bytes at once (bound {bound})",

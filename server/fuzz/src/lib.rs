@@ -48,7 +48,10 @@ fn run_row(input: &[u8]) {
         return;
     };
     let payload = &input[16..];
-    let Ok(entries) = runs::decode(first, last, payload) else {
+    let Ok(stored) = runs::entries_of(payload) else {
+        return;
+    };
+    let Ok(entries) = runs::decode(first, last, &stored) else {
         return;
     };
     let mut seq = first;
@@ -64,11 +67,26 @@ fn run_row(input: &[u8]) {
         Some(last),
         "a run holds exactly first_seq..=last_seq"
     );
-    let mut again = runs::begin(payload.len());
+    let mut again = runs::begin(stored.len());
     for entry in &entries {
         runs::push(&mut again, entry);
     }
-    assert!(again == payload, "a run changed through decode/encode");
+    if payload.first() == Some(&1) {
+        assert!(again == payload, "a run changed through decode/encode");
+        return;
+    }
+    // A compressed run (format 2): its entries encode back to exactly what it decompressed
+    // to, and sealed again they read back the same (zstd need not make the same frame twice).
+    assert!(
+        again[1..] == *stored,
+        "a compressed run's entries changed through decode/encode"
+    );
+    let sealed = runs::seal(&mut runs::Packer::new(), again);
+    let unsealed = runs::entries_of(&sealed).expect("a sealed run reads back");
+    assert!(
+        runs::decode(first, last, &unsealed).ok() == Some(entries),
+        "a run changed through seal"
+    );
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
@@ -76,12 +94,23 @@ fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(raw))
 }
 
-/// Most heap bytes one [`store_formats`] call may hold at once for an input of `input_len`
-/// bytes: the entries it decodes (a few machine words per entry, and every entry takes at least
-/// 25 stored bytes) plus the re-encoded copy. A decoder that trusted a stored count or length
-/// would blow far past it.
-pub fn allocation_bound(input_len: usize) -> usize {
-    16 * input_len + 4096
+/// Most heap bytes one [`store_formats`] call may hold at once for `input`: the entries it
+/// decodes (a few machine words per entry, and every entry takes at least 25 stored bytes)
+/// plus the re-encoded copy, counted on the input's length plus, for a compressed run (format
+/// 2), the length its header declares (which the decoder caps at `RUN_MAX_PACKED_BYTES`
+/// before it allocates anything). A decoder that trusted a stored count or length would blow
+/// far past it.
+pub fn allocation_bound(input: &[u8]) -> usize {
+    // The selector, `first_seq` and `last_seq`, then the run: its format byte, then (format 2)
+    // the declared length.
+    let declared = match (input.first(), input.get(17), input.get(18..22)) {
+        (Some(selector), Some(2), Some(raw)) if selector % 2 == 1 => {
+            let raw: [u8; 4] = raw.try_into().unwrap_or_default();
+            (u32::from_be_bytes(raw) as usize).min(runs::RUN_MAX_PACKED_BYTES)
+        }
+        _ => 0,
+    };
+    16 * (input.len() + declared) + 4096
 }
 
 /// Key id and secret of the one key the `token` target's server holds.
@@ -226,6 +255,25 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         );
     }
     run.extend_from_slice(&row);
+    // A run long enough to be sealed compressed (format 2).
+    let mut packed = vec![1];
+    packed.extend_from_slice(&100u64.to_be_bytes());
+    packed.extend_from_slice(&163u64.to_be_bytes());
+    let mut plain = runs::begin(0);
+    for seq in 100..164 {
+        runs::push(
+            &mut plain,
+            &runs::RunEntry {
+                seq,
+                hlc: 0x6553_f100_0000_0000 + seq,
+                replica: 9,
+                committed_at_ms: 1_700_000_000_000,
+                author: None,
+                delta,
+            },
+        );
+    }
+    packed.extend_from_slice(&runs::seal(&mut runs::Packer::new(), plain));
 
     let claims = |json: &str| json.as_bytes().to_vec();
     // 2100-01-01: far enough ahead that these seeds stay valid tokens.
@@ -238,6 +286,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ),
         ("store_formats", "journal-empty", vec![0, 1]),
         ("store_formats", "run-two-entries", run),
+        ("store_formats", "run-compressed", packed),
         ("token", "claims-write", claims(valid)),
         (
             "token",

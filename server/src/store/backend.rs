@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use lattice_engine::DocId;
 
+use super::compress::PackedCheckpoint;
 use super::error::DrainError;
 use super::postgres::PostgresBackend;
 use super::sql::SqlBackend;
@@ -130,14 +131,14 @@ impl AnyBackend {
         }
     }
 
-    /// Stores `snapshot` as the checkpoint at `meta.head_seq`, then applies retention and
-    /// thins old checkpoints (`config`), in one transaction. The checkpoint at the retention
-    /// cut is always kept. May commit without an fsync of its own: its content can be derived
+    /// Stores `snapshot` (packed, `compress.rs`) as the checkpoint at `meta.head_seq`, then
+    /// applies retention and thins old checkpoints (`config`), in one transaction. The
+    /// checkpoint at the retention cut is always kept. May commit without an fsync of its own: its content can be derived
     /// again from the log. The same SQL on both backends ([`SqlBackend::store_checkpoint`]).
     pub(crate) async fn write_checkpoint(
         &self,
         meta: &DocMeta,
-        snapshot: &[u8],
+        snapshot: &PackedCheckpoint,
         now_ms: u64,
         config: &StoreConfig,
     ) -> Result<(), DatabaseError> {
@@ -211,13 +212,23 @@ impl Backend for AnyBackend {
 /// The stored parts a document is rebuilt from: a checkpoint and the log after it.
 pub(crate) struct Parts {
     pub meta: DocMeta,
-    pub checkpoint: Option<(u64, Vec<u8>)>,
+    pub checkpoint: Option<StoredCheckpoint>,
     /// The document's byte count when its newest checkpoint was written.
     pub checkpoint_byte_count: u64,
     /// The log after the checkpoint, ascending.
     pub tail: Vec<TailEntry>,
     /// The sequence number the parts were read up to.
     pub upto: u64,
+}
+
+/// A `checkpoints` row as stored: the snapshot possibly compressed (see `compress.rs`).
+pub(crate) struct StoredCheckpoint {
+    pub seq: u64,
+    /// The `encoding` column: how `stored` holds the snapshot.
+    pub encoding: i64,
+    /// The snapshot's length (`byte_size`), which decompression must produce exactly.
+    pub byte_size: u64,
+    pub stored: Vec<u8>,
 }
 
 /// One log entry of a load's tail: what a rebuild replays.

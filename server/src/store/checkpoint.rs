@@ -14,7 +14,8 @@ use lattice_engine::{DocId, Document, ReplicaId, Source};
 use tokio::sync::mpsc;
 
 use super::backend::{AnyBackend, Backend as _, Parts};
-use super::{DeltaDamage, DocMeta, ReadError, StoreConfig, decode_delta};
+use super::compress::{pack_checkpoint, unpack_checkpoint};
+use super::{CheckpointDamage, DeltaDamage, DocMeta, ReadError, StoreConfig, decode_delta};
 use crate::clock::now_ms;
 
 /// Documents waiting for a background checkpoint, deduplicated.
@@ -53,8 +54,15 @@ pub(super) async fn rebuild_blocking(
     parts: Parts,
 ) -> Result<(Document, DocMeta), ReadError> {
     let doc = doc.clone();
-    match tokio::task::spawn_blocking(move || rebuild(&doc, replica, parts)).await {
-        Ok(rebuilt) => rebuilt,
+    blocking(move || rebuild(&doc, replica, parts)).await
+}
+
+/// `work` on tokio's blocking pool; a panic inside goes on in the caller.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ReadError> + Send + 'static,
+) -> Result<T, ReadError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only when the runtime shuts down.
         Err(_) => Err(ReadError::Closed),
@@ -68,15 +76,17 @@ fn rebuild(
     parts: Parts,
 ) -> Result<(Document, DocMeta), ReadError> {
     let (mut document, mut expected) = match &parts.checkpoint {
-        Some((seq, bytes)) => {
-            let document = Document::from_snapshot(replica, bytes).map_err(|e| {
-                ReadError::CorruptCheckpoint {
-                    doc: doc.clone(),
-                    seq: *seq,
-                    source: Arc::new(e),
-                }
-            })?;
-            (document, seq + 1)
+        Some(cp) => {
+            let corrupt = |damage| ReadError::CorruptCheckpoint {
+                doc: doc.clone(),
+                seq: cp.seq,
+                source: Arc::new(damage),
+            };
+            let snapshot = unpack_checkpoint(cp.encoding, &cp.stored, cp.byte_size)
+                .map_err(|e| corrupt(CheckpointDamage::Stored(e)))?;
+            let document = Document::from_snapshot(replica, &snapshot)
+                .map_err(|e| corrupt(CheckpointDamage::Snapshot(e)))?;
+            (document, cp.seq + 1)
         }
         None if parts.meta.log_start_seq > 0 => {
             return Err(ReadError::LogInconsistent {
@@ -141,9 +151,14 @@ pub(super) async fn take(
     {
         return Ok(None);
     }
-    // A dummy replica: the snapshot does not depend on which replica holds the document.
-    let (document, meta) = rebuild(doc, ReplicaId::from_random(1), parts)?;
-    let snapshot = document.snapshot();
+    // Rebuilding, snapshotting and compressing are CPU work: on the blocking pool. A dummy
+    // replica: the snapshot does not depend on which replica holds the document.
+    let id = doc.clone();
+    let (meta, snapshot) = blocking(move || {
+        let (document, meta) = rebuild(&id, ReplicaId::from_random(1), parts)?;
+        Ok((meta, pack_checkpoint(document.snapshot())))
+    })
+    .await?;
     backend
         .write_checkpoint(&meta, &snapshot, now_ms(), config)
         .await?;

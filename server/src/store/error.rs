@@ -94,13 +94,13 @@ pub enum ReadError {
         #[source]
         damage: DeltaDamage,
     },
-    /// A stored checkpoint does not decode.
+    /// A stored checkpoint does not decompress or does not decode.
     #[error("document {doc}: checkpoint at {seq} is corrupt: {source}")]
     CorruptCheckpoint {
         doc: DocId,
         seq: u64,
         #[source]
-        source: Arc<SnapshotError>,
+        source: Arc<CheckpointDamage>,
     },
     /// The log of a document is missing an entry it should hold.
     #[error("document {doc}: log entry {seq} is missing or invalid: {reason}")]
@@ -133,6 +133,17 @@ pub enum DeltaDamage {
         last: u64,
         reason: String,
     },
+}
+
+/// Why a stored checkpoint cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointDamage {
+    /// The stored bytes do not decompress to the recorded size (or name an unknown encoding).
+    #[error("the stored checkpoint does not decompress: {0}")]
+    Stored(String),
+    /// The snapshot does not decode.
+    #[error("{0}")]
+    Snapshot(#[source] SnapshotError),
 }
 
 /// Why an append (or `flush`, `drain_journal`) failed. Nothing of a failed request is known

@@ -38,6 +38,7 @@ use crate::clock::now_ms;
 
 mod backend;
 mod checkpoint;
+mod compress;
 mod error;
 mod group_commit;
 mod journal;
@@ -46,11 +47,11 @@ mod runs;
 mod sql;
 pub mod sqlite;
 
-pub use error::{AppendError, DatabaseError, DeltaDamage, OpenError, ReadError};
+pub use error::{AppendError, CheckpointDamage, DatabaseError, DeltaDamage, OpenError, ReadError};
 pub use sqlite::SqliteSynchronous;
 
 use backend::{AnyBackend, Backend as _, JournalDrain as _};
-pub(crate) use backend::{DocCounters, Parts, TailEntry};
+pub(crate) use backend::{DocCounters, Parts, StoredCheckpoint, TailEntry};
 use checkpoint::{CheckpointQueue, checkpointer, rebuild_blocking};
 
 /// The SQLite journal and log-run blob codecs, for the fuzz targets in `server/fuzz/` and their
@@ -64,7 +65,10 @@ pub mod fuzzing {
     }
     /// One SQLite `update_runs` row: consecutive log entries of one document.
     pub mod runs {
-        pub use crate::store::runs::{RunEntry, begin, decode, push};
+        pub use crate::store::compress::Packer;
+        pub use crate::store::runs::{
+            RUN_MAX_PACKED_BYTES, RunEntry, begin, decode, entries_of, push, seal,
+        };
     }
 }
 

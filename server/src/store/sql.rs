@@ -19,7 +19,11 @@ use sqlx::{
     Type,
 };
 
-use super::{DatabaseError, DocMeta, Page, Parts, ReadError, Retention, StoreConfig, TailEntry};
+use super::compress::PackedCheckpoint;
+use super::{
+    DatabaseError, DocMeta, Page, Parts, ReadError, Retention, StoreConfig, StoredCheckpoint,
+    TailEntry,
+};
 
 /// Rows per multi-row `INSERT`, largest first. A batch is cut into chunks of these sizes, so
 /// only a handful of distinct statements exist and each stays in the prepared-statement cache.
@@ -253,20 +257,25 @@ where
         meta.head_seq = meta.head_seq.max(head_floor);
         let upto = upto.map_or(meta.head_seq, |u| u.min(meta.head_seq));
         let checkpoint = sqlx::query::<Self::Db>(
-            "SELECT seq, snapshot FROM checkpoints WHERE doc_id = $1 AND seq <= $2 \
-             ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, snapshot, encoding, byte_size FROM checkpoints \
+             WHERE doc_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
         )
         .bind(doc.as_str())
         .bind(to_i64(upto))
         .fetch_optional(&mut *tx)
         .await
         .map_err(DatabaseError::during(op))?
-        .map(|r| -> Result<(u64, Vec<u8>), sqlx::Error> {
-            Ok((to_u64(r.try_get(0)?), r.try_get(1)?))
+        .map(|r| -> Result<StoredCheckpoint, sqlx::Error> {
+            Ok(StoredCheckpoint {
+                seq: to_u64(r.try_get(0)?),
+                stored: r.try_get(1)?,
+                encoding: r.try_get(2)?,
+                byte_size: to_u64(r.try_get(3)?),
+            })
         })
         .transpose()
         .map_err(DatabaseError::during(op))?;
-        let from = checkpoint.as_ref().map_or(0, |c| c.0);
+        let from = checkpoint.as_ref().map_or(0, |c| c.seq);
         let tail = Self::read_tail(&mut tx, doc, from, upto).await?;
         tx.rollback().await.map_err(DatabaseError::during(op))?;
         Ok(Some(Parts {
@@ -331,7 +340,7 @@ where
     async fn store_checkpoint(
         &self,
         meta: &DocMeta,
-        snapshot: &[u8],
+        snapshot: &PackedCheckpoint,
         now_ms: u64,
         config: &StoreConfig,
     ) -> Result<(), DatabaseError> {
@@ -340,14 +349,15 @@ where
         let seq = to_i64(meta.head_seq);
         let mut tx = self.begin_write_derived().await?;
         sqlx::query::<Self::Db>(
-            "INSERT INTO checkpoints (doc_id, seq, created_at_ms, byte_size, snapshot) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (doc_id, seq) DO NOTHING",
+            "INSERT INTO checkpoints (doc_id, seq, created_at_ms, byte_size, snapshot, encoding) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (doc_id, seq) DO NOTHING",
         )
         .bind(doc)
         .bind(seq)
         .bind(to_i64(now_ms))
-        .bind(to_i64(snapshot.len() as u64))
-        .bind(snapshot)
+        .bind(to_i64(snapshot.raw_len))
+        .bind(snapshot.stored.as_slice())
+        .bind(snapshot.encoding as i64)
         .execute(&mut *tx)
         .await
         .map_err(DatabaseError::during(op))?;

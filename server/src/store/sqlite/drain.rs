@@ -13,6 +13,7 @@ use super::writer_state::{HEAD_CACHE_CAPACITY, JOURNAL_MAX_BYTES, Journaled};
 use super::{BEGIN_DERIVED, SqliteBackend, begin_versioned};
 use crate::store::DatabaseError;
 use crate::store::backend::JournalDrain;
+use crate::store::compress::Packer;
 use crate::store::error::DrainError;
 use crate::store::journal::{self, JournalEntry};
 use crate::store::runs::{self, RUN_MAX_BYTES, RUN_MAX_ENTRIES, RunEntry};
@@ -255,14 +256,18 @@ async fn drained_heads<'e>(
 }
 
 /// The drain's writes: inserts the entries (sorted by `(doc_id, seq)`) into `update_runs`, one
-/// row per run of a document's consecutive entries (see [`crate::store::runs`]), adds them
-/// to their `documents` rows, and drops again the entries at or below a retention cut that a
-/// checkpoint set while they were journaled.
+/// row per run of a document's consecutive entries, compressed (see [`crate::store::runs`]),
+/// adds them to their `documents` rows, and drops again the entries at or below a retention
+/// cut that a checkpoint set while they were journaled.
 async fn write_drained(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     entries: &[(JournalEntry<'_>, i64)],
 ) -> Result<(), DatabaseError> {
-    let (log_runs, drained) = cut_into_runs(entries);
+    let (mut log_runs, drained) = cut_into_runs(entries);
+    let mut packer = Packer::new();
+    for run in &mut log_runs {
+        run.blob = runs::seal(&mut packer, std::mem::take(&mut run.blob));
+    }
     insert_runs(tx, &log_runs).await?;
     add_to_documents(tx, &drained).await
 }

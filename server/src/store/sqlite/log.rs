@@ -1,10 +1,13 @@
 //! The stored log on SQLite, `update_runs` (format in [`crate::store::runs`]): finding and
 //! decoding the runs a read needs, and retention's trimming of them.
 
+use std::borrow::Cow;
+
 use lattice_engine::DocId;
 use sqlx::sqlite::SqliteConnection;
 
 use super::SqliteBackend;
+use crate::store::compress::Packer;
 use crate::store::runs::{self, RunEntry};
 use crate::store::sql::SqlBackend as _;
 use crate::store::sql::{to_i64, to_u64};
@@ -43,18 +46,32 @@ async fn fetch_runs(
         .collect())
 }
 
-/// Decodes a stored run of `doc`; a run that does not decode is corrupt from its first entry.
-fn decode_run<'a>(doc: &DocId, run: &'a StoredRun) -> Result<Vec<RunEntry<'a>>, ReadError> {
-    let (first, last, blob) = run;
-    runs::decode(*first, *last, blob).map_err(|reason| ReadError::CorruptDelta {
+/// The entries of a stored run of `doc` (decompressed if need be); a run that does not decode
+/// is corrupt from its first entry.
+fn run_entries<'a>(doc: &DocId, run: &'a StoredRun) -> Result<Cow<'a, [u8]>, ReadError> {
+    runs::entries_of(&run.2).map_err(|reason| run_damage(doc, run, reason))
+}
+
+/// Decodes the entries of a stored run of `doc` ([`run_entries`]).
+fn decode_run<'a>(
+    doc: &DocId,
+    run: &StoredRun,
+    entries: &'a [u8],
+) -> Result<Vec<RunEntry<'a>>, ReadError> {
+    runs::decode(run.0, run.1, entries).map_err(|reason| run_damage(doc, run, reason))
+}
+
+fn run_damage(doc: &DocId, run: &StoredRun, reason: String) -> ReadError {
+    let (first, last, _) = *run;
+    ReadError::CorruptDelta {
         doc: doc.clone(),
-        seq: *first,
+        seq: first,
         damage: DeltaDamage::Run {
-            first: *first,
-            last: *last,
+            first,
+            last,
             reason,
         },
-    })
+    }
 }
 
 /// Retention on the SQLite log: drops the runs that end at or below `cut` and trims the one
@@ -83,18 +100,23 @@ pub(super) async fn drop_runs_through(
     let Some((first, last, blob)) = straddling else {
         return Ok(());
     };
-    let entries = match runs::decode(to_u64(first), to_u64(last), &blob) {
-        Ok(entries) => entries,
+    let trimmed = runs::entries_of(&blob).and_then(|entries| {
+        let mut kept = runs::begin(entries.len());
+        for e in runs::decode(to_u64(first), to_u64(last), &entries)? {
+            if e.seq > cut {
+                runs::push(&mut kept, &e);
+            }
+        }
+        Ok(kept)
+    });
+    let kept = match trimmed {
+        Ok(kept) => runs::seal(&mut Packer::new(), kept),
         Err(reason) => {
             // Left whole: it is unreadable either way, and a reader gets the error.
             tracing::warn!(doc, first, last, %reason, "retention kept a run it cannot decode");
             return Ok(());
         }
     };
-    let mut kept = runs::begin(blob.len());
-    for e in entries.iter().filter(|e| e.seq > cut) {
-        runs::push(&mut kept, e);
-    }
     sqlx::query(
         "UPDATE update_runs SET first_seq = $3, entries = $4 WHERE doc_id = $1 AND first_seq = $2",
     )
@@ -121,7 +143,8 @@ pub(super) async fn read_tail(
     let stored = fetch_runs(conn, doc.as_str(), after + 1, upto, i64::MAX, "load").await?;
     let mut tail = Vec::new();
     for run in &stored {
-        for e in decode_run(doc, run)? {
+        let entries = run_entries(doc, run)?;
+        for e in decode_run(doc, run, &entries)? {
             if e.seq > after && e.seq <= upto {
                 tail.push(TailEntry {
                     seq: e.seq,
@@ -154,7 +177,8 @@ impl SqliteBackend {
                 if log.len() >= limit as usize {
                     break;
                 }
-                for e in decode_run(doc, run)? {
+                let entries = run_entries(doc, run)?;
+                for e in decode_run(doc, run, &entries)? {
                     if e.seq >= next && log.len() < limit as usize {
                         log.push(LogEntry {
                             seq: e.seq,

@@ -37,7 +37,7 @@ impl SqliteBackend {
         };
         if let Some(p) = pending {
             overlay(&mut parts.meta, &p);
-            let from = parts.checkpoint.as_ref().map_or(0, |c| c.0);
+            let from = parts.checkpoint.as_ref().map_or(0, |c| c.seq);
             let last = parts.tail.last().map_or(from, |t| t.seq);
             parts.tail.extend(
                 p.entries

@@ -55,7 +55,8 @@ use std::time::Duration;
 
 use lattice_engine::DocId;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions,
 };
 use sqlx::{Connection as _, Sqlite};
 
@@ -140,8 +141,11 @@ impl SqliteBackend {
             .busy_timeout(config.busy_timeout)
             .foreign_keys(true)
             .row_buffer_size(ROW_BUFFER);
+        // Only takes effect on a database that has no table yet (a new one), before the
+        // migrations run; see `release_free_pages`.
         let writer_options = options
             .clone()
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
@@ -185,6 +189,26 @@ impl SqliteBackend {
         // Crash recovery: what a killed process journaled goes into the log now.
         backend.drain_all().await?;
         Ok(backend)
+    }
+
+    /// Gives the pages the drained journal left free back to the file system (`PRAGMA
+    /// incremental_vacuum`) when the store closes, once the journal is empty. While the store
+    /// runs, the journal reuses them; a stopped one need not keep them. Databases created
+    /// before schema 4 have `auto_vacuum` off, and there this does nothing (`VACUUM` once,
+    /// offline, after `PRAGMA auto_vacuum = INCREMENTAL`, turns it on). A failure only costs
+    /// disk space, so it is logged and otherwise ignored.
+    async fn release_free_pages(&self) {
+        let released = async {
+            let mut conn = self.writer_connection().await?;
+            sqlx::query("PRAGMA incremental_vacuum")
+                .execute(&mut *conn)
+                .await
+                .map_err(DatabaseError::during("vacuum"))
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "returning free pages to the file system failed");
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, WriterState> {
@@ -235,8 +259,11 @@ impl Backend for SqliteBackend {
 
     /// Drains the journal (so a clean shutdown leaves it empty), then closes the connections.
     async fn close(&self) {
-        if let Err(e) = self.drain_all().await {
-            tracing::error!(error = %e, "draining the journal at close failed; the next start retries");
+        match self.drain_all().await {
+            Ok(()) => self.release_free_pages().await,
+            Err(e) => {
+                tracing::error!(error = %e, "draining the journal at close failed; the next start retries");
+            }
         }
         self.reader.close().await;
         self.writer.close().await;
