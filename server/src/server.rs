@@ -87,8 +87,16 @@ pub async fn run(
     tokio::spawn(graceful);
     token.cancelled().await;
     info!("shutting down: flushing rooms and closing connections");
-    // Connections see the token, flush their rooms and close with 1001. Rooms not tied to a
-    // connection any more still get flushed here.
+    // Connections see the token, stop reading, flush their rooms and close with 1001; the
+    // listener returns once every one (WebSockets included) has ended. Only then are the rooms
+    // flushed and the store closed: a connection still sending to a room after the store
+    // closed would have its delta's commit fail, and be closed with 4011 instead of 1001.
+    match tokio::time::timeout(deadline, server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        Err(_) => warn!("connections did not close within the shutdown deadline"),
+    }
+    // Rooms not tied to a connection any more (HTTP writes, readers) are flushed here.
     let flush = async {
         for room in state.rooms.all() {
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -100,11 +108,6 @@ pub async fn run(
     };
     if tokio::time::timeout(deadline, flush).await.is_err() {
         warn!("rooms did not flush within the shutdown deadline");
-    }
-    match tokio::time::timeout(deadline, server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "server task failed"),
-        Err(_) => warn!("connections did not close within the shutdown deadline"),
     }
     state.store.close().await;
     info!("stopped");
@@ -140,6 +143,15 @@ fn admit(
     Ok(Slot::new(permit, Gauge::up(&state.metrics, gauge)))
 }
 
+/// The WebSocket library's read buffer: allocated with the connection and kept for its life,
+/// so small (each read asks for at most this much; `transport::burst` reads ahead under it).
+const WS_READ_CHUNK_BYTES: usize = 512;
+
+/// Frames the WebSocket library gathers before it writes them out (the writer flushes every
+/// batch anyway). Its write buffer keeps the largest size it reached, so this bounds what a
+/// connection keeps after a burst of small frames.
+const WS_WRITE_BATCH_BYTES: usize = 8 * 1024;
+
 /// The WebSocket settings of every connection. tungstenite's own message limit is a backstop:
 /// messages between the configured limit and twice that get a `frame_too_large` error before
 /// the close.
@@ -148,6 +160,8 @@ fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit))
+        .read_buffer_size(WS_READ_CHUNK_BYTES)
+        .write_buffer_size(WS_WRITE_BATCH_BYTES)
 }
 
 /// The upgrade always succeeds (browsers cannot read an HTTP status of a failed upgrade); the

@@ -1,7 +1,7 @@
 //! `/v1/sync`: one task per native WebSocket connection (hello and authentication,
 //! subscriptions, deltas, presence), on the shared mechanics of `transport/`.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,7 +12,7 @@ use governor::DefaultDirectRateLimiter;
 use lattice_engine::protocol::{ClientMsg, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::{DocId, ReplicaId};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
@@ -27,7 +27,7 @@ use crate::transport::slots::{Gauge, Slot};
 use crate::transport::upgrade::WsSocket;
 use crate::transport::writer::{Outbound, Stream};
 
-use super::lifecycle::{self, Exit, Protocol};
+use super::lifecycle::{self, Deadlines, Due, Exit, Protocol, send_to_room};
 
 /// One subscription: the document's room and what this connection may do there.
 struct Sub {
@@ -38,15 +38,17 @@ struct Sub {
 struct Conn {
     state: Arc<ServerState>,
     peer: PeerHandle,
-    subs: HashMap<DocId, Sub>,
+    /// Its subscriptions (at most `Limits::max_docs_per_connection`; usually one or a few, so a
+    /// list, which takes less memory than a map).
+    subs: Vec<(DocId, Sub)>,
     /// Who this connection is; [`Principal::open`] until the hello authenticates (nothing but
     /// the hello is read before that).
     principal: Principal,
     /// The peer's address, for the failed-authentication throttle.
     ip: IpAddr,
     /// What the upgrade request's token (`Authorization: Bearer` or `?token=`) proved, if it
-    /// carried one; a token in the hello wins over it.
-    upgrade_auth: Option<Result<Principal, AuthError>>,
+    /// carried one; a token in the hello wins over it. Boxed: it is read once, at the hello.
+    upgrade_auth: Option<Box<Result<Principal, AuthError>>>,
     /// Whether `slot` is an authenticated one already (a valid token on the upgrade).
     slot_authenticated: bool,
     /// Set when the first message was over the pre-authentication limit.
@@ -72,48 +74,43 @@ pub(crate) enum Admission {
     Authenticated { slot: Slot, principal: Principal },
 }
 
-/// `/v1/sync`: runs one connection.
-pub(crate) async fn serve_socket<S: WsSocket>(
+/// `/v1/sync`: one connection, as the future that runs it. Everything it holds is set up
+/// here, before that future starts, so the future keeps no second copy of it.
+pub(crate) fn serve_socket<S: WsSocket>(
     state: Arc<ServerState>,
     socket: S,
     tripped: Tripped,
     admission: Admission,
     ip: IpAddr,
-) {
+) -> impl Future<Output = ()> + Send {
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("conn", peer = id.0);
-    async move {
-        let limits = &state.config.limits;
-        let (sink, stream) = socket.split();
-        let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
-        let (slot, upgrade_auth, slot_authenticated) = match admission {
-            Admission::Unauthenticated { slot, upgrade_auth } => (slot, upgrade_auth, false),
-            Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
-        };
-        let conn = Conn {
-            peer: peer_handle(
-                &state.config.limits,
-                id,
-                (PeerKind::Native, &NativeEncoder),
-                None,
-                &outbound,
-            ),
-            subs: HashMap::new(),
-            principal: Principal::open(),
-            ip,
-            upgrade_auth,
-            slot_authenticated,
-            tripped,
-            slot: Some(slot),
-            messages: message_limiter(limits),
-            bytes: byte_limiter(limits),
-            state: state.clone(),
-        };
-        let peer = conn.peer.clone();
-        lifecycle::serve(conn, peer, stream, outbound, state.config.shutdown_deadline).await;
-    }
-    .instrument(span)
-    .await;
+    let limits = &state.config.limits;
+    let outbound = Outbound::new(limits);
+    let (slot, upgrade_auth, slot_authenticated) = match admission {
+        Admission::Unauthenticated { slot, upgrade_auth } => (slot, upgrade_auth, false),
+        Admission::Authenticated { slot, principal } => (slot, Some(Ok(principal)), true),
+    };
+    let conn = Conn {
+        peer: peer_handle(
+            limits,
+            id,
+            (PeerKind::Native, &NativeEncoder),
+            None,
+            &outbound,
+        ),
+        subs: Vec::new(),
+        principal: Principal::open(),
+        ip,
+        upgrade_auth: upgrade_auth.map(Box::new),
+        slot_authenticated,
+        tripped,
+        slot: Some(slot),
+        messages: message_limiter(limits),
+        bytes: byte_limiter(limits),
+        state: state.clone(),
+    };
+    lifecycle::serve(conn, socket, outbound).instrument(span)
 }
 
 /// The native protocol's encoding of room messages: each one a MessagePack frame.
@@ -127,41 +124,64 @@ impl Encoder for NativeEncoder {
 }
 
 impl Protocol for Conn {
+    fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    fn peer(&self) -> &PeerHandle {
+        &self.peer
+    }
+
     async fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
-        if let Some(exit) = self.handshake(stream).await {
+        // Boxed, as everything rare or short-lived here: the loop's state is what an idle
+        // connection holds.
+        if let Some(exit) = Box::pin(self.handshake(stream)).await {
             return exit;
         }
-        let limits = self.state.config.limits.clone();
+        let state = self.state.clone();
+        let (limits, heartbeat) = (&state.config.limits, &state.config.heartbeat);
         // The token's expiry is enforced during the session, not only at the handshake.
-        let expiry = lifecycle::token_expiry(self.principal.time_left());
-        tokio::pin!(expiry);
+        let mut deadlines = Deadlines::new(
+            heartbeat.idle_timeout,
+            heartbeat.ping_interval,
+            self.principal.time_left(),
+        );
         loop {
             let next = tokio::select! {
                 biased;
-                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
+                code = self.peer.closer.closed_here() => return Exit::ClosedElsewhere(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
-                () = &mut expiry => {
-                    debug!("token expired during the session");
-                    self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
-                    return Exit::SendClose(CloseCode::TokenExpired);
-                }
-                r = timeout(self.state.config.heartbeat.idle_timeout, stream.next()) => r,
+                r = timeout_at(deadlines.next(), stream.next()) => r,
             };
-            let frame = match next {
-                Err(_) => {
-                    self.error(ErrorCode::IdleTimeout, "idle timeout", None, None);
-                    return Exit::SendClose(CloseCode::IdleTimeout);
-                }
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                    return Exit::PeerGone;
-                }
-                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+            let read = match next {
+                Ok(read) => read,
+                Err(_) => match deadlines.due() {
+                    Some(Due::Expired) => {
+                        debug!("token expired during the session");
+                        self.error(ErrorCode::Unauthorized, "the token has expired", None, None);
+                        return Exit::SendClose(CloseCode::TokenExpired);
+                    }
+                    Some(Due::Quiet) => {
+                        self.error(ErrorCode::IdleTimeout, "idle timeout", None, None);
+                        return Exit::SendClose(CloseCode::IdleTimeout);
+                    }
+                    Some(Due::Ping) => {
+                        lifecycle::ping(&self.peer);
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
+            deadlines.heard(heartbeat.idle_timeout);
+            let frame = match read {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Exit::PeerGone,
+                Some(Ok(Message::Ping(p) | Message::Pong(p))) => {
                     if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
                         return self.rate_limited();
                     }
                     continue;
                 }
-                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
+                Some(Ok(Message::Text(_) | Message::Frame(_))) => {
                     self.error(
                         ErrorCode::MalformedMessage,
                         "binary MessagePack frames only",
@@ -170,7 +190,7 @@ impl Protocol for Conn {
                     );
                     return Exit::SendClose(CloseCode::UnsupportedData);
                 }
-                Ok(Some(Ok(Message::Binary(b)))) => b,
+                Some(Ok(Message::Binary(b))) => b,
             };
             if frame.len() > limits.max_frame_bytes {
                 self.error(
@@ -190,7 +210,9 @@ impl Protocol for Conn {
             }
             match ClientMsg::decode(&frame, limits.max_frame_bytes) {
                 Ok(msg) => {
-                    if let Some(exit) = self.handle(msg).await {
+                    // Boxed: its future is larger than the loop's wait, and would make every
+                    // idle connection hold that much.
+                    if let Some(exit) = Box::pin(self.handle(msg)).await {
                         return exit;
                     }
                 }
@@ -216,7 +238,7 @@ impl Protocol for Conn {
     }
 
     fn rooms(&self) -> Vec<RoomSender> {
-        self.subs.values().map(|sub| sub.room.clone()).collect()
+        self.subs.iter().map(|(_, sub)| sub.room.clone()).collect()
     }
 
     fn take_slot(&mut self) -> Option<Slot> {
@@ -225,6 +247,11 @@ impl Protocol for Conn {
 }
 
 impl Conn {
+    /// This connection's subscription to `doc`, if it has one.
+    fn sub(&self, doc: &DocId) -> Option<&Sub> {
+        self.subs.iter().find(|(d, _)| d == doc).map(|(_, sub)| sub)
+    }
+
     /// Queues a message for this connection. A full outbox closes it as a slow consumer.
     fn send(&self, msg: &ServerMsg) {
         let frame = Message::Binary(Bytes::from(msg.encode()));
@@ -297,7 +324,7 @@ impl Conn {
             Ok(ClientMsg::Hello { replica, token, .. }) => {
                 let proved = match (token, self.upgrade_auth.take()) {
                     (Some(token), _) => self.state.auth.authenticate(Some(&token), self.ip),
-                    (None, Some(upgrade)) => upgrade,
+                    (None, Some(upgrade)) => *upgrade,
                     (None, None) => self.state.auth.authenticate(None, self.ip),
                 };
                 match proved {
@@ -370,16 +397,17 @@ impl Conn {
                 );
             }
             ClientMsg::Ping { nonce } => self.send(&ServerMsg::Pong { nonce }),
-            ClientMsg::Subscribe { doc, state } => return self.subscribe(doc, state).await,
+            ClientMsg::Subscribe { doc, state } => {
+                return Box::pin(self.subscribe(doc, state)).await;
+            }
             ClientMsg::Unsubscribe { doc } => {
-                if let Some(sub) = self.subs.remove(&doc) {
-                    let _ = sub
-                        .room
-                        .send(RoomCmd::Unsubscribe { peer: self.peer.id })
-                        .await;
+                if let Some(at) = self.subs.iter().position(|(d, _)| *d == doc) {
+                    let (_, sub) = self.subs.swap_remove(at);
+                    let cmd = RoomCmd::Unsubscribe { peer: self.peer.id };
+                    let _ = send_to_room(&sub.room, cmd).await;
                 }
             }
-            ClientMsg::Delta { doc, seq, delta } => match self.subs.get(&doc) {
+            ClientMsg::Delta { doc, seq, delta } => match self.sub(&doc) {
                 // Read-only writes stop here; the room refuses them too (defence in depth).
                 Some(sub) if sub.access == Access::Read => self.error(
                     ErrorCode::Forbidden,
@@ -394,7 +422,7 @@ impl Conn {
                         delta,
                         author: self.principal.subject().map(str::to_string),
                     };
-                    if sub.room.send(cmd).await.is_err() {
+                    if send_to_room(&sub.room, cmd).await.is_err() {
                         return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                     }
                 }
@@ -407,7 +435,7 @@ impl Conn {
             },
             // Presence is allowed on read-only subscriptions: it is ephemeral, never stored,
             // and lets readers show up as viewers (docs/security.md).
-            ClientMsg::Presence { doc, state, typing } => match self.subs.get(&doc) {
+            ClientMsg::Presence { doc, state, typing } => match self.sub(&doc) {
                 Some(sub) => {
                     let cmd = RoomCmd::Presence {
                         peer: self.peer.id,
@@ -415,7 +443,7 @@ impl Conn {
                         typing,
                         awareness: None,
                     };
-                    let _ = sub.room.send(cmd).await;
+                    let _ = send_to_room(&sub.room, cmd).await;
                 }
                 None => self.error(
                     ErrorCode::NotSubscribed,
@@ -436,7 +464,7 @@ impl Conn {
             self.error(ErrorCode::Forbidden, "not permitted", Some(doc), None);
             return None;
         };
-        if self.subs.contains_key(&doc) {
+        if self.sub(&doc).is_some() {
             // A second full answer for a document the connection already receives would be
             // work and memory for nothing (and a way to make the server do both at will).
             self.error(
@@ -470,7 +498,9 @@ impl Conn {
             ticket,
         };
         if let Some(room) = join_room(&self.state.rooms, &doc, cmd).await {
-            self.subs.insert(doc, Sub { room, access });
+            // One more, not room for four: most connections hold one or two.
+            self.subs.reserve_exact(1);
+            self.subs.push((doc, Sub { room, access }));
             return None;
         }
         self.error(

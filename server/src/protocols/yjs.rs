@@ -19,6 +19,7 @@
 //! an empty awareness message is sent every ping interval, because the client reconnects after
 //! 30 s without a message and browsers never surface WebSocket pings.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use lattice_engine::protocol::{ErrorCode, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::yws::{self, AwarenessEntry, YDecodeError, YMessage};
 use lattice_engine::{Delta, DocId, DocState, Value};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::AuthError;
@@ -46,7 +47,7 @@ use crate::transport::slots::Slot;
 use crate::transport::upgrade::WsSocket;
 use crate::transport::writer::{Outbound, Stream};
 
-use super::lifecycle::{self, Exit, Protocol};
+use super::lifecycle::{self, Deadlines, Due, Exit, Protocol, send_to_room};
 
 /// What a Yjs connection may do, decided from its token before the upgrade.
 #[derive(Clone, Debug)]
@@ -64,7 +65,6 @@ pub(crate) const NATIVE_AWARENESS_CLIENTS: u64 = 1 << 52;
 
 struct YjsConn {
     state: Arc<ServerState>,
-    doc: DocId,
     grant: YjsGrant,
     peer: PeerHandle,
     room: Option<RoomSender>,
@@ -73,44 +73,40 @@ struct YjsConn {
     next_seq: u64,
     messages: DefaultDirectRateLimiter,
     bytes: DefaultDirectRateLimiter,
+    /// The authenticated slot it holds, given back after its last frame.
+    slot: Option<Slot>,
 }
 
-/// `/yjs/{doc}`: runs one connection that `grant` lets in, in the authenticated `slot`.
-pub(crate) async fn serve_yjs_socket<S: WsSocket>(
+/// `/yjs/{doc}`: one connection that `grant` lets in, in the authenticated `slot`, as the
+/// future that runs it (set up here, so that future keeps no second copy of anything).
+pub(crate) fn serve_yjs_socket<S: WsSocket>(
     state: Arc<ServerState>,
     socket: S,
     slot: Slot,
     grant: YjsGrant,
-) {
+) -> impl Future<Output = ()> + Send {
     let id = PeerId(state.next_peer.fetch_add(1, Relaxed));
     let span = info_span!("yjs", peer = id.0, doc = %grant.doc);
-    async move {
-        let limits = state.config.limits.clone();
-        let (sink, stream) = socket.split();
-        let outbound = Outbound::start(&state.config, state.metrics.clone(), sink);
-        let conn = YjsConn {
-            peer: peer_handle(
-                &state.config.limits,
-                id,
-                (PeerKind::Yjs, &YjsEncoder),
-                grant.author.as_deref(),
-                &outbound,
-            ),
-            state: state.clone(),
-            doc: grant.doc.clone(),
-            grant,
-            room: None,
-            awareness_client: None,
-            next_seq: 1,
-            messages: message_limiter(&limits),
-            bytes: byte_limiter(&limits),
-        };
-        let peer = conn.peer.clone();
-        lifecycle::serve(conn, peer, stream, outbound, state.config.shutdown_deadline).await;
-        drop(slot);
-    }
-    .instrument(span)
-    .await;
+    let limits = &state.config.limits;
+    let outbound = Outbound::new(limits);
+    let conn = YjsConn {
+        peer: peer_handle(
+            limits,
+            id,
+            (PeerKind::Yjs, &YjsEncoder),
+            grant.author.as_deref(),
+            &outbound,
+        ),
+        state: state.clone(),
+        grant,
+        room: None,
+        awareness_client: None,
+        next_seq: 1,
+        messages: message_limiter(limits),
+        bytes: byte_limiter(limits),
+        slot: Some(slot),
+    };
+    lifecycle::serve(conn, socket, outbound).instrument(span)
 }
 
 /// Why a Yjs connection is refused, and with which close code.
@@ -219,57 +215,75 @@ impl Encoder for YjsEncoder {
 }
 
 impl Protocol for YjsConn {
+    fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    fn peer(&self) -> &PeerHandle {
+        &self.peer
+    }
+
     async fn run<S: WsSocket>(&mut self, stream: &mut Stream<S>) -> Exit {
-        let limits = self.state.config.limits.clone();
-        let mut keepalive = tokio::time::interval(self.state.config.heartbeat.ping_interval);
-        keepalive.reset();
-        // The token's expiry is enforced during the session, not only at the upgrade.
-        let expiry = lifecycle::token_expiry(self.grant.expires_in);
-        tokio::pin!(expiry);
-        loop {
-            // Until the client's sync step 1 arrives, it gets the hello deadline; a client that
-            // sends something else first is subscribed from nothing.
-            let wait = if self.room.is_some() {
-                self.state.config.heartbeat.idle_timeout
+        let state = self.state.clone();
+        let (limits, heartbeat) = (&state.config.limits, &state.config.heartbeat);
+        // Until the client's sync step 1 arrives, it gets the hello deadline; a client that
+        // sends something else first is subscribed from nothing. The token's expiry is
+        // enforced during the session, not only at the upgrade.
+        let quiet = |conn: &YjsConn| {
+            if conn.room.is_some() {
+                heartbeat.idle_timeout
             } else {
                 limits.hello_timeout
-            };
+            }
+        };
+        let mut deadlines =
+            Deadlines::new(quiet(self), heartbeat.ping_interval, self.grant.expires_in);
+        loop {
             let next = tokio::select! {
                 biased;
-                code = self.peer.closer.closed() => return Exit::ClosedElsewhere(code),
+                code = self.peer.closer.closed_here() => return Exit::ClosedElsewhere(code),
                 _ = self.state.shutdown.cancelled() => return Exit::Shutdown,
-                () = &mut expiry => {
-                    debug!("token expired during the session");
-                    self.send(yws::encode_permission_denied("the token has expired"));
-                    return Exit::SendClose(CloseCode::TokenExpired);
-                }
-                _ = keepalive.tick() => {
-                    self.send(yws::encode_awareness(&[]));
-                    continue;
-                }
-                r = timeout(wait, stream.next()) => r,
+                r = timeout_at(deadlines.next(), stream.next()) => r,
             };
-            let frame = match next {
-                Err(_) if self.room.is_none() => {
-                    if let Some(exit) = self.subscribe(Vec::new()).await {
-                        return exit;
+            let read = match next {
+                Ok(read) => read,
+                Err(_) => match deadlines.due() {
+                    Some(Due::Expired) => {
+                        debug!("token expired during the session");
+                        self.send(yws::encode_permission_denied("the token has expired"));
+                        return Exit::SendClose(CloseCode::TokenExpired);
                     }
-                    continue;
-                }
-                Err(_) => return Exit::SendClose(CloseCode::IdleTimeout),
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                    return Exit::PeerGone;
-                }
-                Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+                    Some(Due::Quiet) if self.room.is_none() => {
+                        if let Some(exit) = Box::pin(self.subscribe(Vec::new())).await {
+                            return exit;
+                        }
+                        deadlines.heard(quiet(self));
+                        continue;
+                    }
+                    Some(Due::Quiet) => return Exit::SendClose(CloseCode::IdleTimeout),
+                    Some(Due::Ping) => {
+                        // Browsers never surface WebSocket pings: the keep-alive the client
+                        // sees is an empty awareness message.
+                        lifecycle::ping(&self.peer);
+                        self.send(yws::encode_awareness(&[]));
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
+            deadlines.heard(quiet(self));
+            let frame = match read {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Exit::PeerGone,
+                Some(Ok(Message::Ping(p) | Message::Pong(p))) => {
                     if !within_rate(&self.messages, &self.bytes, 1, p.len()) {
                         return Exit::SendClose(CloseCode::RateLimited);
                     }
                     continue;
                 }
-                Ok(Some(Ok(Message::Text(_) | Message::Frame(_)))) => {
+                Some(Ok(Message::Text(_) | Message::Frame(_))) => {
                     return Exit::SendClose(CloseCode::UnsupportedData);
                 }
-                Ok(Some(Ok(Message::Binary(b)))) => b,
+                Some(Ok(Message::Binary(b))) => b,
             };
             if frame.len() > limits.max_frame_bytes {
                 warn!(len = frame.len(), "frame too large");
@@ -291,7 +305,9 @@ impl Protocol for YjsConn {
                 return Exit::SendClose(CloseCode::RateLimited);
             }
             for msg in messages {
-                if let Some(exit) = self.handle(msg).await {
+                // Boxed: its future is larger than the loop's wait, and would make every idle
+                // connection hold that much.
+                if let Some(exit) = Box::pin(self.handle(msg)).await {
                     return exit;
                 }
                 // A room that dropped this peer (a slow consumer) must not see it come back
@@ -300,11 +316,17 @@ impl Protocol for YjsConn {
                     break;
                 }
             }
+            // Subscribed now, perhaps: from the hello deadline to the idle timeout.
+            deadlines.heard(quiet(self));
         }
     }
 
     fn rooms(&self) -> Vec<RoomSender> {
         self.room.iter().cloned().collect()
+    }
+
+    fn take_slot(&mut self) -> Option<Slot> {
+        self.slot.take()
     }
 }
 
@@ -337,11 +359,11 @@ impl YjsConn {
         };
         match &self.room {
             Some(room) => {
-                if room.send(cmd).await.is_err() {
+                if send_to_room(room, cmd).await.is_err() {
                     return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                 }
             }
-            None => match join_room(&self.state.rooms, &self.doc, cmd).await {
+            None => match join_room(&self.state.rooms, &self.grant.doc, cmd).await {
                 Some(room) => self.room = Some(room),
                 None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
             },
@@ -355,7 +377,7 @@ impl YjsConn {
                 YMessage::SyncStep1 { state_vector } => state_vector.clone(),
                 _ => Vec::new(),
             };
-            if let Some(exit) = self.subscribe(sv).await {
+            if let Some(exit) = Box::pin(self.subscribe(sv)).await {
                 return Some(exit);
             }
             if matches!(msg, YMessage::SyncStep1 { .. }) {
@@ -364,7 +386,9 @@ impl YjsConn {
         }
         let room = self.room.clone()?;
         match msg {
-            YMessage::SyncStep1 { state_vector } => return self.subscribe(state_vector).await,
+            YMessage::SyncStep1 { state_vector } => {
+                return Box::pin(self.subscribe(state_vector)).await;
+            }
             YMessage::SyncStep2 { update } | YMessage::Update { update } => {
                 if update == yws::EMPTY_UPDATE {
                     return None;
@@ -386,7 +410,7 @@ impl YjsConn {
                     },
                     author: self.grant.author.clone(),
                 };
-                if room.send(cmd).await.is_err() {
+                if send_to_room(&room, cmd).await.is_err() {
                     return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
                 }
             }
@@ -422,13 +446,12 @@ impl YjsConn {
                             clock: entry.clock,
                         }),
                     };
-                    let _ = room.send(cmd).await;
+                    let _ = send_to_room(&room, cmd).await;
                 }
             }
             YMessage::QueryAwareness => {
-                let _ = room
-                    .send(RoomCmd::QueryPresence { peer: self.peer.id })
-                    .await;
+                let cmd = RoomCmd::QueryPresence { peer: self.peer.id };
+                let _ = send_to_room(&room, cmd).await;
             }
             // Clients do not send auth messages; one that does changes nothing.
             YMessage::Auth { .. } => {}

@@ -8,7 +8,9 @@
 //! most [`Limits::max_http_connections`](crate::config::Limits::max_http_connections)
 //! connections may be in their HTTP phase at once; past that, new connections are closed as
 //! soon as they are accepted. A connection upgraded to a WebSocket leaves the HTTP phase (its
-//! slot then comes from the WebSocket limits).
+//! slot then comes from the WebSocket limits), but not the server: its task is tracked with the
+//! HTTP connections' ([`ConnectionTasks`]), so [`serve`] returns only once every WebSocket has
+//! ended too, and nothing a connection still sends to a room can outlive the store.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +31,11 @@ use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
+/// The most a connection's HTTP read buffer may grow to (hyper's own default is about
+/// 400 KiB): a request head larger than this is answered 431. It starts at 8 KiB (hyper's
+/// smallest), so this bounds what a client can make one connection in its HTTP phase hold.
+const MAX_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// How the HTTP phase of a connection is bounded.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpBounds {
@@ -36,8 +43,13 @@ pub(crate) struct HttpBounds {
     pub max_http_connections: usize,
 }
 
+/// The tasks of a server's connections, handed to each request (as an extension) so that a
+/// WebSocket upgrade runs its connection among them.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionTasks(pub TaskTracker);
+
 /// Serves `router` on `listener` until `shutdown` fires, then lets each connection finish its
-/// request in progress and returns once every one has.
+/// request in progress, and each WebSocket its close, and returns once every one has.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -69,10 +81,12 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let tasks = ConnectionTasks(tracker.clone());
         tracker.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(remote));
+                req.extensions_mut().insert(tasks.clone());
                 let mut router = router.clone();
                 async move {
                     let response =
@@ -83,7 +97,8 @@ pub(crate) async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(bounds.header_read_timeout);
+                .header_read_timeout(bounds.header_read_timeout)
+                .max_buf_size(MAX_READ_BUFFER_BYTES);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();

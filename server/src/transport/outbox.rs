@@ -6,11 +6,18 @@
 //! frames matters because one frame can be a whole document: 4,096 queued syncs of a 500 KB
 //! document are 2 GB. A frame is always admitted into an empty outbox, so a document larger
 //! than the byte bound can still be sent; the bound is then that one frame.
+//!
+//! Memory follows the traffic, not the bounds: the queue is allocated by the first frame, grows
+//! with what is queued, and is given back once the writer has taken everything, so an idle
+//! connection's outbox holds no buffer at all (a channel sized for its bound would hold one
+//! from the start).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 pub(crate) use tokio_tungstenite::tungstenite::Message;
 
 /// Why a frame was not queued.
@@ -22,85 +29,206 @@ pub(crate) enum SendError {
     Closed,
 }
 
-/// The sending side of a connection's outbox (cheap to clone).
-#[derive(Clone, Debug)]
-pub(crate) struct Outbox {
-    tx: mpsc::Sender<Message>,
-    queued_bytes: Arc<AtomicUsize>,
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer (the one receiver): a frame was queued, or the last sender left.
+    queued: AtomicWaker,
+    /// Wakes a sender waiting for a free slot ([`Outbox::send`]): the writer took a frame or
+    /// went away.
+    taken: Notify,
+    max_frames: usize,
     max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Message>,
+    bytes: usize,
+    senders: usize,
+    writer_gone: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each critical section leaves the state whole, so a panic elsewhere cannot have left
+        // it half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The sending side of a connection's outbox (cheap to clone).
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    shared: Arc<Shared>,
 }
 
 /// The writer's side of the outbox.
 #[derive(Debug)]
 pub(crate) struct OutboxReceiver {
-    rx: mpsc::Receiver<Message>,
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// An outbox of at most `frames` frames and `max_bytes` bytes (see the module docs).
 pub(crate) fn outbox(frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(frames.max(1));
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            senders: 1,
+            ..State::default()
+        }),
+        queued: AtomicWaker::new(),
+        taken: Notify::new(),
+        max_frames: frames.max(1),
+        max_bytes,
+    });
     (
         Outbox {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            max_bytes,
+            shared: shared.clone(),
         },
-        OutboxReceiver { rx, queued_bytes },
+        OutboxReceiver { shared },
     )
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.shared.lock().senders += 1;
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.shared.queued.wake();
+        }
+    }
 }
 
 impl Outbox {
     /// Queues a frame without waiting.
     pub(crate) fn try_send(&self, msg: Message) -> Result<(), SendError> {
         let len = msg.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(len) > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(SendError::Full);
-        }
-        match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => SendError::Full,
-                    mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-                })
+        {
+            let mut state = self.shared.lock();
+            if state.writer_gone {
+                return Err(SendError::Closed);
             }
+            let over_bytes =
+                state.bytes > 0 && state.bytes.saturating_add(len) > self.shared.max_bytes;
+            if state.queue.len() >= self.shared.max_frames || over_bytes {
+                return Err(SendError::Full);
+            }
+            state.queue.push_back(msg);
+            state.bytes += len;
         }
+        self.shared.queued.wake();
+        Ok(())
     }
 
     /// Queues a frame, waiting for a free slot (never for bytes): for the close frame that
     /// ends a connection, which must go out behind everything queued before it.
     pub(crate) async fn send(&self, msg: Message) -> Result<(), SendError> {
-        let len = msg.len();
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        self.tx.send(msg).await.map_err(|_| {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            SendError::Closed
-        })
+        loop {
+            // Registered before the queue is looked at, so a slot freed in between is seen.
+            let taken = self.shared.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                if state.writer_gone {
+                    return Err(SendError::Closed);
+                }
+                if state.queue.len() < self.shared.max_frames {
+                    state.bytes += msg.len();
+                    state.queue.push_back(msg);
+                    drop(state);
+                    self.shared.queued.wake();
+                    return Ok(());
+                }
+            }
+            taken.await;
+        }
     }
 
     /// Bytes queued and not yet taken by the writer.
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Acquire)
+        self.shared.lock().bytes
     }
 }
 
 impl OutboxReceiver {
+    /// The next frame, once there is one; `None` once every sender is gone and the queue is
+    /// empty. Cancel-safe: a frame is taken only when it is returned.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        let msg = self.rx.recv().await?;
-        self.queued_bytes.fetch_sub(msg.len(), Ordering::AcqRel);
-        Some(msg)
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`OutboxReceiver::recv`], polled.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        // Registered before the queue is looked at, so a frame queued in between wakes it.
+        self.shared.queued.register(cx.waker());
+        match self.take() {
+            Taken::Frame(msg) => Poll::Ready(Some(msg)),
+            Taken::Done => Poll::Ready(None),
+            Taken::Empty => Poll::Pending,
+        }
     }
 
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
-        let msg = self.rx.try_recv().ok()?;
-        self.queued_bytes.fetch_sub(msg.len(), Ordering::AcqRel);
-        Some(msg)
+        match self.take() {
+            Taken::Frame(msg) => Some(msg),
+            Taken::Done | Taken::Empty => None,
+        }
+    }
+
+    fn take(&self) -> Taken {
+        let mut state = self.shared.lock();
+        let was_full = state.queue.len() >= self.shared.max_frames;
+        let Some(msg) = state.queue.pop_front() else {
+            return if state.senders == 0 {
+                Taken::Done
+            } else {
+                Taken::Empty
+            };
+        };
+        state.bytes -= msg.len();
+        if state.queue.is_empty() {
+            // Drained: the next frame allocates again (a few frames' worth), so an idle
+            // connection keeps none.
+            state.queue = VecDeque::new();
+        }
+        drop(state);
+        if was_full {
+            self.shared.taken.notify_waiters();
+        }
+        Taken::Frame(msg)
+    }
+}
+
+enum Taken {
+    Frame(Message),
+    Empty,
+    Done,
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut state = self.shared.lock();
+            state.writer_gone = true;
+            state.bytes = 0;
+            std::mem::take(&mut state.queue)
+        };
+        drop(dropped);
+        self.shared.taken.notify_waiters();
     }
 }
 
@@ -143,5 +271,45 @@ mod tests {
         drop(rx);
         assert_eq!(tx.try_send(frame(1)), Err(SendError::Closed));
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_writer_gets_everything_queued_then_none_once_every_sender_left() {
+        let (tx, mut rx) = outbox(4, 1_000);
+        let other = tx.clone();
+        tx.try_send(frame(1)).unwrap();
+        other.try_send(frame(2)).unwrap();
+        drop(tx);
+        assert_eq!(rx.recv().await.map(|m| m.len()), Some(1));
+        assert_eq!(rx.recv().await.map(|m| m.len()), Some(2));
+        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        drop(other);
+        assert!(waiting.await.unwrap(), "no sender left: the writer ends");
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_a_free_slot_and_keeps_the_order() {
+        let (tx, mut rx) = outbox(1, 10);
+        tx.try_send(frame(1)).unwrap();
+        let close = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(frame(20)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!close.is_finished(), "the outbox is full: it waits");
+        assert_eq!(rx.recv().await.map(|m| m.len()), Some(1));
+        close.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.map(|m| m.len()), Some(20));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_memory_back() {
+        let (tx, mut rx) = outbox(1_000, 1_000_000);
+        for _ in 0..100 {
+            tx.try_send(frame(1)).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert_eq!(tx.shared.lock().queue.capacity(), 0);
     }
 }

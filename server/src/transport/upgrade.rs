@@ -1,9 +1,11 @@
 //! The WebSocket upgrade, done here rather than by axum so that the connection's byte stream
 //! can be wrapped ([`FirstMessageLimit`]) before the WebSocket library reads from it.
 //!
-//! [`WsUpgrade`] extracts what an HTTP/1.1 upgrade request carries (RFC 6455 §4.2.1);
+//! The byte stream is read through [`ReadBurst`] (no read buffer held while idle) and
+//! [`FirstMessageLimit`]. [`WsUpgrade`] extracts what an HTTP/1.1 upgrade request carries (RFC 6455 §4.2.1);
 //! [`WsUpgrade::accept`] answers `101 Switching Protocols` and runs the connection on its own
-//! task once hyper hands the socket over.
+//! task once hyper hands the socket over, among the server's [`ConnectionTasks`] (so the
+//! server's shutdown waits for it).
 
 use std::future::Future;
 
@@ -20,10 +22,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::burst::ReadBurst;
 use super::first_message::{FirstMessageLimit, Tripped};
+use super::listen::ConnectionTasks;
 
-/// A server-side WebSocket over the upgraded connection.
-pub(crate) type Socket = WebSocketStream<FirstMessageLimit<TokioIo<hyper::upgrade::Upgraded>>>;
+/// A server-side WebSocket over the upgraded connection. Boxed: the futures that serve it
+/// take it by value and keep an argument as long as they run.
+pub(crate) type Socket =
+    Box<WebSocketStream<FirstMessageLimit<ReadBurst<TokioIo<hyper::upgrade::Upgraded>>>>>;
 
 /// What the protocols need of a WebSocket: messages in and out. The server's sockets are
 /// [`Socket`]s; tests drive a handler over any other (an in-memory pipe).
@@ -46,6 +52,8 @@ impl<T> WsSocket for T where
 pub(crate) struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// Where the connection's task runs; `None` outside `listen::serve` (then untracked).
+    tasks: Option<ConnectionTasks>,
 }
 
 /// Why a request is not a WebSocket upgrade (400, or 426 for a missing `Upgrade`).
@@ -101,7 +109,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(NotAnUpgrade("this connection cannot be upgraded"))?;
-        Ok(WsUpgrade { key, on_upgrade })
+        let tasks = parts.extensions.get::<ConnectionTasks>().cloned();
+        Ok(WsUpgrade {
+            key,
+            on_upgrade,
+            tasks,
+        })
     }
 }
 
@@ -120,15 +133,32 @@ impl WsUpgrade {
         F: FnOnce(Socket, Tripped) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let WsUpgrade { key, on_upgrade } = self;
-        tokio::spawn(async move {
+        let WsUpgrade {
+            key,
+            on_upgrade,
+            tasks,
+        } = self;
+        // Boxed and unpacked at once: what an `async move` block captures it keeps for as long
+        // as it runs, and this one runs as long as the connection.
+        let setup = Box::new((on_upgrade, config, first_message_limit, serve));
+        let connection = async move {
+            // Moved out in a block of its own, so the box is freed at once.
+            let (on_upgrade, config, first_message_limit, serve) = {
+                let setup = setup;
+                *setup
+            };
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let (io, tripped) = FirstMessageLimit::new(TokioIo::new(upgraded), first_message_limit);
+            let io = ReadBurst::new(TokioIo::new(upgraded));
+            let (io, tripped) = FirstMessageLimit::new(io, first_message_limit);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            serve(socket, tripped).await;
-        });
+            serve(Box::new(socket), tripped).await;
+        };
+        match tasks {
+            Some(ConnectionTasks(tracker)) => drop(tracker.spawn(connection)),
+            None => drop(tokio::spawn(connection)),
+        }
         let accept = derive_accept_key(key.as_bytes());
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

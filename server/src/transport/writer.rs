@@ -1,19 +1,21 @@
-//! The sending half of a WebSocket connection: a writer task drains the bounded outbox into
-//! the socket (one flush per batch, pings on an interval) until a close, and [`Outbound`]
-//! finishes a connection so that its close frame and last acks reach the peer.
+//! The sending half of a WebSocket connection: [`Writer`] drains the bounded outbox into the
+//! socket (one flush per batch) until a close, on the connection's own task (no task of its
+//! own: an idle connection is one task), and [`finish`] lets a connection's close frame and
+//! last acks reach the peer before the socket closes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink as _, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::timeout;
-use tracing::{Instrument, debug};
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::transport::close::{CloseCode, close_kind, close_message};
+use crate::config::Limits;
+use crate::transport::close::{CloseCode, close_message};
 use crate::transport::outbox::{Message, Outbox, OutboxReceiver, outbox};
 use crate::transport::upgrade::WsSocket;
 
@@ -22,53 +24,100 @@ pub(crate) type Sink<S> = SplitSink<S, Message>;
 /// The receiving half of a socket.
 pub(crate) type Stream<S> = SplitStream<S>;
 
-/// Drains the outbox into the socket, one flush per batch of queued frames, and sends
-/// WebSocket pings. Ends on a close frame, a closer request, or a dead socket.
-pub(crate) async fn writer<S: WsSocket>(
-    mut sink: Sink<S>,
-    mut rx: OutboxReceiver,
+/// Drains the outbox into the socket, one flush per batch of queued frames (pings are queued
+/// like any frame), until a close frame went out (queued, or asked for by the closer, which
+/// goes before what is queued), every sender is gone, or the socket failed; then closes the
+/// sending side. Written out by hand rather than as an `async` block: it is part of every
+/// connection's state, and this way it holds only its fields.
+#[derive(Debug)]
+pub(crate) struct Writer<S: WsSocket> {
+    sink: Sink<S>,
+    rx: OutboxReceiver,
     closer: Arc<Closer>,
-    ping_interval: std::time::Duration,
-) {
-    let mut ping = tokio::time::interval(ping_interval);
-    ping.reset();
-    loop {
-        tokio::select! {
-            biased;
-            code = closer.closed() => {
-                let _ = sink.send(close_message(code)).await;
-                break;
-            }
-            msg = rx.recv() => {
-                let Some(mut msg) = msg else { break };
-                let mut ok = true;
-                loop {
-                    let is_close = matches!(msg, Message::Close(_));
-                    if sink.feed(msg).await.is_err() {
-                        ok = false;
-                        break;
+    /// The frame taken from the outbox (or the closer's close frame) and not written yet.
+    next: Option<Message>,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Writing frames as they come; `true` once some await a flush.
+    Writing(bool),
+    /// A close frame is written: flush it, then close.
+    Closing,
+    /// Closing the sending side (errors are of no interest any more).
+    Ending,
+    Done,
+}
+
+impl<S: WsSocket> Writer<S> {
+    pub(crate) fn new(sink: Sink<S>, rx: OutboxReceiver, closer: Arc<Closer>) -> Writer<S> {
+        Writer {
+            sink,
+            rx,
+            closer,
+            next: None,
+            phase: Phase::Writing(false),
+        }
+    }
+}
+
+impl<S: WsSocket> Future for Writer<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Writing(unflushed) => {
+                    let asked = matches!(this.next, Some(Message::Close(_)));
+                    if !asked && let Poll::Ready(code) = this.closer.poll_closed(cx) {
+                        // The closer goes first: what is queued is no longer wanted.
+                        this.next = Some(close_message(code));
                     }
-                    if is_close {
-                        ok = false;
-                        break;
+                    if this.next.is_none() {
+                        match this.rx.poll_recv(cx) {
+                            Poll::Ready(Some(msg)) => this.next = Some(msg),
+                            Poll::Ready(None) => {
+                                this.phase = Phase::Ending;
+                                continue;
+                            }
+                            Poll::Pending if unflushed => {
+                                this.phase = match ready!(Pin::new(&mut this.sink).poll_flush(cx)) {
+                                    Ok(()) => Phase::Writing(false),
+                                    Err(_) => Phase::Ending,
+                                };
+                                continue;
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
                     }
-                    match rx.try_recv() {
-                        Some(next) => msg = next,
-                        None => break,
+                    if ready!(Pin::new(&mut this.sink).poll_ready(cx)).is_err() {
+                        this.phase = Phase::Ending;
+                        continue;
                     }
+                    let Some(msg) = this.next.take() else {
+                        continue;
+                    };
+                    let close = matches!(msg, Message::Close(_));
+                    this.phase = match Pin::new(&mut this.sink).start_send(msg) {
+                        Ok(()) if close => Phase::Closing,
+                        Ok(()) => Phase::Writing(true),
+                        Err(_) => Phase::Ending,
+                    };
                 }
-                if sink.flush().await.is_err() || !ok {
-                    break;
+                Phase::Closing => {
+                    let _ = ready!(Pin::new(&mut this.sink).poll_flush(cx));
+                    this.phase = Phase::Ending;
                 }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
+                Phase::Ending => {
+                    let _ = ready!(Pin::new(&mut this.sink).poll_close(cx));
+                    this.phase = Phase::Done;
                 }
+                Phase::Done => return Poll::Ready(()),
             }
         }
     }
-    let _ = sink.close().await;
 }
 
 /// Asks a connection to close, from outside its task (a room that found its outbox full).
@@ -76,6 +125,9 @@ pub(crate) async fn writer<S: WsSocket>(
 pub(crate) struct Closer {
     code: Mutex<Option<CloseCode>>,
     notify: Notify,
+    /// The connection's own task (its writer and read loop), polled rather than awaiting
+    /// `notify`.
+    task: AtomicWaker,
 }
 
 impl Closer {
@@ -88,6 +140,7 @@ impl Closer {
         // Every task waiting on it wakes (the writer and the connection's read loop both
         // do): with only one woken, the writer could end without the close code.
         self.notify.notify_waiters();
+        self.task.wake();
     }
 
     /// The code it was closed with, if it was.
@@ -106,72 +159,72 @@ impl Closer {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(code) = self.code.lock().ok().and_then(|c| *c) {
+            if let Some(code) = self.code() {
                 return code;
             }
             notified.await;
         }
     }
+
+    /// [`Closer::closed`] for the connection's own task (its read loop, its writer): it keeps
+    /// one waker, that task's, where `closed` keeps a waiter per call.
+    pub(crate) fn closed_here(&self) -> impl Future<Output = CloseCode> + '_ {
+        std::future::poll_fn(|cx| self.poll_closed(cx))
+    }
+
+    /// [`Closer::closed_here`], polled.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        // Registered before the code is read, as above.
+        self.task.register(cx.waker());
+        self.code().map_or(Poll::Pending, Poll::Ready)
+    }
 }
 
 /// How long a closing connection keeps reading what its peer still sends, waiting for the
-/// peer's close frame (see [`Outbound::finish`]).
+/// peer's close frame (see [`finish`]).
 const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The sending half of a connection: a bounded outbox, the closer rooms use to close it, and
-/// the writer task that drains both into the socket.
+/// A connection's outbox before its writer runs: the sending side (for its peer handle), the
+/// closer rooms use to close it, and the writer's side.
+#[derive(Debug)]
 pub(crate) struct Outbound {
     pub outbox: Outbox,
     pub closer: Arc<Closer>,
-    writer: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
-    /// How long [`Outbound::finish`] waits for the writer (the server's shutdown deadline).
-    deadline: std::time::Duration,
+    pub rx: OutboxReceiver,
 }
 
 impl Outbound {
-    /// Starts the writer of a connection served under `config`; its close is counted in
-    /// `metrics`.
-    pub(crate) fn start<S: WsSocket>(
-        config: &Config,
-        metrics: Arc<Metrics>,
-        sink: Sink<S>,
-    ) -> Outbound {
-        let limits = &config.limits;
+    /// The outbox of a connection served under `limits`.
+    pub(crate) fn new(limits: &Limits) -> Outbound {
         let (outbox, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
-        let closer = Arc::new(Closer::default());
-        let writer = tokio::spawn(
-            writer(sink, rx, closer.clone(), config.heartbeat.ping_interval).in_current_span(),
-        );
         Outbound {
             outbox,
-            closer,
-            writer,
-            metrics,
-            deadline: config.shutdown_deadline,
+            closer: Arc::new(Closer::default()),
+            rx,
         }
     }
+}
 
-    /// The connection is done (every other sender of its outbox dropped): counts the close,
-    /// lets the writer send what is queued (within the shutdown deadline), and reads what the
-    /// peer still sends until its close (within [`CLOSE_DRAIN`]).
-    ///
-    /// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
-    /// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
-    /// before the peer reads them. The socket closes only when `stream` is dropped here.
-    pub(crate) async fn finish<S: WsSocket>(self, code: CloseCode, mut stream: Stream<S>) {
-        self.metrics.closed(close_kind(code));
-        drop(self.outbox);
-        let _ = timeout(self.deadline, self.writer).await;
-        let drain = async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
+/// The end of a connection whose every outbox sender is gone: lets `writer` send what is
+/// queued (within `deadline`), then reads what the peer still sends until its close (within
+/// [`CLOSE_DRAIN`]).
+///
+/// Reading to the end matters: a socket closed with unread bytes in the kernel's receive
+/// buffer is reset (RST), and the reset can destroy the close frame and acks just sent
+/// before the peer reads them. The socket closes only when `stream` is dropped here.
+pub(crate) async fn finish<S: WsSocket>(
+    writer: impl std::future::Future<Output = ()>,
+    mut stream: Stream<S>,
+    deadline: std::time::Duration,
+) {
+    let _ = timeout(deadline, writer).await;
+    let drain = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
             }
-        };
-        let _ = timeout(CLOSE_DRAIN.min(self.deadline), drain).await;
-        drop(stream);
-        debug!(code = code.code(), "connection closed");
-    }
+        }
+    };
+    let _ = timeout(CLOSE_DRAIN.min(deadline), drain).await;
+    drop(stream);
 }
