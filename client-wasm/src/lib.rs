@@ -18,6 +18,7 @@
 //! [`core::decode_record`].
 
 pub mod core;
+mod small_map;
 
 #[cfg(target_arch = "wasm32")]
 mod web;

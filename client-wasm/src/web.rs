@@ -81,7 +81,7 @@ struct Callbacks {
     presence: Option<Function>,
     error: Option<Function>,
     /// Per document, the receiver of its Yjs updates (the Yjs bridge).
-    yjs: std::collections::BTreeMap<DocId, Function>,
+    yjs: crate::small_map::SmallMap<DocId, Function>,
 }
 
 /// One WebSocket and its handlers; dropping it detaches the handlers and closes the socket.

@@ -3,7 +3,8 @@
 //! The package lands in `target/web/pkg/` (under Cargo's target directory): the ES module
 //! `lattice_client.js`, `lattice_client_bg.wasm`, the TypeScript declarations, the Yjs bridge
 //! (`yjs.js`, imported as `lattice-client/yjs`) and a `package.json` named `lattice-client`, so
-//! an application can depend on the folder. The demo page is bundled from `client-wasm/demo`
+//! an application can depend on the folder. The module is wasm-bindgen's output run through
+//! wasm-opt ([`WASM_OPT_PASSES`]). The demo page is bundled from `client-wasm/demo`
 //! with esbuild into `target/web/demo/`, the folder `lattice serve --web-dir` serves. Nothing
 //! built is committed.
 
@@ -97,6 +98,7 @@ pub(crate) fn build() -> Result<PathBuf> {
             wasm_str,
         ],
     )?;
+    shrink(&pkg.join("lattice_client_bg.wasm"))?;
     for file in ["yjs.js", "yjs.d.ts"] {
         let from = Path::new(setup::WEB_TOOLS_DIR).join("src").join(file);
         std::fs::copy(&from, pkg.join(file))
@@ -114,6 +116,39 @@ pub(crate) fn build() -> Result<PathBuf> {
     )?;
     build_demo(&pkg)?;
     Ok(pkg)
+}
+
+/// The binaryen passes `build-web` runs on the wasm-bindgen output, chosen for the size of the
+/// *gzipped* module: about 4 KB less. The `-O`/`-Os`/`-Oz` presets make the file smaller but its
+/// gzip larger (reordering functions and inlining break up the repetition gzip feeds on: up to
+/// 30 KB more), so the passes are named one by one; each of them helps (docs/client.md, Size).
+const WASM_OPT_PASSES: &[&str] = &[
+    "--converge",
+    "--strip-target-features",
+    "--duplicate-function-elimination",
+    "--remove-unused-module-elements",
+    "--remove-unused-brs",
+    "--optimize-instructions",
+    "--vacuum",
+    "--rse",
+    "--merge-blocks",
+    "--coalesce-locals-learning",
+    "--simplify-locals-nostructure",
+    "--remove-unused-names",
+    "--precompute",
+    "--code-folding",
+];
+
+/// Runs wasm-opt (npm's `binaryen`, locked in the web tools; never Debian's, whose version 108
+/// breaks wasm-bindgen's output) over `wasm` in place.
+fn shrink(wasm: &Path) -> Result<()> {
+    let wasm = wasm.to_str().context("non-UTF-8 target directory")?;
+    let mut args = WASM_OPT_PASSES.to_vec();
+    args.extend([wasm, "-o", wasm]);
+    cmd(
+        &format!("{}/node_modules/.bin/wasm-opt", setup::WEB_TOOLS_DIR),
+        &args,
+    )
 }
 
 /// Where `build-web` puts the demo page (what `lattice serve --web-dir` serves).

@@ -1,8 +1,6 @@
 //! What the application hears about: [`ClientEvent`]s (status, changes with their [`Origin`],
 //! presence, errors) and the bounded queue that holds them until the driver takes them.
 
-use std::collections::VecDeque;
-
 use lattice_engine::DocId;
 
 /// Most application events waiting for the driver. Changes, presence and status coalesce per
@@ -76,7 +74,7 @@ pub enum ClientEvent {
 /// The application events waiting for the driver: coalesced per document and bounded.
 #[derive(Debug, Default)]
 pub(super) struct EventQueue {
-    items: VecDeque<ClientEvent>,
+    items: Vec<ClientEvent>,
     lagged: bool,
 }
 
@@ -103,12 +101,12 @@ impl EventQueue {
         if self.items.len() >= EVENT_QUEUE_CAPACITY {
             self.lagged = true;
         } else {
-            self.items.push_back(event);
+            self.items.push(event);
         }
     }
 
     pub(super) fn drain(&mut self) -> Vec<ClientEvent> {
-        let mut out: Vec<ClientEvent> = self.items.drain(..).collect();
+        let mut out = std::mem::take(&mut self.items);
         if std::mem::take(&mut self.lagged) {
             out.push(ClientEvent::Lagged);
         }

@@ -24,14 +24,14 @@
 //!   status coalesce; overflow is reported as [`ClientEvent::Lagged`], never silently), and
 //!   store operations are drained after every input, so they hold one input's effects.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ServerMsg};
 use lattice_engine::sync::{Session, SessionEvent, SessionOutput};
 use lattice_engine::{
     ApplyError, ClockedHlc, DEFAULT_MAX_DRIFT, Delta, DocId, Document, EditError, NTP64, ReplicaId,
     Value,
 };
+
+use crate::small_map::SmallMap;
 
 mod backoff;
 mod events;
@@ -118,18 +118,34 @@ pub enum ClientError {
     Restore { doc: DocId, source: ApplyError },
 }
 
+/// A local edit: it changes the document (stamping with the clock) and returns the delta.
+type EditFn<'a> = dyn FnOnce(&mut Document, &mut ClockedHlc) -> Result<Delta, EditError> + 'a;
+
 #[derive(Debug, Default)]
 struct DocExtra {
     /// Records of the session's unconfirmed deltas, oldest first.
-    keys: VecDeque<PendingKey>,
+    keys: Vec<PendingKey>,
     mine: Option<MyPresence>,
-    others: BTreeMap<u64, PeerPresence>,
+    others: SmallMap<u64, PeerPresence>,
     tap: Option<YjsTap>,
     /// The document changed since its copy was saved.
     copy_dirty: bool,
     copy_saved_at_ms: Option<u64>,
     /// Records of acknowledged deltas, deleted once a copy that contains them is saved.
     delete_after_copy: Vec<PendingKey>,
+}
+
+/// Sorts records by key. They come in key order from IndexedDB, which an insertion sort checks
+/// in one pass; the standard library's sort would add several kilobytes of wasm for this one
+/// element type (docs/client.md, Size).
+fn sort_by_key_order(records: &mut [StoredDelta]) {
+    for i in 1..records.len() {
+        let mut j = i;
+        while j > 0 && records[j - 1].key > records[j].key {
+            records.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
 
 /// The connection as the driver reports it.
@@ -145,13 +161,13 @@ enum Link {
 pub struct ClientCore {
     session: Session,
     options: ClientOptions,
-    docs: BTreeMap<DocId, DocExtra>,
+    docs: SmallMap<DocId, DocExtra>,
     link: Link,
     welcomed: bool,
     backoff: Backoff,
     /// Next local sequence number of this replica's records, per document.
-    next_record: BTreeMap<DocId, u64>,
-    outbox: VecDeque<ClientMsg>,
+    next_record: SmallMap<DocId, u64>,
+    outbox: Vec<ClientMsg>,
     drop_connection: Option<DropReason>,
     store_ops: Vec<StoreOp>,
     events: EventQueue,
@@ -176,12 +192,12 @@ impl ClientCore {
         let mut core = Self {
             session,
             options,
-            docs: BTreeMap::new(),
+            docs: SmallMap::new(),
             link: Link::Down,
             welcomed: false,
             backoff,
-            next_record: BTreeMap::new(),
-            outbox: VecDeque::new(),
+            next_record: SmallMap::new(),
+            outbox: Vec::new(),
             drop_connection: None,
             store_ops: Vec::new(),
             events: EventQueue::default(),
@@ -350,8 +366,8 @@ impl ClientCore {
             return Ok(());
         }
         let mut restored = restored;
-        restored.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut keys = VecDeque::new();
+        sort_by_key_order(&mut restored);
+        let mut keys = Vec::new();
         let mut deltas = Vec::new();
         let mut unreadable = Vec::new();
         let mut base = None;
@@ -380,7 +396,7 @@ impl ClientCore {
             }
             match decode_record(&doc, &record.bytes) {
                 Ok(delta) => {
-                    keys.push_back(record.key);
+                    keys.push(record.key);
                     deltas.push(delta);
                 }
                 Err(e) => {
@@ -502,6 +518,12 @@ impl ClientCore {
         doc: &DocId,
         edit: impl FnOnce(&mut Document, &mut ClockedHlc) -> Result<Delta, EditError>,
     ) -> Result<(), ClientError> {
+        self.edit_boxed(doc, Box::new(edit))
+    }
+
+    /// [`ClientCore::edit`], compiled once for every kind of edit (each closure type would
+    /// otherwise get its own copy of this and of [`Session::edit`] in the wasm module).
+    fn edit_boxed(&mut self, doc: &DocId, edit: Box<EditFn<'_>>) -> Result<(), ClientError> {
         if !self.docs.contains_key(doc) {
             return Err(ClientError::NotOpen { doc: doc.clone() });
         }
@@ -521,7 +543,7 @@ impl ClientCore {
                 seq,
             };
             if let Some(d) = self.docs.get_mut(doc) {
-                d.keys.push_back(key.clone());
+                d.keys.push(key.clone());
             }
             let bytes = encode_record(&key, &delta);
             self.store_ops
@@ -579,7 +601,7 @@ impl ClientCore {
             self.drop_connection = Some(DropReason::OutboxFull);
             return;
         }
-        self.outbox.push_back(msg.clone());
+        self.outbox.push(msg.clone());
     }
 
     fn dispatch(&mut self, out: SessionOutput) {
@@ -682,6 +704,22 @@ mod tests {
     use lattice_engine::DocState;
 
     use super::testing::{core, doc, online, online_client, sent, server, statuses};
+
+    #[test]
+    fn records_are_sorted_by_key() {
+        let record = |replica, seq| StoredDelta {
+            key: PendingKey {
+                doc: doc("notes"),
+                replica,
+                seq,
+            },
+            bytes: Vec::new(),
+        };
+        let mut records = vec![record(2, 1), record(1, 2), record(1, 1), record(2, 0)];
+        sort_by_key_order(&mut records);
+        let keys: Vec<(u32, u64)> = records.iter().map(|r| (r.key.replica, r.key.seq)).collect();
+        assert_eq!(keys, [(1, 1), (1, 2), (2, 0), (2, 1)]);
+    }
 
     #[test]
     fn handshake_says_hello_with_token_and_replica_then_subscribes() {

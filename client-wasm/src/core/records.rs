@@ -96,11 +96,10 @@ impl ClientCore {
     pub(super) fn reconcile_records(&mut self) {
         for (id, d) in &mut self.docs {
             let pending = self.session.pending(id);
-            while d.keys.len() > pending {
-                if let Some(key) = d.keys.pop_front() {
-                    d.delete_after_copy.push(key);
-                    d.copy_dirty = true;
-                }
+            let acked = d.keys.len().saturating_sub(pending);
+            if acked > 0 {
+                d.delete_after_copy.extend(d.keys.drain(..acked));
+                d.copy_dirty = true;
             }
         }
     }

@@ -16,7 +16,7 @@
 //! the next one, as after a WebSocket drop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, JSON, Object, Promise, Reflect, Uint8Array};
@@ -28,6 +28,7 @@ use wasm_bindgen_futures::{JsFuture, spawn_local};
 use web_sys::{EventSource, MessageEvent};
 
 use super::{Shared, now_ms, value_from_js, value_to_js};
+use crate::small_map::SmallMap;
 
 #[wasm_bindgen]
 extern "C" {
@@ -132,7 +133,7 @@ pub(super) struct HttpLink {
     base: String,
     token: Option<String>,
     replica: u32,
-    docs: RefCell<BTreeMap<DocId, DocLink>>,
+    docs: RefCell<SmallMap<DocId, DocLink>>,
     /// Whether any event came from the server on this link.
     heard: Cell<bool>,
 }
@@ -179,7 +180,7 @@ impl HttpLink {
             base,
             token,
             replica,
-            docs: RefCell::new(BTreeMap::new()),
+            docs: RefCell::new(SmallMap::new()),
             heard: Cell::new(false),
         })
     }
@@ -621,7 +622,7 @@ impl HttpLink {
     fn start_presence_polling(&self, doc: DocId) {
         let me = self.me.clone();
         spawn_local(async move {
-            let mut known: BTreeMap<u64, String> = BTreeMap::new();
+            let mut known: SmallMap<u64, String> = SmallMap::new();
             loop {
                 let Some(link) = me.upgrade() else { return };
                 let Some(stopped) = link.docs.borrow().get(&doc).map(|d| d.stopped.clone()) else {
@@ -642,7 +643,7 @@ impl HttpLink {
                     let peers = JSON::parse(&text)
                         .map(|o| field(&o, "peers"))
                         .unwrap_or(JsValue::NULL);
-                    let mut now: BTreeMap<u64, String> = BTreeMap::new();
+                    let mut now: SmallMap<u64, String> = SmallMap::new();
                     for p in js_sys::Array::from(&peers).iter() {
                         let Some(peer) = u64_field(&p, "peer").filter(|peer| Some(*peer) != mine)
                         else {
