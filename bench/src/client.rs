@@ -2,6 +2,7 @@
 //! the native protocol, y-websocket and Hocuspocus alike.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::decoder::Decode;
 
 use crate::wire::{YEvent, YFraming};
+use crate::ysweet;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -36,22 +38,48 @@ pub(crate) enum Protocol {
     Hocuspocus,
 }
 
+/// Where a y-websocket server takes a document's connections.
+#[derive(Clone, Debug)]
+pub(crate) enum YjsPath {
+    /// `PREFIX/DOC`: `/yjs` on Lattice, empty on the reference server.
+    Prefix(&'static str),
+    /// Y-Sweet: `/d/NAME/ws/NAME`, each document created first (see [`crate::ysweet`]).
+    YSweet(Arc<ysweet::Documents>),
+}
+
 /// Where a running server takes connections.
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     pub protocol: Protocol,
     pub addr: SocketAddr,
-    /// Path before the document for y-websocket (`/yjs` on Lattice, empty on the reference
-    /// server).
-    pub yjs_prefix: &'static str,
+    yjs_path: YjsPath,
 }
 
 impl Endpoint {
+    pub(crate) fn new(protocol: Protocol, addr: SocketAddr, yjs_path: YjsPath) -> Self {
+        Self {
+            protocol,
+            addr,
+            yjs_path,
+        }
+    }
+
     fn url(&self, doc: &str) -> String {
-        match self.protocol {
-            Protocol::Native => format!("ws://{}/v1/sync", self.addr),
-            Protocol::YWebsocket => format!("ws://{}{}/{doc}", self.addr, self.yjs_prefix),
-            Protocol::Hocuspocus => format!("ws://{}/", self.addr),
+        match (self.protocol, &self.yjs_path) {
+            (Protocol::Native, _) => format!("ws://{}/v1/sync", self.addr),
+            (Protocol::YWebsocket, YjsPath::Prefix(prefix)) => {
+                format!("ws://{}{prefix}/{doc}", self.addr)
+            }
+            (Protocol::YWebsocket, YjsPath::YSweet(_)) => ysweet::socket_url(self.addr, doc),
+            (Protocol::Hocuspocus, _) => format!("ws://{}/", self.addr),
+        }
+    }
+
+    /// Whatever the server needs before a client may open `doc` (Y-Sweet: the document).
+    async fn prepare(&self, doc: &str) -> Result<()> {
+        match &self.yjs_path {
+            YjsPath::YSweet(docs) => docs.ensure(self.addr, doc).await,
+            YjsPath::Prefix(_) => Ok(()),
         }
     }
 }
@@ -61,7 +89,8 @@ impl Endpoint {
 pub(crate) enum Event {
     /// A Yjs update (a relay, an echo, or what we lacked at subscription).
     Update(Vec<u8>),
-    /// Native: every delta with `seq` ≤ this is durable.
+    /// Native: every delta with `seq` ≤ this is durable. Y-Sweet: every update up to the sync
+    /// status `seq` was applied (in memory; on disk at its next checkpoint).
     Acked(u64),
     /// Hocuspocus: one more update of ours was applied.
     Applied,
@@ -78,16 +107,48 @@ pub(crate) struct Codec {
 
 impl Codec {
     pub(crate) fn new(protocol: Protocol, doc: &str) -> Result<Self> {
-        Ok(Self {
+        Self::with_framing(
             protocol,
-            doc: DocId::new(doc).with_context(|| format!("bad document id {doc:?}"))?,
-            framing: match protocol {
+            doc,
+            match protocol {
                 Protocol::Hocuspocus => YFraming::Hocuspocus {
                     doc: doc.to_owned(),
                 },
                 _ => YFraming::Plain,
             },
+        )
+    }
+
+    /// The codec for `doc` at `endpoint` (Y-Sweet's y-websocket has its sync status).
+    fn for_endpoint(endpoint: &Endpoint, doc: &str) -> Result<Self> {
+        match (&endpoint.yjs_path, endpoint.protocol) {
+            (YjsPath::YSweet(_), Protocol::YWebsocket) => {
+                Self::with_framing(endpoint.protocol, doc, YFraming::YSweet)
+            }
+            _ => Self::new(endpoint.protocol, doc),
+        }
+    }
+
+    fn with_framing(protocol: Protocol, doc: &str, framing: YFraming) -> Result<Self> {
+        Ok(Self {
+            protocol,
+            doc: DocId::new(doc).with_context(|| format!("bad document id {doc:?}"))?,
+            framing,
         })
+    }
+
+    /// What to send after update `seq` (from 1), on protocols whose clients send one: Y-Sweet's
+    /// sync status, which its server echoes as [`Event::Acked`] once it has handled the update.
+    pub(crate) fn after_update(&self, seq: u64) -> Option<Message> {
+        self.framing
+            .after_update(seq)
+            .map(|f| Message::Binary(f.into()))
+    }
+
+    /// Whether the server acknowledges this client's updates ([`Event::Acked`]): native Lattice
+    /// once they are committed, Y-Sweet once it has applied them (before its checkpoint).
+    pub(crate) fn acknowledges(&self) -> bool {
+        self.protocol == Protocol::Native || self.framing == YFraming::YSweet
     }
 
     /// One Yjs update as a frame; `seq` numbers native deltas (from 1).
@@ -166,6 +227,7 @@ impl Codec {
                 YEvent::Update(u) | YEvent::SyncStep2(u) => Ok(Event::Update(u)),
                 YEvent::SyncStatus(true) => Ok(Event::Applied),
                 YEvent::SyncStatus(false) => bail!("the server did not apply an update"),
+                YEvent::Handled(seq) => Ok(Event::Acked(seq)),
                 YEvent::PermissionDenied(reason) => bail!("permission denied: {reason}"),
                 _ => Ok(Event::Other),
             })
@@ -232,7 +294,7 @@ pub(crate) async fn connect_keeping(
     doc: &str,
     opts: ConnectOptions,
 ) -> Result<(Ws, Codec, Vec<Message>)> {
-    let codec = Codec::new(endpoint.protocol, doc)?;
+    let codec = Codec::for_endpoint(endpoint, doc)?;
     let url = endpoint.url(doc);
     let config = opts.small_buffers.then(|| {
         WebSocketConfig::default()
@@ -240,6 +302,7 @@ pub(crate) async fn connect_keeping(
             .write_buffer_size(0)
     });
     let fut = async {
+        endpoint.prepare(doc).await?;
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, config, true)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
@@ -265,22 +328,6 @@ pub(crate) async fn connect_keeping(
         .await
         .with_context(|| format!("no sync within {HANDSHAKE_TIMEOUT:?} from {url} ({doc})"))??;
     Ok((ws, codec, received))
-}
-
-/// The clock `client` reached in a Yjs update (0 if it has nothing of `client`): for a writer
-/// that types one character per update, the number of its updates the update covers. Decoding
-/// the update is enough; it is not integrated anywhere.
-pub(crate) fn clock_of(update: &[u8], client: u64) -> Result<u32> {
-    let update = yrs::Update::decode_v1(update).context("undecodable Yjs update")?;
-    // Not `Update::state_vector`, which counts only blocks starting at clock 0.
-    let client = yrs::block::ClientID::new(client);
-    Ok(update
-        .insertions(true)
-        .iter()
-        .filter(|(c, _)| **c == client)
-        .flat_map(|(_, ranges)| ranges.iter().map(|r| r.end).collect::<Vec<_>>())
-        .max()
-        .unwrap_or(0))
 }
 
 /// The clocks of `client` a Yjs update inserts, as ranges (empty if it has nothing of
@@ -328,11 +375,9 @@ mod tests {
     #[test]
     fn keystroke_clocks_count_updates_even_merged() {
         let ups = keystrokes(10, 77);
-        assert_eq!(clock_of(&ups[0], 77).expect("clock"), 1);
-        assert_eq!(clock_of(&ups[9], 77).expect("clock"), 10);
+        assert_eq!(clock_ranges(&ups[0], 77).expect("ranges"), vec![0..1]);
+        assert_eq!(clock_ranges(&ups[9], 77).expect("ranges"), vec![9..10]);
         let merged = yrs::merge_updates_v1(&ups[3..7]).expect("merge");
-        assert_eq!(clock_of(&merged, 77).expect("clock"), 7);
-        assert_eq!(clock_of(&ups[0], 78).expect("clock"), 0);
         assert_eq!(clock_ranges(&ups[4], 77).expect("ranges"), vec![4..5]);
         let covered: Vec<u32> = clock_ranges(&merged, 77)
             .expect("ranges")

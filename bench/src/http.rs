@@ -81,6 +81,30 @@ impl HttpConn {
         bail!("the server closed the connection before answering GET {path}")
     }
 
+    /// Sends `POST path` with `body` on this (fresh) connection and reads the response's head.
+    /// Not retried: a POST may not be idempotent.
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Head> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nUser-Agent: lattice-bench\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream
+            .write_all(&request)
+            .await
+            .context("sending the request")?;
+        self.read_head().await?.with_context(|| {
+            format!("the server closed the connection before answering POST {path}")
+        })
+    }
+
     /// Reads more bytes into `raw` and stamps them; `Ok(0)` at the end of the stream.
     async fn fill(&mut self) -> Result<usize> {
         self.raw.reserve(READ_BYTES);

@@ -1,18 +1,23 @@
-//! `lattice-bench`: Lattice against its peers (Hocuspocus, the reference y-websocket server),
-//! side by side in one run. Started by `cargo xtask bench [SCENARIO…]`, which builds the release
-//! binaries, installs the peers with npm into `target/bench/peers` and passes their paths.
+//! `lattice-bench`: Lattice against its peers (Hocuspocus, the reference y-websocket server,
+//! Y-Sweet), side by side in one run. Started by `cargo xtask bench [SCENARIO…]`, which builds
+//! the release binaries, installs the Node peers with npm into `target/bench/peers` and Y-Sweet
+//! with `cargo install` into `target/bench/peers/y-sweet`, and passes their paths.
 //!
 //! Each (run, scenario, target) gets a fresh server process: Lattice as `lattice serve` on a
-//! fresh SQLite file (every update durable before it is relayed), the peers in memory. The
-//! targets are Lattice over its native protocol, Lattice over y-websocket (`/yjs/{doc}`, the
-//! peers' protocol), Hocuspocus and the y-websocket server; each run rotates their order to
-//! cancel drift. Results: medians over runs with ratios to the best peer (and to the in-process
+//! fresh SQLite file (every update durable before it is relayed), Y-Sweet as `y-sweet serve` on
+//! a fresh folder (checkpoints every 10 s), the Node peers in memory. The targets are Lattice
+//! over its native protocol, Lattice over y-websocket (`/yjs/{doc}`, the peers' protocol),
+//! Hocuspocus, the y-websocket server and Y-Sweet; each run rotates their order to cancel
+//! drift. Results: medians over runs with ratios to the best peer (and to the in-process
 //! floor where a scenario has one), in `target/bench/results.json` and in the generated section
 //! of docs/BENCHMARKS.md.
 //!
 //! **Invariants:** loopback only; every wait has a timeout, and a timeout fails the bench naming
-//! the target and what was missing; every queue the bench fills is bounded by the server's own
-//! backpressure (TCP) or, where the protocol acknowledges, by an in-flight window.
+//! the target and what was missing, with two exceptions that are measurements of a peer, not
+//! failures of the bench: a peer that drops relays in `fanout` is reported with its missing
+//! deliveries, and a peer's `trace` replay past its budget as unfinished (on Lattice both
+//! fail); every queue the bench fills is bounded by the server's own backpressure (TCP) or,
+//! where the protocol acknowledges, by an in-flight window.
 //!
 //! # Adding a scenario
 //!
@@ -37,7 +42,9 @@ mod report;
 mod scenarios;
 mod services;
 mod target;
+mod verdict;
 mod wire;
+mod ysweet;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -51,7 +58,7 @@ use crate::target::{RunningServer, TARGETS, Target, Tools};
 #[derive(Parser, Debug)]
 #[command(
     name = "lattice-bench",
-    about = "Lattice against Hocuspocus and y-websocket, side by side"
+    about = "Lattice against Hocuspocus, y-websocket and Y-Sweet, side by side"
 )]
 struct Cli {
     /// Scenarios to run (default: all), in this order.
@@ -59,7 +66,8 @@ struct Cli {
     /// Runs of every scenario on every target; figures are medians over runs.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Targets to measure, comma-separated: lattice, lattice-yjs, hocuspocus, y-websocket.
+    /// Targets to measure, comma-separated: lattice, lattice-yjs, hocuspocus, y-websocket,
+    /// y-sweet.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// The `lattice` release binary.
@@ -68,6 +76,9 @@ struct Cli {
     /// Folder with the peer launchers and their installed `node_modules`.
     #[arg(long, default_value = "target/bench/peers")]
     peers_dir: PathBuf,
+    /// The `y-sweet` binary (version 0.9.1; `cargo xtask bench` installs it here).
+    #[arg(long, default_value = "target/bench/peers/y-sweet/bin/y-sweet")]
+    y_sweet_bin: PathBuf,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -127,11 +138,24 @@ fn main() -> Result<()> {
     let tools = Tools {
         lattice_bin: std::path::absolute(&cli.lattice_bin)?,
         peers_dir: std::path::absolute(&cli.peers_dir)?,
+        ysweet_bin: std::path::absolute(&cli.y_sweet_bin)?,
     };
     if !tools.lattice_bin.exists() {
         bail!(
             "{} is missing: build it with `cargo build --release -p lattice-server` (cargo xtask bench does)",
             tools.lattice_bin.display()
+        );
+    }
+    if targets
+        .iter()
+        .any(|t| t.server == target::ServerKind::YSweet)
+        && !tools.ysweet_bin.exists()
+    {
+        bail!(
+            "{} is missing: install it with `cargo install y-sweet --version {} --locked --root \
+             target/bench/peers/y-sweet` (cargo xtask bench does)",
+            tools.ysweet_bin.display(),
+            ysweet::VERSION
         );
     }
     raise_fd_limit();
@@ -147,7 +171,20 @@ fn main() -> Result<()> {
             s.name(),
             started.elapsed().as_secs_f64()
         );
+        // A scenario none of the selected targets takes part in (`cluster` with `--targets
+        // y-sweet`) is left out, so that its section of the report keeps its figures.
+        if !targets.iter().any(|t| p.supports(t)) {
+            eprintln!(
+                "skipping {}: none of the selected targets takes part",
+                s.name()
+            );
+            continue;
+        }
         prepared.push((*s, p));
+    }
+
+    if prepared.is_empty() {
+        bail!("nothing to measure: no selected scenario takes any of the selected targets");
     }
 
     let command_line = cli.command.clone().unwrap_or_else(|| {
@@ -274,13 +311,30 @@ fn record(
     });
 }
 
-/// Raises the soft limit on open files to the hard limit: the idle scenario holds 10,000
-/// sockets here, and the servers (children) inherit the limit for their side.
+/// Open files the bench wants: the idle scenario holds 10,000 sockets here, and the servers
+/// (children) inherit the limit for their side.
+const WANTED_OPEN_FILES: u64 = 65_536;
+
+/// Raises the limit on open files to [`WANTED_OPEN_FILES`]: the hard limit too where the bench
+/// may (root, or `CAP_SYS_RESOURCE`), else the soft limit to the hard one. Scenarios check the
+/// result against what they open ([`open_files_limit`]).
 fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let raised = rustix::process::Rlimit {
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if hard < WANTED_OPEN_FILES {
+        let raised = Rlimit {
+            current: Some(WANTED_OPEN_FILES),
+            maximum: Some(WANTED_OPEN_FILES),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            eprintln!("open files limit: {WANTED_OPEN_FILES} (raised from {soft}, hard {hard})");
+            return;
+        }
+    }
+    if soft < hard {
+        let raised = Rlimit {
             current: limit.maximum,
             maximum: limit.maximum,
         };
@@ -288,9 +342,12 @@ fn raise_fd_limit() {
             eprintln!("cannot raise RLIMIT_NOFILE: {e}");
         }
     }
-    let now = getrlimit(Resource::Nofile);
-    eprintln!(
-        "open files limit: {:?} (hard {:?})",
-        now.current, now.maximum
-    );
+    eprintln!("open files limit: {} (hard {hard})", open_files_limit());
+}
+
+/// The soft limit on open files now.
+pub(crate) fn open_files_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
 }

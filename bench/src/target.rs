@@ -1,7 +1,9 @@
-//! The servers under test: Lattice (release binary, fresh SQLite file per start) and the peers
-//! (Node launchers in `bench/peers/`, installed by xtask into `target/bench/peers`). Each start
-//! is a fresh process, so no scenario sees another's documents or memory. The `cluster`
-//! scenario's nodes are Lattice on a database it creates ([`RunningServer::start_lattice_on`]).
+//! The servers under test: Lattice (release binary, fresh SQLite file per start), the Node peers
+//! (launchers in `bench/peers/`, installed by xtask into `target/bench/peers`) and Y-Sweet (the
+//! `y-sweet` binary xtask installs from crates.io into `target/bench/peers/y-sweet`, on a fresh
+//! folder per start; see [`crate::ysweet`]). Each start is a fresh process, so no scenario sees
+//! another's documents or memory. The `cluster` scenario's nodes are Lattice on a database it
+//! creates ([`RunningServer::start_lattice_on`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::client::{Endpoint, Protocol};
+use crate::client::{Endpoint, Protocol, YjsPath};
 
 /// Per-connection rate limits Lattice is started with: its defaults (500 messages/s, burst
 /// 2,000; 4 MiB/s) are for untrusted clients and would throttle a bench writer.
@@ -27,6 +29,10 @@ pub(crate) const LATTICE_RATE_FLAGS: &[&str] = &[
     "4000000000",
 ];
 
+/// Y-Sweet's checkpoint interval (its default): a changed document is written to its folder at
+/// most this often, and on SIGINT.
+pub(crate) const YSWEET_CHECKPOINT_SECS: &str = "10";
+
 /// How long a server may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of a server's output kept for error messages.
@@ -37,6 +43,7 @@ pub(crate) enum ServerKind {
     Lattice,
     Hocuspocus,
     YWebsocket,
+    YSweet,
 }
 
 /// One column of the results: a server and the protocol the bench speaks to it.
@@ -81,6 +88,12 @@ pub(crate) const TARGETS: &[Target] = &[
         server: ServerKind::YWebsocket,
         protocol: Protocol::YWebsocket,
     },
+    Target {
+        id: "y-sweet",
+        label: "Y-Sweet",
+        server: ServerKind::YSweet,
+        protocol: Protocol::YWebsocket,
+    },
 ];
 
 /// Where the programs under test are.
@@ -89,6 +102,8 @@ pub(crate) struct Tools {
     pub lattice_bin: PathBuf,
     /// Holds the launchers and their `node_modules`.
     pub peers_dir: PathBuf,
+    /// The `y-sweet` binary ([`crate::ysweet::VERSION`]).
+    pub ysweet_bin: PathBuf,
 }
 
 /// A server process started for one scenario on one target; killed when dropped.
@@ -107,34 +122,39 @@ pub(crate) struct RunningServer {
 }
 
 impl RunningServer {
-    /// A fresh server: Lattice on a new SQLite file, the peers in memory.
+    /// A fresh server: Lattice on a new SQLite file, Y-Sweet on a new folder, the Node peers in
+    /// memory.
     pub(crate) async fn start(target: &Target, tools: &Tools) -> Result<Self> {
         Self::start_with(target, tools, None).await
     }
 
     /// Another server of the same target, keeping its documents in `storage` (a folder that
-    /// outlives the process): Lattice's SQLite file, Hocuspocus with its SQLite extension, the
-    /// y-websocket server with its LevelDB persistence (`YPERSISTENCE`). The scenarios that
-    /// restart a server (`cold`) use this; the others measure the peers in memory.
+    /// outlives the process): Lattice's SQLite file, Y-Sweet's folder, Hocuspocus with its
+    /// SQLite extension, the y-websocket server with its LevelDB persistence (`YPERSISTENCE`).
+    /// The scenarios that restart a server (`cold`) use this; the others measure the Node peers
+    /// in memory.
     pub(crate) async fn start_persistent(&self, storage: &Path) -> Result<Self> {
         Self::start_with(&self.target, &self.tools, Some(storage)).await
     }
 
     async fn start_with(target: &Target, tools: &Tools, storage: Option<&Path>) -> Result<Self> {
         let mut dir = None;
+        // Lattice and Y-Sweet always persist: to `storage`, else to a folder of their own.
+        let mut own_storage = |storage: Option<&Path>| -> Result<PathBuf> {
+            if let Some(s) = storage {
+                return Ok(s.to_path_buf());
+            }
+            let d = tempfile::Builder::new()
+                .prefix("lattice-bench-")
+                .tempdir()?;
+            let path = d.path().to_path_buf();
+            dir = Some(d);
+            Ok(path)
+        };
+        let mut versions = None;
         let cmd = match target.server {
             ServerKind::Lattice => {
-                let db_dir = match storage {
-                    Some(s) => s.to_path_buf(),
-                    None => {
-                        let d = tempfile::Builder::new()
-                            .prefix("lattice-bench-")
-                            .tempdir()?;
-                        let path = d.path().to_path_buf();
-                        dir = Some(d);
-                        path
-                    }
-                };
+                let db_dir = own_storage(storage)?;
                 let db = format!("sqlite://{}", db_dir.join("bench.db").display());
                 let mut c = Command::new(&tools.lattice_bin);
                 c.args([
@@ -147,6 +167,24 @@ impl RunningServer {
                 ])
                 .args(LATTICE_RATE_FLAGS)
                 .env("RUST_LOG", "warn");
+                c
+            }
+            ServerKind::YSweet => {
+                let store = own_storage(storage)?.join("y-sweet");
+                versions = Some(ysweet_version(&tools.ysweet_bin).await?);
+                let mut c = Command::new(&tools.ysweet_bin);
+                // No `--auth`: no server token, every document open to every client (the other
+                // servers run without authentication too). The checkpoint interval is its
+                // default, 10 s, named so the report's description stays true.
+                c.arg("serve")
+                    .arg(&store)
+                    .args(["--host", "127.0.0.1", "--port", "0"])
+                    .args(["--checkpoint-freq-seconds", YSWEET_CHECKPOINT_SECS])
+                    .env("RUST_LOG", "warn")
+                    .env("NO_COLOR", "1")
+                    .env_remove("Y_SWEET_AUTH")
+                    .env_remove("Y_SWEET_STORE")
+                    .env_remove("Y_SWEET_URL_PREFIX");
                 c
             }
             ServerKind::Hocuspocus | ServerKind::YWebsocket => {
@@ -165,7 +203,11 @@ impl RunningServer {
                 c
             }
         };
-        Self::spawn(cmd, target, tools, dir).await
+        let mut server = Self::spawn(cmd, target, tools, dir).await?;
+        if let Some(v) = versions {
+            server.versions = v;
+        }
+        Ok(server)
     }
 
     /// A Lattice node (the native target) on `database_url` with `extra` flags after the
@@ -225,7 +267,9 @@ impl RunningServer {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(tx) = &ready
-                        && (line.contains("listening on http://") || line.starts_with("ready "))
+                        && (line.contains("listening on http://")
+                            || line.starts_with("ready ")
+                            || crate::ysweet::parse_ready(&line).is_some())
                     {
                         let _ = tx.send(line.clone()).await;
                     }
@@ -251,15 +295,15 @@ impl RunningServer {
         };
         let (addr, versions) = parse_ready(&line)
             .with_context(|| format!("{}: cannot parse its ready line {line:?}", target.label))?;
-        let endpoint = Endpoint {
-            protocol: target.protocol,
+        let endpoint = Endpoint::new(
+            target.protocol,
             addr,
-            yjs_prefix: if target.server == ServerKind::Lattice {
-                "/yjs"
-            } else {
-                ""
+            match target.server {
+                ServerKind::Lattice => YjsPath::Prefix("/yjs"),
+                ServerKind::YSweet => YjsPath::YSweet(Default::default()),
+                ServerKind::Hocuspocus | ServerKind::YWebsocket => YjsPath::Prefix(""),
             },
-        };
+        );
         Ok(Self {
             child,
             target: *target,
@@ -298,24 +342,29 @@ impl RunningServer {
         tail(&self.log)
     }
 
-    /// Stops the server the way an operator would (SIGTERM) and waits until it has exited, so
-    /// that what it persists on shutdown is on disk. Fails if it does not exit cleanly.
+    /// Stops the server the way an operator would (SIGTERM; Y-Sweet's `serve` stops cleanly
+    /// only on Ctrl-C, SIGINT, and dies on SIGTERM without its last checkpoint) and waits until
+    /// it has exited, so that what it persists on shutdown is on disk. Fails if it does not exit
+    /// cleanly.
     pub(crate) async fn terminate(mut self, timeout: Duration) -> Result<()> {
         self.check_alive()?;
         let pid = rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-            .context("cannot signal the server")?;
+        let signal = match self.target.server {
+            ServerKind::YSweet => rustix::process::Signal::INT,
+            _ => rustix::process::Signal::TERM,
+        };
+        rustix::process::kill_process(pid, signal).context("cannot signal the server")?;
         let status = tokio::time::timeout(timeout, self.child.wait())
             .await
             .with_context(|| {
                 format!(
-                    "{} did not exit within {timeout:?} of SIGTERM",
+                    "{} did not exit within {timeout:?} of {signal:?}",
                     self.target.label
                 )
             })??;
         if !status.success() {
             bail!(
-                "{} exited with {status} on SIGTERM:\n{}",
+                "{} exited with {status} on {signal:?}:\n{}",
                 self.target.label,
                 tail(&self.log)
             );
@@ -330,14 +379,41 @@ impl RunningServer {
     }
 }
 
+/// `{"y-sweet": VERSION}` from `y-sweet version`; a binary of another version fails the bench
+/// (it would not be the server the report names).
+async fn ysweet_version(bin: &Path) -> Result<serde_json::Value> {
+    let out = tokio::time::timeout(START_TIMEOUT, Command::new(bin).arg("version").output())
+        .await
+        .context("`y-sweet version` hung")?
+        .with_context(|| {
+            format!(
+                "cannot run {} (`cargo xtask bench` installs it)",
+                bin.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if version != crate::ysweet::VERSION {
+        bail!(
+            "{} is version {version:?}, the bench wants {}",
+            bin.display(),
+            crate::ysweet::VERSION
+        );
+    }
+    Ok(serde_json::json!({ "y-sweet": version }))
+}
+
 fn tail(log: &Mutex<VecDeque<String>>) -> String {
     log.lock()
         .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
 }
 
-/// `lattice 0.1.0 listening on http://127.0.0.1:PORT` or `ready PORT {json}`.
+/// `lattice 0.1.0 listening on http://127.0.0.1:PORT`, `ready PORT {json}` (Node peers) or
+/// Y-Sweet's connection string (its versions come from `y-sweet version`).
 fn parse_ready(line: &str) -> Option<(SocketAddr, serde_json::Value)> {
+    if let Some(addr) = crate::ysweet::parse_ready(line) {
+        return Some((addr, serde_json::Value::Null));
+    }
     if let Some(rest) = line.strip_prefix("ready ") {
         let (port, json) = rest.split_once(' ')?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?));
@@ -368,5 +444,7 @@ mod tests {
             .expect("lattice");
         assert_eq!(addr.port(), 9000);
         assert_eq!(v["lattice"], "lattice 0.1.0");
+        let (addr, _) = parse_ready("   ys://127.0.0.1:9100").expect("y-sweet");
+        assert_eq!(addr.port(), 9100);
     }
 }

@@ -1,8 +1,11 @@
 //! Frames of the three protocols the bench speaks, built on the engine's encoders where they fit.
 //!
 //! - Native (`/v1/sync`): `lattice_engine::protocol` as is.
-//! - y-websocket (Lattice's `/yjs/{doc}`, the reference server): one lib0 message per frame,
-//!   `engine::yws` encoders; the document is the URL path.
+//! - y-websocket (Lattice's `/yjs/{doc}`, the reference server, Y-Sweet): one lib0 message per
+//!   frame, `engine::yws` encoders; the document is the URL path. Y-Sweet adds its sync status
+//!   (`102`, a var-bytes payload it echoes once it has handled everything before it on the
+//!   connection): its own client sends `102 <varBytes(varUint(localVersion))>` after every local
+//!   update and counts the echoed version as acknowledged; the bench does the same.
 //! - Hocuspocus: the same messages, each prefixed with the document name as a lib0 varstring
 //!   (Hocuspocus multiplexes documents over one socket), plus its own message types: `2` auth
 //!   (must come first for each document: `[doc] 2 0 <token>`; answered `[doc] 2 2 "read-write"`),
@@ -21,6 +24,8 @@ const MSG_AUTH: u64 = 2;
 const MSG_QUERY_AWARENESS: u64 = 3;
 const MSG_SYNC_REPLY: u64 = 4;
 const MSG_SYNC_STATUS: u64 = 8;
+/// Y-Sweet's sync status (`MESSAGE_SYNC_STATUS` of its provider).
+const MSG_YSWEET_SYNC_STATUS: u64 = 102;
 /// Sync sub-types (y-protocols).
 const SYNC_STEP1: u64 = 0;
 const SYNC_STEP2: u64 = 1;
@@ -44,6 +49,9 @@ pub(crate) enum YEvent {
     PermissionDenied(String),
     /// Hocuspocus: an update from this connection was applied (`true`) or refused.
     SyncStatus(bool),
+    /// Y-Sweet: the server handled everything this connection sent up to the sync status
+    /// carrying this version.
+    Handled(u64),
     /// Awareness and anything else the bench ignores.
     Other(u64),
 }
@@ -134,17 +142,19 @@ pub(crate) fn write_var_string(out: &mut Vec<u8>, s: &str) {
 /// The encoding of an empty state vector: "I hold nothing".
 pub(crate) const EMPTY_STATE_VECTOR: [u8; 1] = [0];
 
-/// How y-websocket messages travel: bare, or behind Hocuspocus's document prefix.
+/// How y-websocket messages travel: bare, bare with Y-Sweet's sync status, or behind
+/// Hocuspocus's document prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum YFraming {
     Plain,
+    YSweet,
     Hocuspocus { doc: String },
 }
 
 impl YFraming {
     fn frame(&self, message: &[u8]) -> Vec<u8> {
         match self {
-            Self::Plain => message.to_vec(),
+            Self::Plain | Self::YSweet => message.to_vec(),
             Self::Hocuspocus { doc } => {
                 let mut out = Vec::with_capacity(doc.len() + 2 + message.len());
                 write_var_string(&mut out, doc);
@@ -159,7 +169,7 @@ impl YFraming {
     pub(crate) fn handshake(&self, token: &str) -> Vec<Vec<u8>> {
         let step1 = self.frame(&yws::encode_sync_step1(&EMPTY_STATE_VECTOR));
         match self {
-            Self::Plain => vec![step1],
+            Self::Plain | Self::YSweet => vec![step1],
             Self::Hocuspocus { .. } => {
                 let mut auth = Vec::with_capacity(token.len() + 3);
                 write_var_uint(&mut auth, MSG_AUTH);
@@ -175,8 +185,25 @@ impl YFraming {
     /// message; real providers renew their awareness every 15 s). An awareness query.
     pub(crate) fn keepalive(&self) -> Option<Vec<u8>> {
         match self {
-            Self::Plain => None,
+            Self::Plain | Self::YSweet => None,
             Self::Hocuspocus { .. } => Some(self.frame(&yws::encode_query_awareness())),
+        }
+    }
+
+    /// What a client sends after its update number `version` (from 1), if its protocol
+    /// acknowledges: Y-Sweet's sync status, as its provider sends after every local update.
+    pub(crate) fn after_update(&self, version: u64) -> Option<Vec<u8>> {
+        match self {
+            Self::YSweet => {
+                let mut payload = Vec::with_capacity(10);
+                write_var_uint(&mut payload, version);
+                let mut out = Vec::with_capacity(payload.len() + 2);
+                write_var_uint(&mut out, MSG_YSWEET_SYNC_STATUS);
+                write_var_uint(&mut out, payload.len() as u64);
+                out.extend_from_slice(&payload);
+                Some(out)
+            }
+            Self::Plain | Self::Hocuspocus { .. } => None,
         }
     }
 
@@ -230,6 +257,10 @@ impl YFraming {
                     YEvent::Other(kind)
                 }
                 MSG_QUERY_AWARENESS => YEvent::Other(kind),
+                MSG_YSWEET_SYNC_STATUS if matches!(self, Self::YSweet) => {
+                    let payload = r.var_bytes("sync status")?;
+                    YEvent::Handled(Reader::new(payload).var_uint("sync status version")?)
+                }
                 // Anything else: its length is unknown, so it ends the frame.
                 other => {
                     events.push(YEvent::Other(other));
@@ -346,6 +377,21 @@ mod tests {
         for len in 0..frame.len() {
             assert!(hocus().decode(&frame[..len]).is_err(), "prefix of {len}");
         }
+    }
+
+    #[test]
+    fn ysweet_sync_status_is_echoed_and_read_back() {
+        // What its provider sends after local version 300: 102, varBytes(varUint(300)).
+        let sent = YFraming::YSweet.after_update(300).expect("a sync status");
+        assert_eq!(sent, vec![102, 2, 0xac, 0x02]);
+        assert_eq!(YFraming::Plain.after_update(300), None);
+        // The server answers with the same bytes.
+        assert_eq!(
+            YFraming::YSweet.decode(&sent),
+            Ok(vec![YEvent::Handled(300)])
+        );
+        // On a plain y-websocket connection it is unknown and ends the frame.
+        assert_eq!(YFraming::Plain.decode(&sent), Ok(vec![YEvent::Other(102)]));
     }
 
     #[test]

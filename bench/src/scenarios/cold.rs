@@ -3,8 +3,9 @@
 //!
 //! The history is a real trace (default: automerge-paper, 259,778 patches), typed into the
 //! server one update per patch by [`super::trace::replay`], on a server that keeps its documents
-//! on disk (Lattice's SQLite file; Hocuspocus's SQLite extension; the y-websocket server's
-//! LevelDB persistence). That server is stopped with SIGTERM, so it stores what it holds. Then,
+//! on disk (Lattice's SQLite file; Y-Sweet's folder; Hocuspocus's SQLite extension; the
+//! y-websocket server's LevelDB persistence). That server is stopped with SIGTERM (Y-Sweet:
+//! SIGINT, the only signal on which it writes its last checkpoint), so it stores what it holds. Then,
 //! every run, a new server process starts on the same storage and one client connects: the time
 //! is from the start of the connection until the client holds the whole document (it applies
 //! what it receives into a yrs document and its text equals the trace's `endContent`, which is
@@ -12,7 +13,8 @@
 //!
 //! Filling takes a while (it is the `trace` scenario's replay), so it happens once per target,
 //! in the first run, and the storage is reused by the later runs: each run measures a fresh
-//! process on it.
+//! process on it. Y-Sweet, which stores only a document's state and re-encodes all of it per
+//! update, is sent the final state as one update instead of the history.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,17 +23,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Arg, ArgMatches, value_parser};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::trace::{Encoded, Replica, encode, replay};
+use super::trace::{Encoded, Replayed, Replica, encode_shared, replay};
 use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event};
 use crate::report::{Better, Medians, Sample};
-use crate::target::{RunningServer, Target};
+use crate::target::{RunningServer, ServerKind, Target};
+use crate::verdict;
 
 /// The trace typed in when `--cold-trace` is not given, under the traces folder.
 const DEFAULT_TRACE: &str = "sequential_traces/automerge-paper.json.gz";
+/// Issue 21's target for the storage of one document: the automerge-paper trace's, ≤ 8 MiB.
+const STORAGE_TARGET_TRACE: &str = "automerge-paper";
+const STORAGE_TARGET_MIB: f64 = 8.0;
 /// How long a server may take to store what it holds and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the first client may wait for the whole document after a restart.
@@ -41,7 +47,7 @@ pub(super) struct Cold;
 
 struct Plan {
     path: PathBuf,
-    trace: Encoded,
+    trace: Arc<Encoded>,
     fill_timeout: Duration,
     /// Per target id: the folder its persistent servers keep the document in, once filled.
     storage: Mutex<HashMap<&'static str, Arc<tempfile::TempDir>>>,
@@ -79,7 +85,7 @@ impl Scenario for Cold {
                 path.display()
             );
         }
-        let trace = encode(&path)?;
+        let trace = encode_shared(&path)?;
         Ok(Box::new(Plan {
             path,
             trace,
@@ -107,14 +113,29 @@ impl Plan {
                 .tempdir()?,
         );
         let mut filler = server.start_persistent(dir.path()).await?;
-        let secs = replay(&mut filler, target, &self.trace, self.fill_timeout)
-            .await
-            .context("typing the history in")?;
-        eprintln!(
-            "cold {}: typed {} updates in {secs:.1}s; stopping the server",
-            target.id,
-            self.trace.updates.len()
-        );
+        if target.server == ServerKind::YSweet {
+            let secs = tokio::time::timeout(self.fill_timeout, send_state(&filler, &self.trace))
+                .await
+                .context("sending the document timed out")?
+                .context("sending the document")?;
+            eprintln!(
+                "cold {}: sent the document ({} bytes) as one update in {secs:.1}s; stopping the server",
+                target.id,
+                self.trace.state.len()
+            );
+        } else {
+            let replayed = replay(&mut filler, target, &self.trace, self.fill_timeout, None)
+                .await
+                .context("typing the history in")?;
+            let Replayed::Done(secs) = replayed else {
+                bail!("typing the history in did not finish");
+            };
+            eprintln!(
+                "cold {}: typed {} updates in {secs:.1}s; stopping the server",
+                target.id,
+                self.trace.updates.len()
+            );
+        }
         filler.terminate(STOP_TIMEOUT).await?;
         self.storage
             .lock()
@@ -122,6 +143,27 @@ impl Plan {
             .insert(target.id, dir.clone());
         Ok(dir)
     }
+}
+
+/// Sends the trace's final document as one update and waits until the server has applied it
+/// (Y-Sweet echoes the sync status that follows it); returns the seconds it took.
+async fn send_state(server: &RunningServer, trace: &Encoded) -> Result<f64> {
+    let doc = format!("bench/trace-{}", trace.name);
+    let start = Instant::now();
+    let (mut ws, codec) =
+        client::connect(&server.endpoint, &doc, ConnectOptions::default()).await?;
+    let status = codec
+        .after_update(1)
+        .context("the server does not acknowledge updates")?;
+    ws.feed(codec.update(1, &trace.state)).await?;
+    ws.feed(status).await?;
+    ws.flush().await?;
+    while let Some(frame) = ws.next().await {
+        if codec.decode(&frame?)?.contains(&Event::Acked(1)) {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+    }
+    bail!("the connection ended before the server acknowledged the document")
 }
 
 fn apply_frame(replica: &mut Replica, codec: &client::Codec, frame: &Message) -> Result<()> {
@@ -153,9 +195,17 @@ impl Prepared for Plan {
         format!(
             "History: `{}` ({} updates, one per patch), typed in once per target through the \
              `trace` replay on a server that persists (Lattice: its SQLite file, every update in \
-             the log plus checkpoints; Hocuspocus: `@hocuspocus/extension-sqlite`, the whole \
-             document as one row; y-websocket server: y-leveldb, `YPERSISTENCE`), which is then \
-             stopped with SIGTERM. Each run starts a new server process on that storage and \
+             the log plus checkpoints; Y-Sweet: its folder, the whole document as one \
+             `data.ysweet` file per checkpoint; Hocuspocus: `@hocuspocus/extension-sqlite`, the \
+             whole document as one row; y-websocket server: y-leveldb, `YPERSISTENCE`), which is \
+             then stopped with SIGTERM (Y-Sweet: SIGINT, on which it writes its last checkpoint; \
+             SIGTERM kills it without). Y-Sweet keeps no history, only each document's \
+             state, and re-encodes the whole document on every update (about 1,000 updates/s \
+             on a small trace, slower as the document grows), so typing the history in would \
+             take most of an hour: it gets the final document as one update instead, which \
+             leaves it storing what typing would (the state is the same). On Y-Sweet the client \
+             first creates the document (`POST /doc/new`, which loads it), inside the timed \
+             connection. Each run starts a new server process on that storage and \
              times one client from the start of its connection until its own yrs document, \
              built from what it received, has the text `endContent` (the correctness check; \
              applying is included and costs every target the same). Storage is the size of the server's \
@@ -223,10 +273,21 @@ impl Prepared for Plan {
     fn verdicts(&self, m: &Medians) -> Vec<String> {
         let case = format!("{} ({} updates)", self.trace.name, self.trace.updates.len());
         let mut out = Vec::new();
-        if let Some(l) = m.get("cold", &case, "time to first sync", "lattice") {
-            out.push(format!(
-                "`lattice` cold first sync: {l:.1} ms (the storage issue's cold-load target, \
-                 ≤ 20 ms for loading alone, is measured by the store bench)"
+        for t in verdict::LATTICE {
+            if let Some(l) = m.get("cold", &case, "time to first sync", t) {
+                out.push(format!(
+                    "`{t}` cold first sync: {l:.1} ms{} (the storage issue's cold-load target, \
+                     ≤ 20 ms for loading alone, is measured by the store bench)",
+                    verdict::vs_best_peer(m, "cold", &case, "time to first sync", l)
+                ));
+            }
+        }
+        if self.trace.name == STORAGE_TARGET_TRACE {
+            out.extend(verdict::against_target(
+                m,
+                ("cold", &case, "storage"),
+                "storage of the automerge-paper document ≤ 8 MiB on disk",
+                STORAGE_TARGET_MIB,
             ));
         }
         out.push(

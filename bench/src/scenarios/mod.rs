@@ -118,5 +118,6 @@ scenarios! {
     idle => Idle,
     ingest => Ingest,
     cold => Cold,
+    wasm => Wasm,
     cluster => Cluster,
 }

@@ -6,14 +6,16 @@
 //! update, encoded beforehand by one yrs client with UTF-16 offsets (what `engine::Document`
 //! and Yjs use); code points are mapped to UTF-16 through the positions of the astral
 //! characters in the text, so non-ASCII traces replay exactly. The writer pipelines the updates
-//! (no wait per patch); on the native protocol at most [`WINDOW`] are unacknowledged, elsewhere
+//! (no wait per patch); on the native protocol at most [`WINDOW`] are unacknowledged, on Y-Sweet
+//! at most [`YSWEET_WINDOW`] (by its sync status, which it echoes), elsewhere
 //! TCP backpressure bounds it (and Lattice's bounded room inbox behind it). The observer applies
 //! what it receives into a yrs document and is done when its text equals `endContent` (checked
 //! in full once its state vector and length match).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -27,15 +29,24 @@ use super::{BoxFuture, Prepared, Scenario, flag, positive};
 use crate::client::{self, ConnectOptions, Event, Protocol};
 use crate::report::{Better, FLOOR, Medians, Sample};
 use crate::target::{RunningServer, Target};
+use crate::verdict;
 
 /// The replaying writer's Yjs client id.
 const WRITER: u64 = 0x5452_4331;
 /// Updates in flight at most, on protocols that acknowledge.
 const WINDOW: u64 = 4096;
+/// Updates in flight at most on Y-Sweet: its queue per connection holds 1,024 messages, and
+/// the writer's gets two per update (the echo and the sync status).
+const YSWEET_WINDOW: u64 = 256;
 /// The name of the text in the Yjs document (`ydoc.getText('text')`).
 const TEXT: &str = "text";
 /// The case that sums all traces.
 const ALL: &str = "all traces";
+/// The metrics of a peer's replay stopped for its budget.
+const UNFINISHED: &str = "unfinished: updates integrated when stopped";
+const UNFINISHED_RATE: &str = "unfinished: updates/s when stopped";
+/// How long a replay with a budget runs before its rate is used to tell whether it can finish.
+const HOPELESS_AFTER: Duration = Duration::from_secs(20);
 
 pub(super) struct Trace;
 
@@ -61,12 +72,26 @@ pub(super) struct Encoded {
     end_len_utf16: u32,
     /// The writer's clock after the last update.
     final_clock: u32,
+    /// The writer's clock after each update: how many updates a replica's clock covers.
+    clocks: Vec<u32>,
+    /// The final document as one Yjs update (what a server that keeps no history stores).
+    pub(super) state: Vec<u8>,
+}
+
+impl Encoded {
+    /// How many of the updates a replica whose writer clock is `clock` has integrated.
+    fn updates_at(&self, clock: u32) -> usize {
+        self.clocks.partition_point(|c| *c <= clock)
+    }
 }
 
 struct Plan {
     dir: PathBuf,
-    traces: Vec<Encoded>,
+    traces: Vec<Arc<Encoded>>,
     timeout: Duration,
+    /// How long a peer's replay of one trace may take before it is stopped and reported as
+    /// unfinished.
+    peer_budget: Duration,
 }
 
 impl Scenario for Trace {
@@ -82,7 +107,8 @@ impl Scenario for Trace {
         vec![
             flag("traces", "trace: the folder holding sequential_traces/*.json.gz (default ../shared/traces from the project root, if present)", value_parser!(PathBuf), None),
             flag("trace-filter", "trace: only the traces whose file name contains this", value_parser!(String), None),
-            flag("trace-timeout-secs", "trace: time allowed per trace before the bench fails", value_parser!(u64), Some("300")),
+            flag("trace-timeout-secs", "trace: time allowed per trace on Lattice before the bench fails", value_parser!(u64), Some("300")),
+            flag("trace-peer-budget-secs", "trace: time a peer may take per trace before its replay is stopped and reported as unfinished", value_parser!(u64), Some("60")),
         ]
     }
 
@@ -110,11 +136,12 @@ impl Scenario for Trace {
         if files.is_empty() {
             bail!("no *.json.gz in {} (--traces)", seq.display());
         }
-        let traces = files.iter().map(|f| encode(f)).collect::<Result<Vec<_>>>()?;
+        let traces = files.iter().map(|f| encode_shared(f)).collect::<Result<Vec<_>>>()?;
         Ok(Box::new(Plan {
             dir,
             traces,
             timeout: Duration::from_secs(positive(args, "trace-timeout-secs")?),
+            peer_budget: Duration::from_secs(positive(args, "trace-peer-budget-secs")?),
         }))
     }
 }
@@ -158,6 +185,23 @@ impl Utf16Map {
     }
 }
 
+/// [`encode`], once per file for the whole bench: `cold` replays a trace `trace` also replays,
+/// and encoding the longest takes a while.
+pub(super) fn encode_shared(path: &Path) -> Result<Arc<Encoded>> {
+    static ENCODED: OnceLock<Mutex<HashMap<PathBuf, Arc<Encoded>>>> = OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let cache = ENCODED.get_or_init(Default::default);
+    if let Some(t) = cache.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&key) {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(encode(path)?);
+    cache
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .insert(key, t.clone());
+    Ok(t)
+}
+
 pub(super) fn encode(path: &Path) -> Result<Encoded> {
     let name = path
         .file_name()
@@ -171,6 +215,7 @@ pub(super) fn encode(path: &Path) -> Result<Encoded> {
     let text = doc.get_or_insert_text(TEXT);
     let mut map = Utf16Map::default();
     let mut updates = Vec::new();
+    let mut clocks = Vec::new();
     let mut len_chars = 0usize;
     if !trace.start_content.is_empty() {
         let mut txn = doc.transact_mut();
@@ -178,6 +223,7 @@ pub(super) fn encode(path: &Path) -> Result<Encoded> {
         map.insert(0, &trace.start_content);
         len_chars = trace.start_content.chars().count();
         updates.push(txn.encode_update_v1());
+        clocks.push(txn.state_vector().get(&yrs::block::ClientID::new(WRITER)));
     }
     for (t, txn_patches) in trace.txns.iter().enumerate() {
         for &(pos, del, ref ins) in &txn_patches.patches {
@@ -197,6 +243,7 @@ pub(super) fn encode(path: &Path) -> Result<Encoded> {
             }
             len_chars = len_chars - del + ins.chars().count();
             updates.push(txn.encode_update_v1());
+            clocks.push(txn.state_vector().get(&yrs::block::ClientID::new(WRITER)));
         }
     }
     let txn = doc.transact();
@@ -209,6 +256,8 @@ pub(super) fn encode(path: &Path) -> Result<Encoded> {
         updates,
         end_len_utf16: text.len(&txn),
         final_clock: txn.state_vector().get(&yrs::block::ClientID::new(WRITER)),
+        clocks,
+        state: txn.encode_state_as_update_v1(&yrs::StateVector::default()),
         end: trace.end_content,
     })
 }
@@ -250,6 +299,13 @@ impl Replica {
             && self.text.get_string(&txn) == t.end
     }
 
+    fn writer_clock(&self) -> u32 {
+        self.doc
+            .transact()
+            .state_vector()
+            .get(&yrs::block::ClientID::new(WRITER))
+    }
+
     pub(super) fn explain(&self, t: &Encoded) -> String {
         let txn = self.doc.transact();
         let got = self.text.get_string(&txn);
@@ -274,16 +330,25 @@ impl Prepared for Plan {
             .collect();
         format!(
             "Traces from `{}/sequential_traces` ({}). One client sends one Yjs update per patch \
-             (pipelined; native: at most {WINDOW} unacknowledged; y-websocket and Hocuspocus: TCP \
-             backpressure only — windowing Hocuspocus by its sync-status messages made it about \
+             (pipelined; native: at most {WINDOW} unacknowledged; Y-Sweet: each update followed by \
+             its sync status, as its client does, and at most {YSWEET_WINDOW} not yet echoed, \
+             because it drops relays to a connection whose queue of 1,024 messages is full; \
+             y-websocket and Hocuspocus: TCP backpressure only — windowing Hocuspocus by its sync-status messages made it about \
              6× slower, so it gets its faster mode); a second client, \
              subscribed first, applies what it receives into a yrs document. Time = first send → \
              the second client's text equals `endContent` (checked in full: the correctness \
              check). Floor = raw yrs applying the same pre-encoded updates into a fresh document \
              in this process, one transaction per update (decoding included, encoding not). \
-             \"{ALL}\" is the sum over the traces.",
+             \"{ALL}\" is the sum over the traces. A peer's replay of one trace is stopped \
+             once it cannot finish within {budget} s (`--trace-peer-budget-secs`): after {after} s, \
+             as soon as its rate so far says it would take longer, and at {budget} s in any case. \
+             Its rows \"{UNFINISHED}\" and \"{UNFINISHED_RATE}\" then say how far its observer \
+             got (the early updates of a trace are the cheap ones), and it gets no \"{ALL}\" \
+             figures.",
             self.dir.display(),
-            list.join(", ")
+            list.join(", "),
+            budget = self.peer_budget.as_secs(),
+            after = HOPELESS_AFTER.as_secs()
         )
     }
 
@@ -314,15 +379,41 @@ impl Prepared for Plan {
             let mut out = Vec::new();
             let mut total = 0.0;
             let mut total_updates = 0usize;
+            let budget = target.is_peer().then_some(self.peer_budget);
+            let mut finished = true;
             for t in &self.traces {
-                let secs = replay(server, target, t, self.timeout)
+                let replayed = replay(server, target, t, self.timeout, budget)
                     .await
                     .with_context(|| format!("trace {} against {}", t.name, target.label))?;
-                total += secs;
-                total_updates += t.updates.len();
-                out.extend(samples(&t.name, secs, t.updates.len()));
+                match replayed {
+                    Replayed::Done(secs) => {
+                        total += secs;
+                        total_updates += t.updates.len();
+                        out.extend(samples(&t.name, secs, t.updates.len()));
+                    }
+                    Replayed::Unfinished { secs, updates } => {
+                        eprintln!(
+                            "trace {} {}: stopped for its budget, {updates} of {} updates \
+                             integrated by the observer in {secs:.1} s",
+                            target.id,
+                            t.name,
+                            t.updates.len()
+                        );
+                        finished = false;
+                        out.push(Sample::new(&t.name, UNFINISHED, "updates", Better::Higher, updates as f64));
+                        out.push(Sample::new(
+                            &t.name,
+                            UNFINISHED_RATE,
+                            "updates/s",
+                            Better::Higher,
+                            updates as f64 / secs,
+                        ));
+                    }
+                }
             }
-            out.extend(samples(ALL, total, total_updates));
+            if finished {
+                out.extend(samples(ALL, total, total_updates));
+            }
             Ok(out)
         })
     }
@@ -330,7 +421,7 @@ impl Prepared for Plan {
     fn verdicts(&self, m: &Medians) -> Vec<String> {
         let mut out = Vec::new();
         let floor = m.get("trace", ALL, "time to final text", FLOOR);
-        for target in ["lattice", "lattice-yjs"] {
+        for target in verdict::LATTICE {
             if let (Some(l), Some(f)) = (m.get("trace", ALL, "time to final text", target), floor) {
                 let worst = self
                     .traces
@@ -344,10 +435,11 @@ impl Prepared for Plan {
                     })
                     .max_by(|a, b| a.1.total_cmp(&b.1));
                 out.push(format!(
-                    "`{target}` trace replay through the server ≤ 3× raw yrs: {} ({:.2}× over all traces{})",
-                    if l <= 3.0 * f { "**met**" } else { "**not met**" },
+                    "`{target}` trace replay through the server ≤ 3× raw yrs: {} ({:.2}× over all traces{}{})",
+                    verdict::met(l <= 3.0 * f),
                     l / f,
-                    worst.map_or(String::new(), |(n, r)| format!("; worst {n} {r:.2}×"))
+                    worst.map_or(String::new(), |(n, r)| format!("; worst {n} {r:.2}×")),
+                    verdict::vs_best_peer(m, "trace", ALL, "time to final text", l)
                 ));
             }
         }
@@ -363,9 +455,24 @@ fn samples(case: &str, secs: f64, updates: usize) -> Vec<Sample> {
     ]
 }
 
-/// Replays one trace against one server; returns the seconds from the first send until the
-/// observer holds `endContent`.
-pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Encoded, timeout: Duration) -> Result<f64> {
+/// How a replay ended.
+pub(super) enum Replayed {
+    /// Seconds from the first send until the observer held `endContent`.
+    Done(f64),
+    /// Stopped for its budget, the observer holding the first `updates` of the trace.
+    Unfinished { secs: f64, updates: usize },
+}
+
+/// Replays one trace against one server until the observer holds `endContent`. Past `timeout`
+/// the replay fails; with a `budget`, it stops once it cannot finish within it and says how far
+/// the observer got.
+pub(super) async fn replay(
+    server: &mut RunningServer,
+    target: &Target,
+    t: &Encoded,
+    timeout: Duration,
+    budget: Option<Duration>,
+) -> Result<Replayed> {
     let doc = format!("bench/trace-{}", t.name);
     let endpoint = server.endpoint.clone();
     let (mut observer, ocodec) = client::connect(&endpoint, &doc, ConnectOptions::default())
@@ -377,10 +484,16 @@ pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Enco
     let (mut sink, mut source) = writer.split();
     let acked = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(tokio::sync::Notify::new());
-    // Only native acks bound the window: bounding Hocuspocus by its sync-status messages made it
-    // about six times slower (clownschool: 24 s instead of 3.9 s), so it gets TCP backpressure
-    // like the y-websocket targets, its faster mode.
-    let windowed = target.protocol == Protocol::Native;
+    // Native acks and Y-Sweet's sync status bound the window. Y-Sweet needs it: it drops a
+    // relay when a connection's queue (1,024 messages) is full, so with TCP backpressure alone
+    // the observer misses updates. Bounding Hocuspocus by its sync-status messages made it about
+    // six times slower (clownschool: 24 s instead of 3.9 s), so it gets TCP backpressure like
+    // the other y-websocket targets, its faster mode.
+    let window = match target.protocol {
+        Protocol::Native => WINDOW,
+        _ => YSWEET_WINDOW,
+    };
+    let windowed = wcodec.acknowledges();
     let drain = {
         let (acked, notify, codec) = (acked.clone(), notify.clone(), wcodec.clone());
         tokio::spawn(async move {
@@ -396,19 +509,25 @@ pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Enco
             Ok::<_, anyhow::Error>(())
         })
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    let began = tokio::time::Instant::now();
+    let deadline = began + budget.map_or(timeout, |b| b.min(timeout));
     let start = Instant::now();
+    // The observer's clock of the writer, for a replay stopped at its budget.
+    let observed = Arc::new(AtomicU32::new(0));
     let updates = &t.updates;
     let send = async {
         for (i, u) in updates.iter().enumerate() {
             let seq = i as u64 + 1;
-            if windowed && seq > WINDOW && acked.load(Ordering::Acquire) + WINDOW < seq {
+            if windowed && seq > window && acked.load(Ordering::Acquire) + window < seq {
                 sink.flush().await?;
-                while acked.load(Ordering::Acquire) + WINDOW < seq {
+                while acked.load(Ordering::Acquire) + window < seq {
                     notify.notified().await;
                 }
             }
             sink.feed(wcodec.update(seq, u)).await?;
+            if let Some(status) = wcodec.after_update(seq) {
+                sink.feed(status).await?;
+            }
             if i % 64 == 63 {
                 sink.flush().await?;
             }
@@ -418,6 +537,7 @@ pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Enco
     };
     let observe = async {
         let mut replica = Replica::new();
+        let observed = observed.clone();
         let mut keepalive = tokio::time::interval(client::KEEPALIVE_INTERVAL);
         loop {
             let msg = tokio::select! {
@@ -436,17 +556,49 @@ pub(super) async fn replay(server: &mut RunningServer, target: &Target, t: &Enco
                     changed = true;
                 }
             }
-            if changed && replica.holds(t) {
-                return Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64(), replica));
+            if changed {
+                if replica.holds(t) {
+                    return Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64(), replica));
+                }
+                observed.store(replica.writer_clock(), Ordering::Release);
             }
         }
     };
+    // A replay with a budget stops as soon as it cannot finish within it at its rate so far:
+    // every server's rate stays or falls as the document grows, so waiting out the budget would
+    // only confirm it.
+    let hopeless = async {
+        let Some(budget) = budget else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(HOPELESS_AFTER.min(budget)).await;
+        loop {
+            let done = t.updates_at(observed.load(Ordering::Acquire)).max(1);
+            let projected = start.elapsed().as_secs_f64() * t.updates.len() as f64 / done as f64;
+            if projected > budget.as_secs_f64() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
     // Both halves run together; the first error ends the replay.
-    let result = tokio::time::timeout_at(deadline, async { tokio::try_join!(send, observe) }).await;
+    let result = tokio::time::timeout_at(deadline, async {
+        tokio::select! {
+            r = async { tokio::try_join!(send, observe) } => r.map(Some),
+            () = hopeless => Ok(None),
+        }
+    })
+    .await;
     drain.abort();
+    let unfinished = || Replayed::Unfinished {
+        secs: start.elapsed().as_secs_f64(),
+        updates: t.updates_at(observed.load(Ordering::Acquire)),
+    };
     match result {
-        Ok(Ok(((), (secs, _)))) => Ok(secs),
+        Ok(Ok(Some(((), (secs, _))))) => Ok(Replayed::Done(secs)),
+        Ok(Ok(None)) => Ok(unfinished()),
         Ok(Err(e)) => Err(e),
+        Err(_) if budget.is_some_and(|b| b < timeout) => Ok(unfinished()),
         Err(_) => {
             bail!(
                 "the observer did not hold endContent within {timeout:?} ({} updates sent, {} acknowledged)",
