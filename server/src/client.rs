@@ -171,6 +171,12 @@ impl Client {
         self.with_session(|s| s.pending(doc))
     }
 
+    /// Whether everything this client holds of `doc` is committed on the server
+    /// ([`Session::is_settled`]): synced, no local delta pending, no resync delta in flight.
+    pub fn is_settled(&self, doc: &DocId) -> bool {
+        self.with_session(|s| s.is_settled(doc))
+    }
+
     pub fn pending_deltas(&self, doc: &DocId) -> Vec<Delta> {
         self.with_session(|s| s.pending_deltas(doc))
     }

@@ -377,11 +377,10 @@ pub async fn http_request(
     }
 }
 
-/// Waits until `client` holds `doc` synced with nothing pending.
+/// Waits until `client` holds `doc` synced with nothing pending and no resync delta in flight
+/// (`Session::is_settled`).
 pub async fn settled(client: &Client, doc: &DocId) {
-    let ok = client
-        .wait_until(WAIT, |s| s.is_synced(doc) && s.pending(doc) == 0)
-        .await;
+    let ok = client.wait_until(WAIT, |s| s.is_settled(doc)).await;
     assert!(ok, "client did not settle on {doc}");
 }
 

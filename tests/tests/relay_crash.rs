@@ -135,11 +135,12 @@ async fn killed_between_relay_and_commit_the_server_loses_nothing_acked_and_read
     let server = ChildServer::spawn(&db_url, &[]).await;
     front.retarget(server.addr);
 
-    // The reader reconnects and resyncs: its resync carries the writers' lost deltas.
+    // The reader reconnects and resyncs: its resync carries the writers' lost deltas, and it
+    // is settled only once the server has acknowledged that resync delta (it has no edit of
+    // its own pending, so `pending` alone would say 0 before the delta is committed).
     assert!(
         reader
-            .wait_until(Duration::from_secs(20), |s| s.is_synced(&d)
-                && s.pending(&d) == 0)
+            .wait_until(Duration::from_secs(20), |s| s.is_settled(&d))
             .await,
         "the reader did not resync"
     );

@@ -81,6 +81,10 @@ struct ClientDoc {
     doc: Document,
     synced: bool,
     unconfirmed: VecDeque<Unconfirmed>,
+    /// The sequence number of the resync delta in flight on this connection: what the server's
+    /// state lacked at the sync, which may be other replicas' content this client holds. It
+    /// covers no local edit, so it is tracked apart from `unconfirmed`.
+    resync: Option<u64>,
 }
 
 /// A client's sync state, independent of any socket: the same logic drives the native client
@@ -156,7 +160,17 @@ impl Session {
         self.docs.get(doc).is_some_and(|d| d.synced)
     }
 
-    /// Local deltas of `doc` not yet acknowledged by the server.
+    /// Whether everything this client holds of `doc` is in the server's committed state:
+    /// synced, no local delta pending, and no resync delta (which can carry other replicas'
+    /// content the server lost) waiting for its ack.
+    pub fn is_settled(&self, doc: &DocId) -> bool {
+        self.docs
+            .get(doc)
+            .is_some_and(|d| d.synced && d.unconfirmed.is_empty() && d.resync.is_none())
+    }
+
+    /// Local deltas of `doc` not yet acknowledged by the server (a resync delta that carries
+    /// only other replicas' content is not counted; see [`Session::is_settled`]).
     pub fn pending(&self, doc: &DocId) -> usize {
         self.docs.get(doc).map_or(0, |d| d.unconfirmed.len())
     }
@@ -198,6 +212,7 @@ impl Session {
             doc: Document::new(self.replica),
             synced: false,
             unconfirmed: VecDeque::new(),
+            resync: None,
         };
         if let Some(base) = base {
             d.doc.apply(base)?;
@@ -247,6 +262,7 @@ impl Session {
         self.connected = false;
         for d in self.docs.values_mut() {
             d.synced = false;
+            d.resync = None;
             for u in &mut d.unconfirmed {
                 u.covered_by = None;
             }
@@ -320,8 +336,12 @@ impl Session {
                         for u in &mut d.unconfirmed {
                             u.covered_by = Some(seq);
                         }
+                        d.resync = Some(seq);
                     }
-                    Ok(_) => d.unconfirmed.clear(),
+                    Ok(_) => {
+                        d.unconfirmed.clear();
+                        d.resync = None;
+                    }
                     Err(e) => out.events.push(SessionEvent::Error {
                         code: ErrorCode::MalformedMessage,
                         message: format!("server state unreadable: {e}"),
@@ -348,6 +368,9 @@ impl Session {
                 if let Some(d) = self.docs.get_mut(&doc) {
                     d.unconfirmed
                         .retain(|u| u.covered_by.is_none_or(|covered| covered > seq));
+                    if d.resync.is_some_and(|r| r <= seq) {
+                        d.resync = None;
+                    }
                 }
                 out.events.push(SessionEvent::Acked { doc, seq });
             }
@@ -378,6 +401,11 @@ impl Session {
                         if u.covered_by == Some(seq) {
                             u.covered_by = None;
                         }
+                    }
+                    // A refused resync delta is no longer in flight; its content is still
+                    // held, and the next resync computes it again.
+                    if d.resync == Some(seq) {
+                        d.resync = None;
                     }
                 }
                 out.events.push(SessionEvent::Error { code, message, doc });
@@ -450,5 +478,46 @@ mod tests {
             state: crate::DocState::default(),
         });
         assert_eq!(out.events, vec![SessionEvent::Synced { doc: doc() }]);
+    }
+
+    #[test]
+    fn other_replicas_content_the_server_lacks_keeps_a_client_unsettled_until_acked() {
+        // The client holds another replica's edit (relayed before a crash lost it); it has no
+        // local edit of its own, yet it is not settled until the server acknowledges the
+        // resync delta that gives the edit back.
+        let mut other = Document::new(ReplicaId::from_random(9));
+        let relayed = other.text_insert("body", 0, "hi").expect("insert");
+        let mut s = session(1);
+        s.open(doc(), Vec::new()).expect("open");
+        s.connected();
+        s.handle(ServerMsg::Sync {
+            doc: doc(),
+            delta: Delta::default(),
+            state: crate::DocState::default(),
+        });
+        s.handle(ServerMsg::Delta {
+            doc: doc(),
+            delta: relayed,
+        });
+        assert!(s.is_settled(&doc()));
+
+        s.disconnected();
+        assert!(!s.is_settled(&doc()));
+        s.connected();
+        let out = s.handle(ServerMsg::Sync {
+            doc: doc(),
+            delta: Delta::default(),
+            state: crate::DocState::default(),
+        });
+        let Some(ClientMsg::Delta { seq, .. }) = out.send.first() else {
+            panic!("no resync delta: {:?}", out.send);
+        };
+        assert_eq!(s.pending(&doc()), 0, "no local edit is pending");
+        assert!(!s.is_settled(&doc()), "the resync delta is in flight");
+        s.handle(ServerMsg::Ack {
+            doc: doc(),
+            seq: *seq,
+        });
+        assert!(s.is_settled(&doc()));
     }
 }
