@@ -4,7 +4,7 @@
 //! with `cargo install` into `target/bench/peers/y-sweet`, and passes their paths.
 //!
 //! Each (run, scenario, target) gets a fresh server process: Lattice as `lattice serve` on a
-//! fresh SQLite file (every update durable before it is relayed), Y-Sweet as `y-sweet serve` on
+//! fresh SQLite file (every update durable before it is acknowledged), Y-Sweet as `y-sweet serve` on
 //! a fresh folder (checkpoints every 10 s), the Node peers in memory. The targets are Lattice
 //! over its native protocol, Lattice over y-websocket (`/yjs/{doc}`, the peers' protocol),
 //! Hocuspocus, the y-websocket server and Y-Sweet; each run rotates their order to cancel

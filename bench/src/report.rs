@@ -456,8 +456,10 @@ pub(crate) fn markdown(results: &Results) -> String {
     let _ = writeln!(
         md,
         "\nLattice runs as the release binary `lattice serve --no-auth` on a fresh SQLite file \
-         (WAL, `synchronous=FULL`) per scenario: every update is committed before it is relayed \
-         or acknowledged. Its per-connection rate limits are raised for the bench client \
+         (WAL, `synchronous=FULL`) per scenario: every update is committed before it is \
+         acknowledged, and relayed once applied (docs/protocol.md, *Relay and acknowledgement*: \
+         without authentication every connection gets a delta before its commit; \
+         `--relay-after-commit` waits). Its per-connection rate limits are raised for the bench client \
          (`{}`; the defaults, 500 messages/s, would throttle it). Y-Sweet (`y-sweet serve DIR`, \
          no server token, `RUST_LOG=warn` like Lattice) persists too, to a fresh folder per \
          scenario: it keeps each document in memory and writes the whole of a changed document \

@@ -336,7 +336,8 @@ impl Prepared for Plan {
              **all on node 1** (the writer and every reader on node 1; the other nodes have no \
              subscriber of that document and never load it, while node 1 still publishes \
              every entry to Redis), and **spread over {nodes} nodes** (reader i on node \
-             (i mod {nodes}) + 1). Every update is committed to PostgreSQL before it is relayed. \
+             (i mod {nodes}) + 1). Readers on the writer's node get an update once applied, \
+             readers on other nodes once it is committed to PostgreSQL (through Redis). \
              Readers check every update exactly by the writer's clock ranges in each relay: a \
              missing delivery fails the bench; repeated deliveries and relays that skip ahead \
              are counted, and so are the relays per reader (frames with updates of the writer; \
