@@ -99,7 +99,8 @@ fn hex_encode(bytes: &[u8]) -> String {
     s
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+/// Lower- or upper-case hex, as `$bytes` holds it in JSON; `None` for anything else.
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     fn nibble(c: u8) -> Option<u8> {
         match c {
             b'0'..=b'9' => Some(c - b'0'),

@@ -20,6 +20,7 @@ use super::msgpack::{
     write_map_len, write_nil, write_str, write_uint,
 };
 use super::{ClientMsg, ErrorCode, MAX_NESTING, ServerMsg};
+use crate::value::hex_decode;
 use crate::{Delta, DocId, DocState, GCounter, HlcTimestamp, LwwRegister, ReplicaId, Value};
 
 /// The keys [`Value`]'s serde form gives meaning to: a map whose one key is one of them is
@@ -382,24 +383,6 @@ fn read_raw_value(r: &mut Reader<'_>, depth: usize) -> Result<Value, Fault> {
         }
         item @ Item::Ext => return Err(Fault::unexpected(item, "a Lattice value")),
     })
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let raw = s.as_bytes();
-    if !raw.len().is_multiple_of(2) {
-        return None;
-    }
-    raw.chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
 }
 
 /// Gives the tagged maps their meaning, top-down, in place (what `Value`'s serde reader does).
