@@ -10,7 +10,10 @@ impl Document {
     ///
     /// Yjs root types that no local code has declared (the usual case on the server) are
     /// classified by content: keyed entries make a map, string content a text, other sequence
-    /// content an array; an empty undeclared root shows as an empty text.
+    /// content an array. An empty root, declared or not, is left out: Yjs cannot tell a root
+    /// that was emptied from one an update only named, and a snapshot keeps only the roots that
+    /// hold items (and not whether they were declared), so showing it would make a document and
+    /// its own snapshot differ.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::{Map, Value as J};
         let mut texts = Map::new();
@@ -22,22 +25,29 @@ impl Document {
             let name = name.to_owned();
             match out {
                 Out::YText(t) => {
-                    texts.insert(name, J::String(t.get_string(&txn)));
+                    let text = t.get_string(&txn);
+                    if !text.is_empty() {
+                        texts.insert(name, J::String(text));
+                    }
                 }
                 Out::YMap(m) => {
-                    maps.insert(name, any_to_json(&yrs::types::ToJson::to_json(&m, &txn)));
+                    if yrs::Map::len(&m, &txn) > 0 {
+                        maps.insert(name, any_to_json(&yrs::types::ToJson::to_json(&m, &txn)));
+                    }
                 }
                 Out::YArray(a) => {
-                    arrays.insert(name, any_to_json(&yrs::types::ToJson::to_json(&a, &txn)));
+                    if yrs::Array::len(&a, &txn) > 0 {
+                        arrays.insert(name, any_to_json(&yrs::types::ToJson::to_json(&a, &txn)));
+                    }
                 }
                 Out::YXmlFragment(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
+                    insert_xml(&mut xml, name, x.get_string(&txn));
                 }
                 Out::YXmlElement(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
+                    insert_xml(&mut xml, name, x.get_string(&txn));
                 }
                 Out::YXmlText(x) => {
-                    xml.insert(name, J::String(x.get_string(&txn)));
+                    insert_xml(&mut xml, name, x.get_string(&txn));
                 }
                 Out::UndefinedRef(branch) => {
                     let as_map = MapRef::from(branch);
@@ -50,13 +60,13 @@ impl Document {
                     }
                     let as_text = TextRef::from(branch).get_string(&txn);
                     let as_array = ArrayRef::from(branch);
-                    if as_text.is_empty() && yrs::Array::len(&as_array, &txn) > 0 {
+                    if !as_text.is_empty() {
+                        texts.insert(name, J::String(as_text));
+                    } else if yrs::Array::len(&as_array, &txn) > 0 {
                         arrays.insert(
                             name,
                             any_to_json(&yrs::types::ToJson::to_json(&as_array, &txn)),
                         );
-                    } else {
-                        texts.insert(name, J::String(as_text));
                     }
                 }
                 Out::Any(_) | Out::YDoc(_) => {}
@@ -101,5 +111,12 @@ fn any_to_json(any: &Any) -> serde_json::Value {
         Any::Buffer(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
         Any::Array(items) => J::Array(items.iter().map(any_to_json).collect()),
         Any::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), any_to_json(v))).collect()),
+    }
+}
+
+/// An XML root's string, unless it is empty (see [`Document::to_json`]).
+fn insert_xml(xml: &mut serde_json::Map<String, serde_json::Value>, name: String, s: String) {
+    if !s.is_empty() {
+        xml.insert(name, serde_json::Value::String(s));
     }
 }
