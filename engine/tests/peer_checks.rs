@@ -308,3 +308,41 @@ fn held_updates_are_planned_again_only_when_what_they_wait_for_arrives() {
     assert_eq!(doc.held_replans(), 39);
     assert_eq!(doc.text("t").len(), 200);
 }
+
+/// A client whose ack was lost resends its edits merged into one update: the first item now
+/// starts in clocks the server holds and names its root outright. The server takes the part it
+/// lacks, and its snapshot reloads to the same text (the rewrite of such straddling items is what
+/// keeps a forged one, `fuzz/regressions/yjs_apply/snapshot-duplicates-text`, from loading to
+/// other content).
+#[test]
+fn a_merged_resend_overlapping_acked_clocks_applies_and_snapshots_alike() {
+    use yrs::{GetString, Text};
+    let client = Doc::with_client_id(41);
+    let text = client.get_or_insert_text("notes");
+    let first = {
+        let mut txn = client.transact_mut();
+        text.insert(&mut txn, 0, "Hel");
+        txn.encode_update_v1()
+    };
+    let second = {
+        let mut txn = client.transact_mut();
+        text.insert(&mut txn, 3, "lo wörld 👋");
+        txn.encode_update_v1()
+    };
+    let merged = yrs::merge_updates_v1([first.as_slice(), second.as_slice()]).expect("merge");
+
+    let mut server = Document::new(replica(1));
+    server.apply_from(&yjs(first), peer("ada")).expect("first");
+    server
+        .apply_from(&yjs(merged), peer("ada"))
+        .expect("merged resend");
+    let json = server.to_json();
+    assert_eq!(json["texts"]["notes"], "Hello wörld 👋");
+    let loaded = Document::from_snapshot(replica(1), &server.snapshot()).expect("loads");
+    assert_eq!(loaded.to_json(), json);
+    assert_eq!(
+        text.get_string(&client.transact()),
+        "Hello wörld 👋",
+        "the client holds what the server does"
+    );
+}

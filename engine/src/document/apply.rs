@@ -115,6 +115,29 @@ pub(super) fn decode_update(bytes: &[u8]) -> Result<(Update, ParsedUpdate), Appl
     Ok((decode_checked(bytes)?, parsed))
 }
 
+/// Whether an item of `parsed` starts before what the document holds of its client and ends
+/// after it, while naming its parent outright (no origin on either side).
+///
+/// yrs cuts such an item where the document's clocks end and links the cut-off rest after the
+/// item at the last clock held, but keeps the parent the item names. Encoded again, the rest
+/// carries that left neighbour as its origin and no parent, so it reads back into the
+/// neighbour's parent: a document, its snapshot and the updates it holds back could disagree
+/// whenever the two parents differ (fuzz input `regressions/yjs_apply/snapshot-duplicates-text`).
+/// A resend that repeats acknowledged clocks in one merged item is such an update, with equal
+/// parents.
+fn straddles(parsed: &ParsedUpdate, end: impl Fn(u32) -> u32) -> bool {
+    parsed.clients.iter().any(|(client, structs)| {
+        let end = end(*client);
+        structs.iter().any(|s| {
+            matches!(s.kind, crate::yjs::StructKind::Item { .. })
+                && s.origin.is_none()
+                && s.right.is_none()
+                && s.clock < end
+                && s.clock.saturating_add(s.len) > end
+        })
+    })
+}
+
 /// A checked, decoded Yjs update, for callers that do not plan it ([`Delta::validate`]).
 pub(super) fn check_and_decode(bytes: &[u8]) -> Result<Update, ApplyError> {
     crate::yjs::check_update_v1(bytes)?;
@@ -173,7 +196,7 @@ impl Document {
         let mut planned: Option<(Update, Plan)> = None;
         let mut hold: Option<YId> = None;
         if !delta.yjs.is_empty() {
-            let (update, parsed) = decode_update(&delta.yjs)?;
+            let (update, parsed) = self.decode_for(&delta.yjs)?;
             let mode = match source.trust {
                 Trust::Peer => PlanMode::Strict,
                 Trust::Trusted => PlanMode::Partial,
@@ -219,6 +242,29 @@ impl Document {
         }
         self.record_owners(claimed, author.as_ref());
         self.apply_crdt_maps(delta, changed)
+    }
+
+    /// Decodes a Yjs update to apply. One that [`straddles`] what the document holds is first
+    /// rewritten as the difference from the document's state (`yrs::diff_updates_v1`), as
+    /// `diff_since` would send it: the part the document lacks starts at its next clock with
+    /// the last clock held as its origin, so its parent is that neighbour's, in the document
+    /// and in every encoding of it alike.
+    fn decode_for(&self, bytes: &[u8]) -> Result<(Update, ParsedUpdate), ApplyError> {
+        let (update, parsed) = decode_update(bytes)?;
+        if !straddles(&parsed, |c| self.index.end(c)) {
+            return Ok((update, parsed));
+        }
+        let sv = self.ydoc.transact().state_vector().encode_v1();
+        let diff = catch_unwind(|| yrs::diff_updates_v1(bytes, &sv));
+        match diff {
+            Ok(Ok(diff)) => decode_update(&diff),
+            Ok(Err(e)) => Err(ApplyError::Decode {
+                reason: e.to_string(),
+            }),
+            Err(p) => Err(ApplyError::Decode {
+                reason: panic_reason(p.as_ref()),
+            }),
+        }
     }
 
     /// Refuses ids that another principal introduced.
@@ -334,7 +380,11 @@ impl Document {
             self.held_replans += 1;
             let held = self.held.swap_remove(i);
             self.held_bytes -= held.bytes.len();
-            let (update, parsed) = decode_update(&held.bytes)?;
+            let Ok((update, parsed)) = self.decode_for(&held.bytes) else {
+                // It decoded when it was held; a rewrite that fails leaves it out for good.
+                changed = true;
+                continue;
+            };
             match plan(&self.index, &parsed, PlanMode::Partial) {
                 Ok(p) => {
                     let clients: BTreeSet<u32> = p.new_clients().collect();
