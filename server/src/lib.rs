@@ -31,7 +31,7 @@ mod state;
 pub mod store;
 mod transport;
 
-pub use server::{ServerError, run};
+pub use server::{ServerError, run, run_then};
 pub use transport::close::CloseCode;
 
 /// The version of this server build.
