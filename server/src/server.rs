@@ -41,10 +41,35 @@ pub enum ServerError {
 }
 
 /// Runs a server on `listener` until `shutdown` resolves, then stops accepting, flushes every
-/// room, closes sockets with 1001 and returns within `config.shutdown_deadline`.
+/// room, closes sockets with 1001 and returns within `config.shutdown_deadline`. With
+/// `config.grpc_bind`, the gRPC service listens there too.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let grpc = match config.grpc_bind {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    serve(config, listener, grpc, shutdown).await
+}
+
+/// [`run`] with the gRPC service on a listener of the caller's (`config.grpc_bind` is not
+/// read): tests bind port 0 and need to know where it is.
+pub async fn run_with_grpc(
+    config: Config,
+    listener: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve(config, listener, Some(grpc), shutdown).await
+}
+
+async fn serve(
+    config: Config,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
@@ -84,6 +109,18 @@ pub async fn run(
         state.metrics.clone(),
         token.clone(),
     ));
+    let grpc = match grpc {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "gRPC listening");
+            let stop = token.clone().cancelled_owned();
+            Some(tokio::spawn(crate::grpc::serve(
+                state.clone(),
+                listener,
+                stop,
+            )))
+        }
+        None => None,
+    };
     tokio::spawn(graceful);
     token.cancelled().await;
     info!("shutting down: flushing rooms and closing connections");
@@ -95,6 +132,15 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         Err(_) => warn!("connections did not close within the shutdown deadline"),
+    }
+    // gRPC calls in flight end too (their writes are committed, streams see the token).
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout(deadline, grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server failed"),
+            Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+            Err(_) => warn!("gRPC calls did not end within the shutdown deadline"),
+        }
     }
     // Rooms not tied to a connection any more (HTTP writes, readers) are flushed here.
     let flush = async {

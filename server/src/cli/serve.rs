@@ -20,6 +20,9 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
+    /// Also serve the gRPC API (docs/grpc.md) on this address, e.g. `127.0.0.1:50051`.
+    #[arg(long, env = "LATTICE_GRPC_BIND")]
+    grpc_bind: Option<SocketAddr>,
     /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`. Printed
     /// with its password replaced by `***`.
     #[arg(
@@ -140,6 +143,7 @@ impl ServeArgs {
         let mut c = Config {
             database_url: self.database_url.clone(),
             web_dir: self.web_dir.clone(),
+            grpc_bind: self.grpc_bind,
             ..Config::default()
         };
         if let Some(dir) = &c.web_dir
@@ -231,11 +235,26 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
+    // Bound here rather than by `run`, so the banner names the port even for port 0.
+    let grpc = match config.grpc_bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind} for gRPC"))?,
+        ),
+        None => None,
+    };
     println!(
         "lattice {} listening on http://{addr}",
         lattice_server::VERSION
     );
     println!("  sync endpoint: ws://{addr}/v1/sync");
+    if let Some(grpc) = &grpc {
+        println!(
+            "  gRPC:          http://{} (lattice.v1.Documents)",
+            grpc.local_addr()?
+        );
+    }
     println!(
         "  database:      {}",
         lattice_server::store::redacted_url(&config.database_url)
@@ -247,7 +266,12 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     print_auth_banner(&config, generated, addr)?;
-    lattice_server::run(config, listener, crate::shutdown_signal()).await?;
+    match grpc {
+        Some(grpc) => {
+            lattice_server::run_with_grpc(config, listener, grpc, crate::shutdown_signal()).await?
+        }
+        None => lattice_server::run(config, listener, crate::shutdown_signal()).await?,
+    }
     Ok(())
 }
 
