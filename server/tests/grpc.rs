@@ -30,6 +30,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A running server with the gRPC service, its keys, and how to stop it.
 struct Server {
+    http: SocketAddr,
     grpc: SocketAddr,
     keys: KeySet,
     stop: Option<oneshot::Sender<()>>,
@@ -60,6 +61,7 @@ impl Server {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             lattice_server::run_with_grpc(config, http, grpc, async {
@@ -69,6 +71,7 @@ impl Server {
             .unwrap();
         });
         Server {
+            http: http_addr,
             grpc: addr,
             keys,
             stop: Some(stop),
@@ -94,6 +97,22 @@ impl Server {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+
+    /// The Prometheus text of `/metrics`, over a plain HTTP/1.1 request.
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: lattice\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(WAIT, socket.read_to_string(&mut text))
+            .await
+            .unwrap()
+            .unwrap();
+        text
     }
 
     async fn stop(mut self) {
@@ -427,8 +446,114 @@ async fn refusals_have_the_documented_status_codes() {
     let ids: Vec<&str> = list.documents.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, [doc]);
     assert_eq!(list.documents[0].updates, 1);
+    // Every answer is counted by method and code.
+    let metrics = server.metrics().await;
+    for line in [
+        r#"lattice_grpc_requests_total{method="ApplyUpdate",code="UNAUTHENTICATED"} 2"#,
+        r#"lattice_grpc_requests_total{method="ApplyUpdate",code="PERMISSION_DENIED"} 1"#,
+        r#"lattice_grpc_requests_total{method="ApplyUpdate",code="INVALID_ARGUMENT"} 3"#,
+        r#"lattice_grpc_requests_total{method="ApplyUpdate",code="OK"} 1"#,
+        r#"lattice_grpc_requests_total{method="GetDocument",code="NOT_FOUND"} 1"#,
+        r#"lattice_grpc_requests_total{method="Subscribe",code="INVALID_ARGUMENT"} 1"#,
+        r#"lattice_grpc_requests_total{method="ListDocuments",code="OK"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
     drop(client);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_unavailable_when_the_server_shuts_down() {
+    let server = Server::start(|_| {}).await;
+    let mut client = server.client().await;
+    let reader = server.token("reader", &["*"], Scope::Read);
+    let mut stream = client
+        .subscribe(authed(
+            &reader,
+            SubscribeRequest {
+                doc: "any/doc".into(),
+                after_seq: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let sync = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!((sync.kind(), sync.seq), (Kind::Sync, 0));
+    // The server stops within its deadline, the open stream notwithstanding, and says why.
+    let stopping = tokio::spawn(server.stop());
+    let status = next(&mut stream)
+        .await
+        .expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("lattice-error")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "shutdown"
+    );
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lattice_serve_grpc_bind_serves_the_api_and_names_its_port() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-auth",
+            "--database-url",
+        ])
+        .arg(format!("sqlite://{}", dir.path().join("cli.db").display()))
+        .args(["--grpc-bind", "127.0.0.1:0"])
+        .env_remove("LATTICE_AUTH_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let grpc: SocketAddr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.trim_start().strip_prefix("gRPC:") {
+                let url = rest.split_whitespace().next().unwrap();
+                return url.trim_start_matches("http://").parse().unwrap();
+            }
+        }
+        panic!("lattice exited without printing its gRPC address");
+    })
+    .await
+    .expect("the banner names the gRPC address");
+    let mut client = DocumentsClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (_, updates) = typing(&["from the CLI"]);
+    let applied = client
+        .apply_update(Request::new(yjs("cli/doc", &updates[0])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.seq, 1);
+    drop(client);
+    // SIGTERM: a graceful stop, exit status 0.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("lattice stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
 
 /// How many writes the slow-reader test makes, and their size.
