@@ -128,14 +128,16 @@ async fn serve(
     // listener returns once every one (WebSockets included) has ended. Only then are the rooms
     // flushed and the store closed: a connection still sending to a room after the store
     // closed would have its delta's commit fail, and be closed with 4011 instead of 1001.
-    match tokio::time::timeout(deadline, server).await {
+    // gRPC calls in flight end the same way, under the same deadline (writes are committed
+    // before they are answered, streams end as they see the token).
+    let stop_at = tokio::time::Instant::now() + deadline;
+    match tokio::time::timeout_at(stop_at, server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         Err(_) => warn!("connections did not close within the shutdown deadline"),
     }
-    // gRPC calls in flight end too (their writes are committed, streams see the token).
     if let Some(grpc) = grpc {
-        match tokio::time::timeout(deadline, grpc).await {
+        match tokio::time::timeout_at(stop_at, grpc).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server failed"),
             Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),

@@ -40,6 +40,10 @@ pub mod proto {
     tonic::include_proto!("lattice.v1");
 }
 
+/// Calls one HTTP/2 connection may have open at once (h2's `SETTINGS_MAX_CONCURRENT_STREAMS`);
+/// every `Subscribe` stream also holds one of the server's connection slots.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The methods, as `lattice_grpc_requests_total` labels them (`metrics::GRPC_METHODS`).
 #[derive(Clone, Copy, Debug)]
 enum Method {
@@ -76,6 +80,7 @@ pub(crate) async fn serve(
             .max_decoding_message_size(limit.saturating_add(64 * 1024));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(ping))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
