@@ -157,9 +157,12 @@ impl RunningServer {
                 let db_dir = own_storage(storage)?;
                 let db = format!("sqlite://{}", db_dir.join("bench.db").display());
                 let mut c = Command::new(&tools.lattice_bin);
+                // gRPC on a port of its own (`http-fanout`'s gRPC readers; idle otherwise).
                 c.args([
                     "serve",
                     "--bind",
+                    "127.0.0.1:0",
+                    "--grpc-bind",
                     "127.0.0.1:0",
                     "--database-url",
                     &db,
@@ -314,6 +317,28 @@ impl RunningServer {
             log,
             _dir: dir,
         })
+    }
+
+    /// Where a Lattice server serves gRPC: the address on its banner's `gRPC:` line (printed
+    /// with the ready line).
+    pub(crate) async fn grpc_addr(&self) -> Result<std::net::SocketAddr> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let found = self.log.lock().ok().and_then(|log| {
+                log.iter().find_map(|l| {
+                    let rest = l.trim_start().strip_prefix("gRPC:")?.trim();
+                    let addr = rest.strip_prefix("http://")?.split_whitespace().next()?;
+                    addr.parse().ok()
+                })
+            });
+            if let Some(addr) = found {
+                return Ok(addr);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} printed no gRPC address", self.target.label);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The server's resident memory (`VmRSS` of /proc/PID/status), in bytes.

@@ -1,8 +1,9 @@
-//! `http-fanout`: fan-out to the HTTP readers of docs/http-api.md next to WebSocket readers
-//! (issue 19). One writer (native WebSocket) sends `fanout`'s keystroke updates to one
-//! document that three kinds of readers follow at once: N WebSocket readers, N Server-Sent
-//! Events readers (`GET /v1/events/{doc}`) and N long-poll readers (`GET /v1/updates/{doc}`,
-//! again and again from the `next_after` of the previous answer). Every kind is measured as
+//! `http-fanout`: fan-out to the HTTP readers of docs/http-api.md and to gRPC `Subscribe`
+//! streams (docs/grpc.md) next to WebSocket readers (issues 19 and 22). One writer (native
+//! WebSocket) sends `fanout`'s keystroke updates to one document that four kinds of readers
+//! follow at once: N WebSocket readers, N Server-Sent Events readers (`GET /v1/events/{doc}`),
+//! N long-poll readers (`GET /v1/updates/{doc}`, again and again from the `next_after` of the
+//! previous answer) and N gRPC readers (`Subscribe`, one HTTP/2 connection each). Every kind is measured as
 //! `fanout` measures its readers, with its code: a reader counts the writer's updates in what
 //! it receives by the writer's clock in each Yjs update (`update`, base64, in the events).
 //!
@@ -30,6 +31,8 @@ use crate::client::{self, HANDSHAKE_TIMEOUT, Protocol};
 use crate::http::{BodyStream, HttpConn, SseParser};
 use crate::report::{Better, Medians, Sample, fmt_value};
 use crate::target::{RunningServer, ServerKind, TARGETS, Target};
+use lattice_server::grpc::proto::documents_client::DocumentsClient;
+use lattice_server::grpc::proto::{DocumentEvent, SubscribeRequest, document_event};
 
 /// The scenario's name, in the report and in [`Medians`].
 const NAME: &str = "http-fanout";
@@ -53,16 +56,18 @@ enum Kind {
     WebSocket,
     Sse,
     LongPoll,
+    Grpc,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::WebSocket, Kind::Sse, Kind::LongPoll];
+    const ALL: [Kind; 4] = [Kind::WebSocket, Kind::Sse, Kind::LongPoll, Kind::Grpc];
 
     fn name(self) -> &'static str {
         match self {
             Kind::WebSocket => "websocket",
             Kind::Sse => "sse",
             Kind::LongPoll => "long-poll",
+            Kind::Grpc => "grpc",
         }
     }
 
@@ -71,6 +76,7 @@ impl Kind {
             Kind::WebSocket => "WebSocket",
             Kind::Sse => "SSE",
             Kind::LongPoll => "Long polling",
+            Kind::Grpc => "gRPC Subscribe",
         }
     }
 
@@ -78,7 +84,7 @@ impl Kind {
     fn parse_list(list: &str) -> Result<Vec<Kind>> {
         let names: Vec<&str> = list.split(',').map(str::trim).collect();
         if let Some(bad) = names.iter().find(|n| !Kind::ALL.iter().any(|k| k.name() == **n)) {
-            bail!("unknown reader kind {bad:?} in --http-fanout-kinds; known: websocket, sse, long-poll");
+            bail!("unknown reader kind {bad:?} in --http-fanout-kinds; known: websocket, sse, long-poll, grpc");
         }
         Ok(Kind::ALL.into_iter().filter(|k| names.contains(&k.name())).collect())
     }
@@ -90,7 +96,7 @@ impl Scenario for HttpFanout {
     }
 
     fn about(&self) -> &'static str {
-        "1 writer → N WebSocket + N SSE + N long-poll readers at once (Lattice only)"
+        "1 writer → N WebSocket + N SSE + N long-poll + N gRPC Subscribe readers at once (Lattice only)"
     }
 
     fn args(&self) -> Vec<Arg> {
@@ -99,7 +105,7 @@ impl Scenario for HttpFanout {
             flag("http-fanout-updates", "http-fanout: updates sent in the burst", value_parser!(usize), Some("2000")),
             flag("http-fanout-paced", "http-fanout: updates sent paced (0 skips the paced case)", value_parser!(usize), Some("500")),
             flag("http-fanout-rate", "http-fanout: paced updates per second", value_parser!(u32), Some("100")),
-            flag("http-fanout-kinds", "http-fanout: the kinds of readers, comma-separated", value_parser!(String), Some("websocket,sse,long-poll")),
+            flag("http-fanout-kinds", "http-fanout: the kinds of readers, comma-separated", value_parser!(String), Some("websocket,sse,long-poll,grpc")),
         ]
     }
 
@@ -182,13 +188,14 @@ impl Prepared for Plan {
              one chunked `text/event-stream` response, one `delta` event per log entry) and \
              long polling (`GET /v1/updates/{{doc}}?after=N&wait_ms={POLL_WAIT_MS}` on a \
              keep-alive connection, from the head at connect time, each answer's `next_after` \
-             the next `after`). **burst** = {b} updates as fast as the writer's connection \
+             the next `after`) and gRPC (`lattice.v1.Documents/Subscribe` on `--grpc-bind`, one \
+             HTTP/2 connection per reader, tonic's client; docs/grpc.md). **burst** = {b} updates as fast as the writer's connection \
              takes them; {paced}. Readers count the writer's updates by its clock in each \
              update (WebSocket frames; the base64 `update` of the events). Per kind, as in \
              `fanout`: latency is an update's send → its arrival at a reader, over all (update, \
              reader) pairs; deliveries/s = updates × readers ÷ (last arrival − first send); \
-             messages per reader = WebSocket frames, SSE events or long-poll answers with \
-             events. The client is raw HTTP/1.1 over tokio, in the same process and on the same \
+             messages per reader = WebSocket frames, SSE events, long-poll answers with \
+             events or gRPC messages. The client is raw HTTP/1.1 over tokio, in the same process and on the same \
              2 cores as the server.{only}",
             r = self.readers,
             b = self.burst.len(),
@@ -225,8 +232,8 @@ impl Prepared for Plan {
             let get = |case: &str, kind: Kind, metric: &str| {
                 m.get(NAME, &format!("{case} {}", kind.name()), metric, target.id)
             };
-            for kind in [Kind::Sse, Kind::LongPoll] {
-                let info = if kind == Kind::LongPoll { " (for information)" } else { "" };
+            for kind in [Kind::Sse, Kind::LongPoll, Kind::Grpc] {
+                let info = if kind == Kind::Sse { "" } else { " (for information)" };
                 let rate = |k| get("burst", k, "deliveries/s");
                 if let (Some(h), Some(w)) = (rate(kind), rate(Kind::WebSocket)) {
                     out.push(format!(
@@ -290,6 +297,15 @@ async fn one_case(
                 .into_iter()
                 .map(|(conn, after)| spawn_poll_reader(conn, doc, after, n, deadline.clone()))
                 .collect(),
+            Kind::Grpc => {
+                let grpc = server.grpc_addr().await?;
+                connect_all(readers, || connect_grpc(grpc, doc))
+                    .await
+                    .context("connecting the gRPC readers")?
+                    .into_iter()
+                    .map(|stream| spawn_grpc_reader(stream, n, deadline.clone()))
+                    .collect()
+            }
         };
         tasks.push(spawned);
     }
@@ -413,6 +429,52 @@ fn spawn_sse_reader(mut body: BodyStream, mut parser: SseParser, n: usize, deadl
                 let (bytes, at) = next?.context("the stream ended")?;
                 parser.push(&bytes);
                 now = at;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        if let Err(e) = read {
+            out.error = Some(e);
+        }
+        out
+    })
+}
+
+/// A gRPC `Subscribe` stream of `doc` on its own connection, once its first message (the
+/// `SYNC`) came.
+async fn connect_grpc(addr: SocketAddr, doc: &str) -> Result<tonic::Streaming<DocumentEvent>> {
+    let fut = async {
+        let mut client = DocumentsClient::connect(format!("http://{addr}")).await?;
+        let request = SubscribeRequest {
+            doc: doc.to_owned(),
+            after_seq: None,
+        };
+        let mut stream = client.subscribe(request).await?.into_inner();
+        let first = stream.message().await?.context("the stream ended before its sync")?;
+        if first.kind() != document_event::Kind::Sync {
+            bail!("the first message is {:?}, not the sync", first.kind());
+        }
+        Ok(stream)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("no sync within {HANDSHAKE_TIMEOUT:?}"))?
+        .with_context(|| format!("Subscribe at {addr}"))
+}
+
+/// A gRPC reader: counts the writer's updates in every message until it has `n` of them, the
+/// stream fails or `deadline` passes.
+fn spawn_grpc_reader(mut stream: tonic::Streaming<DocumentEvent>, n: usize, deadline: Deadline) -> JoinHandle<ReaderOutcome> {
+    tokio::spawn(async move {
+        let mut out = ReaderOutcome::new(n);
+        let read = async {
+            while out.arrivals.len() < n {
+                let Ok(next) = tokio::time::timeout_at(deadline.get(), stream.message()).await else {
+                    break;
+                };
+                let event = next?.context("the stream ended")?;
+                out.record(&event.yjs_update, Instant::now(), n);
+                out.frames += 1;
             }
             Ok::<_, anyhow::Error>(())
         }
