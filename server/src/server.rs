@@ -48,8 +48,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
-    let state = Arc::new(ServerState::new(config, store)?);
     let addr = listener.local_addr()?;
+    let state = Arc::new(ServerState::new(config, store, Some(addr))?);
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
     if let Some(cluster) = &state.rooms.env().cluster {
         info!(node = %cluster.node_name(), "cluster node: fan-out through Redis");

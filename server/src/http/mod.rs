@@ -37,6 +37,7 @@ mod web;
 const FALLBACK_DEMO_PAGE: &str = include_str!("demo.html");
 
 mod admin;
+mod webhooks;
 
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     Router::new()
@@ -45,6 +46,7 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
         .route("/v1/docs/{*doc}", get(document_json))
         .route("/v1/admin/docs/{*doc}", get(admin_document))
         .merge(admin::routes())
+        .merge(webhooks::routes())
 }
 
 /// Everything an HTTP handler can answer besides success. Internals never reach the body.
