@@ -15,8 +15,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-fn schedule(s: &str) -> Result<Vec<Duration>, String> {
-    parse_schedule(s)
+/// A parsed `--webhook-retry-schedule` (a newtype: clap reads `Option<Vec<_>>` as a list of
+/// values).
+#[derive(Debug, Clone)]
+pub(crate) struct Schedule(Vec<Duration>);
+
+fn schedule(s: &str) -> Result<Schedule, String> {
+    parse_schedule(s).map(Schedule)
 }
 
 /// `lattice serve` flags for webhooks.
@@ -31,7 +36,7 @@ pub(crate) struct WebhookArgs {
     /// Delays before each retry of a failed delivery, e.g. `5s,5m,30m,2h,5h,10h,10h` (the
     /// default).
     #[arg(long, env = "LATTICE_WEBHOOK_RETRY_SCHEDULE", value_parser = schedule)]
-    webhook_retry_schedule: Option<Vec<Duration>>,
+    webhook_retry_schedule: Option<Schedule>,
     /// At most one `document.changed` per endpoint and document per this interval (`2s`).
     #[arg(long, env = "LATTICE_WEBHOOK_COALESCE", value_parser = duration)]
     webhook_coalesce: Option<Duration>,
@@ -72,7 +77,7 @@ impl WebhookArgs {
             ..WebhookConfig::default()
         };
         if let Some(s) = &self.webhook_retry_schedule {
-            c.retry_schedule = s.clone();
+            c.retry_schedule = s.0.clone();
         }
         let set = |field: &mut Duration, v: Option<Duration>| {
             if let Some(v) = v {

@@ -402,7 +402,6 @@ impl Webhooks {
                 "the URL is at most 2048 bytes and the description at most 1024",
             ));
         }
-        ssrf::check_target(&new.url, self.inner.config.allow_private).await?;
         let mut events: Vec<String> = Vec::new();
         for t in &new.events {
             let t = t.trim();
@@ -431,6 +430,9 @@ impl Webhooks {
             }
             None => sign::generate_secret(),
         };
+        // The form first, so a malformed request never causes a DNS lookup.
+        ssrf::parse_target(&new.url)?;
+        ssrf::check_target(&new.url, self.inner.config.allow_private).await?;
         let id: [u8; 12] = rand::random();
         let row = EndpointRow {
             id: format!("ep_{}", hex::encode(id)),

@@ -1,0 +1,786 @@
+//! Webhooks end to end (docs/webhooks.md): the real `lattice` binary as a child process, a real
+//! HTTP receiver started here (axum on 127.0.0.1), documents written over the HTTP API.
+//!
+//! - retries: the receiver refuses the first deliveries, the test schedule retries until it
+//!   accepts, the same event id every time, signatures valid under the endpoint's secret;
+//! - crash: SIGKILL after an event's first failed attempt, and SIGKILL between a commit and the
+//!   forming of its event; after a restart both are delivered, the first with the same id;
+//! - coalescing: 1,000 updates in a burst make few events whose seq ranges cover 1..=1000
+//!   exactly once;
+//! - the SSRF guard refuses private targets without `--webhook-allow-private`;
+//! - admin events (`document.deleted`, `document.undeleted`) and the CLI.
+//!
+//! The durable tests run on SQLite and, with `LATTICE_TEST_POSTGRES_URL` set, on Postgres too.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use lattice_engine::{Document, ReplicaId};
+use lattice_server::store::encode_delta;
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The receiver.
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+    at: Instant,
+    answered: u16,
+}
+
+impl Delivery {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+}
+
+/// An HTTP receiver that records every delivery and refuses (500) the first `fail_next` ones.
+#[derive(Debug, Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Delivery>>>,
+    fail_next: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Receiver {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let fail_next = Arc::new(AtomicUsize::new(fail_first));
+        let (l, f) = (log.clone(), fail_next.clone());
+        let app = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let (log, fail_next) = (l.clone(), f.clone());
+                async move {
+                    let fail = fail_next
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let status = if fail {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    };
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    log.lock().expect("log").push(Delivery {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body,
+                        at: Instant::now(),
+                        answered: status.as_u16(),
+                    });
+                    status
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            addr,
+            log,
+            fail_next,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits until `done` holds for the deliveries so far; returns them.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+        let started = Instant::now();
+        loop {
+            let seen = self.deliveries();
+            if done(&seen) {
+                return seen;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "timed out waiting for {what}; received: {:#?}",
+                seen.iter()
+                    .map(|d| (&d.id, d.answered, &d.body))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Checks a delivery's `webhook-signature` against the secret (HMAC-SHA256 computed here,
+/// independently of the server's code).
+fn assert_signed(d: &Delivery, secret: &str) {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+        .expect("base64 secret");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
+    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    assert!(
+        d.signature.split(' ').any(|s| s == expected),
+        "signature {:?} does not match {expected:?}",
+        d.signature
+    );
+    let ts: u64 = d.timestamp.parse().expect("a numeric timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(ts.abs_diff(now) < 60, "timestamp {ts} is not now ({now})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: a file in a temporary folder, or a new Postgres database.
+#[derive(Debug)]
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    async fn new(backend: Backend) -> Db {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                Db {
+                    url: format!("sqlite://{}", dir.path().join("lattice.db").display()),
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("LATTICE_TEST_POSTGRES_URL").expect("postgres url");
+                let name = format!(
+                    "lattice_wh_{}_{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("clock")
+                        .as_nanos()
+                );
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to LATTICE_TEST_POSTGRES_URL");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("CREATE DATABASE");
+                let _ = conn.close().await;
+                let base = admin.rsplit_once('/').expect("a database in the URL").0;
+                Db {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Some((admin, name)) = &self.pg
+            && let Ok(mut conn) = sqlx::PgConnection::connect(admin).await
+        {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// The backends to run the durable tests on: SQLite, and Postgres when a server is named.
+fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    if std::env::var("LATTICE_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+        out.push(Backend::Postgres);
+    }
+    out
+}
+
+#[derive(Debug)]
+struct Server {
+    addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl Server {
+    /// `lattice serve --no-auth` on `db` with `extra` flags.
+    async fn spawn(db: &Db, extra: &[&str]) -> Server {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .arg("serve")
+            .args([
+                "--no-auth",
+                "--bind",
+                "127.0.0.1:0",
+                "--database-url",
+                &db.url,
+            ])
+            .args(extra)
+            .env_remove("LATTICE_AUTH_SECRET")
+            .env("RUST_LOG", "warn,lattice_server::webhooks=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn lattice");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("stdout") {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return rest.trim().parse::<SocketAddr>().expect("address");
+                }
+            }
+            panic!("lattice exited before listening");
+        })
+        .await
+        .expect("lattice starts");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { addr, child }
+    }
+
+    async fn kill9(mut self) {
+        self.child.start_kill().expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    /// One HTTP/1.1 request; the status and body.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stream.write_all(body).await.expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&answer[..split]).to_string();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let mut body = answer[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        (status, body)
+    }
+
+    async fn json(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let (status, bytes) = self
+            .request(
+                method,
+                path,
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Adds an endpoint for `url`; its id and secret.
+    async fn add_endpoint(&self, url: &str, extra: Value) -> (String, String) {
+        let mut body = json!({ "url": url });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, answer) = self.json("POST", "/api/admin/webhooks", body).await;
+        assert_eq!(status, 201, "{answer}");
+        (
+            answer["endpoint"]["id"].as_str().expect("id").to_owned(),
+            answer["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// Commits `delta` to `doc` over `POST /v1/updates/{doc}`; its seq.
+    async fn write(&self, doc: &str, delta: &lattice_engine::Delta) -> u64 {
+        let (status, body) = self
+            .request(
+                "POST",
+                &format!("/v1/updates/{doc}"),
+                "application/msgpack",
+                &encode_delta(delta),
+            )
+            .await;
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{answer}");
+        answer["seq"].as_u64().expect("a seq")
+    }
+}
+
+fn dechunk(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = bytes.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&bytes[..eol]).unwrap_or("0"), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&bytes[eol + 2..eol + 2 + size]);
+        bytes = &bytes[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn author(n: u32) -> Document {
+    Document::new(ReplicaId::new(n).expect("replica"))
+}
+
+/// Flags every test server gets: private targets allowed (the receiver is on 127.0.0.1).
+const ALLOW: &str = "--webhook-allow-private";
+
+/// The `document.changed` deliveries for `doc`.
+fn changed_for<'a>(seen: &'a [Delivery], doc: &str) -> Vec<&'a Delivery> {
+    seen.iter()
+        .filter(|d| {
+            let j = d.json();
+            j["type"] == "document.changed" && j["data"]["document"] == doc
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_on_the_schedule_until_accepted() {
+    for backend in backends() {
+        let db = Db::new(backend).await;
+        let receiver = Receiver::start(3).await;
+        let server = Server::spawn(
+            &db,
+            &[
+                ALLOW,
+                "--webhook-retry-schedule",
+                "300ms,300ms,300ms,300ms",
+                "--webhook-coalesce",
+                "100ms",
+            ],
+        )
+        .await;
+        let (id, secret) = server.add_endpoint(&receiver.url(), json!({})).await;
+        let mut a = author(7);
+        let seq = server
+            .write("retry/doc", &a.text_insert("t", 0, "hi").expect("edit"))
+            .await;
+        assert_eq!(seq, 1);
+        let seen = receiver
+            .wait_for("a delivery accepted after 3 refusals", |s| {
+                s.iter().any(|d| d.answered < 300)
+            })
+            .await;
+        // Four attempts of one event: refused three times, then accepted.
+        assert_eq!(seen.len(), 4, "{backend:?}");
+        assert!(seen.iter().all(|d| d.id == seen[0].id), "one event id");
+        assert_eq!(
+            seen.iter().map(|d| d.answered).collect::<Vec<_>>(),
+            [500, 500, 500, 204]
+        );
+        for pair in seen.windows(2) {
+            // 300 ms ± 20 % jitter.
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= Duration::from_millis(230), "retried after {gap:?}");
+        }
+        for d in &seen {
+            assert_signed(d, &secret);
+            assert_eq!(d.body, seen[0].body, "the same payload every time");
+        }
+        let event = seen[0].json();
+        assert_eq!(event["type"], "document.changed");
+        assert_eq!(event["data"]["document"], "retry/doc");
+        assert_eq!(event["data"]["first_seq"], 1);
+        assert_eq!(event["data"]["last_seq"], 1);
+        assert_eq!(
+            event["data"]["url"],
+            format!("http://{}/v1/state/retry/doc", server.addr)
+        );
+        // The admin API shows the delivery with its attempts (recorded just after the answer).
+        let started = Instant::now();
+        let shown = loop {
+            let (status, shown) = server
+                .json("GET", &format!("/api/admin/webhooks/{id}"), Value::Null)
+                .await;
+            assert_eq!(status, 200);
+            if shown["deliveries"][0]["status"] == "delivered" || started.elapsed() > WAIT {
+                break shown;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let d = &shown["deliveries"][0];
+        assert_eq!(d["id"], seen[0].id.as_str());
+        assert_eq!(d["status"], "delivered", "{shown}");
+        assert_eq!(d["attempts"], 4);
+        assert_eq!(d["last_status"], 204);
+        server.kill9().await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_delivers_after_restart_with_the_same_event_id() {
+    for backend in backends() {
+        let db = Db::new(backend).await;
+        // Refuse everything until told otherwise.
+        let receiver = Receiver::start(usize::MAX).await;
+        let flags = [
+            ALLOW,
+            "--webhook-retry-schedule",
+            "1s,1s,1s,1s,1s",
+            "--webhook-coalesce",
+            "100ms",
+        ];
+        let server = Server::spawn(&db, &flags).await;
+        let (_, secret) = server.add_endpoint(&receiver.url(), json!({})).await;
+        let mut a = author(9);
+        server
+            .write("crash/formed", &a.text_insert("t", 0, "x").expect("edit"))
+            .await;
+        let first = receiver
+            .wait_for("the first attempt", |s| !s.is_empty())
+            .await[0]
+            .clone();
+        // SIGKILL with the event formed, attempted once and not delivered.
+        server.kill9().await;
+        receiver.fail_next.store(0, Ordering::SeqCst);
+
+        // Now a commit whose event is not formed yet when the server dies: a coalescing
+        // interval longer than the time to the kill.
+        let slow = [
+            ALLOW,
+            "--webhook-retry-schedule",
+            "1s,1s,1s,1s,1s",
+            "--webhook-coalesce",
+            "30s",
+            "--webhook-max-delay",
+            "30s",
+        ];
+        let server = Server::spawn(&db, &slow).await;
+        let mut b = author(10);
+        let seq = server
+            .write("crash/unformed", &b.text_insert("t", 0, "y").expect("edit"))
+            .await;
+        assert_eq!(seq, 1);
+        server.kill9().await;
+
+        let server = Server::spawn(&db, &flags).await;
+        let seen = receiver
+            .wait_for("both events delivered after the restart", |s| {
+                s.iter().any(|d| d.answered < 300 && d.id == first.id)
+                    && changed_for(s, "crash/unformed")
+                        .iter()
+                        .any(|d| d.answered < 300)
+            })
+            .await;
+        let redelivered = seen
+            .iter()
+            .find(|d| d.answered < 300 && d.id == first.id)
+            .expect("redelivered");
+        assert_eq!(redelivered.body, first.body, "the same event");
+        assert_signed(redelivered, &secret);
+        let unformed = changed_for(&seen, "crash/unformed");
+        assert_eq!(unformed.len(), 1, "formed once, after the restart");
+        assert_eq!(unformed[0].json()["data"]["first_seq"], 1);
+        assert_eq!(unformed[0].json()["data"]["last_seq"], 1);
+        // Nothing else was sent: every delivery is one of the two events.
+        assert!(
+            seen.iter()
+                .all(|d| d.id == first.id || d.id == unformed[0].id)
+        );
+        server.kill9().await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_updates_is_coalesced_into_few_events() {
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(0).await;
+    let server = Server::spawn(
+        &db,
+        &[
+            ALLOW,
+            "--webhook-coalesce",
+            "500ms",
+            "--webhook-max-delay",
+            "2s",
+        ],
+    )
+    .await;
+    server.add_endpoint(&receiver.url(), json!({})).await;
+    let server = Arc::new(server);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut a = author(100 + w);
+                for i in 0..125 {
+                    let d = a.text_insert(&format!("t{w}"), i, "z").expect("edit");
+                    server.write("burst/doc", &d).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let burst = started.elapsed();
+    let seen = receiver
+        .wait_for("every entry covered", |s| {
+            changed_for(s, "burst/doc")
+                .iter()
+                .any(|d| d.json()["data"]["last_seq"] == 1000)
+        })
+        .await;
+    let mut ranges: Vec<(u64, u64)> = changed_for(&seen, "burst/doc")
+        .iter()
+        .map(|d| {
+            let j = d.json();
+            (
+                j["data"]["first_seq"].as_u64().expect("first"),
+                j["data"]["last_seq"].as_u64().expect("last"),
+            )
+        })
+        .collect();
+    ranges.sort_unstable();
+    // The ranges cover 1..=1000, each entry once.
+    let mut next = 1;
+    for (first, last) in &ranges {
+        assert_eq!(*first, next, "ranges {ranges:?}");
+        next = last + 1;
+    }
+    assert_eq!(next, 1001);
+    // At most one event per max-delay window of the burst, plus the one after it.
+    let bound = burst.as_millis() as usize / 2000 + 2;
+    assert!(
+        ranges.len() <= bound,
+        "{} events for a {burst:?} burst (bound {bound}): {ranges:?}",
+        ranges.len()
+    );
+    let authors = changed_for(&seen, "burst/doc")[0].json()["data"]["authors"].clone();
+    assert!(authors.is_array(), "{authors}");
+    eprintln!(
+        "1,000 updates in {burst:?} became {} events: {ranges:?}",
+        ranges.len()
+    );
+    Arc::try_unwrap(server).expect("one owner").kill9().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_without_the_flag() {
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(0).await;
+    let server = Server::spawn(&db, &[]).await;
+    for url in [
+        receiver.url(),
+        "http://localhost:9/hook".to_owned(),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://[::1]:9/".to_owned(),
+        "http://[fd00:ec2::254]/".to_owned(),
+        "http://[::ffff:127.0.0.1]/".to_owned(),
+    ] {
+        let (status, answer) = server
+            .json("POST", "/api/admin/webhooks", json!({ "url": url }))
+            .await;
+        assert_eq!(status, 400, "{url}: {answer}");
+        assert_eq!(answer["error"], "refused_target", "{url}: {answer}");
+    }
+    for (body, code) in [
+        (json!({ "url": "ftp://example.com/" }), "refused_target"),
+        (
+            json!({ "url": "http://u:p@example.com/" }),
+            "refused_target",
+        ),
+        (
+            json!({ "url": "https://example.com/", "events": ["document.exploded"] }),
+            "bad_event_type",
+        ),
+        (
+            json!({ "url": "https://example.com/", "secret": "not-a-secret" }),
+            "bad_secret",
+        ),
+        (json!({ "nope": 1 }), "bad_body"),
+    ] {
+        let (status, answer) = server.json("POST", "/api/admin/webhooks", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"], code, "{answer}");
+    }
+    let (status, answer) = server.json("GET", "/api/admin/webhooks", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["endpoints"], json!([]), "nothing was added");
+    server.kill9().await;
+    // With the flag, the same receiver is accepted.
+    let server = Server::spawn(&db, &[ALLOW]).await;
+    server.add_endpoint(&receiver.url(), json!({})).await;
+    server.kill9().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_events_filters_replay_and_the_cli() {
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(0).await;
+    let server = Server::spawn(&db, &[ALLOW, "--webhook-coalesce", "100ms"]).await;
+    let base = format!("http://{}", server.addr);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .args(["admin", "--url", &base, "--json", "webhooks"])
+            .args(args)
+            .output()
+            .expect("run lattice admin");
+        assert!(
+            out.status.success(),
+            "lattice admin webhooks {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("JSON output")
+    };
+    let url = receiver.url();
+    let added = cli(&["add", &url, "--doc-pattern", "team/*"]);
+    let id = added["endpoint"]["id"].as_str().expect("id").to_owned();
+    assert!(
+        added["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    let listed = cli(&["list"]);
+    assert_eq!(listed["endpoints"][0]["id"], id.as_str());
+
+    // Only documents under the pattern.
+    let mut a = author(21);
+    server
+        .write("other/doc", &a.text_insert("t", 0, "no").expect("edit"))
+        .await;
+    let mut b = author(22);
+    server
+        .write("team/doc", &b.text_insert("t", 0, "a").expect("edit"))
+        .await;
+    server
+        .write("team/doc", &b.text_insert("t", 1, "b").expect("edit"))
+        .await;
+    let last_seq = |s: &[Delivery]| {
+        changed_for(s, "team/doc")
+            .iter()
+            .filter_map(|d| d.json()["data"]["last_seq"].as_u64())
+            .max()
+    };
+    receiver
+        .wait_for("team/doc changed up to seq 2", |s| last_seq(s) == Some(2))
+        .await;
+
+    // Soft delete and undelete through the admin API.
+    let (status, _) = server
+        .json("POST", "/api/admin/delete/team/doc", Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .json("POST", "/api/admin/undelete/team/doc", Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    let seen = receiver
+        .wait_for("deleted and undeleted", |s| {
+            let types: Vec<Value> = s.iter().map(|d| d.json()["type"].clone()).collect();
+            types.contains(&json!("document.deleted"))
+                && types.contains(&json!("document.undeleted"))
+        })
+        .await;
+    assert!(
+        seen.iter()
+            .all(|d| d.json()["data"]["document"] == "team/doc"),
+        "nothing outside the pattern"
+    );
+    // Replay from seq 1: the entries are sent again.
+    let before = changed_for(&seen, "team/doc").len();
+    let replayed = cli(&["replay", &id, "--from-seq", "1", "--doc", "team/doc"]);
+    assert_eq!(replayed["cursors_moved"], 1);
+    let seen = receiver
+        .wait_for("the replay", |s| changed_for(s, "team/doc").len() > before)
+        .await;
+    let again = changed_for(&seen, "team/doc")
+        .last()
+        .expect("replayed")
+        .json();
+    assert_eq!(again["data"]["first_seq"], 1);
+    assert_eq!(again["data"]["last_seq"], 2);
+
+    // Show, rotate and remove.
+    let shown = cli(&["show", &id]);
+    // At least: the changes (one or two events), the delete, the undelete.
+    assert!(
+        shown["deliveries"].as_array().is_some_and(|d| d.len() >= 3),
+        "{shown}"
+    );
+    let rotated = cli(&["rotate", &id]);
+    assert!(
+        rotated["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    cli(&["remove", &id]);
+    assert_eq!(cli(&["list"])["endpoints"], json!([]));
+    server.kill9().await;
+    db.cleanup().await;
+}
