@@ -48,11 +48,15 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut pending: HashMap<DocId, Pending> = HashMap::new();
     let mut last_formed: HashMap<DocId, u64> = HashMap::new();
     let mut next_scan_ms = 0;
+    // Whether any enabled endpoint wants `document.changed`, as of the last scan (an endpoint
+    // added or enabled wakes a scan). Without one, the feed is drained and nothing is kept.
+    let mut any_endpoint = false;
     loop {
         let now = now_ms();
         if now >= next_scan_ms {
             match scan(&inner, &mut pending, now).await {
-                Ok(()) => {
+                Ok(any) => {
+                    any_endpoint = any;
                     next_scan_ms = now + inner.config.rescan_interval.as_millis() as u64;
                 }
                 Err(e) => {
@@ -62,11 +66,14 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             }
         }
         let committed = feed.take();
-        if committed.overflowed {
+        if !any_endpoint {
+            pending.clear();
+        } else if committed.overflowed {
             next_scan_ms = 0;
-        }
-        for doc in committed.heads.into_keys() {
-            touch(&mut pending, doc, now);
+        } else {
+            for doc in committed.heads.into_keys() {
+                touch(&mut pending, doc, now);
+            }
         }
         let due_at = |last_formed: &HashMap<DocId, u64>, doc: &DocId, p: &Pending| {
             let quiet = (p.last_ms + interval_ms).min(p.first_ms + max_delay_ms);
@@ -137,14 +144,15 @@ fn changed_endpoints(rows: Vec<EndpointRow>) -> Vec<EndpointRow> {
 }
 
 /// Compares every document's head with every endpoint's cursor and schedules those behind.
+/// Returns whether any endpoint wants `document.changed` events.
 async fn scan(
     inner: &Inner,
     pending: &mut HashMap<DocId, Pending>,
     now: u64,
-) -> Result<(), crate::store::ReadError> {
+) -> Result<bool, crate::store::ReadError> {
     let endpoints = changed_endpoints(inner.store.webhook_endpoints().await?);
     if endpoints.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut cursors: Vec<HashMap<String, u64>> = Vec::with_capacity(endpoints.len());
     for ep in &endpoints {
@@ -174,7 +182,7 @@ async fn scan(
         }
         match docs.last() {
             Some(last) if docs.len() as u32 == SCAN_PAGE => page.after = Some(last.id.clone()),
-            _ => return Ok(()),
+            _ => return Ok(true),
         }
     }
 }

@@ -449,6 +449,7 @@ impl Webhooks {
             disabled_reason: None,
         };
         self.inner.store.webhook_insert_endpoint(&row).await?;
+        self.inner.rescan_wake.notify_one();
         tracing::info!(endpoint = %row.id, url = %row.url, "webhook endpoint added");
         Ok((endpoint_view(&row), secret))
     }
