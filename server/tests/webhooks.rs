@@ -472,6 +472,16 @@ async fn failed_deliveries_are_retried_on_the_schedule_until_accepted() {
         assert_eq!(d["status"], "delivered", "{shown}");
         assert_eq!(d["attempts"], 4);
         assert_eq!(d["last_status"], 204);
+        let (_, metrics) = server.request("GET", "/metrics", "text/plain", b"").await;
+        let metrics = String::from_utf8_lossy(&metrics).to_string();
+        for line in [
+            "lattice_webhook_events_total 1",
+            "lattice_webhook_attempts_total 4",
+            "lattice_webhook_failed_attempts_total 3",
+            "lattice_webhook_delivered_total 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+        }
         server.kill9().await;
         db.cleanup().await;
     }
@@ -752,19 +762,39 @@ async fn admin_events_filters_replay_and_the_cli() {
             .all(|d| d.json()["data"]["document"] == "team/doc"),
         "nothing outside the pattern"
     );
-    // Replay from seq 1: the entries are sent again.
-    let before = changed_for(&seen, "team/doc").len();
+    // Restore to version 1: a new entry, announced as document.restored.
+    let (status, restored) = server
+        .json("POST", "/api/admin/restore/team/doc", json!({ "to": 1 }))
+        .await;
+    assert_eq!(status, 200, "{restored}");
+    let seen = receiver
+        .wait_for("restored", |s| {
+            s.iter().any(|d| d.json()["type"] == "document.restored")
+        })
+        .await;
+    let restored_event = seen
+        .iter()
+        .find(|d| d.json()["type"] == "document.restored")
+        .expect("restored")
+        .json();
+    assert_eq!(restored_event["data"]["seq"], 3);
+    receiver
+        .wait_for("the restore's entry as a change", |s| {
+            last_seq(s) == Some(3)
+        })
+        .await;
+
+    // Replay from seq 1: the entries are sent again, as one event for 1..=3.
     let replayed = cli(&["replay", &id, "--from-seq", "1", "--doc", "team/doc"]);
     assert_eq!(replayed["cursors_moved"], 1);
-    let seen = receiver
-        .wait_for("the replay", |s| changed_for(s, "team/doc").len() > before)
+    receiver
+        .wait_for("the replay", |s| {
+            changed_for(s, "team/doc").iter().any(|d| {
+                let j = d.json();
+                j["data"]["first_seq"] == 1 && j["data"]["last_seq"] == 3
+            })
+        })
         .await;
-    let again = changed_for(&seen, "team/doc")
-        .last()
-        .expect("replayed")
-        .json();
-    assert_eq!(again["data"]["first_seq"], 1);
-    assert_eq!(again["data"]["last_seq"], 2);
 
     // Show, rotate and remove.
     let shown = cli(&["show", &id]);
@@ -781,6 +811,86 @@ async fn admin_events_filters_replay_and_the_cli() {
     );
     cli(&["remove", &id]);
     assert_eq!(cli(&["list"])["endpoints"], json!([]));
+    server.kill9().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_too_long_is_disabled_and_can_be_enabled_again() {
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(usize::MAX).await;
+    let server = Server::spawn(
+        &db,
+        &[
+            ALLOW,
+            "--webhook-coalesce",
+            "50ms",
+            "--webhook-retry-schedule",
+            "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
+            "--webhook-disable-after",
+            "400ms",
+        ],
+    )
+    .await;
+    let (id, _) = server.add_endpoint(&receiver.url(), json!({})).await;
+    let mut a = author(31);
+    server
+        .write("dead/doc", &a.text_insert("t", 0, "x").expect("edit"))
+        .await;
+    let started = Instant::now();
+    let shown = loop {
+        let (_, shown) = server
+            .json("GET", &format!("/api/admin/webhooks/{id}"), Value::Null)
+            .await;
+        if !shown["endpoint"]["disabled_at_ms"].is_null() {
+            break shown;
+        }
+        assert!(started.elapsed() < WAIT, "never disabled: {shown}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        shown["endpoint"]["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("answered 500")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["deliveries"][0]["status"], "pending",
+        "kept, not given up"
+    );
+    // Disabled: nothing more is sent, even while its event stays due.
+    let attempts = receiver.deliveries().len();
+    assert!(
+        (4..12).contains(&attempts),
+        "{attempts} attempts before disabling"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.deliveries().len(), attempts);
+    let (_, metrics) = server.request("GET", "/metrics", "text/plain", b"").await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .any(|l| l == "lattice_webhook_endpoints_disabled_total 1")
+    );
+    // Enabled again, with a receiver that accepts: the pending event arrives.
+    receiver.fail_next.store(0, Ordering::SeqCst);
+    let (status, _) = server
+        .json(
+            "POST",
+            &format!("/api/admin/webhooks/{id}/enable"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let seen = receiver
+        .wait_for("the delivery after enabling", |s| {
+            s.iter().any(|d| d.answered < 300)
+        })
+        .await;
+    assert!(
+        seen.iter().all(|d| d.id == seen[0].id),
+        "one event throughout"
+    );
     server.kill9().await;
     db.cleanup().await;
 }

@@ -5,10 +5,16 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import http from 'node:http'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { chromium } from 'playwright-core'
 import { Webhook } from 'standardwebhooks'
 import * as Y from 'yjs'
 import { LatticeServer, RUN, bearer, postUpdate, waitFor } from './support.mjs'
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium'
 
 /** Deliveries as received: headers, raw body, and which secrets verified them. */
 const received = []
@@ -113,4 +119,35 @@ test('every delivery verifies with the standardwebhooks package, across a secret
   assert.equal(two.headers['webhook-signature'].split(' ').length, 2)
   assert.equal(two.payload.data.first_seq, 2)
   assert.ok(received.every((d) => d.verifiedBy.length > 0), 'no delivery failed verification')
+})
+
+test('the admin UI lists the endpoint and its recent deliveries', async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: run \`cargo xtask setup\``)
+  const { json } = await api('GET', '/api/admin/webhooks')
+  assert.equal(json.endpoints.length, 1, 'the endpoint of the test above')
+  const id = json.endpoints[0].id
+  const profile = mkdtempSync(path.join(tmpdir(), 'lattice-chromium-webhooks-'))
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync']
+  })
+  try {
+    const page = context.pages()[0] ?? await context.newPage()
+    await page.goto(`${server.httpUrl}/admin?token=${encodeURIComponent(admin)}`)
+    await page.click('[data-testid=webhooks-open]')
+    const item = page.locator(`[data-testid=webhook-item][data-id="${id}"]`)
+    await item.waitFor({ timeout: 10000 })
+    assert.match(await item.textContent(), /document\.changed/)
+    await item.locator('button', { hasText: 'Deliveries' }).click()
+    const rows = page.locator('[data-testid=delivery-item]')
+    await waitFor(async () => (await rows.count()) === 2, 'both deliveries to be listed')
+    const text = await page.textContent('[data-testid=delivery-list]')
+    assert.match(text, /delivered/)
+    assert.ok(received.every((d) => text.includes(d.headers['webhook-id'])), 'every event id is shown')
+  } finally {
+    await context.close()
+    rmSync(profile, { recursive: true, force: true })
+  }
 })
