@@ -474,35 +474,46 @@ impl Store {
         Ok(row.0.map(to_u64))
     }
 
-    /// Records an attempt: the event's state, and the endpoint's failure streak (cleared by a
-    /// success; a streak older than the threshold disables it). Returns whether this attempt
-    /// disabled the endpoint.
-    pub(crate) async fn webhook_attempted(&self, a: &Attempt) -> Result<bool, DatabaseError> {
-        let at = to_i64(a.at_ms);
+    /// Records attempts, in one transaction: each event's state, and each endpoint's failure
+    /// streak (cleared by a success; a streak older than the threshold disables it). Returns,
+    /// per attempt, whether it disabled its endpoint.
+    pub(crate) async fn webhook_attempted(
+        &self,
+        attempts: &[Attempt],
+    ) -> Result<Vec<bool>, DatabaseError> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
         on_backend!(self, b => {
             let mut tx = b.begin_write_derived().await?;
-            sqlx::query(
-                "UPDATE webhook_events SET attempts = attempts + 1, next_attempt_at_ms = $2, \
-                 delivered_at_ms = $3, failed_at_ms = $4, last_status = $5, last_error = $6 \
-                 WHERE id = $1",
-            )
-            .bind(&a.event_id)
-            .bind(a.next_attempt_at_ms.map(to_i64))
-            .bind(a.delivered.then_some(at))
-            .bind((!a.delivered && a.next_attempt_at_ms.is_none()).then_some(at))
-            .bind(a.status.map(i64::from))
-            .bind(&a.error)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            let disabled = if a.delivered {
-                sqlx::query("UPDATE webhook_endpoints SET failing_since_ms = NULL WHERE id = $1")
+            let mut disabled = Vec::with_capacity(attempts.len());
+            for a in attempts {
+                let at = to_i64(a.at_ms);
+                sqlx::query(
+                    "UPDATE webhook_events SET attempts = attempts + 1, \
+                     next_attempt_at_ms = $2, delivered_at_ms = $3, failed_at_ms = $4, \
+                     last_status = $5, last_error = $6 WHERE id = $1",
+                )
+                .bind(&a.event_id)
+                .bind(a.next_attempt_at_ms.map(to_i64))
+                .bind(a.delivered.then_some(at))
+                .bind((!a.delivered && a.next_attempt_at_ms.is_none()).then_some(at))
+                .bind(a.status.map(i64::from))
+                .bind(&a.error)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if a.delivered {
+                    sqlx::query(
+                        "UPDATE webhook_endpoints SET failing_since_ms = NULL WHERE id = $1",
+                    )
                     .bind(&a.endpoint_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                false
-            } else {
+                    disabled.push(false);
+                    continue;
+                }
                 sqlx::query(
                     "UPDATE webhook_endpoints SET failing_since_ms = $2 \
                      WHERE id = $1 AND failing_since_ms IS NULL",
@@ -526,8 +537,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                done.rows_affected() > 0
-            };
+                disabled.push(done.rows_affected() > 0);
+            }
             tx.commit().await.map_err(DatabaseError::during("commit"))?;
             Ok(disabled)
         })

@@ -6,15 +6,17 @@
 //! endpoint's secret (and the previous one during a rotation), on the blocking pool (the HTTP
 //! client is synchronous) with an overall timeout; a 2xx answer in time is delivered, anything
 //! else a failed attempt, retried after the schedule's next delay with ±20 % jitter, or given up
-//! after the last. The loop sleeps until the next event falls due, a new event is formed or a
-//! delivery ends.
+//! after the last. Attempts are recorded by one recorder task, many per transaction, so that
+//! deliveries cost the database (on SQLite, its single writer) few transactions; an event
+//! stays "in flight" until its attempt is recorded, so it is never picked up twice. The loop
+//! sleeps until the next event falls due, a new event is formed or an attempt is recorded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
@@ -31,6 +33,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const MAX_ERROR_BYTES: usize = 512;
 /// The longest the loop sleeps without looking at the outbox.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// Attempts recorded in one transaction at most.
+const RECORD_BATCH: usize = 256;
 
 /// Deliveries in flight: by event id, and counted per endpoint.
 #[derive(Debug, Default)]
@@ -55,6 +59,8 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let agent = agent(&inner);
     let slots = Arc::new(Semaphore::new(inner.config.max_concurrency.max(1)));
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let (record_tx, record_rx) = mpsc::channel(inner.config.max_concurrency.max(1) * 4);
+    tokio::spawn(record(inner.clone(), record_rx, in_flight.clone()));
     let mut next_prune = Instant::now();
     loop {
         if shutdown.is_cancelled() {
@@ -78,17 +84,13 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                         slot = slots.clone().acquire_owned() => slot,
                     };
                     let Ok(slot) = slot else { return };
-                    let (inner, agent, in_flight) =
-                        (inner.clone(), agent.clone(), in_flight.clone());
+                    let (inner, agent, record_tx) =
+                        (inner.clone(), agent.clone(), record_tx.clone());
                     tokio::spawn(async move {
-                        let (id, endpoint) = (event.id.clone(), event.endpoint_id.clone());
-                        deliver(&inner, agent, event).await;
-                        in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .finish(&id, &endpoint);
+                        let attempt = deliver(&inner, agent, &event).await;
                         drop(slot);
-                        inner.deliver_wake.notify_one();
+                        // The recorder ends the event's time in flight once it is recorded.
+                        let _ = record_tx.send(attempt).await;
                     });
                 }
             }
@@ -133,12 +135,12 @@ fn agent(inner: &Inner) -> ureq::Agent {
 }
 
 /// One attempt at one event, recorded.
-async fn deliver(inner: &Inner, agent: ureq::Agent, event: DueEvent) {
+async fn deliver(inner: &Inner, agent: ureq::Agent, event: &DueEvent) -> Attempt {
     let metrics = &inner.metrics.webhooks;
     metrics.attempts.fetch_add(1, Relaxed);
     metrics.in_flight.fetch_add(1, Relaxed);
     let started = Instant::now();
-    let outcome = send(agent, &event).await;
+    let outcome = send(agent, event).await;
     metrics.in_flight.fetch_sub(1, Relaxed);
     metrics
         .delivery_seconds
@@ -171,7 +173,7 @@ async fn deliver(inner: &Inner, agent: ureq::Agent, event: DueEvent) {
             tracing::info!(event = %event.id, endpoint = %event.endpoint_id, attempts, error = ?error, "webhook delivery failed; will retry");
         }
     }
-    let attempt = Attempt {
+    Attempt {
         event_id: event.id.clone(),
         endpoint_id: event.endpoint_id.clone(),
         at_ms: now,
@@ -181,17 +183,45 @@ async fn deliver(inner: &Inner, agent: ureq::Agent, event: DueEvent) {
         delivered,
         disable_if_failing_since_before_ms: now
             .saturating_sub(inner.config.disable_after.as_millis() as u64),
-    };
-    match inner.store.webhook_attempted(&attempt).await {
-        Ok(true) => {
-            metrics.endpoints_disabled.fetch_add(1, Relaxed);
-            tracing::warn!(endpoint = %event.endpoint_id, url = %event.url, "webhook endpoint disabled: failing for longer than the configured time");
+    }
+}
+
+/// The recorder: writes attempts in batches, then ends their events' time in flight and wakes
+/// the loop. An attempt whose batch fails to write leaves its event due as it was: it is tried
+/// again (at least once, never lost).
+async fn record(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Attempt>,
+    in_flight: Arc<Mutex<InFlight>>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        match inner.store.webhook_attempted(&batch).await {
+            Ok(disabled) => {
+                for (a, _) in batch.iter().zip(disabled).filter(|(_, d)| *d) {
+                    inner
+                        .metrics
+                        .webhooks
+                        .endpoints_disabled
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(endpoint = %a.endpoint_id, error = ?a.error, "webhook endpoint disabled: failing for longer than the configured time");
+                }
+            }
+            Err(e) => {
+                tracing::error!(attempts = batch.len(), error = %e, "recording webhook attempts failed");
+                // The events are due again at once: a pause, so a database that refuses writes
+                // does not turn into a stream of redeliveries.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
-        Ok(false) => {}
-        Err(e) => {
-            // The event stays due as it was and is tried again: at least once, never lost.
-            tracing::error!(event = %event.id, error = %e, "recording a webhook attempt failed");
+        {
+            let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for a in &batch {
+                f.finish(&a.event_id, &a.endpoint_id);
+            }
         }
+        batch.clear();
+        inner.deliver_wake.notify_one();
     }
 }
 
