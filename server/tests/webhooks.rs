@@ -708,6 +708,11 @@ async fn admin_events_filters_replay_and_the_cli() {
         );
         serde_json::from_slice::<Value>(&out.stdout).expect("JSON output")
     };
+    // Written before the endpoint exists: only later entries reach it.
+    let mut early = author(20);
+    server
+        .write("team/old", &early.text_insert("t", 0, "old").expect("edit"))
+        .await;
     let url = receiver.url();
     let added = cli(&["add", &url, "--doc-pattern", "team/*"]);
     let id = added["endpoint"]["id"].as_str().expect("id").to_owned();
@@ -740,6 +745,22 @@ async fn admin_events_filters_replay_and_the_cli() {
     receiver
         .wait_for("team/doc changed up to seq 2", |s| last_seq(s) == Some(2))
         .await;
+    server
+        .write("team/old", &early.text_insert("t", 3, "new").expect("edit"))
+        .await;
+    let seen = receiver
+        .wait_for("team/old changed", |s| {
+            !changed_for(s, "team/old").is_empty()
+        })
+        .await;
+    let old = changed_for(&seen, "team/old");
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        old[0].json()["data"]["first_seq"],
+        2,
+        "nothing from before the endpoint"
+    );
+    assert_eq!(old[0].json()["data"]["last_seq"], 2);
 
     // Soft delete and undelete through the admin API.
     let (status, _) = server
@@ -759,7 +780,7 @@ async fn admin_events_filters_replay_and_the_cli() {
         .await;
     assert!(
         seen.iter()
-            .all(|d| d.json()["data"]["document"] == "team/doc"),
+            .all(|d| d.json()["data"]["document"] != "other/doc"),
         "nothing outside the pattern"
     );
     // Restore to version 1: a new entry, announced as document.restored.
