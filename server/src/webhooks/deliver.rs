@@ -152,7 +152,7 @@ async fn deliver(inner: &Inner, agent: ureq::Agent, event: &DueEvent) -> Attempt
         Err(e) => (None, Some(e.clone())),
     };
     let delivered = error.is_none();
-    let attempts = event.attempts + 1;
+    let attempts = event.attempts.saturating_add(1);
     let next_attempt_at_ms = if delivered {
         None
     } else {
@@ -160,7 +160,7 @@ async fn deliver(inner: &Inner, agent: ureq::Agent, event: &DueEvent) -> Attempt
             .config
             .retry_schedule
             .get((attempts - 1) as usize)
-            .map(|delay| now + jittered(*delay))
+            .map(|delay| now.saturating_add(jittered(*delay)))
     };
     if delivered {
         metrics.delivered.fetch_add(1, Relaxed);

@@ -57,7 +57,8 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             match scan(&inner, &mut pending, now).await {
                 Ok(any) => {
                     any_endpoint = any;
-                    next_scan_ms = now + inner.config.rescan_interval.as_millis() as u64;
+                    next_scan_ms =
+                        now.saturating_add(inner.config.rescan_interval.as_millis() as u64);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook rescan failed; trying again");
@@ -76,8 +77,11 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             }
         }
         let due_at = |last_formed: &HashMap<DocId, u64>, doc: &DocId, p: &Pending| {
-            let quiet = (p.last_ms + interval_ms).min(p.first_ms + max_delay_ms);
-            let spaced = last_formed.get(doc).map_or(0, |t| t + interval_ms);
+            let quiet = (p.last_ms.saturating_add(interval_ms))
+                .min(p.first_ms.saturating_add(max_delay_ms));
+            let spaced = last_formed
+                .get(doc)
+                .map_or(0, |t| t.saturating_add(interval_ms));
             quiet.max(spaced).max(p.not_before_ms)
         };
         let due: Vec<DocId> = pending
@@ -106,7 +110,7 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             }
             continue;
         }
-        last_formed.retain(|_, t| *t + interval_ms > now);
+        last_formed.retain(|_, t| t.saturating_add(interval_ms) > now);
         let next_due = pending
             .iter()
             .map(|(doc, p)| due_at(&last_formed, doc, p))
@@ -210,7 +214,7 @@ async fn form(inner: &Inner, docs: &[DocId], now: u64) -> Result<(), crate::stor
             if head.head_seq <= cursor {
                 continue;
             }
-            let first = cursor + 1;
+            let first = cursor.saturating_add(1);
             let authors = match authors_of.get(&first) {
                 Some(a) => a.clone(),
                 None => {
