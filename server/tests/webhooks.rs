@@ -539,3 +539,63 @@ async fn an_endpoint_failing_too_long_is_disabled_and_can_be_enabled_again() {
     server.kill9().await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_slow_document_writes() {
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(0).await;
+    receiver.hang.store(true, Ordering::SeqCst);
+    let server = Server::spawn(
+        &db,
+        &[
+            ALLOW,
+            "--webhook-coalesce",
+            "20ms",
+            "--webhook-max-delay",
+            "50ms",
+            "--webhook-timeout",
+            "60s",
+            "--webhook-concurrency",
+            "2",
+            "--webhook-per-endpoint",
+            "2",
+        ],
+    )
+    .await;
+    server.add_endpoint(&receiver.url(), json!({})).await;
+    // Fill every delivery slot with a request that never gets an answer.
+    // A fresh author per write: each delta stands alone, whatever document it goes to.
+    let edit = |n: u32| author(1000 + n).text_insert("t", 0, "x").expect("edit");
+    for (i, doc) in ["hang/a", "hang/b", "hang/c"].iter().enumerate() {
+        server.write(doc, &edit(i as u32)).await;
+    }
+    receiver
+        .wait_for("two hanging deliveries", |s| s.len() >= 2)
+        .await;
+    // Writes go on at full speed while the deliverer is stuck: each one committed promptly.
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..200u32 {
+        let doc = format!("hang/doc{}", i % 20);
+        let t = Instant::now();
+        server.write(&doc, &edit(10 + i)).await;
+        slowest = slowest.max(t.elapsed());
+    }
+    let total = started.elapsed();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write took {slowest:?} while the endpoint hung"
+    );
+    assert!(total < Duration::from_secs(20), "200 writes took {total:?}");
+    assert_eq!(receiver.deliveries().len(), 2, "the slots stay taken");
+    let (_, metrics) = server.request("GET", "/metrics", "text/plain", b"").await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .any(|l| l == "lattice_webhook_in_flight 2"),
+        "two deliveries in flight"
+    );
+    eprintln!("200 writes in {total:?} (slowest {slowest:?}) with a hanging endpoint");
+    server.kill9().await;
+    db.cleanup().await;
+}

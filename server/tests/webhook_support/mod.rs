@@ -41,10 +41,12 @@ impl Delivery {
     }
 }
 
-/// An HTTP receiver that records every delivery and refuses (500) the first `fail_next` ones.
+/// An HTTP receiver that records every delivery and refuses (500) the first `fail_next` ones;
+/// while `hang` is set, it records a delivery and then never answers.
 #[derive(Debug, Clone)]
 pub(crate) struct Receiver {
     pub(crate) addr: SocketAddr,
+    pub(crate) hang: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) log: Arc<Mutex<Vec<Delivery>>>,
     pub(crate) fail_next: Arc<AtomicUsize>,
 }
@@ -53,12 +55,14 @@ impl Receiver {
     pub(crate) async fn start(fail_first: usize) -> Receiver {
         let log = Arc::new(Mutex::new(Vec::new()));
         let fail_next = Arc::new(AtomicUsize::new(fail_first));
-        let (l, f) = (log.clone(), fail_next.clone());
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, f, h) = (log.clone(), fail_next.clone(), hang.clone());
         let app = Router::new().route(
             "/hook",
             post(move |headers: HeaderMap, body: String| {
-                let (log, fail_next) = (l.clone(), f.clone());
+                let (log, fail_next, hang) = (l.clone(), f.clone(), h.clone());
                 async move {
+                    let hangs = hang.load(Ordering::SeqCst);
                     let fail = fail_next
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                         .is_ok();
@@ -80,8 +84,11 @@ impl Receiver {
                         signature: header("webhook-signature"),
                         body,
                         at: Instant::now(),
-                        answered: status.as_u16(),
+                        answered: if hangs { 0 } else { status.as_u16() },
                     });
+                    if hangs {
+                        std::future::pending::<()>().await;
+                    }
                     status
                 }
             }),
@@ -93,6 +100,7 @@ impl Receiver {
         });
         Receiver {
             addr,
+            hang,
             log,
             fail_next,
         }
