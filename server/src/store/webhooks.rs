@@ -58,8 +58,10 @@ pub(crate) struct EventRow {
     pub last_error: Option<String>,
 }
 
-/// An event to put in the outbox, and the cursor it moves (`None` for events that do not come
-/// from the log's entries: deletes, undeletes).
+/// An event to put in the outbox, and the cursor it moves, as `(from, to)`: formed only if the
+/// cursor is still at `from` (no row counts as 0), so a concurrent replay or another node
+/// forming the same entries is never overwritten. `None` for events that do not come from the
+/// log's entries (deletes, undeletes).
 #[derive(Debug, Clone)]
 pub(crate) struct NewEvent {
     pub id: String,
@@ -70,7 +72,7 @@ pub(crate) struct NewEvent {
     pub last_seq: u64,
     pub payload: String,
     pub created_at_ms: u64,
-    pub cursor: Option<u64>,
+    pub cursor: Option<(u64, u64)>,
 }
 
 /// A due event with what its delivery needs of its endpoint.
@@ -367,15 +369,34 @@ impl Store {
         Ok(row.map(|(s,)| to_u64(s)))
     }
 
-    /// Puts events in the outbox and moves their cursors, in one transaction. An event whose
-    /// id is already there (a replay of the same range) is scheduled again under the same id.
-    pub(crate) async fn webhook_form(&self, events: &[NewEvent]) -> Result<(), DatabaseError> {
+    /// Puts events in the outbox and moves their cursors, in one transaction; an event whose
+    /// cursor moved meanwhile is left out. An event whose id is already there (a replay of the
+    /// same range) is scheduled again under the same id. Returns how many events were written.
+    pub(crate) async fn webhook_form(&self, events: &[NewEvent]) -> Result<usize, DatabaseError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         on_backend!(self, b => {
             let mut tx = b.begin_write_derived().await?;
+            let mut written = 0;
             for e in events {
+                if let Some((from, to)) = e.cursor {
+                    let moved = sqlx::query(
+                        "INSERT INTO webhook_cursors (endpoint_id, doc_id, seq) \
+                         VALUES ($1, $2, $3) ON CONFLICT (endpoint_id, doc_id) \
+                         DO UPDATE SET seq = excluded.seq WHERE webhook_cursors.seq = $4",
+                    )
+                    .bind(&e.endpoint_id)
+                    .bind(&e.doc_id)
+                    .bind(to_i64(to))
+                    .bind(to_i64(from))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    if moved.rows_affected() == 0 {
+                        continue;
+                    }
+                }
                 sqlx::query(
                     "INSERT INTO webhook_events (id, endpoint_id, doc_id, event_type, first_seq, \
                      last_seq, payload, created_at_ms, attempts, next_attempt_at_ms) \
@@ -395,21 +416,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                if let Some(seq) = e.cursor {
-                    sqlx::query(
-                        "INSERT INTO webhook_cursors (endpoint_id, doc_id, seq) \
-                         VALUES ($1, $2, $3) ON CONFLICT (endpoint_id, doc_id) \
-                         DO UPDATE SET seq = excluded.seq",
-                    )
-                    .bind(&e.endpoint_id)
-                    .bind(&e.doc_id)
-                    .bind(to_i64(seq))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                }
+                written += 1;
             }
-            tx.commit().await.map_err(DatabaseError::during("commit"))
+            tx.commit().await.map_err(DatabaseError::during("commit"))?;
+            Ok(written)
         })
     }
 

@@ -246,12 +246,12 @@ async fn form(inner: &Inner, docs: &[DocId], now: u64) -> Result<(), crate::stor
                 last_seq: head.head_seq,
                 payload: inner.payload(DOCUMENT_CHANGED, now, data),
                 created_at_ms: now,
-                cursor: Some(head.head_seq),
+                cursor: Some((cursor, head.head_seq)),
             });
         }
     }
-    inner.store.webhook_form(&events).await?;
-    inner.metrics.webhooks.count_events(events.len() as u64);
+    let written = inner.store.webhook_form(&events).await?;
+    inner.metrics.webhooks.count_events(written as u64);
     Ok(())
 }
 

@@ -578,10 +578,9 @@ impl Webhooks {
                 cursor: None,
             })
             .collect();
-        let n = events.len() as u64;
         match inner.store.webhook_form(&events).await {
-            Ok(()) => {
-                inner.metrics.webhooks.count_events(n);
+            Ok(written) => {
+                inner.metrics.webhooks.count_events(written as u64);
                 inner.deliver_wake.notify_one();
             }
             Err(e) => {
