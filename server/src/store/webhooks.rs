@@ -349,24 +349,35 @@ impl Store {
         Ok(rows.into_iter().map(|(d, s)| (d, to_u64(s))).collect())
     }
 
-    /// The endpoint's cursor in one document (`None`: the document is newer than the
-    /// endpoint, so everything in its log is after the cursor).
-    pub(crate) async fn webhook_cursor(
+    /// The endpoint's cursors in `docs` (one query per 256 documents); a document without
+    /// one is newer than the endpoint, so everything in its log is after the cursor.
+    pub(crate) async fn webhook_cursors_of(
         &self,
         endpoint_id: &str,
-        doc: &str,
-    ) -> Result<Option<u64>, DatabaseError> {
-        let row: Option<(i64,)> = on_backend!(self, b => {
-            sqlx::query_as(
-                "SELECT seq FROM webhook_cursors WHERE endpoint_id = $1 AND doc_id = $2",
-            )
-            .bind(endpoint_id)
-            .bind(doc)
-            .fetch_optional(b.read_pool())
-            .await
-            .map_err(db)?
-        });
-        Ok(row.map(|(s,)| to_u64(s)))
+        docs: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, DatabaseError> {
+        let mut out = std::collections::HashMap::with_capacity(docs.len());
+        for chunk in docs.chunks(256) {
+            let mut sql = String::from(
+                "SELECT doc_id, seq FROM webhook_cursors WHERE endpoint_id = $1 AND doc_id IN (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push(')');
+            let rows: Vec<(String, i64)> = on_backend!(self, b => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(endpoint_id);
+                for doc in chunk {
+                    q = q.bind(*doc);
+                }
+                q.fetch_all(b.read_pool()).await.map_err(db)?
+            });
+            out.extend(rows.into_iter().map(|(d, s)| (d, to_u64(s))));
+        }
+        Ok(out)
     }
 
     /// Puts events in the outbox and moves their cursors, in one transaction; an event whose

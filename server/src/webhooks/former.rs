@@ -198,19 +198,21 @@ async fn form(inner: &Inner, docs: &[DocId], now: u64) -> Result<(), crate::stor
         return Ok(());
     }
     let heads = inner.store.heads(docs).await?;
+    let ids: Vec<&str> = heads.iter().map(|h| h.doc.as_str()).collect();
+    let mut cursors = Vec::with_capacity(endpoints.len());
+    for ep in &endpoints {
+        cursors.push(inner.store.webhook_cursors_of(&ep.id, &ids).await?);
+    }
     let mut events = Vec::new();
-    for head in heads {
+    for head in &heads {
         let doc = &head.doc;
         let mut authors_of: HashMap<u64, Vec<String>> = HashMap::new();
-        for ep in endpoints
+        for (ep, cursors) in endpoints
             .iter()
-            .filter(|ep| wants(ep, DOCUMENT_CHANGED, doc))
+            .zip(&cursors)
+            .filter(|(ep, _)| wants(ep, DOCUMENT_CHANGED, doc))
         {
-            let cursor = inner
-                .store
-                .webhook_cursor(&ep.id, doc.as_str())
-                .await?
-                .unwrap_or(0);
+            let cursor = cursors.get(doc.as_str()).copied().unwrap_or(0);
             if head.head_seq <= cursor {
                 continue;
             }
