@@ -26,6 +26,9 @@ const SCAN_PAGE: u32 = 1_000;
 const AUTHOR_ENTRIES: u32 = 256;
 /// Authors named in one payload.
 const MAX_AUTHORS: usize = 32;
+/// Bytes of one author name kept in a payload (token subjects are not bounded elsewhere), so a
+/// payload stays a few KiB at most.
+const MAX_AUTHOR_BYTES: usize = 256;
 /// Documents formed in one round (one outbox transaction).
 const FORM_BATCH: usize = 256;
 /// How long the former waits before trying again after a database error.
@@ -274,9 +277,15 @@ async fn authors(inner: &Inner, doc: &DocId, first: u64, last: u64) -> Vec<Strin
     for entry in entries.iter().filter(|e| e.seq <= last) {
         if let Some(author) = &entry.author
             && out.len() < MAX_AUTHORS
-            && seen.insert(author.clone())
         {
-            out.push(author.clone());
+            let mut cut = author.len().min(MAX_AUTHOR_BYTES);
+            while !author.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let name = &author[..cut];
+            if seen.insert(name.to_owned()) {
+                out.push(name.to_owned());
+            }
         }
     }
     out
