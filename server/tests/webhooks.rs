@@ -506,7 +506,7 @@ async fn an_endpoint_failing_too_long_is_disabled_and_can_be_enabled_again() {
     // Disabled: nothing more is sent, even while its event stays due.
     let attempts = receiver.deliveries().len();
     assert!(
-        (4..12).contains(&attempts),
+        (2..=12).contains(&attempts),
         "{attempts} attempts before disabling"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
