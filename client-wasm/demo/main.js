@@ -3,11 +3,14 @@
 // - the text: CodeMirror 6 on a `Y.Text`, kept in step with the Lattice document by the Yjs
 //   bridge (`lattice-client/yjs`), the way an application reuses an existing Yjs editor binding;
 // - the title: a last-writer-wins register; the applause: a grow-only counter;
-// - presence: names, colours and "is typing…"; the connection status, the number of local
-//   edits not yet confirmed, and a switch to work offline (kept across reloads of this tab).
+// - presence: names, colours, "is typing…" and each peer's caret and selection in the editor
+//   (a Yjs awareness carried as Lattice presence by the bridge); the connection status, the
+//   number of local edits not yet confirmed, and a switch to work offline (kept across reloads
+//   of this tab).
 import init, { LatticeClient } from "lattice-client";
 import { bindYDoc } from "lattice-client/yjs";
 import * as Y from "yjs";
+import { Awareness } from "y-protocols/awareness";
 import { EditorView, basicSetup } from "codemirror";
 import { EditorState } from "@codemirror/state";
 import { yCollab } from "y-codemirror.next";
@@ -20,13 +23,13 @@ const $ = (id) => document.getElementById(id);
 const NAMES = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Donald", "Radia", "Ken", "Margaret", "Leslie", "Hedy"];
 const COLOURS = ["#5b5bd6", "#e5484d", "#12a594", "#f76b15", "#d6409f", "#0090ff", "#8e4ec6", "#46a758"];
 
-function myName() {
-  let name = localStorage.getItem("lattice-demo-name");
-  if (!name) {
-    name = NAMES[Math.floor(Math.random() * NAMES.length)];
-    localStorage.setItem("lattice-demo-name", name);
-  }
-  return name;
+// Each tab has a name of its own (sessionStorage is per tab); one picked for this tab, not
+// typed, gives way when another peer already uses it.
+const NAME_KEY = "lattice-demo-name";
+function freeName(taken) {
+  const free = NAMES.filter((n) => !taken.has(n));
+  const pool = free.length > 0 ? free : NAMES;
+  return pool[Math.floor(Math.random() * pool.length)];
 }
 
 function colourOf(name) {
@@ -79,9 +82,12 @@ async function main() {
   const title = doc.register("title");
   const applause = doc.counter("applause");
 
-  // The text, through the Yjs bridge and the stock CodeMirror binding.
-  const binding = bindYDoc(doc, new Y.Doc(), { onError: (e) => toast(String(e)) });
-  const ytext = binding.ydoc.getText("body");
+  // The text, through the Yjs bridge and the stock CodeMirror binding; the awareness (carets and
+  // selections) travels as this client's presence.
+  const ydoc = new Y.Doc();
+  const awareness = new Awareness(ydoc);
+  const binding = bindYDoc(doc, ydoc, { awareness, onError: (e) => toast(String(e)) });
+  const ytext = ydoc.getText("body");
   const undoManager = new Y.UndoManager(ytext);
   let lastTyping = 0;
   const view = new EditorView({
@@ -91,7 +97,7 @@ async function main() {
       extensions: [
         basicSetup,
         EditorView.lineWrapping,
-        yCollab(ytext, null, { undoManager }),
+        yCollab(ytext, awareness, { undoManager }),
         EditorView.updateListener.of((update) => {
           const typed = update.transactions.some((t) => t.isUserEvent("input") || t.isUserEvent("delete"));
           if (typed && Date.now() - lastTyping > 1500) {
@@ -129,16 +135,28 @@ async function main() {
   showTitle();
   showApplause();
 
-  // Presence.
+  // Presence: the awareness' local state is this client's presence. `name` and `colour` are the
+  // people list's; `user` is what y-codemirror.next (and stock Yjs editors) label carets with.
+  const peerName = (p) => {
+    const s = p.state ?? {};
+    if (typeof s.name === "string") return s.name;
+    return s.user && typeof s.user.name === "string" ? s.user.name : null;
+  };
   const nameInput = $("my-name");
-  nameInput.value = myName();
+  let namePicked = sessionStorage.getItem(NAME_KEY) !== null;
+  nameInput.value = sessionStorage.getItem(NAME_KEY)
+    ?? freeName(new Set(doc.presence().map(peerName)));
   const publish = () => {
     const name = nameInput.value.trim() || "Anonymous";
-    doc.setPresence({ name, colour: colourOf(name) });
+    const colour = colourOf(name);
+    awareness.setLocalStateField("name", name);
+    awareness.setLocalStateField("colour", colour);
+    awareness.setLocalStateField("user", { name, color: colour, colorLight: `${colour}33` });
     renderPeople(doc.presence());
   };
   nameInput.addEventListener("change", () => {
-    localStorage.setItem("lattice-demo-name", nameInput.value.trim());
+    namePicked = true;
+    sessionStorage.setItem(NAME_KEY, nameInput.value.trim());
     publish();
   });
   const renderPeople = (peers) => {
@@ -147,8 +165,10 @@ async function main() {
     const me = nameInput.value.trim() || "Anonymous";
     const rows = [{ name: `${me} (you)`, colour: colourOf(me), typing: false, me: true }];
     for (const p of peers) {
-      const name = p.state && typeof p.state.name === "string" ? p.state.name : `peer ${p.peer}`;
-      const colour = p.state && typeof p.state.colour === "string" ? p.state.colour : "#98a2b3";
+      const name = peerName(p) ?? `peer ${p.peer}`;
+      const user = p.state && p.state.user;
+      const colour = p.state && typeof p.state.colour === "string" ? p.state.colour
+        : user && typeof user.color === "string" ? user.color : "#98a2b3";
       rows.push({ name, colour, typing: p.typing, me: false });
     }
     for (const row of rows) {
@@ -171,11 +191,20 @@ async function main() {
       list.append(li);
     }
   };
-  client.onPresence((changed, peers) => { if (changed === docId) renderPeople(peers); });
+  client.onPresence((changed, peers) => {
+    if (changed !== docId) return;
+    // The first peers arrive after the page picked a name: give way if one of them has it.
+    const taken = new Set(peers.map(peerName));
+    if (!namePicked && taken.has(nameInput.value.trim())) {
+      nameInput.value = freeName(taken);
+      publish();
+    }
+    renderPeople(peers);
+  });
   publish();
 
   // For the browser tests and for poking around in the console.
-  window.latticeDemo = { client, doc, ydoc: binding.ydoc, view };
+  window.latticeDemo = { client, doc, ydoc, awareness, view };
   document.body.dataset.ready = "true";
 }
 

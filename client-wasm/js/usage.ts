@@ -13,6 +13,7 @@ import init, {
   type LatticeValue,
 } from "../../target/web/pkg/lattice_client.js";
 import { bindYDoc, type YjsBinding } from "../../target/web/pkg/yjs.js";
+import { Awareness } from "y-protocols/awareness";
 import * as Y from "yjs";
 
 export async function example(): Promise<void> {
@@ -76,6 +77,15 @@ export async function example(): Promise<void> {
   doc.onYjsUpdate(null);
   binding.destroy();
   bindYDoc(doc).destroy();
+  // Awareness as presence: remote carets for editor bindings.
+  const ydoc = new Y.Doc();
+  const awareness = new Awareness(ydoc);
+  const withCarets: YjsBinding = bindYDoc(doc, ydoc, { awareness });
+  awareness.setLocalStateField("user", { name: "Ada", color: "#5b5bd6" });
+  doc.onPresence((peers: LatticePeer[]) => console.log(peers.length));
+  doc.onPresence(null);
+  doc.setPresence({ name: "Ada" });
+  withCarets.destroy();
   doc.close();
   client.disconnect();
 

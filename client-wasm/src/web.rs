@@ -82,6 +82,8 @@ struct Callbacks {
     error: Option<Function>,
     /// Per document, the receiver of its Yjs updates (the Yjs bridge).
     yjs: crate::small_map::SmallMap<DocId, Function>,
+    /// Per document, a receiver of its peers' presence (the Yjs bridge's awareness).
+    doc_presence: crate::small_map::SmallMap<DocId, Function>,
 }
 
 /// One WebSocket and its handlers; dropping it detaches the handlers and closes the socket.
@@ -325,6 +327,17 @@ impl Shared {
             ),
             ClientEvent::Presence { doc } => {
                 let peers = peers_to_js(&self.core.borrow().others(&doc));
+                if let Some(receiver) = callbacks.doc_presence.get(&doc).cloned() {
+                    drop(callbacks);
+                    call(&receiver, std::slice::from_ref(&peers));
+                    let callbacks = self.callbacks.borrow();
+                    let client = callbacks.presence.clone();
+                    drop(callbacks);
+                    if let Some(client) = client {
+                        call(&client, &[doc.as_str().into(), peers]);
+                    }
+                    return;
+                }
                 (callbacks.presence.clone(), vec![doc.as_str().into(), peers])
             }
             ClientEvent::Error { code, message, doc } => (
@@ -344,11 +357,7 @@ impl Shared {
         let Some(callback) = callback else {
             return;
         };
-        let args: Array = args.into_iter().collect();
-        if let Err(thrown) = callback.apply(&JsValue::UNDEFINED, &args) {
-            // The application's exception is its own; report it where it can be seen and go on.
-            web_sys::console::error_2(&"lattice: a callback threw".into(), &thrown);
-        }
+        call(&callback, &args);
     }
 
     fn open_socket(&self) {
@@ -682,6 +691,15 @@ fn error_to_js(code: &str, message: &str, doc: Option<&DocId>) -> JsValue {
         let _ = Reflect::set(&error, &"doc".into(), &doc.as_str().into());
     }
     error.into()
+}
+
+/// Calls an application callback; its exception is its own: reported where it can be seen, and
+/// the client goes on.
+fn call(callback: &Function, args: &[JsValue]) {
+    let args: Array = args.iter().collect();
+    if let Err(thrown) = callback.apply(&JsValue::UNDEFINED, &args) {
+        web_sys::console::error_2(&"lattice: a callback threw".into(), &thrown);
+    }
 }
 
 fn peers_to_js(peers: &[crate::core::PeerPresence]) -> JsValue {

@@ -62,17 +62,17 @@ impl GCounter {
     /// it, replicas synced by diff and replicas fed the original deltas would hold different
     /// counters.
     pub fn missing_from(&self, known: &GCounter) -> Option<GCounter> {
-        let counts: BTreeMap<_, _> = self
-            .counts
-            .iter()
-            .filter(|(replica, count)| {
-                known
-                    .counts
-                    .get(*replica)
-                    .is_none_or(|theirs| **count > *theirs)
-            })
-            .map(|(r, c)| (*r, *c))
-            .collect();
+        let counts: BTreeMap<_, _> = crate::ordered::map(
+            self.counts
+                .iter()
+                .filter(|(replica, count)| {
+                    known
+                        .counts
+                        .get(*replica)
+                        .is_none_or(|theirs| **count > *theirs)
+                })
+                .map(|(r, c)| (*r, *c)),
+        );
         (!counts.is_empty()).then_some(GCounter { counts })
     }
 

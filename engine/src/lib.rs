@@ -41,6 +41,7 @@ mod document;
 pub mod history;
 mod hlc;
 mod ids;
+mod ordered;
 pub mod protocol;
 mod register;
 pub mod sync;

@@ -33,7 +33,7 @@ pub mod store;
 mod transport;
 pub mod webhooks;
 
-pub use server::{ServerError, run};
+pub use server::{ServerError, run, run_then};
 pub use transport::close::CloseCode;
 
 /// The version of this server build.

@@ -47,9 +47,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_then(config, listener, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once the store is open and the server is about to serve: after it,
+/// requests are answered (`lattice serve` prints its banner there, so a script that waits for
+/// the banner never meets a server that then fails to open its database).
+pub async fn run_then(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(ServerState::new(config, store, Some(addr))?);
+    ready();
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
     if let Some(cluster) = &state.rooms.env().cluster {
         info!(node = %cluster.node_name(), "cluster node: fan-out through Redis");

@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
-import { LatticeServer, RUN, waitFor } from './support.mjs'
+import * as Y from 'yjs'
+import { LatticeServer, RUN, synced as yjsSynced, waitFor, yjsClient } from './support.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const webDir = process.env.LATTICE_WEB_DIR ?? path.resolve(here, '../../target/web/demo')
@@ -314,6 +315,108 @@ describe('demo page in Chromium', () => {
       // A leaves: B's list forgets A.
       await a.close()
       await peer.waitFor({ state: 'detached', timeout: 40000 })
+    } finally {
+      await a.close()
+      await b.close()
+    }
+  })
+
+  test('each page shows the other\'s caret and selection where they are; a closed page\'s caret goes', async () => {
+    const doc = `demo/${RUN}-carets`
+    const a = await new Browser('A').start()
+    const b = await new Browser('B').start()
+    try {
+      await a.open(url(doc))
+      await b.open(url(doc))
+      await synced(a)
+      await synced(b)
+      // Two tabs get distinct default names without anyone typing one.
+      const names = await Promise.all([a, b].map((p) => p.page.inputValue('[data-testid=my-name]')))
+      await waitFor(async () => {
+        const [x, y] = await Promise.all([a, b].map((p) => p.page.inputValue('[data-testid=my-name]')))
+        return x !== y
+      }, `the two pages to have distinct default names (${names})`, 20000)
+      await a.page.fill('[data-testid=my-name]', 'Alice')
+      await a.page.keyboard.press('Enter')
+      await b.page.fill('[data-testid=my-name]', 'Bob')
+      await b.page.keyboard.press('Enter')
+      await a.typeAtEnd('Hello carets and selections!')
+      await waitFor(async () => (await b.text()) === 'Hello carets and selections!', 'B to see the text', 20000, () => b.explain())
+
+      // A selects "carets" (6..12, head at 12); B puts its caret after "Hello" (5).
+      const select = (p, anchor, head) => p.page.evaluate(([anchor, head]) => {
+        const { view } = window.latticeDemo
+        view.focus()
+        view.dispatch({ selection: { anchor, head } })
+      }, [anchor, head])
+      await select(a, 6, 12)
+      await select(b, 5, 5)
+
+      // Where the remote caret of `who` is in `p`'s editor, and the text it shows as selected.
+      const remote = (p, who) => p.page.evaluate((who) => {
+        const { view } = window.latticeDemo
+        const caret = [...document.querySelectorAll('.cm-ySelectionCaret')]
+          .find((c) => c.textContent.includes(who))
+        if (!caret) return null
+        const selected = [...document.querySelectorAll('.cm-ySelection')].map((e) => e.textContent).join('')
+        return { at: view.posAtDOM(caret), selected, colour: caret.style.backgroundColor }
+      }, who)
+      let onB
+      await waitFor(async () => {
+        onB = await remote(b, 'Alice')
+        return onB !== null && onB.at === 12 && onB.selected === 'carets'
+      }, 'B to show Alice\'s caret at 12 with "carets" selected', 20000, async () => `(got ${JSON.stringify(onB)})${b.explain()}`)
+      let onA
+      await waitFor(async () => {
+        onA = await remote(a, 'Bob')
+        return onA !== null && onA.at === 5 && onA.selected === ''
+      }, 'A to show Bob\'s caret at 5', 20000, async () => `(got ${JSON.stringify(onA)})${a.explain()}`)
+      assert.notEqual(onB.colour, '', 'the caret has the peer\'s colour')
+
+      // A caret follows its text when the other side edits before it.
+      await b.page.keyboard.type(',', { delay: 5 })
+      await waitFor(async () => {
+        onB = await remote(b, 'Alice')
+        return onB !== null && onB.at === 13 && onB.selected === 'carets'
+      }, 'Alice\'s caret on B to move with B\'s edit', 20000, async () => `(got ${JSON.stringify(onB)})`)
+      // A stock y-websocket client on /yjs sees Alice's caret through awareness, and its own
+      // caret and selection show in B's editor.
+      const yjs = yjsClient(server, doc, { token })
+      try {
+        await yjsSynced(yjs)
+        const body = yjs.ydoc.getText('body')
+        const aliceOnYjs = () => [...yjs.provider.awareness.getStates().values()]
+          .find((st) => st?.user?.name === 'Alice')
+        let head = null
+        await waitFor(() => {
+          const cursor = aliceOnYjs()?.cursor
+          head = cursor ? Y.createAbsolutePositionFromRelativePosition(cursor.head, yjs.ydoc) : null
+          return head !== null && head.type === body && head.index === 13
+        }, 'the Yjs client to see Alice\'s caret at 13', 20000, () => JSON.stringify(aliceOnYjs()))
+        yjs.provider.awareness.setLocalState({
+          user: { name: 'Yuki', color: '#12a594' },
+          cursor: {
+            anchor: Y.createRelativePositionFromTypeIndex(body, 0),
+            head: Y.createRelativePositionFromTypeIndex(body, 5)
+          }
+        })
+        let yuki
+        await waitFor(async () => {
+          yuki = await remote(b, 'Yuki')
+          return yuki !== null && yuki.at === 5 && yuki.selected.includes('Hello')
+        }, 'B to show the Yjs client\'s caret at 5 with "Hello" selected', 20000, async () => `(got ${JSON.stringify(yuki)})`)
+        await b.page.screenshot({ path: path.join(artifacts, 'demo-carets.png'), fullPage: true })
+      } finally {
+        yjs.destroy()
+      }
+      assert.ok(existsSync(path.join(artifacts, 'demo-carets.png')))
+
+      // A leaves: its caret goes from B's editor within the presence TTL (30 s by default).
+      const closed = Date.now()
+      await a.close()
+      await waitFor(async () => (await remote(b, 'Alice')) === null, 'Alice\'s caret to leave B', 35000)
+      const gone = Date.now() - closed
+      assert.ok(gone < 30000, `Alice's caret stayed ${gone} ms after the page closed`)
     } finally {
       await a.close()
       await b.close()

@@ -166,7 +166,12 @@ async fn offline_edits_survive_a_reload_and_reach_other_tabs() {
     assert_eq!(second.records.len(), 1, "the saved copy is kept");
     second
         .core
-        .set_presence(&notes, Value::String("second".into()), false, now_ms())
+        .set_presence(
+            &notes,
+            Value::String("second".into()),
+            Some(false),
+            now_ms(),
+        )
         .expect("presence");
     second.flush().await;
 

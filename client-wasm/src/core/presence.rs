@@ -40,12 +40,14 @@ impl ClientCore {
     }
 
     /// Sets this client's presence on `doc` (`Value::Null` leaves) and publishes it when online;
-    /// it is renewed every `presence_renew_ms` and published again after a reconnect.
+    /// it is renewed every `presence_renew_ms` and published again after a reconnect. `typing`
+    /// sets or clears the typing flag; `None` leaves it as it is (a cursor moving is not typing,
+    /// nor the end of it).
     pub fn set_presence(
         &mut self,
         doc: &DocId,
         state: Value,
-        typing: bool,
+        typing: Option<bool>,
         now_ms: u64,
     ) -> Result<(), ClientError> {
         let d = self
@@ -58,13 +60,14 @@ impl ClientCore {
             self.dispatch(out);
             return Ok(());
         }
+        let typing_until_ms = match typing {
+            Some(true) => now_ms.saturating_add(TYPING_TTL_MS),
+            Some(false) => 0,
+            None => d.mine.as_ref().map_or(0, |m| m.typing_until_ms),
+        };
         d.mine = Some(MyPresence {
             state,
-            typing_until_ms: if typing {
-                now_ms.saturating_add(TYPING_TTL_MS)
-            } else {
-                0
-            },
+            typing_until_ms,
             sent_at_ms: None,
         });
         if self.session.is_synced(doc) {
@@ -88,7 +91,7 @@ impl ClientCore {
             .mine
             .as_ref()
             .map_or_else(|| Value::Map(BTreeMap::new()), |m| m.state.clone());
-        self.set_presence(doc, state, typing, now_ms)
+        self.set_presence(doc, state, Some(typing), now_ms)
     }
 
     pub(super) fn send_my_presence(&mut self, doc: &DocId, now_ms: u64) {
@@ -179,7 +182,7 @@ mod tests {
         let mut c = core(7);
         c.open(d.clone(), Vec::new()).expect("open");
         // Set while offline: kept, sent once synced.
-        c.set_presence(&d, Value::String("me".into()), true, 0)
+        c.set_presence(&d, Value::String("me".into()), Some(true), 0)
             .expect("presence");
         assert!(c.take_frames().frames.is_empty());
         online(&mut c, &d);
@@ -206,7 +209,7 @@ mod tests {
                 .iter()
                 .any(|m| matches!(m, ClientMsg::Presence { .. }))
         );
-        c.set_presence(&d, Value::Null, false, 2_000)
+        c.set_presence(&d, Value::Null, Some(false), 2_000)
             .expect("leave");
         assert!(sent(&mut c).iter().any(|m| matches!(
             m,

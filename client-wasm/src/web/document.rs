@@ -65,7 +65,8 @@ impl LatticeDocument {
     }
 
     /// Publishes this client's presence (name, colour, cursor…); `null` leaves. Renewed
-    /// automatically, and published again after a reconnect.
+    /// automatically, and published again after a reconnect. `typing` sets or clears the typing
+    /// flag; omitted, the flag stays as it is.
     #[wasm_bindgen(js_name = setPresence)]
     pub fn set_presence(
         &self,
@@ -74,7 +75,7 @@ impl LatticeDocument {
     ) -> Result<(), JsError> {
         let state = value_from_js(&state).map_err(js_error)?;
         self.shared
-            .apply(|core| core.set_presence(&self.doc, state, typing.unwrap_or(false), now_ms()))
+            .apply(|core| core.set_presence(&self.doc, state, typing, now_ms()))
     }
 
     /// Sets the typing flag of this client's presence; it clears itself after five seconds
@@ -83,6 +84,26 @@ impl LatticeDocument {
     pub fn set_typing(&self, typing: bool) -> Result<(), JsError> {
         self.shared
             .apply(|core| core.set_typing(&self.doc, typing, now_ms()))
+    }
+
+    /// Calls `receiver` with the other peers' presence on this document (as `presence()`
+    /// returns it) whenever it changes, next to the client's `onPresence`; `null` stops. The Yjs
+    /// bridge's awareness is built on it.
+    #[wasm_bindgen(js_name = onPresence)]
+    pub fn on_presence(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "((peers: LatticePeer[]) => void) | null")]
+        receiver: Option<Function>,
+    ) {
+        let mut callbacks = self.shared.callbacks.borrow_mut();
+        match receiver {
+            Some(receiver) => {
+                callbacks.doc_presence.insert(self.doc.clone(), receiver);
+            }
+            None => {
+                callbacks.doc_presence.remove(&self.doc);
+            }
+        }
     }
 
     /// The other peers' presence on this document.
@@ -159,7 +180,10 @@ impl LatticeDocument {
     /// `open`.
     pub fn close(&self) {
         self.shared.core.borrow_mut().close(&self.doc);
-        self.shared.callbacks.borrow_mut().yjs.remove(&self.doc);
+        let mut callbacks = self.shared.callbacks.borrow_mut();
+        callbacks.yjs.remove(&self.doc);
+        callbacks.doc_presence.remove(&self.doc);
+        drop(callbacks);
         self.shared.flush();
     }
 }

@@ -172,7 +172,7 @@ fn crdt_replicas(delta: &Delta) -> BTreeSet<u32> {
         .values()
         .flat_map(|c| c.entries().map(|(r, _)| r.get()));
     let registers = delta.registers.values().map(|r| r.stamp().replica.get());
-    counters.chain(registers).collect()
+    crate::ordered::set(counters.chain(registers))
 }
 
 impl Document {
@@ -345,7 +345,7 @@ impl Document {
                 });
             }
         };
-        let planned: BTreeMap<u32, u32> = plan.ends().collect();
+        let planned: BTreeMap<u32, u32> = crate::ordered::map(plan.ends());
         let plan_waits_for = plan.waits_for();
         self.index.commit(plan);
         // yrs decides what stays pending with its own walk; should it have integrated more
@@ -387,7 +387,7 @@ impl Document {
             };
             match plan(&self.index, &parsed, PlanMode::Partial) {
                 Ok(p) => {
-                    let clients: BTreeSet<u32> = p.new_clients().collect();
+                    let clients: BTreeSet<u32> = crate::ordered::set(p.new_clients());
                     changed |=
                         self.integrate(update, p, PlanMode::Partial, held.author.as_ref())?;
                     self.record_owners(clients, held.author.as_ref());

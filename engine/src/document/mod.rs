@@ -411,11 +411,9 @@ impl Document {
                 sv.encode_v1()
             },
             counters: self.counters.clone(),
-            registers: self
-                .registers
-                .iter()
-                .map(|(n, r)| (n.clone(), r.stamp()))
-                .collect(),
+            registers: crate::ordered::map(
+                self.registers.iter().map(|(n, r)| (n.clone(), r.stamp())),
+            ),
         }
     }
 
@@ -437,22 +435,20 @@ impl Document {
                 Vec::new()
             }
         };
-        let counters = self
-            .counters
-            .iter()
-            .filter_map(|(name, c)| match known.counters.get(name) {
+        let counters = crate::ordered::map(self.counters.iter().filter_map(|(name, c)| {
+            match known.counters.get(name) {
                 Some(theirs) => c.missing_from(theirs).map(|m| (name.clone(), m)),
                 // A counter the other side lacks is sent even when every count in it is zero,
                 // so that both sides list it.
                 None => Some((name.clone(), c.clone())),
-            })
-            .collect();
-        let registers = self
-            .registers
-            .iter()
-            .filter(|(name, r)| known.registers.get(*name).is_none_or(|s| r.stamp() > *s))
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect();
+            }
+        }));
+        let registers = crate::ordered::map(
+            self.registers
+                .iter()
+                .filter(|(name, r)| known.registers.get(*name).is_none_or(|s| r.stamp() > *s))
+                .map(|(n, r)| (n.clone(), r.clone())),
+        );
         Ok(Delta {
             yjs,
             counters,
