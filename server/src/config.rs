@@ -33,6 +33,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Durable webhooks (docs/webhooks.md).
     pub webhooks: WebhookConfig,
+    /// Where the gRPC service (docs/grpc.md) listens, on a port of its own. `None`: no gRPC.
+    pub grpc_bind: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             web_dir: None,
             cluster: None,
             webhooks: WebhookConfig::default(),
+            grpc_bind: None,
         }
     }
 }

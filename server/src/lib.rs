@@ -22,6 +22,7 @@ pub mod client;
 mod clock;
 pub mod cluster;
 pub mod config;
+pub mod grpc;
 pub mod history;
 mod http;
 pub mod metrics;
@@ -33,7 +34,7 @@ pub mod store;
 mod transport;
 pub mod webhooks;
 
-pub use server::{ServerError, run, run_then};
+pub use server::{ServerError, run, run_then, run_with_grpc};
 pub use transport::close::CloseCode;
 
 /// The version of this server build.

@@ -26,6 +26,9 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
+    /// Also serve the gRPC API (docs/grpc.md) on this address, e.g. `127.0.0.1:50051`.
+    #[arg(long, env = "LATTICE_GRPC_BIND")]
+    grpc_bind: Option<SocketAddr>,
     /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`. Printed
     /// with its password replaced by `***`.
     #[arg(
@@ -149,6 +152,7 @@ impl ServeArgs {
             database_url: self.database_url.clone(),
             web_dir: self.web_dir.clone(),
             webhooks: self.webhooks.config(),
+            grpc_bind: self.grpc_bind,
             ..Config::default()
         };
         if let Some(dir) = &c.web_dir
@@ -240,11 +244,26 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
+    // Bound here rather than by `run`, so the banner names the port even for port 0.
+    let grpc = match config.grpc_bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind} for gRPC"))?,
+        ),
+        None => None,
+    };
     let mut banner = format!(
         "lattice {} listening on http://{addr}\n",
         lattice_server::VERSION
     );
     banner += &format!("  sync endpoint: ws://{addr}/v1/sync\n");
+    if let Some(grpc) = &grpc {
+        banner += &format!(
+            "  gRPC:          http://{} (lattice.v1.Documents)\n",
+            grpc.local_addr()?
+        );
+    }
     banner += &format!(
         "  database:      {}\n",
         lattice_server::store::redacted_url(&config.database_url)
@@ -259,7 +278,7 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
     // Printed once the database is open: "listening" means requests are answered.
     let ready = move || print!("{banner}");
     let database = lattice_server::store::redacted_url(&config.database_url);
-    lattice_server::run_then(config, listener, crate::shutdown_signal(), ready)
+    lattice_server::run_then(config, listener, grpc, crate::shutdown_signal(), ready)
         .await
         .with_context(|| format!("cannot serve with database {database}"))?;
     Ok(())
