@@ -156,8 +156,8 @@ pub(crate) fn demo_dir() -> Result<PathBuf> {
     Ok(target_dir()?.join("web").join("demo"))
 }
 
-/// Bundles `client-wasm/demo/main.js` (CodeMirror, yjs, the package) into `target/web/demo/`
-/// with the page, its styles and the wasm.
+/// Bundles `client-wasm/demo/main.js` (CodeMirror, yjs, the package) and `tiptap.js` (Tiptap,
+/// the Hocuspocus provider) into `target/web/demo/` with the pages, their styles and the wasm.
 fn build_demo(pkg: &Path) -> Result<()> {
     let out = demo_dir()?;
     if out.exists() {
@@ -167,15 +167,17 @@ fn build_demo(pkg: &Path) -> Result<()> {
     let tools = std::env::current_dir()?.join(setup::WEB_TOOLS_DIR);
     let esbuild = tools.join("node_modules/.bin/esbuild");
     let bundle = out.join("demo.js");
+    // Two pages: the CodeMirror demo (`main.js` → `demo.js`) and the Tiptap page (`tiptap.js`).
     let args = [
-        "client-wasm/demo/main.js".to_owned(),
+        "demo=client-wasm/demo/main.js".to_owned(),
+        "tiptap=client-wasm/demo/tiptap.js".to_owned(),
         "--bundle".to_owned(),
         "--format=esm".to_owned(),
         "--target=es2022".to_owned(),
         "--minify".to_owned(),
         "--sourcemap".to_owned(),
         format!("--alias:lattice-client={}", pkg.display()),
-        format!("--outfile={}", bundle.display()),
+        format!("--outdir={}", out.display()),
     ];
     eprintln!(
         "$ NODE_PATH={} {} {}",
@@ -202,17 +204,28 @@ fn build_demo(pkg: &Path) -> Result<()> {
             Path::new("client-wasm/demo/demo.css").to_path_buf(),
             "demo.css",
         ),
+        (
+            Path::new("client-wasm/demo/tiptap.html").to_path_buf(),
+            "tiptap.html",
+        ),
+        (
+            Path::new("client-wasm/demo/tiptap.css").to_path_buf(),
+            "tiptap.css",
+        ),
         (pkg.join("lattice_client_bg.wasm"), "lattice_client_bg.wasm"),
     ] {
         std::fs::copy(&from, out.join(name))
             .with_context(|| format!("cannot copy {}", from.display()))?;
     }
     let js = std::fs::read(&bundle)?;
+    let tiptap = std::fs::read(out.join("tiptap.js"))?;
     eprintln!(
-        "demo: {} (demo.js {} bytes, {} gzipped)",
+        "demo: {} (demo.js {} bytes, {} gzipped; tiptap.js {} bytes, {} gzipped)",
         out.display(),
         js.len(),
-        gzipped_len(&js)?
+        gzipped_len(&js)?,
+        tiptap.len(),
+        gzipped_len(&tiptap)?
     );
     Ok(())
 }

@@ -44,6 +44,7 @@ mod webhooks;
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/", get(demo_page))
+        .route("/tiptap", get(tiptap_page))
         .route("/demo/{file}", get(demo_file))
         .route("/v1/docs/{*doc}", get(document_json))
         .route("/v1/admin/docs/{*doc}", get(admin_document))
@@ -341,13 +342,35 @@ async fn demo_page(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    match authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip()) {
+    page_behind_token(&state, remote, &headers, &query, "index.html").await
+}
+
+/// `/tiptap`: the Tiptap page of the web build (on `/hocuspocus`), behind a token like `/`.
+async fn tiptap_page(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    page_behind_token(&state, remote, &headers, &query, "tiptap.html").await
+}
+
+/// A page of the web build (`file`), for any valid token; without a web build, the fallback
+/// page that shows the document's JSON.
+async fn page_behind_token(
+    state: &ServerState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+    file: &str,
+) -> Result<Response, ApiError> {
+    match authenticate_request(&state.auth, headers, query.token.as_deref(), remote.ip()) {
         Ok(_) => {}
         Err(e @ AuthError::Throttled { .. }) => return Err(e.into()),
         Err(e) => return Ok(token_needed(e)),
     }
     let mut response = match &state.config.web_dir {
-        Some(dir) => web::serve_file(dir, "index.html").await,
+        Some(dir) => web::serve_file(dir, file).await,
         None => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             FALLBACK_DEMO_PAGE,
