@@ -8,6 +8,7 @@ pub use lattice_engine::sync::RelayOrder;
 
 pub use crate::auth::{AuthConfig, AuthMode};
 use crate::store::StoreConfig;
+pub use crate::webhooks::WebhookConfig;
 
 /// Everything `run` needs to know.
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ pub struct Config {
     /// Join a cluster of nodes on the same PostgreSQL database, fanning out through Redis
     /// (docs/cluster.md). `None`: a single server.
     pub cluster: Option<ClusterConfig>,
+    /// Durable webhooks (docs/webhooks.md).
+    pub webhooks: WebhookConfig,
     /// Where the gRPC service (docs/grpc.md) listens, on a port of its own. `None`: no gRPC.
     pub grpc_bind: Option<std::net::SocketAddr>,
 }
@@ -47,6 +50,7 @@ impl Default for Config {
             shutdown_deadline: Duration::from_secs(10),
             web_dir: None,
             cluster: None,
+            webhooks: WebhookConfig::default(),
             grpc_bind: None,
         }
     }

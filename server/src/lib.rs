@@ -6,7 +6,8 @@
 //! holds what the history API and `lattice admin` share. One task owns each live document
 //! (`rooms/`), one task each connection (`protocols/`, on the shared mechanics of
 //! `transport/`); the store ([`store`]) commits deltas in groups. [`auth`] checks tokens for
-//! every endpoint. [`client`] is the native Rust client used by tests and benchmarks.
+//! every endpoint. [`webhooks`] sends signed `document.*` events to configured endpoints, at
+//! least once, from the log. [`client`] is the native Rust client used by tests and benchmarks.
 //!
 //! # Invariants
 //! - A client's delta is acknowledged only after its transaction committed.
@@ -31,6 +32,7 @@ mod server;
 mod state;
 pub mod store;
 mod transport;
+pub mod webhooks;
 
 pub use server::{ServerError, run, run_then, run_with_grpc};
 pub use transport::close::CloseCode;

@@ -142,7 +142,34 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// Cross-node fan-out (`cluster/`); all zero on a single node.
     pub cluster: ClusterMetrics,
+    /// Webhook events and deliveries (`webhooks/`).
+    pub webhooks: WebhookMetrics,
     closes: [AtomicU64; 9],
+}
+
+/// What the webhook former and deliverer count (`webhooks/`, docs/webhooks.md).
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Events written to the outbox (one per endpoint).
+    pub events: AtomicU64,
+    /// Delivery attempts, those answered 2xx in time, and those that failed.
+    pub attempts: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    /// Events given up after the last retry.
+    pub given_up: AtomicU64,
+    /// Endpoints disabled for failing too long.
+    pub endpoints_disabled: AtomicU64,
+    /// Deliveries in flight now.
+    pub in_flight: AtomicU64,
+    /// Time from sending a delivery to its answer.
+    pub delivery_seconds: Histogram,
+}
+
+impl WebhookMetrics {
+    pub fn count_events(&self, n: u64) {
+        self.events.fetch_add(n, Relaxed);
+    }
 }
 
 /// What a cluster node counts about its fan-out through Redis and its catch-up from the
@@ -368,6 +395,58 @@ impl Metrics {
         ] {
             gauge(&mut out, name, help, v.load(Relaxed), kind);
         }
+        let w = &self.webhooks;
+        for (name, help, v, kind) in [
+            (
+                "lattice_webhook_events_total",
+                "Webhook events written to the outbox (one per endpoint).",
+                &w.events,
+                "counter",
+            ),
+            (
+                "lattice_webhook_attempts_total",
+                "Webhook delivery attempts.",
+                &w.attempts,
+                "counter",
+            ),
+            (
+                "lattice_webhook_delivered_total",
+                "Webhook events delivered (a 2xx answer within the timeout).",
+                &w.delivered,
+                "counter",
+            ),
+            (
+                "lattice_webhook_failed_attempts_total",
+                "Webhook delivery attempts that failed (non-2xx, timeout, connection refused, SSRF guard).",
+                &w.failed_attempts,
+                "counter",
+            ),
+            (
+                "lattice_webhook_given_up_total",
+                "Webhook events given up after the last retry of the schedule.",
+                &w.given_up,
+                "counter",
+            ),
+            (
+                "lattice_webhook_endpoints_disabled_total",
+                "Webhook endpoints disabled for failing longer than the configured time.",
+                &w.endpoints_disabled,
+                "counter",
+            ),
+            (
+                "lattice_webhook_in_flight",
+                "Webhook deliveries in flight.",
+                &w.in_flight,
+                "gauge",
+            ),
+        ] {
+            gauge(&mut out, name, help, v.load(Relaxed), kind);
+        }
+        w.delivery_seconds.render(
+            &mut out,
+            "lattice_webhook_delivery_seconds",
+            "Time from sending a webhook delivery to its answer.",
+        );
         let _ = writeln!(
             out,
             "# HELP lattice_closes_total Connections closed, by reason.\n# TYPE lattice_closes_total counter"

@@ -88,8 +88,8 @@ async fn serve(
     ready: impl FnOnce(),
 ) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
-    let state = Arc::new(ServerState::new(config, store)?);
     let addr = listener.local_addr()?;
+    let state = Arc::new(ServerState::new(config, store, Some(addr))?);
     ready();
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
     if let Some(cluster) = &state.rooms.env().cluster {

@@ -18,6 +18,7 @@ use crate::rooms::{RoomEnv, Rooms};
 use crate::store::Store;
 use crate::transport::idempotency::Idempotency;
 use crate::transport::rate::HttpRate;
+use crate::webhooks::Webhooks;
 
 /// Shared by every task of one server.
 #[derive(Debug)]
@@ -43,11 +44,17 @@ pub(crate) struct ServerState {
     /// The server's own replica id: the Yjs client id of its documents, and the replica of
     /// changes it makes itself.
     pub replica: ReplicaId,
+    /// The webhook service: admin operations, and its former and deliverer tasks.
+    pub webhooks: Webhooks,
 }
 
 impl ServerState {
-    /// The state of a server that has opened `store` and serves `config`.
-    pub(crate) fn new(config: Config, store: Store) -> Result<ServerState, ClusterError> {
+    /// The state of a server that has opened `store` and serves `config` on `listening`.
+    pub(crate) fn new(
+        config: Config,
+        store: Store,
+        listening: Option<std::net::SocketAddr>,
+    ) -> Result<ServerState, ClusterError> {
         let metrics = Arc::<Metrics>::default();
         let shutdown = CancellationToken::new();
         let cluster = match &config.cluster {
@@ -65,6 +72,13 @@ impl ServerState {
             config.streams.idempotency_ttl,
         );
         let http_rate = HttpRate::new(&config.limits);
+        let webhooks = Webhooks::start(
+            store.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+            listening,
+            shutdown.clone(),
+        );
         let rooms = Rooms::new(RoomEnv {
             settings: config.rooms.clone(),
             limits: config.limits.clone(),
@@ -88,6 +102,7 @@ impl ServerState {
             http_rate,
             next_peer: AtomicU64::new(1),
             replica,
+            webhooks,
         })
     }
 }

@@ -84,6 +84,11 @@ enum AdminCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Webhook endpoints: add, list, show, remove, replay, rotate, enable (needs `--url`).
+    Webhooks {
+        #[command(subcommand)]
+        command: crate::webhooks::WebhookCommand,
+    },
 }
 
 enum Source {
@@ -117,7 +122,7 @@ const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// One request; the body of a 2xx answer as JSON, or the server's error message. `ureq` is a
 /// blocking client, so it runs on tokio's blocking pool.
-async fn request(
+pub(crate) async fn request(
     base: &str,
     token: Option<&str>,
     method: &'static str,
@@ -139,6 +144,13 @@ async fn request(
                     req = req.header("Authorization", a);
                 }
                 req.send(body.unwrap_or_default())
+            }
+            "DELETE" => {
+                let mut req = agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
             }
             _ => {
                 let mut req = agent.get(&url);
@@ -216,6 +228,12 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
 
 async fn command(source: &Source, args: &AdminArgs, replica: ReplicaId) -> Result<()> {
     match &args.command {
+        AdminCommand::Webhooks { command } => match source {
+            Source::Http { base, token } => {
+                crate::webhooks::run(base, token.as_deref(), args.json, command).await?
+            }
+            Source::Db(_) => bail!("webhooks are managed through a running server: use --url"),
+        },
         AdminCommand::Docs {
             prefix,
             after,

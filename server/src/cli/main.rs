@@ -1,6 +1,7 @@
 //! `lattice`: the server binary. `lattice serve` runs the sync server ([`serve`]: every flag
 //! is also an environment variable, `LATTICE_…`); `lattice token` mints access tokens
-//! ([`token`]); `lattice admin` reads document history ([`admin`]).
+//! ([`token`]); `lattice admin` reads document history ([`admin`]) and manages webhook
+//! endpoints ([`webhooks`]).
 
 use clap::{Parser, Subcommand};
 use tracing::info;
@@ -8,6 +9,7 @@ use tracing::info;
 mod admin;
 mod serve;
 mod token;
+mod webhooks;
 
 #[derive(Parser, Debug)]
 #[command(

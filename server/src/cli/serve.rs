@@ -141,6 +141,8 @@ pub(crate) struct ServeArgs {
     /// served at `/` and `/demo/…`.
     #[arg(long, env = "LATTICE_WEB_DIR")]
     web_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    webhooks: crate::webhooks::WebhookArgs,
 }
 
 impl ServeArgs {
@@ -149,6 +151,7 @@ impl ServeArgs {
         let mut c = Config {
             database_url: self.database_url.clone(),
             web_dir: self.web_dir.clone(),
+            webhooks: self.webhooks.config(),
             grpc_bind: self.grpc_bind,
             ..Config::default()
         };

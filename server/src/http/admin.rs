@@ -28,6 +28,7 @@ use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome
 use crate::rooms::{RestoreFailed, RoomCmd};
 use crate::state::ServerState;
 use crate::store::{DocMeta, ReadError};
+use crate::webhooks;
 
 /// The admin UI: static HTML, CSS and JS, no secrets inside (it asks for a token).
 const ADMIN_PAGE: &str = include_str!("admin.html");
@@ -385,6 +386,12 @@ async fn restore(
             other => Internal::Restore(other).into(),
         })?;
     tracing::info!(doc = %doc, to, seq = ?done.seq, author = ?author, "document restored");
+    if let Some(seq) = done.seq {
+        state
+            .webhooks
+            .document_event(&doc, webhooks::DOCUMENT_RESTORED, seq)
+            .await;
+    }
     Ok(no_store(
         Json(RestoreOutcome {
             doc: doc.as_str().to_owned(),
@@ -432,6 +439,14 @@ async fn set_deleted(
     } else {
         state.store.undelete(doc).await?
     };
+    if changed {
+        let (event, head) = match state.store.document(doc).await? {
+            Some(meta) if deleted => (webhooks::DOCUMENT_DELETED, meta.head_seq),
+            Some(meta) => (webhooks::DOCUMENT_UNDELETED, meta.head_seq),
+            None => (webhooks::DOCUMENT_DELETED, 0),
+        };
+        state.webhooks.document_event(doc, event, head).await;
+    }
     Ok(no_store(
         Json(json!({ "doc": doc.as_str(), "deleted": deleted, "changed": changed }))
             .into_response(),

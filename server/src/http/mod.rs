@@ -39,6 +39,7 @@ const FALLBACK_DEMO_PAGE: &str = include_str!("demo.html");
 const TOKEN_NEEDED_PAGE: &str = include_str!("token_needed.html");
 
 mod admin;
+mod webhooks;
 
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     Router::new()
@@ -48,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
         .route("/v1/docs/{*doc}", get(document_json))
         .route("/v1/admin/docs/{*doc}", get(admin_document))
         .merge(admin::routes())
+        .merge(webhooks::routes())
 }
 
 /// Everything an HTTP handler can answer besides success. Internals never reach the body.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{AnyBackend, Backend as _, JournalDrain as _};
+use super::changes::CommitFeed;
 use super::checkpoint::{CheckpointQueue, checkpoint_due};
 use super::{AppendError, NewEntry, StoreConfig};
 use crate::clock::now_ms;
@@ -47,9 +48,10 @@ pub(crate) fn spawn(
     backend: Arc<AnyBackend>,
     config: StoreConfig,
     checkpoints: Arc<CheckpointQueue>,
+    feed: Arc<CommitFeed>,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-    tokio::spawn(run(backend, config, checkpoints, rx));
+    tokio::spawn(run(backend, config, checkpoints, feed, rx));
     tx
 }
 
@@ -57,6 +59,7 @@ async fn run(
     backend: Arc<AnyBackend>,
     config: StoreConfig,
     checkpoints: Arc<CheckpointQueue>,
+    feed: Arc<CommitFeed>,
     mut rx: mpsc::Receiver<Command>,
 ) {
     let mut next: Option<Command> = None;
@@ -137,6 +140,7 @@ async fn run(
                             checkpoints.trigger(&c.doc);
                         }
                     }
+                    feed.committed(&counters);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, entries, "group commit failed");

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::now_ms;
 
 mod backend;
+pub mod changes;
 mod checkpoint;
 mod compress;
 mod error;
@@ -46,6 +47,7 @@ pub mod postgres;
 mod runs;
 mod sql;
 pub mod sqlite;
+pub(crate) mod webhooks;
 
 pub use error::{AppendError, CheckpointDamage, DatabaseError, DeltaDamage, OpenError, ReadError};
 pub use sqlite::SqliteSynchronous;
@@ -322,6 +324,7 @@ struct Shared {
     backend: Arc<AnyBackend>,
     config: StoreConfig,
     commits: mpsc::Sender<group_commit::Command>,
+    feed: Arc<changes::CommitFeed>,
 }
 
 /// `url` fit to print: a password in the user info (`postgres://user:secret@host/db`) or in a
@@ -392,7 +395,13 @@ impl Store {
             tx: cp_tx,
             pending: Mutex::new(HashSet::new()),
         });
-        let commits = group_commit::spawn(backend.clone(), config.clone(), checkpoints.clone());
+        let feed = Arc::new(changes::CommitFeed::default());
+        let commits = group_commit::spawn(
+            backend.clone(),
+            config.clone(),
+            checkpoints.clone(),
+            feed.clone(),
+        );
         // The checkpointer holds the queue weakly: it stops when the group committer (and
         // with it the last strong handle) is gone.
         tokio::spawn(checkpointer(
@@ -406,8 +415,14 @@ impl Store {
                 backend,
                 config,
                 commits,
+                feed,
             }),
         })
+    }
+
+    /// The documents each commit changed, for a consumer in this process (webhooks).
+    pub fn commit_feed(&self) -> &changes::CommitFeed {
+        &self.shared.feed
     }
 
     pub fn config(&self) -> &StoreConfig {
