@@ -422,4 +422,60 @@ describe('demo page in Chromium', () => {
       await b.close()
     }
   })
+
+  test('two Tiptap pages (stock @hocuspocus/provider on /hocuspocus) converge and show each other\'s caret; screenshotted', async () => {
+    const doc = `demo/${RUN}-tiptap`
+    const tiptapUrl = `http://${server.addr}/tiptap?doc=${encodeURIComponent(doc)}&token=${encodeURIComponent(token)}`
+    const a = await new Browser('A').start()
+    const b = await new Browser('B').start()
+    try {
+      await a.open(tiptapUrl)
+      await b.open(tiptapUrl)
+      for (const p of [a, b]) {
+        await waitFor(async () => (await p.status()) === 'synced', `${p.name}'s Tiptap page to sync`, 30000, async () => `(status ${await p.status()})${p.explain()}`)
+      }
+      const html = (p) => p.page.evaluate(() => window.latticeTiptap.editor.getHTML())
+      await a.page.fill('[data-testid=my-name]', 'Alice')
+      await a.page.keyboard.press('Enter')
+      await a.page.click('.tiptap')
+      await a.page.keyboard.type('Hello from Tiptap', { delay: 5 })
+      await a.page.click('[data-testid=bold]')
+      await a.page.keyboard.type(' in bold', { delay: 5 })
+      await waitFor(async () => (await html(b)).includes('<strong> in bold</strong>'), 'B to see A\'s rich text', 20000, async () => `(B ${await html(b)})${b.explain()}`)
+      await b.page.click('.tiptap')
+      await b.page.keyboard.press('Control+End')
+      await b.page.keyboard.press('Enter')
+      await b.page.keyboard.type('and a line from B', { delay: 5 })
+      await waitFor(async () => (await html(a)) === (await html(b)) && (await html(a)).includes('and a line from B'),
+        'the two pages to converge', 20000, async () => `(A ${await html(a)} B ${await html(b)})`)
+      // Each page shows the other's caret, labelled with its name.
+      await b.page.locator('.collaboration-carets__label', { hasText: 'Alice' }).waitFor({ timeout: 20000 })
+      const bName = await b.page.inputValue('[data-testid=my-name]')
+      await a.page.locator('.collaboration-carets__label', { hasText: bName }).waitFor({ timeout: 20000 })
+      // Every change is stored: the server's JSON view of the document holds the text.
+      await waitFor(async () => (await a.page.textContent('[data-testid=pending]')) === '0 unsaved', 'A\'s changes to be stored')
+      const res = await fetch(`http://${server.addr}/v1/docs/${doc}`, { headers: { Authorization: `Bearer ${token}` } })
+      assert.equal(res.status, 200)
+      assert.match(JSON.stringify(await res.json()), /and a line from B/)
+      await a.page.screenshot({ path: path.join(artifacts, 'tiptap.png'), fullPage: true })
+      assert.ok(existsSync(path.join(artifacts, 'tiptap.png')))
+    } finally {
+      await a.close()
+      await b.close()
+    }
+  })
+
+  test('without a token, / and /tiptap answer a page that says how to get one; screenshotted', async () => {
+    const b = await new Browser('anonymous').start()
+    try {
+      for (const page of ['/', '/tiptap']) {
+        const res = await b.page.goto(`http://${server.addr}${page}`)
+        assert.equal(res.status(), 401)
+        assert.match(await b.page.textContent('h1'), /needs a token/)
+      }
+      await b.page.screenshot({ path: path.join(artifacts, 'token-needed.png'), fullPage: true })
+    } finally {
+      await b.close()
+    }
+  })
 })

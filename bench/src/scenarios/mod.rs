@@ -120,4 +120,5 @@ scenarios! {
     cold => Cold,
     wasm => Wasm,
     cluster => Cluster,
+    webhooks => Webhooks,
 }
