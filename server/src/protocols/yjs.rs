@@ -177,18 +177,10 @@ impl Encoder for YjsEncoder {
                 vec![yws::encode_update(&delta.yjs)]
             }
             ServerMsg::Presence { state, .. } => {
-                let Some(AwarenessId { client, clock }) = awareness else {
+                let Some(entry) = awareness_entry(state, awareness) else {
                     return Encoded::default();
                 };
-                let state_json = match state {
-                    Value::Null => "null".to_owned(),
-                    state => serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned()),
-                };
-                vec![yws::encode_awareness(&[AwarenessEntry {
-                    client,
-                    clock,
-                    state_json,
-                }])]
+                vec![yws::encode_awareness(&[entry])]
             }
             ServerMsg::Error { code, message, .. } => {
                 return match code {
@@ -212,6 +204,60 @@ impl Encoder for YjsEncoder {
         };
         Encoded::frames(frames.into_iter().map(Bytes::from).collect())
     }
+}
+
+/// A presence `state` as the awareness entry of the identity the room keeps for its peer
+/// (`None` without one). Shared with Hocuspocus, whose awareness is y-websocket's.
+pub(crate) fn awareness_entry(
+    state: &Value,
+    awareness: Option<AwarenessId>,
+) -> Option<AwarenessEntry> {
+    let AwarenessId { client, clock } = awareness?;
+    let state_json = match state {
+        Value::Null => "null".to_owned(),
+        state => serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned()),
+    };
+    Some(AwarenessEntry {
+        client,
+        clock,
+        state_json,
+    })
+}
+
+/// What a client's awareness `entries` become: presence commands for `peer`, from the one
+/// awareness client id the connection speaks for (`mine`, the first it sends). Entries for
+/// other clients (relayed ones are not trusted) and in the range of native peers' ids are
+/// skipped; a state that is not JSON is an error (the caller closes with 4000).
+pub(crate) fn presence_from_awareness(
+    peer: PeerId,
+    mine: &mut Option<u64>,
+    entries: Vec<AwarenessEntry>,
+) -> Result<Vec<RoomCmd>, serde_json::Error> {
+    let mut cmds = Vec::new();
+    for entry in entries {
+        if entry.client >= NATIVE_AWARENESS_CLIENTS {
+            // That range names native peers' presence; a Yjs client may not speak for them.
+            continue;
+        }
+        if entry.client != *mine.get_or_insert(entry.client) {
+            continue;
+        }
+        let state = if entry.is_removal() {
+            Value::Null
+        } else {
+            serde_json::from_str::<Value>(&entry.state_json)?
+        };
+        cmds.push(RoomCmd::Presence {
+            peer,
+            state,
+            typing: false,
+            awareness: Some(AwarenessOrigin {
+                client: entry.client,
+                clock: entry.clock,
+            }),
+        });
+    }
+    Ok(cmds)
 }
 
 impl Protocol for YjsConn {
@@ -415,37 +461,18 @@ impl YjsConn {
                 }
             }
             YMessage::Awareness { entries } => {
-                for entry in entries {
-                    if entry.client >= NATIVE_AWARENESS_CLIENTS {
-                        // That range names native peers' presence; a Yjs client may not speak
-                        // for them.
-                        continue;
+                let cmds = match presence_from_awareness(
+                    self.peer.id,
+                    &mut self.awareness_client,
+                    entries,
+                ) {
+                    Ok(cmds) => cmds,
+                    Err(e) => {
+                        warn!(error = %e, "awareness state is not JSON");
+                        return Some(Exit::SendClose(CloseCode::Protocol));
                     }
-                    let mine = *self.awareness_client.get_or_insert(entry.client);
-                    if entry.client != mine {
-                        // A client speaks for itself only; relayed entries are not trusted.
-                        continue;
-                    }
-                    let state = if entry.is_removal() {
-                        Value::Null
-                    } else {
-                        match serde_json::from_str::<Value>(&entry.state_json) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                warn!(error = %e, "awareness state is not JSON");
-                                return Some(Exit::SendClose(CloseCode::Protocol));
-                            }
-                        }
-                    };
-                    let cmd = RoomCmd::Presence {
-                        peer: self.peer.id,
-                        state,
-                        typing: false,
-                        awareness: Some(AwarenessOrigin {
-                            client: entry.client,
-                            clock: entry.clock,
-                        }),
-                    };
+                };
+                for cmd in cmds {
                     let _ = send_to_room(&room, cmd).await;
                 }
             }
