@@ -244,6 +244,27 @@ for (const backend of BACKENDS) {
       }
     })
 
+    test('a token that expires refuses its document alone; the socket\'s other document goes on', async () => {
+      const base = `${RUN}/${backend}/hp/expiry`
+      const socket = hocusSocket(server)
+      const brief = hocusDoc(socket, `${base}/brief`, server.token({ doc: `${base}/brief`, ttl: '2s' }))
+      const lasting = hocusDoc(socket, `${base}/lasting`, server.token({ doc: `${base}/lasting` }))
+      const watcher = yjsClient(server, `${base}/lasting`)
+      try {
+        await Promise.all([hocusSynced(brief), hocusSynced(lasting), synced(watcher)])
+        await waitFor(() => brief.seen.denied.length > 0, 'the short-lived document to be refused', 10000)
+        assert.deepEqual(brief.seen.denied, ['the token has expired'])
+        assert.deepEqual(lasting.seen.denied, [])
+        lasting.text.insert(0, 'after-expiry')
+        await waitFor(() => watcher.content === 'after-expiry', 'the other document\'s edit', 20000, () => watcher.content)
+        await hocusSynced(lasting)
+      } finally {
+        brief.destroy(); lasting.destroy()
+        socket.destroy()
+        watcher.destroy()
+      }
+    })
+
     test('malformed frames close only their own connection; ping gets pong', async () => {
       const doc = `${RUN}/${backend}/hp/malformed`
       const token = server.token({ doc })
@@ -257,24 +278,25 @@ for (const backend of BACKENDS) {
         await waitFor(() => pinger.frames.some((f) => f.length === 1 && f[0] === 10), 'a pong')
         pinger.ws.close()
 
+        const stateless = (payload) => frame(doc, 5, (e) => encoding.writeVarString(e, payload))
+        // [what, frames, the close code expected]
         const bad = [
-          // An unknown message type after an authenticated document.
-          [authFrame(doc, token), frame(doc, 99)],
-          // A document name longer than the frame, before any auth.
-          [Uint8Array.of(0x7f, 0x61)],
-          // An update whose Yjs bytes claim a huge count.
-          [authFrame(doc, token), frame(doc, 0, (e) => {
+          ['an unknown message type', [authFrame(doc, token), frame(doc, 99)], 4000],
+          ['a document name longer than the frame, before any auth', [Uint8Array.of(0x7f, 0x61)], 4000],
+          ['an update whose Yjs bytes claim a huge count', [authFrame(doc, token), frame(doc, 0, (e) => {
             encoding.writeVarUint(e, 2)
             encoding.writeVarUint8Array(e, Uint8Array.of(0x9f, 0x9e, 0x97, 0x31))
-          })],
-          // A text frame.
-          ['hello']
+          })], 4000],
+          ['bytes after a message', [authFrame(doc, token), Uint8Array.of(...frame(doc, 3), 0)], 4000],
+          ['a text frame', ['hello'], 1003],
+          ['a stateless payload over 16 KiB', [authFrame(doc, token), stateless('x'.repeat(16 * 1024 + 1))], 1009],
+          ['stateless messages past the burst', [authFrame(doc, token), ...Array.from({ length: 60 }, () => stateless('{}'))], 4029]
         ]
-        for (const frames of bad) {
+        for (const [what, frames, expected] of bad) {
           const raw = await rawHocus(server)
           for (const f of frames) raw.ws.send(f)
-          const code = await Promise.race([raw.closed, sleep(10000).then(() => 'open')])
-          assert.ok(code === 4000 || code === 1003, `closed with ${code} after ${JSON.stringify(frames.map((f) => [...(typeof f === 'string' ? Buffer.from(f) : f)]))}`)
+          const code = await Promise.race([raw.closed, sleep(10000).then(() => 'still open')])
+          assert.equal(code, expected, what)
         }
         // The provider's connection was not touched: its edits still arrive and are synced.
         good.text.insert(0, 'unharmed')
