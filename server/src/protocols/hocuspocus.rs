@@ -31,13 +31,13 @@ use lattice_engine::hocuspocus::{self as hp, HocusDecodeError, HocusFrame, Hocus
 use lattice_engine::protocol::{ErrorCode, ServerMsg};
 use lattice_engine::sync::{Access, PeerId};
 use lattice_engine::yws::{self, YDecodeError};
-use lattice_engine::{Delta, DocId, DocState};
+use lattice_engine::{Delta, DocId};
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{AuthError, Principal};
 use crate::rooms::peer::{AwarenessId, Encoded, Encoder, PeerHandle, PeerKind, peer_handle};
-use crate::rooms::{RoomCmd, RoomSender, join_room};
+use crate::rooms::{RoomCmd, RoomSender};
 use crate::state::ServerState;
 use crate::transport::close::CloseCode;
 use crate::transport::first_message::Tripped;
@@ -49,7 +49,7 @@ use crate::transport::writer::{Outbound, Stream};
 
 use super::lifecycle::{self, Deadlines, Due, Exit, Protocol, send_to_room};
 use super::native::Admission;
-use super::yjs::{awareness_entry, presence_from_awareness};
+use super::yjs::{awareness_entry, presence_from_awareness, subscribe_yjs};
 
 /// The largest stateless payload relayed, in bytes; a larger one closes the connection (1009).
 pub(crate) const MAX_STATELESS_BYTES: usize = 16 * 1024;
@@ -530,35 +530,18 @@ impl HocusConn {
         None
     }
 
-    /// Joins (or resyncs with) document `at`'s room from the client's state vector, once this
-    /// connection's budget of full-state syncs allows.
+    /// Joins (or resyncs with) document `at`'s room from the client's state vector.
     async fn subscribe(&mut self, at: usize, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = match lifecycle::sync_slot(self.state.rooms.env(), &self.peer).await {
-            Ok(ticket) => ticket,
-            Err(exit) => return Some(exit),
-        };
         let d = &mut self.docs[at];
-        let cmd = RoomCmd::Subscribe {
-            peer: d.peer.clone(),
-            access: d.access,
-            state: DocState {
-                yjs: state_vector,
-                ..DocState::default()
-            },
-            ticket,
-        };
-        match &d.room {
-            Some(room) => {
-                if send_to_room(room, cmd).await.is_err() {
-                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
-                }
-            }
-            None => match join_room(&self.state.rooms, &d.doc, cmd).await {
-                Some(room) => d.room = Some(room),
-                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
-            },
-        }
-        None
+        subscribe_yjs(
+            &self.state,
+            &mut d.room,
+            &d.doc,
+            &d.peer,
+            d.access,
+            state_vector,
+        )
+        .await
     }
 }
 

@@ -260,6 +260,44 @@ pub(crate) fn presence_from_awareness(
     Ok(cmds)
 }
 
+/// Joins `doc`'s room as `peer` (or resyncs with it, when `room` is joined already) from a Yjs
+/// client's `state_vector`, once the connection's budget of full-state syncs allows: a sync
+/// step 1 on `/yjs` and on `/hocuspocus`. A room that cannot be joined closes with 4011.
+pub(crate) async fn subscribe_yjs(
+    state: &ServerState,
+    room: &mut Option<RoomSender>,
+    doc: &DocId,
+    peer: &PeerHandle,
+    access: Access,
+    state_vector: Vec<u8>,
+) -> Option<Exit> {
+    let ticket = match lifecycle::sync_slot(state.rooms.env(), peer).await {
+        Ok(ticket) => ticket,
+        Err(exit) => return Some(exit),
+    };
+    let cmd = RoomCmd::Subscribe {
+        peer: peer.clone(),
+        access,
+        state: DocState {
+            yjs: state_vector,
+            ..DocState::default()
+        },
+        ticket,
+    };
+    match room {
+        Some(room) => {
+            if send_to_room(room, cmd).await.is_err() {
+                return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
+            }
+        }
+        None => match join_room(&state.rooms, doc, cmd).await {
+            Some(joined) => *room = Some(joined),
+            None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
+        },
+    }
+    None
+}
+
 impl Protocol for YjsConn {
     fn state(&self) -> &Arc<ServerState> {
         &self.state
@@ -390,31 +428,16 @@ impl YjsConn {
     /// Joins (or resyncs with) the room from the client's state vector, once this connection's
     /// budget of full-state syncs allows.
     async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = match lifecycle::sync_slot(self.state.rooms.env(), &self.peer).await {
-            Ok(ticket) => ticket,
-            Err(exit) => return Some(exit),
-        };
-        let cmd = RoomCmd::Subscribe {
-            peer: self.peer.clone(),
-            access: self.grant.access,
-            state: DocState {
-                yjs: state_vector,
-                ..DocState::default()
-            },
-            ticket,
-        };
-        match &self.room {
-            Some(room) => {
-                if send_to_room(room, cmd).await.is_err() {
-                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
-                }
-            }
-            None => match join_room(&self.state.rooms, &self.grant.doc, cmd).await {
-                Some(room) => self.room = Some(room),
-                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
-            },
-        }
-        None
+        let (doc, access) = (&self.grant.doc, self.grant.access);
+        subscribe_yjs(
+            &self.state,
+            &mut self.room,
+            doc,
+            &self.peer,
+            access,
+            state_vector,
+        )
+        .await
     }
 
     async fn handle(&mut self, msg: YMessage) -> Option<Exit> {
