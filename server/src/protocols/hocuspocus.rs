@@ -74,6 +74,15 @@ struct HocusDoc {
     next_seq: u64,
 }
 
+/// What a document's auth message led to.
+enum AuthOutcome {
+    Granted,
+    /// `permission denied` for that document; the connection goes on.
+    Refused,
+    /// The connection ends (throttled, or no slot for it).
+    Close(Exit),
+}
+
 struct HocusConn {
     state: Arc<ServerState>,
     /// The connection as rooms see it; each document's handle is a copy with its author.
@@ -346,7 +355,18 @@ impl HocusConn {
             HocusFrame::Doc { name, message } => (name, message),
         };
         if let HocusMessage::Token { token, .. } = message {
-            return self.authenticate(&name, token);
+            match self.authenticate(&name, token) {
+                AuthOutcome::Granted => {}
+                AuthOutcome::Refused => {
+                    // A document this socket held under an earlier token leaves too.
+                    if let Some(at) = self.find(&name) {
+                        let gone = self.docs.swap_remove(at);
+                        self.leave(gone).await;
+                    }
+                }
+                AuthOutcome::Close(exit) => return Some(exit),
+            }
+            return None;
         }
         // Anything else for a document that has not authenticated is ignored, as the provider
         // sends its sync step 1 and awareness right after its token, whatever the answer.
@@ -447,8 +467,8 @@ impl HocusConn {
 
     /// A document's token: `authenticated` with its scope, or `permission denied` for that
     /// document alone. Checked before anything else, so the answer is the same whether or not
-    /// the document exists. `Some` only when the address is throttled (4029).
-    fn authenticate(&mut self, name: &str, token: String) -> Option<Exit> {
+    /// the document exists.
+    fn authenticate(&mut self, name: &str, token: String) -> AuthOutcome {
         let proved = match (token.is_empty(), self.upgrade_auth.as_deref()) {
             (true, Some(upgrade)) => upgrade.clone(),
             (true, None) => self.state.auth.authenticate(None, self.ip),
@@ -459,12 +479,12 @@ impl HocusConn {
             Err(e @ AuthError::Throttled { .. }) => {
                 debug!(ip = %self.ip, "auth refused: too many failed attempts");
                 self.send(hp::encode_permission_denied(name, &e.to_string()));
-                return Some(Exit::SendClose(CloseCode::RateLimited));
+                return AuthOutcome::Close(Exit::SendClose(CloseCode::RateLimited));
             }
             Err(e) => {
                 debug!(ip = %self.ip, error = %e, "auth refused");
                 self.send(hp::encode_permission_denied(name, &e.to_string()));
-                return None;
+                return AuthOutcome::Refused;
             }
         };
         // An id that cannot exist is refused like one the token does not cover.
@@ -474,7 +494,7 @@ impl HocusConn {
         let Some((doc, access)) = granted else {
             debug!(doc = name, "auth refused: not covered by the token");
             self.send(hp::encode_permission_denied(name, "not permitted"));
-            return None;
+            return AuthOutcome::Refused;
         };
         let author = principal.subject().map(Arc::from);
         let expires_at = principal
@@ -494,7 +514,7 @@ impl HocusConn {
                     name,
                     &format!("at most {max} documents per connection"),
                 ));
-                return None;
+                return AuthOutcome::Refused;
             }
             if !self.slot_authenticated {
                 // Trade the unauthenticated slot for an authenticated one.
@@ -503,7 +523,7 @@ impl HocusConn {
                         name,
                         "the server has no room for another connection; retry later",
                     ));
-                    return Some(Exit::SendClose(CloseCode::TryAgainLater));
+                    return AuthOutcome::Close(Exit::SendClose(CloseCode::TryAgainLater));
                 };
                 self.slot = Some(Slot::new(
                     permit,
@@ -527,7 +547,7 @@ impl HocusConn {
         }
         self.authenticated = true;
         self.send(hp::encode_authenticated(name, access == Access::Read));
-        None
+        AuthOutcome::Granted
     }
 
     /// Joins (or resyncs with) document `at`'s room from the client's state vector.
