@@ -30,6 +30,8 @@ pub struct Config {
     /// Join a cluster of nodes on the same PostgreSQL database, fanning out through Redis
     /// (docs/cluster.md). `None`: a single server.
     pub cluster: Option<ClusterConfig>,
+    /// Where the gRPC service (docs/grpc.md) listens, on a port of its own. `None`: no gRPC.
+    pub grpc_bind: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             shutdown_deadline: Duration::from_secs(10),
             web_dir: None,
             cluster: None,
+            grpc_bind: None,
         }
     }
 }

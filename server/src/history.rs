@@ -10,6 +10,8 @@
 //!
 //! The CPU-heavy parts (applying deltas, rendering views, diffing) run on tokio's blocking pool.
 
+pub mod timeline;
+
 use lattice_engine::history::{ChangeSummary, VersionDiff, compare, summarize};
 use lattice_engine::{DocId, Document, NTP64, ReplicaId};
 use serde::{Deserialize, Serialize};

@@ -21,6 +21,7 @@ pub mod client;
 mod clock;
 pub mod cluster;
 pub mod config;
+pub mod grpc;
 pub mod history;
 mod http;
 pub mod metrics;
@@ -31,7 +32,7 @@ mod state;
 pub mod store;
 mod transport;
 
-pub use server::{ServerError, run};
+pub use server::{ServerError, run, run_then, run_with_grpc};
 pub use transport::close::CloseCode;
 
 /// The version of this server build.

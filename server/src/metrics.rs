@@ -41,6 +41,30 @@ impl Histogram {
     }
 }
 
+/// The gRPC methods, for `lattice_grpc_requests_total{method=…}`.
+pub const GRPC_METHODS: [&str; 4] = ["ApplyUpdate", "GetDocument", "Subscribe", "ListDocuments"];
+
+/// gRPC status codes by number, for `lattice_grpc_requests_total{code=…}`.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// Why connections were closed, for `lattice_closes_total{reason=…}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseKind {
@@ -98,6 +122,9 @@ pub struct Metrics {
     /// cache.
     pub http_writes: AtomicU64,
     pub http_writes_replayed: AtomicU64,
+    /// gRPC calls by method ([`GRPC_METHODS`]) and status code (0 to 16); a `Subscribe`
+    /// counts how its opening was answered (its end is a status on the stream).
+    pub grpc_requests: [[AtomicU64; GRPC_CODES.len()]; GRPC_METHODS.len()],
     /// Times a connection waited for its budget of full-state syncs.
     pub sync_budget_waits: AtomicU64,
     pub live_documents: AtomicU64,
@@ -352,6 +379,21 @@ impl Metrics {
                 kind.label(),
                 self.closes[i].load(Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lattice_grpc_requests_total gRPC calls, by method and status code (codes never answered are left out).\n# TYPE lattice_grpc_requests_total counter"
+        );
+        for (method, codes) in GRPC_METHODS.iter().zip(&self.grpc_requests) {
+            for (code, n) in GRPC_CODES.iter().zip(codes) {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "lattice_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
+                    );
+                }
+            }
         }
         out
     }

@@ -42,15 +42,56 @@ pub enum ServerError {
 }
 
 /// Runs a server on `listener` until `shutdown` resolves, then stops accepting, flushes every
-/// room, closes sockets with 1001 and returns within `config.shutdown_deadline`.
+/// room, closes sockets with 1001 and returns within `config.shutdown_deadline`. With
+/// `config.grpc_bind`, the gRPC service listens there too.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let grpc = match config.grpc_bind {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    serve(config, listener, grpc, shutdown, || {}).await
+}
+
+/// [`run`] with the gRPC service on a listener of the caller's (`config.grpc_bind` is not
+/// read): tests bind port 0 and need to know where it is.
+pub async fn run_with_grpc(
+    config: Config,
+    listener: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve(config, listener, Some(grpc), shutdown, || {}).await
+}
+
+/// [`run`] on listeners of the caller's (gRPC's optional; `config.grpc_bind` is not read),
+/// calling `ready` once the store is open and the server is about to serve: after it, requests
+/// are answered (`lattice serve` prints its banner there, so a script that waits for the
+/// banner never meets a server that then fails to open its database).
+pub async fn run_then(
+    config: Config,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
+    serve(config, listener, grpc, shutdown, ready).await
+}
+
+async fn serve(
+    config: Config,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
     let store = Store::open(&config.database_url, config.store.clone()).await?;
     let state = Arc::new(ServerState::new(config, store)?);
     let addr = listener.local_addr()?;
+    ready();
     info!(%addr, backend = state.store.backend_name(), "lattice listening");
     if let Some(cluster) = &state.rooms.env().cluster {
         info!(node = %cluster.node_name(), "cluster node: fan-out through Redis");
@@ -85,6 +126,18 @@ pub async fn run(
         state.metrics.clone(),
         token.clone(),
     ));
+    let grpc = match grpc {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "gRPC listening");
+            let stop = token.clone().cancelled_owned();
+            Some(tokio::spawn(crate::grpc::serve(
+                state.clone(),
+                listener,
+                stop,
+            )))
+        }
+        None => None,
+    };
     tokio::spawn(graceful);
     token.cancelled().await;
     info!("shutting down: flushing rooms and closing connections");
@@ -92,10 +145,21 @@ pub async fn run(
     // listener returns once every one (WebSockets included) has ended. Only then are the rooms
     // flushed and the store closed: a connection still sending to a room after the store
     // closed would have its delta's commit fail, and be closed with 4011 instead of 1001.
-    match tokio::time::timeout(deadline, server).await {
+    // gRPC calls in flight end the same way, under the same deadline (writes are committed
+    // before they are answered, streams end as they see the token).
+    let stop_at = tokio::time::Instant::now() + deadline;
+    match tokio::time::timeout_at(stop_at, server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         Err(_) => warn!("connections did not close within the shutdown deadline"),
+    }
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout_at(stop_at, grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server failed"),
+            Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+            Err(_) => warn!("gRPC calls did not end within the shutdown deadline"),
+        }
     }
     // Rooms not tied to a connection any more (HTTP writes, readers) are flushed here.
     let flush = async {

@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
-import { LatticeServer, RUN, synced, waitFor, yjsClient } from './support.mjs'
+import * as Y from 'yjs'
+import { LatticeServer, RUN, postUpdate, synced, waitFor, yjsClient } from './support.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const artifacts = process.env.LATTICE_ARTIFACTS_DIR ?? path.resolve(here, '../../target/test-artifacts')
@@ -61,6 +62,10 @@ test('the admin UI shows the timeline and a version, and restores it live', asyn
     const page = context.pages()[0] ?? await context.newPage()
     await page.goto(`http://${server.addr}/admin?token=${encodeURIComponent(admin)}`)
     await page.click(`[data-testid=doc-item][data-doc="${doc}"]`)
+    // One collapsed row per author session; opening them lists every change.
+    const headers = page.locator('[data-testid=session-header]')
+    await waitFor(async () => (await headers.count()) >= 2, 'the timeline to list the sessions')
+    for (const h of await headers.all()) await h.click()
     const timeline = page.locator('[data-testid=timeline-entry]')
     await waitFor(async () => (await timeline.count()) === entries.length, 'the timeline to list every change')
     // The shown text at a version: what the page displays, without the struck-out deletions.
@@ -92,5 +97,67 @@ test('the admin UI shows the timeline and a version, and restores it live', asyn
     rmSync(profile, { recursive: true, force: true })
     alice.destroy()
     bob.destroy()
+  }
+})
+
+test('a 1,000-change session is one row of the timeline until opened', async () => {
+  const doc = `admin/${RUN}-long-session`
+  // 1,000 single-character edits by one author, each its own log entry, then two by another.
+  // Each author edits its own Y.Doc (its own Yjs client id: ids belong to their first author).
+  const post = async (token, ydoc, insert) => {
+    const sv = Y.encodeStateVector(ydoc)
+    insert(ydoc.getText('text'))
+    const res = await postUpdate(server, doc, token, Y.encodeStateAsUpdate(ydoc, sv))
+    assert.equal(res.status, 200, JSON.stringify(res.json))
+  }
+  const typing = new Y.Doc()
+  const typist = server.token({ doc, sub: 'typist' })
+  for (let i = 0; i < 1000; i++) await post(typist, typing, (t) => t.insert(t.length, String(i % 10)))
+  const editing = new Y.Doc()
+  Y.applyUpdate(editing, Y.encodeStateAsUpdate(typing))
+  const editor = server.token({ doc, sub: 'editor' })
+  await post(editor, editing, (t) => t.insert(0, 'Title: '))
+  await post(editor, editing, (t) => t.insert(t.length, '.'))
+
+  const admin = server.token({ doc: '*', scope: 'admin', sub: 'root' })
+  const profile = mkdtempSync(path.join(tmpdir(), 'lattice-chromium-admin-'))
+  let context
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      viewport: { width: 1280, height: 860 }
+    })
+    const page = context.pages()[0] ?? await context.newPage()
+    await page.goto(`http://${server.addr}/admin?token=${encodeURIComponent(admin)}`)
+    await page.click(`[data-testid=doc-item][data-doc="${doc}"]`)
+    const headers = page.locator('[data-testid=session-header]')
+    await waitFor(async () => (await headers.count()) === 2, 'two session rows')
+    // Newest first: the editor's session, then the typist's 1,000 changes in one row.
+    const rows = await headers.allTextContents()
+    assert.match(rows[0], /editor · 2 changes · #1001–1002/)
+    assert.match(rows[1], /typist · 1000 changes · #1–1000/)
+    assert.equal(await page.locator('[data-testid=timeline-entry]').count(), 0, 'collapsed rows list no entries')
+    // The version slider still spans every change.
+    assert.match(await page.textContent('[data-testid=version-label]'), /version 1002 of 1002/)
+    await page.screenshot({ path: path.join(artifacts, 'admin-sessions.png'), fullPage: true })
+    assert.ok(existsSync(path.join(artifacts, 'admin-sessions.png')))
+
+    // Opened, the session lists its newest 200 changes, then 200 more on request.
+    await headers.nth(1).click()
+    const entries = page.locator('[data-testid=timeline-entry]')
+    await waitFor(async () => (await entries.count()) === 200, 'the newest 200 changes of the session')
+    assert.equal(await entries.first().getAttribute('data-seq'), '1000')
+    await page.locator('[data-testid=session-more]:visible').click()
+    await waitFor(async () => (await entries.count()) === 400, '200 more')
+    assert.equal(await entries.last().getAttribute('data-seq'), '601')
+    // A change opens its version, with the diff.
+    await page.click('[data-testid=timeline-entry][data-seq="700"]')
+    await waitFor(async () => /version 700 of 1002/.test(await page.textContent('[data-testid=version-label]')), 'version 700')
+  } finally {
+    await context?.close()
+    rmSync(profile, { recursive: true, force: true })
   }
 })

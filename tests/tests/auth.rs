@@ -190,7 +190,12 @@ async fn missing_bad_expired_and_unknown_key_tokens_are_refused() {
                 t.is_some(),
                 "{case}: {challenge}"
             );
-            assert_eq!(r.json()["error"], "unauthorized");
+            if path == "/" {
+                // The demo page's refusal is a page that says how to get a token.
+                assert!(r.body.contains("needs a token"), "{case}: {}", r.body);
+            } else {
+                assert_eq!(r.json()["error"], "unauthorized");
+            }
         }
     }
     // Nothing was written by any of them.
@@ -870,12 +875,37 @@ async fn serve_without_flags_prints_a_working_demo_url_and_admin_token() {
             .is_some_and(|c| c.starts_with("text/html"))
     );
     assert!(page.body.contains("/v1/docs/"));
-    assert_eq!(http_get(server.addr, "/", None).await.status, 401);
+    // Without a token, or with a wrong one, `/` is a 401 page that says why and how to get one.
+    let bare = http_get(server.addr, "/", None).await;
+    assert_eq!(bare.status, 401);
+    assert!(
+        bare.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{:?}",
+        bare.header("content-type")
+    );
+    assert!(bare.body.contains("No token was given."), "{}", bare.body);
+    assert!(bare.body.contains("lattice token --sub"), "{}", bare.body);
+    let wrong = http_get(server.addr, "/?doc=demo&token=nope", None).await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong
+            .body
+            .contains("The token was refused: malformed token"),
+        "{}",
+        wrong.body
+    );
+    // The banner's admin link opens the admin console with the admin token.
+    let admin_url = server.printed("admin:").await;
     assert_eq!(
-        http_get(server.addr, "/?doc=demo&token=nope", None)
+        admin_url,
+        format!("http://{}/admin?token={admin}", server.addr)
+    );
+    assert_eq!(
+        http_get(server.addr, &path_of(&admin_url), None)
             .await
             .status,
-        401
+        200
     );
     // Sync without a token is refused too.
     hello_refused(&server.ws_url(), None, ErrorCode::Unauthorized, 4401).await;
@@ -1123,7 +1153,9 @@ async fn the_banner_and_the_log_never_show_the_database_password() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(printed.contains("database:"), "{printed}");
+        // The banner waits for the database to open; the error names it, redacted.
+        assert!(!printed.contains("listening on"), "{printed}");
+        assert!(printed.contains("cannot serve with database "), "{printed}");
         assert!(
             !printed.contains(secret),
             "{url}: the password is printed:\n{printed}"

@@ -56,7 +56,66 @@ pub(crate) fn all() -> Result<()> {
     );
     node_packages()?;
     web_tools()?;
+    let python = grpc_python()?;
+    export(
+        "LATTICE_TEST_GRPC_PYTHON",
+        python.to_string_lossy().into_owned(),
+    );
     Ok(())
+}
+
+/// The virtual environment of the gRPC interop test (`server/tests/grpc.rs`), under `target/`.
+const GRPC_VENV: &str = "target/grpc-python";
+
+/// The Python packages of the gRPC interop test, exactly these versions (`grpcio-tools` 1.76
+/// wants `protobuf` 6.31.1 or later, below 7).
+const GRPC_PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("grpcio", "1.76.0"),
+    ("grpcio-tools", "1.76.0"),
+    ("protobuf", "6.33.5"),
+];
+
+/// A Python virtual environment with [`GRPC_PYTHON_PACKAGES`] (from PyPI), for the test that
+/// talks to the gRPC service with `grpcio` and stubs `grpc_tools.protoc` generates; returns its
+/// interpreter. Installs only what is missing or of another version.
+fn grpc_python() -> Result<PathBuf> {
+    let venv = std::env::current_dir()?.join(GRPC_VENV);
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        if !has_program("python3") {
+            apt(&["python3"])?;
+        }
+        let dir = venv.to_string_lossy().into_owned();
+        if cmd("python3", &["-m", "venv", &dir]).is_err() {
+            // Debian splits `venv` (and `ensurepip`) out of python3.
+            apt(&["python3-venv"])?;
+            cmd("python3", &["-m", "venv", "--clear", &dir])?;
+        }
+    }
+    let python_str = python.to_string_lossy().into_owned();
+    let check = GRPC_PYTHON_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("v('{name}') == '{version}'"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let script = format!(
+        "from importlib.metadata import version as v\nimport sys\nsys.exit(0 if {check} else 1)"
+    );
+    let installed = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        let pins: Vec<String> = GRPC_PYTHON_PACKAGES
+            .iter()
+            .map(|(name, version)| format!("{name}=={version}"))
+            .collect();
+        let mut args = vec!["-m", "pip", "install", "--disable-pip-version-check", "-q"];
+        args.extend(pins.iter().map(String::as_str));
+        cmd(&python_str, &args)?;
+    }
+    Ok(python)
 }
 
 /// Where the wasm client's check tools (TypeScript) live, with their `package-lock.json`.

@@ -15,6 +15,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    export LATTICE_TOKEN=…                          # an admin-scope token\n  \
+    lattice admin --url http://127.0.0.1:8080 docs --prefix notes/\n  \
+    lattice admin --url http://127.0.0.1:8080 history notes/today\n  \
+    lattice admin --url http://127.0.0.1:8080 diff notes/today --from 10 --to 42\n  \
+    lattice admin --url http://127.0.0.1:8080 restore notes/today --to 10\n  \
+    lattice admin --database-url sqlite://lattice.db show notes/today --at 10   # read-only, no server")]
 pub(crate) struct AdminArgs {
     /// Server to ask, e.g. `https://lattice.example.com` or `http://127.0.0.1:8080`.
     #[arg(long, env = "LATTICE_URL", conflicts_with = "database_url")]

@@ -2,7 +2,6 @@
 //! is also an environment variable, `LATTICE_…`); `lattice token` mints access tokens
 //! ([`token`]); `lattice admin` reads document history ([`admin`]).
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -11,7 +10,17 @@ mod serve;
 mod token;
 
 #[derive(Parser, Debug)]
-#[command(name = "lattice", version, about = "Lattice: a CRDT sync server")]
+#[command(
+    name = "lattice",
+    version,
+    about = "Lattice: a CRDT sync server",
+    after_help = "Examples:\n  \
+    lattice serve                                   # SQLite in ./lattice.db; prints a demo and an admin link\n  \
+    lattice serve --web-dir target/web/demo         # with the demo editor at / (cargo xtask run does this)\n  \
+    LATTICE_AUTH_SECRET=… lattice token --sub ada --doc 'notes/*' --scope write\n  \
+    lattice admin --url http://127.0.0.1:8080 --token … history notes/today\n\n\
+    Every command has its own --help with examples."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,12 +73,42 @@ pub(crate) async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Token(args) => token::mint(&args)?,
-        Command::Admin(args) => admin::run(args).await?,
-        Command::Serve(args) => serve::run(&args).await?,
+    let result = match cli.command {
+        Command::Token(args) => token::mint(&args),
+        Command::Admin(args) => admin::run(args).await,
+        Command::Serve(args) => serve::run(&args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if backtrace_asked() {
+                // The whole chain, and the backtrace captured with the error.
+                eprintln!("Error: {e:?}");
+            } else {
+                eprintln!("error: {}", one_line(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
-    Ok(())
+}
+
+/// Whether `RUST_BACKTRACE` asks for backtraces (set and not `0`).
+fn backtrace_asked() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// An error and its causes on one line, each cause once: most of our errors already include
+/// their source's words, which a plain `{:#}` would repeat.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }

@@ -16,10 +16,19 @@ use tokio::net::TcpListener;
 const GENERATED_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    lattice serve                                   # SQLite in ./lattice.db, a generated secret: prints demo and admin links\n  \
+    lattice serve --no-auth --web-dir target/web/demo  # local experiments only: no tokens\n  \
+    LATTICE_AUTH_SECRET=\"k1:$(openssl rand -hex 32)\" lattice serve --bind 0.0.0.0:8080 \\\n      \
+    --database-url postgres://lattice:…@db/lattice\n\n\
+    Every flag is also an environment variable (LATTICE_…); docs/operations.md lists them.")]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LATTICE_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
+    /// Also serve the gRPC API (docs/grpc.md) on this address, e.g. `127.0.0.1:50051`.
+    #[arg(long, env = "LATTICE_GRPC_BIND")]
+    grpc_bind: Option<SocketAddr>,
     /// `sqlite://path.db` (created if missing) or `postgres://user:password@host/db`. Printed
     /// with its password replaced by `***`.
     #[arg(
@@ -140,6 +149,7 @@ impl ServeArgs {
         let mut c = Config {
             database_url: self.database_url.clone(),
             web_dir: self.web_dir.clone(),
+            grpc_bind: self.grpc_bind,
             ..Config::default()
         };
         if let Some(dir) = &c.web_dir
@@ -231,31 +241,59 @@ pub(crate) async fn run(args: &ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
-    println!(
-        "lattice {} listening on http://{addr}",
+    // Bound here rather than by `run`, so the banner names the port even for port 0.
+    let grpc = match config.grpc_bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind} for gRPC"))?,
+        ),
+        None => None,
+    };
+    let mut banner = format!(
+        "lattice {} listening on http://{addr}\n",
         lattice_server::VERSION
     );
-    println!("  sync endpoint: ws://{addr}/v1/sync");
-    println!(
-        "  database:      {}",
+    banner += &format!("  sync endpoint: ws://{addr}/v1/sync\n");
+    if let Some(grpc) = &grpc {
+        banner += &format!(
+            "  gRPC:          http://{} (lattice.v1.Documents)\n",
+            grpc.local_addr()?
+        );
+    }
+    banner += &format!(
+        "  database:      {}\n",
         lattice_server::store::redacted_url(&config.database_url)
     );
     if let Some(cluster) = &config.cluster {
-        println!(
-            "  cluster:       fan-out through {} (every node on this database serves every document)",
+        banner += &format!(
+            "  cluster:       fan-out through {} (every node on this database serves every document)\n",
             lattice_server::store::redacted_url(&cluster.redis_url)
         );
     }
-    print_auth_banner(&config, generated, addr)?;
-    lattice_server::run(config, listener, crate::shutdown_signal()).await?;
+    banner += &auth_banner(&config, generated, addr)?;
+    // Printed once the database is open: "listening" means requests are answered.
+    let ready = move || print!("{banner}");
+    let database = lattice_server::store::redacted_url(&config.database_url);
+    lattice_server::run_then(config, listener, grpc, crate::shutdown_signal(), ready)
+        .await
+        .with_context(|| format!("cannot serve with database {database}"))?;
     Ok(())
 }
 
-/// What `lattice serve` prints about access control.
-fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Result<()> {
+/// What `lattice serve` prints about access control, one line each.
+fn auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Result<String> {
+    let mut out = String::new();
+    let mut println = |line: String| {
+        out += &line;
+        out.push('\n');
+    };
     match &config.auth.mode {
         AuthMode::Disabled => {
-            println!("  auth:          DISABLED (--no-auth): anyone can read and write everything");
+            println(
+                "  auth:          DISABLED (--no-auth): anyone can read and write everything"
+                    .into(),
+            );
         }
         AuthMode::Required(keys) if generated => {
             let admin = keys.mint(
@@ -277,23 +315,29 @@ fn print_auth_banner(config: &Config, generated: bool, addr: SocketAddr) -> Resu
             if host.ip().is_unspecified() {
                 host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            println!(
+            println(
                 "  auth:          no --auth-secret: generated a secret for this run; its tokens \
                  stop working when the process exits"
+                    .into(),
             );
-            println!("  admin token:   {admin}");
-            println!("  demo:          http://{host}/?doc=demo&token={demo}");
+            println(format!("  admin token:   {admin}"));
+            println(format!(
+                "  admin:         http://{host}/admin?token={admin}"
+            ));
+            println(format!(
+                "  demo:          http://{host}/?doc=demo&token={demo}"
+            ));
         }
         AuthMode::Required(keys) => {
             let kids: Vec<&str> = keys.kids().collect();
-            println!(
+            println(format!(
                 "  auth:          tokens required; key ids {}, signing with {}",
                 kids.join(", "),
                 keys.signing_kid()
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Overrides a configured value with a flag's, when the flag was given.

@@ -7,6 +7,11 @@ use clap::Args;
 use lattice_server::auth::{KeySet, Scope, parse_ttl};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    export LATTICE_AUTH_SECRET=…                    # the server's secret (kid:secret,… or bare)\n  \
+    lattice token --sub ada --doc 'notes/*' --scope write --ttl 8h\n  \
+    lattice token --sub ops --doc '*' --scope admin --ttl 15m\n  \
+    TOKEN=$(lattice token --sub bot --doc reports/daily 2>/dev/null)   # the token alone")]
 pub(crate) struct TokenArgs {
     /// Signing secrets, as for `lattice serve --auth-secret` (`kid:secret,…` or a bare secret).
     /// Prefer the environment variable: command lines are visible to other local users.

@@ -23,6 +23,7 @@ use serde_json::json;
 use super::extract::{DocCall, NeedsAdmin};
 use super::{ApiError, Internal, no_store, with_rebuild_slot};
 use crate::auth::{Scope, authenticate_request};
+use crate::history::timeline::{self, TimelineQuery};
 use crate::history::{self, HistoryError, HistoryQuery, ListQuery, RestoreOutcome};
 use crate::rooms::{RestoreFailed, RoomCmd};
 use crate::state::ServerState;
@@ -37,6 +38,7 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
         .route("/api/admin/docs", get(list))
         .route("/api/admin/docs/{*doc}", get(document))
         .route("/api/admin/history/{*doc}", get(history_page))
+        .route("/api/admin/timeline/{*doc}", get(timeline_page))
         .route("/api/admin/content/{*doc}", get(content))
         .route("/api/admin/diff/{*doc}", get(diff))
         .route("/api/admin/export/{*doc}", get(export))
@@ -94,7 +96,14 @@ async fn admin_page() -> Response {
     no_store(response)
 }
 
-crate::token_param!(Common, HistoryParams, AtParams, DiffParams, RestoreParams);
+crate::token_param!(
+    Common,
+    HistoryParams,
+    TimelineParams,
+    AtParams,
+    DiffParams,
+    RestoreParams
+);
 
 /// Only the token.
 #[derive(Debug, Deserialize)]
@@ -190,6 +199,32 @@ async fn history_page(
         Ok(history::history(&store, &doc, query, replica).await?)
     })
     .await?;
+    Ok(no_store(Json(page).into_response()))
+}
+
+#[derive(Debug, Deserialize)]
+struct TimelineParams {
+    token: Option<String>,
+    before: Option<u64>,
+    limit: Option<u32>,
+    /// Seconds between two entries that end a session.
+    session_gap_s: Option<u64>,
+}
+
+/// `GET /api/admin/timeline/{doc}?before=&limit=&session_gap_s=`: author sessions, newest
+/// first, from the log's metadata (no rebuild, so no rebuild slot).
+async fn timeline_page(
+    State(state): State<Arc<ServerState>>,
+    AdminDoc { doc, params: q, .. }: AdminDoc<TimelineParams>,
+) -> Result<Response, ApiError> {
+    let query = TimelineQuery {
+        before: q.before,
+        limit: q.limit.unwrap_or(timeline::DEFAULT_SESSIONS_LIMIT),
+        session_gap_ms: q
+            .session_gap_s
+            .map_or(history::DEFAULT_SESSION_GAP_MS, |s| s.saturating_mul(1_000)),
+    };
+    let page = timeline::timeline(&state.store, &doc, query).await?;
     Ok(no_store(Json(page).into_response()))
 }
 

@@ -35,6 +35,8 @@ mod web;
 /// how to build the demo and shows the document as JSON. Static: the token and document never
 /// enter the HTML, the script reads them from the address.
 const FALLBACK_DEMO_PAGE: &str = include_str!("demo.html");
+/// What `/` answers without a valid token: how to get one.
+const TOKEN_NEEDED_PAGE: &str = include_str!("token_needed.html");
 
 mod admin;
 
@@ -329,14 +331,19 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-/// The demo page: 200 with any valid token, 401 without.
+/// The demo page: 200 with any valid token. Without one (or with one refused), 401 with a page
+/// that says why and how to get a token; a throttled client gets the API's 429.
 async fn demo_page(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip())?;
+    match authenticate_request(&state.auth, &headers, query.token.as_deref(), remote.ip()) {
+        Ok(_) => {}
+        Err(e @ AuthError::Throttled { .. }) => return Err(e.into()),
+        Err(e) => return Ok(token_needed(e)),
+    }
     let mut response = match &state.config.web_dir {
         Some(dir) => web::serve_file(dir, "index.html").await,
         None => (
@@ -351,6 +358,38 @@ async fn demo_page(
         HeaderValue::from_static("no-referrer"),
     );
     Ok(no_store(response))
+}
+
+/// The 401 page of `/`: the API's refusal (status and `WWW-Authenticate` challenge), with a page
+/// that gives the reason and says how to get a token instead of the JSON body.
+fn token_needed(e: AuthError) -> Response {
+    let reason = match &e {
+        AuthError::Missing => "No token was given.".to_owned(),
+        other => format!("The token was refused: {other}."),
+    };
+    let page = TOKEN_NEEDED_PAGE.replace("{{REASON}}", &html_escape(&reason));
+    let (mut parts, _json) = ApiError::Auth(e).into_response().into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    no_store(Response::from_parts(parts, axum::body::Body::from(page)))
+}
+
+/// Text for HTML element content.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// `GET /demo/{file}`: the demo's scripts, styles and wasm. Public: they are the same for

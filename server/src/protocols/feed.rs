@@ -7,6 +7,9 @@
 //! the document, or the log entries after the reader's seq). Entries at or below the reader's
 //! seq are skipped, so each arrives exactly once. The outbox is bounded: a reader that falls
 //! behind is ended with a `close` event and resumes from its last seq.
+//!
+//! The gRPC `Subscribe` stream (`crate::grpc`) follows the same way through [`follow`], with
+//! its own [`EventSink`]; only the way a stream ends ([`FeedEnd`]) is said differently.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -125,7 +128,11 @@ pub(crate) fn rate_key(principal: &Principal, remote: SocketAddr) -> String {
 
 /// The head of the document's log as the store has it, refusing a `after` beyond it and a
 /// deleted document.
-async fn check_after(state: &ServerState, doc: &DocId, after: u64) -> Result<(), ApiError> {
+pub(crate) async fn check_after(
+    state: &ServerState,
+    doc: &DocId,
+    after: u64,
+) -> Result<(), ApiError> {
     let meta = state.store.document(doc).await?;
     if meta.as_ref().is_some_and(|m| m.deleted_at_ms.is_some()) {
         return Err(ApiError::NotFound);
@@ -170,7 +177,7 @@ impl Encoder for FeedEncoder {
 }
 
 /// A reader in a room: its outbox, its closer, and how to leave.
-struct Follower {
+pub(crate) struct Follower {
     id: PeerId,
     room: RoomSender,
     rx: OutboxReceiver,
@@ -183,7 +190,10 @@ struct Follower {
 }
 
 impl Follower {
-    async fn join(
+    /// Joins the document's room as a reader (holding a connection slot), `presence` to get
+    /// the others' presence too; `after` lets the room answer from its window of recent
+    /// entries.
+    pub(crate) async fn join(
         state: &Arc<ServerState>,
         principal: &Principal,
         doc: &DocId,
@@ -240,7 +250,12 @@ impl Follower {
         })
     }
 
-    async fn leave(self) {
+    /// Fires when the room drops this reader (a slow consumer's full outbox).
+    pub(crate) fn closer(&self) -> Arc<Closer> {
+        self.closer.clone()
+    }
+
+    pub(crate) async fn leave(self) {
         let _ = self.room.send(RoomCmd::Unsubscribe { peer: self.id }).await;
     }
 }
@@ -358,6 +373,82 @@ pub(crate) async fn events(
     Ok(response)
 }
 
+/// Where a follower's events go: an SSE body here, a gRPC stream in `crate::grpc`.
+pub(crate) trait EventSink {
+    /// Sends `events` in order; `false` once the reader has gone.
+    fn send(&mut self, events: Vec<Event>) -> impl Future<Output = bool> + Send;
+    /// Nothing was sent for `Streams::keep_alive`; `false` once the reader has gone.
+    fn keep_alive(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// An SSE body: the events' frames, cut into chunks by the caller.
+impl EventSink for mpsc::Sender<Bytes> {
+    async fn send(&mut self, events: Vec<Event>) -> bool {
+        let chunk = match events.as_slice() {
+            [one] => one.frame().clone(),
+            many => Bytes::from(
+                many.iter()
+                    .map(|e| &e.frame()[..])
+                    .collect::<Vec<_>>()
+                    .concat(),
+            ),
+        };
+        mpsc::Sender::send(self, chunk).await.is_ok()
+    }
+
+    async fn keep_alive(&mut self) -> bool {
+        mpsc::Sender::send(self, Bytes::from_static(KEEP_ALIVE))
+            .await
+            .is_ok()
+    }
+}
+
+/// Why a followed stream ended (the reader leaving is `None` instead).
+#[derive(Debug)]
+pub(crate) enum FeedEnd {
+    /// The catch-up could not be read (storage, rebuild slots).
+    Failed(ApiError),
+    /// The reader fell behind: its outbox filled and the room dropped it.
+    SlowConsumer,
+    /// The room stopped, or closed the reader for another reason (deleted, store failure).
+    DocumentUnavailable { room_stopped: bool },
+    /// `Streams::sse_lifetime` is over.
+    Lifetime,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl FeedEnd {
+    /// The SSE `close` event that says so.
+    fn event(&self) -> Event {
+        match self {
+            FeedEnd::Failed(e) => Event::close("unavailable", &e.to_string()),
+            FeedEnd::SlowConsumer => Event::close(
+                "slow_consumer",
+                "the stream fell behind; reconnect with Last-Event-ID",
+            ),
+            FeedEnd::DocumentUnavailable { room_stopped: true } => Event::close(
+                "document_unavailable",
+                "the room stopped; reconnect with Last-Event-ID",
+            ),
+            FeedEnd::DocumentUnavailable {
+                room_stopped: false,
+            } => Event::close(
+                "document_unavailable",
+                "the document is unavailable (deleted, or the store failed); reconnect to find out",
+            ),
+            FeedEnd::Lifetime => Event::close(
+                "lifetime",
+                "the stream's lifetime is over; reconnect with Last-Event-ID",
+            ),
+            FeedEnd::Shutdown => Event::close(
+                "shutdown",
+                "the server is restarting; reconnect with Last-Event-ID",
+            ),
+        }
+    }
+}
+
 /// Writes one SSE stream: the catch-up (a `sync`, or the log after `after`), then live
 /// events, keep-alives, and a `close` event when it ends.
 async fn pump(
@@ -366,39 +457,41 @@ async fn pump(
     mut follower: Follower,
     after: Option<u64>,
     known: DocState,
-    tx: mpsc::Sender<Bytes>,
+    mut tx: mpsc::Sender<Bytes>,
 ) {
-    let end = pump_events(&state, &doc, &mut follower, after, known, &tx).await;
-    if let Some(close) = end {
-        let _ = tx.send(close.frame().clone()).await;
+    let end = follow(&state, &doc, &mut follower, after, known, &mut tx).await;
+    if let Some(end) = end {
+        let _ = tx.send(end.event().frame().clone()).await;
     }
     follower.leave().await;
 }
 
-/// The stream's body; returns the `close` event to end with (`None`: the client left).
-async fn pump_events(
+/// Follows the document into `sink`: the catch-up (a `sync`, or the log after `after`), then
+/// live entries, each seq once and in order; returns why it ended (`None`: the reader left).
+pub(crate) async fn follow(
     state: &Arc<ServerState>,
     doc: &DocId,
     follower: &mut Follower,
     after: Option<u64>,
     known: DocState,
-    tx: &mpsc::Sender<Bytes>,
-) -> Option<Event> {
+    sink: &mut impl EventSink,
+) -> Option<FeedEnd> {
     let streams = &state.config.streams;
     let peer = Some(follower.id.0);
     let mut cursor = match after {
         None => match sync_event(state, doc, known, peer).await {
             Ok((event, seq)) => {
-                tx.send(event.frame().clone()).await.ok()?;
+                sink.send(vec![event]).await.then_some(())?;
                 seq
             }
-            Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+            Err(e) => return Some(FeedEnd::Failed(e)),
         },
         // The room still held what the reader missed: as it was encoded for everyone.
         Some(after) if follower.recent.is_some() => {
             let recent = follower.recent.take().unwrap_or_default();
             for chunk in recent.chunks(64) {
-                tx.send(Bytes::from(chunk.concat())).await.ok()?;
+                let events = chunk.iter().cloned().map(Event::from_frame).collect();
+                sink.send(events).await.then_some(())?;
             }
             follower.head.max(after)
         }
@@ -417,19 +510,19 @@ async fn pump_events(
                     Ok(Some(events)) if !events.is_empty() => {
                         for e in events {
                             cursor = e.seq().unwrap_or(cursor);
-                            tx.send(e.frame().clone()).await.ok()?;
+                            sink.send(vec![e]).await.then_some(())?;
                         }
                     }
                     Ok(Some(_)) => break,
                     // Retention dropped what the reader lacks: a full sync instead.
                     Ok(None) => match sync_event(state, doc, DocState::default(), peer).await {
                         Ok((event, seq)) => {
-                            tx.send(event.frame().clone()).await.ok()?;
+                            sink.send(vec![event]).await.then_some(())?;
                             cursor = seq;
                         }
-                        Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+                        Err(e) => return Some(FeedEnd::Failed(e)),
                     },
-                    Err(e) => return Some(Event::close("unavailable", &e.to_string())),
+                    Err(e) => return Some(FeedEnd::Failed(e)),
                 }
             }
             cursor.max(after)
@@ -445,12 +538,12 @@ async fn pump_events(
                     // The room dropped this reader: say why, if it said (a slow consumer's
                     // outbox goes with it, so both can be seen at once).
                     return Some(match follower.closer.code() {
-                        Some(code) => closed_event(code),
-                        None => Event::close("document_unavailable", "the room stopped; reconnect with Last-Event-ID"),
+                        Some(code) => closed_end(code),
+                        None => FeedEnd::DocumentUnavailable { room_stopped: true },
                     });
                 };
-                // Everything queued goes out as one chunk (one write for many events).
-                let mut chunk = Vec::new();
+                // Everything queued goes out at once (one write for many events).
+                let (mut events, mut bytes) = (Vec::new(), 0);
                 let mut next = Some(first);
                 while let Some(Message::Binary(frame)) = next {
                     let event = Event::from_frame(frame);
@@ -458,46 +551,42 @@ async fn pump_events(
                         Some(seq) if seq <= cursor => {}
                         Some(seq) => {
                             cursor = seq;
-                            chunk.extend_from_slice(event.frame());
+                            bytes += event.frame().len();
+                            events.push(event);
                         }
-                        None => chunk.extend_from_slice(event.frame()),
+                        None => {
+                            bytes += event.frame().len();
+                            events.push(event);
+                        }
                     }
-                    if chunk.len() >= SSE_CHUNK_BYTES {
+                    if bytes >= SSE_CHUNK_BYTES {
                         break;
                     }
                     next = follower.rx.try_recv();
                 }
-                if !chunk.is_empty() {
-                    tx.send(Bytes::from(chunk)).await.ok()?;
+                if !events.is_empty() {
+                    sink.send(events).await.then_some(())?;
                     quiet.as_mut().reset(Instant::now() + streams.keep_alive);
                 }
             }
             () = &mut quiet => {
-                tx.send(Bytes::from_static(KEEP_ALIVE)).await.ok()?;
+                sink.keep_alive().await.then_some(())?;
                 quiet.as_mut().reset(Instant::now() + streams.keep_alive);
             }
-            () = tokio::time::sleep_until(deadline) => {
-                return Some(Event::close("lifetime", "the stream's lifetime is over; reconnect with Last-Event-ID"));
-            }
-            code = follower.closer.closed() => return Some(closed_event(code)),
-            () = state.shutdown.cancelled() => {
-                return Some(Event::close("shutdown", "the server is restarting; reconnect with Last-Event-ID"));
-            }
+            () = tokio::time::sleep_until(deadline) => return Some(FeedEnd::Lifetime),
+            code = follower.closer.closed() => return Some(closed_end(code)),
+            () = state.shutdown.cancelled() => return Some(FeedEnd::Shutdown),
         }
     }
 }
 
-/// The last event of a stream its room closed with `code`.
-fn closed_event(code: CloseCode) -> Event {
+/// Why a stream its room closed with `code` ended.
+pub(crate) fn closed_end(code: CloseCode) -> FeedEnd {
     match code {
-        CloseCode::SlowConsumer => Event::close(
-            "slow_consumer",
-            "the stream fell behind; reconnect with Last-Event-ID",
-        ),
-        _ => Event::close(
-            "document_unavailable",
-            "the document is unavailable (deleted, or the store failed); reconnect to find out",
-        ),
+        CloseCode::SlowConsumer => FeedEnd::SlowConsumer,
+        _ => FeedEnd::DocumentUnavailable {
+            room_stopped: false,
+        },
     }
 }
 

@@ -40,7 +40,7 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 
 /// How the body of a write is encoded, from its `Content-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     /// A MessagePack Lattice `Delta`.
     Lattice,
     /// A raw Yjs v1 update.
@@ -119,24 +119,73 @@ pub(crate) async fn post_update(
     let kind = body_kind(&headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
-            Some(key.ok_or_else(|| {
-                bad(
-                    "bad_idempotency_key",
-                    format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
-                )
-            })?)
-        }
+        Some(v) => Some(idempotency_key(v.to_str().ok())?),
     };
     let limit = state.config.limits.max_frame_bytes;
     let body = read_body(&headers, body, limit).await?;
+    let applied = apply_update(&state, &principal, &doc, remote, kind, body, key).await?;
+    let mut response =
+        Json(json!({ "seq": applied.seq, "changed": applied.changed })).into_response();
+    if applied.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A client's idempotency key, checked: 1 to [`MAX_KEY_LEN`] visible ASCII characters
+/// (`None`: not text at all).
+pub(crate) fn idempotency_key(key: Option<&str>) -> Result<&str, ApiError> {
+    key.filter(|k| {
+        // What `HeaderValue::to_str` lets through, so both APIs take the same keys.
+        !k.is_empty()
+            && k.len() <= MAX_KEY_LEN
+            && k.bytes().all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
+    })
+    .ok_or_else(|| {
+        bad(
+            "bad_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )
+    })
+}
+
+/// A committed write, as its caller is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Applied {
+    pub seq: u64,
+    pub changed: bool,
+    /// The answer of an earlier write with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// One write of `body` (at most `Limits::max_frame_bytes`, already read) to `doc` by
+/// `principal`, who holds `write` on it: the byte rate limit, decoding, the room, the commit,
+/// and the idempotency key's memory. Shared by `POST /v1/updates/{doc}` and gRPC
+/// `ApplyUpdate`; the request rate limit is the caller's.
+pub(crate) async fn apply_update(
+    state: &Arc<ServerState>,
+    principal: &Principal,
+    doc: &DocId,
+    remote: std::net::SocketAddr,
+    kind: BodyKind,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> Result<Applied, ApiError> {
+    let limit = state.config.limits.max_frame_bytes;
+    if body.len() > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
+    if body.is_empty() {
+        return Err(bad("empty_body", "the body is empty; send a delta"));
+    }
     if !state
         .http_rate
-        .bytes(&rate_key(&principal, remote), body.len())
+        .bytes(&rate_key(principal, remote), body.len())
     {
         return Err(ApiError::RateLimited);
     }
@@ -153,11 +202,11 @@ pub(crate) async fn post_update(
             ..Delta::default()
         },
     };
-    let write = || write_delta(&state, &principal, &doc, delta.clone(), digest);
+    let write = || write_delta(state, principal, doc, delta.clone(), digest);
     let (answer, replayed) = match key {
         None => (write().await?, false),
         Some(key) => {
-            let cell = state.idempotency.cell(scoped_key(&principal, &doc, key));
+            let cell = state.idempotency.cell(scoped_key(principal, doc, key));
             let mut ran = false;
             let answer = *cell
                 .get_or_try_init(|| {
@@ -177,17 +226,11 @@ pub(crate) async fn post_update(
     if replayed {
         state.metrics.http_writes_replayed.fetch_add(1, Relaxed);
     }
-    let mut response =
-        Json(json!({ "seq": answer.seq, "changed": answer.changed })).into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(Applied {
+        seq: answer.seq,
+        changed: answer.changed,
+        replayed,
+    })
 }
 
 /// Sends the delta through the document's room and waits for its commit.

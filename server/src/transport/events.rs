@@ -134,6 +134,45 @@ impl Event {
     }
 }
 
+/// What a `sync` or `delta` event carries, read back from its JSON: the gRPC stream follows
+/// the same room window as the HTTP readers (encoded once for all of them) and re-frames it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct EventParts {
+    /// `sync` (else `delta`).
+    pub sync: bool,
+    pub seq: u64,
+    /// The Yjs v1 update (the empty update `[0, 0]` without Yjs content).
+    pub update: Vec<u8>,
+    /// The native protocol's message.
+    pub frame: Vec<u8>,
+}
+
+impl Event {
+    /// The parts of a `sync` or `delta` event; `None` for any other (presence, close).
+    pub(crate) fn parts(&self) -> Option<EventParts> {
+        #[derive(serde::Deserialize)]
+        struct Data {
+            #[serde(rename = "type")]
+            kind: String,
+            seq: u64,
+            update: String,
+            frame: String,
+        }
+        let data: Data = serde_json::from_slice(self.data()).ok()?;
+        let sync = match data.kind.as_str() {
+            "sync" => true,
+            "delta" => false,
+            _ => return None,
+        };
+        Some(EventParts {
+            sync,
+            seq: data.seq,
+            update: STANDARD.decode(data.update).ok()?,
+            frame: STANDARD.decode(data.frame).ok()?,
+        })
+    }
+}
+
 /// An SSE comment line: keeps proxies from timing the stream out; clients ignore it.
 pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
@@ -142,6 +181,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn parts_read_back_what_a_delta_or_sync_event_carries() {
+        let e = Event::delta(7, b"\x81\x01", b"");
+        let parts = e.parts().unwrap();
+        assert_eq!(
+            parts,
+            EventParts {
+                sync: false,
+                seq: 7,
+                update: vec![0, 0],
+                frame: vec![0x81, 1],
+            }
+        );
+        let doc = DocId::new("a/b").unwrap();
+        let s = Event::sync(&doc, 3, b"\x90", b"\x01\x02", Some(9));
+        assert!(s.parts().unwrap().sync);
+        assert_eq!(s.parts().unwrap().update, vec![1, 2]);
+        assert_eq!(Event::presence(1, &Value::Null, false).parts(), None);
+        assert_eq!(Event::close("x", "y").parts(), None);
+    }
 
     #[test]
     fn a_delta_event_is_one_sse_frame_whose_data_is_its_json() {
