@@ -4,7 +4,8 @@
 //! named last-writer-wins registers ([`LwwRegister`] of [`Value`], stamped by a hybrid logical
 //! clock, [`Hlc`]). Replicas exchange [`Delta`]s; a [`DocState`] summarises what a replica holds
 //! so that [`Document::diff_since`] can send exactly what the other side lacks. The wire
-//! messages are in [`protocol`]; the y-websocket protocol of stock Yjs clients is in [`yws`].
+//! messages are in [`protocol`]; the y-websocket protocol of stock Yjs clients is in [`yws`], and
+//! Hocuspocus's (documents multiplexed on one socket) in [`hocuspocus`].
 //! [`history`] diffs versions, summarises changes and (with [`Document::restore_delta`]) builds
 //! the delta that brings a document back to an earlier version.
 //!
@@ -32,7 +33,8 @@
 //!   [`ServerMsg::decode`](protocol::ServerMsg::decode) (frame size checked first, typed
 //!   [`DecodeError`](protocol::DecodeError)), [`Document::apply_from`] (Yjs bytes bounded by
 //!   [`yjs::check_update_v1`] before `yrs` allocates anything, then planned; typed
-//!   [`ApplyError`]) and [`yws::decode_frame`] (typed [`YDecodeError`](yws::YDecodeError)).
+//!   [`ApplyError`]), [`yws::decode_frame`] (typed [`YDecodeError`](yws::YDecodeError)) and
+//!   [`hocuspocus::decode_frame`] (typed [`HocusDecodeError`](hocuspocus::HocusDecodeError)).
 
 #![warn(missing_docs)]
 
@@ -40,6 +42,7 @@ mod counter;
 mod document;
 pub mod history;
 mod hlc;
+pub mod hocuspocus;
 mod ids;
 mod ordered;
 pub mod protocol;

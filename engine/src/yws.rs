@@ -172,21 +172,22 @@ pub enum YDecodeError {
     StateVector(UpdateCheckError),
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// A bounded lib0 reader over one frame (shared with [`crate::hocuspocus`]).
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
-    fn left(&self) -> usize {
+    pub(crate) fn left(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
 
-    fn var_uint(&mut self, what: &'static str) -> Result<u64, YDecodeError> {
+    pub(crate) fn var_uint(&mut self, what: &'static str) -> Result<u64, YDecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         let mut shift = 0u32;
@@ -206,7 +207,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn var_bytes(&mut self, what: &'static str) -> Result<&'a [u8], YDecodeError> {
+    pub(crate) fn var_bytes(&mut self, what: &'static str) -> Result<&'a [u8], YDecodeError> {
         let start = self.pos;
         let len = self.var_uint(what)?;
         let len = usize::try_from(len)
@@ -218,7 +219,7 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    fn var_string(&mut self, what: &'static str) -> Result<&'a str, YDecodeError> {
+    pub(crate) fn var_string(&mut self, what: &'static str) -> Result<&'a str, YDecodeError> {
         let bytes = self.var_bytes(what)?;
         std::str::from_utf8(bytes).map_err(|_| YDecodeError::NotUtf8 { what })
     }
@@ -243,7 +244,7 @@ pub fn decode_frame(frame: &[u8], max_frame_bytes: usize) -> Result<Vec<YMessage
     Ok(out)
 }
 
-fn checked_update(bytes: &[u8]) -> Result<Vec<u8>, YDecodeError> {
+pub(crate) fn checked_update(bytes: &[u8]) -> Result<Vec<u8>, YDecodeError> {
     check_update_v1(bytes).map_err(YDecodeError::Update)?;
     Ok(bytes.to_vec())
 }
@@ -284,7 +285,7 @@ fn decode_one(r: &mut Reader<'_>) -> Result<YMessage, YDecodeError> {
     }
 }
 
-fn decode_awareness(body: &[u8]) -> Result<Vec<AwarenessEntry>, YDecodeError> {
+pub(crate) fn decode_awareness(body: &[u8]) -> Result<Vec<AwarenessEntry>, YDecodeError> {
     let mut r = Reader { buf: body, pos: 0 };
     let count = r.var_uint("awareness count")?;
     // Each entry takes at least three bytes (client, clock, empty string length).

@@ -486,3 +486,35 @@ fn a_failed_commit_after_an_early_relay_asks_every_subscriber_to_resync() {
     assert!(room.flush_relays().is_empty());
     assert!(!room.commit_failed().lost_relays);
 }
+
+#[test]
+fn ack_each_peers_get_one_ack_per_delta_in_order_and_no_echo() {
+    let mut room = room();
+    let (hocus, native) = (PeerId(1), PeerId(2));
+    let each = SubscribeOptions {
+        echo: Echo::AckEach,
+        ..writer()
+    };
+    room.subscribe(hocus, each, &DocState::default());
+    room.subscribe(native, writer(), &DocState::default());
+    // Three deltas from each, committed together.
+    let mut tokens = Vec::new();
+    for seq in 1..=3 {
+        let fx = room.client_delta(hocus, seq, edit(7 + seq as u32, "h"), None, NOW_MS);
+        tokens.extend(fx.persist.iter().map(|p| p.token));
+        let fx = room.client_delta(native, seq, edit(20 + seq as u32, "n"), None, NOW_MS);
+        tokens.extend(fx.persist.iter().map(|p| p.token));
+    }
+    let last = tokens.into_iter().max().expect("persisted");
+    let fx = room.committed(last);
+    assert_eq!(acks_to(&fx, hocus), vec![1, 2, 3], "one ack per delta");
+    assert_eq!(acks_to(&fx, native), vec![3], "cumulative");
+    assert_eq!(
+        deltas_to(&fx, hocus),
+        3,
+        "the native peer's three deltas, none of its own"
+    );
+    // A delta that adds nothing is acknowledged too, once.
+    let fx = room.client_delta(hocus, 4, edit(8, "h"), None, NOW_MS);
+    assert_eq!(acks_to(&fx, hocus), vec![4]);
+}

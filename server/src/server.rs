@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::auth::{TokenQuery, bearer_token};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::protocols::hocuspocus::serve_hocus_socket;
 use crate::protocols::native::{Admission, serve_socket};
 use crate::protocols::yjs::{YjsGrant, YjsRefusal, refuse, serve_yjs_socket};
 use crate::rooms::RoomCmd;
@@ -182,6 +183,7 @@ fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/sync", get(sync_socket))
         .route("/yjs/{*doc}", get(yjs_socket))
+        .route("/hocuspocus", get(hocuspocus_socket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -338,6 +340,54 @@ async fn yjs_socket(
             })
         }
     }
+}
+
+/// `/hocuspocus`: the upgrade always succeeds (browsers cannot read a failed upgrade's
+/// status); tokens come in each document's auth message. A valid token on the upgrade
+/// (`Authorization: Bearer` or `?token=`), or `--no-auth`, admits it to an authenticated slot
+/// at once; otherwise it holds an unauthenticated one until a document authenticates.
+async fn hocuspocus_socket(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WsUpgrade,
+) -> Response {
+    let token = bearer_token(&headers)
+        .map(str::to_string)
+        .or(query.token)
+        .filter(|t| !t.is_empty());
+    let upgrade_auth = if state.auth.is_required() {
+        token
+            .as_deref()
+            .map(|t| state.auth.authenticate(Some(t), remote.ip()))
+    } else {
+        Some(state.auth.authenticate(None, remote.ip()))
+    };
+    let limits = &state.config.limits;
+    let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
+    let admitted = match upgrade_auth {
+        Some(Ok(principal)) => admit(&state, &state.connections, |m| &m.connections)
+            .map(|slot| (Admission::Authenticated { slot, principal }, None)),
+        upgrade_auth => admit(&state, &state.unauthenticated, |m| {
+            &m.unauthenticated_connections
+        })
+        .map(|slot| {
+            (
+                Admission::Unauthenticated { slot, upgrade_auth },
+                Some(hello_limit),
+            )
+        }),
+    };
+    let (admission, first_message_limit) = match admitted {
+        Ok(admitted) => admitted,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    };
+    ws.accept(
+        ws_config(&state.config),
+        first_message_limit,
+        move |socket, tripped| serve_hocus_socket(state, socket, tripped, admission, remote.ip()),
+    )
 }
 
 /// How long `/readyz` waits for the store. A store that does not answer is not ready: without

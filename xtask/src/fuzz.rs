@@ -56,6 +56,10 @@ pub(crate) const TARGETS: &[Target] = &[
         krate: &ENGINE,
     },
     Target {
+        name: "hocus_frame",
+        krate: &ENGINE,
+    },
+    Target {
         name: "yjs_apply",
         krate: &ENGINE,
     },

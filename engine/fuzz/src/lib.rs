@@ -12,6 +12,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use lattice_engine::hocuspocus::{self, HocusFrame, HocusMessage};
 use lattice_engine::protocol::{ClientMsg, DEFAULT_MAX_FRAME_BYTES, ServerMsg};
 use lattice_engine::yws::{self, YMessage};
 use lattice_engine::{
@@ -149,6 +150,78 @@ pub fn yws_frame(bytes: &[u8]) {
             ),
         }
     }
+}
+
+/// `fuzz_targets/hocus_frame.rs`: `hocuspocus::decode_frame` never panics; every update and
+/// state vector it accepts passes the engine's guards and is what yrs reads; every frame
+/// re-encodes (with the encoders the server uses) to bytes that decode to the same frame
+/// (awareness: one entry per client, the last, as y-protocols keeps them).
+pub fn hocus_frame(bytes: &[u8]) {
+    let Ok(frame) = hocuspocus::decode_frame(bytes, DEFAULT_MAX_FRAME_BYTES) else {
+        return;
+    };
+    let expected = match &frame {
+        HocusFrame::Doc { name, message } => {
+            let message = match message {
+                HocusMessage::SyncStep1 { state_vector } => {
+                    yjs::check_state_vector_v1(state_vector)
+                        .expect("an accepted state vector passes the guard");
+                    StateVector::decode_v1(state_vector)
+                        .expect("yrs reads a state vector the guard accepts");
+                    // yrs re-encodes a state vector in its own order: compare what it holds.
+                    let again = hocuspocus::decode_frame(&frame.encode(), usize::MAX);
+                    match again {
+                        Ok(HocusFrame::Doc {
+                            message: HocusMessage::SyncStep1 { state_vector: sv },
+                            ..
+                        }) => assert_eq!(
+                            StateVector::decode_v1(&sv).ok(),
+                            StateVector::decode_v1(state_vector).ok(),
+                            "sync step 1 changed through encode/decode"
+                        ),
+                        other => panic!("sync step 1 re-decoded as {other:?}"),
+                    }
+                    return;
+                }
+                HocusMessage::SyncStep2 { update } | HocusMessage::Update { update } => {
+                    yjs::check_update_v1(update).expect("an accepted update passes the guard");
+                    message.clone()
+                }
+                HocusMessage::Awareness { entries } => {
+                    let mut kept: Vec<yws::AwarenessEntry> = Vec::new();
+                    for e in entries.iter().rev() {
+                        if !kept.iter().any(|x| x.client == e.client) {
+                            kept.push(e.clone());
+                        }
+                    }
+                    kept.sort_by_key(|e| e.client);
+                    HocusMessage::Awareness { entries: kept }
+                }
+                other => other.clone(),
+            };
+            HocusFrame::Doc {
+                name: name.clone(),
+                message,
+            }
+        }
+        other => other.clone(),
+    };
+    let again = hocuspocus::decode_frame(&frame.encode(), usize::MAX)
+        .unwrap_or_else(|e| panic!("a frame we encoded does not decode: {e}"));
+    let again = match again {
+        HocusFrame::Doc {
+            name,
+            message: HocusMessage::Awareness { mut entries },
+        } => {
+            entries.sort_by_key(|e| e.client);
+            HocusFrame::Doc {
+                name,
+                message: HocusMessage::Awareness { entries },
+            }
+        }
+        other => other,
+    };
+    assert_eq!(again, expected, "a frame changed through encode/decode");
 }
 
 fn single(frame: &[u8]) -> YMessage {
@@ -363,6 +436,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: &[(&str, Check)] = &[
     ("client_msg", client_msg),
     ("yws_frame", yws_frame),
+    ("hocus_frame", hocus_frame),
     ("yjs_apply", yjs_apply),
     ("decode", decode),
 ];
@@ -590,6 +664,56 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     ];
     for (name, frame) in frames {
         out.push(("yws_frame", name, frame));
+    }
+    let hocus = [
+        (
+            "yrs-token",
+            hocuspocus::encode_token("team-a/notes", "a.jwt.token", Some("4.7.0")),
+        ),
+        (
+            "yrs-step1",
+            hocuspocus::encode_sync_step1("team-a/notes", &content_document().state().yjs),
+        ),
+        (
+            "yrs-step2-text",
+            hocuspocus::encode_sync_step2("notes", &updates[0].1),
+        ),
+        (
+            "yrs-update-nested",
+            hocuspocus::encode_update("notes", &updates[2].1),
+        ),
+        (
+            "yrs-awareness",
+            hocuspocus::encode_awareness(
+                "notes",
+                &[yws::AwarenessEntry {
+                    client: 42,
+                    clock: 3,
+                    state_json: r##"{"user":{"name":"ann","color":"#f00"}}"##.into(),
+                }],
+            ),
+        ),
+        (
+            "yrs-query-awareness",
+            hocuspocus::encode_query_awareness("n"),
+        ),
+        (
+            "yrs-stateless",
+            hocuspocus::encode_stateless("notes", r#"{"event":"saved"}"#),
+        ),
+        ("yrs-close", hocuspocus::encode_close("notes", "")),
+        (
+            "yrs-sync-status",
+            hocuspocus::encode_sync_status("notes", true),
+        ),
+        (
+            "yrs-authenticated",
+            hocuspocus::encode_authenticated("notes", true),
+        ),
+        ("yrs-ping", hocuspocus::PING.to_vec()),
+    ];
+    for (name, frame) in hocus {
+        out.push(("hocus_frame", name, frame));
     }
     out.push((
         "client_msg",

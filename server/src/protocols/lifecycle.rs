@@ -227,6 +227,12 @@ impl Deadlines {
         self.quiet_at = Instant::now() + quiet;
     }
 
+    /// The token's expiry is now `at` (`None`: never); a connection that authenticates
+    /// after it starts (Hocuspocus, per document) learns it late.
+    pub(crate) fn expire_at(&mut self, at: Option<Instant>) {
+        self.expires_at = at;
+    }
+
     /// What is due now, the most final first; `None` if nothing is (yet).
     pub(crate) fn due(&mut self) -> Option<Due> {
         let now = Instant::now();

@@ -1,6 +1,7 @@
 //! The protocols clients speak, each only its own message handling on the mechanics of
 //! `transport/`: [`native`] is `/v1/sync` (the MessagePack protocol of docs/protocol.md),
-//! [`yjs`] is `/yjs/{doc}` (the y-websocket protocol of stock Yjs clients), [`feed`] the HTTP
+//! [`yjs`] is `/yjs/{doc}` (the y-websocket protocol of stock Yjs clients), [`hocuspocus`] is
+//! `/hocuspocus` (`@hocuspocus/provider`, documents multiplexed on one socket), [`feed`] the HTTP
 //! readers (SSE, long polling) and [`write`] the HTTP writes and state reads
 //! (docs/http-api.md); [`lifecycle`] is how every WebSocket connection ends. All reach
 //! documents only through rooms (`rooms::join_room`,
@@ -14,6 +15,7 @@ use axum::routing::get;
 use crate::state::ServerState;
 
 pub(crate) mod feed;
+pub(crate) mod hocuspocus;
 pub(crate) mod lifecycle;
 pub(crate) mod native;
 pub(crate) mod write;

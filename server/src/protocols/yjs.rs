@@ -177,18 +177,10 @@ impl Encoder for YjsEncoder {
                 vec![yws::encode_update(&delta.yjs)]
             }
             ServerMsg::Presence { state, .. } => {
-                let Some(AwarenessId { client, clock }) = awareness else {
+                let Some(entry) = awareness_entry(state, awareness) else {
                     return Encoded::default();
                 };
-                let state_json = match state {
-                    Value::Null => "null".to_owned(),
-                    state => serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned()),
-                };
-                vec![yws::encode_awareness(&[AwarenessEntry {
-                    client,
-                    clock,
-                    state_json,
-                }])]
+                vec![yws::encode_awareness(&[entry])]
             }
             ServerMsg::Error { code, message, .. } => {
                 return match code {
@@ -212,6 +204,98 @@ impl Encoder for YjsEncoder {
         };
         Encoded::frames(frames.into_iter().map(Bytes::from).collect())
     }
+}
+
+/// A presence `state` as the awareness entry of the identity the room keeps for its peer
+/// (`None` without one). Shared with Hocuspocus, whose awareness is y-websocket's.
+pub(crate) fn awareness_entry(
+    state: &Value,
+    awareness: Option<AwarenessId>,
+) -> Option<AwarenessEntry> {
+    let AwarenessId { client, clock } = awareness?;
+    let state_json = match state {
+        Value::Null => "null".to_owned(),
+        state => serde_json::to_string(state).unwrap_or_else(|_| "null".to_owned()),
+    };
+    Some(AwarenessEntry {
+        client,
+        clock,
+        state_json,
+    })
+}
+
+/// What a client's awareness `entries` become: presence commands for `peer`, from the one
+/// awareness client id the connection speaks for (`mine`, the first it sends). Entries for
+/// other clients (relayed ones are not trusted) and in the range of native peers' ids are
+/// skipped; a state that is not JSON is an error (the caller closes with 4000).
+pub(crate) fn presence_from_awareness(
+    peer: PeerId,
+    mine: &mut Option<u64>,
+    entries: Vec<AwarenessEntry>,
+) -> Result<Vec<RoomCmd>, serde_json::Error> {
+    let mut cmds = Vec::new();
+    for entry in entries {
+        if entry.client >= NATIVE_AWARENESS_CLIENTS {
+            // That range names native peers' presence; a Yjs client may not speak for them.
+            continue;
+        }
+        if entry.client != *mine.get_or_insert(entry.client) {
+            continue;
+        }
+        let state = if entry.is_removal() {
+            Value::Null
+        } else {
+            serde_json::from_str::<Value>(&entry.state_json)?
+        };
+        cmds.push(RoomCmd::Presence {
+            peer,
+            state,
+            typing: false,
+            awareness: Some(AwarenessOrigin {
+                client: entry.client,
+                clock: entry.clock,
+            }),
+        });
+    }
+    Ok(cmds)
+}
+
+/// Joins `doc`'s room as `peer` (or resyncs with it, when `room` is joined already) from a Yjs
+/// client's `state_vector`, once the connection's budget of full-state syncs allows: a sync
+/// step 1 on `/yjs` and on `/hocuspocus`. A room that cannot be joined closes with 4011.
+pub(crate) async fn subscribe_yjs(
+    state: &ServerState,
+    room: &mut Option<RoomSender>,
+    doc: &DocId,
+    peer: &PeerHandle,
+    access: Access,
+    state_vector: Vec<u8>,
+) -> Option<Exit> {
+    let ticket = match lifecycle::sync_slot(state.rooms.env(), peer).await {
+        Ok(ticket) => ticket,
+        Err(exit) => return Some(exit),
+    };
+    let cmd = RoomCmd::Subscribe {
+        peer: peer.clone(),
+        access,
+        state: DocState {
+            yjs: state_vector,
+            ..DocState::default()
+        },
+        ticket,
+    };
+    match room {
+        Some(room) => {
+            if send_to_room(room, cmd).await.is_err() {
+                return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
+            }
+        }
+        None => match join_room(&state.rooms, doc, cmd).await {
+            Some(joined) => *room = Some(joined),
+            None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
+        },
+    }
+    None
 }
 
 impl Protocol for YjsConn {
@@ -344,31 +428,16 @@ impl YjsConn {
     /// Joins (or resyncs with) the room from the client's state vector, once this connection's
     /// budget of full-state syncs allows.
     async fn subscribe(&mut self, state_vector: Vec<u8>) -> Option<Exit> {
-        let ticket = match lifecycle::sync_slot(self.state.rooms.env(), &self.peer).await {
-            Ok(ticket) => ticket,
-            Err(exit) => return Some(exit),
-        };
-        let cmd = RoomCmd::Subscribe {
-            peer: self.peer.clone(),
-            access: self.grant.access,
-            state: DocState {
-                yjs: state_vector,
-                ..DocState::default()
-            },
-            ticket,
-        };
-        match &self.room {
-            Some(room) => {
-                if send_to_room(room, cmd).await.is_err() {
-                    return Some(Exit::SendClose(CloseCode::DocumentUnavailable));
-                }
-            }
-            None => match join_room(&self.state.rooms, &self.grant.doc, cmd).await {
-                Some(room) => self.room = Some(room),
-                None => return Some(Exit::SendClose(CloseCode::DocumentUnavailable)),
-            },
-        }
-        None
+        let (doc, access) = (&self.grant.doc, self.grant.access);
+        subscribe_yjs(
+            &self.state,
+            &mut self.room,
+            doc,
+            &self.peer,
+            access,
+            state_vector,
+        )
+        .await
     }
 
     async fn handle(&mut self, msg: YMessage) -> Option<Exit> {
@@ -415,37 +484,18 @@ impl YjsConn {
                 }
             }
             YMessage::Awareness { entries } => {
-                for entry in entries {
-                    if entry.client >= NATIVE_AWARENESS_CLIENTS {
-                        // That range names native peers' presence; a Yjs client may not speak
-                        // for them.
-                        continue;
+                let cmds = match presence_from_awareness(
+                    self.peer.id,
+                    &mut self.awareness_client,
+                    entries,
+                ) {
+                    Ok(cmds) => cmds,
+                    Err(e) => {
+                        warn!(error = %e, "awareness state is not JSON");
+                        return Some(Exit::SendClose(CloseCode::Protocol));
                     }
-                    let mine = *self.awareness_client.get_or_insert(entry.client);
-                    if entry.client != mine {
-                        // A client speaks for itself only; relayed entries are not trusted.
-                        continue;
-                    }
-                    let state = if entry.is_removal() {
-                        Value::Null
-                    } else {
-                        match serde_json::from_str::<Value>(&entry.state_json) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                warn!(error = %e, "awareness state is not JSON");
-                                return Some(Exit::SendClose(CloseCode::Protocol));
-                            }
-                        }
-                    };
-                    let cmd = RoomCmd::Presence {
-                        peer: self.peer.id,
-                        state,
-                        typing: false,
-                        awareness: Some(AwarenessOrigin {
-                            client: entry.client,
-                            clock: entry.clock,
-                        }),
-                    };
+                };
+                for cmd in cmds {
                     let _ = send_to_room(&room, cmd).await;
                 }
             }

@@ -98,6 +98,12 @@ pub(crate) enum RoomCmd {
     QueryPresence {
         peer: PeerId,
     },
+    /// A frame for the room's other peers of the sender's protocol, as is (Hocuspocus's
+    /// stateless messages: bounded and rate-limited by the sender's connection, never stored).
+    Broadcast {
+        peer: PeerId,
+        frame: bytes::Bytes,
+    },
     /// Resolves once everything applied so far is committed and acknowledged.
     Flush {
         reply: oneshot::Sender<()>,

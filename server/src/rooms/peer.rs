@@ -64,6 +64,8 @@ pub(crate) enum PeerKind {
     Native,
     /// The y-websocket protocol of stock Yjs clients (`/yjs/{doc}`).
     Yjs,
+    /// Hocuspocus's protocol (`/hocuspocus`): documents multiplexed on one socket.
+    Hocuspocus,
     /// An HTTP reader (SSE, long polling): it gets the log's committed entries with their
     /// seqs, and presence, as JSON events (`transport::events`); nothing else the room sends.
     Feed,

@@ -2,6 +2,7 @@
 //! and carries out the room's effects (acks, relays, closes, restores) once they are committed.
 
 mod awareness;
+mod broadcast;
 mod cluster;
 mod feed;
 
@@ -324,6 +325,8 @@ impl RoomDriver {
                 // y-websocket clients count the echo of their update as "saved".
                 let echo = match peer.kind {
                     PeerKind::Yjs => Echo::OwnDeltas,
+                    // Hocuspocus clients count one sync status per update.
+                    PeerKind::Hocuspocus => Echo::AckEach,
                     PeerKind::Native | PeerKind::Feed => Echo::None,
                 };
                 let author = peer.author.clone();
@@ -432,6 +435,10 @@ impl RoomDriver {
                 return;
             }
             RoomCmd::QueryPresence { peer } => self.room.query_presence(peer),
+            RoomCmd::Broadcast { peer, frame } => {
+                self.broadcast(peer, frame).await;
+                return;
+            }
             RoomCmd::Flush { reply } => {
                 self.flush_waiters.push(reply);
                 Effects::default()

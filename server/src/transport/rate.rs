@@ -30,6 +30,14 @@ pub(crate) fn message_limiter(limits: &Limits) -> DefaultDirectRateLimiter {
     )
 }
 
+/// A token bucket of `per_second` with a burst of `burst`, on the shared clock.
+pub(crate) fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct_with_clock(
+        Quota::per_second(nz(per_second)).allow_burst(nz(burst)),
+        clock(),
+    )
+}
+
 /// The per-connection byte rate. Its burst is at least one maximal frame, so `check_n` only
 /// ever answers "not now", never "never".
 pub(crate) fn byte_limiter(limits: &Limits) -> DefaultDirectRateLimiter {

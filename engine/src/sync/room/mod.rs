@@ -53,6 +53,9 @@ pub enum Echo {
     /// Its own deltas are relayed back to it once committed, like everyone else's (y-websocket
     /// clients count the echo of an update as "saved").
     OwnDeltas,
+    /// Its deltas are not relayed back, and each is acknowledged with an `ack` of its own, in
+    /// order, rather than cumulatively (Hocuspocus clients count one sync status per update).
+    AckEach,
 }
 
 /// Timings of a room, in milliseconds of the driver's clock.
@@ -748,7 +751,8 @@ impl Room {
     fn release(&mut self, fx: &mut Effects) {
         // Relays sent when applied go before anything released after them.
         self.flush_early(fx);
-        let mut acks: BTreeMap<PeerId, u64> = BTreeMap::new();
+        // Per peer, the seqs to acknowledge: only the highest, or each one (`Echo::AckEach`).
+        let mut acks: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
         // Runs of relays from one sender, merged into one delta each.
         let mut runs: Vec<Run> = Vec::new();
         while let Some(front) = self.slots.front() {
@@ -767,8 +771,15 @@ impl Room {
                 }
                 continue;
             }
-            let seq = acks.entry(slot.peer).or_insert(0);
-            *seq = (*seq).max(slot.seq);
+            let each = self
+                .subscribers
+                .get(&slot.peer)
+                .is_some_and(|s| s.echo == Echo::AckEach);
+            let seqs = acks.entry(slot.peer).or_default();
+            match seqs.last_mut() {
+                Some(last) if !each => *last = (*last).max(slot.seq),
+                _ => seqs.push(slot.seq),
+            }
             if let Some(delta) = slot.relay {
                 let size = delta.yjs.len();
                 let audience = if slot.relayed {
@@ -796,15 +807,17 @@ impl Room {
             }
         }
         self.send_runs(runs, fx);
-        for (peer, seq) in acks {
+        for (peer, seqs) in acks {
             if self.subscribers.contains_key(&peer) {
-                fx.to(
-                    peer,
-                    ServerMsg::Ack {
-                        doc: self.doc_id.clone(),
-                        seq,
-                    },
-                );
+                for seq in seqs {
+                    fx.to(
+                        peer,
+                        ServerMsg::Ack {
+                            doc: self.doc_id.clone(),
+                            seq,
+                        },
+                    );
+                }
             }
         }
     }
