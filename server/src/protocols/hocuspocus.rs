@@ -614,7 +614,7 @@ mod tests {
             ..Config::default()
         };
         let store = Store::open(&url, config.store.clone()).await.unwrap();
-        let state = Arc::new(ServerState::new(config, store).unwrap());
+        let state = Arc::new(ServerState::new(config, store, None).unwrap());
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
         let socket = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
