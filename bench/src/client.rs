@@ -71,6 +71,11 @@ impl Endpoint {
                 format!("ws://{}{prefix}/{doc}", self.addr)
             }
             (Protocol::YWebsocket, YjsPath::YSweet(_)) => ysweet::socket_url(self.addr, doc),
+            // Hocuspocus itself listens at `/`, Lattice at `/hocuspocus`; the document's name
+            // travels in every message.
+            (Protocol::Hocuspocus, YjsPath::Prefix(path)) if !path.is_empty() => {
+                format!("ws://{}{path}", self.addr)
+            }
             (Protocol::Hocuspocus, _) => format!("ws://{}/", self.addr),
         }
     }

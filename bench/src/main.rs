@@ -66,8 +66,8 @@ struct Cli {
     /// Runs of every scenario on every target; figures are medians over runs.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Targets to measure, comma-separated: lattice, lattice-yjs, hocuspocus, y-websocket,
-    /// y-sweet.
+    /// Targets to measure, comma-separated: lattice, lattice-yjs, lattice-hocuspocus (fanout
+    /// only), hocuspocus, y-websocket, y-sweet.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// The `lattice` release binary.

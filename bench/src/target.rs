@@ -76,6 +76,14 @@ pub(crate) const TARGETS: &[Target] = &[
         server: ServerKind::Lattice,
         protocol: Protocol::YWebsocket,
     },
+    // Lattice's `/hocuspocus` endpoint with the Hocuspocus protocol: measured in `fanout`
+    // only (`Prepared::supports`), next to Hocuspocus itself.
+    Target {
+        id: "lattice-hocuspocus",
+        label: "Lattice (Hocuspocus)",
+        server: ServerKind::Lattice,
+        protocol: Protocol::Hocuspocus,
+    },
     Target {
         id: "hocuspocus",
         label: "Hocuspocus",
@@ -302,6 +310,9 @@ impl RunningServer {
             target.protocol,
             addr,
             match target.server {
+                ServerKind::Lattice if target.protocol == Protocol::Hocuspocus => {
+                    YjsPath::Prefix("/hocuspocus")
+                }
                 ServerKind::Lattice => YjsPath::Prefix("/yjs"),
                 ServerKind::YSweet => YjsPath::YSweet(Default::default()),
                 ServerKind::Hocuspocus | ServerKind::YWebsocket => YjsPath::Prefix(""),

@@ -108,11 +108,18 @@ impl Prepared for Plan {
              reader still missing updates gives up {quiet} s after its last frame once the writer \
              is done. Latency: an \
              update's send → its arrival at a reader, over all (update, reader) pairs; \
-             deliveries/s = updates × readers ÷ (last arrival − first send).",
+             deliveries/s = updates × readers ÷ (last arrival − first send). \
+             \"Lattice (Hocuspocus)\" is Lattice's `/hocuspocus` endpoint spoken to as \
+             Hocuspocus is (its protocol, the document's name in every message).",
             r = self.readers,
             b = self.burst.len(),
             quiet = QUIET_TIMEOUT.as_secs(),
         )
+    }
+
+    /// Every target, Lattice's Hocuspocus endpoint included.
+    fn supports(&self, _target: &Target) -> bool {
+        true
     }
 
     fn run<'a>(&'a self, server: &'a mut RunningServer, target: &'a Target) -> BoxFuture<'a, Result<Vec<Sample>>> {

@@ -41,8 +41,9 @@ pub(crate) trait Prepared: Send + Sync {
         Ok(Vec::new())
     }
     /// Whether the scenario applies to `target` (`http-fanout`: Lattice's native target only).
-    fn supports(&self, _target: &Target) -> bool {
-        true
+    /// Lattice's Hocuspocus endpoint is measured only where a scenario says so (`fanout`).
+    fn supports(&self, target: &Target) -> bool {
+        target.id != "lattice-hocuspocus"
     }
     /// One measurement against a server started fresh for it. Every wait must have a timeout;
     /// an error fails the bench, so say which target and what was missing.
