@@ -695,7 +695,7 @@ async fn schema_too_new_is_refused(kind: Kind) {
         Err(
             e @ OpenError::SchemaTooNew {
                 found: 9999,
-                known: 4,
+                known: 5,
             },
         ) => {
             assert!(e.to_string().contains("newer than this build"), "{e}");
