@@ -245,33 +245,7 @@ async fn sync_socket(
     Query(query): Query<TokenQuery>,
     ws: WsUpgrade,
 ) -> Response {
-    let token = bearer_token(&headers)
-        .map(str::to_string)
-        .or(query.token)
-        .filter(|t| !t.is_empty());
-    let upgrade_auth = if state.auth.is_required() {
-        token
-            .as_deref()
-            .map(|t| state.auth.authenticate(Some(t), remote.ip()))
-    } else {
-        Some(state.auth.authenticate(None, remote.ip()))
-    };
-    let limits = &state.config.limits;
-    let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
-    let admitted = match upgrade_auth {
-        Some(Ok(principal)) => admit(&state, &state.connections, |m| &m.connections)
-            .map(|slot| (Admission::Authenticated { slot, principal }, None)),
-        upgrade_auth => admit(&state, &state.unauthenticated, |m| {
-            &m.unauthenticated_connections
-        })
-        .map(|slot| {
-            (
-                Admission::Unauthenticated { slot, upgrade_auth },
-                Some(hello_limit),
-            )
-        }),
-    };
-    let (admission, first_message_limit) = match admitted {
+    let (admission, first_message_limit) = match admit_upgrade(&state, remote, &headers, query) {
         Ok(admitted) => admitted,
         Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
@@ -353,7 +327,28 @@ async fn hocuspocus_socket(
     Query(query): Query<TokenQuery>,
     ws: WsUpgrade,
 ) -> Response {
-    let token = bearer_token(&headers)
+    let (admission, first_message_limit) = match admit_upgrade(&state, remote, &headers, query) {
+        Ok(admitted) => admitted,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    };
+    ws.accept(
+        ws_config(&state.config),
+        first_message_limit,
+        move |socket, tripped| serve_hocus_socket(state, socket, tripped, admission, remote.ip()),
+    )
+}
+
+/// The slot a WebSocket upgrade of `/v1/sync` or `/hocuspocus` takes: an authenticated one at
+/// once with a valid token on the upgrade (`Authorization: Bearer` or `?token=`) or under
+/// `--no-auth`, else an unauthenticated one whose first message is limited to
+/// `max_hello_bytes`. `Err` (the caller's 503) when no slot of that kind is left.
+fn admit_upgrade(
+    state: &Arc<ServerState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: TokenQuery,
+) -> Result<(Admission, Option<usize>), &'static str> {
+    let token = bearer_token(headers)
         .map(str::to_string)
         .or(query.token)
         .filter(|t| !t.is_empty());
@@ -366,10 +361,10 @@ async fn hocuspocus_socket(
     };
     let limits = &state.config.limits;
     let hello_limit = limits.max_hello_bytes.min(limits.max_frame_bytes);
-    let admitted = match upgrade_auth {
-        Some(Ok(principal)) => admit(&state, &state.connections, |m| &m.connections)
+    match upgrade_auth {
+        Some(Ok(principal)) => admit(state, &state.connections, |m| &m.connections)
             .map(|slot| (Admission::Authenticated { slot, principal }, None)),
-        upgrade_auth => admit(&state, &state.unauthenticated, |m| {
+        upgrade_auth => admit(state, &state.unauthenticated, |m| {
             &m.unauthenticated_connections
         })
         .map(|slot| {
@@ -378,16 +373,7 @@ async fn hocuspocus_socket(
                 Some(hello_limit),
             )
         }),
-    };
-    let (admission, first_message_limit) = match admitted {
-        Ok(admitted) => admitted,
-        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-    };
-    ws.accept(
-        ws_config(&state.config),
-        first_message_limit,
-        move |socket, tripped| serve_hocus_socket(state, socket, tripped, admission, remote.ip()),
-    )
+    }
 }
 
 /// How long `/readyz` waits for the store. A store that does not answer is not ready: without
