@@ -599,3 +599,57 @@ async fn a_hanging_endpoint_does_not_slow_document_writes() {
     server.kill9().await;
     db.cleanup().await;
 }
+
+/// Many documents changed at once, a receiver that accepts every delivery: each document's
+/// event arrives exactly once. (The deliverer used to read a batch of due events, and an event
+/// whose attempt was recorded while that batch waited for a slot was sent a second time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_are_delivered_once_under_load() {
+    const DOCS: u32 = 600;
+    let db = Db::new(Backend::Sqlite).await;
+    let receiver = Receiver::start(0).await;
+    let server = Server::spawn(&db, &[ALLOW, "--webhook-coalesce", "20ms"]).await;
+    server.add_endpoint(&receiver.url(), json!({})).await;
+    let server = Arc::new(server);
+    let writers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for i in (w..DOCS).step_by(8) {
+                    let d = author(5000 + i).text_insert("t", 0, "x").expect("edit");
+                    server.write(&format!("once/{i}"), &d).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let distinct = |s: &[Delivery]| {
+        s.iter()
+            .map(|d| d.id.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    receiver
+        .wait_for("an event per document", |s| distinct(s) >= DOCS as usize)
+        .await;
+    // A duplicate would follow its first delivery within a round of the deliverer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = receiver.deliveries();
+    let mut per_id = std::collections::HashMap::<&str, usize>::new();
+    for d in &seen {
+        *per_id.entry(d.id.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} deliveries of {} events; sent more than once: {:?}",
+        seen.len(),
+        per_id.len(),
+        &repeated[..repeated.len().min(10)]
+    );
+    assert_eq!(per_id.len(), DOCS as usize, "one event per document");
+    Arc::try_unwrap(server).expect("one owner").kill9().await;
+    db.cleanup().await;
+}

@@ -10,6 +10,10 @@
 //! deliveries cost the database (on SQLite, its single writer) few transactions; an event
 //! stays "in flight" until its attempt is recorded, so it is never picked up twice. The loop
 //! sleeps until the next event falls due, a new event is formed or an attempt is recorded.
+//!
+//! A round's list of due events is read once and may wait for slots a while; an event whose
+//! attempt is recorded in that time is remembered (`recorded`, emptied as each round starts)
+//! and skipped, so a stale list never sends an event twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,15 +40,31 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// Attempts recorded in one transaction at most.
 const RECORD_BATCH: usize = 256;
 
-/// Deliveries in flight: by event id, and counted per endpoint.
+/// Deliveries in flight: by event id, and counted per endpoint; and the events recorded since
+/// the current round read its due list.
 #[derive(Debug, Default)]
 struct InFlight {
     events: HashSet<String>,
     per_endpoint: HashMap<String, usize>,
+    /// Events whose attempt was recorded after the round's due list was read: that list still
+    /// shows them due. Emptied before each read (what was recorded before it, the read sees).
+    recorded: HashSet<String>,
 }
 
 impl InFlight {
+    /// Whether `event` of `endpoint` may start: not in flight, not recorded since the due list
+    /// was read, and its endpoint under `limit`. If so, it is in flight now.
+    fn start(&mut self, event: &str, endpoint: &str, limit: usize) -> bool {
+        let at_limit = self.per_endpoint.get(endpoint).copied().unwrap_or(0) >= limit;
+        if at_limit || self.recorded.contains(event) || !self.events.insert(event.to_owned()) {
+            return false;
+        }
+        *self.per_endpoint.entry(endpoint.to_owned()).or_default() += 1;
+        true
+    }
+
     fn finish(&mut self, event: &str, endpoint: &str) {
+        self.recorded.insert(event.to_owned());
         self.events.remove(event);
         if let Some(n) = self.per_endpoint.get_mut(endpoint) {
             *n = n.saturating_sub(1);
@@ -67,17 +87,14 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             return;
         }
         let now = now_ms();
+        // Attempts recorded from here on may be missing from the list about to be read.
+        lock(&in_flight).recorded.clear();
         match inner.store.webhook_due(now, DUE_BATCH).await {
             Ok(due) => {
                 for event in due {
-                    {
-                        let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                        let at_limit = f.per_endpoint.get(&event.endpoint_id).copied().unwrap_or(0)
-                            >= inner.config.max_per_endpoint.max(1);
-                        if at_limit || !f.events.insert(event.id.clone()) {
-                            continue;
-                        }
-                        *f.per_endpoint.entry(event.endpoint_id.clone()).or_default() += 1;
+                    let limit = inner.config.max_per_endpoint.max(1);
+                    if !lock(&in_flight).start(&event.id, &event.endpoint_id, limit) {
+                        continue;
                     }
                     let slot = tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -215,7 +232,7 @@ async fn record(
             }
         }
         {
-            let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = lock(&in_flight);
             for a in &batch {
                 f.finish(&a.event_id, &a.endpoint_id);
             }
@@ -223,6 +240,10 @@ async fn record(
         batch.clear();
         inner.deliver_wake.notify_one();
     }
+}
+
+fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `delay` ± 20 %.
@@ -269,5 +290,34 @@ async fn send(agent: ureq::Agent, event: &DueEvent) -> Result<u16, String> {
             e
         }),
         Err(e) => Err(format!("the delivery task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    #[test]
+    fn an_event_recorded_after_the_due_list_was_read_is_not_started_again() {
+        let mut f = InFlight::default();
+        assert!(f.start("e1", "ep", 4));
+        assert!(!f.start("e1", "ep", 4), "in flight");
+        f.finish("e1", "ep");
+        // The round that read e1 as due before its attempt was recorded skips it.
+        assert!(!f.start("e1", "ep", 4), "recorded during this round");
+        // The next round reads the recorded state; if e1 is due again (a retry), it may start.
+        f.recorded.clear();
+        assert!(f.start("e1", "ep", 4));
+    }
+
+    #[test]
+    fn an_endpoint_at_its_limit_starts_nothing_more() {
+        let mut f = InFlight::default();
+        assert!(f.start("a", "ep", 2));
+        assert!(f.start("b", "ep", 2));
+        assert!(!f.start("c", "ep", 2));
+        assert!(f.start("c", "other", 2));
+        f.finish("a", "ep");
+        assert!(f.start("d", "ep", 2));
     }
 }
