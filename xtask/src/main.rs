@@ -130,37 +130,21 @@ fn test(_root: &Path) -> Result<()> {
             ],
         )
     })?;
-    step("engine and client build for wasm32", || {
-        cmd(
-            "cargo",
-            &[
-                "build",
-                "-p",
-                "lattice-engine",
-                "--target",
-                "wasm32-unknown-unknown",
-            ],
-        )?;
-        cmd(
-            "cargo",
-            &[
-                "build",
-                "-p",
-                "lattice-client",
-                "--target",
-                "wasm32-unknown-unknown",
-            ],
-        )
-    })?;
+    // The wasm32 build, early: the client package (its release wasm, which compiles the engine
+    // for wasm32) and the demo, which the Node and browser tests below load.
+    step(
+        "browser client package and demo for wasm32 (cargo xtask build-web)",
+        web::build,
+    )?;
     step("engine dependency check", check_engine_deps)?;
     step(
         &format!(
-            "fuzz smoke (cargo +nightly fuzz, {}s per target, committed corpus)",
+            "fuzz smoke (cargo +nightly fuzz, the engine's targets, {}s each, committed corpus)",
             fuzz::SMOKE_SECONDS
         ),
         || {
             fuzz::run(
-                fuzz::TARGETS,
+                &fuzz::smoke_targets(),
                 fuzz::SMOKE_SECONDS,
                 fuzz::Discovered::Dropped,
             )
@@ -195,10 +179,6 @@ fn test(_root: &Path) -> Result<()> {
     step("doc tests", || {
         cmd("cargo", &["test", "--workspace", "--doc"])
     })?;
-    step(
-        "browser client package and demo (cargo xtask build-web)",
-        web::build,
-    )?;
     step(
         "Node tests (real yjs + y-websocket clients; the demo in headless Chromium)",
         node_tests,

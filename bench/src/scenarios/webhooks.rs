@@ -6,7 +6,8 @@
 //! Lattice's native target only (no peer has webhooks). Two cases: the default coalescing
 //! interval (2 s: each event waits for its document to be quiet that long) and a short one
 //! (`--webhook-coalesce 50ms`), which shows what the forming and delivering cost apart from
-//! the wait.
+//! the wait. A third case writes the same updates with no endpoint: the writes' rate next to
+//! theirs in the two cases shows what an endpoint costs the commit path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ impl Scenario for Webhooks {
 
 /// A case: the server's coalescing interval.
 const CASES: [(&str, &str); 2] = [("coalesce 2s (default)", "2s"), ("coalesce 50ms", "50ms")];
+/// The case without an endpoint: writes only.
+const NO_ENDPOINT: &str = "no endpoint (writes only)";
 
 impl Prepared for Plan {
     fn describe(&self) -> String {
@@ -77,8 +80,10 @@ impl Prepared for Plan {
              documents with `POST /v1/updates/{{doc}}`, {WRITERS} at a time; each answer comes \
              after its commit. **deliveries/s** = {n} ÷ (last event's arrival − first write); \
              **latency** = a document's commit answer → its event's arrival; **events per \
-             document** should be 1. Cases: the default coalescing interval (2 s, which every \
-             event waits out) and `--webhook-coalesce 50ms`.",
+             document** should be 1; **writes/s** = {n} ÷ the time the writes took. Cases: the \
+             default coalescing interval (2 s, which every event waits out), \
+             `--webhook-coalesce 50ms`, and the same writes with no endpoint (what an endpoint \
+             costs the commit path).",
             n = self.docs
         )
     }
@@ -95,14 +100,19 @@ impl Prepared for Plan {
         Some(Box::pin(async move {
             let mut out = Vec::new();
             for (case, coalesce) in CASES {
-                let r = one_case(tools, self.docs, coalesce)
+                let r = one_case(tools, self.docs, Some(coalesce))
                     .await
                     .with_context(|| format!("{NAME} {case}"))?;
                 out.push(Sample::new(case, "deliveries/s", "deliveries/s", Better::Higher, r.per_s));
                 out.push(Sample::new(case, "p50 latency", "ms", Better::Lower, r.p50_ms));
                 out.push(Sample::new(case, "p99 latency", "ms", Better::Lower, r.p99_ms));
                 out.push(Sample::new(case, "events per document", "events", Better::Lower, r.events_per_doc));
+                out.push(Sample::new(case, "writes/s", "writes/s", Better::Higher, r.writes_per_s));
             }
+            let r = one_case(tools, self.docs, None)
+                .await
+                .with_context(|| format!("{NAME} {NO_ENDPOINT}"))?;
+            out.push(Sample::new(NO_ENDPOINT, "writes/s", "writes/s", Better::Higher, r.writes_per_s));
             Ok(out)
         }))
     }
@@ -124,12 +134,22 @@ impl Prepared for Plan {
                     fmt_value(rate, "deliveries/s")
                 ));
             }
+            if let (Some(with), Some(without)) = (
+                m.get(NAME, case, "writes/s", "lattice"),
+                m.get(NAME, NO_ENDPOINT, "writes/s", "lattice"),
+            ) {
+                out.push(format!(
+                    "{case}: writes at {:.2}× the rate without an endpoint (for information)",
+                    with / without
+                ));
+            }
         }
         out
     }
 }
 
 struct CaseResult {
+    writes_per_s: f64,
     per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -139,20 +159,23 @@ struct CaseResult {
 /// Arrivals at the receiver: per document, when its events came.
 type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
-async fn one_case(tools: &Tools, docs: usize, coalesce: &str) -> Result<CaseResult> {
+/// One server, `docs` writes; with `coalesce`, an endpoint and its deliveries too.
+async fn one_case(tools: &Tools, docs: usize, coalesce: Option<&str>) -> Result<CaseResult> {
     let receiver = TcpListener::bind("127.0.0.1:0").await?;
     let receiver_addr = receiver.local_addr()?;
     let arrivals: Arrivals = Arc::default();
     let accept = tokio::spawn(receive(receiver, arrivals.clone()));
     let dir = tempfile::Builder::new().prefix("lattice-bench-webhooks-").tempdir()?;
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let flags: Vec<String> = ["--webhook-allow-private", "--webhook-coalesce", coalesce]
+    let flags: Vec<String> = ["--webhook-allow-private", "--webhook-coalesce", coalesce.unwrap_or("2s")]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
     let mut server = RunningServer::start_lattice_on(tools, &db, &flags).await?;
     let addr = server.endpoint.addr;
-    add_endpoint(addr, receiver_addr).await?;
+    if coalesce.is_some() {
+        add_endpoint(addr, receiver_addr).await?;
+    }
 
     let update = client::keystrokes(1, WRITER).remove(0);
     let started = Instant::now();
@@ -177,6 +200,18 @@ async fn one_case(tools: &Tools, docs: usize, coalesce: &str) -> Result<CaseResu
         .await
         .into_iter()
         .collect::<Result<_>>()?;
+    let writes_per_s = docs as f64 / started.elapsed().as_secs_f64();
+    if coalesce.is_none() {
+        server.check_alive()?;
+        accept.abort();
+        return Ok(CaseResult {
+            writes_per_s,
+            per_s: 0.0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            events_per_doc: 0.0,
+        });
+    }
     let deadline = Instant::now() + DRAIN + Duration::from_secs(10);
     loop {
         let got = arrivals.lock().map_or(0, |a| a.len());
@@ -206,6 +241,7 @@ async fn one_case(tools: &Tools, docs: usize, coalesce: &str) -> Result<CaseResu
     }
     latencies.sort_by(f64::total_cmp);
     Ok(CaseResult {
+        writes_per_s,
         per_s: docs as f64 / last.duration_since(started).as_secs_f64(),
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
