@@ -8,8 +8,11 @@
 //! else a failed attempt, retried after the schedule's next delay with ±20 % jitter, or given up
 //! after the last. Attempts are recorded by one recorder task, many per transaction, so that
 //! deliveries cost the database (on SQLite, its single writer) few transactions; an event
-//! stays "in flight" until its attempt is recorded, so it is never picked up twice. The loop
-//! sleeps until the next event falls due, a new event is formed or an attempt is recorded.
+//! stays "in flight" until its attempt is recorded, so it is never picked up twice, while its
+//! endpoint's limit counts only requests (the next one starts as soon as an answer arrives,
+//! not after the database write). Events in flight, recorded or not, are capped. The loop
+//! sleeps until the next event falls due, a new event is formed, a request ends or an attempt
+//! is recorded.
 //!
 //! A round's list of due events is read once and may wait for slots a while; an event whose
 //! attempt is recorded in that time is remembered (`recorded`, emptied as each round starts)
@@ -53,9 +56,11 @@ struct InFlight {
 
 impl InFlight {
     /// Whether `event` of `endpoint` may start: not in flight, not recorded since the due list
-    /// was read, and its endpoint under `limit`. If so, it is in flight now.
-    fn start(&mut self, event: &str, endpoint: &str, limit: usize) -> bool {
-        let at_limit = self.per_endpoint.get(endpoint).copied().unwrap_or(0) >= limit;
+    /// was read, its endpoint under `limit` requests, and fewer than `max_events` events in
+    /// flight (requests and attempts waiting to be recorded). If so, it is in flight now.
+    fn start(&mut self, event: &str, endpoint: &str, limit: usize, max_events: usize) -> bool {
+        let at_limit = self.per_endpoint.get(endpoint).copied().unwrap_or(0) >= limit
+            || self.events.len() >= max_events;
         if at_limit || self.recorded.contains(event) || !self.events.insert(event.to_owned()) {
             return false;
         }
@@ -63,15 +68,21 @@ impl InFlight {
         true
     }
 
-    fn finish(&mut self, event: &str, endpoint: &str) {
-        self.recorded.insert(event.to_owned());
-        self.events.remove(event);
+    /// `endpoint`'s request is over (answered, failed or timed out): its endpoint may take
+    /// another, while the event stays in flight until its attempt is recorded.
+    fn answered(&mut self, endpoint: &str) {
         if let Some(n) = self.per_endpoint.get_mut(endpoint) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.per_endpoint.remove(endpoint);
             }
         }
+    }
+
+    /// `event`'s attempt is recorded: it leaves the flight, and this round skips it.
+    fn recorded(&mut self, event: &str) {
+        self.recorded.insert(event.to_owned());
+        self.events.remove(event);
     }
 }
 
@@ -80,6 +91,8 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(inner.config.max_concurrency.max(1)));
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let (record_tx, record_rx) = mpsc::channel(inner.config.max_concurrency.max(1) * 4);
+    // Requests, plus attempts waiting for the recorder (its channel, and a batch it writes).
+    let max_events = inner.config.max_concurrency.max(1) * 4 + RECORD_BATCH;
     tokio::spawn(record(inner.clone(), record_rx, in_flight.clone()));
     let mut next_prune = Instant::now();
     loop {
@@ -93,7 +106,7 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             Ok(due) => {
                 for event in due {
                     let limit = inner.config.max_per_endpoint.max(1);
-                    if !lock(&in_flight).start(&event.id, &event.endpoint_id, limit) {
+                    if !lock(&in_flight).start(&event.id, &event.endpoint_id, limit, max_events) {
                         continue;
                     }
                     let slot = tokio::select! {
@@ -101,11 +114,19 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                         slot = slots.clone().acquire_owned() => slot,
                     };
                     let Ok(slot) = slot else { return };
-                    let (inner, agent, record_tx) =
-                        (inner.clone(), agent.clone(), record_tx.clone());
+                    let (inner, agent, record_tx, in_flight) = (
+                        inner.clone(),
+                        agent.clone(),
+                        record_tx.clone(),
+                        in_flight.clone(),
+                    );
                     tokio::spawn(async move {
                         let attempt = deliver(&inner, agent, &event).await;
                         drop(slot);
+                        // The endpoint's limit counts requests: the next may start while this
+                        // attempt waits to be recorded.
+                        lock(&in_flight).answered(&event.endpoint_id);
+                        inner.deliver_wake.notify_one();
                         // The recorder ends the event's time in flight once it is recorded.
                         let _ = record_tx.send(attempt).await;
                     });
@@ -234,7 +255,7 @@ async fn record(
         {
             let mut f = lock(&in_flight);
             for a in &batch {
-                f.finish(&a.event_id, &a.endpoint_id);
+                f.recorded(&a.event_id);
             }
         }
         batch.clear();
@@ -300,24 +321,30 @@ mod tests {
     #[test]
     fn an_event_recorded_after_the_due_list_was_read_is_not_started_again() {
         let mut f = InFlight::default();
-        assert!(f.start("e1", "ep", 4));
-        assert!(!f.start("e1", "ep", 4), "in flight");
-        f.finish("e1", "ep");
+        assert!(f.start("e1", "ep", 4, 100));
+        assert!(!f.start("e1", "ep", 4, 100), "in flight");
+        f.answered("ep");
+        assert!(!f.start("e1", "ep", 4, 100), "answered, not yet recorded");
+        f.recorded("e1");
         // The round that read e1 as due before its attempt was recorded skips it.
-        assert!(!f.start("e1", "ep", 4), "recorded during this round");
+        assert!(!f.start("e1", "ep", 4, 100), "recorded during this round");
         // The next round reads the recorded state; if e1 is due again (a retry), it may start.
         f.recorded.clear();
-        assert!(f.start("e1", "ep", 4));
+        assert!(f.start("e1", "ep", 4, 100));
     }
 
     #[test]
     fn an_endpoint_at_its_limit_starts_nothing_more() {
         let mut f = InFlight::default();
-        assert!(f.start("a", "ep", 2));
-        assert!(f.start("b", "ep", 2));
-        assert!(!f.start("c", "ep", 2));
-        assert!(f.start("c", "other", 2));
-        f.finish("a", "ep");
-        assert!(f.start("d", "ep", 2));
+        assert!(f.start("a", "ep", 2, 100));
+        assert!(f.start("b", "ep", 2, 100));
+        assert!(!f.start("c", "ep", 2, 100));
+        assert!(f.start("c", "other", 2, 100));
+        f.answered("ep");
+        // The endpoint may take another request; `a` itself stays in flight until recorded.
+        assert!(f.start("d", "ep", 2, 100));
+        assert!(!f.start("a", "ep", 3, 100));
+        // Attempts waiting for the recorder count against the cap on events in flight.
+        assert!(!f.start("e", "third", 2, 4));
     }
 }
