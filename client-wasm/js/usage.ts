@@ -36,8 +36,9 @@ export async function example(): Promise<void> {
   client.onStatus((event: LatticeStatusEvent) => {
     const status: LatticeStatus = event.status;
     const pending: number = event.pending;
+    const saved: boolean = event.saved;
     const transport: LatticeTransport = event.transport;
-    console.log(status, pending, transport);
+    console.log(status, pending, saved, transport);
   });
   client.onChange((doc: string, origin: LatticeOrigin) => {
     if (origin === "remote") console.log("changed by someone else", doc);
@@ -64,10 +65,11 @@ export async function example(): Promise<void> {
   const others: LatticePeer[] = doc.presence();
   const pending: number = doc.pendingCount + client.pendingCount;
   const synced: boolean = doc.synced;
+  const saved: boolean = doc.saved && client.saved;
   const replica: number = client.replicaId;
   const status: LatticeStatus = client.status;
   await client.whenPersisted();
-  console.log(text, length, likes, title, others, pending, synced, replica, status);
+  console.log(text, length, likes, title, others, pending, synced, saved, replica, status);
   // The Yjs bridge: an editor binding works on `binding.ydoc.getText("body")`.
   const binding: YjsBinding = bindYDoc(doc, new Y.Doc(), { onError: (e) => console.error(e) });
   const ytext: Y.Text = binding.ydoc.getText("body");

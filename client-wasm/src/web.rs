@@ -309,11 +309,16 @@ impl Shared {
     fn deliver(&self, event: ClientEvent) {
         let callbacks = self.callbacks.borrow();
         let (callback, args): (Option<Function>, Vec<JsValue>) = match event {
-            ClientEvent::Status { status, pending } => {
+            ClientEvent::Status {
+                status,
+                pending,
+                saved,
+            } => {
                 let info = Object::new();
                 let _ = Reflect::set(&info, &"status".into(), &status.as_str().into());
                 #[allow(clippy::cast_precision_loss)]
                 let _ = Reflect::set(&info, &"pending".into(), &(pending as f64).into());
+                let _ = Reflect::set(&info, &"saved".into(), &saved.into());
                 let _ = Reflect::set(
                     &info,
                     &"transport".into(),

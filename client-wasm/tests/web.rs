@@ -242,7 +242,7 @@ async fn edits_count_as_pending_fire_local_changes_and_survive_a_reload() {
     first.on_status(statuses.callback());
     assert_eq!(
         statuses.take(),
-        vec![r#"{"status":"offline","pending":0,"transport":"websocket"}"#]
+        vec![r#"{"status":"offline","pending":0,"saved":true,"transport":"websocket"}"#]
     );
     let doc = open(&first, "notes/a").await;
     let body = doc.text("body".into());
@@ -275,7 +275,7 @@ async fn edits_count_as_pending_fire_local_changes_and_survive_a_reload() {
     assert!(changes.take().iter().all(|c| c == r#""notes/a" "local""#));
     assert_eq!(
         statuses.take().last().map(String::as_str),
-        Some(r#"{"status":"offline","pending":5,"transport":"websocket"}"#)
+        Some(r#"{"status":"offline","pending":5,"saved":false,"transport":"websocket"}"#)
     );
     JsFuture::from(first.when_persisted())
         .await
@@ -408,7 +408,11 @@ async fn syncs_through_the_socket_acks_presence_and_reconnects() {
         .encode(),
     );
     assert_eq!(doc.pending_count(), 0);
-    assert!(statuses.contains(r#"{"status":"synced","pending":0,"transport":"websocket"}"#));
+    assert!(doc.saved());
+    assert!(
+        statuses
+            .contains(r#"{"status":"synced","pending":0,"saved":true,"transport":"websocket"}"#)
+    );
     // The acknowledged edit's record goes with the next saved copy (at most every
     // COPY_INTERVAL_MS; the client's one-second tick saves it), and then only the copy is left.
     let mut left = Vec::new();

@@ -53,8 +53,14 @@ impl Origin {
 /// Something the application should hear about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientEvent {
-    /// The status or the number of unacknowledged local deltas changed.
-    Status { status: Status, pending: usize },
+    /// The status, the number of unacknowledged local deltas, or whether everything is saved
+    /// changed. `saved`: every open document is synced and the server has committed all this
+    /// client holds of it ([`ClientCore::all_saved`](super::ClientCore::all_saved)).
+    Status {
+        status: Status,
+        pending: usize,
+        saved: bool,
+    },
     /// `doc` changed; read it again.
     Change { doc: DocId, origin: Origin },
     /// The presence of the other peers on `doc` changed; read

@@ -171,7 +171,7 @@ pub struct ClientCore {
     drop_connection: Option<DropReason>,
     store_ops: Vec<StoreOp>,
     events: EventQueue,
-    reported: Option<(Status, usize)>,
+    reported: Option<(Status, usize, bool)>,
     last_ping_ms: u64,
     last_received_ms: u64,
     nonce: u64,
@@ -240,6 +240,18 @@ impl ClientCore {
 
     pub fn is_synced(&self, doc: &DocId) -> bool {
         self.session.is_synced(doc)
+    }
+
+    /// Whether the server has committed everything this client holds of `doc`: synced, no
+    /// local edit pending, and no resync delta waiting for its ack (one can carry other
+    /// replicas' content that the server lost, which `pending` does not count).
+    pub fn is_saved(&self, doc: &DocId) -> bool {
+        self.session.is_settled(doc)
+    }
+
+    /// [`ClientCore::is_saved`] for every open document (true with none open).
+    pub fn all_saved(&self) -> bool {
+        self.docs.keys().all(|d| self.session.is_settled(d))
     }
 
     pub fn document(&self, doc: &DocId) -> Option<&Document> {
@@ -684,12 +696,13 @@ impl ClientCore {
     }
 
     fn report_status(&mut self) {
-        let now = (self.status(), self.pending_total());
+        let now = (self.status(), self.pending_total(), self.all_saved());
         if self.reported != Some(now) {
             self.reported = Some(now);
             self.events.push(ClientEvent::Status {
                 status: now.0,
                 pending: now.1,
+                saved: now.2,
             });
         }
     }
@@ -703,7 +716,7 @@ mod tests {
     use super::*;
     use lattice_engine::DocState;
 
-    use super::testing::{core, doc, online, online_client, sent, server, statuses};
+    use super::testing::{core, doc, online, online_client, saved, sent, server, statuses};
 
     #[test]
     fn records_are_sorted_by_key() {
@@ -849,6 +862,67 @@ mod tests {
         // The last frame arrived at 1 000 ms.
         c.tick(1_000 + c.options.idle_timeout_ms);
         assert_eq!(c.take_frames().drop_connection, Some(DropReason::Idle));
+    }
+
+    #[test]
+    fn saved_waits_for_the_ack_of_a_resync_that_carries_only_others_edits() {
+        let (mut c, d) = online_client();
+        sent(&mut c);
+        assert!(c.all_saved());
+        // Another replica's edit, relayed: committed on the server.
+        let mut other = Document::new(ReplicaId::from_random(8));
+        let relayed = other.text_insert("body", 0, "hi").expect("edit");
+        server(
+            &mut c,
+            ServerMsg::Delta {
+                doc: d.clone(),
+                delta: relayed,
+            },
+        );
+        c.take_events();
+        // The server comes back without it (restored from an older backup): the resync sends it
+        // back. No local edit is pending, yet the document is not saved until that is acked.
+        c.socket_closed();
+        c.connecting();
+        c.socket_open(0);
+        server(
+            &mut c,
+            ServerMsg::Welcome {
+                protocol: 1,
+                server: "t".into(),
+            },
+        );
+        server(
+            &mut c,
+            ServerMsg::Sync {
+                doc: d.clone(),
+                delta: Delta::default(),
+                state: DocState::default(),
+            },
+        );
+        let seq = sent(&mut c)
+            .into_iter()
+            .find_map(|m| match m {
+                ClientMsg::Delta { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .expect("a resync delta");
+        assert_eq!(c.status(), Status::Synced);
+        assert_eq!(c.pending(&d), 0);
+        assert!(!c.is_saved(&d) && !c.all_saved());
+        assert_eq!(saved(&c.take_events()).last(), Some(&false));
+        server(
+            &mut c,
+            ServerMsg::Ack {
+                doc: d.clone(),
+                seq,
+            },
+        );
+        assert!(c.is_saved(&d) && c.all_saved());
+        // The ack changes neither the status nor the pending count: `saved` alone is news.
+        let events = c.take_events();
+        assert_eq!(statuses(&events), vec![(Status::Synced, 0)]);
+        assert_eq!(saved(&events), vec![true]);
     }
 
     #[test]

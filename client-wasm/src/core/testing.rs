@@ -65,7 +65,20 @@ pub(super) fn statuses(events: &[ClientEvent]) -> Vec<(Status, usize)> {
     events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::Status { status, pending } => Some((*status, *pending)),
+            ClientEvent::Status {
+                status, pending, ..
+            } => Some((*status, *pending)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `saved` of each status event.
+pub(super) fn saved(events: &[ClientEvent]) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Status { saved, .. } => Some(*saved),
             _ => None,
         })
         .collect()

@@ -58,6 +58,11 @@ export interface LatticeStatusEvent {
   status: LatticeStatus;
   /** Local edits the server has not acknowledged yet, over all open documents. */
   pending: number;
+  /**
+   * Every open document is synced and the server has committed everything this client holds
+   * of it (its edits, and what a resync sends back of other replicas' edits the server lost).
+   */
+  saved: boolean;
   /** The transport in use (or being tried). */
   transport: LatticeTransport;
 }
@@ -239,6 +244,12 @@ impl LatticeClient {
         u32::try_from(self.shared.core.borrow().pending_total()).unwrap_or(u32::MAX)
     }
 
+    /// Whether every open document is saved (see `LatticeStatusEvent.saved`).
+    #[wasm_bindgen(getter)]
+    pub fn saved(&self) -> bool {
+        self.shared.core.borrow().all_saved()
+    }
+
     /// Connects, and keeps reconnecting with jittered exponential backoff until `disconnect()`.
     pub fn connect(&self) {
         self.shared.want_online.set(true);
@@ -301,11 +312,15 @@ impl LatticeClient {
         callback: Function,
     ) {
         self.shared.callbacks.borrow_mut().status = Some(callback);
-        let (status, pending) = {
+        let (status, pending, saved) = {
             let core = self.shared.core.borrow();
-            (core.status(), core.pending_total())
+            (core.status(), core.pending_total(), core.all_saved())
         };
-        self.shared.deliver(ClientEvent::Status { status, pending });
+        self.shared.deliver(ClientEvent::Status {
+            status,
+            pending,
+            saved,
+        });
     }
 
     /// Calls `callback(doc, origin)` after a document changed: `"local"` for this client's

@@ -64,6 +64,13 @@ impl LatticeDocument {
         self.shared.core.borrow().is_synced(&self.doc)
     }
 
+    /// Whether the server has committed everything this client holds of the document: synced,
+    /// no edit pending, and no resync (of other replicas' edits the server lost) unacknowledged.
+    #[wasm_bindgen(getter)]
+    pub fn saved(&self) -> bool {
+        self.shared.core.borrow().is_saved(&self.doc)
+    }
+
     /// Publishes this client's presence (name, colour, cursor…); `null` leaves. Renewed
     /// automatically, and published again after a reconnect. `typing` sets or clears the typing
     /// flag; omitted, the flag stays as it is.
