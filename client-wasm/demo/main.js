@@ -55,12 +55,13 @@ async function main() {
   $("doc-id").textContent = docId;
   $("replica").textContent = client.replicaId.toString(16).padStart(8, "0");
 
-  client.onStatus(({ status, pending, transport }) => {
+  client.onStatus(({ status, pending, saved, transport }) => {
     $("status").textContent = status;
     $("status").dataset.status = status;
     $("transport").textContent = transport;
     $("transport").dataset.transport = transport;
-    $("pending").textContent = `${pending} pending`;
+    // "all saved": the server has committed everything this tab holds of the document.
+    $("pending").textContent = pending === 0 && saved ? "all saved" : `${pending} pending`;
     $("pending").classList.toggle("has", pending > 0);
   });
   client.onError((e) => {

@@ -236,6 +236,7 @@ describe('demo page in Chromium', () => {
       }
       assert.equal(await a.text(), await b.text())
       await waitFor(async () => (await a.pending()) === 0 && (await a.status()) === 'synced', 'A to be synced with nothing pending')
+      await waitFor(async () => (await a.page.textContent('[data-testid=pending]')) === 'all saved', 'A to show every change saved')
     } finally {
       await a.close()
       await b.close()
