@@ -716,7 +716,9 @@ mod tests {
     use super::*;
     use lattice_engine::DocState;
 
-    use super::testing::{core, doc, online, online_client, saved, sent, server, statuses};
+    use super::testing::{
+        core, doc, online, online_client, reconnect, saved, sent, server, statuses,
+    };
 
     #[test]
     fn records_are_sorted_by_key() {
@@ -883,23 +885,7 @@ mod tests {
         // The server comes back without it (restored from an older backup): the resync sends it
         // back. No local edit is pending, yet the document is not saved until that is acked.
         c.socket_closed();
-        c.connecting();
-        c.socket_open(0);
-        server(
-            &mut c,
-            ServerMsg::Welcome {
-                protocol: 1,
-                server: "t".into(),
-            },
-        );
-        server(
-            &mut c,
-            ServerMsg::Sync {
-                doc: d.clone(),
-                delta: Delta::default(),
-                state: DocState::default(),
-            },
-        );
+        reconnect(&mut c, &d);
         let seq = sent(&mut c)
             .into_iter()
             .find_map(|m| match m {

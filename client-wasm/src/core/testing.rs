@@ -42,6 +42,11 @@ pub(super) fn online_client() -> (ClientCore, DocId) {
 /// Opens `d`, connects and completes the handshake with an empty server.
 pub(super) fn online(core: &mut ClientCore, d: &DocId) {
     core.open(d.clone(), Vec::new()).expect("open");
+    reconnect(core, d);
+}
+
+/// Connects (`d` already open) and completes the handshake with a server that holds nothing.
+pub(super) fn reconnect(core: &mut ClientCore, d: &DocId) {
     core.connecting();
     core.socket_open(0);
     server(
