@@ -69,14 +69,18 @@ impl InFlight {
     }
 
     /// `endpoint`'s request is over (answered, failed or timed out): its endpoint may take
-    /// another, while the event stays in flight until its attempt is recorded.
-    fn answered(&mut self, endpoint: &str) {
-        if let Some(n) = self.per_endpoint.get_mut(endpoint) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_endpoint.remove(endpoint);
-            }
+    /// another, while the event stays in flight until its attempt is recorded. True if the
+    /// endpoint was at `limit` (a round may have skipped its due events: worth a new round).
+    fn answered(&mut self, endpoint: &str, limit: usize) -> bool {
+        let Some(n) = self.per_endpoint.get_mut(endpoint) else {
+            return false;
+        };
+        let was_full = *n >= limit;
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.per_endpoint.remove(endpoint);
         }
+        was_full
     }
 
     /// `event`'s attempt is recorded: it leaves the flight, and this round skips it.
@@ -125,8 +129,11 @@ pub(super) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                         drop(slot);
                         // The endpoint's limit counts requests: the next may start while this
                         // attempt waits to be recorded.
-                        lock(&in_flight).answered(&event.endpoint_id);
-                        inner.deliver_wake.notify_one();
+                        // Only a request that frees a full endpoint wakes the loop: other
+                        // rounds would read the same due list again for nothing.
+                        if lock(&in_flight).answered(&event.endpoint_id, limit) {
+                            inner.deliver_wake.notify_one();
+                        }
                         // The recorder ends the event's time in flight once it is recorded.
                         let _ = record_tx.send(attempt).await;
                     });
@@ -323,7 +330,7 @@ mod tests {
         let mut f = InFlight::default();
         assert!(f.start("e1", "ep", 4, 100));
         assert!(!f.start("e1", "ep", 4, 100), "in flight");
-        f.answered("ep");
+        assert!(!f.answered("ep", 4), "the endpoint was not full");
         assert!(!f.start("e1", "ep", 4, 100), "answered, not yet recorded");
         f.recorded("e1");
         // The round that read e1 as due before its attempt was recorded skips it.
@@ -340,7 +347,7 @@ mod tests {
         assert!(f.start("b", "ep", 2, 100));
         assert!(!f.start("c", "ep", 2, 100));
         assert!(f.start("c", "other", 2, 100));
-        f.answered("ep");
+        assert!(f.answered("ep", 2), "the endpoint was full");
         // The endpoint may take another request; `a` itself stays in flight until recorded.
         assert!(f.start("d", "ep", 2, 100));
         assert!(!f.start("a", "ep", 3, 100));
