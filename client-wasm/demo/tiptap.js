@@ -130,7 +130,13 @@ const run = (button) => {
   else if (button.dataset.block === "heading") chain.toggleHeading({ level: 2 }).run();
   else if (button.dataset.block === "bulletList") chain.toggleBulletList().run();
 };
-for (const b of buttons) b.addEventListener("click", () => run(b));
+for (const b of buttons) {
+  // The editor keeps focus while a button is pressed. Otherwise the button takes it on
+  // mousedown and Tiptap's focus() gives it back only on the next animation frame, so keys
+  // typed in between (the space after pressing Bold) would be lost.
+  b.addEventListener("mousedown", (event) => event.preventDefault());
+  b.addEventListener("click", () => run(b));
+}
 editor.on("transaction", () => {
   for (const b of buttons) {
     const on = b.dataset.mark ? editor.isActive(b.dataset.mark) : b.dataset.block === "heading" ? editor.isActive("heading", { level: 2 }) : editor.isActive(b.dataset.block);

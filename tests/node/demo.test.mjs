@@ -440,7 +440,15 @@ describe('demo page in Chromium', () => {
       await a.page.keyboard.press('Enter')
       await a.page.click('.tiptap')
       await a.page.keyboard.type('Hello from Tiptap', { delay: 5 })
+      // Pressing Bold leaves the focus in the editor. A button that took it would get the keys
+      // typed before Tiptap's focus() hands it back, an animation frame later (a lost space).
+      await a.page.evaluate(() => {
+        window.boldTookFocus = false
+        document.querySelector('[data-testid=bold]').addEventListener('focus', () => { window.boldTookFocus = true })
+      })
       await a.page.click('[data-testid=bold]')
+      assert.equal(await a.page.evaluate(() => window.boldTookFocus), false, 'the Bold button took the focus from the editor')
+      await a.page.waitForSelector('[data-testid=bold].on', { timeout: 5000 })
       await a.page.keyboard.type(' in bold', { delay: 5 })
       await waitFor(async () => (await html(b)).includes('<strong> in bold</strong>'), 'B to see A\'s rich text', 20000, async () => `(B ${await html(b)})${b.explain()}`)
       await b.page.click('.tiptap')
