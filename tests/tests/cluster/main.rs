@@ -90,7 +90,7 @@ async fn clients_on_three_nodes_converge_and_share_presence_until_a_node_dies() 
         .collect();
     markers.push(marker("yjs", 0));
     let refs: Vec<&Client> = clients.iter().collect();
-    assert_converge(&cluster, &refs, &d, &markers).await;
+    assert_converge(&cluster, &refs, &[], &d, &markers).await;
     let want = clients[0].read(&d, |x| x.text(TEXT)).expect("text");
     let deadline = Instant::now() + WAIT;
     while yjs.text() != want && Instant::now() < deadline {

@@ -1,6 +1,10 @@
 //! Writers that edit with unique markers and keep books of what was acknowledged; convergence
 //! checks.
 
+use std::collections::BTreeMap;
+
+use yrs::updates::decoder::Decode;
+
 use super::*;
 
 pub(crate) fn marker(tag: &str, n: u64) -> String {
@@ -172,9 +176,11 @@ pub(crate) async fn stop_and_settle(cluster: &Cluster, writers: &mut [Writer]) {
 }
 
 /// Waits until every client holds every marker, then checks that they hold the same document.
+/// `errors` are the clients' `Error` events, where they were recorded, for the failure message.
 pub(crate) async fn assert_converge(
     cluster: &Cluster,
     clients: &[&Client],
+    errors: &[Vec<String>],
     d: &DocId,
     markers: &[String],
 ) {
@@ -190,11 +196,15 @@ pub(crate) async fn assert_converge(
             .await;
         let text = c.read(d, |x| x.text(TEXT)).unwrap_or_default();
         let missing: Vec<&String> = markers.iter().filter(|m| !text.contains(*m)).collect();
-        assert!(
-            complete && missing.is_empty(),
-            "client {i} lacks {} of {total} edits, e.g. {:?}\n{}",
+        if complete && missing.is_empty() {
+            continue;
+        }
+        let why = not_converged(cluster, clients, i, d, markers).await;
+        panic!(
+            "client {i} lacks {} of {total} edits, e.g. {:?}; its errors {:?}\n{why}\n{}",
             missing.len(),
             &missing[..missing.len().min(10)],
+            errors.get(i),
             cluster.logs()
         );
     }
@@ -206,6 +216,64 @@ pub(crate) async fn assert_converge(
             "client {i} diverged from client 0"
         );
     }
+}
+
+/// Why client `i` may lack edits: whether it holds updates back (waiting for clocks a lost
+/// message carried), which Yjs clocks it lacks against the others, what a fresh client on each
+/// live node gets (whether that node's room lacks them too), and each node's cluster counters.
+async fn not_converged(
+    cluster: &Cluster,
+    clients: &[&Client],
+    i: usize,
+    d: &DocId,
+    markers: &[String],
+) -> String {
+    let clocks = |c: &Client| -> BTreeMap<u64, u32> {
+        c.read(d, |x| {
+            let sv = x.state().yjs;
+            if sv.is_empty() {
+                return BTreeMap::new();
+            }
+            yrs::StateVector::decode_v1(&sv)
+                .map(|sv| sv.iter().map(|(k, v)| (k.get(), *v)).collect())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+    };
+    let mine = clocks(clients[i]);
+    let mut most: BTreeMap<u64, u32> = BTreeMap::new();
+    for c in clients {
+        for (client, clock) in clocks(c) {
+            let e = most.entry(client).or_default();
+            *e = (*e).max(clock);
+        }
+    }
+    let lacks: Vec<String> = most
+        .iter()
+        .filter(|(k, v)| mine.get(k).copied().unwrap_or(0) < **v)
+        .map(|(k, v)| format!("{k}: {} of {v}", mine.get(k).copied().unwrap_or(0)))
+        .collect();
+    let held = clients[i].read(d, Document::held_updates).unwrap_or(0);
+    let mut out = format!(
+        "client {i} holds back {held} updates; lacks clocks (Yjs client: has of most) {lacks:?}"
+    );
+    for node in cluster.alive() {
+        let fresh = cluster_client(&cluster.ws_url(node), 0x0dd0 + node as u32);
+        let opened = fresh.open(d, Vec::new()).await.is_ok()
+            && fresh.wait_until(WAIT, |s| s.is_settled(d)).await;
+        let text = fresh.read(d, |x| x.text(TEXT)).unwrap_or_default();
+        let lacking = markers.iter().filter(|m| !text.contains(*m)).count();
+        fresh.stop();
+        let metrics = http_get(cluster.addr(node), "/metrics", None).await.body;
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("lattice_cluster_"))
+            .collect();
+        out.push_str(&format!(
+            "\n[node {node}] a fresh client (settled: {opened}) lacks {lacking} edits; {counters:?}"
+        ));
+    }
+    out
 }
 
 /// What each marker's count is in `text`, for those not there exactly once.
@@ -227,6 +295,7 @@ pub(crate) async fn settle_and_converge(
     stop_and_settle(cluster, writers).await;
     let markers: Vec<String> = writers.iter().flat_map(Writer::markers).collect();
     let clients: Vec<&Client> = writers.iter().map(|w| &w.client).collect();
-    assert_converge(cluster, &clients, d, &markers).await;
+    let errors: Vec<Vec<String>> = writers.iter().map(Writer::errors).collect();
+    assert_converge(cluster, &clients, &errors, d, &markers).await;
     markers
 }
