@@ -3,7 +3,7 @@
 //! y-websocket peer and HTTP readers spread over the nodes must converge and see every entry
 //! exactly once whatever happens to a node (SIGKILL), to Redis (restart, `CLIENT KILL`, a
 //! trimmed stream) or to PostgreSQL (an outage); a node loads a document only for its own
-//! subscribers; presence, soft delete and restore cross nodes.
+//! subscribers, and a room loaded while other nodes write misses nothing; presence, soft delete and restore cross nodes.
 //!
 //! Every test runs against a real PostgreSQL (`LATTICE_TEST_POSTGRES_URL`) and a real
 //! `redis-server` (`LATTICE_TEST_REDIS_SERVER`, else on `PATH`) and never skips. Edits carry
@@ -37,6 +37,7 @@ const MAX_PENDING: usize = 32;
 const LONG_WAIT: Duration = Duration::from_secs(60);
 
 mod faults;
+mod joins;
 mod presence;
 mod writers;
 
